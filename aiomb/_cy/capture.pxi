@@ -1,0 +1,410 @@
+# The source interface (FrameBatch: frames + timestamps in, verdicts out) and the capture
+# reader: classic pcap (both byte orders, us/ns) and pcapng (several interfaces, per-interface
+# link type and timestamp resolution), gzip-compressed or not, parsed without a Python object
+# per packet.
+
+import gzip as _gzip
+import os as _os
+
+from aiomb._errors import CaptureError
+
+cdef enum:
+    MAX_RECORD = 1 << 24      # larger pcap/pcapng records are corrupt
+    MAX_SNAP = 1 << 18        # 262144: the largest caplen a pcap record may claim
+    FMT_PCAP = 1
+    FMT_PCAPNG = 2
+    MAX_IFACES = 256
+
+
+cdef class FrameBatch:
+    """A batch of frames with timestamps and link types, and a verdict slot per frame.
+
+    The source interface: a source fills a batch, the engine processes it and writes verdicts,
+    the source applies them (a capture ignores them). Frame pointers stay valid until the
+    source refills the batch. Layer: core.
+    """
+
+    cdef const uint8_t **data
+    cdef uint32_t *caplen
+    cdef uint32_t *wirelen
+    cdef int64_t *ts
+    cdef uint16_t *linktype
+    cdef uint8_t *verdict
+    cdef readonly int count
+    cdef readonly int capacity
+
+    def __cinit__(self, int capacity=2048):
+        if capacity < 1:
+            raise ValueError(f"a batch holds at least one frame, got capacity={capacity}")
+        self.capacity = capacity
+        self.data = <const uint8_t **>calloc(capacity, sizeof(uint8_t *))
+        self.caplen = <uint32_t *>calloc(capacity, sizeof(uint32_t))
+        self.wirelen = <uint32_t *>calloc(capacity, sizeof(uint32_t))
+        self.ts = <int64_t *>calloc(capacity, sizeof(int64_t))
+        self.linktype = <uint16_t *>calloc(capacity, sizeof(uint16_t))
+        self.verdict = <uint8_t *>calloc(capacity, sizeof(uint8_t))
+        if not (self.data and self.caplen and self.wirelen and self.ts and self.linktype and self.verdict):
+            raise MemoryError()
+
+    def __dealloc__(self):
+        free(self.data)
+        free(self.caplen)
+        free(self.wirelen)
+        free(self.ts)
+        free(self.linktype)
+        free(self.verdict)
+
+    def verdicts(self):
+        """The verdicts of the frames in the batch, as bytes (0 forward, 1 drop)."""
+        return self.verdict[:self.count]
+
+    @property
+    def last_ts(self):
+        """Timestamp (seconds) of the batch's last frame, or None if empty."""
+        return self.ts[self.count - 1] * 1e-9 if self.count else None
+
+
+cdef inline uint16_t g16(const uint8_t *p, bint swap) noexcept nogil:
+    return ((<uint16_t>p[0] << 8) | p[1]) if swap else ((<uint16_t>p[1] << 8) | p[0])
+
+cdef inline uint32_t g32(const uint8_t *p, bint swap) noexcept nogil:
+    if swap:
+        return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+    return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
+
+
+cdef class CaptureReader:
+    """Reads a pcap or pcapng file (optionally gzip-compressed) into FrameBatches.
+
+    ``fill(batch)`` returns the number of frames put in the batch, 0 at the end of the file.
+    A corrupt or truncated file raises :class:`CaptureError` naming the offset (in the
+    decompressed stream) once every record before it has been returned. Layer: core (the
+    capture I/O); reads the file with blocking reads.
+    """
+
+    cdef object fh
+    cdef readonly object raw_file
+    cdef readonly object path
+    cdef bytearray buf
+    cdef uint8_t *p
+    cdef size_t length          # valid bytes in buf
+    cdef size_t pos             # next unread byte in buf
+    cdef uint64_t base          # file offset of buf[0]
+    cdef bint eof
+    cdef int fmt
+    cdef bint swap
+    cdef bint nanos
+    cdef uint16_t pcap_linktype
+    cdef int n_ifaces
+    cdef uint16_t if_linktype[MAX_IFACES]
+    cdef int64_t if_mul[MAX_IFACES]     # ns per tick when >= 1
+    cdef int64_t if_div[MAX_IFACES]     # ticks per ns divisor when > 1
+    cdef uint8_t if_pow2[MAX_IFACES]    # binary resolution exponent, 0 when decimal
+    cdef int64_t if_offset[MAX_IFACES]  # seconds to add
+    cdef object pending_error
+    cdef readonly uint64_t records
+    cdef readonly bint compressed
+
+    def __init__(self, source, *, int chunk_size=1 << 20):
+        if chunk_size < 4096:
+            raise ValueError(f"chunk_size must be at least 4096 bytes, got {chunk_size}")
+        if isinstance(source, (str, _os.PathLike)):
+            self.path = _os.fspath(source)
+            try:
+                raw = open(self.path, "rb")
+            except FileNotFoundError:
+                raise CaptureError("no such capture file; check the path", path=self.path) from None
+            except IsADirectoryError:
+                raise CaptureError("is a directory, not a capture file", path=self.path) from None
+        elif hasattr(source, "readinto"):
+            raw = source
+            self.path = getattr(source, "name", None)
+        else:
+            raise TypeError(f"capture source must be a path or a binary file object, got {source!r}")
+        self.raw_file = raw
+        head = raw.read(2)
+        if hasattr(raw, "seek") and raw.seekable():
+            raw.seek(-len(head), 1)
+            prefix = b""
+        else:
+            prefix = head
+        if head == b"\x1f\x8b":
+            if prefix:
+                raise CaptureError("a gzip stream must be given as a seekable file or a path", path=self.path)
+            self.fh = _gzip.GzipFile(fileobj=raw, mode="rb")
+            self.compressed = True
+        else:
+            self.fh = raw
+        self.buf = bytearray(chunk_size)
+        self.p = <uint8_t *>(<char *>self.buf)
+        self.length = len(prefix)
+        if prefix:
+            self.buf[:len(prefix)] = prefix
+        self.read_header()
+
+    def close(self):
+        """Close the file."""
+        if self.fh is not None:
+            self.fh.close()
+        if self.raw_file is not None and self.raw_file is not self.fh:
+            self.raw_file.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    @property
+    def offset(self):
+        """Offset of the next unread byte (in the decompressed stream)."""
+        return self.base + self.pos
+
+    cdef object error(self, str message, uint64_t offset):
+        return CaptureError(message, offset=offset, path=self.path)
+
+    cdef int want(self, size_t n) except -1:
+        """Make n bytes from pos available; returns 1 if they are, 0 at end of file."""
+        cdef size_t have = self.length - self.pos
+        cdef size_t size
+        if have >= n:
+            return 1
+        if self.eof:
+            return 0
+        if self.pos:
+            memmove(self.p, self.p + self.pos, have)
+            self.base += self.pos
+            self.pos = 0
+            self.length = have
+        size = len(self.buf)
+        if n > size:
+            while size < n:
+                size *= 2
+            self.buf.extend(bytes(size - len(self.buf)))
+            self.p = <uint8_t *>(<char *>self.buf)
+        while self.length < n and not self.eof:
+            try:
+                got = self.fh.readinto(memoryview(self.buf)[self.length:])
+            except (EOFError, OSError, _gzip.BadGzipFile) as exc:
+                raise self.error(f"the compressed stream is damaged ({exc})", self.base + self.length) from None
+            if not got:
+                self.eof = True
+            else:
+                self.length += got
+        return 1 if self.length - self.pos >= n else 0
+
+    cdef read_header(self):
+        cdef uint32_t magic
+        if not self.want(24):
+            raise self.error("file too short to be a pcap or pcapng capture (need a 24-byte header)", 0)
+        magic = g32(self.p, 0)
+        if magic == 0xa1b2c3d4 or magic == 0xa1b23c4d:
+            self.swap = 0
+        elif magic == 0xd4c3b2a1 or magic == 0x4d3cb2a1:
+            self.swap = 1
+        elif magic == 0x0a0d0d0a:
+            self.fmt = FMT_PCAPNG
+            return
+        else:
+            raise self.error(f"not a pcap or pcapng file (magic 0x{magic:08x}); "
+                             "give a .pcap, .pcapng or their .gz", 0)
+        self.fmt = FMT_PCAP
+        self.nanos = magic == 0xa1b23c4d or magic == 0x4d3cb2a1
+        self.pcap_linktype = g32(self.p + 20, self.swap) & 0xffff
+        self.pos = 24
+
+    def fill(self, FrameBatch batch):
+        """Fill ``batch`` with the next frames; returns how many (0 at the end of the file)."""
+        batch.count = 0
+        if self.pending_error is not None:
+            err, self.pending_error = self.pending_error, None
+            raise err
+        try:
+            if self.fmt == FMT_PCAP:
+                self.fill_pcap(batch)
+            else:
+                self.fill_pcapng(batch)
+        except CaptureError as exc:
+            if batch.count == 0:
+                raise
+            self.pending_error = exc
+        self.records += batch.count
+        return batch.count
+
+    cdef int compact_for(self, FrameBatch batch, size_t n) except -1:
+        """Like want(), but never moves bytes that frames already in the batch point into."""
+        if self.length - self.pos >= n:
+            return 1
+        if batch.count and not self.eof:
+            return 2        # hand the batch over first; the next fill compacts the buffer
+        return self.want(n)
+
+    cdef int fill_pcap(self, FrameBatch batch) except -1:
+        cdef const uint8_t *h
+        cdef uint32_t caplen, wirelen, sec, frac
+        cdef int r
+        while batch.count < batch.capacity:
+            r = self.compact_for(batch, 16)
+            if r == 2:
+                return 0
+            if r == 0:
+                if self.length - self.pos:
+                    raise self.error(f"truncated record header ({self.length - self.pos} of 16 bytes)",
+                                     self.base + self.pos)
+                return 0
+            h = self.p + self.pos
+            sec = g32(h, self.swap)
+            frac = g32(h + 4, self.swap)
+            caplen = g32(h + 8, self.swap)
+            wirelen = g32(h + 12, self.swap)
+            if caplen > MAX_SNAP:
+                raise self.error(f"corrupt record header: captured length {caplen} exceeds {MAX_SNAP}",
+                                 self.base + self.pos)
+            if frac >= (1000000000 if self.nanos else 1000000):
+                raise self.error(f"corrupt record header: sub-second field {frac} out of range",
+                                 self.base + self.pos)
+            r = self.compact_for(batch, 16 + caplen)
+            if r == 2:
+                return 0
+            if r == 0:
+                raise self.error(f"truncated record: header says {caplen} bytes, file ends after "
+                                 f"{self.length - self.pos - 16}", self.base + self.pos)
+            h = self.p + self.pos
+            batch.data[batch.count] = h + 16
+            batch.caplen[batch.count] = caplen
+            batch.wirelen[batch.count] = wirelen
+            batch.ts[batch.count] = <int64_t>sec * 1000000000 + (frac if self.nanos else <int64_t>frac * 1000)
+            batch.linktype[batch.count] = self.pcap_linktype
+            batch.verdict[batch.count] = 0
+            batch.count += 1
+            self.pos += 16 + caplen
+        return 0
+
+    cdef int64_t pcapng_ts(self, int iface, uint64_t ticks) noexcept:
+        cdef uint64_t v
+        cdef int64_t off = self.if_offset[iface] * 1000000000
+        if self.if_pow2[iface]:
+            v = ((ticks >> self.if_pow2[iface]) * 1000000000) + \
+                (((ticks & ((<uint64_t>1 << self.if_pow2[iface]) - 1)) * 1000000000) >> self.if_pow2[iface])
+            return <int64_t>v + off
+        if self.if_div[iface] > 1:
+            return <int64_t>(ticks // <uint64_t>self.if_div[iface]) + off
+        return <int64_t>(ticks * <uint64_t>self.if_mul[iface]) + off
+
+    cdef int read_idb(self, const uint8_t *b, uint32_t blen) except -1:
+        cdef uint32_t o = 16, code, olen
+        cdef int i = self.n_ifaces
+        cdef int k
+        cdef uint8_t res = 6
+        if i >= MAX_IFACES:
+            raise self.error(f"more than {MAX_IFACES} interfaces in one section", self.base + self.pos)
+        if blen < 20:
+            raise self.error("interface description block too short", self.base + self.pos)
+        self.if_linktype[i] = g16(b + 8, self.swap)
+        self.if_offset[i] = 0
+        while o + 4 <= blen - 4:
+            code = g16(b + o, self.swap)
+            olen = g16(b + o + 2, self.swap)
+            if code == 0:
+                break
+            if o + 4 + olen > blen - 4:
+                raise self.error("interface option runs past its block", self.base + self.pos + o)
+            if code == 9 and olen >= 1:
+                res = b[o + 4]
+            elif code == 14 and olen >= 8:
+                self.if_offset[i] = <int64_t>(<uint64_t>g32(b + o + 4 + (0 if not self.swap else 4), self.swap) |
+                                              (<uint64_t>g32(b + o + 4 + (4 if not self.swap else 0), self.swap) << 32))
+            o += 4 + ((olen + 3) & ~3)
+        self.if_pow2[i] = 0
+        self.if_mul[i] = 1
+        self.if_div[i] = 1
+        if res & 0x80:
+            if (res & 0x7f) > 63:
+                raise self.error(f"interface timestamp resolution 2^-{res & 0x7f} is not supported",
+                                 self.base + self.pos)
+            self.if_pow2[i] = res & 0x7f
+        elif res <= 9:
+            for k in range(9 - res):
+                self.if_mul[i] *= 10
+        elif res <= 18:
+            for k in range(res - 9):
+                self.if_div[i] *= 10
+        else:
+            raise self.error(f"interface timestamp resolution 10^-{res} is not supported", self.base + self.pos)
+        self.n_ifaces += 1
+        return 0
+
+    cdef int fill_pcapng(self, FrameBatch batch) except -1:
+        cdef const uint8_t *b
+        cdef uint32_t btype, blen, iface, caplen, wirelen, bom
+        cdef uint64_t ticks
+        cdef int r
+        while batch.count < batch.capacity:
+            r = self.compact_for(batch, 12)
+            if r == 2:
+                return 0
+            if r == 0:
+                if self.length - self.pos:
+                    raise self.error(f"truncated block header ({self.length - self.pos} bytes)",
+                                     self.base + self.pos)
+                return 0
+            b = self.p + self.pos
+            btype = g32(b, self.swap)
+            if btype == 0x0a0d0d0a:
+                bom = g32(b + 8, 0)
+                if bom == 0x1a2b3c4d:
+                    self.swap = 0
+                elif bom == 0x4d3c2b1a:
+                    self.swap = 1
+                else:
+                    raise self.error(f"bad byte-order magic 0x{bom:08x} in section header", self.base + self.pos)
+                self.n_ifaces = 0
+            blen = g32(b + 4, self.swap)
+            if blen < 12 or blen % 4 or blen > MAX_RECORD:
+                raise self.error(f"corrupt block: length {blen} (must be a multiple of 4, 12 to {MAX_RECORD})",
+                                 self.base + self.pos)
+            r = self.compact_for(batch, blen)
+            if r == 2:
+                return 0
+            if r == 0:
+                raise self.error(f"truncated block: header says {blen} bytes, file ends after "
+                                 f"{self.length - self.pos}", self.base + self.pos)
+            b = self.p + self.pos
+            if g32(b + blen - 4, self.swap) != blen:
+                raise self.error("corrupt block: trailing length differs from the leading one", self.base + self.pos)
+            if btype == 1:
+                self.read_idb(b, blen)
+            elif btype == 6 or btype == 2:
+                if blen < 32:
+                    raise self.error("packet block too short", self.base + self.pos)
+                iface = g32(b + 8, self.swap) if btype == 6 else g16(b + 8, self.swap)
+                if iface >= <uint32_t>self.n_ifaces:
+                    raise self.error(f"packet block names interface {iface}, but only {self.n_ifaces} "
+                                     "are described", self.base + self.pos)
+                ticks = (<uint64_t>g32(b + 12, self.swap) << 32) | g32(b + 16, self.swap)
+                caplen = g32(b + 20, self.swap)
+                wirelen = g32(b + 24, self.swap)
+                if 28 + caplen > blen - 4:
+                    raise self.error(f"packet block: captured length {caplen} runs past the block",
+                                     self.base + self.pos)
+                batch.data[batch.count] = b + 28
+                batch.caplen[batch.count] = caplen
+                batch.wirelen[batch.count] = wirelen
+                batch.ts[batch.count] = self.pcapng_ts(iface, ticks)
+                batch.linktype[batch.count] = self.if_linktype[iface]
+                batch.verdict[batch.count] = 0
+                batch.count += 1
+            elif btype == 3:
+                if self.n_ifaces == 0:
+                    raise self.error("simple packet block before any interface description", self.base + self.pos)
+                wirelen = g32(b + 8, self.swap)
+                caplen = blen - 16 if wirelen > blen - 16 else wirelen
+                batch.data[batch.count] = b + 12
+                batch.caplen[batch.count] = caplen
+                batch.wirelen[batch.count] = wirelen
+                batch.ts[batch.count] = batch.ts[batch.count - 1] if batch.count else 0
+                batch.linktype[batch.count] = self.if_linktype[0]
+                batch.verdict[batch.count] = 0
+                batch.count += 1
+            self.pos += blen
+        return 0

@@ -1,0 +1,201 @@
+# Core data structures and constants. Values mirror aiomb.flows / aiomb.events enums
+# (checked by tests/core/test_enums.py).
+
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
+from libc.string cimport memcpy, memcmp, memset, memmove
+from libc.stdlib cimport malloc, calloc, realloc, free
+
+# TCP states (RFC 793 names)
+cdef enum:
+    ST_CLOSED = 0
+    ST_LISTEN = 1
+    ST_SYN_SENT = 2
+    ST_SYN_RECEIVED = 3
+    ST_ESTABLISHED = 4
+    ST_FIN_WAIT_1 = 5
+    ST_FIN_WAIT_2 = 6
+    ST_CLOSE_WAIT = 7
+    ST_CLOSING = 8
+    ST_LAST_ACK = 9
+    ST_TIME_WAIT = 10
+
+# End reasons
+cdef enum:
+    END_NONE = 0
+    END_FIN = 1
+    END_RST = 2
+    END_TIMEOUT = 3
+    END_EVICTED = 4
+    END_END_OF_CAPTURE = 5
+
+# Event kinds (bits)
+cdef enum:
+    EV_PACKET_IN = 1 << 0
+    EV_CONN_START = 1 << 1
+    EV_SYN_ACK = 1 << 2
+    EV_ESTABLISHED = 1 << 3
+    EV_FIN = 1 << 4
+    EV_RST = 1 << 5
+    EV_STATE_CHANGE = 1 << 6
+    EV_CONN_END = 1 << 7
+    EV_ORPHAN = 1 << 8
+    EV_UDP_START = 1 << 9
+    EV_UDP_END = 1 << 10
+    EV_RETRANSMIT = 1 << 11
+    EV_NEW_DATA = 1 << 12
+    EV_GAP = 1 << 13
+    EV_OVERLAP = 1 << 14
+    EV_BUFFER_OVERRUN = 1 << 15
+    EV_ERROR = 1 << 16
+    N_BUILTIN_BITS = 17
+    FIRST_CUSTOM_BIT = 20
+    MAX_EVENT_BITS = 64
+
+# Hooks
+cdef enum:
+    HOOK_NONE = 0
+    HOOK_SENDER = 1
+    HOOK_RECEIVER = 2
+
+# Malformed-packet reasons (index into Engine.malformed[])
+cdef enum:
+    MAL_TRUNCATED_L2 = 0
+    MAL_TRUNCATED_IP = 1
+    MAL_BAD_IP_VERSION = 2
+    MAL_BAD_IP_HEADER_LENGTH = 3
+    MAL_BAD_IP_TOTAL_LENGTH = 4
+    MAL_BAD_IPV6_EXTENSION = 5
+    MAL_TRUNCATED_TCP = 6
+    MAL_BAD_TCP_HEADER_LENGTH = 7
+    MAL_BAD_TCP_OPTION = 8
+    MAL_TRUNCATED_UDP = 9
+    MAL_BAD_UDP_LENGTH = 10
+    MAL_BAD_FRAGMENT = 11
+    MAL_UNKNOWN_LINKTYPE = 12
+    MAL_BAD_TCP_FLAGS = 13
+    N_MALFORMED = 14
+
+# Link types (pcap LINKTYPE_*)
+cdef enum:
+    LT_NULL = 0
+    LT_ETHERNET = 1
+    LT_RAW_OLD = 12
+    LT_RAW_BSD = 14
+    LT_RAW = 101
+    LT_LOOP = 108
+    LT_LINUX_SLL = 113
+    LT_IPV4 = 228
+    LT_IPV6 = 229
+    LT_LINUX_SLL2 = 276
+
+# TCP flags
+cdef enum:
+    TH_FIN = 0x01
+    TH_SYN = 0x02
+    TH_RST = 0x04
+    TH_PSH = 0x08
+    TH_ACK = 0x10
+    TH_URG = 0x20
+    TH_ECE = 0x40
+    TH_CWR = 0x80
+
+# Timeout classes (one idle list each)
+cdef enum:
+    TC_TCP_OPENING = 0
+    TC_TCP_ESTABLISHED = 1
+    TC_TCP_CLOSED = 2
+    TC_UDP = 3
+    N_TCLASS = 4
+
+# Flow status
+cdef enum:
+    FS_FREE = 0
+    FS_OPEN = 1
+    FS_CLOSED = 2      # ended (CONN_END raised), lingering to absorb stragglers
+
+cdef enum:
+    MAX_VLAN = 2
+    VERDICT_FORWARD = 0
+    VERDICT_DROP = 1
+
+
+ctypedef struct pkt_t:
+    const uint8_t *frame
+    uint32_t caplen
+    uint32_t wirelen
+    int64_t ts
+    uint8_t family          # 4 or 6
+    uint8_t proto
+    uint8_t nvlan
+    uint8_t flags           # TCP flags
+    uint8_t src[16]
+    uint8_t dst[16]
+    uint16_t vlan[MAX_VLAN]
+    uint16_t sport
+    uint16_t dport
+    uint32_t ip_len         # IP total length (IPv6: 40 + payload length)
+    uint32_t l3_off
+    const uint8_t *l4
+    uint32_t l4len
+    const uint8_t *payload
+    uint32_t paylen
+    uint32_t seq
+    uint32_t ack
+    uint16_t win
+    int16_t wscale          # -1: no window-scale option
+    uint16_t mss
+    uint8_t sack_ok
+    uint8_t has_ts
+    uint32_t ts_val
+    uint32_t ts_ecr
+    uint8_t reassembled     # 1: rebuilt from IP fragments
+
+
+ctypedef struct side_t:
+    uint64_t packets
+    uint64_t ip_bytes
+    uint64_t payload_bytes
+    uint32_t isn
+    uint32_t next_seq       # one past the highest sequence number sent
+    uint32_t last_ack       # highest acknowledgement sent
+    uint32_t window         # last advertised window, scaled
+    uint32_t fin_seq        # sequence number of the FIN
+    uint32_t syn
+    uint32_t synack
+    uint32_t fin
+    uint32_t rst
+    uint32_t rst_ignored
+    uint32_t retransmits
+    int64_t last_ts
+    uint8_t state
+    uint8_t wscale          # 0xff: not offered
+    uint8_t seq_known
+    uint8_t ack_known
+    uint8_t fin_seen
+    uint8_t syn_seen
+
+
+ctypedef struct flow_t:
+    uint64_t id
+    uint64_t mbox_mask
+    int64_t first_ts
+    int64_t last_ts
+    side_t side[2]
+    uint8_t client_ip[16]
+    uint8_t server_ip[16]
+    uint16_t client_port
+    uint16_t server_port
+    uint16_t vlan[MAX_VLAN]
+    uint8_t nvlan
+    uint8_t family
+    uint8_t proto
+    uint8_t status
+    uint8_t end_reason
+    uint8_t tclass
+    uint8_t midstream
+    uint8_t established
+    uint32_t hash
+    int32_t hnext
+    int32_t lru_prev
+    int32_t lru_next
+    void *handle            # PyObject* of the Flow handle, or NULL

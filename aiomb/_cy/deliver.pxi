@@ -1,0 +1,91 @@
+# Delivery of event batches to async consumers without an await per event.
+#
+# An EventStream yields the events of the batch it holds from __anext__ through one reusable
+# awaitable whose am_send slot returns the event at once (no coroutine, no StopIteration per
+# event); only when the batch is used up does it return the consumer's own refill coroutine,
+# which waits for the next batch. Trio-agnostic: the refill coroutine comes from the caller.
+
+from cpython.ref cimport PyObject, Py_INCREF
+
+cdef extern from "Python.h":
+    ctypedef enum PySendResult:
+        PYGEN_RETURN
+        PYGEN_ERROR
+        PYGEN_NEXT
+    ctypedef PySendResult (*sendfunc)(PyObject *, PyObject *, PyObject **)
+    ctypedef struct PyAsyncMethods:
+        sendfunc am_send
+    ctypedef struct PyTypeObject:
+        PyAsyncMethods *tp_as_async
+
+
+cdef class _Ready:
+    """An awaitable that is already done: awaiting it returns its value."""
+
+    cdef object value
+
+    def __await__(self):
+        return self
+
+    def __iter__(self):
+        return self
+
+    def __next__(self):
+        v = self.value
+        self.value = None
+        raise StopIteration(v)
+
+
+cdef PySendResult _ready_send(PyObject *obj, PyObject *arg, PyObject **result) noexcept:
+    cdef _Ready r = <_Ready>obj
+    cdef object v = r.value
+    r.value = None
+    Py_INCREF(v)
+    result[0] = <PyObject *>v
+    return PYGEN_RETURN
+
+(<PyTypeObject *>_Ready).tp_as_async.am_send = _ready_send
+
+
+cdef class EventStream:
+    """Async iterator over events handed over in batches (lists), one await per batch.
+
+    ``refill`` is an async callable returning the next non-empty list, or None at the end.
+    Layer: core (Trio-agnostic); the stack's Subscription builds on it.
+    """
+
+    cdef list items
+    cdef Py_ssize_t index
+    cdef object refill
+    cdef _Ready ready
+
+    def __init__(self, refill):
+        self.items = []
+        self.index = 0
+        self.refill = refill
+        self.ready = _Ready()
+
+    def __aiter__(self):
+        return self
+
+    def __anext__(self):
+        if self.index < len(self.items):
+            self.ready.value = self.items[self.index]
+            self.index += 1
+            return self.ready
+        return self._next_batch()
+
+    async def _next_batch(self):
+        items = await self.refill()
+        if items is None:
+            raise StopAsyncIteration
+        self.items = items
+        self.index = 1
+        return items[0]
+
+    def take_buffered(self):
+        """Remove and return the events of the current batch not yet iterated (a list)."""
+        rest = self.items[self.index:]
+        self.items = []
+        self.index = 0
+        return rest

@@ -1,0 +1,318 @@
+"""open_stack(): the Trio runner tying a source to the core and the core to middleboxes.
+
+Layer: io/_stack (above the core). The pump task reads one batch of frames from the source,
+lets the engine process it (inline handlers run there), then hands each subscription the
+events of the whole batch in one channel send. Channels are bounded: when a consumer falls
+behind, the send blocks and the source is not read (a capture pauses; nothing is lost).
+"""
+
+from contextlib import asynccontextmanager
+from typing import AsyncIterator
+
+import attrs
+import trio
+
+from ._core import Engine, EventStream, FrameBatch
+from .events._kinds import split_kinds
+from .flows._filter import compile_filter
+from .flows._stats import EngineStatistics
+
+
+@attrs.frozen(kw_only=True)
+class StackStatistics:
+    """A snapshot of the stack: the engine's counters plus delivery and backpressure counts."""
+
+    engine: EngineStatistics
+    batches: int
+    events_delivered: int
+    source_pauses: int
+    subscriptions: int
+    finished: bool
+
+    @property
+    def packets(self) -> int:
+        """Packets the engine has processed."""
+        return self.engine.packets
+
+
+@attrs.frozen(kw_only=True)
+class SubscriptionStatistics:
+    """A snapshot of one subscription's queue."""
+
+    kinds: tuple
+    batches_queued: int
+    max_batches: int
+    events_buffered: int
+    events_received: int
+    closed: bool
+
+
+class Subscription:
+    """Events of some kinds for one middlebox, delivered a batch at a time.
+
+    ``async for ev in sub`` yields events one by one (one await per batch, not per event);
+    ``await sub.receive_batch()`` returns the next whole list; ``receive_batch_nowait()``
+    raises ``trio.WouldBlock`` when nothing is queued. Iteration ends when the source ends.
+    Use as ``async with stack.subscribe(...) as sub``; leaving the block unsubscribes.
+    """
+
+    def __init__(self, stack: "Stack", sub_id: int, kinds: tuple, max_batches: int):
+        self._stack = stack
+        self._id = sub_id
+        self._kinds = kinds
+        self._max_batches = max_batches
+        self._send, self._recv = trio.open_memory_channel(max_batches)
+        self._stream = EventStream(self._refill)
+        self._received = 0
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<Subscription {'|'.join(map(str, self._kinds))}>"
+
+    async def __aenter__(self) -> "Subscription":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Unsubscribe: no more events are queued; iteration ends after what is queued."""
+        if not self._closed:
+            self._closed = True
+            self._stack._unsubscribe(self)
+
+    def __aiter__(self):
+        return self._stream
+
+    async def _refill(self):
+        try:
+            return await self.receive_batch()
+        except trio.EndOfChannel:
+            return None
+
+    async def receive_batch(self) -> list:
+        """The next batch of events (a non-empty list); raises trio.EndOfChannel at the end.
+
+        Starts the stack's source if it has not started yet. Blocks until a batch arrives.
+        """
+        self._stack.start()
+        batch = await self._recv.receive()
+        self._received += len(batch)
+        return batch
+
+    def receive_batch_nowait(self) -> list:
+        """The next queued batch, or raise trio.WouldBlock (trio.EndOfChannel at the end)."""
+        batch = self._recv.receive_nowait()
+        self._received += len(batch)
+        return batch
+
+    def statistics(self) -> SubscriptionStatistics:
+        """A snapshot of the queue: batches waiting, events received so far."""
+        st = self._recv.statistics()
+        return SubscriptionStatistics(
+            kinds=self._kinds, batches_queued=st.current_buffer_used, max_batches=self._max_batches,
+            events_buffered=self._stack.engine.pending(self._id) if not self._closed else 0,
+            events_received=self._received, closed=self._closed)
+
+
+class Middlebox:
+    """One middlebox in the stack's chain: a flow filter, inline handlers, subscriptions.
+
+    Client-to-server packets visit the chain's middleboxes in the order they were added,
+    server-to-client packets in reverse order. Create with :meth:`Stack.middlebox`.
+    """
+
+    def __init__(self, stack: "Stack", name: str, index: int, flt):
+        self._stack = stack
+        self.name = name
+        self.index = index
+        self.filter = flt
+
+    def __repr__(self) -> str:
+        f = f" filter={self.filter.expression!r}" if self.filter is not None else ""
+        return f"<Middlebox {self.name!r} #{self.index}{f}>"
+
+    def subscribe(self, *kinds, max_batches: int | None = None) -> Subscription:
+        """Subscribe to events of ``kinds`` for the flows this middlebox's filter accepts."""
+        return self._stack._subscribe(kinds, self.index, max_batches)
+
+    def on(self, kind, handler, *, hook=None):
+        """Run ``handler(packet)`` inline, in the core, each time ``kind`` fires.
+
+        ``packet`` is a live :class:`~aiomb.PacketView` (valid during the call). ``hook``
+        (:class:`~aiomb.Hook`) restricts where it runs; only sender-hook handlers may drop.
+        Returns a token for :meth:`remove`.
+        """
+        return self._stack.engine.add_handler(kind, handler, middlebox=self.index, hook=hook)
+
+    def remove(self, token) -> None:
+        """Remove an inline handler added by :meth:`on`."""
+        self._stack.engine.remove_handler(token)
+
+
+class Stack:
+    """A running stack: one source, one engine, a chain of middleboxes.
+
+    Made by :func:`open_stack`. ``subscribe``/``on`` act on the default middlebox (the first in
+    the chain); ``middlebox()`` adds more. The source starts when a subscription is first
+    iterated, or at :meth:`start` / :meth:`run`, so that subscriptions made first miss nothing.
+    """
+
+    def __init__(self, engine: Engine, source, *, batch_size: int, max_batches: int):
+        self.engine = engine
+        self.source = source
+        self._batch_size = batch_size
+        self._max_batches = max_batches
+        self._subs: dict[int, Subscription] = {}
+        self._middleboxes = [Middlebox(self, "default", 0, None)]
+        self._go = trio.Event()
+        self.finished = trio.Event()
+        self._batches = 0
+        self._delivered = 0
+        self._pauses = 0
+
+    def __repr__(self) -> str:
+        return f"<Stack {self.source!r} {len(self._middleboxes)} middlebox(es)>"
+
+    @property
+    def middleboxes(self) -> tuple:
+        """The chain, in configured order."""
+        return tuple(self._middleboxes)
+
+    def middlebox(self, name: str, *, filter=None) -> Middlebox:
+        """Append a middlebox named ``name`` with an optional flow filter (tcpdump syntax).
+
+        Raises ValueError for a duplicate name or a bad filter (FilterError), RuntimeError once
+        packets have been processed.
+        """
+        if any(m.name == name for m in self._middleboxes):
+            raise ValueError(f"a middlebox named {name!r} already exists; choose another name")
+        flt = compile_filter(filter)
+        index = self.engine.add_middlebox(flt)
+        mb = Middlebox(self, name, index, flt)
+        self._middleboxes.append(mb)
+        return mb
+
+    def subscribe(self, *kinds, filter=None, max_batches: int | None = None) -> Subscription:
+        """Subscribe to events of ``kinds`` (on the default middlebox, or with ``filter`` on a
+        middlebox of its own). Returns a :class:`Subscription`; use it in ``async with``.
+        """
+        if filter is not None:
+            mb = self.middlebox(f"subscription-{len(self._middleboxes)}", filter=filter)
+            return mb.subscribe(*kinds, max_batches=max_batches)
+        return self._subscribe(kinds, 0, max_batches)
+
+    def on(self, kind, handler, *, hook=None):
+        """Add an inline handler on the default middlebox (see :meth:`Middlebox.on`)."""
+        return self._middleboxes[0].on(kind, handler, hook=hook)
+
+    def remove(self, token) -> None:
+        """Remove an inline handler."""
+        self.engine.remove_handler(token)
+
+    def _subscribe(self, kinds, index: int, max_batches: int | None) -> Subscription:
+        if self.finished.is_set():
+            raise RuntimeError("the stack's source has ended; subscribe before it finishes")
+        kinds = tuple(split_kinds(list(kinds)))
+        if max_batches is None:
+            max_batches = self._max_batches
+        if not isinstance(max_batches, int) or max_batches < 1:
+            raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
+        sub_id = self.engine.subscribe(list(kinds), middlebox=index)
+        sub = Subscription(self, sub_id, kinds, max_batches)
+        self._subs[sub_id] = sub
+        return sub
+
+    def _unsubscribe(self, sub: Subscription) -> None:
+        if self._subs.pop(sub._id, None) is not None:
+            self.engine.unsubscribe(sub._id)
+            sub._send.close()
+
+    def start(self) -> None:
+        """Let the source start delivering (idempotent; does not block)."""
+        self._go.set()
+
+    async def run(self) -> None:
+        """Start the source and wait until it has ended and every event was handed over."""
+        self.start()
+        await self.finished.wait()
+
+    def flows(self) -> list:
+        """Live handles of the flows in the table now, oldest first."""
+        return self.engine.flows()
+
+    def statistics(self) -> StackStatistics:
+        """A :class:`StackStatistics` snapshot."""
+        return StackStatistics(
+            engine=self.engine.statistics(), batches=self._batches,
+            events_delivered=self._delivered, source_pauses=self._pauses,
+            subscriptions=len(self._subs), finished=self.finished.is_set())
+
+    async def _deliver(self) -> None:
+        for sub_id, sub in list(self._subs.items()):
+            events = self.engine.drain(sub_id)
+            if not events:
+                continue
+            self._delivered += len(events)
+            try:
+                sub._send.send_nowait(events)
+            except trio.WouldBlock:
+                self._pauses += 1
+                await sub._send.send(events)
+            except trio.BrokenResourceError:
+                self._unsubscribe(sub)
+
+    async def _pump(self) -> None:
+        await self._go.wait()
+        batch = FrameBatch(self._batch_size)
+        engine = self.engine
+        source = self.source
+        while await source.receive(batch):
+            engine.process(batch)
+            source.apply(batch)
+            self._batches += 1
+            await self._deliver()
+        engine.finish()
+        await self._deliver()
+        for sub in list(self._subs.values()):
+            sub._send.close()
+        self.finished.set()
+
+
+def _single(exc: BaseException) -> BaseException:
+    """The one exception inside nested single-member exception groups, else exc itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+@asynccontextmanager
+async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
+                     **engine_options) -> AsyncIterator[Stack]:
+    """Open a stack on ``source`` (e.g. :func:`aiomb.capture`) and run it in the background.
+
+    ``engine_options`` go to :class:`aiomb.Engine` (``max_flows``, timeouts, ``midstream``,
+    ``vlan_in_key``, ...). ``max_batches`` bounds each subscription's queue. On leaving the
+    block the source is stopped and closed; an exception in a handler or the source cancels
+    the block and is re-raised here as itself. Layer: io/_stack.
+    """
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
+        raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
+    if not isinstance(max_batches, int) or max_batches < 1:
+        raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
+    engine = Engine(**engine_options)
+    source.open()
+    try:
+        stack = Stack(engine, source, batch_size=batch_size, max_batches=max_batches)
+        try:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(stack._pump)
+                yield stack
+                nursery.cancel_scope.cancel()
+        except BaseExceptionGroup as group:
+            inner = _single(group)
+            if inner is group:
+                raise
+            raise inner from None
+    finally:
+        source.close()

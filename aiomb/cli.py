@@ -1,0 +1,242 @@
+"""The ``aiomb`` command line: list a capture's flows, run a middlebox module on a capture.
+
+Layer: cli (top). ``aiomb flows CAPTURE`` prints one record per flow; ``aiomb run APP.py
+--pcap CAPTURE`` runs a user's middlebox module (see README "Writing a middlebox app").
+"""
+
+import argparse
+import csv
+import importlib.util
+import json
+import os
+import sys
+
+import trio
+
+from . import CONN_START, UDP_START
+from ._errors import CaptureError
+from ._stack import open_stack
+from .flows._filter import FilterError, compile_filter
+from .io import capture
+
+FIELDS = (
+    "flow", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
+    "client_packets", "server_packets", "client_ip_bytes", "server_ip_bytes",
+    "client_payload_bytes", "server_payload_bytes", "first_ts", "last_ts",
+    "client_state", "server_state", "end_reason", "midstream",
+)
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit status 2."""
+
+
+def flow_record(flow) -> dict:
+    """The record ``aiomb flows`` prints for one flow handle."""
+    st = flow.statistics()
+    key = flow.key
+    tcp = int(key.proto) == 6
+    return {
+        "flow": flow.id,
+        "proto": str(key.proto),
+        "client_ip": str(key.client_ip),
+        "client_port": key.client_port,
+        "server_ip": str(key.server_ip),
+        "server_port": key.server_port,
+        "vlan": "/".join(map(str, key.vlan)),
+        "client_packets": st.client.packets,
+        "server_packets": st.server.packets,
+        "client_ip_bytes": st.client.ip_bytes,
+        "server_ip_bytes": st.server.ip_bytes,
+        "client_payload_bytes": st.client.payload_bytes,
+        "server_payload_bytes": st.server.payload_bytes,
+        "first_ts": round(st.first_ts, 6),
+        "last_ts": round(st.last_ts, 6),
+        "client_state": st.client.state.name if tcp else "",
+        "server_state": st.server.state.name if tcp else "",
+        "end_reason": str(st.end_reason) if st.end_reason is not None else "open",
+        "midstream": st.midstream,
+    }
+
+
+class Progress:
+    """A progress bar on stderr for long captures (only when stderr is a terminal)."""
+
+    def __init__(self, source, stream=sys.stderr):
+        self.source = source
+        self.stream = stream
+        self.enabled = stream.isatty()
+
+    def draw(self, final: bool = False) -> None:
+        done, total = self.source.progress()
+        if final:
+            done = total
+        frac = done / total if total else 1.0
+        width = 30
+        bar = "#" * int(frac * width)
+        self.stream.write(f"\r[{bar:<{width}}] {frac:6.1%} {done / 1e6:8.1f}/{total / 1e6:.1f} MB")
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+    async def run(self) -> None:
+        while True:
+            self.draw()
+            await trio.sleep(0.25)
+
+
+async def collect_flows(source, *, filter=None, midstream=True, vlan_in_key=False,
+                        progress: bool = True) -> tuple[list, BaseException | None]:
+    """Run ``source`` through a stack; returns (flow handles in first-seen order, error or None).
+
+    A capture error ends the run early: the flows seen before it are returned with it.
+    """
+    flows: list = []
+    error = None
+    bar = Progress(source)
+    try:
+        async with open_stack(source, midstream=midstream, vlan_in_key=vlan_in_key) as stack:
+            async with trio.open_nursery() as nursery:
+                if progress and bar.enabled:
+                    nursery.start_soon(bar.run)
+                async with stack.subscribe(CONN_START, UDP_START, filter=filter) as sub:
+                    async for ev in sub:
+                        flows.append(ev.flow)
+                nursery.cancel_scope.cancel()
+            if progress and bar.enabled:
+                bar.draw(final=True)
+    except CaptureError as exc:
+        error = exc
+    return flows, error
+
+
+def endpoint(ip: str, port: int) -> str:
+    """``ip:port``, with IPv6 addresses in brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def write_records(records: list, fmt: str, out) -> None:
+    """Print records as an aligned table, JSON lines or CSV."""
+    if fmt == "jsonl":
+        for r in records:
+            out.write(json.dumps(r) + "\n")
+        return
+    if fmt == "csv":
+        w = csv.DictWriter(out, fieldnames=FIELDS, lineterminator="\n")
+        w.writeheader()
+        w.writerows(records)
+        return
+    cols = ("flow", "proto", "client", "server", "pkts c/s", "ip bytes c/s", "states", "end")
+    rows = [
+        (str(r["flow"]), r["proto"],
+         endpoint(r["client_ip"], r["client_port"]), endpoint(r["server_ip"], r["server_port"]),
+         f"{r['client_packets']}/{r['server_packets']}",
+         f"{r['client_ip_bytes']}/{r['server_ip_bytes']}",
+         f"{r['client_state']}/{r['server_state']}" if r["proto"] == "tcp" else "-",
+         r["end_reason"])
+        for r in records
+    ]
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(cols)]
+    out.write("  ".join(c.ljust(w) for c, w in zip(cols, widths)).rstrip() + "\n")
+    for row in rows:
+        out.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() + "\n")
+
+
+def check_capture(path: str) -> None:
+    """Raise UsageError for a capture path that cannot be read at all."""
+    if not os.path.exists(path):
+        raise UsageError(f"capture file not found: {path}")
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory; give a .pcap or .pcapng file")
+
+
+def cmd_flows(args) -> int:
+    check_capture(args.capture)
+    try:
+        compile_filter(args.filter)
+    except FilterError as exc:
+        raise UsageError(f"bad --filter expression:\n{exc}") from None
+    flows, error = trio.run(lambda: collect_flows(
+        capture(args.capture), filter=args.filter, midstream=not args.no_midstream,
+        vlan_in_key=args.vlan))
+    write_records([flow_record(f) for f in flows], args.format, sys.stdout)
+    if error is not None:
+        print(f"aiomb: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def load_app(path: str):
+    """Import a middlebox module from a file path; it defines setup(stack) and/or async run(stack)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"middlebox module not found: {path}")
+    spec = importlib.util.spec_from_file_location(
+        "aiomb_app_" + os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    if not (callable(getattr(module, "setup", None)) or callable(getattr(module, "run", None))):
+        raise UsageError(f"{path} defines neither setup(stack) nor async run(stack); "
+                         "define at least one (see README)")
+    return module
+
+
+async def run_app(module, source, **engine_options) -> None:
+    """Run a middlebox module on a source until the source ends and the app returns."""
+    async with open_stack(source, **engine_options) as stack:
+        setup = getattr(module, "setup", None)
+        if setup is not None:
+            setup(stack)
+        run = getattr(module, "run", None)
+        async with trio.open_nursery() as nursery:
+            if run is not None:
+                nursery.start_soon(run, stack)
+            await stack.run()
+
+
+def cmd_run(args) -> int:
+    if args.iface:
+        raise UsageError("live ports (--iface) are not available in this version; use --pcap CAPTURE")
+    if not args.pcap:
+        raise UsageError("give a source: --pcap CAPTURE")
+    check_capture(args.pcap)
+    module = load_app(args.app)
+    try:
+        trio.run(lambda: run_app(module, capture(args.pcap), midstream=args.midstream,
+                                 vlan_in_key=args.vlan))
+    except CaptureError as exc:
+        print(f"aiomb: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aiomb", description="Async middleboxes on a shared flow stack.")
+    sub = p.add_subparsers(dest="command", required=True)
+    f = sub.add_parser("flows", help="list the flows of a capture, one record per flow")
+    f.add_argument("capture", help="a .pcap or .pcapng file, optionally .gz")
+    f.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
+    f.add_argument("--filter", metavar="EXPR", help="tcpdump-style flow filter, e.g. 'tcp port 80'")
+    f.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
+    f.add_argument("--no-midstream", action="store_true",
+                   help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
+    f.set_defaults(func=cmd_flows)
+    r = sub.add_parser("run", help="run a middlebox module (APP.py) on a capture")
+    r.add_argument("app", help="a Python file defining setup(stack) and/or async run(stack)")
+    r.add_argument("--pcap", metavar="CAPTURE", help="replay this capture")
+    r.add_argument("--iface", metavar="IF", help="monitor a live interface (not yet available)")
+    r.add_argument("--midstream", action="store_true", help="pick up flows without a handshake")
+    r.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
+    r.set_defaults(func=cmd_run)
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``aiomb`` console script and ``python -m aiomb``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"aiomb: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130

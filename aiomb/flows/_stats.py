@@ -1,0 +1,82 @@
+"""Frozen statistics snapshots returned by ``statistics()`` (Trio's idiom).
+
+Layer: flows. Built by the core; plain values, safe to keep after the flow or stack is gone.
+"""
+
+import attrs
+
+from ._types import EndReason, TcpState
+
+
+@attrs.frozen(kw_only=True)
+class SideStatistics:
+    """One side of a flow: what that endpoint sent, and its inferred TCP state."""
+
+    packets: int
+    ip_bytes: int
+    payload_bytes: int
+    state: TcpState
+    syn: int = 0
+    synack: int = 0
+    fin: int = 0
+    rst: int = 0
+    rst_ignored: int = 0
+    retransmits: int = 0
+    isn: int | None = None
+    next_seq: int | None = None
+    last_ack: int | None = None
+    window: int = 0
+    wscale: int | None = None
+
+
+@attrs.frozen(kw_only=True)
+class FlowStatistics:
+    """A flow's counters: both sides, first and last packet time, how it ended."""
+
+    client: SideStatistics
+    server: SideStatistics
+    first_ts: float
+    last_ts: float
+    end_reason: EndReason | None
+    midstream: bool
+
+    @property
+    def packets(self) -> int:
+        """Packets in both directions."""
+        return self.client.packets + self.server.packets
+
+
+@attrs.frozen(kw_only=True)
+class EngineStatistics:
+    """The core's counters: packets, flows, and every reason a packet was not tracked.
+
+    ``malformed`` maps a reason (e.g. ``"truncated_tcp"``) to a count; only reasons seen appear.
+    """
+
+    packets: int
+    bytes: int
+    tcp_packets: int
+    udp_packets: int
+    non_ip: int
+    other_protocol: int
+    malformed: dict
+    orphans: int
+    flows_active: int
+    flows_created: int
+    flows_ended: int
+    flows_timed_out: int
+    flows_evicted: int
+    max_flows: int
+    rst_out_of_window: int
+    fragments_held: int
+    fragments_reassembled: int
+    fragments_expired: int
+    fragments_evicted: int
+    fragment_overlaps: int
+    dropped_by_verdict: int
+    events: int
+
+    @property
+    def malformed_total(self) -> int:
+        """All malformed packets, whatever the reason."""
+        return sum(self.malformed.values())

@@ -1,0 +1,89 @@
+"""aiomb measurements for the benchmarks.
+
+By default a Trio task subscribes to connection starts and ends and counts
+the events while the stack reads the capture; with --no-subscriber the stack
+is only run to the end of the capture.  The time is taken around
+``trio.run``.  Prints one JSON line, ``{"unavailable": reason}`` when aiomb
+cannot be imported or lacks the API used here.
+
+Usage: python bench/aiomb_flows.py [--no-subscriber] FILE.pcap
+"""
+
+import argparse
+import json
+import time
+
+import trio
+
+
+async def _count_events(aiomb, path):
+    """Count CONN_START and CONN_END events; return (events, packets)."""
+    events_seen = 0
+    async with aiomb.open_stack(aiomb.capture(path)) as stack:
+        async with stack.subscribe(aiomb.CONN_START, aiomb.CONN_END) as events:
+            async for _ in events:
+                events_seen += 1
+        packets = stack.statistics().packets
+    return events_seen, packets
+
+
+async def _run_to_end(aiomb, path):
+    """Run the stack over the capture with nobody listening; return (None, packets)."""
+    async with aiomb.open_stack(aiomb.capture(path)) as stack:
+        await stack.run()
+        packets = stack.statistics().packets
+    return None, packets
+
+
+def _attribute_error(exc):
+    """The AttributeError that ``exc`` is, or is all that a group holds; else None."""
+    if isinstance(exc, BaseExceptionGroup):
+        match, rest = exc.split(AttributeError)
+        if rest is not None:
+            return None
+        while isinstance(match, BaseExceptionGroup):
+            match = match.exceptions[0]
+        return match
+    return exc if isinstance(exc, AttributeError) else None
+
+
+def run(path, *, subscribe=True):
+    """Time one aiomb pass over ``path``.
+
+    Returns packets, seconds, the imported module's file and, when
+    subscribed, the events counted; or ``{"unavailable": reason}``.
+    """
+    try:
+        import aiomb
+    except ImportError as exc:
+        return {"unavailable": f"import aiomb failed: {exc}"}
+    measure = _count_events if subscribe else _run_to_end
+    started = time.perf_counter()
+    try:
+        events, packets = trio.run(measure, aiomb, path)
+    except (AttributeError, BaseExceptionGroup) as exc:
+        missing = _attribute_error(exc)
+        if missing is None:
+            raise
+        return {"unavailable": f"aiomb API missing: {missing}"}
+    seconds = time.perf_counter() - started
+    result = {"packets": packets, "seconds": round(seconds, 6),
+              "module": getattr(aiomb, "__file__", None)}
+    if events is not None:
+        result["events"] = events
+    return result
+
+
+def main():
+    """Command line entry point."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("pcap")
+    parser.add_argument("--no-subscriber", action="store_true",
+                        help="run the stack without subscribing to events")
+    args = parser.parse_args()
+    result = run(args.pcap, subscribe=not args.no_subscriber)
+    print(json.dumps(dict(result, tool="aiomb")))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,239 @@
+"""Benchmark aiomb against libnids and a plain-Python dpkt tracker.
+
+Generates (or reuses) a synthetic capture, builds the libnids program, then
+times every tool over the same file and prints a table; see bench/README.md.
+
+Usage: python bench/run.py [--quick] [--flows N] [--seed S] [--repeat N]
+                           [--timeout S] [--workdir DIR] [--json OUT.json]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import shlex
+import subprocess
+import sys
+
+import gen_capture
+
+BENCH = pathlib.Path(__file__).resolve().parent
+NIDS_SOURCE = BENCH / "nids_flows.c"
+QUICK_FLOWS = 2_000
+LINK_FLAGS = (  # tried in order after pkg-config
+    ["-lnids", "-lpcap"],
+    ["-lnids", "-lpcap", "-lnet", "-lgthread-2.0", "-lglib-2.0"],
+)
+NIDS_COLLECT = "libnids (collect)"
+NIDS_NO_COLLECT = "libnids (no-collect)"
+
+
+def default_workdir():
+    """``$XDG_CACHE_HOME/aiomb-bench``, else ``~/.cache/aiomb-bench``."""
+    cache = os.environ.get("XDG_CACHE_HOME") or pathlib.Path.home() / ".cache"
+    return pathlib.Path(cache) / "aiomb-bench"
+
+
+def ensure_capture(workdir, flows, seed):
+    """Return (path, generator counts), generating the capture if it is not cached."""
+    stem = f"capture-v{gen_capture.FORMAT_VERSION}-f{flows}-s{seed}"
+    path, meta = workdir / f"{stem}.pcap", workdir / f"{stem}.json"
+    if path.exists() and meta.exists():
+        return path, dict(json.loads(meta.read_text()), cached=True)
+    print(f"generating {path} ({flows} flows, seed {seed}) ...", flush=True)
+    partial = path.with_suffix(".pcap.partial")
+    stats = gen_capture.generate(partial, flows=flows, seed=seed)
+    partial.replace(path)
+    meta.write_text(json.dumps(stats))
+    return path, dict(stats, cached=False)
+
+
+def link_flag_candidates():
+    """Linker flags to try: pkg-config's answer first if it has one."""
+    try:
+        found = subprocess.run(["pkg-config", "--libs", "libnids"],
+                               capture_output=True, text=True, check=True)
+    except (OSError, subprocess.CalledProcessError):
+        return list(LINK_FLAGS)
+    return [found.stdout.split(), *LINK_FLAGS]
+
+
+def ensure_nids(workdir):
+    """Return the libnids program's path, compiling it if missing or stale."""
+    binary = workdir / "nids_flows"
+    if binary.exists() and binary.stat().st_mtime >= NIDS_SOURCE.stat().st_mtime:
+        return binary
+    error = "no linker flags to try"
+    for flags in link_flag_candidates():
+        cmd = ["gcc", "-O2", "-Wall", "-o", str(binary), str(NIDS_SOURCE), *flags]
+        try:
+            done = subprocess.run(cmd, capture_output=True, text=True)
+        except OSError as exc:
+            raise RuntimeError(f"cannot build {NIDS_SOURCE.name}: {exc}") from exc
+        if done.returncode == 0:
+            print(f"built {binary}: {shlex.join(cmd)}", flush=True)
+            return binary
+        error = (done.stderr.strip().splitlines() or ["gcc failed"])[-1]
+    raise RuntimeError(f"cannot build {NIDS_SOURCE.name}: {error}")
+
+
+def warm_page_cache(path):
+    """Read the whole file once so that no tool pays for the disk."""
+    with open(path, "rb") as f:
+        while f.read(1 << 24):
+            pass
+
+
+def tools(nids, capture):
+    """(row name, command) for every measurement, in table order."""
+    python = sys.executable
+    rows = []
+    if nids is not None:
+        rows += [(NIDS_COLLECT, [str(nids), str(capture)]),
+                 (NIDS_NO_COLLECT, [str(nids), "--no-collect", str(capture)])]
+    rows += [
+        ("dpkt", [python, str(BENCH / "dpkt_flows.py"), str(capture)]),
+        ("aiomb", [python, str(BENCH / "aiomb_flows.py"), str(capture)]),
+        ("aiomb (no subscriber)",
+         [python, str(BENCH / "aiomb_flows.py"), "--no-subscriber", str(capture)]),
+    ]
+    return rows
+
+
+def measure_once(cmd, timeout):
+    """Run one measurement; return its JSON result or {"unavailable": reason}."""
+    try:
+        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"unavailable": f"run timed out after {timeout} s"}
+    if done.returncode != 0:
+        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        return {"unavailable": f"run failed: {last}"}
+    lines = done.stdout.strip().splitlines()
+    return json.loads(lines[-1]) if lines else {"unavailable": "run printed nothing"}
+
+
+def measure(cmd, repeat, timeout):
+    """Best (fastest) of ``repeat`` runs, with every run's seconds under "runs"."""
+    best, runs = None, []
+    for _ in range(repeat):
+        result = measure_once(cmd, timeout)
+        if "unavailable" in result:
+            return result
+        runs.append(result["seconds"])
+        if best is None or result["seconds"] < best["seconds"]:
+            best = result
+    return dict(best, runs=runs)
+
+
+def rate(result):
+    """Packets per second of a result, or None if it has no timing."""
+    if not result or "unavailable" in result or not result["seconds"]:
+        return None
+    return result["packets"] / result["seconds"]
+
+
+def ratio(result, reference):
+    """Throughput of ``result`` relative to ``reference``, formatted."""
+    mine, theirs = rate(result), rate(reference)
+    return f"{mine / theirs:.3f}x" if mine and theirs else "-"
+
+
+HEADER = ("tool", "packets", "seconds", "Mpkt/s", "vs nids(collect)",
+          "vs nids(no-collect)", "events/s")
+
+
+def row(name, result, results):
+    """The table cells of one result."""
+    if "unavailable" in result:
+        return (name, f"unavailable: {result['unavailable']}")
+    events = result.get("events")
+    return (
+        name, str(result["packets"]), f"{result['seconds']:.3f}",
+        f"{rate(result) / 1e6:.3f}",
+        ratio(result, results.get(NIDS_COLLECT)),
+        ratio(result, results.get(NIDS_NO_COLLECT)),
+        f"{events / result['seconds']:,.0f}" if events else "-",
+    )
+
+
+def table(results):
+    """The results table as text; an unavailable row prints its reason."""
+    rows = [HEADER] + [row(name, result, results) for name, result in results.items()]
+    full = [r for r in rows if len(r) == len(HEADER)]
+    widths = [max(len(r[i]) for r in full) for i in range(len(HEADER))]
+    widths[0] = max(len(r[0]) for r in rows)
+    lines = []
+    for r in rows:
+        cells = [r[0].ljust(widths[0])]
+        if len(r) == len(HEADER):
+            cells += [cell.rjust(w) for cell, w in zip(r[1:], widths[1:])]
+        else:
+            cells.append(r[1])
+        lines.append("  ".join(cells))
+    return "\n".join(lines)
+
+
+def checks(results, capture):
+    """Lines comparing each tool's counts with what the generator wrote."""
+    expected = {"packets": capture["packets"], "conn_starts": capture["flows"],
+                "conn_ends": capture["flows"], "events": 2 * capture["flows"],
+                "client_bytes": capture["client_bytes"],
+                "server_bytes": capture["server_bytes"]}
+    lines = []
+    for name, result in results.items():
+        wrong = [f"{key} {result[key]} != {want}" for key, want in expected.items()
+                 if key in result and result[key] != want]
+        lines.append(f"  {name}: {'; '.join(wrong) if wrong else 'ok'}"
+                     if "unavailable" not in result else f"  {name}: not run")
+    return lines
+
+
+def parse_args():
+    """Command line options."""
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--flows", type=int, default=40_000, help="flows in the capture (default 40000)")
+    parser.add_argument("--seed", type=int, default=1, help="generator seed (default 1)")
+    parser.add_argument("--quick", action="store_true", help=f"smoke run: {QUICK_FLOWS} flows")
+    parser.add_argument("--repeat", type=int, default=3, help="runs per tool, best kept (default 3)")
+    parser.add_argument("--timeout", type=float, default=900, help="seconds allowed per run (default 900)")
+    parser.add_argument("--workdir", type=pathlib.Path, default=default_workdir(),
+                        help="cache for captures and binaries (default %(default)s)")
+    parser.add_argument("--json", type=pathlib.Path, help="also write the raw numbers here")
+    args = parser.parse_args()
+    if args.repeat < 1:
+        parser.error("--repeat must be at least 1")
+    if args.quick:
+        args.flows = QUICK_FLOWS
+    return args
+
+
+def main():
+    """Generate, build, measure, report."""
+    args = parse_args()
+    args.workdir.mkdir(parents=True, exist_ok=True)
+    capture_path, capture = ensure_capture(args.workdir, args.flows, args.seed)
+    print(f"capture: {capture_path}: {capture['packets']} packets, {capture['flows']} flows, "
+          f"{capture['max_concurrent']} open at most, generated in {capture['seconds']} s"
+          f"{' (cached)' if capture['cached'] else ''}")
+    try:
+        nids, nids_error = ensure_nids(args.workdir), None
+    except RuntimeError as exc:
+        nids, nids_error = None, str(exc)
+    warm_page_cache(capture_path)
+    results = {} if nids else {NIDS_COLLECT: {"unavailable": nids_error},
+                               NIDS_NO_COLLECT: {"unavailable": nids_error}}
+    for name, cmd in tools(nids, capture_path):
+        print(f"measuring {name} ...", flush=True)
+        results[name] = measure(cmd, args.repeat, args.timeout)
+    print(f"\nbest of {args.repeat}; ratios are packet rates relative to libnids\n")
+    print(table(results))
+    print("\ncounts vs generator:")
+    print("\n".join(checks(results, capture)))
+    if args.json:
+        args.json.write_text(json.dumps({"capture": dict(capture, path=str(capture_path)),
+                                         "repeat": args.repeat, "results": results}, indent=2))
+
+
+if __name__ == "__main__":
+    main()
