@@ -30,6 +30,10 @@ cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
 cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
     return <int32_t>(a - b) >= 0
 
+cdef inline bint acks_syn(const side_t *s, uint32_t ack) noexcept nogil:
+    """An acceptable ACK of a side's SYN: past the ISN, at most what that side sent (TFO data)."""
+    return seq_ge(ack, s.isn + 1) and seq_ge(s.next_seq, ack)
+
 cdef inline int64_t to_ns(double seconds):
     return <int64_t>(seconds * 1e9 + (0.5 if seconds >= 0 else -0.5))
 
@@ -635,7 +639,7 @@ cdef class Engine:
         cdef side_t *r = &f.side[1 - side]
         cdef uint32_t wnd
         if r.state == ST_SYN_SENT and r.syn_seen:
-            return (pk.flags & TH_ACK) != 0 and pk.ack == r.isn + 1
+            return (pk.flags & TH_ACK) != 0 and acks_syn(r, pk.ack)
         if r.ack_known:
             wnd = r.window if r.window > 0 else 1
             return seq_ge(pk.seq, r.last_ack) and seq_gt(r.last_ack + wnd, pk.seq)
@@ -812,7 +816,7 @@ cdef class Engine:
             if r.state == ST_SYN_SENT:          # simultaneous open
                 self.set_state(slot, rs, ST_SYN_RECEIVED, HOOK_RECEIVER)
         elif syn:
-            if (r.state == ST_SYN_SENT or r.state == ST_SYN_RECEIVED) and (not r.syn_seen or pk.ack == r.isn + 1):
+            if (r.state == ST_SYN_SENT or r.state == ST_SYN_RECEIVED) and (not r.syn_seen or acks_syn(r, pk.ack)):
                 self.set_state(slot, rs, ST_ESTABLISHED, HOOK_RECEIVER)
         else:
             if ackf:

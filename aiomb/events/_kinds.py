@@ -17,7 +17,7 @@ class EventKind(enum.IntFlag):
     CONN_START = 1 << 1
     """A TCP connection is first seen (its first SYN, a SYN-ACK, or mid-stream pickup)."""
     SYN_ACK = 1 << 2
-    """The server's first SYN-ACK (a retransmitted one does not raise it again)."""
+    """A side's first SYN-ACK (a retransmitted one does not raise it again)."""
     ESTABLISHED = 1 << 3
     """The three-way handshake completed: both sides are ESTABLISHED."""
     FIN = 1 << 4
