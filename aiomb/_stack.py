@@ -87,7 +87,7 @@ class Subscription:
     async def _refill(self):
         try:
             return await self.receive_batch()
-        except trio.EndOfChannel:
+        except (trio.EndOfChannel, trio.ClosedResourceError):
             return None
 
     async def receive_batch(self) -> list:
@@ -197,6 +197,8 @@ class Stack:
         """Subscribe to events of ``kinds`` (on the default middlebox, or with ``filter`` on a
         middlebox of its own). Returns a :class:`Subscription`; use it in ``async with``.
         """
+        if self.finished.is_set():
+            raise RuntimeError("the stack's source has ended; subscribe before it finishes")
         if filter is not None:
             mb = self.middlebox(f"subscription-{len(self._middleboxes)}", filter=filter)
             return mb.subscribe(*kinds, max_batches=max_batches)
@@ -226,7 +228,7 @@ class Stack:
     def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.pop(sub._id, None) is not None:
             self.engine.unsubscribe(sub._id)
-            sub._send.close()
+            sub._recv.close()     # a pump blocked sending to it gets BrokenResourceError
 
     def start(self) -> None:
         """Let the source start delivering (idempotent; does not block)."""
@@ -258,9 +260,12 @@ class Stack:
                 sub._send.send_nowait(events)
             except trio.WouldBlock:
                 self._pauses += 1
-                await sub._send.send(events)
+                try:
+                    await sub._send.send(events)
+                except trio.BrokenResourceError:
+                    pass          # the consumer closed the subscription meanwhile
             except trio.BrokenResourceError:
-                self._unsubscribe(sub)
+                pass
 
     async def _pump(self) -> None:
         await self._go.wait()
@@ -277,13 +282,6 @@ class Stack:
         for sub in list(self._subs.values()):
             sub._send.close()
         self.finished.set()
-
-
-def _single(exc: BaseException) -> BaseException:
-    """The one exception inside nested single-member exception groups, else exc itself."""
-    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
-        exc = exc.exceptions[0]
-    return exc
 
 
 @asynccontextmanager
@@ -310,9 +308,8 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                 yield stack
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            inner = _single(group)
-            if inner is group:
+            if len(group.exceptions) != 1:
                 raise
-            raise inner from None
+            raise group.exceptions[0] from None     # the nursery's group, one level only
     finally:
         source.close()

@@ -349,12 +349,14 @@ cdef class Engine:
         if occurrence and (m & self.base_mask):
             for child in <list>self.children[bit]:
                 if self.interest[<int>child] & fm:
-                    self.raise_custom(<int>child, slot, side, hook, a, b)
+                    self.raise_custom(<int>child, slot, side, hook, a, b, value)
         return 0
 
-    cdef int raise_custom(self, int bit, int32_t slot, int side, int hook, int a, int b) except -1:
+    cdef int raise_custom(self, int bit, int32_t slot, int side, int hook, int a, int b,
+                          object base_value) except -1:
+        """Evaluate a custom event's predicate; the view's value is its base occurrence's."""
         cdef PacketView pv = self.pv
-        self.set_view(bit, slot, side, hook, a, b, None)
+        self.set_view(bit, slot, side, hook, a, b, base_value)
         r = self.kind_objs[bit].predicate(pv)
         if r is None or r is False:
             return 0
@@ -541,6 +543,7 @@ cdef class Engine:
                            int64_t ts, uint16_t linktype) except -1:
         cdef pkt_t *pk = &self.pk
         cdef int reason = 0, r
+        self.release_fragment()      # left over if a handler raised while it was in use
         memset(pk, 0, sizeof(pkt_t))
         pk.frame = data
         pk.caplen = caplen
@@ -553,29 +556,30 @@ cdef class Engine:
         if ts > self.now:
             self.now = ts
         r = self.parse(pk, linktype, &reason)
-        try:
-            if r == P_OK:
-                if pk.proto == 6:
-                    self.n_tcp += 1
-                    self.tcp_packet(pk)
-                else:
-                    self.n_udp += 1
-                    self.udp_packet(pk)
-            elif r == P_MALFORMED:
-                self.malformed[reason] += 1
-                if self.need_mask & EV_ERROR:
-                    self.emit(16, -1, -1, HOOK_NONE, 0, 0, MALFORMED_REASONS[reason])
-            elif r == P_NOT_IP:
-                self.n_non_ip += 1
-            elif r == P_OTHER:
-                self.n_other += 1
-        finally:
-            if self.frag_done != NULL:
-                frag_release(self.frag_done)
-                self.frag_done = NULL
+        if r == P_OK:
+            if pk.proto == 6:
+                self.n_tcp += 1
+                self.tcp_packet(pk)
+            else:
+                self.n_udp += 1
+                self.udp_packet(pk)
+        elif r == P_MALFORMED:
+            self.malformed[reason] += 1
+            if self.need_mask & EV_ERROR:
+                self.emit(16, -1, -1, HOOK_NONE, 0, 0, MALFORMED_REASONS[reason])
+        elif r == P_NOT_IP:
+            self.n_non_ip += 1
+        elif r == P_OTHER:
+            self.n_other += 1
+        self.release_fragment()
         if self.verdict == VERDICT_DROP:
             self.n_dropped += 1
         return self.verdict
+
+    cdef inline void release_fragment(self) noexcept:
+        if self.frag_done != NULL:
+            frag_release(self.frag_done)
+            self.frag_done = NULL
 
     cdef int32_t new_flow(self, pkt_t *pk, uint32_t h, bint sender_is_client) except -2:
         cdef int32_t slot = flowtab_insert(&self.tab, pk, h, sender_is_client)

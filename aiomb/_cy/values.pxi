@@ -10,6 +10,17 @@ from aiomb.flows._stats import SideStatistics, FlowStatistics
 cdef tuple SIDES = (Side.CLIENT, Side.SERVER)
 cdef tuple STATES = tuple(TcpState)
 cdef dict PROTOS = {6: Proto.TCP, 17: Proto.UDP}
+cdef object PROTO_TCP = Proto.TCP
+cdef object PROTO_UDP = Proto.UDP
+cdef tuple NO_VLAN = ()
+
+
+cdef inline tuple vlan_tuple(const uint16_t *vlan, uint8_t n, bint with_vlan):
+    if not with_vlan or n == 0:
+        return NO_VLAN
+    if n == 1:
+        return (vlan[0],)
+    return (vlan[0], vlan[1])
 cdef tuple REASONS = (None,) + tuple(EndReason)
 cdef tuple HOOKS = (None, Hook.SENDER, Hook.RECEIVER)
 
@@ -116,13 +127,13 @@ def _make_key(proto, client_ip, client_port, server_ip, server_port, vlan):
 
 cdef FlowKey key_from_flow(const flow_t *f, bint with_vlan):
     cdef FlowKey k = FlowKey.__new__(FlowKey)
-    k.proto = PROTOS[f.proto]
+    k.proto = PROTO_TCP if f.proto == 6 else PROTO_UDP
     memcpy(k._cip, f.client_ip, 16)
     memcpy(k._sip, f.server_ip, 16)
     k._family = f.family
     k.client_port = f.client_port
     k.server_port = f.server_port
-    k.vlan = tuple(f.vlan[i] for i in range(f.nvlan)) if with_vlan else ()
+    k.vlan = vlan_tuple(f.vlan, f.nvlan, with_vlan)
     return k
 
 
@@ -134,7 +145,7 @@ cdef FlowKey key_from_packet(const pkt_t *pk, bint with_vlan):
     k._family = pk.family
     k.client_port = pk.sport
     k.server_port = pk.dport
-    k.vlan = tuple(pk.vlan[i] for i in range(pk.nvlan)) if with_vlan else ()
+    k.vlan = vlan_tuple(pk.vlan, pk.nvlan, with_vlan)
     return k
 
 

@@ -1,0 +1,122 @@
+"""Sans-I/O flow table: bounds, eviction, idle timeouts by protocol and state, handles."""
+
+import aiomb
+from aiomb import EndReason, EventKind, TcpState
+from aiomb.testing import TcpConversation, tcp_frame, udp_frame
+
+ENDS = EventKind.CONN_END | EventKind.UDP_END
+
+
+def syn(i, ts=1.0):
+    return tcp_frame("10.0.0.1", "10.0.0.2", 1024 + i, 80, seq=i, flags="S")
+
+
+def feed(engine, frames):
+    for ts, f in frames:
+        engine.feed(f, ts)
+
+
+def test_max_flows_evicts_the_least_recently_active_flow():
+    engine = aiomb.Engine(max_flows=3)
+    sub = engine.subscribe(ENDS | EventKind.CONN_START)
+    feed(engine, [(1.0 + i, syn(i)) for i in range(3)])
+    engine.feed(tcp_frame("10.0.0.2", "10.0.0.1", 80, 1024, seq=9, ack=1, flags="SA"), 4.0)
+    engine.feed(syn(3), 5.0)
+    events = engine.drain(sub)
+    assert [(e.kind, e.key.client_port) for e in events] == [
+        (EventKind.CONN_START, 1024), (EventKind.CONN_START, 1025), (EventKind.CONN_START, 1026),
+        (EventKind.CONN_END, 1025), (EventKind.CONN_START, 1027)]
+    assert events[3].reason == EndReason.EVICTED
+    st = engine.statistics()
+    assert (st.flows_evicted, st.flows_active, st.max_flows) == (1, 3, 3)
+
+
+def test_idle_timeouts_depend_on_state_and_protocol():
+    engine = aiomb.Engine(tcp_syn_timeout=10, tcp_established_timeout=100, udp_timeout=50)
+    sub = engine.subscribe(ENDS)
+    engine.feed(syn(1), 0.0)                                          # half-open: 10 s
+    c = TcpConversation(("10.0.0.5", 5000), ("10.0.0.6", 22), start_ts=0.0)
+    c.handshake()
+    feed(engine, c.frames)                                              # established: 100 s
+    engine.feed(udp_frame("10.0.0.7", "10.0.0.8", 9, 9, b"u"), 0.0)   # udp: 50 s
+    engine.expire(10.5)
+    assert [e.key.server_port for e in engine.drain(sub)] == [80]
+    engine.expire(50.5)
+    assert [e.kind for e in engine.drain(sub)] == [EventKind.UDP_END]
+    engine.expire(99.0)
+    assert engine.drain(sub) == []
+    engine.expire(100.1)
+    (end,) = engine.drain(sub)
+    assert (end.key.server_port, end.reason) == (22, EndReason.TIMEOUT)
+    assert engine.statistics().flows_timed_out == 3
+
+
+def test_closed_flows_linger_then_leave_silently():
+    engine = aiomb.Engine(tcp_closed_timeout=5)
+    sub = engine.subscribe(ENDS | EventKind.PACKET_IN)
+    c = TcpConversation(start_ts=0.0)
+    c.handshake()
+    c.rst("client")
+    c.rst("client")                       # a straggler, counted on the closed flow
+    feed(engine, c.frames)
+    (flow,) = engine.flows()
+    assert flow.statistics().client.packets == 4
+    assert flow.statistics().client.rst == 2
+    engine.expire(6.0)
+    assert engine.flows() == []
+    kinds = [e.kind for e in engine.drain(sub)]
+    assert kinds.count(EventKind.CONN_END) == 1
+    assert kinds.count(EventKind.PACKET_IN) == 5
+
+
+def test_finish_ends_open_flows_oldest_first_and_handles_keep_final_values():
+    engine = aiomb.Engine()
+    sub = engine.subscribe(ENDS)
+    feed(engine, [(1.0 + i, syn(i)) for i in range(5)])
+    engine.feed(udp_frame("10.0.0.1", "10.0.0.9", 1, 2, b"x"), 9.0)
+    handles = engine.flows()
+    engine.finish()
+    events = engine.drain(sub)
+    assert [e.flow.id for e in events] == [1, 2, 3, 4, 5, 6]
+    assert {e.reason for e in events} == {EndReason.END_OF_CAPTURE}
+    assert engine.statistics().flows_active == 0
+    h = handles[0]
+    assert not h.alive and h.client_state == TcpState.SYN_SENT and h.end_reason == EndReason.END_OF_CAPTURE
+    assert h.statistics().client.syn == 1 and h.first_ts == 1.0
+
+
+def test_many_flows_grow_the_table_and_both_directions_meet():
+    engine = aiomb.Engine()
+    n = 5000
+    for i in range(n):
+        engine.feed(tcp_frame(f"10.{i >> 8 & 255}.{i & 255}.1", "192.0.2.1", 2000 + i % 50000, 443,
+                              seq=i, flags="S"), 1.0)
+    for i in range(n):
+        engine.feed(tcp_frame("192.0.2.1", f"10.{i >> 8 & 255}.{i & 255}.1", 443, 2000 + i % 50000,
+                              seq=7, ack=i + 1, flags="SA"), 2.0)
+    st = engine.statistics()
+    assert (st.flows_created, st.flows_active) == (n, n)
+    assert all(f.server_state == TcpState.SYN_RECEIVED for f in engine.flows())
+
+
+def test_flow_context_and_statistics_snapshot():
+    engine = aiomb.Engine()
+    sub = engine.subscribe(EventKind.CONN_START)
+    engine.feed(syn(1), 1.0)
+    (ev,) = engine.drain(sub)
+    ev.flow.context["seen"] = True
+    assert engine.flows()[0].context == {"seen": True}
+    assert engine.flows()[0] is ev.flow
+    snap = ev.flow.statistics()
+    engine.feed(syn(1), 2.0)
+    assert snap.client.packets == 1 and ev.flow.statistics().client.packets == 2
+
+
+def test_engine_option_errors_are_precise():
+    import pytest
+    with pytest.raises(ValueError, match="max_flows must be an int from 1"):
+        aiomb.Engine(max_flows=0)
+    with pytest.raises(ValueError, match="udp_timeout must be a positive number of seconds"):
+        aiomb.Engine(udp_timeout=-1)
+    with pytest.raises(TypeError):
+        aiomb.Engine(no_such_option=1)

@@ -1,0 +1,191 @@
+"""Sans-I/O parsing: link types, VLAN, IP options, IPv6 extension headers, fragments, bad frames."""
+
+import random
+
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aiomb
+from aiomb import EventKind
+from aiomb.testing import (TcpConversation, icmp_frame, ipv4_fragments, ipv6_fragments, sll2_frame,
+                           sll_frame, tcp_frame, udp_frame)
+
+from .events_helpers import run
+
+SYN = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S")
+
+
+def one_flow(engine):
+    (flow,) = engine.flows()
+    return flow
+
+
+def test_link_types_reach_the_same_flow():
+    ip = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S", ethernet=False)
+    for frame, linktype in ((SYN, 1), (ip, 101), (ip, 12), (sll_frame(ip), 113), (sll2_frame(ip), 276),
+                            (b"\x02\x00\x00\x00" + ip, 0)):
+        engine, events = run([(1.0, frame)], linktype=linktype)
+        assert events[0] == ("CONN_START", "CLIENT"), linktype
+        assert one_flow(engine).key.server_port == 80
+
+
+def test_unknown_linktype_is_counted_as_malformed():
+    engine, events = run([(1.0, SYN)], linktype=9999)
+    assert events == [("ERROR", None, "unknown_linktype")]
+    assert engine.statistics().malformed == {"unknown_linktype": 1}
+
+
+def test_ipv4_options_and_ethernet_padding():
+    frame = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S", ip_options=b"\x94\x04\x00\x00")
+    engine, _ = run([(1.0, frame + b"\x00" * 12)])
+    st = one_flow(engine).statistics().client
+    assert (st.ip_bytes, st.payload_bytes) == (len(frame) - 14, 0)
+
+
+def test_non_ip_and_other_protocols_are_counted_not_tracked():
+    arp = bytes(12) + b"\x08\x06" + bytes(28)
+    engine, events = run([(1.0, arp), (1.1, icmp_frame("10.0.0.1", "10.0.0.2")),
+                          (1.2, icmp_frame("2001:db8::1", "2001:db8::2"))])
+    st = engine.statistics()
+    assert (st.non_ip, st.other_protocol, st.flows_created, events) == (1, 2, 0, [])
+
+
+def test_udp_flow_start_and_end_by_timeout():
+    q = udp_frame("10.0.0.1", "10.0.0.53", 5353, 53, b"q")
+    r = udp_frame("10.0.0.53", "10.0.0.1", 53, 5353, b"answer")
+    engine, events = run([(1.0, q), (1.1, r)], udp_timeout=10)
+    assert events == [("UDP_START", "CLIENT")]
+    sub = engine.subscribe(EventKind.UDP_END)
+    engine.expire(11.0)
+    assert engine.drain(sub) == []
+    engine.expire(11.1)
+    (end,) = engine.drain(sub)
+    assert (end.kind, end.reason, end.side) == (EventKind.UDP_END, aiomb.EndReason.TIMEOUT, None)
+    assert end.flow.statistics().client.payload_bytes == 1
+    assert end.flow.statistics().server.payload_bytes == 6
+    assert not end.flow.alive
+
+
+def test_ipv4_fragments_reassemble_in_any_order():
+    c = TcpConversation()
+    c.handshake()
+    data = c.send("client", bytes(range(256)) * 8, flags="PA")
+    frags = ipv4_fragments(data, fragment_size=512)
+    assert len(frags) > 3
+    for order in (frags, frags[::-1], [frags[1], frags[0]] + frags[2:]):
+        engine, _ = run(c.frames[:3] + [(2.0 + i / 10, f) for i, f in enumerate(order)])
+        st = one_flow(engine).statistics().client
+        assert (st.packets, st.payload_bytes) == (3, 2048)
+        assert engine.statistics().fragments_reassembled == 1
+
+
+def test_ipv6_fragments_in_vlan():
+    c = TcpConversation(("2001:db8::1", 1234), ("2001:db8::2", 80))
+    c.handshake()
+    data = c.send("client", b"A" * 1000)
+    frags = ipv6_fragments(data, fragment_size=400, vlan=(7,))
+    engine, _ = run(c.frames[:3] + [(2.0, f) for f in frags])
+    assert one_flow(engine).statistics().client.payload_bytes == 1000
+    assert engine.statistics().fragments_held == len(frags)
+
+
+def test_incomplete_fragments_expire_and_are_bounded():
+    c = TcpConversation()
+    c.handshake()
+    data = c.send("client", b"x" * 2000)
+    first = ipv4_fragments(data, fragment_size=800)[0]
+    engine, _ = run(c.frames[:3] + [(2.0, first)], fragment_timeout=5)
+    assert one_flow(engine).statistics().client.payload_bytes == 0
+    engine.expire(8.0)
+    assert engine.statistics().fragments_expired == 1
+    frames = []
+    for i in range(10):
+        d = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="A", payload=b"y" * 100, ip_id=i)
+        frames.append((1.0 + i, ipv4_fragments(d, fragment_size=64)[0]))
+    engine, _ = run(frames, max_fragments=4)
+    assert engine.statistics().fragments_evicted == 6
+
+
+def test_overlapping_fragment_keeps_the_first_copy():
+    d = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S", payload=b"G" * 64)
+    frags = ipv4_fragments(d, fragment_size=40)
+    dup = bytearray(frags[0])
+    engine, _ = run([(1.0, frags[0]), (1.1, bytes(dup))] + [(1.2, f) for f in frags[1:]])
+    assert engine.statistics().fragment_overlaps == 1
+    assert one_flow(engine).statistics().client.payload_bytes == 64
+
+
+def truncations(frame):
+    return [frame[:n] for n in range(len(frame))]
+
+
+def test_every_truncation_of_a_tcp_frame_is_counted_never_tracked():
+    frame = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S",
+                      options=b"\x02\x04\x05\xb4\x01\x03\x03\x07")
+    engine = aiomb.Engine()
+    for cut in truncations(frame):
+        engine.feed(cut, 1.0)
+    st = engine.statistics()
+    assert st.flows_created == 0
+    assert st.malformed_total == len(frame)
+    assert set(st.malformed) <= {"truncated_l2", "truncated_ip", "bad_ip_total_length", "truncated_tcp"}
+
+
+def test_malformed_reasons():
+    ip = bytearray(tcp_frame("10.0.0.1", "10.0.0.2", 1, 2, flags="S"))
+    cases = {
+        "bad_ip_version": lambda b: b.__setitem__(14, 0x55),
+        "bad_ip_header_length": lambda b: b.__setitem__(14, 0x44),
+        "bad_tcp_header_length": lambda b: b.__setitem__(14 + 20 + 12, 0x40),
+        "bad_tcp_flags": lambda b: b.__setitem__(14 + 20 + 13, 0x07),
+    }
+    for reason, mutate in cases.items():
+        frame = bytearray(ip)
+        mutate(frame)
+        engine, _ = run([(1.0, bytes(frame))])
+        assert engine.statistics().malformed == {reason: 1}, reason
+    bad_opt = tcp_frame("10.0.0.1", "10.0.0.2", 1, 2, flags="S", options=b"\x02\x09\x00\x00")
+    assert run([(1.0, bad_opt)])[0].statistics().malformed == {"bad_tcp_option": 1}
+    bad_udp = bytearray(udp_frame("10.0.0.1", "10.0.0.2", 1, 2, b"abc"))
+    bad_udp[14 + 20 + 5] = 200
+    assert run([(1.0, bytes(bad_udp))])[0].statistics().malformed == {"bad_udp_length": 1}
+
+
+def test_error_events_name_the_reason():
+    engine, events = run([(1.0, SYN[:20])], kinds=EventKind.ERROR)
+    assert events == [("ERROR", None, "truncated_ip")]
+
+
+@settings(max_examples=300, deadline=None)
+@given(st.binary(min_size=0, max_size=120), st.sampled_from([1, 101, 113, 276, 0]))
+def test_garbage_never_crashes_and_never_corrupts_a_tracked_flow(garbage, linktype):
+    c = TcpConversation()
+    c.handshake()
+    engine = aiomb.Engine()
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    before = one_flow(engine).statistics()
+    engine.feed(garbage, 2.0, linktype=linktype)
+    after = [f for f in engine.flows() if f.key.server_port == 80 and str(f.key.server_ip) == "10.0.0.2"]
+    if after:
+        assert after[0].statistics().client.state == before.client.state
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0), st.integers(min_value=0, max_value=255))
+def test_bit_flips_in_real_frames_are_safe(seed, value):
+    rnd = random.Random(seed)
+    c = TcpConversation(("2001:db8::1", 1), ("2001:db8::2", 2))
+    c.handshake()
+    c.send("client", b"data" * 10)
+    engine = aiomb.Engine(midstream=True)
+    for ts, f in c.frames:
+        b = bytearray(f)
+        b[rnd.randrange(len(b))] = value
+        engine.feed(bytes(b), ts)
+    st = engine.statistics()
+    assert st.packets == len(c.frames)
+    assert st.tcp_packets + st.udp_packets + st.non_ip + st.other_protocol + st.malformed_total \
+        + st.fragments_held - st.fragments_reassembled == st.packets
+    engine.finish()
+    assert engine.statistics().flows_active == 0
