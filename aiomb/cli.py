@@ -159,7 +159,8 @@ def cmd_flows(args) -> int:
     flows, error = trio.run(lambda: collect_flows(
         capture(args.capture), filter=args.filter, midstream=not args.no_midstream,
         vlan_in_key=args.vlan))
-    write_records([flow_record(f) for f in flows], args.format, sys.stdout)
+    if flows or error is None:
+        write_records([flow_record(f) for f in flows], args.format, sys.stdout)
     if error is not None:
         print(f"aiomb: error: {error}", file=sys.stderr)
         return 1

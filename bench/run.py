@@ -189,6 +189,20 @@ def checks(results, capture):
     return lines
 
 
+def delivery_table(result):
+    """The event-delivery measurement as text (see bench/delivery.py)."""
+    if "unavailable" in result:
+        return f"event delivery: unavailable: {result['unavailable']}"
+    return "\n".join([
+        f"event delivery, {result['events']} events (best of the runs):",
+        f"  core alone, no event created     {result['engine_seconds']:.3f} s",
+        f"  core creating the events         {result['created_seconds']:.3f} s"
+        f"  ({result['create_ns_per_event']:.0f} ns per event to create)",
+        f"  async subscriber (async for)     {result['async_seconds']:.3f} s"
+        f"  ({result['deliver_ns_per_event']:.0f} ns per event beyond creating it; target < 100)",
+    ])
+
+
 def parse_args():
     """Command line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -230,9 +244,14 @@ def main():
     print(table(results))
     print("\ncounts vs generator:")
     print("\n".join(checks(results, capture)))
+    print("\nmeasuring event delivery (one PACKET_IN event per packet) ...", flush=True)
+    delivery = measure_once([sys.executable, str(BENCH / "delivery.py"), str(capture_path),
+                             "--repeat", str(args.repeat)], args.timeout)
+    print(delivery_table(delivery))
     if args.json:
         args.json.write_text(json.dumps({"capture": dict(capture, path=str(capture_path)),
-                                         "repeat": args.repeat, "results": results}, indent=2))
+                                         "repeat": args.repeat, "results": results,
+                                         "delivery": delivery}, indent=2))
 
 
 if __name__ == "__main__":

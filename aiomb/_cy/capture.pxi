@@ -3,8 +3,8 @@
 # link type and timestamp resolution), gzip-compressed or not, parsed without a Python object
 # per packet.
 
-import gzip as _gzip
 import os as _os
+import zlib as _zlib
 
 from aiomb._errors import CaptureError
 
@@ -14,6 +14,63 @@ cdef enum:
     FMT_PCAP = 1
     FMT_PCAPNG = 2
     MAX_IFACES = 256
+
+
+class _GunzipStream:
+    """Decompresses a gzip file (one or more members) incrementally, for CaptureReader.
+
+    Unlike gzip.GzipFile it hands over every byte decompressed before damage or truncation is
+    found, then raises OSError on the next read, so the records before the damage are kept.
+    """
+
+    def __init__(self, raw, chunk=1 << 16):
+        self.raw = raw
+        self.chunk = chunk
+        self.inflate = _zlib.decompressobj(wbits=31)
+        self.pending = b""
+        self.failure = None
+
+    def readinto(self, view):
+        while not self.pending:
+            if self.failure is not None:
+                raise OSError(self.failure)
+            self.pending = self.step()
+            if self.pending is None:
+                self.pending = b""
+                return 0
+        n = min(len(view), len(self.pending))
+        view[:n] = self.pending[:n]
+        self.pending = self.pending[n:]
+        return n
+
+    def step(self):
+        """The next decompressed bytes (maybe empty), None at the clean end of the stream."""
+        if self.inflate.eof:
+            rest = self.inflate.unused_data
+            if not rest:
+                rest = self.raw.read(self.chunk)
+                if not rest:
+                    return None
+            if not rest.startswith(b"\x1f\x8b"):
+                self.failure = "data after the last gzip member is not gzip"
+                return b""
+            self.inflate = _zlib.decompressobj(wbits=31)
+            return self.decompress(rest)
+        data = self.raw.read(self.chunk)
+        if not data:
+            self.failure = "the gzip stream ends before its end marker (truncated file)"
+            return self.inflate.flush()
+        return self.decompress(data)
+
+    def decompress(self, data):
+        try:
+            return self.inflate.decompress(data)
+        except _zlib.error as exc:
+            self.failure = str(exc)
+            return b""
+
+    def close(self):
+        self.raw.close()
 
 
 cdef class FrameBatch:
@@ -102,6 +159,7 @@ cdef class CaptureReader:
     cdef uint8_t if_pow2[MAX_IFACES]    # binary resolution exponent, 0 when decimal
     cdef int64_t if_offset[MAX_IFACES]  # seconds to add
     cdef object pending_error
+    cdef object stream_error    # a damaged compressed stream, raised where the good data ends
     cdef readonly uint64_t records
     cdef readonly bint compressed
 
@@ -131,7 +189,7 @@ cdef class CaptureReader:
         if head == b"\x1f\x8b":
             if prefix:
                 raise CaptureError("a gzip stream must be given as a seekable file or a path", path=self.path)
-            self.fh = _gzip.GzipFile(fileobj=raw, mode="rb")
+            self.fh = _GunzipStream(raw)
             self.compressed = True
         else:
             self.fh = raw
@@ -140,7 +198,11 @@ cdef class CaptureReader:
         self.length = len(prefix)
         if prefix:
             self.buf[:len(prefix)] = prefix
-        self.read_header()
+        try:
+            self.read_header()
+        except BaseException:
+            self.close()
+            raise
 
     def close(self):
         """Close the file."""
@@ -185,8 +247,11 @@ cdef class CaptureReader:
         while self.length < n and not self.eof:
             try:
                 got = self.fh.readinto(memoryview(self.buf)[self.length:])
-            except (EOFError, OSError, _gzip.BadGzipFile) as exc:
-                raise self.error(f"the compressed stream is damaged ({exc})", self.base + self.length) from None
+            except OSError as exc:
+                self.eof = True
+                self.stream_error = self.error(f"the compressed stream is damaged ({exc}); the "
+                                               "records before this offset were read", self.base + self.length)
+                break
             if not got:
                 self.eof = True
             else:
@@ -196,6 +261,8 @@ cdef class CaptureReader:
     cdef read_header(self):
         cdef uint32_t magic
         if not self.want(24):
+            if self.stream_error is not None:
+                raise self.stream_error
             raise self.error("file too short to be a pcap or pcapng capture (need a 24-byte header)", 0)
         magic = g32(self.p, 0)
         if magic == 0xa1b2c3d4 or magic == 0xa1b23c4d:
@@ -232,12 +299,20 @@ cdef class CaptureReader:
         return batch.count
 
     cdef int compact_for(self, FrameBatch batch, size_t n) except -1:
-        """Like want(), but never moves bytes that frames already in the batch point into."""
+        """Like want(), but never moves bytes that frames already in the batch point into.
+
+        Returns 1 when n bytes are there, 2 to hand the batch over first, 0 at the end of the
+        data; a damaged compressed stream raises its error there instead of 0.
+        """
         if self.length - self.pos >= n:
             return 1
         if batch.count and not self.eof:
             return 2        # hand the batch over first; the next fill compacts the buffer
-        return self.want(n)
+        if self.want(n):
+            return 1
+        if self.stream_error is not None:
+            raise self.stream_error
+        return 0
 
     cdef int fill_pcap(self, FrameBatch batch) except -1:
         cdef const uint8_t *h
@@ -283,9 +358,10 @@ cdef class CaptureReader:
     cdef int64_t pcapng_ts(self, int iface, uint64_t ticks) noexcept:
         cdef uint64_t v
         cdef int64_t off = self.if_offset[iface] * 1000000000
-        if self.if_pow2[iface]:
-            v = ((ticks >> self.if_pow2[iface]) * 1000000000) + \
-                (((ticks & ((<uint64_t>1 << self.if_pow2[iface]) - 1)) * 1000000000) >> self.if_pow2[iface])
+        cdef uint8_t p = self.if_pow2[iface]
+        if p:
+            v = (ticks >> p) * 1000000000 + <uint64_t>(
+                <double>(ticks & ((<uint64_t>1 << p) - 1)) * (1e9 / <double>(<uint64_t>1 << p)))
             return <int64_t>v + off
         if self.if_div[iface] > 1:
             return <int64_t>(ticks // <uint64_t>self.if_div[iface]) + off
@@ -384,7 +460,7 @@ cdef class CaptureReader:
                 ticks = (<uint64_t>g32(b + 12, self.swap) << 32) | g32(b + 16, self.swap)
                 caplen = g32(b + 20, self.swap)
                 wirelen = g32(b + 24, self.swap)
-                if 28 + caplen > blen - 4:
+                if <uint64_t>caplen + 32 > blen:
                     raise self.error(f"packet block: captured length {caplen} runs past the block",
                                      self.base + self.pos)
                 batch.data[batch.count] = b + 28

@@ -103,6 +103,15 @@ cdef int flowtab_grow(flowtab_t *t) noexcept nogil:
     return 0
 
 
+cdef inline bint addr_equal(const uint8_t *a, const uint8_t *b) noexcept nogil:
+    cdef uint64_t a0, a1, b0, b1
+    memcpy(&a0, a, 8)
+    memcpy(&a1, a + 8, 8)
+    memcpy(&b0, b, 8)
+    memcpy(&b1, b + 8, 8)
+    return a0 == b0 and a1 == b1
+
+
 cdef inline bint vlan_equal(const flow_t *f, const pkt_t *pk) noexcept nogil:
     return f.nvlan == pk.nvlan and f.vlan[0] == pk.vlan[0] and f.vlan[1] == pk.vlan[1]
 
@@ -115,11 +124,11 @@ cdef int32_t flowtab_lookup(flowtab_t *t, const pkt_t *pk, uint32_t h, int *side
         f = &t.flows[i]
         if f.hash == h and f.proto == pk.proto and (not t.vlan_in_key or vlan_equal(f, pk)):
             if f.client_port == pk.sport and f.server_port == pk.dport \
-                    and memcmp(f.client_ip, pk.src, 16) == 0 and memcmp(f.server_ip, pk.dst, 16) == 0:
+                    and addr_equal(f.client_ip, pk.src) and addr_equal(f.server_ip, pk.dst):
                 side[0] = 0
                 return i
             if f.client_port == pk.dport and f.server_port == pk.sport \
-                    and memcmp(f.client_ip, pk.dst, 16) == 0 and memcmp(f.server_ip, pk.src, 16) == 0:
+                    and addr_equal(f.client_ip, pk.dst) and addr_equal(f.server_ip, pk.src):
                 side[0] = 1
                 return i
         i = f.hnext

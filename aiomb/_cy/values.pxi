@@ -4,6 +4,8 @@
 
 import ipaddress as _ipaddress
 
+cimport cython
+
 from aiomb.flows._types import Side, TcpState, Proto, EndReason, Hook, Verdict
 from aiomb.flows._stats import SideStatistics, FlowStatistics
 
@@ -43,6 +45,7 @@ cdef int pack_ip(object value, uint8_t *out) except -1:
     return 4 if len(raw) == 4 else 6
 
 
+@cython.no_gc
 cdef class FlowKey:
     """A flow's identity: protocol, client and server address and port, and VLAN tags.
 
@@ -149,6 +152,7 @@ cdef FlowKey key_from_packet(const pkt_t *pk, bint with_vlan):
     return k
 
 
+@cython.no_gc
 cdef class Event:
     """One event, as a value: what happened (``kind``), to which flow, on which side, when.
 

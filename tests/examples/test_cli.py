@@ -1,0 +1,337 @@
+"""The ``aiomb`` command line, run as ``python -m aiomb`` in subprocesses (cwd = the repo).
+
+The bundled capture's flows are known exactly from examples/captures/make_demo.py. To keep
+the module fast, a module fixture writes every input capture first and runs all commands
+concurrently; each test then checks the result of its own commands.
+"""
+
+import concurrent.futures
+import csv
+import io
+import json
+import pathlib
+import shutil
+import struct
+import subprocess
+import sys
+
+import pytest
+
+from aiomb.cli import FIELDS
+from aiomb.testing import TcpConversation, tcp_frame, write_pcap
+
+REPO = pathlib.Path(__file__).resolve().parents[2]
+DEMO = "examples/captures/demo.pcapng"
+PYTHON_M_AIOMB = (sys.executable, "-m", "aiomb")
+
+
+def record(flow, proto, client, server, packets, ip_bytes, payload, first_ts, last_ts,
+           states, end, *, vlan="", midstream=False):
+    return {
+        "flow": flow, "proto": proto,
+        "client_ip": client[0], "client_port": client[1],
+        "server_ip": server[0], "server_port": server[1], "vlan": vlan,
+        "client_packets": packets[0], "server_packets": packets[1],
+        "client_ip_bytes": ip_bytes[0], "server_ip_bytes": ip_bytes[1],
+        "client_payload_bytes": payload[0], "server_payload_bytes": payload[1],
+        "first_ts": first_ts, "last_ts": last_ts,
+        "client_state": states[0], "server_state": states[1],
+        "end_reason": end, "midstream": midstream,
+    }
+
+
+DEMO_FLOWS = [
+    record(1, "udp", ("192.0.2.10", 53000), ("198.51.100.53", 53), (1, 1), (40, 56), (12, 28),
+           1764547201.0, 1764547201.004, ("", ""), "end_of_capture"),
+    record(2, "tcp", ("192.0.2.10", 51000), ("198.51.100.20", 80), (6, 4), (277, 211), (37, 51),
+           1764547201.1, 1764547201.19, ("TIME_WAIT", "CLOSED"), "fin"),
+    record(3, "tcp", ("2001:db8::10", 51001), ("2001:db8:1::20", 80), (6, 4), (397, 291), (37, 51),
+           1764547201.5, 1764547201.59, ("TIME_WAIT", "CLOSED"), "fin"),
+    record(4, "tcp", ("192.0.2.11", 40100), ("198.51.100.30", 25), (6, 4), (246, 226), (6, 66),
+           1764547202.0, 1764547202.18, ("TIME_WAIT", "CLOSED"), "fin"),
+    record(5, "tcp", ("192.0.2.12", 40200), ("198.51.100.40", 8080), (1, 1), (40, 40), (0, 0),
+           1764547202.5, 1764547202.501, ("CLOSED", "CLOSED"), "rst"),
+    record(6, "tcp", ("192.0.2.13", 40300), ("198.51.100.20", 80), (5, 4), (223, 187), (23, 27),
+           1764547203.0, 1764547211.0, ("CLOSED", "TIME_WAIT"), "fin"),
+    record(7, "tcp", ("192.0.2.14", 40400), ("198.51.100.50", 443), (4, 4), (223, 3232), (63, 3072),
+           1764547203.2, 1764547203.235, ("CLOSED", "CLOSED"), "rst"),
+]
+
+DEMO_TABLE = """\
+flow  proto  client                server               pkts c/s  ip bytes c/s  states            end
+1     udp    192.0.2.10:53000      198.51.100.53:53     1/1       40/56         -                 end_of_capture
+2     tcp    192.0.2.10:51000      198.51.100.20:80     6/4       277/211       TIME_WAIT/CLOSED  fin
+3     tcp    [2001:db8::10]:51001  [2001:db8:1::20]:80  6/4       397/291       TIME_WAIT/CLOSED  fin
+4     tcp    192.0.2.11:40100      198.51.100.30:25     6/4       246/226       TIME_WAIT/CLOSED  fin
+5     tcp    192.0.2.12:40200      198.51.100.40:8080   1/1       40/40         CLOSED/CLOSED     rst
+6     tcp    192.0.2.13:40300      198.51.100.20:80     5/4       223/187       CLOSED/TIME_WAIT  fin
+7     tcp    192.0.2.14:40400      198.51.100.50:443    4/4       223/3232      CLOSED/CLOSED     rst
+"""
+
+
+# -- inputs ---------------------------------------------------------------------------
+
+
+def demo_packet_blocks():
+    """The demo capture's bytes and (offset, length) of each of its packet blocks."""
+    data = (REPO / DEMO).read_bytes()
+    packets, off = [], 0
+    while off < len(data):
+        btype, blen = struct.unpack_from("<II", data, off)
+        if btype == 6:
+            packets.append((off, blen))
+        off += blen
+    return data, packets
+
+
+def write_midstream(path):
+    """A connection picked up mid-stream (no SYN seen), then a normal handshake."""
+    mid = [
+        (1.0, tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, flags="PA", seq=100, ack=200,
+                        payload=b"hello")),
+        (1.1, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, flags="A", seq=200, ack=105)),
+    ]
+    conv = TcpConversation(("10.0.0.3", 40001), ("10.0.0.4", 443), start_ts=2.0)
+    conv.handshake()
+    write_pcap(path, mid + conv.frames)
+
+
+def write_vlan(path):
+    """The same connection seen twice: untagged and in VLAN 42, each copy 0.1 ms later."""
+    copies = []
+    for vlan in ((), (42,)):
+        c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80), vlan=vlan)
+        c.handshake()
+        c.send("client", b"GET / HTTP/1.0\r\n\r\n")
+        c.fin("client")
+        c.fin("server")
+        c.ack("client")
+        copies.append(c.frames)
+    frames = []
+    for (t, untagged), (_, tagged) in zip(*copies, strict=True):
+        frames += [(t, untagged), (t + 0.0001, tagged)]
+    write_pcap(path, frames)
+
+
+class Inputs:
+    def __init__(self, root):
+        self.root = root
+        data, packets = demo_packet_blocks()
+        self.demo_packets = packets
+        # Cut in the middle of the 20th packet (the IPv6 HTTP flow's 8th).
+        self.cut_offset, self.cut_blen = packets[19]
+        self.cut = root / "cut.pcapng"
+        self.cut.write_bytes(data[:self.cut_offset + self.cut_blen // 2])
+        self.missing = root / "missing.pcap"
+        self.notes = root / "notes.txt"
+        self.notes.write_text("hello, this is not a capture file at all\n")
+        self.midstream = root / "mid.pcap"
+        write_midstream(self.midstream)
+        self.vlan = root / "vlan.pcap"
+        write_vlan(self.vlan)
+        self.empty_app = root / "nothing.py"
+        self.empty_app.write_text("X = 1\n")
+
+
+def commands(inp):
+    """Name -> argv (after the executable) of every command this module checks."""
+    flows_jsonl = ("flows", "--format", "jsonl")
+    return {
+        "table": ("flows", DEMO),
+        "jsonl": (*flows_jsonl, DEMO),
+        "csv": ("flows", DEMO, "--format", "csv"),
+        "port80": (*flows_jsonl, DEMO, "--filter", "tcp port 80"),
+        "udp": (*flows_jsonl, DEMO, "--filter", "udp"),
+        "bad-filter": ("flows", DEMO, "--filter", "tcp port"),
+        "missing": ("flows", inp.missing),
+        "directory": ("flows", inp.root),
+        "not-a-capture": (*flows_jsonl, inp.notes),
+        "truncated": (*flows_jsonl, inp.cut),
+        "midstream": (*flows_jsonl, inp.midstream),
+        "no-midstream": (*flows_jsonl, inp.midstream, "--no-midstream"),
+        "no-vlan": (*flows_jsonl, inp.vlan),
+        "vlan": (*flows_jsonl, inp.vlan, "--vlan"),
+        "help": ("--help",),
+        "run-empty-module": ("run", inp.empty_app, "--pcap", DEMO),
+    }
+
+
+def run(argv):
+    return subprocess.run([str(a) for a in argv], cwd=REPO, capture_output=True, text=True,
+                          timeout=60)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory):
+    return Inputs(tmp_path_factory.mktemp("cli"))
+
+
+@pytest.fixture(scope="module")
+def runs(inputs):
+    """Name -> CompletedProcess of every command, run concurrently (plus the console script)."""
+    argvs = {name: (*PYTHON_M_AIOMB, *args) for name, args in commands(inputs).items()}
+    script = shutil.which("aiomb")
+    if script is not None:
+        argvs["console-script"] = (script, "flows", DEMO, "--format", "csv")
+    with concurrent.futures.ThreadPoolExecutor(max_workers=4) as pool:
+        futures = {name: pool.submit(run, argv) for name, argv in argvs.items()}
+        return {name: f.result() for name, f in futures.items()}
+
+
+def jsonl(stdout):
+    return [json.loads(line) for line in stdout.splitlines()]
+
+
+def as_csv_row(rec):
+    return {k: str(v) for k, v in rec.items()}
+
+
+def ok(proc):
+    assert proc.stderr == ""
+    assert proc.returncode == 0
+    return proc.stdout
+
+
+# -- flows on the bundled capture -----------------------------------------------------
+
+
+def test_flows_table(runs):
+    assert ok(runs["table"]) == DEMO_TABLE
+
+
+def test_flows_jsonl(runs):
+    records = jsonl(ok(runs["jsonl"]))
+    assert [list(r) for r in records] == [list(FIELDS)] * 7
+    assert records == DEMO_FLOWS
+    assert [r["end_reason"] for r in records].count("fin") == 4
+
+
+def test_flows_csv(runs):
+    out = ok(runs["csv"])
+    reader = csv.DictReader(io.StringIO(out))
+    assert tuple(reader.fieldnames) == FIELDS
+    assert list(reader) == [as_csv_row(r) for r in DEMO_FLOWS]
+    assert out.splitlines()[0] == ",".join(FIELDS)
+
+
+def test_filter_tcp_port_80(runs):
+    records = jsonl(ok(runs["port80"]))
+    assert records == [r for r in DEMO_FLOWS if r["server_port"] == 80]
+    assert [r["flow"] for r in records] == [2, 3, 6]
+
+
+def test_filter_udp(runs):
+    assert jsonl(ok(runs["udp"])) == [DEMO_FLOWS[0]]
+
+
+def test_bad_filter_expression(runs):
+    proc = runs["bad-filter"]
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    lines = proc.stderr.splitlines()
+    assert lines[0] == "aiomb: error: bad --filter expression:"
+    assert "after 'port' at position 8" in lines[1]
+    assert lines[2] == "    tcp port"
+    assert lines[3] == " " * 12 + "^"          # under the end of the expression
+
+
+
+# -- capture errors -------------------------------------------------------------------
+
+
+def test_missing_capture(runs, inputs):
+    proc = runs["missing"]
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == f"aiomb: error: capture file not found: {inputs.missing}\n"
+
+
+def test_directory_as_capture(runs, inputs):
+    proc = runs["directory"]
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == f"aiomb: error: {inputs.root} is a directory; give a .pcap or .pcapng file\n"
+
+
+def test_not_a_capture(runs, inputs):
+    proc = runs["not-a-capture"]
+    assert proc.returncode in (1, 2)
+    assert proc.stdout == ""
+    assert proc.stderr.startswith(f"aiomb: error: {inputs.notes}: not a pcap or pcapng file")
+    assert "magic 0x6c6c6568" in proc.stderr
+    assert proc.stderr.count("\n") == 1
+
+
+def test_truncated_capture(runs, inputs):
+    assert len(inputs.demo_packets) == 51
+    proc = runs["truncated"]
+    assert proc.returncode == 1
+    blen = inputs.cut_blen
+    assert proc.stderr == (f"aiomb: error: {inputs.cut}: truncated block: header says {blen} bytes, "
+                           f"file ends after {blen // 2} at offset {inputs.cut_offset}\n")
+    records = jsonl(proc.stdout)
+    assert [r["flow"] for r in records] == [1, 2, 3]
+    # Flows seen before the cut: the DNS flow still open, HTTP/IPv4 complete, HTTP/IPv6 cut
+    # after its first 7 packets (the client's FIN not yet seen).
+    assert records[0] == {**DEMO_FLOWS[0], "end_reason": "open"}
+    assert records[1] == DEMO_FLOWS[1]
+    third = records[2]
+    assert (third["client_packets"], third["server_packets"]) == (4, 3)
+    assert (third["client_payload_bytes"], third["server_payload_bytes"]) == (37, 51)
+    assert (third["client_state"], third["server_state"], third["end_reason"]) == (
+        "ESTABLISHED", "ESTABLISHED", "open")
+
+
+
+# -- engine options -------------------------------------------------------------------
+
+
+def test_midstream_flow_is_listed_by_default(runs):
+    records = jsonl(ok(runs["midstream"]))
+    assert [(r["client_port"], r["server_port"], r["midstream"]) for r in records] == [
+        (40000, 80, True), (40001, 443, False)]
+    assert (records[0]["client_packets"], records[0]["server_packets"]) == (1, 1)
+    assert records[0]["client_payload_bytes"] == 5
+
+
+def test_no_midstream(runs):
+    records = jsonl(ok(runs["no-midstream"]))
+    assert [(r["flow"], r["client_port"], r["server_port"], r["midstream"]) for r in records] == [
+        (1, 40001, 443, False)]
+    assert (records[0]["client_packets"], records[0]["server_packets"]) == (2, 1)
+
+
+def test_vlan_in_key(runs):
+    merged = jsonl(ok(runs["no-vlan"]))
+    assert [(r["vlan"], r["client_packets"], r["server_packets"]) for r in merged] == [("", 10, 4)]
+
+    split = jsonl(ok(runs["vlan"]))
+    assert [(r["flow"], r["vlan"], r["client_packets"], r["server_packets"], r["end_reason"])
+            for r in split] == [(1, "", 5, 2, "fin"), (2, "42", 5, 2, "fin")]
+    assert [(r["client_state"], r["server_state"]) for r in split] == [("TIME_WAIT", "CLOSED")] * 2
+
+
+# -- help, run, console script --------------------------------------------------------
+
+
+def test_help(runs):
+    out = ok(runs["help"])
+    assert out.startswith("usage: aiomb ")
+    assert "flows" in out and "run" in out
+    assert "Async middleboxes" in out
+
+
+
+def test_run_module_without_setup_or_run(runs, inputs):
+    proc = runs["run-empty-module"]
+    assert proc.returncode == 2
+    assert proc.stdout == ""
+    assert proc.stderr == (f"aiomb: error: {inputs.empty_app} defines neither setup(stack) nor "
+                           "async run(stack); define at least one (see README)\n")
+
+
+
+def test_console_script(runs):
+    if "console-script" not in runs:
+        pytest.skip("the aiomb console script is not installed")
+    assert ok(runs["console-script"]) == ok(runs["csv"])
