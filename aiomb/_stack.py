@@ -272,10 +272,13 @@ class Stack:
         batch = FrameBatch(self._batch_size)
         engine = self.engine
         source = self.source
-        while await source.receive(batch):
-            engine.process(batch)
-            source.apply(batch)
-            self._batches += 1
+        while (count := await source.receive(batch)) is not None:
+            if count:
+                engine.process(batch)
+                source.apply(batch)
+                self._batches += 1
+            if source.live:
+                engine.expire(source.now())
             await self._deliver()
         engine.finish()
         await self._deliver()

@@ -219,12 +219,15 @@ cdef object side_stats(const side_t *s, const side_t *peer):
         wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None)
 
 
+@cython.no_gc
 cdef class Flow:
     """The live handle of one flow: key, both sides' TCP states and counters, user context.
 
     Live while the flow is in the table; after it is removed the handle keeps its final values
     (``alive`` turns False). ``context`` is a dict for middlebox state, shared by every
-    middlebox on the stack. Layer: core; reading attributes never blocks.
+    middlebox on the stack. Layer: core; reading attributes never blocks. Handles are made at
+    flow rate, so they are not tracked by the cyclic garbage collector: keep the handle itself
+    out of its own ``context`` (a cycle through it would never be freed).
     """
 
     cdef Engine _engine

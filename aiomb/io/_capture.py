@@ -1,9 +1,11 @@
 """Capture files as a packet source.
 
-Layer: io. The source interface (shared with live ports): ``open()``, ``await receive(batch)``
-filling a :class:`~aiomb._core.FrameBatch` and returning its frame count (0 at the end),
-``apply(batch)`` acting on the verdicts the engine wrote, ``close()``, ``live`` (False: time
-comes from packet timestamps) and ``progress()``.
+Layer: io. The source interface (shared with live ports): ``open()``; ``await receive(batch)``
+filling a :class:`~aiomb._core.FrameBatch` and returning its frame count, which a live source
+may return as 0 when a tick passes without traffic, or None at the end of input;
+``apply(batch)`` acting on the verdicts the engine wrote; ``close()``; ``live`` (False: time
+comes from packet timestamps; True: ``now()`` gives the clock in seconds, and the stack expires
+flows by it after every receive) and ``progress()``.
 """
 
 import os
@@ -37,12 +39,12 @@ class CaptureSource:
         self._reader = CaptureReader(self.path, chunk_size=self._chunk_size)
         self._size = os.path.getsize(self.path)
 
-    async def receive(self, batch) -> int:
-        """Fill ``batch`` with the next frames; returns how many, 0 at the end of the file."""
+    async def receive(self, batch) -> int | None:
+        """Fill ``batch`` with the next frames; returns how many, None at the end of the file."""
         if self._reader is None:
             raise RuntimeError("the capture source is not open; use it through aiomb.open_stack()")
         await trio.lowlevel.checkpoint()
-        return self._reader.fill(batch)
+        return self._reader.fill(batch) or None
 
     def apply(self, batch) -> None:
         """Verdicts do not apply to a capture (there is no wire to forward to)."""
