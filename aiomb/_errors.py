@@ -17,3 +17,11 @@ class CaptureError(AiombError, ValueError):
         where = f"{path}: " if path else ""
         at = f" at offset {offset}" if offset is not None else ""
         super().__init__(f"{where}{message}{at}")
+
+
+class PortError(AiombError, OSError):
+    """A live port could not be opened or driven: no such interface, an XDP program that is not
+    aiomb's already attached (pass ``force=True`` to replace it), a mode the driver refuses.
+
+    The message names the interface and what to do.
+    """

@@ -1,0 +1,352 @@
+"""A tiny eBPF assembler and the bpf(2) calls aiomb needs, through ctypes (no compiler at run time).
+
+Layer: io. ``Asm`` assembles eBPF instructions (64-bit ALU, loads/stores, jumps to labels,
+helper calls, map-fd loads) into the kernel's ``struct bpf_insn`` encoding. The module-level
+functions wrap bpf(2): map create/update/delete, program load (the verifier log is put in the
+error), object info (program id and name), fd by id, and BPF_PROG_TEST_RUN. Each call blocks
+only for the system call; errors raise ``BpfError`` (an OSError) naming the command.
+"""
+
+import ctypes
+import ctypes.util
+import os
+import platform
+import struct
+
+# ---- instruction classes and fields (linux/bpf_common.h, linux/bpf.h) ------------------------
+
+BPF_LD, BPF_LDX, BPF_ST, BPF_STX, BPF_ALU, BPF_JMP, BPF_JMP32, BPF_ALU64 = 0, 1, 2, 3, 4, 5, 6, 7
+BPF_W, BPF_H, BPF_B, BPF_DW = 0x00, 0x08, 0x10, 0x18
+BPF_IMM, BPF_MEM = 0x00, 0x60
+BPF_K, BPF_X = 0x00, 0x08
+ALU_OPS = {"add": 0x00, "sub": 0x10, "mul": 0x20, "div": 0x30, "or": 0x40, "and": 0x50,
+           "lsh": 0x60, "rsh": 0x70, "neg": 0x80, "mod": 0x90, "xor": 0xa0, "mov": 0xb0,
+           "arsh": 0xc0}
+JMP_OPS = {"ja": 0x00, "jeq": 0x10, "jgt": 0x20, "jge": 0x30, "jset": 0x40, "jne": 0x50,
+           "jsgt": 0x60, "jsge": 0x70, "jlt": 0xa0, "jle": 0xb0, "jslt": 0xc0, "jsle": 0xd0}
+BPF_CALL, BPF_EXIT = 0x80, 0x90
+SIZES = {1: BPF_B, 2: BPF_H, 4: BPF_W, 8: BPF_DW}
+BPF_PSEUDO_MAP_FD = 1
+
+# ---- program and map types, commands, helpers, return codes ---------------------------------
+
+BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
+BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 5, 10, 13, 15
+BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_XSKMAP = 1, 2, 17
+BPF_PROG_TYPE_XDP = 6
+BPF_XDP = 37                       # expected attach type of XDP programs
+BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
+BPF_FUNC_MAP_LOOKUP_ELEM, BPF_FUNC_REDIRECT_MAP = 1, 51
+XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
+XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_INGRESS_IFINDEX, XDP_MD_RX_QUEUE_INDEX = 0, 4, 12, 16
+
+OBJ_NAME_LEN = 16
+ATTR_SIZE = 144                    # sizeof(union bpf_attr) on 6.x; zero-padded
+
+_SYSCALL = {"x86_64": 321, "aarch64": 280, "armv7l": 386, "ppc64le": 361, "s390x": 351, "riscv64": 280}
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
+_libc.syscall.restype = ctypes.c_long
+
+
+class BpfError(OSError):
+    """A bpf(2) call failed; ``errno`` is set, ``log`` holds the verifier's log for loads."""
+
+    def __init__(self, errno: int, message: str, log: str = ""):
+        super().__init__(errno, message)
+        self.log = log
+
+
+class Asm:
+    """Assembles eBPF instructions; ``code()`` returns them as bytes (8 per instruction).
+
+    Registers are ints 0..10 (r0 return value, r1-r5 arguments, r10 frame pointer). Jumps
+    take a label name placed later (or earlier) with ``label()``. Layer: io; pure.
+    """
+
+    def __init__(self):
+        self._insns: list[list] = []       # [code, dst, src, off, imm]; off may be a label
+        self._labels: dict[str, int] = {}
+
+    def __len__(self) -> int:
+        return len(self._insns)
+
+    def _emit(self, code, dst=0, src=0, off=0, imm=0) -> "Asm":
+        for reg in (dst, src):
+            if not 0 <= reg <= 10:
+                raise ValueError(f"eBPF registers are r0..r10, got r{reg}")
+        self._insns.append([code, dst, src, off, imm])
+        return self
+
+    def label(self, name: str) -> "Asm":
+        """Place label ``name`` at the next instruction."""
+        if name in self._labels:
+            raise ValueError(f"label {name!r} placed twice")
+        self._labels[name] = len(self._insns)
+        return self
+
+    def alu64(self, op: str, dst: int, src: int | None = None, imm: int = 0) -> "Asm":
+        """dst = dst OP src (register) or dst OP imm (when src is None)."""
+        code = BPF_ALU64 | ALU_OPS[op]
+        if src is None:
+            return self._emit(code | BPF_K, dst, 0, 0, imm)
+        return self._emit(code | BPF_X, dst, src)
+
+    def alu32(self, op: str, dst: int, src: int | None = None, imm: int = 0) -> "Asm":
+        """32-bit ALU (the upper half of dst is zeroed)."""
+        code = BPF_ALU | ALU_OPS[op]
+        if src is None:
+            return self._emit(code | BPF_K, dst, 0, 0, imm)
+        return self._emit(code | BPF_X, dst, src)
+
+    def mov(self, dst: int, src: int | None = None, imm: int = 0) -> "Asm":
+        """dst = src, or dst = imm (sign-extended 32-bit immediate)."""
+        return self.alu64("mov", dst, src, imm)
+
+    def ldx(self, size: int, dst: int, src: int, off: int = 0) -> "Asm":
+        """dst = *(u<size*8> *)(src + off)."""
+        return self._emit(BPF_LDX | BPF_MEM | SIZES[size], dst, src, off)
+
+    def stx(self, size: int, dst: int, off: int, src: int) -> "Asm":
+        """*(u<size*8> *)(dst + off) = src."""
+        return self._emit(BPF_STX | BPF_MEM | SIZES[size], dst, src, off)
+
+    def st(self, size: int, dst: int, off: int, imm: int) -> "Asm":
+        """*(u<size*8> *)(dst + off) = imm."""
+        return self._emit(BPF_ST | BPF_MEM | SIZES[size], dst, 0, off, imm)
+
+    def ld_imm64(self, dst: int, value: int, src: int = 0) -> "Asm":
+        """dst = a 64-bit immediate (two instruction slots)."""
+        self._emit(BPF_LD | BPF_DW | BPF_IMM, dst, src, 0, value & 0xffffffff)
+        return self._emit(0, 0, 0, 0, (value >> 32) & 0xffffffff)
+
+    def ld_map_fd(self, dst: int, map_fd: int) -> "Asm":
+        """dst = the map behind ``map_fd`` (the loader turns the fd into a map pointer)."""
+        return self.ld_imm64(dst, map_fd, src=BPF_PSEUDO_MAP_FD)
+
+    def jmp(self, op: str, dst: int, target: str, src: int | None = None, imm: int = 0) -> "Asm":
+        """if (dst OP src/imm) goto target; ``jmp("ja", 0, target)`` jumps always."""
+        code = BPF_JMP | JMP_OPS[op]
+        if src is None:
+            return self._emit(code | BPF_K, dst, 0, target, imm)
+        return self._emit(code | BPF_X, dst, src, target)
+
+    def call(self, helper: int) -> "Asm":
+        """Call a kernel helper by number (arguments in r1-r5, result in r0)."""
+        return self._emit(BPF_JMP | BPF_CALL, 0, 0, 0, helper)
+
+    def exit(self) -> "Asm":
+        """Return r0."""
+        return self._emit(BPF_JMP | BPF_EXIT)
+
+    def code(self) -> bytes:
+        """The program as ``struct bpf_insn`` bytes; raises ValueError for unknown labels."""
+        out = bytearray()
+        for pc, (code, dst, src, off, imm) in enumerate(self._insns):
+            if isinstance(off, str):
+                if off not in self._labels:
+                    raise ValueError(f"jump to undefined label {off!r}")
+                off = self._labels[off] - pc - 1
+            if not -0x8000 <= off <= 0x7fff:
+                raise ValueError(f"jump offset {off} out of range at instruction {pc}")
+            out += struct.pack("<BBhi", code, (src << 4) | dst, off,
+                               imm - (1 << 32) if imm >= 1 << 31 else imm)
+        return bytes(out)
+
+
+# ---- bpf(2) ----------------------------------------------------------------------------------
+
+def _nr() -> int:
+    machine = platform.machine()
+    if machine not in _SYSCALL:
+        raise OSError(f"bpf(2) syscall number unknown for {machine}")
+    return _SYSCALL[machine]
+
+
+def bpf(cmd: int, attr: ctypes.Array, what: str) -> int:
+    """Call bpf(cmd, attr); returns the result, raises BpfError naming ``what``."""
+    r = _libc.syscall(_nr(), ctypes.c_int(cmd), attr, ctypes.c_uint(len(attr)))
+    if r < 0:
+        err = ctypes.get_errno()
+        raise BpfError(err, f"{what}: {os.strerror(err)}")
+    return r
+
+
+def _attr() -> ctypes.Array:
+    buf = ctypes.create_string_buffer(ATTR_SIZE)
+    return buf
+
+
+def _put(buf, fmt: str, offset: int, *values) -> None:
+    struct.pack_into(fmt, buf, offset, *values)
+
+
+def _addr(obj) -> int:
+    return ctypes.addressof(obj)
+
+
+def _name(name: str) -> bytes:
+    raw = name.encode()
+    if len(raw) >= OBJ_NAME_LEN or not all(c.isalnum() or c in "_." for c in name):
+        raise ValueError(f"BPF object names are at most 15 characters of [A-Za-z0-9_.], got {name!r}")
+    return raw
+
+
+def map_create(map_type: int, key_size: int, value_size: int, max_entries: int, *,
+               name: str = "", flags: int = 0) -> int:
+    """Create a map; returns its fd (close it with os.close)."""
+    a = _attr()
+    _put(a, "<IIIII", 0, map_type, key_size, value_size, max_entries, flags)
+    if name:
+        _put(a, f"<{OBJ_NAME_LEN}s", 28, _name(name))
+    return bpf(BPF_MAP_CREATE, a, f"creating BPF map {name or map_type!r}")
+
+
+def map_update(map_fd: int, key: bytes, value: bytes, flags: int = 0) -> None:
+    """Set ``key`` to ``value`` (both raw bytes of the map's sizes)."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value, len(value))
+    a = _attr()
+    _put(a, "<IIQQQ", 0, map_fd, 0, _addr(k), _addr(v), flags)
+    bpf(BPF_MAP_UPDATE_ELEM, a, "updating a BPF map entry")
+
+
+def map_delete(map_fd: int, key: bytes) -> None:
+    """Delete ``key``; raises BpfError (ENOENT) when absent."""
+    k = ctypes.create_string_buffer(key, len(key))
+    a = _attr()
+    _put(a, "<IIQ", 0, map_fd, 0, _addr(k))
+    bpf(BPF_MAP_DELETE_ELEM, a, "deleting a BPF map entry")
+
+
+def map_lookup(map_fd: int, key: bytes, value_size: int) -> bytes | None:
+    """The value stored under ``key`` (raw bytes), or None when absent."""
+    k = ctypes.create_string_buffer(key, len(key))
+    v = ctypes.create_string_buffer(value_size)
+    a = _attr()
+    _put(a, "<IIQQ", 0, map_fd, 0, _addr(k), _addr(v))
+    try:
+        bpf(BPF_MAP_LOOKUP_ELEM, a, "looking up a BPF map entry")
+    except BpfError as exc:
+        if exc.errno == 2:
+            return None
+        raise
+    return v.raw
+
+
+def prog_load(prog_type: int, code: bytes, *, name: str, license: str = "GPL",
+              expected_attach_type: int = 0, log_size: int = 1 << 16) -> int:
+    """Load a program (verified by the kernel); returns its fd.
+
+    Raises BpfError with the verifier's log in the message when the kernel rejects it.
+    """
+    if len(code) % 8 or not code:
+        raise ValueError("a program is a non-empty sequence of 8-byte instructions")
+    insns = ctypes.create_string_buffer(code, len(code))
+    lic = ctypes.create_string_buffer(license.encode())
+    a = _attr()
+    _put(a, "<IIQQ", 0, prog_type, len(code) // 8, _addr(insns), _addr(lic))
+    _put(a, f"<{OBJ_NAME_LEN}s", 48, _name(name))
+    _put(a, "<I", 68, expected_attach_type)
+    try:
+        return bpf(BPF_PROG_LOAD, a, f"loading BPF program {name!r}")
+    except BpfError:
+        pass
+    # again with a log, to say why
+    log = ctypes.create_string_buffer(log_size)
+    _put(a, "<IIQ", 24, 1, log_size, _addr(log))
+    try:
+        return bpf(BPF_PROG_LOAD, a, f"loading BPF program {name!r}")
+    except BpfError as exc:
+        text = log.value.decode(errors="replace").strip()
+        raise BpfError(exc.errno, f"{exc.strerror}; verifier log:\n{text}" if text else exc.strerror,
+                       text) from None
+
+
+def obj_info(fd: int) -> tuple[int, str, int]:
+    """(id, name, type) of the program behind ``fd`` (BPF_OBJ_GET_INFO_BY_FD)."""
+    info = ctypes.create_string_buffer(232)
+    a = _attr()
+    _put(a, "<IIQ", 0, fd, len(info), _addr(info))
+    bpf(BPF_OBJ_GET_INFO_BY_FD, a, "reading BPF program info")
+    ptype, pid = struct.unpack_from("<II", info, 0)
+    name = struct.unpack_from(f"<{OBJ_NAME_LEN}s", info, 64)[0].split(b"\0", 1)[0].decode(errors="replace")
+    return pid, name, ptype
+
+
+def prog_fd_by_id(prog_id: int) -> int:
+    """An fd for the loaded program with id ``prog_id``; raises BpfError (ENOENT) if gone."""
+    a = _attr()
+    _put(a, "<I", 0, prog_id)
+    return bpf(BPF_PROG_GET_FD_BY_ID, a, f"opening BPF program id {prog_id}")
+
+
+def prog_name_by_id(prog_id: int) -> str | None:
+    """The name of the loaded program ``prog_id``, or None when it no longer exists."""
+    try:
+        fd = prog_fd_by_id(prog_id)
+    except BpfError as exc:
+        if exc.errno == 2:
+            return None
+        raise
+    try:
+        return obj_info(fd)[1]
+    finally:
+        os.close(fd)
+
+
+def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, flags: int = 0,
+                  batch_size: int = 0, ctx: bytes | None = None) -> tuple[int, int]:
+    """Run a program on ``data`` (BPF_PROG_TEST_RUN); returns (return value, ns per run).
+
+    With ``flags=BPF_F_TEST_XDP_LIVE_FRAMES`` an XDP program's XDP_TX/XDP_REDIRECT verdicts
+    really send the frame ``repeat`` times (a fast packet generator); ``ctx`` is an xdp_md
+    naming the ingress interface and queue. Blocks for the whole run.
+    """
+    din = ctypes.create_string_buffer(data, len(data))
+    a = _attr()
+    _put(a, "<IIIIQQ", 0, prog_fd, 0, len(data), 0, _addr(din), 0)
+    _put(a, "<II", 32, repeat, 0)
+    if ctx is not None:
+        cbuf = ctypes.create_string_buffer(ctx, len(ctx))
+        _put(a, "<IIQQ", 40, len(ctx), 0, _addr(cbuf), 0)
+    _put(a, "<III", 64, flags, 0, batch_size)
+    bpf(BPF_PROG_TEST_RUN, a, "running a BPF program (BPF_PROG_TEST_RUN)")
+    retval, = struct.unpack_from("<I", a, 4)
+    duration, = struct.unpack_from("<I", a, 36)
+    return retval, duration
+
+
+# ---- aiomb's XDP program ---------------------------------------------------------------------
+
+PROGRAM_NAME = "aiomb_xsk"
+
+
+def xsk_redirect_program(xsks_map_fd: int) -> bytes:
+    """``return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);``
+
+    Frames of a queue with a bound socket go to it; all others (no socket, or the process is
+    gone) go on to the kernel's stack.
+    """
+    a = Asm()
+    a.ldx(4, 2, 1, XDP_MD_RX_QUEUE_INDEX)   # r2 = ctx->rx_queue_index
+    a.ld_map_fd(1, xsks_map_fd)             # r1 = &xsks
+    a.mov(3, imm=XDP_PASS)                  # r3 = default action when the slot is empty
+    a.call(BPF_FUNC_REDIRECT_MAP)
+    a.exit()
+    return a.code()
+
+
+def load_xsk_program(max_queues: int) -> tuple[int, int]:
+    """Create the XSKMAP (one slot per RX queue) and load aiomb's program; returns (prog fd, map fd)."""
+    map_fd = map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, max(1, max_queues), name="aiomb_xsks")
+    try:
+        prog_fd = prog_load(BPF_PROG_TYPE_XDP, xsk_redirect_program(map_fd), name=PROGRAM_NAME)
+    except BaseException:
+        os.close(map_fd)
+        raise
+    return prog_fd, map_fd
+
+
+def xsk_map_set(map_fd: int, queue: int, sock_fd: int) -> None:
+    """Point slot ``queue`` of an XSKMAP at the AF_XDP socket ``sock_fd``."""
+    map_update(map_fd, struct.pack("<I", queue), struct.pack("<I", sock_fd))

@@ -1,0 +1,124 @@
+"""The eBPF assembler, the bpf(2) loader and XDP attach/detach with pyroute2, on a real kernel."""
+
+import os
+import socket
+import struct
+
+import pytest
+from pyroute2 import IPRoute
+
+from aiomb import PortError
+from aiomb.io import _bpf, _xdp
+
+from .lab import sh
+
+
+def test_assembler_encoding():
+    a = _bpf.Asm()
+    a.ldx(4, 2, 1, 16).mov(3, imm=2).mov(0, 3).ld_imm64(4, 0x1122334455667788)
+    a.jmp("jeq", 2, "out", imm=7).alu64("add", 2, imm=-1).label("out").call(51).exit()
+    code = a.code()
+    insns = [code[i:i + 8] for i in range(0, len(code), 8)]
+    assert insns[0] == struct.pack("<BBhi", 0x61, 0x12, 16, 0)        # r2 = *(u32 *)(r1 + 16)
+    assert insns[1] == struct.pack("<BBhi", 0xb7, 0x03, 0, 2)         # r3 = 2
+    assert insns[2] == struct.pack("<BBhi", 0xbf, 0x30, 0, 0)         # r0 = r3
+    assert insns[3] == struct.pack("<BBhi", 0x18, 0x04, 0, 0x55667788)
+    assert insns[4] == struct.pack("<BBhi", 0x00, 0x00, 0, 0x11223344)
+    assert insns[5] == struct.pack("<BBhi", 0x15, 0x02, 1, 7)         # skip one instruction
+    assert insns[6] == struct.pack("<BBhi", 0x07, 0x02, 0, -1)
+    assert insns[7] == struct.pack("<BBhi", 0x85, 0x00, 0, 51)
+    assert insns[8] == struct.pack("<BBhi", 0x95, 0x00, 0, 0)
+
+
+def test_assembler_errors():
+    with pytest.raises(ValueError, match="undefined label 'nowhere'"):
+        _bpf.Asm().jmp("ja", 0, "nowhere").exit().code()
+    with pytest.raises(ValueError, match="r0..r10"):
+        _bpf.Asm().mov(11, imm=0)
+    with pytest.raises(ValueError, match="placed twice"):
+        _bpf.Asm().label("x").label("x")
+
+
+def test_program_loads_named_and_passes_without_sockets():
+    prog, xsks = _bpf.load_xsk_program(4)
+    try:
+        pid, name, ptype = _bpf.obj_info(prog)
+        assert (name, ptype) == ("aiomb_xsk", _bpf.BPF_PROG_TYPE_XDP)
+        assert _bpf.prog_name_by_id(pid) == "aiomb_xsk"
+        frame = bytes(12) + b"\x08\x00" + bytes(50)
+        retval, _ = _bpf.prog_test_run(prog, frame, repeat=10)
+        assert retval == _bpf.XDP_PASS           # no socket in the map: the kernel gets it
+    finally:
+        os.close(prog)
+        os.close(xsks)
+
+
+def test_verifier_log_in_error():
+    with pytest.raises(_bpf.BpfError, match="verifier log") as info:
+        _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, _bpf.Asm().mov(0, imm=1).code(), name="aiomb_bad")
+    assert "exit" in info.value.log
+
+
+def test_xskmap_takes_only_xdp_sockets():
+    _, xsks = _bpf.load_xsk_program(2)
+    try:
+        with socket.socket() as s, pytest.raises(_bpf.BpfError):
+            _bpf.xsk_map_set(xsks, 0, s.fileno())
+    finally:
+        os.close(xsks)
+
+
+def test_attach_detach_read_back(lab):
+    a, _ = lab.veth("x", "y")
+    prog, xsks = _bpf.load_xsk_program(1)
+    try:
+        pid = _bpf.obj_info(prog)[0]
+        with IPRoute() as ipr:
+            index = _xdp.ifindex(ipr, a)
+            assert _xdp.query(ipr, index).mode is None
+            _xdp.attach(ipr, index, prog, "skb", ifname=a)
+            state = _xdp.query(ipr, index)
+            assert (state.mode, state.prog_id, state.name, state.ours) == ("skb", pid, "aiomb_xsk", True)
+            assert "xdpgeneric" in sh("ip", "link", "show", a).stdout
+            # UPDATE_IF_NOEXIST: a second attach is refused
+            with pytest.raises(PortError, match="another XDP program"):
+                _xdp.attach(ipr, index, prog, "skb", ifname=a)
+            assert _xdp.detach_if(ipr, index, "skb", pid + 1000) is False    # not that program
+            assert _xdp.query(ipr, index).mode == "skb"
+            assert _xdp.detach_if(ipr, index, "skb", pid) is True
+            assert _xdp.query(ipr, index).mode is None
+            _xdp.attach(ipr, index, prog, "native", ifname=a)             # veth has native XDP
+            assert _xdp.query(ipr, index).mode == "native"
+            _xdp.detach(ipr, index, "native")
+            assert _xdp.query(ipr, index).mode is None
+    finally:
+        os.close(prog)
+        os.close(xsks)
+
+
+def test_clear_refuses_foreign_replaces_stale(lab):
+    a, _ = lab.veth("x", "y")
+    foreign = _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP,
+                             _bpf.Asm().mov(0, imm=_bpf.XDP_PASS).exit().code(), name="someone_else")
+    stale, xsks = _bpf.load_xsk_program(1)
+    try:
+        with IPRoute() as ipr:
+            index = _xdp.ifindex(ipr, a)
+            _xdp.attach(ipr, index, foreign, "skb")
+            with pytest.raises(PortError, match=rf"{a} already runs an XDP program that is not "
+                                                r"aiomb's .*name 'someone_else'.*force=True"):
+                _xdp.clear(ipr, index, ifname=a, force=False)
+            assert _xdp.query(ipr, index).name == "someone_else"
+            _xdp.clear(ipr, index, ifname=a, force=True)
+            assert _xdp.query(ipr, index).mode is None
+            _xdp.attach(ipr, index, stale, "native")
+            before = _xdp.clear(ipr, index, ifname=a, force=False)       # ours: replaced
+            assert before.ours and _xdp.query(ipr, index).mode is None
+    finally:
+        for fd in (foreign, stale, xsks):
+            os.close(fd)
+
+
+def test_unknown_interface():
+    with IPRoute() as ipr, pytest.raises(PortError, match="no interface named 'nosuch0'"):
+        _xdp.ifindex(ipr, "nosuch0")
