@@ -11,6 +11,7 @@ from ._core import FrameBatch as FrameBatch
 from ._core import PacketView as PacketView
 from ._errors import AiombError as AiombError
 from ._errors import CaptureError as CaptureError
+from ._errors import PortError as PortError
 from ._stack import Middlebox as Middlebox
 from ._stack import Stack as Stack
 from ._stack import StackStatistics as StackStatistics
@@ -31,7 +32,10 @@ from .flows import Side as Side
 from .flows import SideStatistics as SideStatistics
 from .flows import TcpState as TcpState
 from .flows import Verdict as Verdict
+from .io import Port as Port
+from .io import PortStatistics as PortStatistics
 from .io import capture as capture
+from .io import port as port
 
 PACKET_IN = EventKind.PACKET_IN
 CONN_START = EventKind.CONN_START

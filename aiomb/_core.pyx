@@ -1,8 +1,9 @@
 # cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The aiomb core: the Engine (parse, flows, TCP state, events) and the capture reader.
+"""The aiomb core: the Engine (parse, flows, TCP state, events), the capture reader and the
+AF_XDP sockets.
 
 One extension built from the includes in aiomb/_cy, one concern each. Never imports Trio,
-never reads a clock; the only I/O is the capture reader's file reads.
+never reads a clock; the only I/O is the capture reader's file reads and the AF_XDP rings.
 """
 
 include "_cy/defs.pxi"
@@ -12,8 +13,10 @@ include "_cy/flowtable.pxi"
 
 cdef class Engine
 
+include "_cy/rewrite.pxi"
 include "_cy/values.pxi"
 include "_cy/capture.pxi"
+include "_cy/xsk.pxi"
 include "_cy/engine.pxi"
 include "_cy/deliver.pxi"
 

@@ -290,11 +290,11 @@ class Stack:
 @asynccontextmanager
 async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                      **engine_options) -> AsyncIterator[Stack]:
-    """Open a stack on ``source`` (e.g. :func:`aiomb.capture`) and run it in the background.
+    """Open a stack on ``source`` (:func:`aiomb.capture`, :func:`aiomb.port`) and run it in the background.
 
     ``engine_options`` go to :class:`aiomb.Engine` (``max_flows``, timeouts, ``midstream``,
     ``vlan_in_key``, ...). ``max_batches`` bounds each subscription's queue. On leaving the
-    block the source is stopped and closed; an exception in a handler or the source cancels
+    block the source is stopped and closed (a port detaches its XDP program); an exception in a handler or the source cancels
     the block and is re-raised here as itself. Layer: io/_stack.
     """
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
@@ -302,7 +302,11 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
     if not isinstance(max_batches, int) or max_batches < 1:
         raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
     engine = Engine(**engine_options)
-    source.open()
+    aopen = getattr(source, "aopen", None)
+    if aopen is not None:
+        await aopen()           # a live port: netlink and bpf(2) in a worker thread
+    else:
+        source.open()
     try:
         stack = Stack(engine, source, batch_size=batch_size, max_batches=max_batches)
         try:
@@ -315,4 +319,9 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                 raise
             raise group.exceptions[0] from None     # the nursery's group, one level only
     finally:
-        source.close()
+        aclose = getattr(source, "aclose", None)
+        if aclose is not None:
+            with trio.CancelScope(shield=True):     # detach XDP even when cancelled
+                await aclose()
+        else:
+            source.close()

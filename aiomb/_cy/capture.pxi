@@ -89,6 +89,7 @@ cdef class FrameBatch:
     cdef uint8_t *verdict
     cdef readonly int count
     cdef readonly int capacity
+    cdef readonly bint writable     # frames may be modified in place (an AF_XDP port's UMEM)
 
     def __cinit__(self, int capacity=2048):
         if capacity < 1:
@@ -283,6 +284,7 @@ cdef class CaptureReader:
     def fill(self, FrameBatch batch):
         """Fill ``batch`` with the next frames; returns how many (0 at the end of the file)."""
         batch.count = 0
+        batch.writable = False
         if self.pending_error is not None:
             err, self.pending_error = self.pending_error, None
             raise err

@@ -57,6 +57,7 @@ cdef class Engine:
     cdef readonly bint midstream
     cdef readonly bint vlan_in_key
     cdef int verdict
+    cdef bint frames_writable   # the current batch's frames may be rewritten (PacketView.rewrite)
     cdef uint64_t n_packets, n_bytes, n_tcp, n_udp, n_non_ip, n_other, n_orphans
     cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped, n_events
     cdef uint64_t malformed[N_MALFORMED]
@@ -910,6 +911,7 @@ cdef class Engine:
         cdef const uint8_t[::1] view = frame
         cdef int64_t t = self.now if ts is None else to_ns(ts)
         cdef int v
+        self.frames_writable = False
         if view.shape[0] == 0:
             v = self.process_frame(NULL, 0, 0, t, linktype)
         else:
@@ -920,6 +922,7 @@ cdef class Engine:
     def process(self, FrameBatch batch):
         """Process every frame of a batch, storing each verdict in it; then expire idle flows."""
         cdef int i
+        self.frames_writable = batch.writable
         for i in range(batch.count):
             batch.verdict[i] = <uint8_t>self.process_frame(
                 batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])

@@ -431,3 +431,32 @@ cdef class PacketView:
                 "a packet can only be dropped at the sender hook; register the handler with "
                 "hook=aiomb.Hook.SENDER (or an event raised there, such as PACKET_IN)")
         self._engine.verdict = VERDICT_DROP
+
+    def rewrite(self, *, src=None, dst=None, sport=None, dport=None):
+        """Rewrite the packet's source/destination address and ports in place (a NAT's step).
+
+        The IPv4 header checksum and the TCP/UDP checksum are updated incrementally, and the
+        view's ``src``/``dst``/``sport``/``dport`` show the new values; the packet stays on the
+        flow it was looked up in. Only at the sender hook, and only on frames the source lets
+        be written (an inline port's UMEM); raises RuntimeError otherwise, ValueError for an
+        address of the other IP family or a port out of range.
+        """
+        cdef uint8_t sa[16]
+        cdef uint8_t da[16]
+        cdef pkt_t *pk = &self._engine.pk
+        if not self._has_packet or self._hook != HOOK_SENDER:
+            raise RuntimeError("a packet can only be rewritten at the sender hook; register the "
+                               "handler with hook=aiomb.Hook.SENDER")
+        if not self._engine.frames_writable:
+            raise RuntimeError("this packet's frame is read-only: only inline ports "
+                               "(aiomb.port(..., inline=...)) let handlers rewrite packets")
+        for port in (sport, dport):
+            if port is not None and not 0 <= port <= 0xffff:
+                raise ValueError(f"port {port} is out of range 0..65535")
+        for addr, buf in ((src, sa), (dst, da)):
+            if addr is not None and pack_ip(addr, buf) != pk.family:
+                raise ValueError(f"{addr} is not an IPv{pk.family} address like the packet's")
+        if rewrite_packet(pk, sa if src is not None else NULL, da if dst is not None else NULL,
+                          -1 if sport is None else sport, -1 if dport is None else dport) < 0:
+            raise RuntimeError("this packet has no transport header in its frame (an IP fragment); "
+                               "it cannot be rewritten in place")
