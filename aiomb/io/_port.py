@@ -85,7 +85,7 @@ class Port:
 
     def __init__(self, iface: str, *, queues=None, mode: str = "skb", inline: str | None = None,
                  frame_size: int = 2048, frames: int = 4096, force: bool = False,
-                 zerocopy: bool | None = None, tick: float = 0.1):
+                 zerocopy: bool | None = None, netns: str | None = None, tick: float = 0.1):
         if not isinstance(iface, str) or not iface:
             raise TypeError(f"port() takes an interface name, got {iface!r}")
         if inline is not None and (not isinstance(inline, str) or not inline or inline == iface):
@@ -110,6 +110,7 @@ class Port:
         self.frames = frames
         self.force = force
         self.tick = tick
+        self.netns = netns
         self._queues = queues
         self._zerocopy = False if mode == "skb" else zerocopy
         self._xs: XskSet | None = None
@@ -120,7 +121,8 @@ class Port:
 
     def __repr__(self) -> str:
         via = f" <-> {self.inline!r}" if self.inline else ""
-        return f"port({self.iface!r}{via}, mode={self.mode!r})"
+        ns = f", netns={self.netns!r}" if self.netns else ""
+        return f"port({self.iface!r}{via}, mode={self.mode!r}{ns})"
 
     # ---- opening and closing --------------------------------------------------------------
 
@@ -142,7 +144,7 @@ class Port:
             raise RuntimeError(f"{self!r} is already open")
         names = [self.iface] + ([self.inline] if self.inline else [])
         try:
-            with _xdp.IPRoute() as ipr:
+            with _xdp.in_netns(self.netns), _xdp.IPRoute() as ipr:
                 self._ports = []
                 for name in names:
                     index = _xdp.ifindex(ipr, name)
@@ -157,12 +159,10 @@ class Port:
                     state = _xdp.query(ipr, p.index)
                     if state.mode is not None and not state.ours and not self.force:
                         _xdp.clear(ipr, p.index, ifname=p.ifname, force=False)   # raises
-                for p in self._ports:
-                    _xdp.clear(ipr, p.index, ifname=p.ifname, force=self.force)
+                # bind first: a queue still used by a running aiomb refuses the bind (EBUSY),
+                # and its program must then be left alone; a killed one's sockets are gone
                 self._xs = XskSet(self.frame_size, self.frames)
                 for p in self._ports:
-                    p.prog_fd, p.map_fd = _bpf.load_xsk_program(max(p.queues) + 1)
-                    p.prog_id = _bpf.obj_info(p.prog_fd)[0]
                     for q in p.queues:
                         try:
                             sock = self._xs.add(p.index, q, rx=True, tx=self.inline is not None,
@@ -171,6 +171,11 @@ class Port:
                             raise PortError(f"{p.ifname} queue {q}: cannot bind an AF_XDP socket "
                                             f"({exc.strerror}){_bind_hint(exc)}") from None
                         p.sockets.append(sock)
+                for p in self._ports:
+                    _xdp.clear(ipr, p.index, ifname=p.ifname, force=self.force)   # stale: detached
+                    p.prog_fd, p.map_fd = _bpf.load_xsk_program(max(p.queues) + 1)
+                    p.prog_id = _bpf.obj_info(p.prog_fd)[0]
+                    for q, sock in zip(p.queues, p.sockets):
                         _bpf.xsk_map_set(p.map_fd, q, self._xs.fileno(sock))
                 if self.inline:
                     a, b = self._ports
@@ -204,7 +209,7 @@ class Port:
         ports, self._ports = self._ports, []
         if any(p.attached for p in ports):
             try:
-                with _xdp.IPRoute() as ipr:
+                with _xdp.in_netns(self.netns), _xdp.IPRoute() as ipr:
                     for p in ports:
                         if p.attached:
                             try:
@@ -231,7 +236,7 @@ class Port:
             raise PortError(f"{self.iface}: detaching the XDP program failed: {errors[0]}")
 
     def __del__(self):
-        if self._xs is not None:
+        if getattr(self, "_xs", None) is not None:
             warnings.warn(f"{self!r} was not closed: its XDP program stays attached until the "
                           "next start replaces it; use it through aiomb.open_stack()",
                           ResourceWarning, stacklevel=2)
@@ -310,7 +315,7 @@ class Port:
 
 def _bind_hint(exc: OSError) -> str:
     if exc.errno == 16:
-        return "; another AF_XDP socket is bound to that queue (another aiomb?)"
+        return "; another AF_XDP socket is bound to that queue (is another aiomb running on it?)"
     if exc.errno == 95:
         return "; the driver refuses zero-copy here: pass zerocopy=None or False"
     return ""
@@ -318,7 +323,7 @@ def _bind_hint(exc: OSError) -> str:
 
 def port(iface: str, *, queues=None, mode: str = "skb", inline: str | None = None,
          frame_size: int = 2048, frames: int = 4096, force: bool = False,
-         zerocopy: bool | None = None) -> Port:
+         zerocopy: bool | None = None, netns: str | None = None) -> Port:
     """A live interface as a packet source for :func:`aiomb.open_stack` (AF_XDP; root needed).
 
     ``queues``: the RX queues to read (default: all); one socket each, one UMEM of ``frames``
@@ -326,8 +331,9 @@ def port(iface: str, *, queues=None, mode: str = "skb", inline: str | None = Non
     interface) or "native" (the driver's XDP; zero-copy when the driver supports it, copy
     otherwise; ``zerocopy=True`` requires it). ``inline``: a second interface; frames received
     on either are sent out of the other unless a handler drops them. ``force``: replace an XDP
-    program that is not aiomb's (otherwise refused with PortError). Errors are raised when the
-    stack opens the port.
+    program that is not aiomb's (otherwise refused with PortError). ``netns``: the network
+    namespace the interfaces are in (a name from `ip netns list`, or a path); default: this
+    process's. Errors are raised when the stack opens the port.
     """
     return Port(iface, queues=queues, mode=mode, inline=inline, frame_size=frame_size,
-                frames=frames, force=force, zerocopy=zerocopy)
+                frames=frames, force=force, zerocopy=zerocopy, netns=netns)

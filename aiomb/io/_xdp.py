@@ -9,7 +9,14 @@ a killed process is recognised as stale and replaced, while anyone else's is ref
 caller forces it.
 """
 
+import contextlib
+import ctypes
+import ctypes.util
+import fcntl
 import os
+import socket
+import struct
+import threading
 
 import attrs
 from pyroute2 import IPRoute
@@ -24,6 +31,8 @@ from .._errors import PortError
 from . import _bpf
 
 MODES = {"skb": XDP_FLAGS_SKB_MODE, "native": XDP_FLAGS_DRV_MODE}
+CLONE_NEWNET = 0x40000000
+_libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
 _ATTACHED = {"xdpgeneric": "skb", "xdp": "native", "xdpdrv": "native", "xdpoffload": "hw", "xdpmulti": "multi"}
 
 
@@ -61,18 +70,57 @@ def ifindex(ipr: IPRoute, ifname: str) -> int:
 
 
 def rx_queues(ipr: IPRoute, index: int) -> int:
-    """The number of RX queues in use on the interface (``ethtool -l``'s combined/rx channels).
+    """The number of RX queues in use on the interface (``ethtool -l``: rx + combined channels).
 
-    Read from sysfs (``/sys/class/net/IF/queues/rx-*``), which shows the queues in use, unlike
-    netlink's IFLA_NUM_RX_QUEUES (the queues allocated: a veth allocates one per CPU but uses one).
+    Asked with the ETHTOOL_GCHANNELS ioctl in the calling thread's network namespace; netlink's
+    IFLA_NUM_RX_QUEUES is only the fallback, as it counts the queues allocated (a veth
+    allocates one per CPU but uses one).
     """
     link = ipr.get_links(index)[0]
     name = link.get_attr("IFLA_IFNAME")
-    try:
-        n = sum(1 for q in os.listdir(f"/sys/class/net/{name}/queues") if q.startswith("rx-"))
-    except OSError:
-        n = 0
+    n = _ethtool_rx_channels(name)
     return n or link.get_attr("IFLA_NUM_RX_QUEUES") or 1
+
+
+def _ethtool_rx_channels(name: str) -> int:
+    ETHTOOL_GCHANNELS, SIOCETHTOOL = 0x3c, 0x8946
+    chan = ctypes.create_string_buffer(struct.pack("<9I", ETHTOOL_GCHANNELS, *[0] * 8), 36)
+    ifreq = struct.pack("16sP", name.encode(), ctypes.addressof(chan))
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as s:
+            fcntl.ioctl(s.fileno(), SIOCETHTOOL, ifreq)
+    except OSError:
+        return 0
+    fields = struct.unpack("<9I", chan.raw)
+    return fields[5] + fields[8]        # rx_count + combined_count
+
+
+@contextlib.contextmanager
+def in_netns(netns: str | None):
+    """Run the block with the calling thread in network namespace ``netns`` (a name under
+    /run/netns, or a path), then come back; sockets made inside stay in that namespace.
+    None: the block runs where the thread is."""
+    if netns is None:
+        yield
+        return
+    path = netns if "/" in netns else f"/run/netns/{netns}"
+    try:
+        target = os.open(path, os.O_RDONLY | os.O_CLOEXEC)
+    except OSError as exc:
+        raise PortError(f"no network namespace {netns!r} ({exc.strerror}); see `ip netns list`") from None
+    home = os.open(f"/proc/self/task/{threading.get_native_id()}/ns/net", os.O_RDONLY | os.O_CLOEXEC)
+    try:
+        if _libc.setns(target, CLONE_NEWNET) != 0:
+            err = ctypes.get_errno()
+            raise PortError(f"cannot enter network namespace {netns!r}: {os.strerror(err)}")
+        try:
+            yield
+        finally:
+            if _libc.setns(home, CLONE_NEWNET) != 0:      # this thread would stay elsewhere
+                os.abort()
+    finally:
+        os.close(target)
+        os.close(home)
 
 
 def query(ipr: IPRoute, index: int) -> XdpState:
