@@ -5,6 +5,7 @@ states, packet counts and bytes (the interface's own counters are the oracle).""
 import json
 import sys
 
+import pytest
 import trio
 
 import aiomb
@@ -37,16 +38,18 @@ def tap(lab, queues=1):
     return left, a, right, mon
 
 
-async def test_passive_tcp_and_udp_flows(lab):
+@pytest.mark.parametrize("mode", ["skb", "native"])
+async def test_passive_tcp_and_udp_flows(lab, mode):
     left, a, right, mon = tap(lab)
     lab.server(right, RIGHT_IP, 5001)
     sink = lab.peer(right, "udp-sink", RIGHT_IP, 5002)
     assert sink.stdout.readline().strip() == "ready"     # no ICMP port-unreachable replies
     before = lab.counters(a, left)
-    port = aiomb.port(mon)
+    port = aiomb.port(mon, mode=mode)
     starts, ends, udp = [], [], []
     async with aiomb.open_stack(port) as stack:
-        assert port.statistics().open
+        assert port.statistics().open and port.statistics().mode == mode
+        assert not port.statistics().zerocopy        # veth has no zero-copy: copy mode
         async with stack.subscribe(CONN_START, CONN_END, UDP_START) as sub:
             async def collect():
                 async for ev in sub:
@@ -99,12 +102,13 @@ async def test_passive_tcp_and_udp_flows(lab):
     assert not final.open and final.received == st.received
 
 
-async def test_passive_several_queues(lab):
+@pytest.mark.parametrize("mode", ["skb", "native"])
+async def test_passive_several_queues(lab, mode):
     """One socket per RX queue, one shared UMEM; every frame is seen whatever queue it took."""
     left, a, right, mon = tap(lab, queues=2)
     lab.server(right, RIGHT_IP, 5001)
     before = lab.counters(a, left)
-    port = aiomb.port(mon)
+    port = aiomb.port(mon, mode=mode)
     async with aiomb.open_stack(port) as stack:
         stack.start()
         assert [q.queue for q in port.statistics().queues] == [0, 1]
