@@ -906,12 +906,13 @@ cdef class Engine:
         """Process one frame at time ``ts`` (seconds; default: the latest time seen).
 
         Returns the packet's :class:`Verdict`. Expires idle flows up to ``ts`` afterwards.
-        Exceptions from inline handlers and predicates propagate.
+        Exceptions from inline handlers and predicates propagate. A ``bytearray`` frame is
+        writable: sender-hook handlers may ``rewrite()`` it in place.
         """
         cdef const uint8_t[::1] view = frame
         cdef int64_t t = self.now if ts is None else to_ns(ts)
         cdef int v
-        self.frames_writable = False
+        self.frames_writable = isinstance(frame, bytearray)
         if view.shape[0] == 0:
             v = self.process_frame(NULL, 0, 0, t, linktype)
         else:

@@ -453,9 +453,10 @@ cdef class PacketView:
         for port in (sport, dport):
             if port is not None and not 0 <= port <= 0xffff:
                 raise ValueError(f"port {port} is out of range 0..65535")
-        for addr, buf in ((src, sa), (dst, da)):
-            if addr is not None and pack_ip(addr, buf) != pk.family:
-                raise ValueError(f"{addr} is not an IPv{pk.family} address like the packet's")
+        if src is not None and pack_ip(src, sa) != pk.family:
+            raise ValueError(f"{src} is not an IPv{pk.family} address like the packet's")
+        if dst is not None and pack_ip(dst, da) != pk.family:
+            raise ValueError(f"{dst} is not an IPv{pk.family} address like the packet's")
         if rewrite_packet(pk, sa if src is not None else NULL, da if dst is not None else NULL,
                           -1 if sport is None else sport, -1 if dport is None else dport) < 0:
             raise RuntimeError("this packet has no transport header in its frame (an IP fragment); "

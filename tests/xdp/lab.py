@@ -93,7 +93,8 @@ class Lab:
         """The interface's packet and byte counters (``ip -s``)."""
         info = json.loads(sh("ip", "-j", "-s", "link", "show", dev, netns=ns).stdout)[0]["stats64"]
         return {"rx_packets": info["rx"]["packets"], "rx_bytes": info["rx"]["bytes"],
-                "tx_packets": info["tx"]["packets"], "tx_bytes": info["tx"]["bytes"]}
+                "tx_packets": info["tx"]["packets"], "tx_bytes": info["tx"]["bytes"],
+                "rx_dropped": info["rx"]["dropped"], "tx_dropped": info["tx"]["dropped"]}
 
     def mirror(self, ns, dev: str, to: str) -> None:
         """Mirror every frame in and out of ``dev`` to ``to`` (a tc clsact tap)."""
