@@ -1,7 +1,9 @@
-"""The ``aiomb`` command line: list a capture's flows, run a middlebox module on a capture.
+"""The ``aiomb`` command line: list the flows of a capture or a live interface, run a middlebox
+module on either.
 
-Layer: cli (top). ``aiomb flows CAPTURE`` prints one record per flow; ``aiomb run APP.py
---pcap CAPTURE`` runs a user's middlebox module (see README "Writing a middlebox app").
+Layer: cli (top). ``aiomb flows CAPTURE`` / ``aiomb flows --iface IF --duration S`` prints one
+record per flow; ``aiomb run APP.py --pcap CAPTURE`` / ``--iface IF [--inline IF2]`` runs a
+user's middlebox module (see README "Writing a middlebox").
 """
 
 import argparse
@@ -14,10 +16,10 @@ import sys
 import trio
 
 from . import CONN_START, UDP_START
-from ._errors import CaptureError
+from ._errors import CaptureError, PortError
 from ._stack import open_stack
 from .flows._filter import FilterError, compile_filter
-from .io import capture
+from .io import capture, port
 
 FIELDS = (
     "flow", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
@@ -150,15 +152,80 @@ def check_capture(path: str) -> None:
         raise UsageError(f"{path} is a directory; give a .pcap or .pcapng file")
 
 
+def parse_queues(text: str | None):
+    """``--queues 0,2-3`` -> [0, 2, 3]; None -> None (every queue)."""
+    if text is None:
+        return None
+    out = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UsageError(f"bad --queues {text!r}: give queue numbers like 0,1 or 0-3") from None
+    if not out or min(out) < 0:
+        raise UsageError(f"bad --queues {text!r}: give queue numbers like 0,1 or 0-3")
+    return out
+
+
+def live_port(args, *, inline=None):
+    """The port described by --iface/--queues/--mode/--netns/--force (and --inline for run)."""
+    if os.geteuid() != 0:
+        raise UsageError("live ports (--iface) need root (AF_XDP sockets and XDP programs)")
+    return port(args.iface, queues=parse_queues(args.queues), mode=args.mode, inline=inline,
+                force=args.force, netns=args.netns)
+
+
+async def stop_after(source, seconds: float) -> None:
+    """End a live port's input after ``seconds`` (the stack then ends every open flow)."""
+    await trio.sleep(seconds)
+    source.stop()
+
+
+async def collect_live_flows(source, duration: float, **options):
+    """collect_flows() on a live port for ``duration`` seconds; a port error is raised as itself."""
+    try:
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(stop_after, source, duration)
+            result = await collect_flows(source, progress=False, **options)
+            nursery.cancel_scope.cancel()
+    except BaseExceptionGroup as group:
+        raise sole(group) from None
+    return result
+
+
+def sole(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one member, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
 def cmd_flows(args) -> int:
-    check_capture(args.capture)
+    if (args.capture is None) == (args.iface is None):
+        raise UsageError("give a capture file or --iface IF (one of them)")
     try:
         compile_filter(args.filter)
     except FilterError as exc:
         raise UsageError(f"bad --filter expression:\n{exc}") from None
-    flows, error = trio.run(lambda: collect_flows(
-        capture(args.capture), filter=args.filter, midstream=not args.no_midstream,
-        vlan_in_key=args.vlan))
+    options = dict(filter=args.filter, midstream=not args.no_midstream, vlan_in_key=args.vlan)
+    if args.iface is not None:
+        if args.duration is None or not args.duration > 0:
+            raise UsageError("--iface needs --duration SECONDS (how long to watch)")
+        source = live_port(args)
+        try:
+            flows, error = trio.run(lambda: collect_live_flows(source, args.duration, **options))
+        except PortError as exc:
+            print(f"aiomb: error: {exc}", file=sys.stderr)
+            return 1
+        st = source.statistics()
+        print(f"aiomb: {args.iface}: {st.received} frames received, {st.ring_drops} dropped by "
+              f"the ring", file=sys.stderr)
+    else:
+        if args.duration is not None:
+            raise UsageError("--duration is for live ports (--iface)")
+        check_capture(args.capture)
+        flows, error = trio.run(lambda: collect_flows(capture(args.capture), **options))
     if flows or error is None:
         write_records([flow_record(f) for f in flows], args.format, sys.stdout)
     if error is not None:
@@ -181,50 +248,86 @@ def load_app(path: str):
     return module
 
 
-async def run_app(module, source, **engine_options) -> None:
-    """Run a middlebox module on a source until the source ends and the app returns."""
+async def run_app(module, source, *, duration: float | None = None, **engine_options) -> None:
+    """Run a middlebox module on a source until the source ends and the app returns.
+
+    A live source runs until interrupted (Ctrl-C), or for ``duration`` seconds.
+    """
     async with open_stack(source, **engine_options) as stack:
         setup = getattr(module, "setup", None)
         if setup is not None:
             setup(stack)
         run = getattr(module, "run", None)
         async with trio.open_nursery() as nursery:
+            timer = trio.CancelScope()
+            if duration is not None:
+                async def stop_later():
+                    with timer:
+                        await stop_after(source, duration)
+                nursery.start_soon(stop_later)
             if run is not None:
                 nursery.start_soon(run, stack)
             await stack.run()
+            timer.cancel()
 
 
 def cmd_run(args) -> int:
-    if args.iface:
-        raise UsageError("live ports (--iface) are not available in this version; use --pcap CAPTURE")
-    if not args.pcap:
-        raise UsageError("give a source: --pcap CAPTURE")
-    check_capture(args.pcap)
+    if (args.pcap is None) == (args.iface is None):
+        raise UsageError("give one source: --pcap CAPTURE or --iface IF")
+    if args.iface is None and (args.inline or args.duration is not None or args.queues):
+        raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
+    if args.pcap is not None:
+        check_capture(args.pcap)
     module = load_app(args.app)
+    if args.iface is not None:
+        source = live_port(args, inline=args.inline)
+    else:
+        source = capture(args.pcap)
     try:
-        trio.run(lambda: run_app(module, capture(args.pcap), midstream=args.midstream,
-                                 vlan_in_key=args.vlan))
-    except CaptureError as exc:
+        try:
+            trio.run(lambda: run_app(module, source, duration=args.duration, midstream=args.midstream,
+                                     vlan_in_key=args.vlan))
+        except BaseExceptionGroup as group:
+            raise sole(group) from None
+    except (CaptureError, PortError) as exc:
         print(f"aiomb: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def add_port_options(p, *, inline: bool) -> None:
+    p.add_argument("--iface", metavar="IF", help="a live interface (AF_XDP; needs root)")
+    p.add_argument("--queues", metavar="Q", help="RX queues to read, e.g. 0,1 or 0-3 (default: all)")
+    p.add_argument("--mode", choices=("skb", "native"), default="skb",
+                   help="XDP mode: skb (generic, any driver; default) or native (the driver's)")
+    p.add_argument("--netns", metavar="NS", help="the network namespace the interface is in")
+    p.add_argument("--force", action="store_true",
+                   help="replace an XDP program that is not aiomb's on the interface")
+    if inline:
+        p.add_argument("--inline", metavar="IF2",
+                       help="forward between --iface and IF2 (inline: handlers may drop/rewrite)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="aiomb", description="Async middleboxes on a shared flow stack.")
     sub = p.add_subparsers(dest="command", required=True)
     f = sub.add_parser("flows", help="list the flows of a capture, one record per flow")
-    f.add_argument("capture", help="a .pcap or .pcapng file, optionally .gz")
+    f.add_argument("capture", nargs="?", help="a .pcap or .pcapng file, optionally .gz")
     f.add_argument("--format", choices=("table", "jsonl", "csv"), default="table")
     f.add_argument("--filter", metavar="EXPR", help="tcpdump-style flow filter, e.g. 'tcp port 80'")
     f.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
     f.add_argument("--no-midstream", action="store_true",
                    help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
+    add_port_options(f, inline=False)
+    f.add_argument("--duration", metavar="SECONDS", type=float,
+                   help="with --iface: watch for this long, then print the flows")
     f.set_defaults(func=cmd_flows)
-    r = sub.add_parser("run", help="run a middlebox module (APP.py) on a capture")
+    r = sub.add_parser("run", help="run a middlebox module (APP.py) on a capture or a live port")
     r.add_argument("app", help="a Python file defining setup(stack) and/or async run(stack)")
     r.add_argument("--pcap", metavar="CAPTURE", help="replay this capture")
-    r.add_argument("--iface", metavar="IF", help="monitor a live interface (not yet available)")
+    add_port_options(r, inline=True)
+    r.add_argument("--duration", metavar="SECONDS", type=float,
+                   help="with --iface: stop after this long (default: run until Ctrl-C)")
     r.add_argument("--midstream", action="store_true", help="pick up flows without a handshake")
     r.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
     r.set_defaults(func=cmd_run)

@@ -118,6 +118,7 @@ class Port:
         self._epoll = None
         self._wait_fd = -1
         self._opened_at = None
+        self._stopping = False
 
     def __repr__(self) -> str:
         via = f" <-> {self.inline!r}" if self.inline else ""
@@ -250,7 +251,7 @@ class Port:
         tick, so that live time advances.
         """
         xs = self._xs
-        if xs is None:
+        if xs is None or self._stopping:
             return None
         n = xs.receive(batch, time.time_ns())
         if n:
@@ -259,9 +260,15 @@ class Port:
         xs.service()
         with trio.move_on_after(self.tick):
             await trio.lowlevel.wait_readable(self._wait_fd)
-        if self._xs is None:
+        if self._xs is None or self._stopping:
             return None
         return xs.receive(batch, time.time_ns())
+
+    def stop(self) -> None:
+        """End the input: the next receive returns None, so the stack ends every open flow
+        (reason ``end_of_capture``) and its subscriptions finish. The port stays open (and
+        attached) until the stack closes it. Does not block."""
+        self._stopping = True
 
     def apply(self, batch) -> None:
         """Give the batch's frames back (passive), or forward those not dropped (inline)."""
