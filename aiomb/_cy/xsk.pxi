@@ -111,7 +111,7 @@ cdef class XskSet:
         if self.origin == NULL:
             raise MemoryError()
         self.unfilled = frames
-        self.max_take = frames // 2
+        self.max_take = frames // 4     # 3/4 of the frames stay with the kernel while a batch is out
         self.closed = False
 
     def __dealloc__(self):

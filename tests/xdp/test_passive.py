@@ -86,7 +86,10 @@ async def test_passive_tcp_and_udp_flows(lab, mode):
         assert s.client.payload_bytes >= 16 + up and s.server.payload_bytes >= down
         # the server closes first (it shuts down its side once the download is sent)
         assert (s.server.state, s.client.state) == (TcpState.TIME_WAIT, TcpState.CLOSED)
-        assert s.client.syn == 1 and s.server.synack == 1 and s.client.fin == 1 and s.server.fin == 1
+        # real TCP may send a FIN again (a tail-loss probe): then it is counted as a retransmission
+        for side, opener in ((s.client, s.client.syn), (s.server, s.server.synack)):
+            assert opener >= 1 and side.fin >= 1
+            assert (opener - 1) + (side.fin - 1) <= side.retransmits
     (u,) = udp
     us = u.flow.statistics()
     assert (u.key.client_port, u.key.server_port) == (sent["local_port"], 5002)
