@@ -16,6 +16,8 @@ import os as _xsk_os
 import warnings as _warnings
 
 cdef enum:
+    META_MAGIC = 0x6d6f6961  # aiomb's XDP program stamps each frame (see aiomb.io._bpf)
+    META_LEN = 16
     MAX_XSKS = 128
     MAX_KICKS = 256          # sendto calls per TX kick (copy mode sends a budget per call)
     NO_PEER = -1
@@ -80,6 +82,12 @@ cdef class XskSet:
     cdef uint16_t *origin               # per UMEM frame: the socket whose fill ring it belongs to
     cdef uint64_t *baddr                # per batch slot: UMEM address of the frame
     cdef int16_t *bsock                 # per batch slot: receiving socket
+    cdef const uint8_t **tdata          # scratch for merging several queues' runs by time
+    cdef uint32_t *tlen
+    cdef int64_t *tts
+    cdef uint64_t *taddr
+    cdef int16_t *tsock
+    cdef readonly uint64_t stamped      # frames that carried the XDP program's timestamp
     cdef int bcount
     cdef int bcap
     cdef int rr
@@ -119,8 +127,7 @@ cdef class XskSet:
             _warnings.warn("an XskSet was not closed (AF_XDP sockets leaked until exit); "
                            "close the port", ResourceWarning)
             self._release()
-        free(self.baddr)
-        free(self.bsock)
+        self.free_scratch()
         free(self.origin)
 
     # ---- set-up ---------------------------------------------------------------------------
@@ -356,29 +363,76 @@ cdef class XskSet:
 
     # ---- the data path --------------------------------------------------------------------
 
-    def receive(self, FrameBatch batch, int64_t now_ns):
+    cdef void free_scratch(self) noexcept:
+        free(self.baddr)
+        free(self.bsock)
+        free(self.tdata)
+        free(self.tlen)
+        free(self.tts)
+        free(self.taddr)
+        free(self.tsock)
+        self.baddr = NULL
+        self.bsock = NULL
+        self.tdata = NULL
+        self.tlen = NULL
+        self.tts = NULL
+        self.taddr = NULL
+        self.tsock = NULL
+        self.bcap = 0
+
+    cdef int grow(self, int capacity) except -1:
+        self.free_scratch()
+        self.baddr = <uint64_t *>malloc(capacity * sizeof(uint64_t))
+        self.bsock = <int16_t *>malloc(capacity * sizeof(int16_t))
+        self.tdata = <const uint8_t **>malloc(capacity * sizeof(uint8_t *))
+        self.tlen = <uint32_t *>malloc(capacity * sizeof(uint32_t))
+        self.tts = <int64_t *>malloc(capacity * sizeof(int64_t))
+        self.taddr = <uint64_t *>malloc(capacity * sizeof(uint64_t))
+        self.tsock = <int16_t *>malloc(capacity * sizeof(int16_t))
+        if not (self.baddr and self.bsock and self.tdata and self.tlen and self.tts and self.taddr
+                and self.tsock):
+            self.free_scratch()
+            raise MemoryError()
+        self.bcap = capacity
+        return 0
+
+    cdef inline int64_t stamp(self, uint64_t addr, int64_t now_ns, int64_t mono_to_real) noexcept nogil:
+        """The frame's arrival time from the program's metadata (cleared once read), else now."""
+        cdef uint8_t *m
+        cdef uint32_t magic
+        cdef uint64_t t
+        if (addr & (self.frame_size - 1)) < META_LEN:
+            return now_ns
+        m = self.umem + addr - META_LEN
+        memcpy(&magic, m, 4)
+        if magic != META_MAGIC:
+            return now_ns
+        memcpy(&t, m + 8, 8)
+        memset(m, 0, 4)
+        self.stamped += 1
+        return <int64_t>t + mono_to_real
+
+    def receive(self, FrameBatch batch, int64_t now_ns, int64_t mono_to_real=0):
         """Take waiting frames into ``batch`` (at most its capacity); returns their number.
 
-        Frames stay owned by the batch until ``apply(batch)``; the frames of a previous
-        receive not yet applied are recycled first. Never blocks.
+        Each frame's timestamp is its arrival time as stamped by aiomb's XDP program
+        (CLOCK_MONOTONIC ns, plus ``mono_to_real``), or ``now_ns`` when unstamped; the frames of
+        several queues are merged in time order. Frames stay owned by the batch until
+        ``apply(batch)``; the frames of a previous receive not yet applied are recycled first.
+        Never blocks.
         """
-        cdef int n = 0, k, s
+        cdef int n = 0, k, s, nruns = 0
         cdef uint32_t prod, take, j, limit
         cdef xring_t *r
         cdef const xdp_desc *d
+        cdef int run_start[MAX_XSKS]
+        cdef int run_end[MAX_XSKS]
         if self.closed:
             raise RuntimeError("the XskSet is closed")
         if self.bcount:
             self.release_batch()
         if self.bcap < batch.capacity:
-            free(self.baddr)
-            free(self.bsock)
-            self.baddr = <uint64_t *>malloc(batch.capacity * sizeof(uint64_t))
-            self.bsock = <int16_t *>malloc(batch.capacity * sizeof(int16_t))
-            if self.baddr == NULL or self.bsock == NULL:
-                self.bcap = 0
-                raise MemoryError()
-            self.bcap = batch.capacity
+            self.grow(batch.capacity)
         limit = batch.capacity if <uint32_t>batch.capacity < self.max_take else self.max_take
         self.reap()
         for k in range(self.count):
@@ -390,12 +444,14 @@ cdef class XskSet:
             take = prod - r.local
             if take > limit - <uint32_t>n:
                 take = limit - <uint32_t>n
+            if take:
+                run_start[nruns] = n
             for j in range(take):
                 d = &(<const xdp_desc *>r.desc)[(r.local + j) & r.mask]
                 batch.data[n] = self.umem + d.addr
                 batch.caplen[n] = d.len
                 batch.wirelen[n] = d.len
-                batch.ts[n] = now_ns
+                batch.ts[n] = self.stamp(d.addr, now_ns, mono_to_real)
                 batch.linktype[n] = LT_ETHERNET
                 batch.verdict[n] = VERDICT_FORWARD
                 self.baddr[n] = d.addr
@@ -403,16 +459,44 @@ cdef class XskSet:
                 self.n_rx_bytes[s] += d.len
                 n += 1
             if take:
+                run_end[nruns] = n
+                nruns += 1
                 r.local += take
                 aiomb_store_release(r.consumer, r.local)
                 self.n_rx[s] += take
             if <uint32_t>n >= limit:
                 break
         self.rr = (self.rr + 1) % self.count if self.count else 0
+        if nruns > 1:
+            self.merge(batch, n, nruns, run_start, run_end)
         batch.count = n
         batch.writable = True
         self.bcount = n
         return n
+
+    cdef void merge(self, FrameBatch batch, int n, int nruns, int *head, const int *end) noexcept nogil:
+        """Order the batch by timestamp: a k-way merge of the queues' runs (each in ring order)."""
+        cdef int o, k, best
+        cdef int64_t t
+        for o in range(n):
+            best = -1
+            for k in range(nruns):
+                if head[k] < end[k] and (best < 0 or batch.ts[head[k]] < t):
+                    best = k
+                    t = batch.ts[head[k]]
+            k = head[best]
+            head[best] += 1
+            self.tdata[o] = batch.data[k]
+            self.tlen[o] = batch.caplen[k]
+            self.tts[o] = batch.ts[k]
+            self.taddr[o] = self.baddr[k]
+            self.tsock[o] = self.bsock[k]
+        memcpy(batch.data, self.tdata, n * sizeof(uint8_t *))
+        memcpy(batch.caplen, self.tlen, n * sizeof(uint32_t))
+        memcpy(batch.wirelen, self.tlen, n * sizeof(uint32_t))
+        memcpy(batch.ts, self.tts, n * sizeof(int64_t))
+        memcpy(self.baddr, self.taddr, n * sizeof(uint64_t))
+        memcpy(self.bsock, self.tsock, n * sizeof(int16_t))
 
     cdef void release_batch(self) noexcept nogil:
         cdef int i

@@ -38,7 +38,7 @@ BPF_XDP = 37                       # expected attach type of XDP programs
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
 BPF_FUNC_MAP_LOOKUP_ELEM, BPF_FUNC_REDIRECT_MAP = 1, 51
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
-XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_INGRESS_IFINDEX, XDP_MD_RX_QUEUE_INDEX = 0, 4, 12, 16
+XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_DATA_META, XDP_MD_INGRESS_IFINDEX, XDP_MD_RX_QUEUE_INDEX = 0, 4, 8, 12, 16
 
 OBJ_NAME_LEN = 16
 ATTR_SIZE = 144                    # sizeof(union bpf_attr) on 6.x; zero-padded
@@ -321,16 +321,37 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, flags: int = 0,
 PROGRAM_NAME = "aiomb_xsk"
 
 
-def xsk_redirect_program(xsks_map_fd: int) -> bytes:
-    """``return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);``
+BPF_FUNC_KTIME_GET_NS, BPF_FUNC_XDP_ADJUST_META = 5, 54
+META_MAGIC = 0x6d6f6961          # "aiom", little-endian, first word of aiomb's 16-byte metadata
+META_LEN = 16                    # u32 magic, u32 zero, u64 CLOCK_MONOTONIC ns at XDP time
 
-    Frames of a queue with a bound socket go to it; all others (no socket, or the process is
-    gone) go on to the kernel's stack.
+
+def xsk_redirect_program(xsks_map_fd: int) -> bytes:
+    """Stamp the frame, then ``return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);``
+
+    The stamp is 16 bytes of XDP metadata just before the frame (``META_MAGIC``, 0, and
+    ``bpf_ktime_get_ns()``), so receivers get each frame's arrival time and can merge the frames
+    of several queues in order. Frames of a queue with a bound socket go to it; all others (no
+    socket, or the process is gone) go on to the kernel's stack (which ignores the metadata).
     """
     a = Asm()
-    a.ldx(4, 2, 1, XDP_MD_RX_QUEUE_INDEX)   # r2 = ctx->rx_queue_index
-    a.ld_map_fd(1, xsks_map_fd)             # r1 = &xsks
-    a.mov(3, imm=XDP_PASS)                  # r3 = default action when the slot is empty
+    a.mov(6, 1)                                 # r6 = ctx
+    a.call(BPF_FUNC_KTIME_GET_NS)
+    a.mov(7, 0)                                 # r7 = now (ns, CLOCK_MONOTONIC)
+    a.mov(1, 6).mov(2, imm=-META_LEN)
+    a.call(BPF_FUNC_XDP_ADJUST_META)            # room for the metadata before data
+    a.jmp("jne", 0, "redirect", imm=0)
+    a.ldx(4, 2, 6, XDP_MD_DATA_META)            # r2 = ctx->data_meta
+    a.ldx(4, 3, 6, XDP_MD_DATA)                 # r3 = ctx->data
+    a.mov(4, 2).alu64("add", 4, imm=META_LEN)
+    a.jmp("jgt", 4, "redirect", src=3)          # the verifier's bounds check
+    a.st(4, 2, 0, META_MAGIC)
+    a.st(4, 2, 4, 0)
+    a.stx(8, 2, 8, 7)
+    a.label("redirect")
+    a.ldx(4, 2, 6, XDP_MD_RX_QUEUE_INDEX)       # r2 = ctx->rx_queue_index
+    a.ld_map_fd(1, xsks_map_fd)                 # r1 = &xsks
+    a.mov(3, imm=XDP_PASS)                      # r3 = default action when the slot is empty
     a.call(BPF_FUNC_REDIRECT_MAP)
     a.exit()
     return a.code()

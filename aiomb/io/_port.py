@@ -253,7 +253,7 @@ class Port:
         xs = self._xs
         if xs is None or self._stopping:
             return None
-        n = xs.receive(batch, time.time_ns())
+        n = xs.receive(batch, time.time_ns(), _mono_to_real())
         if n:
             await trio.lowlevel.checkpoint()
             return n
@@ -262,7 +262,7 @@ class Port:
             await trio.lowlevel.wait_readable(self._wait_fd)
         if self._xs is None or self._stopping:
             return None
-        return xs.receive(batch, time.time_ns())
+        return xs.receive(batch, time.time_ns(), _mono_to_real())
 
     def stop(self) -> None:
         """End the input: the next receive returns None, so the stack ends every open flow
@@ -318,6 +318,11 @@ class Port:
                                   fill_ring_empty=0, forwarded=0, dropped_by_verdict=0,
                                   tx_dropped=0, queues=())
         return self._snapshot(self._ports, open=True)
+
+
+def _mono_to_real() -> int:
+    """ns to add to CLOCK_MONOTONIC (the XDP program's stamps) to get the epoch clock."""
+    return time.time_ns() - time.monotonic_ns()
 
 
 def _bind_hint(exc: OSError) -> str:

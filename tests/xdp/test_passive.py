@@ -4,6 +4,7 @@ states, packet counts and bytes (the interface's own counters are the oracle).""
 
 import json
 import sys
+import time
 
 import pytest
 import trio
@@ -47,6 +48,7 @@ async def test_passive_tcp_and_udp_flows(lab, mode):
     before = lab.counters(a, left)
     port = aiomb.port(mon, mode=mode)
     starts, ends, udp = [], [], []
+    t0 = time.time()
     async with aiomb.open_stack(port) as stack:
         assert port.statistics().open and port.statistics().mode == mode
         assert not port.statistics().zerocopy        # veth has no zero-copy: copy mode
@@ -66,6 +68,7 @@ async def test_passive_tcp_and_udp_flows(lab, mode):
                 nursery.cancel_scope.cancel()
         st = port.statistics()
         engine = stack.statistics().engine
+    t1 = time.time()
     tx = after["tx_packets"] - before["tx_packets"]
     rx = after["rx_packets"] - before["rx_packets"]
     assert st.received == tx + rx and st.ring_drops == 0
@@ -79,6 +82,7 @@ async def test_passive_tcp_and_udp_flows(lab, mode):
         assert str(flow.key.client_ip) == LEFT_IP and str(flow.key.server_ip) == RIGHT_IP
         assert flow.key.server_port == 5001
         assert s.end_reason == EndReason.FIN and not s.midstream
+        assert t0 < s.first_ts < s.last_ts < t1         # each frame's own arrival time
         # the sequence space each side used (SYN and FIN take one each): exact even if the
         # kernel retransmitted something, which payload_bytes would count again
         assert ((s.client.next_seq - s.client.isn - 2) % 2**32, (s.server.next_seq - s.server.isn - 2) % 2**32) \
@@ -115,13 +119,19 @@ async def test_passive_several_queues(lab, mode):
     async with aiomb.open_stack(port) as stack:
         stack.start()
         assert [q.queue for q in port.statistics().queues] == [0, 1]
-        results = [await run_peer(left, "client", RIGHT_IP, 5001, 5000, 50_000) for _ in range(4)]
+        flows = []
+        async with stack.subscribe(CONN_START) as sub:
+            results = [await run_peer(left, "client", RIGHT_IP, 5001, 5000, 50_000) for _ in range(4)]
+            while len(flows) < 4:
+                flows += [ev.flow for ev in await sub.receive_batch()]
         assert all(r["ok"] for r in results), results
         after = lab.counters(a, left)
         frames = sum(after[k] - before[k] for k in ("tx_packets", "rx_packets"))
         await wait_until(lambda: port.statistics().received >= frames, "every mirrored frame")
-        # no check of the FIN closes here: a veth spreads one flow's two directions over
-        # different queues, and frames of different queues have no order between them
+        # a veth spreads one flow's two directions over different queues: the frames of the
+        # queues are merged by the arrival time the XDP program stamped on each
+        await wait_until(lambda: stack.statistics().engine.flows_ended == 4, "four FIN closes")
         st = port.statistics()
     assert st.received == frames == sum(q.received for q in st.queues)
+    assert all(f.end_reason == EndReason.FIN for f in flows)
     assert stack.statistics().engine.flows_created == 4
