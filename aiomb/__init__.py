@@ -33,6 +33,7 @@ from .flows import SideStatistics as SideStatistics
 from .flows import TcpState as TcpState
 from .flows import Verdict as Verdict
 from .io import Port as Port
+from .io import Prefilter as Prefilter
 from .io import PortStatistics as PortStatistics
 from .io import capture as capture
 from .io import port as port

@@ -6,3 +6,4 @@ from ._port import Port as Port
 from ._port import PortStatistics as PortStatistics
 from ._port import QueueStatistics as QueueStatistics
 from ._port import port as port
+from ._prefilter import Prefilter as Prefilter

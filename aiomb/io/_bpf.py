@@ -36,7 +36,7 @@ BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_XSKMAP = 1, 2, 17
 BPF_PROG_TYPE_XDP = 6
 BPF_XDP = 37                       # expected attach type of XDP programs
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
-BPF_FUNC_MAP_LOOKUP_ELEM, BPF_FUNC_REDIRECT_MAP = 1, 51
+BPF_FUNC_MAP_LOOKUP_ELEM, BPF_FUNC_REDIRECT, BPF_FUNC_REDIRECT_MAP = 1, 23, 51
 XDP_ABORTED, XDP_DROP, XDP_PASS, XDP_TX, XDP_REDIRECT = 0, 1, 2, 3, 4
 XDP_MD_DATA, XDP_MD_DATA_END, XDP_MD_DATA_META, XDP_MD_INGRESS_IFINDEX, XDP_MD_RX_QUEUE_INDEX = 0, 4, 8, 12, 16
 
@@ -126,6 +126,13 @@ class Asm:
     def jmp(self, op: str, dst: int, target: str, src: int | None = None, imm: int = 0) -> "Asm":
         """if (dst OP src/imm) goto target; ``jmp("ja", 0, target)`` jumps always."""
         code = BPF_JMP | JMP_OPS[op]
+        if src is None:
+            return self._emit(code | BPF_K, dst, 0, target, imm)
+        return self._emit(code | BPF_X, dst, src, target)
+
+    def jmp32(self, op: str, dst: int, target: str, src: int | None = None, imm: int = 0) -> "Asm":
+        """Like :meth:`jmp`, comparing the low 32 bits only (for unsigned 32-bit constants)."""
+        code = BPF_JMP32 | JMP_OPS[op]
         if src is None:
             return self._emit(code | BPF_K, dst, 0, target, imm)
         return self._emit(code | BPF_X, dst, src, target)
@@ -326,16 +333,29 @@ META_MAGIC = 0x6d6f6961          # "aiom", little-endian, first word of aiomb's 
 META_LEN = 16                    # u32 magic, u32 zero, u64 CLOCK_MONOTONIC ns at XDP time
 
 
-def xsk_redirect_program(xsks_map_fd: int) -> bytes:
+def xsk_redirect_program(xsks_map_fd: int, prefilter=None, bypass_ifindex: int = 0) -> bytes:
     """Stamp the frame, then ``return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);``
 
     The stamp is 16 bytes of XDP metadata just before the frame (``META_MAGIC``, 0, and
     ``bpf_ktime_get_ns()``), so receivers get each frame's arrival time and can merge the frames
     of several queues in order. Frames of a queue with a bound socket go to it; all others (no
     socket, or the process is gone) go on to the kernel's stack (which ignores the metadata).
+
+    With a ``prefilter`` (:class:`aiomb.io.Prefilter`) the frames it rejects never reach the
+    sockets: they go on to the kernel (XDP_PASS), or, with ``bypass_ifindex`` (inline ports),
+    straight out of that interface (``bpf_redirect``).
     """
     a = Asm()
     a.mov(6, 1)                                 # r6 = ctx
+    if prefilter is not None:
+        prefilter.emit(a, accept="accept", reject="reject")
+        a.label("reject")
+        if bypass_ifindex:
+            a.mov(1, imm=bypass_ifindex).mov(2, imm=0).call(BPF_FUNC_REDIRECT)
+        else:
+            a.mov(0, imm=XDP_PASS)
+        a.exit()
+        a.label("accept")
     a.call(BPF_FUNC_KTIME_GET_NS)
     a.mov(7, 0)                                 # r7 = now (ns, CLOCK_MONOTONIC)
     a.mov(1, 6).mov(2, imm=-META_LEN)
@@ -357,11 +377,12 @@ def xsk_redirect_program(xsks_map_fd: int) -> bytes:
     return a.code()
 
 
-def load_xsk_program(max_queues: int) -> tuple[int, int]:
+def load_xsk_program(max_queues: int, prefilter=None, bypass_ifindex: int = 0) -> tuple[int, int]:
     """Create the XSKMAP (one slot per RX queue) and load aiomb's program; returns (prog fd, map fd)."""
     map_fd = map_create(BPF_MAP_TYPE_XSKMAP, 4, 4, max(1, max_queues), name="aiomb_xsks")
     try:
-        prog_fd = prog_load(BPF_PROG_TYPE_XDP, xsk_redirect_program(map_fd), name=PROGRAM_NAME)
+        prog_fd = prog_load(BPF_PROG_TYPE_XDP, xsk_redirect_program(map_fd, prefilter, bypass_ifindex),
+                            name=PROGRAM_NAME)
     except BaseException:
         os.close(map_fd)
         raise

@@ -25,6 +25,7 @@ import trio
 from .._core import XskSet
 from .._errors import PortError
 from . import _bpf, _xdp
+from ._prefilter import Prefilter
 
 
 @attrs.frozen(kw_only=True)
@@ -85,7 +86,8 @@ class Port:
 
     def __init__(self, iface: str, *, queues=None, mode: str = "skb", inline: str | None = None,
                  frame_size: int = 2048, frames: int = 4096, force: bool = False,
-                 zerocopy: bool | None = None, netns: str | None = None, tick: float = 0.1):
+                 zerocopy: bool | None = None, netns: str | None = None, prefilter=None,
+                 tick: float = 0.1):
         if not isinstance(iface, str) or not iface:
             raise TypeError(f"port() takes an interface name, got {iface!r}")
         if inline is not None and (not isinstance(inline, str) or not inline or inline == iface):
@@ -101,6 +103,10 @@ class Port:
             queues = sorted(set(int(q) for q in queues))
             if not queues or queues[0] < 0:
                 raise ValueError("queues must be a non-empty list of queue numbers >= 0")
+        if isinstance(prefilter, dict):
+            prefilter = Prefilter(**prefilter)
+        if prefilter is not None and not isinstance(prefilter, Prefilter):
+            raise TypeError(f"prefilter must be an aiomb.io.Prefilter (or a dict of its fields), got {prefilter!r}")
         if not tick > 0:
             raise ValueError(f"tick must be a positive number of seconds, got {tick!r}")
         self.iface = iface
@@ -111,6 +117,7 @@ class Port:
         self.force = force
         self.tick = tick
         self.netns = netns
+        self.prefilter = prefilter
         self._queues = queues
         self._zerocopy = False if mode == "skb" else zerocopy
         self._xs: XskSet | None = None
@@ -172,9 +179,11 @@ class Port:
                             raise PortError(f"{p.ifname} queue {q}: cannot bind an AF_XDP socket "
                                             f"({exc.strerror}){_bind_hint(exc)}") from None
                         p.sockets.append(sock)
-                for p in self._ports:
+                for k, p in enumerate(self._ports):
                     _xdp.clear(ipr, p.index, ifname=p.ifname, force=self.force)   # stale: detached
-                    p.prog_fd, p.map_fd = _bpf.load_xsk_program(max(p.queues) + 1)
+                    # inline: what the pre-filter rejects goes straight out of the other interface
+                    bypass = self._ports[1 - k].index if self.inline and self.prefilter else 0
+                    p.prog_fd, p.map_fd = _bpf.load_xsk_program(max(p.queues) + 1, self.prefilter, bypass)
                     p.prog_id = _bpf.obj_info(p.prog_fd)[0]
                     for q, sock in zip(p.queues, p.sockets):
                         _bpf.xsk_map_set(p.map_fd, q, self._xs.fileno(sock))
@@ -335,7 +344,7 @@ def _bind_hint(exc: OSError) -> str:
 
 def port(iface: str, *, queues=None, mode: str = "skb", inline: str | None = None,
          frame_size: int = 2048, frames: int = 4096, force: bool = False,
-         zerocopy: bool | None = None, netns: str | None = None) -> Port:
+         zerocopy: bool | None = None, netns: str | None = None, prefilter=None) -> Port:
     """A live interface as a packet source for :func:`aiomb.open_stack` (AF_XDP; root needed).
 
     ``queues``: the RX queues to read (default: all); one socket each, one UMEM of ``frames``
@@ -345,7 +354,10 @@ def port(iface: str, *, queues=None, mode: str = "skb", inline: str | None = Non
     on either are sent out of the other unless a handler drops them. ``force``: replace an XDP
     program that is not aiomb's (otherwise refused with PortError). ``netns``: the network
     namespace the interfaces are in (a name from `ip netns list`, or a path); default: this
-    process's. Errors are raised when the stack opens the port.
+    process's. ``prefilter``: an :class:`aiomb.io.Prefilter` (or a dict of its fields) run in
+    the kernel: the frames it rejects never reach aiomb (passive: they go on to the kernel;
+    inline: they are forwarded by the kernel to the other interface). Errors are raised when
+    the stack opens the port.
     """
     return Port(iface, queues=queues, mode=mode, inline=inline, frame_size=frame_size,
-                frames=frames, force=force, zerocopy=zerocopy, netns=netns)
+                frames=frames, force=force, zerocopy=zerocopy, netns=netns, prefilter=prefilter)

@@ -122,3 +122,67 @@ def test_clear_refuses_foreign_replaces_stale(lab):
 def test_unknown_interface():
     with IPRoute() as ipr, pytest.raises(PortError, match="no interface named 'nosuch0'"):
         _xdp.ifindex(ipr, "nosuch0")
+
+
+# -- the in-kernel pre-filter, judged by the kernel itself (BPF_PROG_TEST_RUN) -----------------
+
+from aiomb.io import Prefilter  # noqa: E402
+from aiomb.testing import ipv4_fragments, tcp_frame, udp_frame, icmp_frame  # noqa: E402
+
+
+def verdicts(prefilter, frames):
+    """For each frame: True if the program gives it to aiomb, False if it bypasses aiomb."""
+    _, xsks = _bpf.load_xsk_program(1)
+    prog = _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP,
+                          _bpf.xsk_redirect_program(xsks, prefilter, bypass_ifindex=1), name="aiomb_xsk")
+    try:
+        out = []
+        for frame in frames:
+            retval, _ = _bpf.prog_test_run(prog, frame)
+            assert retval in (_bpf.XDP_PASS, _bpf.XDP_REDIRECT)
+            out.append(retval == _bpf.XDP_PASS)     # accepted: redirect_map found no socket
+        return out
+    finally:
+        os.close(prog)
+        os.close(xsks)
+
+
+def test_prefilter_ports_protocols_networks():
+    frames = [
+        tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, flags="S"),
+        tcp_frame("10.0.0.1", "10.0.0.2", 40000, 22, flags="S"),
+        tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, flags="SA"),          # source port matches
+        udp_frame("10.0.0.1", "10.0.0.2", 5353, 80, b"x"),
+        udp_frame("192.168.1.1", "172.16.0.1", 5353, 80, b"x"),
+        icmp_frame("10.0.0.1", "10.0.0.2"),
+        tcp_frame("2001:db8::1", "2001:db8::2", 1234, 80, flags="S"),
+        tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, flags="S", vlan=(7,)),
+        tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, flags="S", vlan=(7, 8)),
+        bytes.fromhex("ffffffffffff020000000001" "0806") + bytes(28),          # ARP
+    ]
+    assert verdicts(Prefilter(ports={80}), frames) == [True, False, True, True, True, False, True, True, True, False]
+    assert verdicts(Prefilter(protocols={"tcp"}), frames) == [True, True, True, False, False, False, True, True, True, False]
+    assert verdicts(Prefilter(protocols={"udp", "icmp"}, networks=["10.0.0.0/8"]), frames) == \
+        [False, False, False, True, False, True, False, False, False, False]
+    assert verdicts(Prefilter(networks=["172.16.0.0/12", "2001:db8::/32"]), frames) == \
+        [False, False, False, False, True, False, True, False, False, False]
+    assert verdicts(Prefilter(networks=["2001:db8::2/128"]), frames) == \
+        [False, False, False, False, False, False, True, False, False, False]
+    assert verdicts(Prefilter(networks=["10.0.0.2/32"], ports={22}), frames) == \
+        [False, True, False, False, False, False, False, False, False, False]
+
+
+def test_prefilter_lets_fragments_through_the_port_check():
+    first, *rest = ipv4_fragments(udp_frame("10.0.0.1", "10.0.0.2", 1000, 9, bytes(3000)), fragment_size=1000)
+    assert verdicts(Prefilter(ports={53}), [first, *rest]) == [True] * (1 + len(rest))
+
+
+def test_prefilter_values():
+    with pytest.raises(ValueError, match="unknown protocol 'tcpp'"):
+        Prefilter(protocols={"tcpp"})
+    with pytest.raises(ValueError, match="ports are 0..65535"):
+        Prefilter(ports={70000})
+    with pytest.raises(ValueError, match="at most 64 ports"):
+        Prefilter(ports=range(100))
+    with pytest.raises(ValueError):
+        Prefilter(networks=["10.0.0.300/8"])

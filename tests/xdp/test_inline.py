@@ -138,3 +138,20 @@ async def test_rewrite_refused_on_read_only_frames():
     engine.feed(udp_frame("10.0.0.1", "10.0.0.2", 1000, 53, b"x"), 1.0)
     assert errors == ["this packet's frame is read-only: only inline ports "
                       "(aiomb.port(..., inline=...)) let handlers rewrite packets"]
+
+
+async def test_inline_prefilter_bypass_forwards_in_the_kernel(lab):
+    """Inline, the frames the pre-filter rejects are forwarded by the kernel, unseen by aiomb."""
+    client, mid, server, x, y = topology(lab)
+    lab.server(server, SERVER_IP, 5001)
+    lab.server(server, SERVER_IP, 5002)
+    port = aiomb.port(x, inline=y, netns=mid, prefilter={"ports": {5001}})
+    async with aiomb.open_stack(port) as stack:
+        stack.start()
+        watched = await transfer(client, SERVER_IP, 5001, 100_000, 100_000)
+        bypassed = await transfer(client, SERVER_IP, 5002, 300_000, 300_000)
+        flows = stack.flows()
+        st = port.statistics()
+    assert watched["ok"] and bypassed["ok"], (watched, bypassed)
+    assert {f.key.server_port for f in flows} == {5001}
+    assert st.forwarded == st.received < 400          # the 5002 transfer never reached aiomb

@@ -135,3 +135,25 @@ async def test_passive_several_queues(lab, mode):
     assert st.received == frames == sum(q.received for q in st.queues)
     assert all(f.end_reason == EndReason.FIN for f in flows)
     assert stack.statistics().engine.flows_created == 4
+
+
+async def test_passive_prefilter_in_the_kernel(lab):
+    """Frames the pre-filter rejects never reach aiomb: only port 5001's connection is seen."""
+    left, a, right, mon = tap(lab)
+    lab.server(right, RIGHT_IP, 5001)
+    sink = lab.peer(right, "udp-sink", RIGHT_IP, 5002)
+    assert sink.stdout.readline().strip() == "ready"
+    port = aiomb.port(mon, prefilter=aiomb.Prefilter(protocols={"tcp"}, ports={5001}))
+    async with aiomb.open_stack(port) as stack:
+        async with stack.subscribe(CONN_END) as ends:
+            stack.start()
+            result = await run_peer(left, "client", RIGHT_IP, 5001, 1000, 1000)
+            await run_peer(left, "udp", RIGHT_IP, 5002, 50, 100)
+            assert result["ok"]
+            with trio.fail_after(10):
+                (end,) = await ends.receive_batch()
+        engine = stack.statistics().engine
+        st = port.statistics()
+    assert end.key.server_port == 5001 and end.reason == EndReason.FIN
+    assert engine.udp_packets == 0 and engine.flows_created == 1
+    assert st.received == engine.packets == engine.tcp_packets
