@@ -159,3 +159,12 @@ async def test_unknown_interface_and_namespace():
     with pytest.raises(PortError, match="no network namespace 'aiomb-nosuch'"):
         async with aiomb.open_stack(aiomb.port("lo", netns="aiomb-nosuch")):
             pass
+
+
+async def test_zero_copy_required_but_refused_by_veth(lab):
+    left, right, b = setup(lab)
+    with pytest.raises(PortError, match=rf"{b} queue 0: cannot bind an AF_XDP socket \(.*\)"):
+        async with aiomb.open_stack(aiomb.port(b, netns=right, mode="native", zerocopy=True)):
+            pass
+    assert xdp_state(right, b).mode is None
+    assert connects(left)
