@@ -2,6 +2,7 @@
 
 Run it on the bundled capture:  aiomb run examples/flow_monitor.py --pcap examples/captures/demo.pcapng
 or directly:                    python examples/flow_monitor.py --pcap CAPTURE
+live (root), until Ctrl-C:      aiomb run examples/flow_monitor.py --iface MIRROR_PORT
 """
 
 import collections

@@ -5,6 +5,7 @@ Shows the three pieces a middlebox is made of: an inline handler (runs in the co
 the packet's verdict), a custom predicate event, and an async consumer of batched events.
 
     aiomb run examples/port_guard.py --pcap examples/captures/demo.pcapng
+    aiomb run examples/port_guard.py --iface IF1 --inline IF2     # live, inline (root): really drops
 """
 
 import aiomb
