@@ -265,7 +265,8 @@ def recv_stack(iface, mode, inline=None):
             await trio.lowlevel.wait_readable(0)
             st = port.statistics()
             engine = stack.statistics().engine
-        out = {"received": st.received, "ring_drops": st.ring_drops, "engine_packets": engine.packets}
+        out = {"received": st.received, "ring_drops": st.ring_drops, "engine_packets": engine.packets,
+               "batches": stack.statistics().batches}
         if inline:
             out.update(forwarded=st.forwarded, tx_dropped=st.tx_dropped)
         print(json.dumps(out))
