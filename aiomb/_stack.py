@@ -294,8 +294,10 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
 
     ``engine_options`` go to :class:`aiomb.Engine` (``max_flows``, timeouts, ``midstream``,
     ``vlan_in_key``, ...). ``max_batches`` bounds each subscription's queue. On leaving the
-    block the source is stopped and closed (a port detaches its XDP program); an exception in a handler or the source cancels
-    the block and is re-raised here as itself. Layer: io/_stack.
+    block the source is stopped and closed (a port detaches its XDP program, even when the block
+    is cancelled); an exception in a handler or the source cancels the block and is re-raised
+    here as itself. A source with ``aopen()``/``aclose()`` is opened and closed through them
+    (a live port runs netlink there in a worker thread). Layer: io/_stack.
     """
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
         raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")

@@ -5,7 +5,9 @@ filling a :class:`~aiomb._core.FrameBatch` and returning its frame count, which 
 may return as 0 when a tick passes without traffic, or None at the end of input;
 ``apply(batch)`` acting on the verdicts the engine wrote; ``close()``; ``live`` (False: time
 comes from packet timestamps; True: ``now()`` gives the clock in seconds, and the stack expires
-flows by it after every receive) and ``progress()``.
+flows by it after every receive) and ``progress()``. A source may also offer ``async aopen()``
+and ``async aclose()``, which the stack then uses instead (live ports do: their netlink calls
+run in a worker thread, and closing is shielded from cancellation).
 """
 
 import os
