@@ -15,6 +15,7 @@ cdef class Engine
 include "_cy/values.pxi"
 include "_cy/capture.pxi"
 include "_cy/engine.pxi"
+include "_cy/reasm.pxi"
 include "_cy/deliver.pxi"
 
 C_ENUMS = {

@@ -151,28 +151,62 @@ ctypedef struct pkt_t:
     uint8_t reassembled     # 1: rebuilt from IP fragments
 
 
+ctypedef struct seg_t:
+    # an out-of-order segment of a stream (disjoint from every other held byte range)
+    uint64_t off
+    uint32_t length
+    seg_t *next
+    uint8_t *data           # NULL when the side's buffering is off
+
+
+ctypedef struct stream_t:
+    # one side's reassembly state; allocated with the side's first payload byte
+    uint64_t next_off       # stream offset of the next in-order byte expected
+    uint64_t buf_off        # stream offset of buf[buf_start] (bytes before it are consumed)
+    uint64_t delivered_off  # NEW_DATA has been raised up to here
+    uint64_t bytes          # in-order bytes reassembled so far (gaps excluded)
+    uint64_t missed         # bytes that will never arrive (gaps)
+    uint64_t overlap_bytes  # bytes received again with different content
+    uint8_t *buf            # in-order bytes not yet consumed: buf[buf_start : buf_start+buf_len]
+    uint32_t buf_start
+    uint32_t buf_len
+    uint32_t buf_cap
+    uint32_t seq_base       # sequence number of stream offset 0
+    seg_t *ooo              # out-of-order segments, sorted by offset
+    uint32_t ooo_count
+    uint32_t ooo_bytes
+    uint32_t rexmits        # segments carrying only bytes already seen
+    uint32_t overlaps       # overlap conflicts (events)
+    uint8_t dirty           # in the engine's NEW_DATA list for this batch
+    uint8_t buffering       # 0: track ranges and counters only
+    uint8_t manual          # bytes stay until consume() is called
+    uint8_t consumed_in_call
+    uint8_t stopped
+
+
 ctypedef struct side_t:
     uint64_t packets
     uint64_t ip_bytes
     uint64_t payload_bytes
+    stream_t *stream
     uint32_t isn
     uint32_t next_seq       # one past the highest sequence number sent
     uint32_t last_ack       # highest acknowledgement sent
     uint32_t window         # last advertised window, scaled
     uint32_t fin_seq        # sequence number of the FIN
-    uint32_t syn
-    uint32_t synack
-    uint32_t fin
-    uint32_t rst
-    uint32_t rst_ignored
     uint32_t retransmits
-    int64_t last_ts
+    uint16_t syn
+    uint16_t synack
+    uint16_t fin
+    uint16_t rst
+    uint16_t rst_ignored
     uint8_t state
     uint8_t wscale          # 0xff: not offered
     uint8_t seq_known
     uint8_t ack_known
     uint8_t fin_seen
     uint8_t syn_seen
+    uint8_t seq_base_set
 
 
 ctypedef struct flow_t:

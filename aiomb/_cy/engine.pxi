@@ -75,6 +75,22 @@ cdef class Engine:
     cdef list mbox_filters
     cdef bint any_filter
     cdef PacketView pv
+    # stream reassembly
+    cdef int reassembly_mode            # -1 automatic (when stream events are wanted), 0 off, 1 on
+    cdef readonly bint reassembling
+    cdef readonly bint buffering
+    cdef readonly bint rst_payload
+    cdef int policy
+    cdef readonly uint32_t max_buffer
+    cdef readonly uint32_t max_ooo_segments
+    cdef readonly uint64_t max_stream_memory
+    cdef readonly uint64_t stream_memory
+    cdef uint64_t n_overruns, n_seq_jumps
+    cdef int64_t ev_off, ev_len
+    cdef int32_t *dirty_slot
+    cdef uint64_t *dirty_id
+    cdef uint8_t *dirty_side
+    cdef uint32_t n_dirty, dirty_cap
 
     def __cinit__(self):
         memset(&self.tab, 0, sizeof(flowtab_t))
@@ -82,7 +98,9 @@ cdef class Engine:
 
     def __init__(self, *, max_flows=1_000_000, tcp_syn_timeout=30.0, tcp_established_timeout=300.0,
                  tcp_closed_timeout=5.0, udp_timeout=60.0, midstream=False, vlan_in_key=False,
-                 max_fragments=1024, fragment_timeout=30.0):
+                 max_fragments=1024, fragment_timeout=30.0, reassembly=None, buffering=True,
+                 overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
+                 max_stream_memory=1 << 30, rst_payload=False):
         cdef int i
         if not isinstance(max_flows, int) or isinstance(max_flows, bool) or not 1 <= max_flows <= 0x7fffffff:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
@@ -94,6 +112,25 @@ cdef class Engine:
                             ("fragment_timeout", fragment_timeout)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if reassembly is not None and not isinstance(reassembly, bool):
+            raise ValueError(f"reassembly must be None (automatic), True or False, got {reassembly!r}")
+        if overlap_policy not in POLICIES:
+            raise ValueError(f"unknown overlap_policy {overlap_policy!r}; choose one of {', '.join(POLICIES)}")
+        for name, value, low in (("max_buffer", max_buffer, 65536), ("max_ooo_segments", max_ooo_segments, 1),
+                                 ("max_stream_memory", max_stream_memory, 1 << 20)):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= (1 << 62):
+                raise ValueError(f"{name} must be an int of at least {low}, got {value!r}")
+        if max_buffer > 1 << 31:
+            raise ValueError(f"max_buffer must be at most {1 << 31} bytes, got {max_buffer}")
+        self.reassembly_mode = -1 if reassembly is None else int(reassembly)
+        self.buffering = buffering
+        self.rst_payload = rst_payload
+        self.policy = POLICIES.index(overlap_policy)
+        self.max_buffer = max_buffer
+        self.max_ooo_segments = max_ooo_segments
+        self.max_stream_memory = max_stream_memory
+        self.ev_off = -1
+        self.ev_len = -1
         flowtab_init(&self.tab, max_flows, vlan_in_key)
         fragtab_init(&self.frags, max_fragments, to_ns(fragment_timeout))
         self.timeouts[TC_TCP_OPENING] = to_ns(tcp_syn_timeout)
@@ -123,8 +160,13 @@ cdef class Engine:
             for i in range(self.tab.cap):
                 if self.tab.flows[i].status != FS_FREE:
                     self.release_handle(&self.tab.flows[i])
+                    stream_free(self, &self.tab.flows[i].side[0])
+                    stream_free(self, &self.tab.flows[i].side[1])
         flowtab_free(&self.tab)
         fragtab_free(&self.frags)
+        free(self.dirty_slot)
+        free(self.dirty_id)
+        free(self.dirty_side)
 
     # ---- registration -------------------------------------------------------------------
 
@@ -280,6 +322,10 @@ cdef class Engine:
                 if self.interest[<int>child]:
                     self.base_mask |= (<uint64_t>1) << bit
         self.need_mask = self.async_mask | self.inline_mask | self.base_mask
+        if self.reassembly_mode < 0:
+            self.reassembling = (self.need_mask & (EV_NEW_DATA | EV_GAP | EV_OVERLAP | EV_BUFFER_OVERRUN)) != 0
+        else:
+            self.reassembling = self.reassembly_mode == 1
 
     # ---- handles and events ---------------------------------------------------------------
 
@@ -300,11 +346,19 @@ cdef class Engine:
 
     cdef release_handle(self, flow_t *f):
         cdef Flow h
+        cdef int i
         if f.handle == NULL:
             return
         h = <Flow>f.handle
         h._final = f[0]
         h._final.handle = NULL
+        for i in range(2):
+            if f.side[i].stream != NULL:
+                h._final_stream[i] = f.side[i].stream[0]
+                h._final_stream[i].buf = NULL
+                h._final_stream[i].buf_len = 0
+                h._final_stream[i].ooo = NULL
+                h._final.side[i].stream = &h._final_stream[i]
         h._alive = False
         f.handle = NULL
         Py_DECREF(h)
@@ -327,8 +381,86 @@ cdef class Engine:
             ev.new_state = STATES[b]
         elif root == 7 or root == 10:  # CONN_END, UDP_END
             ev.reason = REASONS[a]
+        if self.ev_off >= 0:
+            ev.offset = self.ev_off
+            ev.length = self.ev_len
         ev.value = value
         return ev
+
+    cdef int emit_stream(self, int bit, int32_t slot, int side, int hook, uint64_t off, uint64_t length,
+                         object value) except -1:
+        """Raise a stream event (RETRANSMIT, NEW_DATA, GAP, OVERLAP, BUFFER_OVERRUN) with its range."""
+        self.ev_off = <int64_t>off
+        self.ev_len = <int64_t>length
+        try:
+            return self.emit(bit, slot, side, hook, 0, 0, value)
+        finally:
+            self.ev_off = -1
+            self.ev_len = -1
+
+    cdef int policy_of(self, int32_t slot, int side) noexcept:
+        return self.policy
+
+    cdef int mark_dirty(self, int32_t slot, int side) except -1:
+        """Remember a side with new bytes: NEW_DATA is raised once for it at the end of the batch."""
+        cdef stream_t *st = self.tab.flows[slot].side[side].stream
+        cdef uint32_t cap
+        if st.dirty:
+            return 0
+        if self.n_dirty == self.dirty_cap:
+            cap = self.dirty_cap * 2 if self.dirty_cap else 1024
+            self.dirty_slot = <int32_t *>realloc(self.dirty_slot, cap * sizeof(int32_t))
+            self.dirty_id = <uint64_t *>realloc(self.dirty_id, cap * sizeof(uint64_t))
+            self.dirty_side = <uint8_t *>realloc(self.dirty_side, cap)
+            if self.dirty_slot == NULL or self.dirty_id == NULL or self.dirty_side == NULL:
+                raise MemoryError()
+            self.dirty_cap = cap
+        st.dirty = 1
+        self.dirty_slot[self.n_dirty] = slot
+        self.dirty_id[self.n_dirty] = self.tab.flows[slot].id
+        self.dirty_side[self.n_dirty] = <uint8_t>side
+        self.n_dirty += 1
+        return 0
+
+    cdef int stream_deliver(self, int32_t slot, int side) except -1:
+        """Raise NEW_DATA for a side's new in-order bytes, then release what was delivered.
+
+        The event's value holds every unconsumed in-order byte (from ``offset``); ``length``
+        counts the new ones. Bytes stay only if the side is held (``Flow.hold``) or an inline
+        NEW_DATA handler consumed part of them (libnids' discard).
+        """
+        cdef stream_t *st = self.tab.flows[slot].side[side].stream
+        cdef uint64_t fresh
+        if st == NULL:
+            return 0
+        st.dirty = 0
+        if st.next_off <= st.delivered_off:
+            return 0
+        fresh = st.next_off - st.delivered_off
+        st.delivered_off = st.next_off
+        st.consumed_in_call = 0
+        if self.need_mask & EV_NEW_DATA:
+            self.emit_stream(12, slot, side, HOOK_NONE, st.buf_off, fresh,
+                             st.buf[st.buf_start:st.buf_start + st.buf_len] if st.buffering else None)
+            st = self.tab.flows[slot].side[side].stream
+            if st == NULL:
+                return 0
+        if not st.manual and not st.consumed_in_call:
+            stream_consume(self, st, st.buf_len)
+        return 0
+
+    cdef int flush_streams(self) except -1:
+        """End of a receive batch: NEW_DATA at most once per flow side."""
+        cdef uint32_t i = 0
+        cdef int32_t slot
+        while i < self.n_dirty:
+            slot = self.dirty_slot[i]
+            if self.tab.flows[slot].status != FS_FREE and self.tab.flows[slot].id == self.dirty_id[i]:
+                if self.tab.flows[slot].side[self.dirty_side[i]].stream != NULL:
+                    self.stream_deliver(slot, self.dirty_side[i])
+            i += 1
+        self.n_dirty = 0
+        return 0
 
     cdef int emit(self, int bit, int32_t slot, int side, int hook, int a, int b, object value) except -1:
         """Raise one event: inline handlers now, then async subscribers, then child events."""
@@ -609,16 +741,33 @@ cdef class Engine:
             f.mbox_mask = ALL_MBOXES
         return slot
 
+    cdef int close_streams(self, int32_t slot) except -1:
+        """Holes before held segments (and before a FIN) become gaps; every byte is delivered."""
+        cdef flow_t *f = &self.tab.flows[slot]
+        cdef int i
+        cdef stream_t *st
+        for i in range(2):
+            st = f.side[i].stream
+            if st != NULL:
+                stream_close(self, slot, i, stream_offset(st, f.side[i].fin_seq) if f.side[i].fin_seen else -1)
+                f = &self.tab.flows[slot]
+        return 0
+
     cdef int end_flow(self, int32_t slot, int side, int hook, uint8_t reason) except -1:
         """Mark a flow ended and raise CONN_END / UDP_END; the entry lingers if it closed."""
-        cdef flow_t *f = &self.tab.flows[slot]
+        cdef flow_t *f
+        self.close_streams(slot)
+        f = &self.tab.flows[slot]
         f.end_reason = reason
         f.status = FS_CLOSED
         self.n_ended += 1
         return self.fire(7 if f.proto == 6 else 10, slot, side, hook, reason, 0)
 
     cdef int remove_flow(self, int32_t slot) except -1:
+        self.close_streams(slot)        # bytes that came after the close, if any
         self.release_handle(&self.tab.flows[slot])
+        stream_free(self, &self.tab.flows[slot].side[0])
+        stream_free(self, &self.tab.flows[slot].side[1])
         flowtab_remove(&self.tab, slot)
         return 0
 
@@ -695,13 +844,14 @@ cdef class Engine:
         s.packets += 1
         s.ip_bytes += pk.ip_len
         s.payload_bytes += pk.paylen
-        s.last_ts = pk.ts
         f.last_ts = pk.ts
         if created:
             self.fire(1, slot, side, HOOK_SENDER, 0, 0)
         if f.status == FS_CLOSED:
             self.count_flags(s, pk)
             self.fire(0, slot, side, HOOK_SENDER, 0, 0)
+            if self.reassembling and not (fl & (TH_RST | TH_SYN)):
+                self.reassemble(slot, side, pk)      # bytes sent after the close still count
             self.fire(0, slot, side, HOOK_RECEIVER, 0, 0)
             lru_touch(&self.tab, slot, TC_TCP_CLOSED)
             return 0
@@ -726,6 +876,8 @@ cdef class Engine:
         self.fire(0, slot, side, HOOK_SENDER, 0, 0)
         # receiver update, then the receiver hook
         f = &self.tab.flows[slot]
+        if self.reassembling and (not (fl & TH_RST) or rst_ok and self.rst_payload):
+            self.reassemble(slot, side, pk)
         if rst_ok:
             self.set_state(slot, rs, ST_CLOSED, HOOK_RECEIVER)
             self.end_flow(slot, side, HOOK_RECEIVER, END_RST)
@@ -735,6 +887,43 @@ cdef class Engine:
         f = &self.tab.flows[slot]
         lru_touch(&self.tab, slot, TC_TCP_CLOSED if f.status == FS_CLOSED else
                   (TC_TCP_ESTABLISHED if f.established else TC_TCP_OPENING))
+        return 0
+
+    cdef int reassemble(self, int32_t slot, int side, const pkt_t *pk) except -1:
+        """Receiver phase: the sender's payload into its stream; the ACK may reveal a gap."""
+        cdef flow_t *f = &self.tab.flows[slot]
+        cdef side_t *s = &f.side[side]
+        cdef side_t *r = &f.side[1 - side]
+        cdef stream_t *st
+        cdef int64_t soff, ack_off, end_off, target
+        if pk.paylen and (s.seq_known or s.syn_seen):
+            st = s.stream if s.stream != NULL else stream_new(self, s)
+            if st == NULL:
+                raise MemoryError()
+            soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
+            stream_segment(self, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen)
+        if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not (r.syn_seen or r.seq_known):
+            return 0
+        st = r.stream
+        if st == NULL:
+            if <int32_t>(pk.ack - (r.isn + 1)) <= 0:
+                return 0
+            st = stream_new(self, r)
+            if st == NULL:
+                raise MemoryError()
+        if st.stopped:
+            return 0
+        ack_off = stream_offset(st, pk.ack)
+        end_off = stream_offset(st, r.next_seq) - (1 if r.fin_seen else 0)
+        if ack_off > end_off:
+            ack_off = end_off        # an ACK of bytes never seen from the peer: bounded by them
+        while <int64_t>st.next_off < ack_off:
+            target = ack_off
+            if st.ooo != NULL and <int64_t>st.ooo.off < target:
+                target = st.ooo.off
+            if target <= <int64_t>st.next_off:
+                break
+            stream_skip(self, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>target)
         return 0
 
     cdef void count_flags(self, side_t *s, const pkt_t *pk) noexcept:
@@ -867,7 +1056,6 @@ cdef class Engine:
         s.packets += 1
         s.ip_bytes += pk.ip_len
         s.payload_bytes += pk.paylen
-        s.last_ts = pk.ts
         f.last_ts = pk.ts
         if created:
             self.fire(9, slot, side, HOOK_SENDER, 0, 0)
@@ -914,6 +1102,7 @@ cdef class Engine:
             v = self.process_frame(NULL, 0, 0, t, linktype)
         else:
             v = self.process_frame(&view[0], view.shape[0], view.shape[0], t, linktype)
+        self.flush_streams()
         self.expire_to(t)
         return Verdict(v)
 
@@ -923,6 +1112,7 @@ cdef class Engine:
         for i in range(batch.count):
             batch.verdict[i] = <uint8_t>self.process_frame(
                 batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
+        self.flush_streams()
         self.expire_to(self.now)
         return batch.count
 
@@ -967,4 +1157,6 @@ cdef class Engine:
             fragments_held=self.frags.held, fragments_reassembled=self.frags.reassembled,
             fragments_expired=self.frags.expired, fragments_evicted=self.frags.evicted,
             fragment_overlaps=self.frags.overlaps, dropped_by_verdict=self.n_dropped,
-            events=self.n_events)
+            events=self.n_events, stream_memory=self.stream_memory,
+            max_stream_memory=self.max_stream_memory, buffer_overruns=self.n_overruns,
+            sequence_jumps=self.n_seq_jumps)
