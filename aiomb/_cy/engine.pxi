@@ -430,17 +430,18 @@ cdef class Engine:
         NEW_DATA handler consumed part of them (libnids' discard).
         """
         cdef stream_t *st = self.tab.flows[slot].side[side].stream
-        cdef uint64_t fresh
+        cdef uint64_t fresh, start
         if st == NULL:
             return 0
         st.dirty = 0
         if st.next_off <= st.delivered_off:
             return 0
         fresh = st.next_off - st.delivered_off
+        start = st.buf_off if st.buffering else st.delivered_off
         st.delivered_off = st.next_off
         st.consumed_in_call = 0
         if self.need_mask & EV_NEW_DATA:
-            self.emit_stream(12, slot, side, HOOK_NONE, st.buf_off, fresh,
+            self.emit_stream(12, slot, side, HOOK_NONE, start, fresh,
                              st.buf[st.buf_start:st.buf_start + st.buf_len] if st.buffering else None)
             st = self.tab.flows[slot].side[side].stream
             if st == NULL:
