@@ -17,3 +17,17 @@ class CaptureError(AiombError, ValueError):
         where = f"{path}: " if path else ""
         at = f" at offset {offset}" if offset is not None else ""
         super().__init__(f"{where}{message}{at}")
+
+
+class StreamGap(AiombError):
+    """Bytes of a stream that will never arrive: ``length`` bytes from stream ``offset``.
+
+    Raised by a flow stream's iteration (the default), so that a hole is never glued over
+    silently; iterate the same stream again to go on after the gap.
+    """
+
+    def __init__(self, offset: int, length: int, what: str = "stream"):
+        self.offset = offset
+        self.length = length
+        super().__init__(f"bytes [{offset}, {offset + length}) of the {what} will never arrive "
+                         "(a gap); iterate the stream again to continue after it")
