@@ -228,6 +228,7 @@ ctypedef struct flow_t:
     uint8_t tclass
     uint8_t midstream
     uint8_t established
+    uint8_t policy          # overlap policy rule family
     uint32_t hash
     int32_t hnext
     int32_t lru_prev

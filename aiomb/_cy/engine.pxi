@@ -30,6 +30,14 @@ cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
 cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
     return <int32_t>(a - b) >= 0
 
+def policy_number(name, what):
+    """The rule family of an overlap policy name; ValueError naming the choices otherwise."""
+    try:
+        return POLICY_NAMES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(POLICIES)}") from None
+
+
 cdef inline bint acks_syn(const side_t *s, uint32_t ack) noexcept nogil:
     """An acceptable ACK of a side's SYN: past the ISN, at most what that side sent (TFO data)."""
     return seq_ge(ack, s.isn + 1) and seq_ge(s.next_seq, ack)
@@ -81,6 +89,7 @@ cdef class Engine:
     cdef readonly bint buffering
     cdef readonly bint rst_payload
     cdef int policy
+    cdef list host_policies
     cdef readonly uint32_t max_buffer
     cdef readonly uint32_t max_ooo_segments
     cdef readonly uint64_t max_stream_memory
@@ -100,7 +109,7 @@ cdef class Engine:
                  tcp_closed_timeout=5.0, udp_timeout=60.0, midstream=False, vlan_in_key=False,
                  max_fragments=1024, fragment_timeout=30.0, reassembly=None, buffering=True,
                  overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
-                 max_stream_memory=1 << 30, rst_payload=False):
+                 max_stream_memory=1 << 30, rst_payload=False, host_policies=None):
         cdef int i
         if not isinstance(max_flows, int) or isinstance(max_flows, bool) or not 1 <= max_flows <= 0x7fffffff:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
@@ -114,8 +123,15 @@ cdef class Engine:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
         if reassembly is not None and not isinstance(reassembly, bool):
             raise ValueError(f"reassembly must be None (automatic), True or False, got {reassembly!r}")
-        if overlap_policy not in POLICIES:
-            raise ValueError(f"unknown overlap_policy {overlap_policy!r}; choose one of {', '.join(POLICIES)}")
+        self.policy = policy_number(overlap_policy, "overlap_policy")
+        self.host_policies = []
+        for net, name in dict(host_policies or {}).items():
+            try:
+                network = _ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"host_policies: {net!r} is not an IP network (e.g. '10.0.0.0/8')") from None
+            self.host_policies.append((network, policy_number(name, f"host_policies[{net!r}]")))
+        self.host_policies.sort(key=lambda item: -item[0].prefixlen)
         for name, value, low in (("max_buffer", max_buffer, 65536), ("max_ooo_segments", max_ooo_segments, 1),
                                  ("max_stream_memory", max_stream_memory, 1 << 20)):
             if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= (1 << 62):
@@ -125,7 +141,6 @@ cdef class Engine:
         self.reassembly_mode = -1 if reassembly is None else int(reassembly)
         self.buffering = buffering
         self.rst_payload = rst_payload
-        self.policy = POLICIES.index(overlap_policy)
         self.max_buffer = max_buffer
         self.max_ooo_segments = max_ooo_segments
         self.max_stream_memory = max_stream_memory
@@ -397,9 +412,6 @@ cdef class Engine:
         finally:
             self.ev_off = -1
             self.ev_len = -1
-
-    cdef int policy_of(self, int32_t slot, int side) noexcept:
-        return self.policy
 
     cdef int mark_dirty(self, int32_t slot, int side) except -1:
         """Remember a side with new bytes: NEW_DATA is raised once for it at the end of the batch."""
@@ -731,6 +743,14 @@ cdef class Engine:
         f.first_ts = pk.ts
         f.last_ts = pk.ts
         self.n_created += 1
+        f.policy = <uint8_t>self.policy
+        if self.host_policies:
+            server = self.handle(slot).key.server_ip
+            for network, number in self.host_policies:
+                if server.version == network.version and server in network:
+                    self.tab.flows[slot].policy = <uint8_t>number
+                    break
+            f = &self.tab.flows[slot]
         if self.any_filter:
             handle = self.handle(slot)
             mask = 0

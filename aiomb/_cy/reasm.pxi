@@ -6,9 +6,47 @@
 cdef enum:
     POLICY_FIRST = 0
     POLICY_LAST = 1
+    POLICY_BSD = 2          # also hpux10, irix, windows, win2003, macos
+    POLICY_LINUX = 3
+    POLICY_OLD_LINUX = 4
+    POLICY_SOLARIS = 5      # also hpux11
     MAX_SEQ_JUMP = 1 << 26          # 64 MiB ahead of the next expected byte: not buffered
 
-POLICIES = ("first", "last")
+# name -> rule family (README "Overlap policies" has the table)
+POLICY_NAMES = {
+    "first": POLICY_FIRST, "vista": POLICY_FIRST,
+    "last": POLICY_LAST,
+    "bsd": POLICY_BSD, "hpux10": POLICY_BSD, "irix": POLICY_BSD, "windows": POLICY_BSD,
+    "win2003": POLICY_BSD, "macos": POLICY_BSD,
+    "linux": POLICY_LINUX,
+    "old_linux": POLICY_OLD_LINUX,
+    "solaris": POLICY_SOLARIS, "hpux11": POLICY_SOLARIS,
+}
+POLICIES = tuple(POLICY_NAMES)
+
+
+cdef inline bint new_bytes_win(int policy, uint64_t s0, uint64_t s1, uint64_t h0, uint64_t h1) noexcept nogil:
+    """Whether an arriving segment [s0, s1) replaces held bytes of [h0, h1) where they overlap.
+
+    The target-based rules of Suricata's stream engine (after Novak and Sturges): ``first``
+    keeps held bytes, ``last`` takes new ones; the OS families take the new bytes when the new
+    segment starts before the held one (bsd, linux, old_linux, solaris), starts with it and
+    ends after it (linux, old_linux, solaris) or with it (old_linux, solaris), or starts after
+    it and ends after it (solaris).
+    """
+    if policy == POLICY_LAST:
+        return 1
+    if policy == POLICY_FIRST:
+        return 0
+    if s0 < h0:
+        return 1
+    if s0 == h0:
+        if s1 > h1:
+            return policy != POLICY_BSD
+        if s1 == h1:
+            return policy == POLICY_OLD_LINUX or policy == POLICY_SOLARIS
+        return 0
+    return policy == POLICY_SOLARIS and s1 > h1
 
 
 cdef inline int64_t stream_offset(const stream_t *st, uint32_t seq) noexcept nogil:
@@ -90,8 +128,10 @@ cdef void stream_consume(Engine eng, stream_t *st, uint64_t n) noexcept:
 
 
 cdef int resolve_overlap(Engine eng, int32_t slot, int side, int hook, stream_t *st, uint8_t *held,
-                         uint64_t off, const uint8_t *data, uint32_t n, bint deliverable) except -1:
-    """New bytes met held ones at [off, off+n): report a conflict, let the policy pick a copy."""
+                         uint64_t off, const uint8_t *data, uint32_t n, bint deliverable,
+                         uint64_t s0, uint64_t s1, uint64_t h0, uint64_t h1) except -1:
+    """New bytes (of segment [s0, s1)) met held ones (of [h0, h1)) at [off, off+n): report a
+    conflict and let the flow's overlap policy pick the copy that stays."""
     cdef uint32_t i, differ = 0
     if held == NULL or data == NULL:
         return 0
@@ -104,7 +144,7 @@ cdef int resolve_overlap(Engine eng, int32_t slot, int side, int hook, stream_t 
     st.overlap_bytes += differ
     if eng.need_mask & EV_OVERLAP:
         eng.emit_stream(14, slot, side, hook, off, n, (held[:n], data[:n]))
-    if deliverable and eng.policy_of(slot, side) == POLICY_LAST:
+    if deliverable and new_bytes_win(eng.tab.flows[slot].policy, s0, s1, h0, h1):
         memcpy(held, data, n)
     return 0
 
@@ -207,7 +247,7 @@ cdef int stream_skip(Engine eng, int32_t slot, int side, int hook, stream_t *st,
 cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *st, int64_t soff,
                         const uint8_t *data, uint32_t n) except -1:
     """Take one segment's payload at stream offset soff into the side's stream."""
-    cdef uint64_t off, end, pos, cend, a
+    cdef uint64_t off, end, pos, cend, a, s0
     cdef uint32_t skip, k
     cdef seg_t **link
     cdef seg_t *cur
@@ -234,7 +274,8 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
         a = off if off > st.buf_off else st.buf_off
         if st.buffering and a < cend and st.buf_len:
             resolve_overlap(eng, slot, side, hook, st, st.buf + st.buf_start + (a - st.buf_off),
-                            a, data + (a - off), <uint32_t>(cend - a), a >= st.delivered_off)
+                            a, data + (a - off), <uint32_t>(cend - a), a >= st.delivered_off,
+                            off, end, st.delivered_off, st.next_off)
         if end <= st.next_off:
             st.rexmits += 1
             if eng.need_mask & EV_RETRANSMIT:
@@ -245,6 +286,7 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
         n -= skip
         off = st.next_off
     # cut the rest into pieces around the held out-of-order segments
+    s0 = off
     pos = off
     link = &st.ooo
     while pos < end:
@@ -260,7 +302,8 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
             cend = cur.off + cur.length if cur.off + cur.length < end else end
             resolve_overlap(eng, slot, side, hook, st,
                             cur.data + (pos - cur.off) if cur.data != NULL else NULL,
-                            pos, data + (pos - off), <uint32_t>(cend - pos), 1)
+                            pos, data + (pos - off), <uint32_t>(cend - pos), 1,
+                            s0, end, cur.off, cur.off + cur.length)
             pos = cend
             continue
         if insert_piece(eng, slot, side, hook, st, link, pos, data + (pos - off), k) == 0:

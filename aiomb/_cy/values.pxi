@@ -373,6 +373,12 @@ cdef class Flow:
         st.consumed_in_call = 1
         return k
 
+    def set_policy(self, name):
+        """Choose this flow's overlap policy (``first``, ``last``, ``linux``, ``windows``, ...)."""
+        if not self._alive:
+            raise RuntimeError(f"flow #{self.id} has ended; its policy can no longer change")
+        self._engine.tab.flows[self._slot].policy = <uint8_t>policy_number(name, "overlap policy")
+
     def hold(self, side, enabled=True):
         """Keep ``side``'s bytes until :meth:`consume` releases them (bounded by max_buffer)."""
         self._stream(side, 1).manual = bool(enabled)

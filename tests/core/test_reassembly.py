@@ -260,3 +260,76 @@ def test_reassembly_is_off_unless_stream_events_are_wanted():
         engine.feed(f, ts)
     assert not engine.reassembling
     assert engine.flows()[0].statistics().client.stream_bytes == 0
+
+
+# held "HHHH" at stream offsets 4..8, then a new segment; rows: (start, new bytes)
+OVERLAP_CASES = {
+    "same start, ends before": (4, b"nn"),
+    "same start, ends same": (4, b"nnnn"),
+    "same start, ends after": (4, b"nnnnnn"),
+    "starts before": (2, b"nnnn"),
+    "starts after, ends after": (6, b"nnnn"),
+    "starts after, ends within": (5, b"nn"),
+}
+# which cases take the new bytes, per policy family (Suricata's target-based rules)
+NEW_WINS = {
+    "first": set(),
+    "last": set(OVERLAP_CASES),
+    "bsd": {"starts before"},
+    "linux": {"starts before", "same start, ends after"},
+    "old_linux": {"starts before", "same start, ends after", "same start, ends same"},
+    "solaris": {"starts before", "same start, ends after", "same start, ends same",
+                "starts after, ends after"},
+}
+ALIASES = {"vista": "first", "windows": "bsd", "win2003": "bsd", "macos": "bsd", "hpux10": "bsd",
+           "irix": "bsd", "hpux11": "solaris"}
+
+
+def expected_overlap(case, new_wins):
+    start, new = OVERLAP_CASES[case]
+    out = bytearray(b"....HHHH")
+    for i, b in enumerate(new):
+        off = start + i
+        if off >= len(out):
+            out.append(b)
+        elif off < 4 or off >= 8 or new_wins:
+            out[off] = b
+    return bytes(out)
+
+
+@pytest.mark.parametrize("policy", sorted(NEW_WINS) + sorted(ALIASES))
+@pytest.mark.parametrize("case", sorted(OVERLAP_CASES))
+def test_overlap_policy_table(policy, case):
+    family = ALIASES.get(policy, policy)
+    start, new = OVERLAP_CASES[case]
+    head = (0, b"...."[:min(start, 4)])            # the bytes before offset 4 nobody sent yet
+    events, _ = run_stream([(4, b"HHHH"), (start, new), head], policy=policy)
+    assert stream_of(events) == expected_overlap(case, case in NEW_WINS[family])
+    assert [e.kind for e in events].count(EventKind.OVERLAP) == 1
+
+
+def test_policy_per_server_network_and_per_flow():
+    policies = {"10.0.0.0/24": "last"}
+    events, _ = run_stream([(4, b"GOOD"), (4, b"EVIL"), (0, b"head")], host_policies=policies)
+    assert stream_of(events) == b"headEVIL"                        # server 10.0.0.2 is in the net
+    events, _ = run_stream([(4, b"GOOD"), (4, b"EVIL"), (0, b"head")],
+                           host_policies={"192.0.2.0/24": "last"})
+    assert stream_of(events) == b"headGOOD"
+    with pytest.raises(ValueError, match="unknown overlap_policy 'ntfs'; choose one of first"):
+        aiomb.Engine(overlap_policy="ntfs")
+    with pytest.raises(ValueError, match="is not an IP network"):
+        aiomb.Engine(host_policies={"nonsense": "last"})
+
+
+def test_set_policy_on_a_flow():
+    engine = aiomb.Engine(reassembly=True)
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    c = TcpConversation()
+    c.handshake()
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    engine.flows()[0].set_policy("last")
+    for off, data in ((4, b"GOOD"), (4, b"EVIL"), (0, b"head")):
+        engine.feed(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1001 + off, ack=5001, flags="PA",
+                              payload=data), 3.0)
+    assert b"".join(e.value for e in engine.drain(sub)) == b"headEVIL"
