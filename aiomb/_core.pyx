@@ -18,6 +18,8 @@ include "_cy/engine.pxi"
 include "_cy/reasm.pxi"
 include "_cy/deliver.pxi"
 
+FLOW_ENTRY_BYTES = sizeof(flow_t)     # one flow-table entry (plus a 4-byte hash bucket)
+
 C_ENUMS = {
     "TcpState": {"CLOSED": ST_CLOSED, "LISTEN": ST_LISTEN, "SYN_SENT": ST_SYN_SENT,
                  "SYN_RECEIVED": ST_SYN_RECEIVED, "ESTABLISHED": ST_ESTABLISHED,

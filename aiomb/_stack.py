@@ -424,4 +424,5 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                 raise
             raise group.exceptions[0] from None     # the nursery's group, one level only
     finally:
+        engine.close()
         source.close()

@@ -151,6 +151,18 @@ ctypedef struct pkt_t:
     uint8_t reassembled     # 1: rebuilt from IP fragments
 
 
+cdef enum:
+    SF_SEQ_KNOWN = 1        # the side's sequence space is known (a SYN, or mid-stream data)
+    SF_ACK_KNOWN = 2        # the side has sent an ACK
+    SF_FIN_SEEN = 4
+    SF_SYN_SEEN = 8
+
+
+cdef inline void bump8(uint8_t *counter) noexcept nogil:
+    if counter[0] < 255:
+        counter[0] += 1
+
+
 ctypedef struct seg_t:
     # an out-of-order segment of a stream (disjoint from every other held byte range)
     uint64_t off
@@ -195,28 +207,29 @@ ctypedef struct side_t:
     uint32_t window         # last advertised window, scaled
     uint32_t fin_seq        # sequence number of the FIN
     uint32_t retransmits
-    uint16_t syn
-    uint16_t synack
-    uint16_t fin
-    uint16_t rst
-    uint16_t rst_ignored
+    uint8_t syn             # packet counters by flag, saturating at 255
+    uint8_t synack
+    uint8_t fin
+    uint8_t rst
+    uint8_t rst_ignored
     uint8_t state
     uint8_t wscale          # 0xff: not offered
-    uint8_t seq_known
-    uint8_t ack_known
-    uint8_t fin_seen
-    uint8_t syn_seen
-    uint8_t seq_base_set
+    uint8_t flags           # SF_* bits
 
 
 ctypedef struct flow_t:
+    # laid out to take 232 bytes (with the 4-byte hash bucket: 236 per tracked flow)
     uint64_t id
-    uint64_t mbox_mask
     int64_t first_ts
     int64_t last_ts
     side_t side[2]
     uint8_t client_ip[16]
     uint8_t server_ip[16]
+    uint32_t mbox_mask      # the middleboxes whose filter accepts the flow
+    uint32_t hash
+    int32_t hnext
+    int32_t lru_prev
+    int32_t lru_next
     uint16_t client_port
     uint16_t server_port
     uint16_t vlan[MAX_VLAN]
@@ -229,8 +242,4 @@ ctypedef struct flow_t:
     uint8_t midstream
     uint8_t established
     uint8_t policy          # overlap policy rule family
-    uint32_t hash
-    int32_t hnext
-    int32_t lru_prev
-    int32_t lru_next
     void *handle            # PyObject* of the Flow handle, or NULL

@@ -20,9 +20,9 @@ MALFORMED_REASONS = (
 
 cdef enum:
     MAX_SUBS = 256
-    MAX_MBOXES = 64
+    MAX_MBOXES = 32
 
-cdef uint64_t ALL_MBOXES = <uint64_t>0xffffffffffffffff
+cdef uint32_t ALL_MBOXES = 0xffffffff
 
 cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
     return <int32_t>(a - b) > 0
@@ -189,12 +189,12 @@ cdef class Engine:
         """Append a middlebox to the chain; returns its index (0 is the default middlebox).
 
         ``filter`` is None or an object with ``matches(key) -> bool``, evaluated once per new
-        flow. Raises ValueError past 64 middleboxes, RuntimeError once flows exist.
+        flow. Raises ValueError past 32 middleboxes, RuntimeError once flows exist.
         """
         if self.tab.count:
             raise RuntimeError("add middleboxes before the first packet: flows already exist")
         if len(self.mbox_filters) >= MAX_MBOXES:
-            raise ValueError("at most 64 middleboxes can share one stack")
+            raise ValueError("at most 32 middleboxes can share one stack")
         if filter is not None and not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a middlebox filter needs a matches(key) method, got {filter!r}")
         self.mbox_filters.append(filter)
@@ -345,6 +345,9 @@ cdef class Engine:
     # ---- handles and events ---------------------------------------------------------------
 
     cdef Flow handle(self, int32_t slot):
+        """The flow's handle, made on first use. The table keeps only a borrowed pointer (the
+        handle clears it when freed), unless the handle's context is in use: then the table
+        owns a reference until the flow is removed."""
         cdef flow_t *f = &self.tab.flows[slot]
         cdef Flow h
         if f.handle != NULL:
@@ -355,28 +358,44 @@ cdef class Engine:
         h.id = f.id
         h.key = key_from_flow(f, self.vlan_in_key)
         h._alive = True
-        Py_INCREF(h)
         f.handle = <void *>h
         return h
 
     cdef release_handle(self, flow_t *f):
+        """The flow leaves the table: its handle, if any, keeps a snapshot of the final values."""
         cdef Flow h
         cdef int i
         if f.handle == NULL:
             return
         h = <Flow>f.handle
-        h._final = f[0]
+        f.handle = NULL
+        h._final = <flow_t *>malloc(sizeof(flow_t))
+        h._final_streams = <stream_t *>calloc(2, sizeof(stream_t))
+        if h._final == NULL or h._final_streams == NULL:
+            raise MemoryError()
+        h._final[0] = f[0]
         h._final.handle = NULL
         for i in range(2):
             if f.side[i].stream != NULL:
-                h._final_stream[i] = f.side[i].stream[0]
-                h._final_stream[i].buf = NULL
-                h._final_stream[i].buf_len = 0
-                h._final_stream[i].ooo = NULL
-                h._final.side[i].stream = &h._final_stream[i]
+                h._final_streams[i] = f.side[i].stream[0]
+                h._final_streams[i].buf = NULL
+                h._final_streams[i].buf_len = 0
+                h._final_streams[i].ooo = NULL
+                h._final.side[i].stream = &h._final_streams[i]
         h._alive = False
-        f.handle = NULL
-        Py_DECREF(h)
+        if h._pinned:
+            h._pinned = False
+            Py_DECREF(h)
+
+    def close(self):
+        """Drop every flow without raising events (the stack calls this when it closes)."""
+        cdef uint32_t i
+        for i in range(self.tab.cap):
+            if self.tab.flows[i].status != FS_FREE:
+                self.release_handle(&self.tab.flows[i])
+                stream_free(self, &self.tab.flows[i].side[0])
+                stream_free(self, &self.tab.flows[i].side[1])
+                flowtab_remove(&self.tab, i)
 
     cdef Event make_event(self, int bit, int32_t slot, int side, int a, int b, object value):
         cdef Event ev = Event.__new__(Event)
@@ -730,7 +749,7 @@ cdef class Engine:
         cdef int32_t slot = flowtab_insert(&self.tab, pk, h, sender_is_client)
         cdef flow_t *f
         cdef Flow handle
-        cdef uint64_t mask
+        cdef uint32_t mask
         cdef int i
         if slot < 0:
             self.evict_one()
@@ -756,7 +775,7 @@ cdef class Engine:
             mask = 0
             for i, flt in enumerate(self.mbox_filters):
                 if flt is None or flt.matches(handle.key):
-                    mask |= (<uint64_t>1) << i
+                    mask |= (<uint32_t>1) << i
             f.mbox_mask = mask
         else:
             f.mbox_mask = ALL_MBOXES
@@ -770,7 +789,7 @@ cdef class Engine:
         for i in range(2):
             st = f.side[i].stream
             if st != NULL:
-                stream_close(self, slot, i, stream_offset(st, f.side[i].fin_seq) if f.side[i].fin_seen else -1)
+                stream_close(self, slot, i, stream_offset(st, f.side[i].fin_seq) if (f.side[i].flags & SF_FIN_SEEN) else -1)
                 f = &self.tab.flows[slot]
         return 0
 
@@ -812,9 +831,9 @@ cdef class Engine:
     cdef bint rst_acceptable(self, flow_t *f, int side, const pkt_t *pk) noexcept:
         cdef side_t *r = &f.side[1 - side]
         cdef uint32_t wnd
-        if r.state == ST_SYN_SENT and r.syn_seen:
+        if r.state == ST_SYN_SENT and (r.flags & SF_SYN_SEEN):
             return (pk.flags & TH_ACK) != 0 and acks_syn(r, pk.ack)
-        if r.ack_known:
+        if (r.flags & SF_ACK_KNOWN):
             wnd = r.window if r.window > 0 else 1
             return seq_ge(pk.seq, r.last_ack) and seq_gt(r.last_ack + wnd, pk.seq)
         return 1
@@ -830,7 +849,7 @@ cdef class Engine:
         cdef side_t *s
         cdef side_t *r
         if slot >= 0 and self.tab.flows[slot].status == FS_CLOSED and syn and not ackf \
-                and not (self.tab.flows[slot].side[side].syn_seen and pk.seq == self.tab.flows[slot].side[side].isn):
+                and not ((self.tab.flows[slot].side[side].flags & SF_SYN_SEEN) and pk.seq == self.tab.flows[slot].side[side].isn):
             self.remove_flow(slot)      # a new connection reuses a closed flow's tuple
             slot = -1
         if slot < 0:
@@ -857,7 +876,7 @@ cdef class Engine:
                 f.side[0].state = ST_SYN_SENT
                 f.side[0].isn = pk.ack - 1
                 f.side[0].next_seq = pk.ack
-                f.side[0].seq_known = 1
+                f.side[0].flags |= SF_SEQ_KNOWN
         f = &self.tab.flows[slot]
         rs = 1 - side
         s = &f.side[side]
@@ -880,19 +899,19 @@ cdef class Engine:
         if fl & TH_RST:
             if self.rst_acceptable(f, side, pk):
                 rst_ok = 1
-                s.rst += 1
+                bump8(&s.rst)
                 self.fire(5, slot, side, HOOK_SENDER, 0, 0)
                 self.set_state(slot, side, ST_CLOSED, HOOK_SENDER)
             else:
-                s.rst_ignored += 1
+                bump8(&s.rst_ignored)
                 self.n_rst_oow += 1
         elif syn:
             self.sender_syn(slot, side, pk)
         else:
             self.sender_data(slot, side, pk)
-        if ackf and (not s.ack_known or seq_gt(pk.ack, s.last_ack)):
+        if ackf and (not (s.flags & SF_ACK_KNOWN) or seq_gt(pk.ack, s.last_ack)):
             s.last_ack = pk.ack
-            s.ack_known = 1
+            s.flags |= SF_ACK_KNOWN
         s.window = <uint32_t>pk.win << (s.wscale if (s.wscale != 0xff and r.wscale != 0xff and not syn) else 0)
         self.fire(0, slot, side, HOOK_SENDER, 0, 0)
         # receiver update, then the receiver hook
@@ -917,13 +936,13 @@ cdef class Engine:
         cdef side_t *r = &f.side[1 - side]
         cdef stream_t *st
         cdef int64_t soff, ack_off, end_off, target
-        if pk.paylen and (s.seq_known or s.syn_seen):
+        if pk.paylen and ((s.flags & SF_SEQ_KNOWN) or (s.flags & SF_SYN_SEEN)):
             st = s.stream if s.stream != NULL else stream_new(self, s)
             if st == NULL:
                 raise MemoryError()
             soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
             stream_segment(self, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen)
-        if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not (r.syn_seen or r.seq_known):
+        if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
             return 0
         st = r.stream
         if st == NULL:
@@ -935,7 +954,7 @@ cdef class Engine:
         if st.stopped:
             return 0
         ack_off = stream_offset(st, pk.ack)
-        end_off = stream_offset(st, r.next_seq) - (1 if r.fin_seen else 0)
+        end_off = stream_offset(st, r.next_seq) - (1 if (r.flags & SF_FIN_SEEN) else 0)
         if ack_off > end_off:
             ack_off = end_off        # an ACK of bytes never seen from the peer: bounded by them
         while <int64_t>st.next_off < ack_off:
@@ -949,38 +968,38 @@ cdef class Engine:
 
     cdef void count_flags(self, side_t *s, const pkt_t *pk) noexcept:
         if pk.flags & TH_RST:
-            s.rst += 1
+            bump8(&s.rst)
         elif pk.flags & TH_SYN:
             if pk.flags & TH_ACK:
-                s.synack += 1
+                bump8(&s.synack)
             else:
-                s.syn += 1
+                bump8(&s.syn)
         elif pk.flags & TH_FIN:
-            s.fin += 1
+            bump8(&s.fin)
 
     cdef int sender_syn(self, int32_t slot, int side, const pkt_t *pk) except -1:
         cdef flow_t *f = &self.tab.flows[slot]
         cdef side_t *s = &f.side[side]
         if not (pk.flags & TH_ACK):
-            s.syn += 1
-            if s.syn_seen and pk.seq == s.isn:
+            bump8(&s.syn)
+            if (s.flags & SF_SYN_SEEN) and pk.seq == s.isn:
                 s.retransmits += 1
                 return self.fire(11, slot, side, HOOK_SENDER, 0, 0)
-            s.syn_seen = 1
+            s.flags |= SF_SYN_SEEN
             s.isn = pk.seq
-            s.seq_known = 1
+            s.flags |= SF_SEQ_KNOWN
             s.next_seq = pk.seq + 1 + pk.paylen
             s.wscale = <uint8_t>pk.wscale if pk.wscale >= 0 else 0xff
             if s.state == ST_CLOSED or s.state == ST_LISTEN:
                 return self.set_state(slot, side, ST_SYN_SENT, HOOK_SENDER)
             return 0
-        s.synack += 1
+        bump8(&s.synack)
         if s.synack > 1 and pk.seq == s.isn:
             s.retransmits += 1
             return self.fire(11, slot, side, HOOK_SENDER, 0, 0)
-        s.syn_seen = 1
+        s.flags |= SF_SYN_SEEN
         s.isn = pk.seq
-        s.seq_known = 1
+        s.flags |= SF_SEQ_KNOWN
         s.next_seq = pk.seq + 1 + pk.paylen
         s.wscale = <uint8_t>pk.wscale if pk.wscale >= 0 else 0xff
         if s.synack == 1:
@@ -996,21 +1015,21 @@ cdef class Engine:
         cdef bint fin = (pk.flags & TH_FIN) != 0
         if fin:
             end += 1
-        if not s.seq_known:
-            s.seq_known = 1
+        if not (s.flags & SF_SEQ_KNOWN):
+            s.flags |= SF_SEQ_KNOWN
             s.isn = pk.seq - 1
             s.next_seq = end
         elif seq_gt(end, s.next_seq):
             s.next_seq = end
         if not fin:
             return 0
-        s.fin += 1
-        if s.fin_seen:
+        bump8(&s.fin)
+        if (s.flags & SF_FIN_SEEN):
             if pk.seq + pk.paylen == s.fin_seq:
                 s.retransmits += 1
                 return self.fire(11, slot, side, HOOK_SENDER, 0, 0)
             return 0
-        s.fin_seen = 1
+        s.flags |= SF_FIN_SEEN
         s.fin_seq = pk.seq + pk.paylen
         self.fire(4, slot, side, HOOK_SENDER, 0, 0)
         if s.state == ST_CLOSE_WAIT:
@@ -1030,13 +1049,13 @@ cdef class Engine:
             if r.state == ST_SYN_SENT:          # simultaneous open
                 self.set_state(slot, rs, ST_SYN_RECEIVED, HOOK_RECEIVER)
         elif syn:
-            if (r.state == ST_SYN_SENT or r.state == ST_SYN_RECEIVED) and (not r.syn_seen or acks_syn(r, pk.ack)):
+            if (r.state == ST_SYN_SENT or r.state == ST_SYN_RECEIVED) and (not (r.flags & SF_SYN_SEEN) or acks_syn(r, pk.ack)):
                 self.set_state(slot, rs, ST_ESTABLISHED, HOOK_RECEIVER)
         else:
             if ackf:
-                if r.state == ST_SYN_RECEIVED and (not r.syn_seen or seq_ge(pk.ack, r.isn + 1)):
+                if r.state == ST_SYN_RECEIVED and (not (r.flags & SF_SYN_SEEN) or seq_ge(pk.ack, r.isn + 1)):
                     self.set_state(slot, rs, ST_ESTABLISHED, HOOK_RECEIVER)
-                if r.fin_seen and seq_ge(pk.ack, r.fin_seq + 1):
+                if (r.flags & SF_FIN_SEEN) and seq_ge(pk.ack, r.fin_seq + 1):
                     if r.state == ST_FIN_WAIT_1:
                         self.set_state(slot, rs, ST_FIN_WAIT_2, HOOK_RECEIVER)
                     elif r.state == ST_CLOSING:
@@ -1056,7 +1075,7 @@ cdef class Engine:
         if not f.established and s.state >= ST_ESTABLISHED and r.state >= ST_ESTABLISHED:
             f.established = 1
             self.fire(3, slot, side, HOOK_RECEIVER, 0, 0)
-        if s.fin_seen and r.fin_seen and (s.state == ST_TIME_WAIT or s.state == ST_CLOSED) \
+        if (s.flags & SF_FIN_SEEN) and (r.flags & SF_FIN_SEEN) and (s.state == ST_TIME_WAIT or s.state == ST_CLOSED) \
                 and (r.state == ST_TIME_WAIT or r.state == ST_CLOSED):
             self.end_flow(slot, side, HOOK_RECEIVER, END_FIN)
         return 0

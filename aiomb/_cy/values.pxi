@@ -228,8 +228,8 @@ cdef object side_stats(const side_t *s, const side_t *peer):
         packets=s.packets, ip_bytes=s.ip_bytes, payload_bytes=s.payload_bytes,
         state=STATES[s.state], syn=s.syn, synack=s.synack, fin=s.fin, rst=s.rst,
         rst_ignored=s.rst_ignored, retransmits=s.retransmits + st.rexmits,
-        isn=s.isn if s.syn_seen else None, next_seq=s.next_seq if s.seq_known else None,
-        last_ack=s.last_ack if s.ack_known else None, window=s.window,
+        isn=s.isn if (s.flags & SF_SYN_SEEN) else None, next_seq=s.next_seq if (s.flags & SF_SEQ_KNOWN) else None,
+        last_ack=s.last_ack if (s.flags & SF_ACK_KNOWN) else None, window=s.window,
         wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None)
 
 
@@ -248,15 +248,23 @@ cdef class Flow:
     cdef int32_t _slot
     cdef readonly uint64_t id
     cdef readonly FlowKey key
-    cdef flow_t _final
-    cdef stream_t _final_stream[2]
+    cdef flow_t *_final              # the final values, once the flow has left the table
+    cdef stream_t *_final_streams
     cdef bint _alive
+    cdef bint _pinned                # the table owns a reference (the context is in use)
     cdef dict _context
+
+    def __dealloc__(self):
+        if self._alive and self._engine is not None \
+                and self._engine.tab.flows[self._slot].handle == <void *>self:
+            self._engine.tab.flows[self._slot].handle = NULL
+        free(self._final)
+        free(self._final_streams)
 
     cdef const flow_t *_f(self):
         if self._alive:
             return &self._engine.tab.flows[self._slot]
-        return &self._final
+        return self._final
 
     @property
     def alive(self):
@@ -265,9 +273,12 @@ cdef class Flow:
 
     @property
     def context(self):
-        """A dict for the user's per-flow state (created on first use)."""
+        """A dict for the user's per-flow state (created on first use; kept with the flow)."""
         if self._context is None:
             self._context = {}
+            if self._alive and not self._pinned:
+                self._pinned = True
+                Py_INCREF(self)
         return self._context
 
     def state(self, side):
