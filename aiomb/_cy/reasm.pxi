@@ -120,7 +120,7 @@ cdef void stream_consume(Engine eng, stream_t *st, uint64_t n) noexcept:
     st.buf_off += n
     if st.buf_len == 0:
         st.buf_start = 0
-        if st.buf_cap > 16384:
+        if st.buf_cap > 65536:      # small buffers stay for the next bytes, large ones go back
             eng.stream_memory -= st.buf_cap
             free(st.buf)
             st.buf = NULL
