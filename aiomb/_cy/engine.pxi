@@ -75,7 +75,6 @@ cdef class Engine:
     cdef uint64_t sub_mask[MAX_SUBS]
     cdef uint64_t sub_mbox[MAX_SUBS]
     cdef list sub_lists
-    cdef list sub_kinds
     cdef readonly list kind_objs
     cdef dict custom_bits
     cdef list children
@@ -156,7 +155,6 @@ cdef class Engine:
         self.vlan_in_key = vlan_in_key
         self.next_id = 1
         self.sub_lists = []
-        self.sub_kinds = []
         self.kind_objs = [None] * MAX_EVENT_BITS
         for k in EventKind:
             self.kind_objs[__builtin_ctzll(k.value)] = k

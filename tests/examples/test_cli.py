@@ -356,3 +356,31 @@ def test_console_script(runs):
     if "console-script" not in runs:
         pytest.skip("the aiomb console script is not installed")
     assert ok(runs["console-script"]) == ok(runs["csv"])
+
+
+def test_progress_bar_on_a_terminal():
+    """With stderr on a terminal, aiomb flows draws a progress bar there (and only there)."""
+    import os
+    import pty
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([*PYTHON_M_AIOMB, "flows", DEMO, "--format", "jsonl"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=follower, timeout=60)
+        os.close(follower)
+        follower = None
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        if follower is not None:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    assert len(jsonl(proc.stdout.decode())) == 7
+    assert b"100.0%" in drawn and b"[" in drawn
