@@ -164,8 +164,11 @@ cdef inline void bump8(uint8_t *counter) noexcept nogil:
 
 
 ctypedef struct seg_t:
-    # an out-of-order segment of a stream (disjoint from every other held byte range)
+    # an out-of-order piece of a stream (disjoint from every other held byte range), cut from
+    # the segment [src_off, src_end) that brought it: overlap policies compare segments
     uint64_t off
+    uint64_t src_off
+    uint64_t src_end
     uint32_t length
     seg_t *next
     uint8_t *data           # NULL when the side's buffering is off

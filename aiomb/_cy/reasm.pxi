@@ -150,7 +150,8 @@ cdef int resolve_overlap(Engine eng, int32_t slot, int side, int hook, stream_t 
 
 
 cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st, seg_t **link,
-                      uint64_t off, const uint8_t *data, uint32_t n) except -1:
+                      uint64_t off, const uint8_t *data, uint32_t n, uint64_t src_off,
+                      uint64_t src_end) except -1:
     """Hold a piece nobody holds yet as an out-of-order segment (bounded); 1 if dropped."""
     cdef seg_t *g
     cdef object limit = None
@@ -169,6 +170,8 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
     if g == NULL:
         raise MemoryError()
     g.off = off
+    g.src_off = src_off
+    g.src_end = src_end
     g.length = n
     g.data = NULL
     if st.buffering:
@@ -303,10 +306,10 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
             resolve_overlap(eng, slot, side, hook, st,
                             cur.data + (pos - cur.off) if cur.data != NULL else NULL,
                             pos, data + (pos - off), <uint32_t>(cend - pos), 1,
-                            s0, end, cur.off, cur.off + cur.length)
+                            s0, end, cur.src_off, cur.src_end)
             pos = cend
             continue
-        if insert_piece(eng, slot, side, hook, st, link, pos, data + (pos - off), k) == 0:
+        if insert_piece(eng, slot, side, hook, st, link, pos, data + (pos - off), k, s0, end) == 0:
             fresh = 1
             link = &(link[0].next)
         pos += k

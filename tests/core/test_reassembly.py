@@ -333,3 +333,43 @@ def test_set_policy_on_a_flow():
         engine.feed(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1001 + off, ack=5001, flags="PA",
                               payload=data), 3.0)
     assert b"".join(e.value for e in engine.drain(sub)) == b"headEVIL"
+
+
+def model_new_wins(family, s, h):
+    """The README's policy table, as a function of the new segment s and the held segment h."""
+    (s0, s1), (h0, h1) = s, h
+    if family == "last":
+        return True
+    if family == "first":
+        return False
+    if s0 < h0:
+        return True
+    if s0 == h0:
+        if s1 > h1:
+            return family != "bsd"
+        if s1 == h1:
+            return family in ("old_linux", "solaris")
+        return False
+    return family == "solaris" and s1 > h1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(NEW_WINS)),
+       st.lists(st.tuples(st.integers(1, 40), st.integers(1, 12)), min_size=1, max_size=8))
+def test_conflicting_overlaps_follow_the_documented_policy(family, shapes):
+    # every segment carries its own letter, so the winner of each byte is visible
+    segments = [(start, bytes([65 + i]) * length) for i, (start, length) in enumerate(shapes)]
+    held = {}                                   # offset -> (byte, source segment range)
+    for start, data in segments:
+        rng = (start, start + len(data))
+        for i, b in enumerate(data):
+            off = start + i
+            if off not in held or model_new_wins(family, rng, held[off][1]):
+                held[off] = (b, held[off][1] if off in held else rng)
+    end = max(held) + 1
+    events, _ = run_stream(segments + [(0, b".")], policy=family)
+    expected = b"."
+    for off in range(1, end):
+        if off in held:
+            expected += bytes([held[off][0]])
+    assert stream_of(events) == expected
