@@ -373,3 +373,15 @@ def test_conflicting_overlaps_follow_the_documented_policy(family, shapes):
         if off in held:
             expected += bytes([held[off][0]])
     assert stream_of(events) == expected
+
+
+def test_split_at_every_byte_in_both_orders():
+    data = bytes(range(64))
+    for k in range(1, len(data)):
+        for order in ((0, 1), (1, 0)):
+            parts = [(0, data[:k]), (k, data[k:])]
+            events, _ = run_stream([parts[i] for i in order])
+            assert stream_of(events) == data, (k, order)
+    one_byte = [(i, data[i:i + 1]) for i in range(len(data))]
+    events, _ = run_stream(one_byte[::-1])
+    assert stream_of(events) == data
