@@ -136,3 +136,17 @@ def test_acked_but_missing_response_is_a_gap(results, corpus):
 
 def test_every_justification_names_a_real_flow_side():
     assert set(JUSTIFIED) <= set(CASES)
+
+
+@pytest.mark.parametrize("pcap", sorted({p for p, _, _ in oracle_sides()}), ids=lambda p: p.split("/")[-1])
+def test_overlap_conflict_bytes_match_the_raw_segments(pcap):
+    """Bytes carried twice with different content, as the oracle counted them in the segments."""
+    from aiomb.cli import collect_flows
+    flows, error = trio.run(lambda: collect_flows(aiomb.capture(corpus_path() / pcap),
+                                                  progress=False, digests={}))
+    assert error is None
+    stats = {f.key.client_port: f.statistics() for f in flows}
+    for p, rec, side in oracle_sides():
+        if p == pcap and rec["client_port"] in stats:
+            got = getattr(stats[rec["client_port"]], side).overlap_conflict_bytes
+            assert got == rec["segments"][side]["overlap_conflict_bytes"], (rec["client_port"], side)
