@@ -385,3 +385,16 @@ def test_split_at_every_byte_in_both_orders():
     one_byte = [(i, data[i:i + 1]) for i in range(len(data))]
     events, _ = run_stream(one_byte[::-1])
     assert stream_of(events) == data
+
+
+def test_data_on_syn_starts_the_stream():
+    engine = aiomb.Engine(reassembly=True)
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    c = TcpConversation()
+    c.syn(payload=b"GET / HTTP/1.1\r\n\r\n")
+    c.syn_ack()
+    c.ack("client")
+    c.send("client", b"more")
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    assert b"".join(e.value for e in engine.drain(sub)) == b"GET / HTTP/1.1\r\n\r\nmore"
