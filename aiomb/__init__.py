@@ -12,6 +12,9 @@ from ._core import PacketView as PacketView
 from ._errors import AiombError as AiombError
 from ._errors import CaptureError as CaptureError
 from ._errors import PortError as PortError
+from ._errors import StreamGap as StreamGap
+from ._stack import FlowStream as FlowStream
+from ._stack import Gap as Gap
 from ._stack import Middlebox as Middlebox
 from ._stack import Stack as Stack
 from ._stack import StackStatistics as StackStatistics

@@ -18,7 +18,10 @@ include "_cy/values.pxi"
 include "_cy/capture.pxi"
 include "_cy/xsk.pxi"
 include "_cy/engine.pxi"
+include "_cy/reasm.pxi"
 include "_cy/deliver.pxi"
+
+FLOW_ENTRY_BYTES = sizeof(flow_t)     # one flow-table entry (plus a 4-byte hash bucket)
 
 C_ENUMS = {
     "TcpState": {"CLOSED": ST_CLOSED, "LISTEN": ST_LISTEN, "SYN_SENT": ST_SYN_SENT,

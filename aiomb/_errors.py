@@ -25,3 +25,17 @@ class PortError(AiombError, OSError):
 
     The message names the interface and what to do.
     """
+
+
+class StreamGap(AiombError):
+    """Bytes of a stream that will never arrive: ``length`` bytes from stream ``offset``.
+
+    Raised by a flow stream's iteration (the default), so that a hole is never glued over
+    silently; iterate the same stream again to go on after the gap.
+    """
+
+    def __init__(self, offset: int, length: int, what: str = "stream"):
+        self.offset = offset
+        self.length = length
+        super().__init__(f"bytes [{offset}, {offset + length}) of the {what} will never arrive "
+                         "(a gap); iterate the stream again to continue after it")

@@ -13,7 +13,9 @@ import attrs
 import trio
 
 from ._core import Engine, EventStream, FrameBatch
-from .events._kinds import split_kinds
+from ._errors import StreamGap
+from .events._kinds import EventKind, split_kinds
+from .flows._types import Side
 from .flows._filter import compile_filter
 from .flows._stats import EngineStatistics
 
@@ -115,6 +117,51 @@ class Subscription:
             events_received=self._received, closed=self._closed)
 
 
+@attrs.frozen
+class Gap:
+    """The marker a flow stream yields for a hole when opened with ``gaps="mark"``."""
+
+    offset: int
+    length: int
+
+
+class FlowStream:
+    """One flow side's reassembled bytes for a coroutine: ``async for chunk in stream``.
+
+    Yields ``bytes`` chunks in stream order. A hole raises :class:`aiomb.StreamGap` (iterate
+    again to continue after it), or, opened with ``gaps="mark"``, is yielded as a :class:`Gap`.
+    Iteration ends when the flow ends. Made by :meth:`Stack.serve` for both sides of each flow.
+    """
+
+    def __init__(self, flow, side: Side, gaps: str, max_chunks: int):
+        self.flow = flow
+        self.side = side
+        self._gaps = gaps
+        self._send, self._recv = trio.open_memory_channel(max_chunks)
+
+    def __repr__(self) -> str:
+        return f"<FlowStream {self.side} of {self.flow.key}>"
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self):
+        try:
+            item = await self._recv.receive()
+        except (trio.EndOfChannel, trio.ClosedResourceError):
+            raise StopAsyncIteration from None
+        if isinstance(item, Gap) and self._gaps == "raise":
+            raise StreamGap(item.offset, item.length, f"{self.side} stream of {self.flow.key}")
+        return item
+
+    async def receive(self) -> bytes:
+        """The next chunk; raises StreamGap for a hole and trio.EndOfChannel at the flow's end."""
+        try:
+            return await self.__anext__()
+        except StopAsyncIteration:
+            raise trio.EndOfChannel from None
+
+
 class Middlebox:
     """One middlebox in the stack's chain: a flow filter, inline handlers, subscriptions.
 
@@ -166,6 +213,8 @@ class Stack:
         self._subs: dict[int, Subscription] = {}
         self._middleboxes = [Middlebox(self, "default", 0, None)]
         self._go = trio.Event()
+        self._nursery = None
+        self._served: list = []
         self.finished = trio.Event()
         self._batches = 0
         self._delivered = 0
@@ -204,6 +253,62 @@ class Stack:
             return mb.subscribe(*kinds, max_batches=max_batches)
         return self._subscribe(kinds, 0, max_batches)
 
+    def serve(self, handler, *, filter=None, gaps: str = "raise", max_chunks: int = 64) -> None:
+        """Run ``await handler(flow, client_stream, server_stream)`` for each new TCP flow.
+
+        The streams are :class:`FlowStream` objects, made when the flow starts (so no byte is
+        missed); each holds at most ``max_chunks`` chunks, then the source waits for the
+        handler. Handlers run in the stack's nursery: an exception cancels the stack and
+        reaches the caller of open_stack. Call before the source starts.
+        """
+        if gaps not in ("raise", "mark"):
+            raise ValueError(f"gaps must be 'raise' or 'mark', got {gaps!r}")
+        if self._go.is_set():
+            raise RuntimeError("serve() must be called before the source starts")
+        sub = self.subscribe(EventKind.CONN_START, EventKind.NEW_DATA, EventKind.GAP,
+                             EventKind.CONN_END, filter=filter, max_batches=self._max_batches)
+        done = trio.Event()
+        self._served.append(done)
+        self._nursery.start_soon(self._serve, sub, handler, gaps, max_chunks, done)
+
+    async def _serve(self, sub: Subscription, handler, gaps: str, max_chunks: int, done) -> None:
+        try:
+            await self._dispatch(sub, handler, gaps, max_chunks)
+        except BaseExceptionGroup as group:
+            if len(group.exceptions) != 1:
+                raise
+            raise group.exceptions[0] from None     # a handler's error, as itself
+        finally:
+            done.set()
+
+    async def _dispatch(self, sub: Subscription, handler, gaps: str, max_chunks: int) -> None:
+        streams: dict[int, tuple] = {}
+        async with trio.open_nursery() as handlers:
+            async with sub:
+                async for ev in sub:
+                    if ev.kind is EventKind.CONN_START:
+                        pair = (FlowStream(ev.flow, Side.CLIENT, gaps, max_chunks),
+                                FlowStream(ev.flow, Side.SERVER, gaps, max_chunks))
+                        streams[ev.flow.id] = pair
+                        handlers.start_soon(handler, ev.flow, *pair)
+                        continue
+                    pair = streams.get(ev.flow.id)
+                    if pair is None:
+                        continue
+                    if ev.kind is EventKind.CONN_END:
+                        for st in streams.pop(ev.flow.id):
+                            st._send.close()
+                        continue
+                    item = ev.value[-ev.length:] if ev.kind is EventKind.NEW_DATA else Gap(ev.offset, ev.length)
+                    if item is not None:
+                        try:
+                            await pair[ev.side]._send.send(item)
+                        except trio.BrokenResourceError:
+                            pass
+            for pair in streams.values():
+                for st in pair:
+                    st._send.close()
+
     def on(self, kind, handler, *, hook=None):
         """Add an inline handler on the default middlebox (see :meth:`Middlebox.on`)."""
         return self._middleboxes[0].on(kind, handler, hook=hook)
@@ -235,9 +340,12 @@ class Stack:
         self._go.set()
 
     async def run(self) -> None:
-        """Start the source and wait until it has ended and every event was handed over."""
+        """Start the source; wait until it has ended, every event was handed over and every
+        per-flow handler started by :meth:`serve` has returned."""
         self.start()
         await self.finished.wait()
+        for done in self._served:
+            await done.wait()
 
     def flows(self) -> list:
         """Live handles of the flows in the table now, oldest first."""
@@ -313,6 +421,7 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
         stack = Stack(engine, source, batch_size=batch_size, max_batches=max_batches)
         try:
             async with trio.open_nursery() as nursery:
+                stack._nursery = nursery
                 nursery.start_soon(stack._pump)
                 yield stack
                 nursery.cancel_scope.cancel()
@@ -321,6 +430,7 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                 raise
             raise group.exceptions[0] from None     # the nursery's group, one level only
     finally:
+        engine.close()
         aclose = getattr(source, "aclose", None)
         if aclose is not None:
             with trio.CancelScope(shield=True):     # detach XDP even when cancelled

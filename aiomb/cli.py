@@ -8,6 +8,7 @@ user's middlebox module (see README "Writing a middlebox").
 
 import argparse
 import csv
+import hashlib
 import importlib.util
 import json
 import os
@@ -15,7 +16,7 @@ import sys
 
 import trio
 
-from . import CONN_START, UDP_START
+from . import CONN_START, NEW_DATA, UDP_START, Side
 from ._errors import CaptureError, PortError
 from ._stack import open_stack
 from .flows._filter import FilterError, compile_filter
@@ -26,6 +27,9 @@ FIELDS = (
     "client_packets", "server_packets", "client_ip_bytes", "server_ip_bytes",
     "client_payload_bytes", "server_payload_bytes", "first_ts", "last_ts",
     "client_state", "server_state", "end_reason", "midstream",
+    "client_bytes", "server_bytes", "client_sha256", "server_sha256", "client_missed",
+    "server_missed", "client_rexmits", "server_rexmits", "client_overlap_conflicts",
+    "server_overlap_conflicts",
 )
 
 
@@ -33,11 +37,16 @@ class UsageError(Exception):
     """A command-line mistake: printed as one line, exit status 2."""
 
 
-def flow_record(flow) -> dict:
-    """The record ``aiomb flows`` prints for one flow handle."""
+def flow_record(flow, digests=None) -> dict:
+    """The record ``aiomb flows`` prints for one flow handle.
+
+    ``digests`` maps a flow id to its two sides' sha256 objects (of the reassembled bytes in
+    stream order, gaps left out); without it the hashes are those of no bytes.
+    """
     st = flow.statistics()
     key = flow.key
     tcp = int(key.proto) == 6
+    sides = (digests or {}).get(flow.id) or (hashlib.sha256(), hashlib.sha256())
     return {
         "flow": flow.id,
         "proto": str(key.proto),
@@ -58,6 +67,16 @@ def flow_record(flow) -> dict:
         "server_state": st.server.state.name if tcp else "",
         "end_reason": str(st.end_reason) if st.end_reason is not None else "open",
         "midstream": st.midstream,
+        "client_bytes": st.client.stream_bytes if tcp else st.client.payload_bytes,
+        "server_bytes": st.server.stream_bytes if tcp else st.server.payload_bytes,
+        "client_sha256": sides[0].hexdigest() if tcp else "",
+        "server_sha256": sides[1].hexdigest() if tcp else "",
+        "client_missed": st.client.missed,
+        "server_missed": st.server.missed,
+        "client_rexmits": st.client.retransmits,
+        "server_rexmits": st.server.retransmits,
+        "client_overlap_conflicts": st.client.overlap_conflicts,
+        "server_overlap_conflicts": st.server.overlap_conflicts,
     }
 
 
@@ -88,22 +107,32 @@ class Progress:
 
 
 async def collect_flows(source, *, filter=None, midstream=True, vlan_in_key=False,
-                        progress: bool = True) -> tuple[list, BaseException | None]:
+                        progress: bool = True, digests: dict | None = None,
+                        **engine_options) -> tuple[list, BaseException | None]:
     """Run ``source`` through a stack; returns (flow handles in first-seen order, error or None).
 
-    A capture error ends the run early: the flows seen before it are returned with it.
+    With ``digests`` (a dict), streams are reassembled and each flow id maps to its two sides'
+    sha256 objects over the reassembled bytes. A capture error ends the run early: the flows
+    seen before it are returned with it.
     """
     flows: list = []
     error = None
     bar = Progress(source)
+    kinds = (CONN_START, UDP_START) if digests is None else (CONN_START, UDP_START, NEW_DATA)
     try:
-        async with open_stack(source, midstream=midstream, vlan_in_key=vlan_in_key) as stack:
+        async with open_stack(source, midstream=midstream, vlan_in_key=vlan_in_key,
+                              **engine_options) as stack:
             async with trio.open_nursery() as nursery:
                 if progress and bar.enabled:
                     nursery.start_soon(bar.run)
-                async with stack.subscribe(CONN_START, UDP_START, filter=filter) as sub:
+                async with stack.subscribe(*kinds, filter=filter) as sub:
                     async for ev in sub:
+                        if ev.kind is NEW_DATA:
+                            digests[ev.flow.id][ev.side].update(ev.value[-ev.length:])
+                            continue
                         flows.append(ev.flow)
+                        if digests is not None:
+                            digests[ev.flow.id] = (hashlib.sha256(), hashlib.sha256())
                 nursery.cancel_scope.cancel()
             if progress and bar.enabled:
                 bar.draw(final=True)
@@ -208,7 +237,9 @@ def cmd_flows(args) -> int:
         compile_filter(args.filter)
     except FilterError as exc:
         raise UsageError(f"bad --filter expression:\n{exc}") from None
-    options = dict(filter=args.filter, midstream=not args.no_midstream, vlan_in_key=args.vlan)
+    digests: dict = {}
+    options = dict(filter=args.filter, midstream=not args.no_midstream, vlan_in_key=args.vlan,
+                   digests=digests, overlap_policy=args.policy)
     if args.iface is not None:
         if args.duration is None or not args.duration > 0:
             raise UsageError("--iface needs --duration SECONDS (how long to watch)")
@@ -227,7 +258,56 @@ def cmd_flows(args) -> int:
         check_capture(args.capture)
         flows, error = trio.run(lambda: collect_flows(capture(args.capture), **options))
     if flows or error is None:
-        write_records([flow_record(f) for f in flows], args.format, sys.stdout)
+        write_records([flow_record(f, digests) for f in flows], args.format, sys.stdout)
+    if error is not None:
+        print(f"aiomb: error: {error}", file=sys.stderr)
+        return 1
+    return 0
+
+
+async def write_stream(source, out, *, flow_id=None, key=None, side=Side.CLIENT,
+                       midstream=True, vlan_in_key=False, **engine_options) -> tuple[int, BaseException | None]:
+    """Write one flow side's reassembled bytes to ``out`` (a binary file); returns (bytes, error).
+
+    The flow is chosen by its number (as ``aiomb flows`` prints it) or by a key string
+    ``"client_ip:port-server_ip:port"``; gaps are left out.
+    """
+    written = 0
+    error = None
+    try:
+        async with open_stack(source, midstream=midstream, vlan_in_key=vlan_in_key,
+                              **engine_options) as stack:
+            async with stack.subscribe(NEW_DATA) as sub:
+                async for ev in sub:
+                    if ev.side != side:
+                        continue
+                    if flow_id is not None and ev.flow.id != flow_id:
+                        continue
+                    if key is not None and key_string(ev.key) != key:
+                        continue
+                    chunk = ev.value[-ev.length:]
+                    out.write(chunk)
+                    written += len(chunk)
+    except CaptureError as exc:
+        error = exc
+    return written, error
+
+
+def key_string(key) -> str:
+    """``client_ip:port-server_ip:port`` (IPv6 in brackets): how --key names a flow."""
+    return f"{endpoint(str(key.client_ip), key.client_port)}-{endpoint(str(key.server_ip), key.server_port)}"
+
+
+def cmd_stream(args) -> int:
+    check_capture(args.capture)
+    if (args.flow is None) == (args.key is None):
+        raise UsageError("choose the flow with exactly one of --flow N or --key CLIENT-SERVER")
+    out = sys.stdout.buffer
+    _, error = trio.run(lambda: write_stream(
+        capture(args.capture), out, flow_id=args.flow, key=args.key,
+        side=Side.CLIENT if args.side == "client" else Side.SERVER,
+        midstream=not args.no_midstream, vlan_in_key=args.vlan, overlap_policy=args.policy))
+    out.flush()
     if error is not None:
         print(f"aiomb: error: {error}", file=sys.stderr)
         return 1
@@ -318,10 +398,20 @@ def build_parser() -> argparse.ArgumentParser:
     f.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
     f.add_argument("--no-midstream", action="store_true",
                    help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
+    f.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
     add_port_options(f, inline=False)
     f.add_argument("--duration", metavar="SECONDS", type=float,
                    help="with --iface: watch for this long, then print the flows")
     f.set_defaults(func=cmd_flows)
+    t = sub.add_parser("stream", help="write one flow side's reassembled bytes to stdout")
+    t.add_argument("capture", help="a .pcap or .pcapng file, optionally .gz")
+    t.add_argument("--flow", type=int, help="the flow number, as 'aiomb flows' prints it")
+    t.add_argument("--key", help="the flow as CLIENT_IP:PORT-SERVER_IP:PORT ([v6]:port)")
+    t.add_argument("--side", choices=("client", "server"), default="client")
+    t.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
+    t.add_argument("--no-midstream", action="store_true", help="ignore flows without a handshake")
+    t.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
+    t.set_defaults(func=cmd_stream)
     r = sub.add_parser("run", help="run a middlebox module (APP.py) on a capture or a live port")
     r.add_argument("app", help="a Python file defining setup(stack) and/or async run(stack)")
     r.add_argument("--pcap", metavar="CAPTURE", help="replay this capture")

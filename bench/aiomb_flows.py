@@ -27,6 +27,23 @@ async def _count_events(aiomb, path):
     return events_seen, packets
 
 
+async def _reassemble(aiomb, path):
+    """Reassemble both sides of every flow: count NEW_DATA bytes per side and the events."""
+    events_seen = 0
+    client_bytes = server_bytes = 0
+    async with aiomb.open_stack(aiomb.capture(path)) as stack:
+        async with stack.subscribe(aiomb.CONN_START, aiomb.CONN_END, aiomb.NEW_DATA) as events:
+            async for ev in events:
+                events_seen += 1
+                if ev.kind is aiomb.NEW_DATA:
+                    if ev.side is aiomb.Side.CLIENT:
+                        client_bytes += ev.length
+                    else:
+                        server_bytes += ev.length
+        packets = stack.statistics().packets
+    return (events_seen, client_bytes, server_bytes), packets
+
+
 async def _run_to_end(aiomb, path):
     """Run the stack over the capture with nobody listening; return (None, packets)."""
     async with aiomb.open_stack(aiomb.capture(path)) as stack:
@@ -47,7 +64,7 @@ def _attribute_error(exc):
     return exc if isinstance(exc, AttributeError) else None
 
 
-def run(path, *, subscribe=True):
+def run(path, *, subscribe=True, reassemble=False):
     """Time one aiomb pass over ``path``.
 
     Returns packets, seconds, the imported module's file and, when
@@ -57,7 +74,7 @@ def run(path, *, subscribe=True):
         import aiomb
     except ImportError as exc:
         return {"unavailable": f"import aiomb failed: {exc}"}
-    measure = _count_events if subscribe else _run_to_end
+    measure = _reassemble if reassemble else (_count_events if subscribe else _run_to_end)
     started = time.perf_counter()
     try:
         events, packets = trio.run(measure, aiomb, path)
@@ -69,7 +86,9 @@ def run(path, *, subscribe=True):
     seconds = time.perf_counter() - started
     result = {"packets": packets, "seconds": round(seconds, 6),
               "module": getattr(aiomb, "__file__", None)}
-    if events is not None:
+    if isinstance(events, tuple):
+        result["events"], result["client_bytes"], result["server_bytes"] = events
+    elif events is not None:
         result["events"] = events
     return result
 
@@ -80,8 +99,10 @@ def main():
     parser.add_argument("pcap")
     parser.add_argument("--no-subscriber", action="store_true",
                         help="run the stack without subscribing to events")
+    parser.add_argument("--reassemble", action="store_true",
+                        help="reassemble both sides of every flow (NEW_DATA subscribed, bytes counted)")
     args = parser.parse_args()
-    result = run(args.pcap, subscribe=not args.no_subscriber)
+    result = run(args.pcap, subscribe=not args.no_subscriber, reassemble=args.reassemble)
     print(json.dumps(dict(result, tool="aiomb")))
 
 

@@ -4,6 +4,7 @@
 # per packet.
 
 import os as _os
+import warnings as _warnings
 import zlib as _zlib
 
 from aiomb._errors import CaptureError
@@ -217,6 +218,12 @@ cdef class CaptureReader:
 
     def __exit__(self, *exc):
         self.close()
+
+    def __dealloc__(self):
+        if self.raw_file is not None and not self.raw_file.closed:
+            _warnings.warn(f"unclosed capture reader for {self.path!r}; call close() or use it "
+                           "as a context manager", ResourceWarning, source=self)
+            self.close()
 
     @property
     def offset(self):

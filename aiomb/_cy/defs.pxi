@@ -151,38 +151,88 @@ ctypedef struct pkt_t:
     uint8_t reassembled     # 1: rebuilt from IP fragments
 
 
+cdef enum:
+    SF_SEQ_KNOWN = 1        # the side's sequence space is known (a SYN, or mid-stream data)
+    SF_ACK_KNOWN = 2        # the side has sent an ACK
+    SF_FIN_SEEN = 4
+    SF_SYN_SEEN = 8
+
+
+cdef inline void bump8(uint8_t *counter) noexcept nogil:
+    if counter[0] < 255:
+        counter[0] += 1
+
+
+ctypedef struct seg_t:
+    # an out-of-order piece of a stream (disjoint from every other held byte range), cut from
+    # the segment [src_off, src_end) that brought it: overlap policies compare segments
+    uint64_t off
+    uint64_t src_off
+    uint64_t src_end
+    uint32_t length
+    seg_t *next
+    uint8_t *data           # NULL when the side's buffering is off
+
+
+ctypedef struct stream_t:
+    # one side's reassembly state; allocated with the side's first payload byte
+    uint64_t next_off       # stream offset of the next in-order byte expected
+    uint64_t buf_off        # stream offset of buf[buf_start] (bytes before it are consumed)
+    uint64_t delivered_off  # NEW_DATA has been raised up to here
+    uint64_t bytes          # in-order bytes reassembled so far (gaps excluded)
+    uint64_t missed         # bytes that will never arrive (gaps)
+    uint64_t overlap_bytes  # bytes received again with different content
+    uint8_t *buf            # in-order bytes not yet consumed: buf[buf_start : buf_start+buf_len]
+    uint32_t buf_start
+    uint32_t buf_len
+    uint32_t buf_cap
+    uint32_t seq_base       # sequence number of stream offset 0
+    seg_t *ooo              # out-of-order segments, sorted by offset
+    uint32_t ooo_count
+    uint32_t ooo_bytes
+    uint32_t rexmits        # segments carrying only bytes already seen
+    uint32_t overlaps       # overlap conflicts (events)
+    uint8_t dirty           # in the engine's NEW_DATA list for this batch
+    uint8_t buffering       # 0: track ranges and counters only
+    uint8_t manual          # bytes stay until consume() is called
+    uint8_t consumed_in_call
+    uint8_t stopped
+
+
 ctypedef struct side_t:
     uint64_t packets
     uint64_t ip_bytes
     uint64_t payload_bytes
+    stream_t *stream
     uint32_t isn
     uint32_t next_seq       # one past the highest sequence number sent
     uint32_t last_ack       # highest acknowledgement sent
     uint32_t window         # last advertised window, scaled
     uint32_t fin_seq        # sequence number of the FIN
-    uint32_t syn
-    uint32_t synack
-    uint32_t fin
-    uint32_t rst
-    uint32_t rst_ignored
     uint32_t retransmits
-    int64_t last_ts
+    uint8_t syn             # packet counters by flag, saturating at 255
+    uint8_t synack
+    uint8_t fin
+    uint8_t rst
+    uint8_t rst_ignored
     uint8_t state
     uint8_t wscale          # 0xff: not offered
-    uint8_t seq_known
-    uint8_t ack_known
-    uint8_t fin_seen
-    uint8_t syn_seen
+    uint8_t flags           # SF_* bits
 
 
 ctypedef struct flow_t:
+    # laid out to take 232 bytes (with the 4-byte hash bucket: 236 per tracked flow)
     uint64_t id
-    uint64_t mbox_mask
     int64_t first_ts
     int64_t last_ts
     side_t side[2]
     uint8_t client_ip[16]
     uint8_t server_ip[16]
+    uint32_t mbox_mask      # the middleboxes whose filter accepts the flow
+    uint32_t hash
+    int32_t hnext
+    int32_t lru_prev
+    int32_t lru_next
     uint16_t client_port
     uint16_t server_port
     uint16_t vlan[MAX_VLAN]
@@ -194,8 +244,5 @@ ctypedef struct flow_t:
     uint8_t tclass
     uint8_t midstream
     uint8_t established
-    uint32_t hash
-    int32_t hnext
-    int32_t lru_prev
-    int32_t lru_next
+    uint8_t policy          # overlap policy rule family
     void *handle            # PyObject* of the Flow handle, or NULL

@@ -20,15 +20,23 @@ MALFORMED_REASONS = (
 
 cdef enum:
     MAX_SUBS = 256
-    MAX_MBOXES = 64
+    MAX_MBOXES = 32
 
-cdef uint64_t ALL_MBOXES = <uint64_t>0xffffffffffffffff
+cdef uint32_t ALL_MBOXES = 0xffffffff
 
 cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
     return <int32_t>(a - b) > 0
 
 cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
     return <int32_t>(a - b) >= 0
+
+def policy_number(name, what):
+    """The rule family of an overlap policy name; ValueError naming the choices otherwise."""
+    try:
+        return POLICY_NAMES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(POLICIES)}") from None
+
 
 cdef inline bint acks_syn(const side_t *s, uint32_t ack) noexcept nogil:
     """An acceptable ACK of a side's SYN: past the ISN, at most what that side sent (TFO data)."""
@@ -68,7 +76,6 @@ cdef class Engine:
     cdef uint64_t sub_mask[MAX_SUBS]
     cdef uint64_t sub_mbox[MAX_SUBS]
     cdef list sub_lists
-    cdef list sub_kinds
     cdef readonly list kind_objs
     cdef dict custom_bits
     cdef list children
@@ -76,6 +83,23 @@ cdef class Engine:
     cdef list mbox_filters
     cdef bint any_filter
     cdef PacketView pv
+    # stream reassembly
+    cdef int reassembly_mode            # -1 automatic (when stream events are wanted), 0 off, 1 on
+    cdef readonly bint reassembling
+    cdef readonly bint buffering
+    cdef readonly bint rst_payload
+    cdef int policy
+    cdef list host_policies
+    cdef readonly uint32_t max_buffer
+    cdef readonly uint32_t max_ooo_segments
+    cdef readonly uint64_t max_stream_memory
+    cdef readonly uint64_t stream_memory
+    cdef uint64_t n_overruns, n_seq_jumps
+    cdef int64_t ev_off, ev_len
+    cdef int32_t *dirty_slot
+    cdef uint64_t *dirty_id
+    cdef uint8_t *dirty_side
+    cdef uint32_t n_dirty, dirty_cap
 
     def __cinit__(self):
         memset(&self.tab, 0, sizeof(flowtab_t))
@@ -83,7 +107,9 @@ cdef class Engine:
 
     def __init__(self, *, max_flows=1_000_000, tcp_syn_timeout=30.0, tcp_established_timeout=300.0,
                  tcp_closed_timeout=5.0, udp_timeout=60.0, midstream=False, vlan_in_key=False,
-                 max_fragments=1024, fragment_timeout=30.0):
+                 max_fragments=1024, fragment_timeout=30.0, reassembly=None, buffering=True,
+                 overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
+                 max_stream_memory=1 << 30, rst_payload=False, host_policies=None):
         cdef int i
         if not isinstance(max_flows, int) or isinstance(max_flows, bool) or not 1 <= max_flows <= 0x7fffffff:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
@@ -95,6 +121,31 @@ cdef class Engine:
                             ("fragment_timeout", fragment_timeout)):
             if not isinstance(value, (int, float)) or isinstance(value, bool) or not value > 0:
                 raise ValueError(f"{name} must be a positive number of seconds, got {value!r}")
+        if reassembly is not None and not isinstance(reassembly, bool):
+            raise ValueError(f"reassembly must be None (automatic), True or False, got {reassembly!r}")
+        self.policy = policy_number(overlap_policy, "overlap_policy")
+        self.host_policies = []
+        for net, name in dict(host_policies or {}).items():
+            try:
+                network = _ipaddress.ip_network(net, strict=False)
+            except ValueError:
+                raise ValueError(f"host_policies: {net!r} is not an IP network (e.g. '10.0.0.0/8')") from None
+            self.host_policies.append((network, policy_number(name, f"host_policies[{net!r}]")))
+        self.host_policies.sort(key=lambda item: -item[0].prefixlen)
+        for name, value, low in (("max_buffer", max_buffer, 65536), ("max_ooo_segments", max_ooo_segments, 1),
+                                 ("max_stream_memory", max_stream_memory, 1 << 20)):
+            if not isinstance(value, int) or isinstance(value, bool) or not low <= value <= (1 << 62):
+                raise ValueError(f"{name} must be an int of at least {low}, got {value!r}")
+        if max_buffer > 1 << 31:
+            raise ValueError(f"max_buffer must be at most {1 << 31} bytes, got {max_buffer}")
+        self.reassembly_mode = -1 if reassembly is None else int(reassembly)
+        self.buffering = buffering
+        self.rst_payload = rst_payload
+        self.max_buffer = max_buffer
+        self.max_ooo_segments = max_ooo_segments
+        self.max_stream_memory = max_stream_memory
+        self.ev_off = -1
+        self.ev_len = -1
         flowtab_init(&self.tab, max_flows, vlan_in_key)
         fragtab_init(&self.frags, max_fragments, to_ns(fragment_timeout))
         self.timeouts[TC_TCP_OPENING] = to_ns(tcp_syn_timeout)
@@ -105,7 +156,6 @@ cdef class Engine:
         self.vlan_in_key = vlan_in_key
         self.next_id = 1
         self.sub_lists = []
-        self.sub_kinds = []
         self.kind_objs = [None] * MAX_EVENT_BITS
         for k in EventKind:
             self.kind_objs[__builtin_ctzll(k.value)] = k
@@ -124,8 +174,13 @@ cdef class Engine:
             for i in range(self.tab.cap):
                 if self.tab.flows[i].status != FS_FREE:
                     self.release_handle(&self.tab.flows[i])
+                    stream_free(self, &self.tab.flows[i].side[0])
+                    stream_free(self, &self.tab.flows[i].side[1])
         flowtab_free(&self.tab)
         fragtab_free(&self.frags)
+        free(self.dirty_slot)
+        free(self.dirty_id)
+        free(self.dirty_side)
 
     # ---- registration -------------------------------------------------------------------
 
@@ -133,12 +188,12 @@ cdef class Engine:
         """Append a middlebox to the chain; returns its index (0 is the default middlebox).
 
         ``filter`` is None or an object with ``matches(key) -> bool``, evaluated once per new
-        flow. Raises ValueError past 64 middleboxes, RuntimeError once flows exist.
+        flow. Raises ValueError past 32 middleboxes, RuntimeError once flows exist.
         """
         if self.tab.count:
             raise RuntimeError("add middleboxes before the first packet: flows already exist")
         if len(self.mbox_filters) >= MAX_MBOXES:
-            raise ValueError("at most 64 middleboxes can share one stack")
+            raise ValueError("at most 32 middleboxes can share one stack")
         if filter is not None and not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a middlebox filter needs a matches(key) method, got {filter!r}")
         self.mbox_filters.append(filter)
@@ -281,10 +336,17 @@ cdef class Engine:
                 if self.interest[<int>child]:
                     self.base_mask |= (<uint64_t>1) << bit
         self.need_mask = self.async_mask | self.inline_mask | self.base_mask
+        if self.reassembly_mode < 0:
+            self.reassembling = (self.need_mask & (EV_NEW_DATA | EV_GAP | EV_OVERLAP | EV_BUFFER_OVERRUN)) != 0
+        else:
+            self.reassembling = self.reassembly_mode == 1
 
     # ---- handles and events ---------------------------------------------------------------
 
     cdef Flow handle(self, int32_t slot):
+        """The flow's handle, made on first use. The table keeps only a borrowed pointer (the
+        handle clears it when freed), unless the handle's context is in use: then the table
+        owns a reference until the flow is removed."""
         cdef flow_t *f = &self.tab.flows[slot]
         cdef Flow h
         if f.handle != NULL:
@@ -295,20 +357,44 @@ cdef class Engine:
         h.id = f.id
         h.key = key_from_flow(f, self.vlan_in_key)
         h._alive = True
-        Py_INCREF(h)
         f.handle = <void *>h
         return h
 
     cdef release_handle(self, flow_t *f):
+        """The flow leaves the table: its handle, if any, keeps a snapshot of the final values."""
         cdef Flow h
+        cdef int i
         if f.handle == NULL:
             return
         h = <Flow>f.handle
-        h._final = f[0]
-        h._final.handle = NULL
-        h._alive = False
         f.handle = NULL
-        Py_DECREF(h)
+        h._final = <flow_t *>malloc(sizeof(flow_t))
+        h._final_streams = <stream_t *>calloc(2, sizeof(stream_t))
+        if h._final == NULL or h._final_streams == NULL:
+            raise MemoryError()
+        h._final[0] = f[0]
+        h._final.handle = NULL
+        for i in range(2):
+            if f.side[i].stream != NULL:
+                h._final_streams[i] = f.side[i].stream[0]
+                h._final_streams[i].buf = NULL
+                h._final_streams[i].buf_len = 0
+                h._final_streams[i].ooo = NULL
+                h._final.side[i].stream = &h._final_streams[i]
+        h._alive = False
+        if h._pinned:
+            h._pinned = False
+            Py_DECREF(h)
+
+    def close(self):
+        """Drop every flow without raising events (the stack calls this when it closes)."""
+        cdef uint32_t i
+        for i in range(self.tab.cap):
+            if self.tab.flows[i].status != FS_FREE:
+                self.release_handle(&self.tab.flows[i])
+                stream_free(self, &self.tab.flows[i].side[0])
+                stream_free(self, &self.tab.flows[i].side[1])
+                flowtab_remove(&self.tab, i)
 
     cdef Event make_event(self, int bit, int32_t slot, int side, int a, int b, object value):
         cdef Event ev = Event.__new__(Event)
@@ -328,8 +414,84 @@ cdef class Engine:
             ev.new_state = STATES[b]
         elif root == 7 or root == 10:  # CONN_END, UDP_END
             ev.reason = REASONS[a]
+        if self.ev_off >= 0:
+            ev.offset = self.ev_off
+            ev.length = self.ev_len
         ev.value = value
         return ev
+
+    cdef int emit_stream(self, int bit, int32_t slot, int side, int hook, uint64_t off, uint64_t length,
+                         object value) except -1:
+        """Raise a stream event (RETRANSMIT, NEW_DATA, GAP, OVERLAP, BUFFER_OVERRUN) with its range."""
+        self.ev_off = <int64_t>off
+        self.ev_len = <int64_t>length
+        try:
+            return self.emit(bit, slot, side, hook, 0, 0, value)
+        finally:
+            self.ev_off = -1
+            self.ev_len = -1
+
+    cdef int mark_dirty(self, int32_t slot, int side) except -1:
+        """Remember a side with new bytes: NEW_DATA is raised once for it at the end of the batch."""
+        cdef stream_t *st = self.tab.flows[slot].side[side].stream
+        cdef uint32_t cap
+        if st.dirty:
+            return 0
+        if self.n_dirty == self.dirty_cap:
+            cap = self.dirty_cap * 2 if self.dirty_cap else 1024
+            self.dirty_slot = <int32_t *>realloc(self.dirty_slot, cap * sizeof(int32_t))
+            self.dirty_id = <uint64_t *>realloc(self.dirty_id, cap * sizeof(uint64_t))
+            self.dirty_side = <uint8_t *>realloc(self.dirty_side, cap)
+            if self.dirty_slot == NULL or self.dirty_id == NULL or self.dirty_side == NULL:
+                raise MemoryError()
+            self.dirty_cap = cap
+        st.dirty = 1
+        self.dirty_slot[self.n_dirty] = slot
+        self.dirty_id[self.n_dirty] = self.tab.flows[slot].id
+        self.dirty_side[self.n_dirty] = <uint8_t>side
+        self.n_dirty += 1
+        return 0
+
+    cdef int stream_deliver(self, int32_t slot, int side) except -1:
+        """Raise NEW_DATA for a side's new in-order bytes, then release what was delivered.
+
+        The event's value holds every unconsumed in-order byte (from ``offset``); ``length``
+        counts the new ones. Bytes stay only if the side is held (``Flow.hold``) or an inline
+        NEW_DATA handler consumed part of them (libnids' discard).
+        """
+        cdef stream_t *st = self.tab.flows[slot].side[side].stream
+        cdef uint64_t fresh, start
+        if st == NULL:
+            return 0
+        st.dirty = 0
+        if st.next_off <= st.delivered_off:
+            return 0
+        fresh = st.next_off - st.delivered_off
+        start = st.buf_off if st.buffering else st.delivered_off
+        st.delivered_off = st.next_off
+        st.consumed_in_call = 0
+        if self.need_mask & EV_NEW_DATA:
+            self.emit_stream(12, slot, side, HOOK_NONE, start, fresh,
+                             st.buf[st.buf_start:st.buf_start + st.buf_len] if st.buffering else None)
+            st = self.tab.flows[slot].side[side].stream
+            if st == NULL:
+                return 0
+        if not st.manual and not st.consumed_in_call:
+            stream_consume(self, st, st.buf_len)
+        return 0
+
+    cdef int flush_streams(self) except -1:
+        """End of a receive batch: NEW_DATA at most once per flow side."""
+        cdef uint32_t i = 0
+        cdef int32_t slot
+        while i < self.n_dirty:
+            slot = self.dirty_slot[i]
+            if self.tab.flows[slot].status != FS_FREE and self.tab.flows[slot].id == self.dirty_id[i]:
+                if self.tab.flows[slot].side[self.dirty_side[i]].stream != NULL:
+                    self.stream_deliver(slot, self.dirty_side[i])
+            i += 1
+        self.n_dirty = 0
+        return 0
 
     cdef int emit(self, int bit, int32_t slot, int side, int hook, int a, int b, object value) except -1:
         """Raise one event: inline handlers now, then async subscribers, then child events."""
@@ -586,7 +748,7 @@ cdef class Engine:
         cdef int32_t slot = flowtab_insert(&self.tab, pk, h, sender_is_client)
         cdef flow_t *f
         cdef Flow handle
-        cdef uint64_t mask
+        cdef uint32_t mask
         cdef int i
         if slot < 0:
             self.evict_one()
@@ -599,27 +761,52 @@ cdef class Engine:
         f.first_ts = pk.ts
         f.last_ts = pk.ts
         self.n_created += 1
+        f.policy = <uint8_t>self.policy
+        if self.host_policies:
+            server = self.handle(slot).key.server_ip
+            for network, number in self.host_policies:
+                if server.version == network.version and server in network:
+                    self.tab.flows[slot].policy = <uint8_t>number
+                    break
+            f = &self.tab.flows[slot]
         if self.any_filter:
             handle = self.handle(slot)
             mask = 0
             for i, flt in enumerate(self.mbox_filters):
                 if flt is None or flt.matches(handle.key):
-                    mask |= (<uint64_t>1) << i
+                    mask |= (<uint32_t>1) << i
             f.mbox_mask = mask
         else:
             f.mbox_mask = ALL_MBOXES
         return slot
 
+    cdef int close_streams(self, int32_t slot) except -1:
+        """Holes before held segments (and before a FIN) become gaps; every byte is delivered."""
+        cdef flow_t *f = &self.tab.flows[slot]
+        cdef int i
+        cdef stream_t *st
+        for i in range(2):
+            st = f.side[i].stream
+            if st != NULL:
+                stream_close(self, slot, i, stream_offset(st, f.side[i].fin_seq) if (f.side[i].flags & SF_FIN_SEEN) else -1)
+                f = &self.tab.flows[slot]
+        return 0
+
     cdef int end_flow(self, int32_t slot, int side, int hook, uint8_t reason) except -1:
         """Mark a flow ended and raise CONN_END / UDP_END; the entry lingers if it closed."""
-        cdef flow_t *f = &self.tab.flows[slot]
+        cdef flow_t *f
+        self.close_streams(slot)
+        f = &self.tab.flows[slot]
         f.end_reason = reason
         f.status = FS_CLOSED
         self.n_ended += 1
         return self.fire(7 if f.proto == 6 else 10, slot, side, hook, reason, 0)
 
     cdef int remove_flow(self, int32_t slot) except -1:
+        self.close_streams(slot)        # bytes that came after the close, if any
         self.release_handle(&self.tab.flows[slot])
+        stream_free(self, &self.tab.flows[slot].side[0])
+        stream_free(self, &self.tab.flows[slot].side[1])
         flowtab_remove(&self.tab, slot)
         return 0
 
@@ -643,9 +830,9 @@ cdef class Engine:
     cdef bint rst_acceptable(self, flow_t *f, int side, const pkt_t *pk) noexcept:
         cdef side_t *r = &f.side[1 - side]
         cdef uint32_t wnd
-        if r.state == ST_SYN_SENT and r.syn_seen:
+        if r.state == ST_SYN_SENT and (r.flags & SF_SYN_SEEN):
             return (pk.flags & TH_ACK) != 0 and acks_syn(r, pk.ack)
-        if r.ack_known:
+        if (r.flags & SF_ACK_KNOWN):
             wnd = r.window if r.window > 0 else 1
             return seq_ge(pk.seq, r.last_ack) and seq_gt(r.last_ack + wnd, pk.seq)
         return 1
@@ -661,7 +848,7 @@ cdef class Engine:
         cdef side_t *s
         cdef side_t *r
         if slot >= 0 and self.tab.flows[slot].status == FS_CLOSED and syn and not ackf \
-                and not (self.tab.flows[slot].side[side].syn_seen and pk.seq == self.tab.flows[slot].side[side].isn):
+                and not ((self.tab.flows[slot].side[side].flags & SF_SYN_SEEN) and pk.seq == self.tab.flows[slot].side[side].isn):
             self.remove_flow(slot)      # a new connection reuses a closed flow's tuple
             slot = -1
         if slot < 0:
@@ -688,7 +875,7 @@ cdef class Engine:
                 f.side[0].state = ST_SYN_SENT
                 f.side[0].isn = pk.ack - 1
                 f.side[0].next_seq = pk.ack
-                f.side[0].seq_known = 1
+                f.side[0].flags |= SF_SEQ_KNOWN
         f = &self.tab.flows[slot]
         rs = 1 - side
         s = &f.side[side]
@@ -696,13 +883,14 @@ cdef class Engine:
         s.packets += 1
         s.ip_bytes += pk.ip_len
         s.payload_bytes += pk.paylen
-        s.last_ts = pk.ts
         f.last_ts = pk.ts
         if created:
             self.fire(1, slot, side, HOOK_SENDER, 0, 0)
         if f.status == FS_CLOSED:
             self.count_flags(s, pk)
             self.fire(0, slot, side, HOOK_SENDER, 0, 0)
+            if self.reassembling and not (fl & (TH_RST | TH_SYN)):
+                self.reassemble(slot, side, pk)      # bytes sent after the close still count
             self.fire(0, slot, side, HOOK_RECEIVER, 0, 0)
             lru_touch(&self.tab, slot, TC_TCP_CLOSED)
             return 0
@@ -710,23 +898,25 @@ cdef class Engine:
         if fl & TH_RST:
             if self.rst_acceptable(f, side, pk):
                 rst_ok = 1
-                s.rst += 1
+                bump8(&s.rst)
                 self.fire(5, slot, side, HOOK_SENDER, 0, 0)
                 self.set_state(slot, side, ST_CLOSED, HOOK_SENDER)
             else:
-                s.rst_ignored += 1
+                bump8(&s.rst_ignored)
                 self.n_rst_oow += 1
         elif syn:
             self.sender_syn(slot, side, pk)
         else:
             self.sender_data(slot, side, pk)
-        if ackf and (not s.ack_known or seq_gt(pk.ack, s.last_ack)):
+        if ackf and (not (s.flags & SF_ACK_KNOWN) or seq_gt(pk.ack, s.last_ack)):
             s.last_ack = pk.ack
-            s.ack_known = 1
+            s.flags |= SF_ACK_KNOWN
         s.window = <uint32_t>pk.win << (s.wscale if (s.wscale != 0xff and r.wscale != 0xff and not syn) else 0)
         self.fire(0, slot, side, HOOK_SENDER, 0, 0)
         # receiver update, then the receiver hook
         f = &self.tab.flows[slot]
+        if self.reassembling and (not (fl & TH_RST) or rst_ok and self.rst_payload):
+            self.reassemble(slot, side, pk)
         if rst_ok:
             self.set_state(slot, rs, ST_CLOSED, HOOK_RECEIVER)
             self.end_flow(slot, side, HOOK_RECEIVER, END_RST)
@@ -738,40 +928,77 @@ cdef class Engine:
                   (TC_TCP_ESTABLISHED if f.established else TC_TCP_OPENING))
         return 0
 
+    cdef int reassemble(self, int32_t slot, int side, const pkt_t *pk) except -1:
+        """Receiver phase: the sender's payload into its stream; the ACK may reveal a gap."""
+        cdef flow_t *f = &self.tab.flows[slot]
+        cdef side_t *s = &f.side[side]
+        cdef side_t *r = &f.side[1 - side]
+        cdef stream_t *st
+        cdef int64_t soff, ack_off, end_off, target
+        if pk.paylen and ((s.flags & SF_SEQ_KNOWN) or (s.flags & SF_SYN_SEEN)):
+            st = s.stream if s.stream != NULL else stream_new(self, s)
+            if st == NULL:
+                raise MemoryError()
+            soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
+            stream_segment(self, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen)
+        if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
+            return 0
+        st = r.stream
+        if st == NULL:
+            if <int32_t>(pk.ack - (r.isn + 1)) <= 0:
+                return 0
+            st = stream_new(self, r)
+            if st == NULL:
+                raise MemoryError()
+        if st.stopped:
+            return 0
+        ack_off = stream_offset(st, pk.ack)
+        end_off = stream_offset(st, r.next_seq) - (1 if (r.flags & SF_FIN_SEEN) else 0)
+        if ack_off > end_off:
+            ack_off = end_off        # an ACK of bytes never seen from the peer: bounded by them
+        while <int64_t>st.next_off < ack_off:
+            target = ack_off
+            if st.ooo != NULL and <int64_t>st.ooo.off < target:
+                target = st.ooo.off
+            if target <= <int64_t>st.next_off:
+                break
+            stream_skip(self, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>target)
+        return 0
+
     cdef void count_flags(self, side_t *s, const pkt_t *pk) noexcept:
         if pk.flags & TH_RST:
-            s.rst += 1
+            bump8(&s.rst)
         elif pk.flags & TH_SYN:
             if pk.flags & TH_ACK:
-                s.synack += 1
+                bump8(&s.synack)
             else:
-                s.syn += 1
+                bump8(&s.syn)
         elif pk.flags & TH_FIN:
-            s.fin += 1
+            bump8(&s.fin)
 
     cdef int sender_syn(self, int32_t slot, int side, const pkt_t *pk) except -1:
         cdef flow_t *f = &self.tab.flows[slot]
         cdef side_t *s = &f.side[side]
         if not (pk.flags & TH_ACK):
-            s.syn += 1
-            if s.syn_seen and pk.seq == s.isn:
+            bump8(&s.syn)
+            if (s.flags & SF_SYN_SEEN) and pk.seq == s.isn:
                 s.retransmits += 1
                 return self.fire(11, slot, side, HOOK_SENDER, 0, 0)
-            s.syn_seen = 1
+            s.flags |= SF_SYN_SEEN
             s.isn = pk.seq
-            s.seq_known = 1
+            s.flags |= SF_SEQ_KNOWN
             s.next_seq = pk.seq + 1 + pk.paylen
             s.wscale = <uint8_t>pk.wscale if pk.wscale >= 0 else 0xff
             if s.state == ST_CLOSED or s.state == ST_LISTEN:
                 return self.set_state(slot, side, ST_SYN_SENT, HOOK_SENDER)
             return 0
-        s.synack += 1
+        bump8(&s.synack)
         if s.synack > 1 and pk.seq == s.isn:
             s.retransmits += 1
             return self.fire(11, slot, side, HOOK_SENDER, 0, 0)
-        s.syn_seen = 1
+        s.flags |= SF_SYN_SEEN
         s.isn = pk.seq
-        s.seq_known = 1
+        s.flags |= SF_SEQ_KNOWN
         s.next_seq = pk.seq + 1 + pk.paylen
         s.wscale = <uint8_t>pk.wscale if pk.wscale >= 0 else 0xff
         if s.synack == 1:
@@ -787,21 +1014,21 @@ cdef class Engine:
         cdef bint fin = (pk.flags & TH_FIN) != 0
         if fin:
             end += 1
-        if not s.seq_known:
-            s.seq_known = 1
+        if not (s.flags & SF_SEQ_KNOWN):
+            s.flags |= SF_SEQ_KNOWN
             s.isn = pk.seq - 1
             s.next_seq = end
         elif seq_gt(end, s.next_seq):
             s.next_seq = end
         if not fin:
             return 0
-        s.fin += 1
-        if s.fin_seen:
+        bump8(&s.fin)
+        if (s.flags & SF_FIN_SEEN):
             if pk.seq + pk.paylen == s.fin_seq:
                 s.retransmits += 1
                 return self.fire(11, slot, side, HOOK_SENDER, 0, 0)
             return 0
-        s.fin_seen = 1
+        s.flags |= SF_FIN_SEEN
         s.fin_seq = pk.seq + pk.paylen
         self.fire(4, slot, side, HOOK_SENDER, 0, 0)
         if s.state == ST_CLOSE_WAIT:
@@ -821,13 +1048,13 @@ cdef class Engine:
             if r.state == ST_SYN_SENT:          # simultaneous open
                 self.set_state(slot, rs, ST_SYN_RECEIVED, HOOK_RECEIVER)
         elif syn:
-            if (r.state == ST_SYN_SENT or r.state == ST_SYN_RECEIVED) and (not r.syn_seen or acks_syn(r, pk.ack)):
+            if (r.state == ST_SYN_SENT or r.state == ST_SYN_RECEIVED) and (not (r.flags & SF_SYN_SEEN) or acks_syn(r, pk.ack)):
                 self.set_state(slot, rs, ST_ESTABLISHED, HOOK_RECEIVER)
         else:
             if ackf:
-                if r.state == ST_SYN_RECEIVED and (not r.syn_seen or seq_ge(pk.ack, r.isn + 1)):
+                if r.state == ST_SYN_RECEIVED and (not (r.flags & SF_SYN_SEEN) or seq_ge(pk.ack, r.isn + 1)):
                     self.set_state(slot, rs, ST_ESTABLISHED, HOOK_RECEIVER)
-                if r.fin_seen and seq_ge(pk.ack, r.fin_seq + 1):
+                if (r.flags & SF_FIN_SEEN) and seq_ge(pk.ack, r.fin_seq + 1):
                     if r.state == ST_FIN_WAIT_1:
                         self.set_state(slot, rs, ST_FIN_WAIT_2, HOOK_RECEIVER)
                     elif r.state == ST_CLOSING:
@@ -847,7 +1074,7 @@ cdef class Engine:
         if not f.established and s.state >= ST_ESTABLISHED and r.state >= ST_ESTABLISHED:
             f.established = 1
             self.fire(3, slot, side, HOOK_RECEIVER, 0, 0)
-        if s.fin_seen and r.fin_seen and (s.state == ST_TIME_WAIT or s.state == ST_CLOSED) \
+        if (s.flags & SF_FIN_SEEN) and (r.flags & SF_FIN_SEEN) and (s.state == ST_TIME_WAIT or s.state == ST_CLOSED) \
                 and (r.state == ST_TIME_WAIT or r.state == ST_CLOSED):
             self.end_flow(slot, side, HOOK_RECEIVER, END_FIN)
         return 0
@@ -868,7 +1095,6 @@ cdef class Engine:
         s.packets += 1
         s.ip_bytes += pk.ip_len
         s.payload_bytes += pk.paylen
-        s.last_ts = pk.ts
         f.last_ts = pk.ts
         if created:
             self.fire(9, slot, side, HOOK_SENDER, 0, 0)
@@ -917,6 +1143,7 @@ cdef class Engine:
             v = self.process_frame(NULL, 0, 0, t, linktype)
         else:
             v = self.process_frame(&view[0], view.shape[0], view.shape[0], t, linktype)
+        self.flush_streams()
         self.expire_to(t)
         return Verdict(v)
 
@@ -927,6 +1154,7 @@ cdef class Engine:
         for i in range(batch.count):
             batch.verdict[i] = <uint8_t>self.process_frame(
                 batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
+        self.flush_streams()
         self.expire_to(self.now)
         return batch.count
 
@@ -971,4 +1199,6 @@ cdef class Engine:
             fragments_held=self.frags.held, fragments_reassembled=self.frags.reassembled,
             fragments_expired=self.frags.expired, fragments_evicted=self.frags.evicted,
             fragment_overlaps=self.frags.overlaps, dropped_by_verdict=self.n_dropped,
-            events=self.n_events)
+            events=self.n_events, stream_memory=self.stream_memory,
+            max_stream_memory=self.max_stream_memory, buffer_overruns=self.n_overruns,
+            sequence_jumps=self.n_seq_jumps)

@@ -158,7 +158,9 @@ cdef class Event:
 
     ``ts`` is seconds (packet time for captures). ``reason`` is set on connection/UDP end,
     ``old_state``/``new_state`` on state changes, ``value`` on custom events that carry one and
-    on ERROR events (the malformed reason). ``flow`` is the flow's live handle (None for orphan
+    on ERROR events (the malformed reason). Stream events carry ``offset``/``length`` (a byte
+    range of the side's stream): NEW_DATA's ``value`` is the bytes from ``offset`` (``length``
+    of them new), OVERLAP's is (held bytes, new bytes), BUFFER_OVERRUN's the limit hit. ``flow`` is the flow's live handle (None for orphan
     and error events). Layer: core. Events compare equal by content, ``flow`` excepted.
     """
 
@@ -171,9 +173,11 @@ cdef class Event:
     cdef readonly object old_state
     cdef readonly object new_state
     cdef readonly object value
+    cdef readonly object offset
+    cdef readonly object length
 
     def __init__(self, *, kind, key=None, flow=None, side=None, ts=0.0, reason=None,
-                 old_state=None, new_state=None, value=None):
+                 old_state=None, new_state=None, value=None, offset=None, length=None):
         self.kind = kind
         self.key = key
         self.flow = flow
@@ -183,9 +187,12 @@ cdef class Event:
         self.old_state = old_state
         self.new_state = new_state
         self.value = value
+        self.offset = offset
+        self.length = length
 
     cdef tuple _astuple(self):
-        return (self.kind, self.key, self.side, self.ts, self.reason, self.old_state, self.new_state, self.value)
+        return (self.kind, self.key, self.side, self.ts, self.reason, self.old_state, self.new_state,
+                self.value, self.offset, self.length)
 
     def __eq__(self, other):
         if not isinstance(other, Event):
@@ -202,7 +209,7 @@ cdef class Event:
         if self.side is not None:
             parts.append(f"side={self.side!s}")
         parts.append(f"ts={self.ts:.6f}")
-        for name in ("reason", "old_state", "new_state", "value"):
+        for name in ("reason", "old_state", "new_state", "offset", "length", "value"):
             v = getattr(self, name)
             if v is not None:
                 parts.append(f"{name}={v!s}")
@@ -210,12 +217,19 @@ cdef class Event:
 
 
 cdef object side_stats(const side_t *s, const side_t *peer):
+    cdef const stream_t *st = s.stream
+    cdef stream_t empty
+    if st == NULL:
+        memset(&empty, 0, sizeof(stream_t))
+        st = &empty
     return SideStatistics(
+        stream_bytes=st.bytes, missed=st.missed, overlap_conflicts=st.overlaps,
+        overlap_conflict_bytes=st.overlap_bytes, next_offset=st.next_off,
         packets=s.packets, ip_bytes=s.ip_bytes, payload_bytes=s.payload_bytes,
         state=STATES[s.state], syn=s.syn, synack=s.synack, fin=s.fin, rst=s.rst,
-        rst_ignored=s.rst_ignored, retransmits=s.retransmits,
-        isn=s.isn if s.syn_seen else None, next_seq=s.next_seq if s.seq_known else None,
-        last_ack=s.last_ack if s.ack_known else None, window=s.window,
+        rst_ignored=s.rst_ignored, retransmits=s.retransmits + st.rexmits,
+        isn=s.isn if (s.flags & SF_SYN_SEEN) else None, next_seq=s.next_seq if (s.flags & SF_SEQ_KNOWN) else None,
+        last_ack=s.last_ack if (s.flags & SF_ACK_KNOWN) else None, window=s.window,
         wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None)
 
 
@@ -234,14 +248,23 @@ cdef class Flow:
     cdef int32_t _slot
     cdef readonly uint64_t id
     cdef readonly FlowKey key
-    cdef flow_t _final
+    cdef flow_t *_final              # the final values, once the flow has left the table
+    cdef stream_t *_final_streams
     cdef bint _alive
+    cdef bint _pinned                # the table owns a reference (the context is in use)
     cdef dict _context
+
+    def __dealloc__(self):
+        if self._alive and self._engine is not None \
+                and self._engine.tab.flows[self._slot].handle == <void *>self:
+            self._engine.tab.flows[self._slot].handle = NULL
+        free(self._final)
+        free(self._final_streams)
 
     cdef const flow_t *_f(self):
         if self._alive:
             return &self._engine.tab.flows[self._slot]
-        return &self._final
+        return self._final
 
     @property
     def alive(self):
@@ -250,9 +273,12 @@ cdef class Flow:
 
     @property
     def context(self):
-        """A dict for the user's per-flow state (created on first use)."""
+        """A dict for the user's per-flow state (created on first use; kept with the flow)."""
         if self._context is None:
             self._context = {}
+            if self._alive and not self._pinned:
+                self._pinned = True
+                Py_INCREF(self)
         return self._context
 
     def state(self, side):
@@ -296,6 +322,123 @@ cdef class Flow:
             client=side_stats(&f.side[0], &f.side[1]), server=side_stats(&f.side[1], &f.side[0]),
             first_ts=f.first_ts * 1e-9, last_ts=f.last_ts * 1e-9,
             end_reason=REASONS[f.end_reason], midstream=bool(f.midstream))
+
+    # ---- streams: the bytes each side sent, reassembled --------------------------------
+
+    cdef stream_t *_stream(self, side, bint create) except? NULL:
+        cdef int i = Side(side)
+        cdef flow_t *f
+        if not self._alive:
+            return self._final.side[i].stream
+        f = &self._engine.tab.flows[self._slot]
+        if f.side[i].stream == NULL and create:
+            if f.proto != 6:
+                raise ValueError(f"{self.key} is not TCP: UDP flows have no reassembled stream")
+            stream_new(self._engine, &f.side[i])
+        return f.side[i].stream
+
+    def peek(self, side, n=None):
+        """The next unconsumed in-order bytes of ``side``'s stream (at most ``n``), as bytes.
+
+        Empty when nothing is held: by default bytes are released once NEW_DATA delivered
+        them, unless the side is held (:meth:`hold`) or an inline NEW_DATA handler consumed
+        only part of them. Raises ValueError for a UDP flow.
+        """
+        cdef stream_t *st = self._stream(side, 0)
+        cdef uint32_t k
+        if st == NULL or not st.buffering or st.buf == NULL:
+            if st == NULL and int(self.key.proto) != 6:
+                raise ValueError(f"{self.key} is not TCP: UDP flows have no reassembled stream")
+            return b""
+        k = st.buf_len if n is None or n > st.buf_len else n
+        return st.buf[st.buf_start:st.buf_start + k]
+
+    def ppeek(self, side, offset, n):
+        """``n`` bytes of ``side``'s stream from absolute stream ``offset`` (positional peek).
+
+        Raises ValueError naming the held range when [offset, offset+n) is not all held.
+        """
+        cdef stream_t *st = self._stream(side, 0)
+        if n < 0 or offset < 0:
+            raise ValueError("offset and n must not be negative")
+        lo = st.buf_off if st != NULL else 0
+        hi = lo + (st.buf_len if st != NULL and st.buf != NULL else 0)
+        if not (lo <= offset and offset + n <= hi):
+            raise ValueError(f"bytes [{offset}, {offset + n}) are not held; the buffer holds "
+                             f"[{lo}, {hi}) of the {Side(side)} stream")
+        return st.buf[st.buf_start + (offset - lo):st.buf_start + (offset - lo) + n]
+
+    def consume(self, side, n):
+        """Release the first ``n`` unconsumed bytes of ``side``'s stream; returns how many.
+
+        In an inline NEW_DATA handler this is libnids' discard: the bytes not consumed stay and
+        come again, with the new ones, in the next NEW_DATA.
+        """
+        cdef stream_t *st = self._stream(side, 0)
+        if n < 0:
+            raise ValueError("n must not be negative")
+        if st == NULL or not self._alive:
+            return 0
+        k = min(n, st.buf_len)
+        stream_consume(self._engine, st, k)
+        st.consumed_in_call = 1
+        return k
+
+    def set_policy(self, name):
+        """Choose this flow's overlap policy (``first``, ``last``, ``linux``, ``windows``, ...)."""
+        if not self._alive:
+            raise RuntimeError(f"flow #{self.id} has ended; its policy can no longer change")
+        self._engine.tab.flows[self._slot].policy = <uint8_t>policy_number(name, "overlap policy")
+
+    def hold(self, side, enabled=True):
+        """Keep ``side``'s bytes until :meth:`consume` releases them (bounded by max_buffer)."""
+        self._stream(side, 1).manual = bool(enabled)
+
+    def set_buffering(self, side, enabled):
+        """Switch byte buffering of one side on or off; off keeps only offsets and counters."""
+        cdef stream_t *st = self._stream(side, 1)
+        cdef seg_t *g
+        if not enabled and st.buffering:
+            stream_consume(self._engine, st, st.buf_len)
+            g = st.ooo
+            while g != NULL:
+                if g.data != NULL:
+                    self._engine.stream_memory -= g.length
+                    free(g.data)
+                    g.data = NULL
+                g = g.next
+        st.buffering = bool(enabled)
+
+    def stop(self, side=None):
+        """Stop monitoring one side's stream (or both, with ``side=None``) at once; frees it."""
+        sides = (Side.CLIENT, Side.SERVER) if side is None else (Side(side),)
+        for sd in sides:
+            st = self._stream(sd, 1) if self._alive else NULL
+            if st != NULL:
+                stream_consume(self._engine, st, st.buf_len)
+                self.set_buffering(sd, False)
+                st.stopped = 1
+
+    def buffer(self, side):
+        """A snapshot of ``side``'s reassembly buffer (a dict): the next expected offset, the
+        consumed and delivered offsets, bytes held, the highest offset received, and the
+        out-of-order segments as (offset, length) pairs.
+        """
+        cdef stream_t *st = self._stream(side, 0)
+        cdef seg_t *g
+        if st == NULL:
+            return {"next_offset": 0, "consumed_offset": 0, "delivered_offset": 0, "held": 0,
+                    "last_received": 0, "out_of_order": [], "buffering": self._engine.buffering}
+        segs = []
+        g = st.ooo
+        last = st.next_off
+        while g != NULL:
+            segs.append((g.off, g.length))
+            last = g.off + g.length
+            g = g.next
+        return {"next_offset": st.next_off, "consumed_offset": st.buf_off,
+                "delivered_offset": st.delivered_off, "held": st.buf_len, "last_received": last,
+                "out_of_order": segs, "buffering": bool(st.buffering)}
 
     def __repr__(self):
         return (f"<Flow #{self.id} {self.key} {self.client_state}/{self.server_state}"

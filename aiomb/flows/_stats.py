@@ -10,7 +10,12 @@ from ._types import EndReason, TcpState
 
 @attrs.frozen(kw_only=True)
 class SideStatistics:
-    """One side of a flow: what that endpoint sent, and its inferred TCP state."""
+    """One side of a flow: what that endpoint sent, and its inferred TCP state.
+
+    ``retransmits`` counts SYN, SYN-ACK and FIN retransmissions and data segments that carried
+    only bytes already seen. The stream counters (``stream_bytes`` reassembled, ``missed`` in
+    gaps, overlap conflicts, ``next_offset``) stay 0 while reassembly is off.
+    """
 
     packets: int
     ip_bytes: int
@@ -27,6 +32,11 @@ class SideStatistics:
     last_ack: int | None = None
     window: int = 0
     wscale: int | None = None
+    stream_bytes: int = 0
+    missed: int = 0
+    overlap_conflicts: int = 0
+    overlap_conflict_bytes: int = 0
+    next_offset: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -75,6 +85,10 @@ class EngineStatistics:
     fragment_overlaps: int
     dropped_by_verdict: int
     events: int
+    stream_memory: int = 0
+    max_stream_memory: int = 0
+    buffer_overruns: int = 0
+    sequence_jumps: int = 0
 
     @property
     def malformed_total(self) -> int:

@@ -4,7 +4,8 @@ import aiomb
 from aiomb import EventKind
 
 CLIENT, SERVER = aiomb.Side.CLIENT, aiomb.Side.SERVER
-NOT_PACKETS = aiomb.ALL_BUILTIN & ~EventKind.PACKET_IN
+STREAM_KINDS = EventKind.NEW_DATA | EventKind.GAP | EventKind.OVERLAP | EventKind.BUFFER_OVERRUN
+NOT_PACKETS = aiomb.ALL_BUILTIN & ~EventKind.PACKET_IN & ~STREAM_KINDS
 
 
 def compact(ev) -> tuple:

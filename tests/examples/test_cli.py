@@ -7,6 +7,7 @@ concurrently; each test then checks the result of its own commands.
 
 import concurrent.futures
 import csv
+import hashlib
 import io
 import json
 import pathlib
@@ -25,8 +26,14 @@ DEMO = "examples/captures/demo.pcapng"
 PYTHON_M_AIOMB = (sys.executable, "-m", "aiomb")
 
 
+def sha(data):
+    return hashlib.sha256(data).hexdigest()
+
+
 def record(flow, proto, client, server, packets, ip_bytes, payload, first_ts, last_ts,
-           states, end, *, vlan="", midstream=False):
+           states, end, *, vlan="", midstream=False, streams=(b"", b""), rexmits=(0, 0)):
+    """One expected ``aiomb flows`` record; ``streams`` are the bytes each side sent (TCP)."""
+    tcp = proto == "tcp"
     return {
         "flow": flow, "proto": proto,
         "client_ip": client[0], "client_port": client[1],
@@ -37,24 +44,38 @@ def record(flow, proto, client, server, packets, ip_bytes, payload, first_ts, la
         "first_ts": first_ts, "last_ts": last_ts,
         "client_state": states[0], "server_state": states[1],
         "end_reason": end, "midstream": midstream,
+        "client_bytes": len(streams[0]) if tcp else payload[0],
+        "server_bytes": len(streams[1]) if tcp else payload[1],
+        "client_sha256": sha(streams[0]) if tcp else "",
+        "server_sha256": sha(streams[1]) if tcp else "",
+        "client_missed": 0, "server_missed": 0,
+        "client_rexmits": rexmits[0], "server_rexmits": rexmits[1],
+        "client_overlap_conflicts": 0, "server_overlap_conflicts": 0,
     }
+
+
+GET = b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"
+OK = b"HTTP/1.1 200 OK\r\nContent-Length: 12\r\n\r\nhello world\n"
 
 
 DEMO_FLOWS = [
     record(1, "udp", ("192.0.2.10", 53000), ("198.51.100.53", 53), (1, 1), (40, 56), (12, 28),
            1764547201.0, 1764547201.004, ("", ""), "end_of_capture"),
     record(2, "tcp", ("192.0.2.10", 51000), ("198.51.100.20", 80), (6, 4), (277, 211), (37, 51),
-           1764547201.1, 1764547201.19, ("TIME_WAIT", "CLOSED"), "fin"),
+           1764547201.1, 1764547201.19, ("TIME_WAIT", "CLOSED"), "fin", streams=(GET, OK)),
     record(3, "tcp", ("2001:db8::10", 51001), ("2001:db8:1::20", 80), (6, 4), (397, 291), (37, 51),
-           1764547201.5, 1764547201.59, ("TIME_WAIT", "CLOSED"), "fin"),
+           1764547201.5, 1764547201.59, ("TIME_WAIT", "CLOSED"), "fin", streams=(GET, OK)),
     record(4, "tcp", ("192.0.2.11", 40100), ("198.51.100.30", 25), (6, 4), (246, 226), (6, 66),
-           1764547202.0, 1764547202.18, ("TIME_WAIT", "CLOSED"), "fin"),
+           1764547202.0, 1764547202.18, ("TIME_WAIT", "CLOSED"), "fin",
+           streams=(b"QUIT\r\n", b"221 bye\r\n(server still talking after the client closed its side)\r\n")),
     record(5, "tcp", ("192.0.2.12", 40200), ("198.51.100.40", 8080), (1, 1), (40, 40), (0, 0),
            1764547202.5, 1764547202.501, ("CLOSED", "CLOSED"), "rst"),
     record(6, "tcp", ("192.0.2.13", 40300), ("198.51.100.20", 80), (5, 4), (223, 187), (23, 27),
-           1764547203.0, 1764547211.0, ("CLOSED", "TIME_WAIT"), "fin"),
+           1764547203.0, 1764547211.0, ("CLOSED", "TIME_WAIT"), "fin",
+           streams=(b"GET /retry HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"), rexmits=(1, 0)),
     record(7, "tcp", ("192.0.2.14", 40400), ("198.51.100.50", 443), (4, 4), (223, 3232), (63, 3072),
-           1764547203.2, 1764547203.235, ("CLOSED", "CLOSED"), "rst"),
+           1764547203.2, 1764547203.235, ("CLOSED", "CLOSED"), "rst",
+           streams=(b"\x16\x03\x01" + bytes(60), bytes(range(256)) * 12)),
 ]
 
 DEMO_TABLE = """\
@@ -335,3 +356,31 @@ def test_console_script(runs):
     if "console-script" not in runs:
         pytest.skip("the aiomb console script is not installed")
     assert ok(runs["console-script"]) == ok(runs["csv"])
+
+
+def test_progress_bar_on_a_terminal():
+    """With stderr on a terminal, aiomb flows draws a progress bar there (and only there)."""
+    import os
+    import pty
+    leader, follower = pty.openpty()
+    try:
+        proc = subprocess.run([*PYTHON_M_AIOMB, "flows", DEMO, "--format", "jsonl"], cwd=REPO,
+                              stdout=subprocess.PIPE, stderr=follower, timeout=60)
+        os.close(follower)
+        follower = None
+        drawn = b""
+        while True:
+            try:
+                chunk = os.read(leader, 4096)
+            except OSError:
+                break
+            if not chunk:
+                break
+            drawn += chunk
+    finally:
+        if follower is not None:
+            os.close(follower)
+        os.close(leader)
+    assert proc.returncode == 0
+    assert len(jsonl(proc.stdout.decode())) == 7
+    assert b"100.0%" in drawn and b"[" in drawn

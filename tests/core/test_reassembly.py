@@ -1,0 +1,400 @@
+"""Sans-I/O stream reassembly: whole, split, reordered, duplicated, overlapped, lost, wrapped."""
+
+import random
+
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import aiomb
+from aiomb import EventKind, Side
+from aiomb.testing import TcpConversation, tcp_frame
+
+STREAM = EventKind.NEW_DATA | EventKind.GAP | EventKind.OVERLAP | EventKind.RETRANSMIT \
+    | EventKind.BUFFER_OVERRUN
+
+
+def client_segments(data, cuts, isn=0):
+    """Split data at the cut offsets: [(stream offset, bytes), ...]."""
+    edges = [0] + sorted(set(c for c in cuts if 0 < c < len(data))) + [len(data)]
+    return [(a, data[a:b]) for a, b in zip(edges, edges[1:])]
+
+
+def run_stream(segments, *, isn=1000, policy="first", server_acks=(), end=True, **options):
+    """Feed a handshake then the client's segments (offset, bytes); returns (events, engine)."""
+    engine = aiomb.Engine(overlap_policy=policy, **options)
+    sub = engine.subscribe(STREAM)
+    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80), client_isn=isn)
+    c.handshake()
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    t = 2.0
+    for off, data in segments:
+        engine.feed(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=(isn + 1 + off) % 2**32,
+                              ack=5001, flags="PA", payload=data), t)
+        t += 0.001
+    for ack_off in server_acks:
+        engine.feed(tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=5001,
+                              ack=(isn + 1 + ack_off) % 2**32, flags="A"), t)
+        t += 0.001
+    if end:
+        engine.finish()
+    return engine.drain(sub), engine
+
+
+def stream_of(events, side=Side.CLIENT):
+    out = bytearray()
+    for ev in events:
+        if ev.kind is EventKind.NEW_DATA and ev.side is side:
+            out += ev.value[-ev.length:]
+    return bytes(out)
+
+
+def test_new_data_and_gaps_tile_the_stream():
+    events, _ = run_stream([(0, b"VERY"), (8, b"DATA"), (16, b"MORE")], server_acks=[12])
+    ranges = [(e.offset, e.length) for e in events if e.kind in (EventKind.NEW_DATA, EventKind.GAP)]
+    assert ranges == [(0, 4), (4, 4), (8, 4), (12, 4), (16, 4)]
+
+
+def gaps_of(events):
+    return [(ev.offset, ev.length) for ev in events if ev.kind is EventKind.GAP]
+
+
+def test_in_order_stream_and_new_data_once_per_batch():
+    data = bytes(range(256)) * 20
+    events, engine = run_stream(client_segments(data, range(0, len(data), 700), 1000))
+    assert stream_of(events) == data
+    new_data = [e for e in events if e.kind is EventKind.NEW_DATA]
+    assert len(new_data) == 8                      # feed() is one batch per frame here
+    assert engine.statistics().stream_memory == 0  # everything returned at the end
+
+
+def test_one_new_data_event_per_side_per_batch():
+    data = b"x" * 5000
+    c = TcpConversation()
+    c.handshake()
+    for i in range(0, 5000, 500):
+        c.send("client", data[i:i + 500])
+    c.send("server", b"reply")
+    engine = aiomb.Engine()
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    batch = aiomb.FrameBatch(64)
+    from aiomb.testing import write_pcap
+    import io
+    buf = io.BytesIO()
+    write_pcap(buf, c.frames)
+    buf.seek(0)
+    reader = aiomb._core.CaptureReader(buf)
+    while reader.fill(batch):
+        engine.process(batch)
+    events = engine.drain(sub)
+    assert [(e.side, e.offset, e.length) for e in events] == [(Side.CLIENT, 0, 5000), (Side.SERVER, 0, 5)]
+
+
+@settings(max_examples=150, deadline=None)
+@given(st.binary(min_size=1, max_size=3000), st.lists(st.integers(0, 3000), max_size=12),
+       st.randoms(use_true_random=False), st.integers(0, 2**32 - 1))
+def test_any_split_any_order_with_duplicates_reassembles(data, cuts, rnd, isn):
+    segs = client_segments(data, cuts, isn)
+    dup = [s for s in segs if rnd.random() < 0.3]
+    # same-byte overlaps: a segment spanning two neighbours
+    spans = [(a, data[a:a + rnd.randint(1, 40)]) for a, _ in segs if rnd.random() < 0.2]
+    order = segs + dup + spans
+    rnd.shuffle(order)
+    events, _ = run_stream(order, isn=isn)
+    assert stream_of(events) == data
+    assert gaps_of(events) == []
+    assert not [e for e in events if e.kind is EventKind.OVERLAP]
+
+
+@settings(max_examples=100, deadline=None)
+@given(st.binary(min_size=10, max_size=2000), st.lists(st.integers(1, 2000), min_size=2, max_size=10),
+       st.randoms(use_true_random=False))
+def test_lost_segments_are_gaps_at_exactly_their_ranges(data, cuts, rnd):
+    segs = client_segments(data, cuts, 0)
+    lost = {i for i in range(len(segs)) if rnd.random() < 0.3}
+    kept = [s for i, s in enumerate(segs) if i not in lost]
+    rnd.shuffle(kept)
+    events, engine = run_stream(kept)
+    expected_gaps = []
+    for i, (off, chunk) in enumerate(segs):
+        if i in lost:
+            if expected_gaps and expected_gaps[-1][0] + expected_gaps[-1][1] == off:
+                expected_gaps[-1] = (expected_gaps[-1][0], expected_gaps[-1][1] + len(chunk))
+            else:
+                expected_gaps.append((off, len(chunk)))
+    # a hole after the last kept segment is only known to be missing if something says so
+    last_kept_end = max((off + len(c) for i, (off, c) in enumerate(segs) if i not in lost), default=0)
+    expected_gaps = [g for g in expected_gaps if g[0] < last_kept_end]
+    assert gaps_of(events) == expected_gaps
+    assert stream_of(events) == b"".join(c for i, (_, c) in enumerate(segs) if i not in lost)
+    assert engine.statistics().stream_memory == 0
+
+
+def test_ack_past_a_hole_reports_the_gap_at_once():
+    events, _ = run_stream([(0, b"VERY"), (8, b"DATA")], server_acks=[12], end=False)
+    assert gaps_of(events) == [(4, 4)]
+    assert stream_of(events) == b"VERYDATA"
+
+
+@pytest.mark.parametrize("policy,expected", [("first", b"GOOD"), ("last", b"EVIL")])
+def test_conflicting_overlap_follows_the_policy(policy, expected):
+    events, engine = run_stream([(4, b"GOOD"), (4, b"EVIL"), (0, b"head")], policy=policy)
+    assert stream_of(events) == b"head" + expected
+    (ov,) = [e for e in events if e.kind is EventKind.OVERLAP]
+    assert (ov.offset, ov.length, ov.value) == (4, 4, (b"GOOD", b"EVIL"))
+
+
+def test_partial_overlaps_left_and_right():
+    # held "BBBB" at 4..8; new "aaaaXX" at 2..8 (left overlap), new "YYcc" at 6..10 (right)
+    for policy, expected in (("first", b"..aaBBBBcc"), ("last", b"..aaXXYYcc")):
+        events, _ = run_stream([(4, b"BBBB"), (2, b"aaXX"), (6, b"YYcc"), (0, b"..")],
+                               policy=policy)
+        assert stream_of(events) == expected, policy
+        assert len([e for e in events if e.kind is EventKind.OVERLAP]) == 2
+
+
+def test_retransmission_of_seen_bytes():
+    events, _ = run_stream([(0, b"abcdef"), (0, b"abc"), (2, b"cdef")])
+    assert [(e.offset, e.length) for e in events if e.kind is EventKind.RETRANSMIT] == [(0, 3), (2, 4)]
+
+
+def test_sequence_wraparound():
+    data = bytes(range(200)) * 10
+    isn = 2**32 - 700               # the stream crosses the wrap
+    segs = client_segments(data, [300, 650, 699, 700, 1200], isn)
+    segs = [segs[2], segs[0], segs[4], segs[1], segs[3], segs[5]]
+    events, _ = run_stream(segs, isn=isn)
+    assert stream_of(events) == data
+
+
+def test_streams_longer_than_4_gib_use_64_bit_offsets():
+    engine = aiomb.Engine(buffering=False)          # offsets and counters only: no copies
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    c = TcpConversation(client_isn=10)
+    c.handshake()
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    chunk = 60000
+    frame = bytearray(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=0, ack=5001, flags="A",
+                                payload=b"z" * chunk))
+    seq = 11
+    for i in range(72_000):           # 4.32 GB of sequence space: the 32-bit numbers wrap once
+        frame[38:42] = (seq % 2**32).to_bytes(4, "big")
+        engine.feed(frame, 2.0)
+        seq += chunk
+    events = engine.drain(sub)
+    assert len(events) == 72_000
+    assert events[-1].offset + events[-1].length == 72_000 * chunk > 2**32
+    assert engine.flows()[0].statistics().client.stream_bytes == 72_000 * chunk
+
+
+def test_buffering_off_keeps_counters_and_events():
+    events, engine = run_stream([(0, b"hello"), (5, b" world")], end=False, buffering=False)
+    new = [e for e in events if e.kind is EventKind.NEW_DATA]
+    assert [(e.offset, e.length, e.value) for e in new] == [(0, 5, None), (5, 6, None)]
+
+
+def test_ooo_flood_is_bounded():
+    segs = [(10 + 3 * i, b"x") for i in range(5000)]     # tiny out-of-order segments, holes between
+    events, engine = run_stream(segs, end=False, max_ooo_segments=100)
+    overruns = [e for e in events if e.kind is EventKind.BUFFER_OVERRUN]
+    assert len(overruns) == 4900 and overruns[0].value == "ooo_segments"
+    st = engine.statistics()
+    assert st.buffer_overruns == 4900 and st.stream_memory < 100 * 200
+    (flow,) = engine.flows()
+    assert len(flow.buffer(Side.CLIENT)["out_of_order"]) == 100
+
+
+def test_absurd_sequence_jump_is_not_buffered():
+    events, engine = run_stream([(0, b"ok"), (1 << 30, b"far away")], end=False)
+    assert stream_of(events) == b"ok"
+    assert engine.statistics().sequence_jumps == 1
+
+
+def test_peek_consume_and_hold():
+    engine = aiomb.Engine(reassembly=True)
+    seen = []
+
+    def on_data(pkt):
+        flow = pkt.flow
+        seen.append(flow.peek(Side.CLIENT))
+        flow.consume(Side.CLIENT, 2)                      # keep the rest for the next delivery
+
+    engine.add_handler(EventKind.NEW_DATA, on_data)
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"abcd")
+    c.send("client", b"ef")
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    assert seen == [b"abcd", b"cdef"]
+    (flow,) = engine.flows()
+    assert flow.buffer(Side.CLIENT)["consumed_offset"] == 4
+    assert flow.ppeek(Side.CLIENT, 4, 2) == b"ef"
+    with pytest.raises(ValueError, match=r"bytes \[0, 2\) are not held; the buffer holds \[4, 6\)"):
+        flow.ppeek(Side.CLIENT, 0, 2)
+
+
+def test_stop_monitoring_a_side():
+    engine = aiomb.Engine()
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"before")
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    (flow,) = engine.flows()
+    flow.stop(Side.CLIENT)
+    engine.feed(c.send("client", b"after"), 3.0)
+    assert [e.value for e in engine.drain(sub)] == [b"before"]
+
+
+def test_reassembly_is_off_unless_stream_events_are_wanted():
+    engine = aiomb.Engine()
+    engine.subscribe(EventKind.CONN_START)
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"data")
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    assert not engine.reassembling
+    assert engine.flows()[0].statistics().client.stream_bytes == 0
+
+
+# held "HHHH" at stream offsets 4..8, then a new segment; rows: (start, new bytes)
+OVERLAP_CASES = {
+    "same start, ends before": (4, b"nn"),
+    "same start, ends same": (4, b"nnnn"),
+    "same start, ends after": (4, b"nnnnnn"),
+    "starts before": (2, b"nnnn"),
+    "starts after, ends after": (6, b"nnnn"),
+    "starts after, ends within": (5, b"nn"),
+}
+# which cases take the new bytes, per policy family (Suricata's target-based rules)
+NEW_WINS = {
+    "first": set(),
+    "last": set(OVERLAP_CASES),
+    "bsd": {"starts before"},
+    "linux": {"starts before", "same start, ends after"},
+    "old_linux": {"starts before", "same start, ends after", "same start, ends same"},
+    "solaris": {"starts before", "same start, ends after", "same start, ends same",
+                "starts after, ends after"},
+}
+ALIASES = {"vista": "first", "windows": "bsd", "win2003": "bsd", "macos": "bsd", "hpux10": "bsd",
+           "irix": "bsd", "hpux11": "solaris"}
+
+
+def expected_overlap(case, new_wins):
+    start, new = OVERLAP_CASES[case]
+    out = bytearray(b"....HHHH")
+    for i, b in enumerate(new):
+        off = start + i
+        if off >= len(out):
+            out.append(b)
+        elif off < 4 or off >= 8 or new_wins:
+            out[off] = b
+    return bytes(out)
+
+
+@pytest.mark.parametrize("policy", sorted(NEW_WINS) + sorted(ALIASES))
+@pytest.mark.parametrize("case", sorted(OVERLAP_CASES))
+def test_overlap_policy_table(policy, case):
+    family = ALIASES.get(policy, policy)
+    start, new = OVERLAP_CASES[case]
+    head = (0, b"...."[:min(start, 4)])            # the bytes before offset 4 nobody sent yet
+    events, _ = run_stream([(4, b"HHHH"), (start, new), head], policy=policy)
+    assert stream_of(events) == expected_overlap(case, case in NEW_WINS[family])
+    assert [e.kind for e in events].count(EventKind.OVERLAP) == 1
+
+
+def test_policy_per_server_network_and_per_flow():
+    policies = {"10.0.0.0/24": "last"}
+    events, _ = run_stream([(4, b"GOOD"), (4, b"EVIL"), (0, b"head")], host_policies=policies)
+    assert stream_of(events) == b"headEVIL"                        # server 10.0.0.2 is in the net
+    events, _ = run_stream([(4, b"GOOD"), (4, b"EVIL"), (0, b"head")],
+                           host_policies={"192.0.2.0/24": "last"})
+    assert stream_of(events) == b"headGOOD"
+    with pytest.raises(ValueError, match="unknown overlap_policy 'ntfs'; choose one of first"):
+        aiomb.Engine(overlap_policy="ntfs")
+    with pytest.raises(ValueError, match="is not an IP network"):
+        aiomb.Engine(host_policies={"nonsense": "last"})
+
+
+def test_set_policy_on_a_flow():
+    engine = aiomb.Engine(reassembly=True)
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    c = TcpConversation()
+    c.handshake()
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    engine.flows()[0].set_policy("last")
+    for off, data in ((4, b"GOOD"), (4, b"EVIL"), (0, b"head")):
+        engine.feed(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1001 + off, ack=5001, flags="PA",
+                              payload=data), 3.0)
+    assert b"".join(e.value for e in engine.drain(sub)) == b"headEVIL"
+
+
+def model_new_wins(family, s, h):
+    """The README's policy table, as a function of the new segment s and the held segment h."""
+    (s0, s1), (h0, h1) = s, h
+    if family == "last":
+        return True
+    if family == "first":
+        return False
+    if s0 < h0:
+        return True
+    if s0 == h0:
+        if s1 > h1:
+            return family != "bsd"
+        if s1 == h1:
+            return family in ("old_linux", "solaris")
+        return False
+    return family == "solaris" and s1 > h1
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.sampled_from(sorted(NEW_WINS)),
+       st.lists(st.tuples(st.integers(1, 40), st.integers(1, 12)), min_size=1, max_size=8))
+def test_conflicting_overlaps_follow_the_documented_policy(family, shapes):
+    # every segment carries its own letter, so the winner of each byte is visible
+    segments = [(start, bytes([65 + i]) * length) for i, (start, length) in enumerate(shapes)]
+    held = {}                                   # offset -> (byte, source segment range)
+    for start, data in segments:
+        rng = (start, start + len(data))
+        for i, b in enumerate(data):
+            off = start + i
+            if off not in held or model_new_wins(family, rng, held[off][1]):
+                held[off] = (b, held[off][1] if off in held else rng)
+    end = max(held) + 1
+    events, _ = run_stream(segments + [(0, b".")], policy=family)
+    expected = b"."
+    for off in range(1, end):
+        if off in held:
+            expected += bytes([held[off][0]])
+    assert stream_of(events) == expected
+
+
+def test_split_at_every_byte_in_both_orders():
+    data = bytes(range(64))
+    for k in range(1, len(data)):
+        for order in ((0, 1), (1, 0)):
+            parts = [(0, data[:k]), (k, data[k:])]
+            events, _ = run_stream([parts[i] for i in order])
+            assert stream_of(events) == data, (k, order)
+    one_byte = [(i, data[i:i + 1]) for i in range(len(data))]
+    events, _ = run_stream(one_byte[::-1])
+    assert stream_of(events) == data
+
+
+def test_data_on_syn_starts_the_stream():
+    engine = aiomb.Engine(reassembly=True)
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    c = TcpConversation()
+    c.syn(payload=b"GET / HTTP/1.1\r\n\r\n")
+    c.syn_ack()
+    c.ack("client")
+    c.send("client", b"more")
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    assert b"".join(e.value for e in engine.drain(sub)) == b"GET / HTTP/1.1\r\n\r\nmore"
