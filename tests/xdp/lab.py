@@ -48,14 +48,15 @@ class Lab:
         """An interface or namespace name unique to this lab."""
         return f"{self.tag}{suffix}"
 
-    def netns(self, suffix: str) -> str:
-        """Create a namespace with loopback up and IPv6 off (no stray ND traffic)."""
+    def netns(self, suffix: str, *, ipv6: bool = False) -> str:
+        """Create a namespace with loopback up and IPv6 off (no stray ND traffic) unless ``ipv6``."""
         name = "aiomb-" + self.name(suffix)
         sh("ip", "netns", "add", name)
         self.namespaces.append(name)
         sh("ip", "link", "set", "lo", "up", netns=name)
-        sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
-           netns=name)
+        if not ipv6:
+            sh("sysctl", "-qw", "net.ipv6.conf.all.disable_ipv6=1", "net.ipv6.conf.default.disable_ipv6=1",
+               netns=name)
         return name
 
     def veth(self, a: str, b: str, *, a_ns=None, b_ns=None, queues: int = 1) -> tuple[str, str]:
@@ -80,7 +81,8 @@ class Lab:
         return a, b
 
     def address(self, ns: str, dev: str, cidr: str) -> None:
-        sh("ip", "addr", "add", cidr, "dev", dev, netns=ns)
+        extra = ["nodad"] if ":" in cidr else []        # usable at once, no duplicate detection
+        sh("ip", "addr", "add", cidr, "dev", dev, *extra, netns=ns)
 
     def neighbour(self, ns: str, dev: str, ip: str, mac: str) -> None:
         """A permanent neighbour entry: no ARP on the link (exact frame counts)."""

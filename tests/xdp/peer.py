@@ -57,7 +57,7 @@ def serve_one(conn):
 
 
 def server(ip, port):
-    ls = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
+    ls = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_STREAM)
     ls.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
     ls.bind((ip, int(port)))
     ls.listen(64)
@@ -92,8 +92,8 @@ def client(ip, port, up, down, timeout="10"):
 
 
 def udp(ip, port, count, size):
-    s = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
-    s.bind(("0.0.0.0", 0))
+    s = socket.socket(socket.AF_INET6 if ":" in ip else socket.AF_INET, socket.SOCK_DGRAM)
+    s.bind(("::" if ":" in ip else "0.0.0.0", 0))
     for i in range(int(count)):
         s.sendto(pattern(int(size), 3 + i), (ip, int(port)))
     print(json.dumps({"sent": int(count), "local_port": s.getsockname()[1]}), flush=True)

@@ -155,3 +155,35 @@ async def test_inline_prefilter_bypass_forwards_in_the_kernel(lab):
     assert watched["ok"] and bypassed["ok"], (watched, bypassed)
     assert {f.key.server_port for f in flows} == {5001}
     assert st.forwarded == st.received < 400          # the 5002 transfer never reached aiomb
+
+
+async def test_inline_ipv6_transfer_and_rewrite(lab):
+    """IPv6 end to end through an inline port, with a handler rewriting the port both ways."""
+    client, mid, server = lab.netns("c", ipv6=True), lab.netns("m"), lab.netns("s", ipv6=True)
+    c, x = lab.veth("c", "x", a_ns=client, b_ns=mid)
+    y, s = lab.veth("y", "s", a_ns=mid, b_ns=server)
+    cip, sip = "fd00:203::1", "fd00:203::2"
+    lab.address(client, c, f"{cip}/64")
+    lab.address(server, s, f"{sip}/64")
+    lab.neighbour(client, c, sip, lab.mac(s, server))
+    lab.neighbour(server, s, cip, lab.mac(c, client))
+    lab.server(server, sip, 5001)
+
+    translated = set()
+
+    def nat(packet):
+        if packet.dport == 8080:
+            translated.add(packet.sport)
+            packet.rewrite(dport=5001)
+        elif packet.sport == 5001 and packet.dport in translated:
+            packet.rewrite(sport=8080)
+
+    port = aiomb.port(x, inline=y, netns=mid)
+    async with aiomb.open_stack(port, midstream=True) as stack:
+        stack.on(PACKET_IN, nat, hook=Hook.SENDER)
+        stack.start()
+        direct = await transfer(client, sip, 5001, 500_000, 500_000)
+        natted = await transfer(client, sip, 8080, 200_000, 300_000)
+        keys = {(f.key.ip_version, f.key.server_port) for f in stack.flows()}
+    assert direct["ok"] and natted["ok"], (direct, natted)
+    assert (6, 5001) in keys and (6, 8080) in keys
