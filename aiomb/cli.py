@@ -20,7 +20,7 @@ from . import CONN_START, NEW_DATA, UDP_START, Side
 from ._errors import CaptureError, PortError
 from ._stack import open_stack
 from .flows._filter import FilterError, compile_filter
-from .io import capture, port
+from .io import Prefilter, capture, port
 
 FIELDS = (
     "flow", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
@@ -181,7 +181,7 @@ def check_capture(path: str) -> None:
         raise UsageError(f"{path} is a directory; give a .pcap or .pcapng file")
 
 
-def parse_queues(text: str | None):
+def parse_queues(text: str | None, option: str = "--queues"):
     """``--queues 0,2-3`` -> [0, 2, 3]; None -> None (every queue)."""
     if text is None:
         return None
@@ -191,18 +191,33 @@ def parse_queues(text: str | None):
             lo, _, hi = part.partition("-")
             out.extend(range(int(lo), int(hi or lo) + 1))
     except ValueError:
-        raise UsageError(f"bad --queues {text!r}: give queue numbers like 0,1 or 0-3") from None
+        raise UsageError(f"bad {option} {text!r}: give numbers like 0,1 or 0-3") from None
     if not out or min(out) < 0:
-        raise UsageError(f"bad --queues {text!r}: give queue numbers like 0,1 or 0-3")
+        raise UsageError(f"bad {option} {text!r}: give numbers like 0,1 or 0-3")
     return out
 
 
+def parse_prefilter(args):
+    """The Prefilter of --prefilter-protocols/-ports/-networks (comma-separated), or None."""
+    fields = {}
+    try:
+        if args.prefilter_protocols:
+            fields["protocols"] = [int(p) if p.isdigit() else p for p in args.prefilter_protocols.split(",")]
+        if args.prefilter_ports:
+            fields["ports"] = parse_queues(args.prefilter_ports, "--prefilter-ports")
+        if args.prefilter_networks:
+            fields["networks"] = args.prefilter_networks.split(",")
+        return Prefilter(**fields) if fields else None
+    except ValueError as exc:
+        raise UsageError(f"bad pre-filter: {exc}") from None
+
+
 def live_port(args, *, inline=None):
-    """The port described by --iface/--queues/--mode/--netns/--force (and --inline for run)."""
+    """The port described by --iface/--queues/--mode/--netns/--force/--prefilter-* (and --inline)."""
     if os.geteuid() != 0:
         raise UsageError("live ports (--iface) need root (AF_XDP sockets and XDP programs)")
     return port(args.iface, queues=parse_queues(args.queues), mode=args.mode, inline=inline,
-                force=args.force, netns=args.netns)
+                force=args.force, netns=args.netns, prefilter=parse_prefilter(args))
 
 
 async def stop_after(source, seconds: float) -> None:
@@ -383,6 +398,12 @@ def add_port_options(p, *, inline: bool) -> None:
     p.add_argument("--netns", metavar="NS", help="the network namespace the interface is in")
     p.add_argument("--force", action="store_true",
                    help="replace an XDP program that is not aiomb's on the interface")
+    p.add_argument("--prefilter-protocols", metavar="P,..",
+                   help="in-kernel pre-filter: only these IP protocols (tcp,udp,icmp or numbers)")
+    p.add_argument("--prefilter-ports", metavar="PORT,..",
+                   help="in-kernel pre-filter: only TCP/UDP with one of these ports (e.g. 80,443,8000-8010)")
+    p.add_argument("--prefilter-networks", metavar="NET,..",
+                   help="in-kernel pre-filter: only packets from or to these networks (e.g. 10.0.0.0/8)")
     if inline:
         p.add_argument("--inline", metavar="IF2",
                        help="forward between --iface and IF2 (inline: handlers may drop/rewrite)")

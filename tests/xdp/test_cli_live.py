@@ -42,14 +42,17 @@ def watched_pair(lab):
 def test_flows_on_a_live_interface(lab):
     left, watch, n = watched_pair(lab)
     proc = lab.spawn([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "3",
-                      "--format", "jsonl"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                     text=True)
+                      "--format", "jsonl", "--prefilter-ports", "5001"], cwd=REPO,
+                     stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: attached(watch, n) == "aiomb_xsk", what="the port to attach")
     results = [client(left, RIGHT_IP, 5001, 2000, 30000) for _ in range(2)]
     assert all(r["ok"] for r in results)
+    subprocess.run(["ip", "netns", "exec", left, sys.executable, PEER, "udp", RIGHT_IP, "5002", "5", "10"],
+                   check=True, capture_output=True)      # not on port 5001: filtered in the kernel
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 0, err
     records = [json.loads(line) for line in out.splitlines()]
+    assert {r["server_port"] for r in records} == {5001}
     mine = {r["client_port"]: r for r in records}
     for r in results:
         rec = mine[r["local_port"]]
@@ -107,3 +110,8 @@ def test_live_usage_errors(lab):
                           capture_output=True, text=True)
     assert proc.returncode == 1
     assert proc.stderr.startswith("aiomb: error: no interface named 'nosuch0'")
+    proc = subprocess.run([*AIOMB, "flows", "--iface", "lo", "--duration", "1", "--prefilter-protocols",
+                           "tcpp"], cwd=REPO, capture_output=True, text=True)
+    assert (proc.returncode, proc.stderr) == (2, "aiomb: error: bad pre-filter: unknown protocol 'tcpp'; "
+                                                 "use a number or one of ['icmp', 'icmpv6', 'sctp', "
+                                                 "'tcp', 'udp']\n")
