@@ -150,6 +150,8 @@ class Port:
         """
         if self._xs is not None:
             raise RuntimeError(f"{self!r} is already open")
+        self._stopping = False
+        self._final = None
         names = [self.iface] + ([self.inline] if self.inline else [])
         try:
             with _xdp.in_netns(self.netns), _xdp.IPRoute() as ipr:

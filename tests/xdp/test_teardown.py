@@ -168,3 +168,16 @@ async def test_zero_copy_required_but_refused_by_veth(lab):
             pass
     assert xdp_state(right, b).mode is None
     assert connects(left)
+
+
+async def test_a_port_reopens_after_stop_and_close(lab):
+    left, right, b = setup(lab)
+    port = aiomb.port(b, netns=right)
+    for _ in range(2):
+        async with aiomb.open_stack(port) as stack:
+            async with stack.subscribe(aiomb.CONN_END) as sub:
+                stack.start()
+                assert port.statistics().open
+                port.stop()                      # input ends: the subscription finishes
+                assert [ev async for ev in sub] == []
+        assert not port.statistics().open and xdp_state(right, b).mode is None
