@@ -187,3 +187,44 @@ async def test_inline_ipv6_transfer_and_rewrite(lab):
         keys = {(f.key.ip_version, f.key.server_port) for f in stack.flows()}
     assert direct["ok"] and natted["ok"], (direct, natted)
     assert (6, 5001) in keys and (6, 8080) in keys
+
+
+HOLD_INLINE = """
+import sys, trio, aiomb
+async def main():
+    port = aiomb.port(sys.argv[1], inline=sys.argv[2], netns=sys.argv[3])
+    async with aiomb.open_stack(port) as stack:
+        stack.start()
+        print("ready", flush=True)
+        await trio.sleep_forever()
+trio.run(main)
+"""
+
+
+async def test_inline_after_sigkill_the_next_start_replaces_both_stale_programs(lab):
+    import os
+    import signal
+    import subprocess
+
+    from pyroute2 import IPRoute
+
+    from aiomb.io import _xdp
+
+    def names():
+        with IPRoute(netns=mid) as ipr:
+            return [_xdp.query(ipr, ipr.link_lookup(ifname=dev)[0]).name for dev in (x, y)]
+
+    client, mid, server, x, y = topology(lab)
+    lab.server(server, SERVER_IP, 5001)
+    repo = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    proc = lab.spawn([sys.executable, "-c", HOLD_INLINE, x, y, mid], cwd=repo, stdout=subprocess.PIPE,
+                     text=True)
+    assert proc.stdout.readline().strip() == "ready"
+    assert (await transfer(client, SERVER_IP, 5001, 10_000, 10_000))["ok"]
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert names() == ["aiomb_xsk", "aiomb_xsk"]                  # stale, passing to the kernel
+    async with aiomb.open_stack(aiomb.port(x, inline=y, netns=mid)) as stack:
+        stack.start()
+        assert (await transfer(client, SERVER_IP, 5001, 100_000, 100_000))["ok"]
+    assert names() == [None, None]
