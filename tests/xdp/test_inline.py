@@ -16,11 +16,11 @@ from .lab import PEER
 CLIENT_IP, SERVER_IP, VIRTUAL_IP = "10.203.0.1", "10.203.0.2", "10.203.0.100"
 
 
-def topology(lab):
+def topology(lab, queues=1):
     """client c <-> [x | mid | y] <-> s server; static neighbours, no ARP."""
     client, mid, server = lab.netns("c"), lab.netns("m"), lab.netns("s")
-    c, x = lab.veth("c", "x", a_ns=client, b_ns=mid)
-    y, s = lab.veth("y", "s", a_ns=mid, b_ns=server)
+    c, x = lab.veth("c", "x", a_ns=client, b_ns=mid, queues=queues)
+    y, s = lab.veth("y", "s", a_ns=mid, b_ns=server, queues=queues)
     lab.address(client, c, f"{CLIENT_IP}/24")
     lab.address(server, s, f"{SERVER_IP}/24")
     s_mac = lab.mac(s, server)
@@ -228,3 +228,23 @@ async def test_inline_after_sigkill_the_next_start_replaces_both_stale_programs(
         stack.start()
         assert (await transfer(client, SERVER_IP, 5001, 100_000, 100_000))["ok"]
     assert names() == [None, None]
+
+
+async def test_inline_several_queues_native(lab):
+    """Two RX queues on each side: four sockets on one UMEM, each forwarding to its peer's queue."""
+    client, mid, server, x, y = topology(lab, queues=2)
+    lab.server(server, SERVER_IP, 5001)
+    port = aiomb.port(x, inline=y, netns=mid, mode="native")
+    async with aiomb.open_stack(port) as stack:
+        stack.start()
+        async with trio.open_nursery() as nursery:
+            results = []
+
+            async def one():
+                results.append(await transfer(client, SERVER_IP, 5001, 1_000_000, 1_000_000))
+            for _ in range(4):
+                nursery.start_soon(one)
+        st = port.statistics()
+    assert len(results) == 4 and all(r["ok"] for r in results), results
+    assert [(q.interface, q.queue) for q in st.queues] == [(x, 0), (x, 1), (y, 0), (y, 1)]
+    assert st.received == st.forwarded and st.tx_dropped == 0
