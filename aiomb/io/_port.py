@@ -135,8 +135,19 @@ class Port:
     # ---- opening and closing --------------------------------------------------------------
 
     async def aopen(self) -> None:
-        """Open from Trio: :meth:`open` in a worker thread (pyroute2 must not run in an event loop)."""
-        await trio.to_thread.run_sync(self.open)
+        """Open from Trio: :meth:`open` in a worker thread (pyroute2 must not run in an event loop).
+
+        A cancellation arriving while the thread works takes effect once it is done (the stack
+        then closes the port as on any exit); if anything is raised here after the port opened,
+        it is closed again before the exception goes on.
+        """
+        try:
+            await trio.to_thread.run_sync(self.open)
+        except BaseException:
+            if self._xs is not None:        # opened, but cancelled meanwhile: undo it
+                with trio.CancelScope(shield=True):
+                    await trio.to_thread.run_sync(self.close)
+            raise
 
     async def aclose(self) -> None:
         """Close from Trio, shielded from cancellation (the program must be detached)."""

@@ -181,3 +181,32 @@ async def test_a_port_reopens_after_stop_and_close(lab):
                 port.stop()                      # input ends: the subscription finishes
                 assert [ev async for ev in sub] == []
         assert not port.statistics().open and xdp_state(right, b).mode is None
+
+
+async def test_cancelled_while_opening_closes_again(lab):
+    import threading
+
+    left, right, b = setup(lab)
+    opened, release = threading.Event(), threading.Event()
+
+    class SlowPort(aiomb.Port):
+        def open(self):
+            super().open()
+            opened.set()
+            release.wait(10)         # the cancellation arrives while the thread still works
+
+    async with trio.open_nursery() as nursery:
+        scope = trio.CancelScope()
+
+        async def run():
+            with scope:
+                async with aiomb.open_stack(SlowPort(b, netns=right)):
+                    await trio.sleep_forever()     # cancelled at its first checkpoint
+        nursery.start_soon(run)
+        await trio.to_thread.run_sync(opened.wait)
+        assert xdp_state(right, b).name == "aiomb_xsk"
+        scope.cancel()
+        release.set()
+    assert scope.cancelled_caught
+    assert xdp_state(right, b).mode is None
+    assert connects(left)
