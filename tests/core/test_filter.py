@@ -604,7 +604,7 @@ def test_not_is_the_complement(expression):
         assert bang.matches(key) is negated.matches(key)
 
 
-@pytest.mark.parametrize("left, right", zip(expressions(40, seed=2), expressions(40, seed=3)))
+@pytest.mark.parametrize("left, right", list(zip(expressions(40, seed=2), expressions(40, seed=3))))
 def test_and_or_are_pythons(left, right):
     first, second = FlowFilter(left), FlowFilter(right)
     both = FlowFilter(f"({left}) and ({right})")
