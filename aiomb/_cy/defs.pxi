@@ -152,6 +152,9 @@ ctypedef struct pkt_t:
 
 
 cdef enum:
+    MAX_REFS = 8            # in-order payloads a stream may reference (not copy) within a batch
+
+cdef enum:
     SF_SEQ_KNOWN = 1        # the side's sequence space is known (a SYN, or mid-stream data)
     SF_ACK_KNOWN = 2        # the side has sent an ACK
     SF_FIN_SEEN = 4
@@ -186,6 +189,10 @@ ctypedef struct stream_t:
     uint32_t buf_start
     uint32_t buf_len
     uint32_t buf_cap
+    const uint8_t *ref_ptr[MAX_REFS]  # or, while buf is empty, references to this batch's frames
+    uint32_t ref_len[MAX_REFS]
+    uint32_t ref_bytes
+    uint8_t nrefs
     uint32_t seq_base       # sequence number of stream offset 0
     seg_t *ooo              # out-of-order segments, sorted by offset
     uint32_t ooo_count

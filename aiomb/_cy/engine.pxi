@@ -4,6 +4,7 @@
 
 from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF
 from cpython.list cimport PyList_Append
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from aiomb.events._kinds import EventKind, CustomEvent, split_kinds
 from aiomb.flows._stats import EngineStatistics
@@ -29,6 +30,23 @@ cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
 
 cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
     return <int32_t>(a - b) >= 0
+
+cdef bytes held_value(const stream_t *st):
+    """The unconsumed in-order bytes as one bytes object (the only copy of referenced ones)."""
+    cdef bytes out
+    cdef char *dst
+    cdef int i
+    if st.nrefs == 0:
+        return st.buf[st.buf_start:st.buf_start + st.buf_len]
+    if st.nrefs == 1:
+        return st.ref_ptr[0][:st.ref_len[0]]
+    out = PyBytes_FromStringAndSize(NULL, st.ref_bytes)
+    dst = PyBytes_AS_STRING(out)
+    for i in range(st.nrefs):
+        memcpy(dst, st.ref_ptr[i], st.ref_len[i])
+        dst += st.ref_len[i]
+    return out
+
 
 def policy_number(name, what):
     """The rule family of an overlap policy name; ValueError naming the choices otherwise."""
@@ -379,6 +397,8 @@ cdef class Engine:
                 h._final_streams[i] = f.side[i].stream[0]
                 h._final_streams[i].buf = NULL
                 h._final_streams[i].buf_len = 0
+                h._final_streams[i].nrefs = 0
+                h._final_streams[i].ref_bytes = 0
                 h._final_streams[i].ooo = NULL
                 h._final.side[i].stream = &h._final_streams[i]
         h._alive = False
@@ -472,12 +492,14 @@ cdef class Engine:
         st.consumed_in_call = 0
         if self.need_mask & EV_NEW_DATA:
             self.emit_stream(12, slot, side, HOOK_NONE, start, fresh,
-                             st.buf[st.buf_start:st.buf_start + st.buf_len] if st.buffering else None)
+                             held_value(st) if st.buffering else None)
             st = self.tab.flows[slot].side[side].stream
             if st == NULL:
                 return 0
         if not st.manual and not st.consumed_in_call:
-            stream_consume(self, st, st.buf_len)
+            stream_consume(self, st, held_bytes(st))
+        else:
+            materialize(self, st)           # what stays must outlive the batch's frames
         return 0
 
     cdef int flush_streams(self) except -1:
@@ -940,7 +962,8 @@ cdef class Engine:
             if st == NULL:
                 raise MemoryError()
             soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
-            stream_segment(self, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen)
+            stream_segment(self, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen,
+                           not pk.reassembled)
         if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
             return 0
         st = r.stream

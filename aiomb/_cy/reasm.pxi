@@ -111,8 +111,42 @@ cdef int buf_reserve(Engine eng, stream_t *st, uint32_t n) noexcept:
     return 0
 
 
+cdef inline uint64_t held_bytes(const stream_t *st) noexcept nogil:
+    """In-order bytes not yet consumed (copied into buf, or referenced in this batch's frames)."""
+    return st.buf_len + st.ref_bytes
+
+
+cdef int materialize(Engine eng, stream_t *st) noexcept:
+    """Copy referenced payloads into the stream's own buffer (before the batch's frames go, or
+    when contiguous bytes are needed); -1 if the memory cap refuses (the bytes are dropped)."""
+    cdef int i
+    cdef uint32_t pos
+    if st.nrefs == 0:
+        return 0
+    if buf_reserve(eng, st, st.ref_bytes) < 0:
+        st.buf_off += st.ref_bytes
+        st.nrefs = 0
+        st.ref_bytes = 0
+        return -1
+    pos = st.buf_start + st.buf_len
+    for i in range(st.nrefs):
+        memcpy(st.buf + pos, st.ref_ptr[i], st.ref_len[i])
+        pos += st.ref_len[i]
+    st.buf_len += st.ref_bytes
+    st.nrefs = 0
+    st.ref_bytes = 0
+    return 0
+
+
 cdef void stream_consume(Engine eng, stream_t *st, uint64_t n) noexcept:
     """Drop the first n unconsumed in-order bytes; return the buffer when it empties."""
+    if st.nrefs:
+        if n >= st.ref_bytes and st.buf_len == 0:
+            st.buf_off += st.ref_bytes         # references into frames: nothing to free
+            st.nrefs = 0
+            st.ref_bytes = 0
+            return
+        materialize(eng, st)
     if n > st.buf_len:
         n = st.buf_len
     st.buf_start += <uint32_t>n
@@ -157,7 +191,7 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
     cdef object limit = None
     if st.ooo_count >= eng.max_ooo_segments:
         limit = "ooo_segments"
-    elif st.buffering and st.ooo_bytes + st.buf_len + n > eng.max_buffer:
+    elif st.buffering and st.ooo_bytes + held_bytes(st) + n > eng.max_buffer:
         limit = "buffer"
     elif st.buffering and eng.stream_memory + n + sizeof(seg_t) > eng.max_stream_memory:
         limit = "memory"
@@ -190,16 +224,29 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
 
 
 cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const uint8_t *data,
-                        uint32_t n) except -1:
-    """Append bytes at next_off; a full buffer is delivered early rather than lost."""
+                        uint32_t n, bint can_ref) except -1:
+    """Append bytes at next_off; a full buffer is delivered early rather than lost.
+
+    ``can_ref``: data lies in a frame of the current batch, so while the side is not held and
+    its buffer is empty it is only referenced, and copied once, into the NEW_DATA value.
+    """
     if st.buffering:
-        if st.buf_len + n > eng.max_buffer and st.buf_len:
+        if held_bytes(st) + n > eng.max_buffer and held_bytes(st):
             eng.stream_deliver(slot, side)
-            if st.buf_len + n > eng.max_buffer:
+            if held_bytes(st) + n > eng.max_buffer:
                 eng.n_overruns += 1
                 if eng.need_mask & EV_BUFFER_OVERRUN:
-                    eng.emit_stream(15, slot, side, HOOK_NONE, st.buf_off, st.buf_len, "buffer")
-                stream_consume(eng, st, st.buf_len)
+                    eng.emit_stream(15, slot, side, HOOK_NONE, st.buf_off, held_bytes(st), "buffer")
+                stream_consume(eng, st, held_bytes(st))
+        if can_ref and st.buf_len == 0 and not st.manual and st.nrefs < MAX_REFS:
+            st.ref_ptr[st.nrefs] = data
+            st.ref_len[st.nrefs] = n
+            st.nrefs += 1
+            st.ref_bytes += n
+            st.next_off += n
+            st.bytes += n
+            return eng.mark_dirty(slot, side)
+        materialize(eng, st)
         if buf_reserve(eng, st, n) < 0:
             eng.n_overruns += 1
             if eng.need_mask & EV_BUFFER_OVERRUN:
@@ -223,7 +270,7 @@ cdef int drain_ooo(Engine eng, int32_t slot, int side, stream_t *st) except -1:
         st.ooo_count -= 1
         st.ooo_bytes -= g.length
         eng.stream_memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
-        append_inorder(eng, slot, side, st, g.data, g.length)
+        append_inorder(eng, slot, side, st, g.data, g.length, 0)
         free(g.data)
         free(g)
     return 0
@@ -236,9 +283,9 @@ cdef int stream_skip(Engine eng, int32_t slot, int side, int hook, stream_t *st,
         return 0
     n = upto - st.next_off
     st.missed += n
-    if st.buf_len:
+    if held_bytes(st):
         eng.stream_deliver(slot, side)      # what came before the hole goes out first,
-        stream_consume(eng, st, st.buf_len)  # and a hole ends what peek() can see
+        stream_consume(eng, st, held_bytes(st))  # and a hole ends what peek() can see
     if eng.need_mask & EV_GAP:
         eng.emit_stream(13, slot, side, hook, st.next_off, n, None)
     st.next_off = upto
@@ -248,7 +295,7 @@ cdef int stream_skip(Engine eng, int32_t slot, int side, int hook, stream_t *st,
 
 
 cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *st, int64_t soff,
-                        const uint8_t *data, uint32_t n) except -1:
+                        const uint8_t *data, uint32_t n, bint can_ref) except -1:
     """Take one segment's payload at stream offset soff into the side's stream."""
     cdef uint64_t off, end, pos, cend, a, s0
     cdef uint32_t skip, k
@@ -270,9 +317,10 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
         eng.n_seq_jumps += 1
         return 0
     if off == st.next_off and st.ooo == NULL:
-        return append_inorder(eng, slot, side, st, data, n)
+        return append_inorder(eng, slot, side, st, data, n, can_ref)
     # overlap with in-order bytes already held (or consumed)
     if off < st.next_off:
+        materialize(eng, st)
         cend = st.next_off if end > st.next_off else end
         a = off if off > st.buf_off else st.buf_off
         if st.buffering and a < cend and st.buf_len:

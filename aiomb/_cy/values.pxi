@@ -335,6 +335,8 @@ cdef class Flow:
             if f.proto != 6:
                 raise ValueError(f"{self.key} is not TCP: UDP flows have no reassembled stream")
             stream_new(self._engine, &f.side[i])
+        if f.side[i].stream != NULL:
+            materialize(self._engine, f.side[i].stream)     # contiguous bytes for peek and co
         return f.side[i].stream
 
     def peek(self, side, n=None):
