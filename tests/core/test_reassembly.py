@@ -398,3 +398,56 @@ def test_data_on_syn_starts_the_stream():
     for ts, f in c.frames:
         engine.feed(f, ts)
     assert b"".join(e.value for e in engine.drain(sub)) == b"GET / HTTP/1.1\r\n\r\nmore"
+
+
+def batch_of(frames):
+    """Feed helper: all frames in one FrameBatch (so in-order payloads are referenced)."""
+    import io
+    from aiomb.testing import write_pcap
+    buf = io.BytesIO()
+    write_pcap(buf, frames)
+    buf.seek(0)
+    reader = aiomb._core.CaptureReader(buf)
+    batch = aiomb.FrameBatch(len(frames))
+    assert reader.fill(batch) == len(frames)
+    return reader, batch
+
+
+def test_peek_mid_batch_sees_referenced_bytes_and_held_sides_keep_them():
+    c = TcpConversation()
+    c.handshake()
+    for part in (b"one ", b"two ", b"three"):
+        c.send("client", part)
+    engine = aiomb.Engine(reassembly=True)
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    peeks = []
+
+    def at_receiver(pkt):
+        if pkt.side is Side.CLIENT and pkt.payload_length:
+            peeks.append(pkt.flow.peek(Side.CLIENT))
+            if len(peeks) == 1:
+                pkt.flow.hold(Side.CLIENT)
+
+    engine.add_handler(EventKind.PACKET_IN, at_receiver, hook=aiomb.Hook.RECEIVER)
+    reader, batch = batch_of(c.frames)
+    engine.process(batch)
+    reader.close()
+    assert peeks == [b"one ", b"one two ", b"one two three"]
+    (ev,) = engine.drain(sub)
+    assert (ev.offset, ev.length, ev.value) == (0, 13, b"one two three")
+    (flow,) = engine.flows()
+    assert flow.peek(Side.CLIENT) == b"one two three"    # held: copied out of the frames
+
+
+def test_one_batch_many_segments_beyond_the_reference_slots():
+    c = TcpConversation()
+    c.handshake()
+    data = bytes(range(256)) * 4
+    for i in range(0, len(data), 32):                     # 32 segments > the 8 reference slots
+        c.send("client", data[i:i + 32])
+    engine = aiomb.Engine(reassembly=True)
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    reader, batch = batch_of(c.frames)
+    engine.process(batch)
+    reader.close()
+    assert b"".join(e.value for e in engine.drain(sub)) == data
