@@ -153,7 +153,7 @@ class Lab:
         self.procs, self.links, self.namespaces = [], [], []
 
 
-def wait_for(predicate, timeout: float = 5.0, what: str = "condition"):
+def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
     """Poll ``predicate`` (blocking) until it is true; raises AssertionError after ``timeout``."""
     deadline = time.monotonic() + timeout
     while True:

@@ -41,7 +41,7 @@ def watched_pair(lab):
 
 def test_flows_on_a_live_interface(lab):
     left, watch, n = watched_pair(lab)
-    proc = lab.spawn([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "3",
+    proc = lab.spawn([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "5",
                       "--format", "jsonl", "--prefilter-ports", "5001"], cwd=REPO,
                      stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: attached(watch, n) == "aiomb_xsk", what="the port to attach")
@@ -76,7 +76,7 @@ def test_run_port_guard_inline(lab):
     lab.server(server_ns, RIGHT_IP, 5001)
     lab.server(server_ns, RIGHT_IP, 8080)
     proc = lab.spawn([*AIOMB, "run", "examples/port_guard.py", "--iface", x, "--inline", y,
-                      "--netns", mid, "--duration", "4"], cwd=REPO, stdout=subprocess.PIPE,
+                      "--netns", mid, "--duration", "6"], cwd=REPO, stdout=subprocess.PIPE,
                      stderr=subprocess.PIPE, text=True)
     wait_for(lambda: attached(mid, x) == "aiomb_xsk" and attached(mid, y) == "aiomb_xsk",
              what="both ports to attach")
