@@ -82,10 +82,3 @@ cdef class EventStream:
         self.items = items
         self.index = 1
         return items[0]
-
-    def take_buffered(self):
-        """Remove and return the events of the current batch not yet iterated (a list)."""
-        rest = self.items[self.index:]
-        self.items = []
-        self.index = 0
-        return rest

@@ -218,16 +218,6 @@ cdef class Engine:
         self.any_filter = any(f is not None for f in self.mbox_filters)
         return len(self.mbox_filters) - 1
 
-    def set_filter(self, int middlebox, filter):
-        """Set the flow filter of an existing middlebox (before the first packet)."""
-        if self.tab.count:
-            raise RuntimeError("set filters before the first packet: flows already exist")
-        self._check_mbox(middlebox)
-        if filter is not None and not callable(getattr(filter, "matches", None)):
-            raise TypeError(f"a middlebox filter needs a matches(key) method, got {filter!r}")
-        self.mbox_filters[middlebox] = filter
-        self.any_filter = any(f is not None for f in self.mbox_filters)
-
     cdef _check_mbox(self, int middlebox):
         if not 0 <= middlebox < len(self.mbox_filters):
             raise ValueError(f"no middlebox {middlebox}; add it with add_middlebox() first")

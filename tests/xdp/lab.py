@@ -115,6 +115,17 @@ class Lab:
         self.neighbour(right, b, left_cidr.split("/")[0], self.mac(a, left))
         return left, a, right, b
 
+    def tapped_pair(self, left_cidr, right_cidr, *, mon_ns=None, queues: int = 1):
+        """A :meth:`pair` whose left end is mirrored to a monitor veth (the tap aiomb watches).
+
+        Returns (left ns, a, right ns, b, monitor device); the monitor end is in ``mon_ns``
+        (None: the root namespace).
+        """
+        left, a, right, b = self.pair(left_cidr, right_cidr)
+        m, mon = self.veth("m", "n", a_ns=left, b_ns=mon_ns, queues=queues)
+        self.mirror(left, a, m)
+        return left, a, right, b, mon
+
     def peer(self, ns: str, *args) -> subprocess.Popen:
         """Start tests/xdp/peer.py in ``ns``; killed at close()."""
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, PEER, *map(str, args)],

@@ -31,10 +31,8 @@ def attached(ns, dev):
 
 
 def watched_pair(lab):
-    left, a, right, b = lab.pair(f"{LEFT_IP}/24", f"{RIGHT_IP}/24")
     watch = lab.netns("w")
-    m, n = lab.veth("m", "n", a_ns=left, b_ns=watch)
-    lab.mirror(left, a, m)
+    left, _, right, _, n = lab.tapped_pair(f"{LEFT_IP}/24", f"{RIGHT_IP}/24", mon_ns=watch)
     lab.server(right, RIGHT_IP, 5001)
     return left, watch, n
 

@@ -18,10 +18,8 @@ LEFT_IP, RIGHT_IP = "10.206.0.1", "10.206.0.2"
 
 
 def test_port_in_trio_guest_mode_on_asyncio(lab):
-    left, a, right, b = lab.pair(f"{LEFT_IP}/24", f"{RIGHT_IP}/24")
     watch = lab.netns("w")
-    m, n = lab.veth("m", "n", a_ns=left, b_ns=watch)
-    lab.mirror(left, a, m)
+    left, _, right, _, n = lab.tapped_pair(f"{LEFT_IP}/24", f"{RIGHT_IP}/24", mon_ns=watch)
     lab.server(right, RIGHT_IP, 5001)
 
     def attached():

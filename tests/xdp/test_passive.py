@@ -33,9 +33,7 @@ async def wait_until(predicate, what, timeout=10):
 
 def tap(lab, queues=1):
     """Namespaces left/right joined by a<->b; everything through a is mirrored to a root-side port."""
-    left, a, right, b = lab.pair(f"{LEFT_IP}/24", f"{RIGHT_IP}/24")
-    m, mon = lab.veth("m", "n", a_ns=left, queues=queues)
-    lab.mirror(left, a, m)
+    left, a, right, _, mon = lab.tapped_pair(f"{LEFT_IP}/24", f"{RIGHT_IP}/24", queues=queues)
     return left, a, right, mon
 
 
