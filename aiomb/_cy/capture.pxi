@@ -7,9 +7,16 @@ import os as _os
 import warnings as _warnings
 import zlib as _zlib
 
+from cpython.ref cimport PyObject
+from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
+
 from aiomb._errors import CaptureError
 
+cdef extern from "Python.h":
+    Py_ssize_t refcount "Py_REFCNT" (PyObject *o)
+
 cdef enum:
+    MAX_BLOCKS = 16           # frame blocks a reader keeps (values pointing into them)
     MAX_RECORD = 1 << 24      # larger pcap/pcapng records are corrupt
     MAX_SNAP = 1 << 18        # 262144: the largest caplen a pcap record may claim
     FMT_PCAP = 1
@@ -74,6 +81,57 @@ class _GunzipStream:
         self.raw.close()
 
 
+@cython.final
+cdef class FrameBlock:
+    """Memory a capture batch's frames lie in, and the NEW_DATA values still pointing into it.
+
+    The engine registers each :class:`FrameBytes` it makes from the batch's frames here. The
+    reader reuses a block once none of them is referenced elsewhere, and copies the bytes out
+    of those still referenced when it must reuse the block anyway (or when the block goes), so
+    a value never outlives its bytes. Layer: core (capture I/O).
+    """
+
+    cdef bytearray buf
+    cdef uint8_t *p
+    cdef size_t size
+    cdef list values
+
+    def __cinit__(self, size_t size):
+        self.buf = bytearray(size)
+        self.p = <uint8_t *>(<char *>self.buf)
+        self.size = size
+        self.values = []
+
+    def __dealloc__(self):
+        cdef Py_ssize_t i
+        if self.values is None:
+            return
+        try:
+            self.reclaim()
+        except MemoryError:         # no memory to copy into: the values become empty, not dangling
+            for i in range(PyList_GET_SIZE(self.values)):
+                (<FrameBytes>PyList_GET_ITEM(self.values, i)).lose()
+
+    cdef bint busy(self) except -1:
+        """Whether a value made from these frames is still referenced; forgets those that are not."""
+        cdef Py_ssize_t i
+        cdef list live = []
+        for i in range(PyList_GET_SIZE(self.values)):
+            if refcount(PyList_GET_ITEM(self.values, i)) > 1:
+                live.append(<object>PyList_GET_ITEM(self.values, i))
+        self.values = live
+        return len(live) != 0
+
+    cdef int reclaim(self) except -1:
+        """Copy out the bytes of every value still referenced; afterwards the block is free."""
+        cdef Py_ssize_t i
+        for i in range(PyList_GET_SIZE(self.values)):
+            if refcount(PyList_GET_ITEM(self.values, i)) > 1:
+                (<FrameBytes>PyList_GET_ITEM(self.values, i)).get()
+        self.values = []
+        return 0
+
+
 cdef class FrameBatch:
     """A batch of frames with timestamps and link types, and a verdict slot per frame.
 
@@ -91,6 +149,7 @@ cdef class FrameBatch:
     cdef readonly int count
     cdef readonly int capacity
     cdef readonly bint writable     # frames may be modified in place (an AF_XDP port's UMEM)
+    cdef FrameBlock block           # the capture memory the frames lie in; None: reused after the batch
 
     def __cinit__(self, int capacity=2048):
         if capacity < 1:
@@ -137,18 +196,22 @@ cdef class CaptureReader:
 
     ``fill(batch)`` returns the number of frames put in the batch, 0 at the end of the file.
     A corrupt or truncated file raises :class:`CaptureError` naming the offset (in the
-    decompressed stream) once every record before it has been returned. Layer: core (the
-    capture I/O); reads the file with blocking reads.
+    decompressed stream) once every record before it has been returned. Frames point into
+    ``chunk_size`` blocks (:class:`FrameBlock`), reused once no NEW_DATA value needs them; at
+    most 16 are kept (``frame_memory``). Layer: core (the capture I/O); reads the file with
+    blocking reads.
     """
 
     cdef object fh
     cdef readonly object raw_file
     cdef readonly object path
-    cdef bytearray buf
-    cdef uint8_t *p
-    cdef size_t length          # valid bytes in buf
-    cdef size_t pos             # next unread byte in buf
-    cdef uint64_t base          # file offset of buf[0]
+    cdef FrameBlock cur         # the block being read into
+    cdef list blocks            # every block, least recently used first (cur is last)
+    cdef size_t chunk
+    cdef uint8_t *p             # cur's memory
+    cdef size_t length          # valid bytes in cur
+    cdef size_t pos             # next unread byte in cur
+    cdef uint64_t base          # file offset of cur's first byte
     cdef bint eof
     cdef int fmt
     cdef bint swap
@@ -195,11 +258,13 @@ cdef class CaptureReader:
             self.compressed = True
         else:
             self.fh = raw
-        self.buf = bytearray(chunk_size)
-        self.p = <uint8_t *>(<char *>self.buf)
+        self.chunk = chunk_size
+        self.cur = FrameBlock(chunk_size)
+        self.blocks = [self.cur]
+        self.p = self.cur.p
         self.length = len(prefix)
         if prefix:
-            self.buf[:len(prefix)] = prefix
+            self.cur.buf[:len(prefix)] = prefix
         try:
             self.read_header()
         except BaseException:
@@ -226,6 +291,13 @@ cdef class CaptureReader:
             self.close()
 
     @property
+    def frame_memory(self):
+        """Bytes of the blocks the reader reads into (at most 16, each the chunk size unless a
+        record is larger). A NEW_DATA value keeps its frames' block from reuse until it is
+        dropped or its bytes are taken; past 16 blocks the oldest values are copied out."""
+        return sum((<FrameBlock>b).size for b in self.blocks)
+
+    @property
     def offset(self):
         """Offset of the next unread byte (in the decompressed stream)."""
         return self.base + self.pos
@@ -241,20 +313,20 @@ cdef class CaptureReader:
             return 1
         if self.eof:
             return 0
-        if self.pos:
-            memmove(self.p, self.p + self.pos, have)
+        if self.pos or n > self.cur.size:
+            blk = self.block_for(n)
+            if blk is self.cur:
+                memmove(self.p, self.p + self.pos, have)
+            else:
+                memcpy(blk.p, self.p + self.pos, have)
+                self.cur = blk
+                self.p = blk.p
             self.base += self.pos
             self.pos = 0
             self.length = have
-        size = len(self.buf)
-        if n > size:
-            while size < n:
-                size *= 2
-            self.buf.extend(bytes(size - len(self.buf)))
-            self.p = <uint8_t *>(<char *>self.buf)
         while self.length < n and not self.eof:
             try:
-                got = self.fh.readinto(memoryview(self.buf)[self.length:])
+                got = self.fh.readinto(memoryview(self.cur.buf)[self.length:])
             except OSError as exc:
                 self.eof = True
                 self.stream_error = self.error(f"the compressed stream is damaged ({exc}); the "
@@ -265,6 +337,35 @@ cdef class CaptureReader:
             else:
                 self.length += got
         return 1 if self.length - self.pos >= n else 0
+
+    cdef FrameBlock block_for(self, size_t n):
+        """A block to continue in, holding at least n bytes: the current one if no value points
+        into it, else the least recently used free one, else a new one (up to MAX_BLOCKS), else
+        the least recently used one after copying out its values' bytes."""
+        cdef FrameBlock blk
+        cdef size_t size = self.chunk
+        while size < n:
+            size *= 2
+        if self.cur.size >= n and not self.cur.busy():
+            return self.cur
+        for blk in self.blocks:
+            if blk is not self.cur and blk.size >= n and not blk.busy():
+                break
+        else:
+            if len(self.blocks) < MAX_BLOCKS:
+                blk = FrameBlock(size)
+                self.blocks.append(blk)
+                return blk
+            blk = <FrameBlock>self.blocks[0]
+            blk.reclaim()
+            if blk.size < n:
+                self.blocks.remove(blk)
+                blk = FrameBlock(size)
+                self.blocks.append(blk)
+                return blk
+        self.blocks.remove(blk)
+        self.blocks.append(blk)
+        return blk
 
     cdef read_header(self):
         cdef uint32_t magic
@@ -292,6 +393,7 @@ cdef class CaptureReader:
         """Fill ``batch`` with the next frames; returns how many (0 at the end of the file)."""
         batch.count = 0
         batch.writable = False
+        batch.block = None
         if self.pending_error is not None:
             err, self.pending_error = self.pending_error, None
             raise err
@@ -305,6 +407,7 @@ cdef class CaptureReader:
                 raise
             self.pending_error = exc
         self.records += batch.count
+        batch.block = self.cur      # every frame of a batch lies in one block (see compact_for)
         return batch.count
 
     cdef int compact_for(self, FrameBatch batch, size_t n) except -1:

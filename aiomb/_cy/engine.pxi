@@ -31,21 +31,22 @@ cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
 cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
     return <int32_t>(a - b) >= 0
 
-cdef bytes held_value(const stream_t *st):
-    """The unconsumed in-order bytes as one bytes object (the only copy of referenced ones)."""
-    cdef bytes out
-    cdef char *dst
+cdef object held_value(const stream_t *st, FrameBlock block):
+    """The unconsumed in-order bytes: a FrameBytes when they are all referenced in frames of
+    ``block`` (copied only if someone looks), else a bytes copy."""
+    cdef FrameBytes fb = FrameBytes.__new__(FrameBytes)
     cdef int i
     if st.nrefs == 0:
         return st.buf[st.buf_start:st.buf_start + st.buf_len]
-    if st.nrefs == 1:
-        return st.ref_ptr[0][:st.ref_len[0]]
-    out = PyBytes_FromStringAndSize(NULL, st.ref_bytes)
-    dst = PyBytes_AS_STRING(out)
     for i in range(st.nrefs):
-        memcpy(dst, st.ref_ptr[i], st.ref_len[i])
-        dst += st.ref_len[i]
-    return out
+        fb.ptr[i] = st.ref_ptr[i]
+        fb.len[i] = st.ref_len[i]
+    fb.n = st.nrefs
+    fb.total = st.ref_bytes
+    if block is None:
+        return fb.get()
+    PyList_Append(block.values, fb)
+    return fb
 
 
 def policy_number(name, what):
@@ -84,6 +85,7 @@ cdef class Engine:
     cdef readonly bint vlan_in_key
     cdef int verdict
     cdef bint frames_writable   # the current batch's frames may be rewritten (PacketView.rewrite)
+    cdef FrameBlock block       # the capture memory the current batch lies in (None: copy out)
     cdef uint64_t n_packets, n_bytes, n_tcp, n_udp, n_non_ip, n_other, n_orphans
     cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped, n_events
     cdef uint64_t malformed[N_MALFORMED]
@@ -424,10 +426,9 @@ cdef class Engine:
             ev.new_state = STATES[b]
         elif root == 7 or root == 10:  # CONN_END, UDP_END
             ev.reason = REASONS[a]
-        if self.ev_off >= 0:
-            ev.offset = self.ev_off
-            ev.length = self.ev_len
-        ev.value = value
+        ev._offset = self.ev_off
+        ev._length = self.ev_len
+        ev._value = value
         return ev
 
     cdef int emit_stream(self, int bit, int32_t slot, int side, int hook, uint64_t off, uint64_t length,
@@ -482,7 +483,7 @@ cdef class Engine:
         st.consumed_in_call = 0
         if self.need_mask & EV_NEW_DATA:
             self.emit_stream(12, slot, side, HOOK_NONE, start, fresh,
-                             held_value(st) if st.buffering else None)
+                             held_value(st, self.block) if st.buffering else None)
             st = self.tab.flows[slot].side[side].stream
             if st == NULL:
                 return 0
@@ -1164,10 +1165,14 @@ cdef class Engine:
         """Process every frame of a batch, storing each verdict in it; then expire idle flows."""
         cdef int i
         self.frames_writable = batch.writable
-        for i in range(batch.count):
-            batch.verdict[i] = <uint8_t>self.process_frame(
-                batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
-        self.flush_streams()
+        self.block = batch.block
+        try:
+            for i in range(batch.count):
+                batch.verdict[i] = <uint8_t>self.process_frame(
+                    batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
+            self.flush_streams()
+        finally:
+            self.block = None
         self.expire_to(self.now)
         return batch.count
 

@@ -5,6 +5,7 @@
 import ipaddress as _ipaddress
 
 cimport cython
+from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
 
 from aiomb.flows._types import Side, TcpState, Proto, EndReason, Hook, Verdict
 from aiomb.flows._stats import SideStatistics, FlowStatistics
@@ -152,6 +153,62 @@ cdef FlowKey key_from_packet(const pkt_t *pk, bint with_vlan):
     return k
 
 
+cdef int64_t _range_field(str name, object value) except -2:
+    """An Event's offset or length: None is stored as -1; negative numbers are refused."""
+    if value is None:
+        return -1
+    if value < 0:
+        raise ValueError(f"Event {name} must be None or a non-negative int, got {value!r}")
+    return value
+
+
+@cython.no_gc
+@cython.final
+cdef class FrameBytes:
+    """Stream bytes that still lie in the frames of a capture batch: a NEW_DATA value before
+    anyone looks at it.
+
+    ``get()`` makes the bytes object (one copy, kept); until then nothing is copied. The
+    capture reader calls ``get()`` on every value still referenced before it reuses the frames'
+    memory (:class:`FrameBlock`), so a value never outlives its bytes. Layer: core; users only
+    ever see the bytes (``Event.value``, ``PacketView.value``).
+    """
+
+    cdef const uint8_t *ptr[MAX_REFS]
+    cdef uint32_t len[MAX_REFS]
+    cdef int n
+    cdef uint64_t total
+    cdef bytes data
+
+    cdef bytes get(self):
+        cdef char *dst
+        cdef int i
+        if self.data is None:
+            if self.n == 1:
+                self.data = self.ptr[0][:self.len[0]]
+            else:
+                self.data = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>self.total)
+                dst = PyBytes_AS_STRING(self.data)
+                for i in range(self.n):
+                    memcpy(dst, self.ptr[i], self.len[i])
+                    dst += self.len[i]
+            self.n = 0
+        return self.data
+
+    cdef void lose(self) noexcept:
+        """The frames go and there is no memory to copy them: the value becomes empty."""
+        if self.data is None:
+            self.data = b""
+            self.n = 0
+
+
+cdef inline object resolved(object value):
+    """An event value as users see it: a pending FrameBytes becomes its bytes."""
+    if type(value) is FrameBytes:
+        return (<FrameBytes>value).get()
+    return value
+
+
 @cython.no_gc
 cdef class Event:
     """One event, as a value: what happened (``kind``), to which flow, on which side, when.
@@ -172,9 +229,9 @@ cdef class Event:
     cdef readonly object reason
     cdef readonly object old_state
     cdef readonly object new_state
-    cdef readonly object value
-    cdef readonly object offset
-    cdef readonly object length
+    cdef object _value
+    cdef int64_t _offset            # -1: not a stream event
+    cdef int64_t _length
 
     def __init__(self, *, kind, key=None, flow=None, side=None, ts=0.0, reason=None,
                  old_state=None, new_state=None, value=None, offset=None, length=None):
@@ -186,13 +243,28 @@ cdef class Event:
         self.reason = reason
         self.old_state = old_state
         self.new_state = new_state
-        self.value = value
-        self.offset = offset
-        self.length = length
+        self._value = value
+        self._offset = _range_field("offset", offset)
+        self._length = _range_field("length", length)
+
+    @property
+    def value(self):
+        """The event's value (see the class docstring), or None."""
+        return resolved(self._value)
+
+    @property
+    def offset(self):
+        """Stream offset of a stream event's byte range, else None."""
+        return self._offset if self._offset >= 0 else None
+
+    @property
+    def length(self):
+        """Length of a stream event's byte range, else None."""
+        return self._length if self._length >= 0 else None
 
     cdef tuple _astuple(self):
         return (self.kind, self.key, self.side, self.ts, self.reason, self.old_state, self.new_state,
-                self.value, self.offset, self.length)
+                resolved(self._value), self._offset, self._length)
 
     def __eq__(self, other):
         if not isinstance(other, Event):
@@ -492,8 +564,8 @@ cdef class PacketView:
 
     @property
     def value(self):
-        """The custom event's value, if any."""
-        return self._value
+        """The event's value, if any (for NEW_DATA the side's unconsumed in-order bytes)."""
+        return resolved(self._value)
 
     @property
     def ts(self):

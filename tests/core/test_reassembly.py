@@ -451,3 +451,93 @@ def test_one_batch_many_segments_beyond_the_reference_slots():
     engine.process(batch)
     reader.close()
     assert b"".join(e.value for e in engine.drain(sub)) == data
+
+
+def interleaved_capture(tmp_path, flows=24, segments=40):
+    """A pcap of ``flows`` connections sending interleaved segments; returns (path, streams)."""
+    from aiomb.testing import write_pcap
+    rnd = random.Random(7)
+    convs, streams, frames = [], {}, []
+    for i in range(flows):
+        c = TcpConversation(("10.0.1.%d" % (i + 1), 40000 + i), ("10.0.2.1", 80))
+        c.handshake()
+        convs.append(c)
+        streams[40000 + i] = [bytearray(), bytearray()]
+    for _ in range(segments):
+        for i, c in enumerate(convs):
+            side = rnd.choice(("client", "server"))
+            data = rnd.randbytes(rnd.randrange(1, 600))
+            c.send(side, data)
+            streams[40000 + i][side == "server"] += data
+    for c in convs:
+        c.fin("client")
+        c.fin("server")
+    # handshakes first, then the data of every flow interleaved, then the FINs
+    per_flow = [c.frames for c in convs]
+    for frames_of in per_flow:
+        frames += frames_of[:3]
+    for k in range(3, 3 + segments):
+        for frames_of in per_flow:
+            frames.append(frames_of[k])
+    for frames_of in per_flow:
+        frames += frames_of[3 + segments:]
+    frames = [(1.0 + n * 1e-4, f) for n, (_, f) in enumerate(frames)]
+    path = tmp_path / "interleaved.pcap"
+    write_pcap(path, frames)
+    return path, {port: (bytes(a), bytes(b)) for port, (a, b) in streams.items()}
+
+
+def read_events(path, *, chunk_size, look=lambda ev: False):
+    """Every NEW_DATA event of the capture, read through small blocks; ``look`` picks the
+    events whose value is taken as soon as they are made."""
+    engine = aiomb.Engine(reassembly=True)
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    reader = aiomb._core.CaptureReader(path, chunk_size=chunk_size)
+    batch = aiomb.FrameBatch(64)
+    events = []
+    while reader.fill(batch):
+        engine.process(batch)
+        for ev in engine.drain(sub):
+            if look(ev):
+                ev.value
+            events.append(ev)
+    engine.finish()
+    events += engine.drain(sub)
+    return events, reader
+
+
+def joined(events):
+    out = {}
+    for ev in events:
+        pair = out.setdefault(ev.key.client_port, [b"", b""])
+        pair[ev.side] += ev.value
+    return {port: tuple(pair) for port, pair in out.items()}
+
+
+def test_new_data_values_kept_past_the_reuse_of_their_frames_keep_their_bytes(tmp_path):
+    # 4 KiB blocks: the capture needs hundreds, so every block is reused while events made
+    # from its frames are still held (values copied out then), or reclaimed once they are gone
+    path, streams = interleaved_capture(tmp_path)
+    for look in (lambda ev: False, lambda ev: ev.offset % 2 == 0):
+        events, reader = read_events(path, chunk_size=4096, look=look)
+        assert reader.frame_memory <= 16 * 4096 * 2     # MAX_BLOCKS, a block at most doubled
+        reader.close()
+        assert joined(events) == streams
+
+
+def test_new_data_values_outlive_the_reader(tmp_path):
+    import gc
+    path, streams = interleaved_capture(tmp_path, flows=4, segments=10)
+    events, reader = read_events(path, chunk_size=1 << 20)
+    reader.close()
+    del reader
+    gc.collect()
+    assert joined(events) == streams
+
+
+def test_event_ranges_are_none_or_non_negative():
+    ev = aiomb.Event(kind=EventKind.GAP, offset=3, length=4)
+    assert (ev.offset, ev.length) == (3, 4)
+    assert aiomb.Event(kind=EventKind.FIN).offset is None
+    with pytest.raises(ValueError, match="offset must be None or a non-negative int, got -1"):
+        aiomb.Event(kind=EventKind.GAP, offset=-1, length=4)
