@@ -5,7 +5,7 @@ from setuptools import Extension, setup
 
 setup(
     ext_modules=cythonize(
-        [Extension("aiomb._core", ["aiomb/_core.pyx"], extra_compile_args=["-O2"])],
+        [Extension("aiomb._core", ["aiomb/_core.pyx"], extra_compile_args=["-O3"])],
         compiler_directives={"language_level": "3"},
     )
 )

@@ -30,18 +30,16 @@ async def _count_events(aiomb, path):
 async def _reassemble(aiomb, path):
     """Reassemble both sides of every flow: count NEW_DATA bytes per side and the events."""
     events_seen = 0
-    client_bytes = server_bytes = 0
+    side_bytes = [0, 0]                 # indexed by Side (CLIENT 0, SERVER 1)
+    new_data = aiomb.NEW_DATA
     async with aiomb.open_stack(aiomb.capture(path)) as stack:
-        async with stack.subscribe(aiomb.CONN_START, aiomb.CONN_END, aiomb.NEW_DATA) as events:
+        async with stack.subscribe(aiomb.CONN_START, aiomb.CONN_END, new_data) as events:
             async for ev in events:
                 events_seen += 1
-                if ev.kind is aiomb.NEW_DATA:
-                    if ev.side is aiomb.Side.CLIENT:
-                        client_bytes += ev.length
-                    else:
-                        server_bytes += ev.length
+                if ev.kind is new_data:
+                    side_bytes[ev.side] += ev.length
         packets = stack.statistics().packets
-    return (events_seen, client_bytes, server_bytes), packets
+    return (events_seen, *side_bytes), packets
 
 
 async def _run_to_end(aiomb, path):

@@ -113,14 +113,15 @@ cdef class FrameBlock:
                 (<FrameBytes>PyList_GET_ITEM(self.values, i)).lose()
 
     cdef bint busy(self) except -1:
-        """Whether a value made from these frames is still referenced; forgets those that are not."""
+        """Whether a value made from these frames is still referenced elsewhere; when none is,
+        the block forgets them and is free."""
         cdef Py_ssize_t i
-        cdef list live = []
         for i in range(PyList_GET_SIZE(self.values)):
             if refcount(PyList_GET_ITEM(self.values, i)) > 1:
-                live.append(<object>PyList_GET_ITEM(self.values, i))
-        self.values = live
-        return len(live) != 0
+                return True
+        if PyList_GET_SIZE(self.values):
+            self.values = []
+        return False
 
     cdef int reclaim(self) except -1:
         """Copy out the bytes of every value still referenced; afterwards the block is free."""
@@ -431,14 +432,15 @@ cdef class CaptureReader:
         cdef uint32_t caplen, wirelen, sec, frac
         cdef int r
         while batch.count < batch.capacity:
-            r = self.compact_for(batch, 16)
-            if r == 2:
-                return 0
-            if r == 0:
-                if self.length - self.pos:
-                    raise self.error(f"truncated record header ({self.length - self.pos} of 16 bytes)",
-                                     self.base + self.pos)
-                return 0
+            if self.length - self.pos < 16:
+                r = self.compact_for(batch, 16)
+                if r == 2:
+                    return 0
+                if r == 0:
+                    if self.length - self.pos:
+                        raise self.error(f"truncated record header ({self.length - self.pos} of 16 bytes)",
+                                         self.base + self.pos)
+                    return 0
             h = self.p + self.pos
             sec = g32(h, self.swap)
             frac = g32(h + 4, self.swap)
@@ -450,13 +452,14 @@ cdef class CaptureReader:
             if frac >= (1000000000 if self.nanos else 1000000):
                 raise self.error(f"corrupt record header: sub-second field {frac} out of range",
                                  self.base + self.pos)
-            r = self.compact_for(batch, 16 + caplen)
-            if r == 2:
-                return 0
-            if r == 0:
-                raise self.error(f"truncated record: header says {caplen} bytes, file ends after "
-                                 f"{self.length - self.pos - 16}", self.base + self.pos)
-            h = self.p + self.pos
+            if self.length - self.pos < 16 + <size_t>caplen:
+                r = self.compact_for(batch, 16 + caplen)
+                if r == 2:
+                    return 0
+                if r == 0:
+                    raise self.error(f"truncated record: header says {caplen} bytes, file ends after "
+                                     f"{self.length - self.pos - 16}", self.base + self.pos)
+                h = self.p + self.pos
             batch.data[batch.count] = h + 16
             batch.caplen[batch.count] = caplen
             batch.wirelen[batch.count] = wirelen

@@ -65,6 +65,7 @@ cdef inline int64_t to_ns(double seconds):
     return <int64_t>(seconds * 1e9 + (0.5 if seconds >= 0 else -0.5))
 
 
+@cython.final
 cdef class Engine:
     """The flow-processing core: fed frames and timestamps, it tracks flows and raises events.
 

@@ -210,6 +210,7 @@ cdef inline object resolved(object value):
 
 
 @cython.no_gc
+@cython.freelist(2048)
 cdef class Event:
     """One event, as a value: what happened (``kind``), to which flow, on which side, when.
 
