@@ -98,6 +98,8 @@ def tools(nids, capture):
          [python, str(BENCH / "aiomb_flows.py"), "--no-subscriber", str(capture)]),
         ("aiomb (reassembly)",
          [python, str(BENCH / "aiomb_flows.py"), "--reassemble", str(capture)]),
+        ("aiomb (reassembly, bytes read)",
+         [python, str(BENCH / "aiomb_flows.py"), "--reassemble", "--read-bytes", str(capture)]),
     ]
     return rows
 
