@@ -7,13 +7,9 @@ import os as _os
 import warnings as _warnings
 import zlib as _zlib
 
-from cpython.ref cimport PyObject
 from cpython.list cimport PyList_GET_ITEM, PyList_GET_SIZE
 
 from aiomb._errors import CaptureError
-
-cdef extern from "Python.h":
-    Py_ssize_t refcount "Py_REFCNT" (PyObject *o)
 
 cdef enum:
     MAX_BLOCKS = 16           # frame blocks a reader keeps (values pointing into them)

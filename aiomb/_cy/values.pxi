@@ -6,6 +6,10 @@ import ipaddress as _ipaddress
 
 cimport cython
 from cpython.bytes cimport PyBytes_FromStringAndSize, PyBytes_AS_STRING
+from cpython.ref cimport PyObject
+
+cdef extern from "Python.h":
+    Py_ssize_t refcount "Py_REFCNT" (PyObject *o)
 
 from aiomb.flows._types import Side, TcpState, Proto, EndReason, Hook, Verdict
 from aiomb.flows._stats import SideStatistics, FlowStatistics
@@ -251,7 +255,14 @@ cdef class Event:
     @property
     def value(self):
         """The event's value (see the class docstring), or None."""
-        return resolved(self._value)
+        cdef FrameBytes fb
+        if type(self._value) is not FrameBytes:
+            return self._value
+        fb = <FrameBytes>self._value
+        self._value = fb.get()          # the event holds its bytes from now on
+        if refcount(<PyObject *>fb) <= 2:
+            fb.data = None              # only its block's list (and fb here) hold it: no one reads it again
+        return self._value
 
     @property
     def offset(self):

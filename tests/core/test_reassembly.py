@@ -541,3 +541,21 @@ def test_event_ranges_are_none_or_non_negative():
     assert aiomb.Event(kind=EventKind.FIN).offset is None
     with pytest.raises(ValueError, match="offset must be None or a non-negative int, got -1"):
         aiomb.Event(kind=EventKind.GAP, offset=-1, length=4)
+
+
+def test_two_subscribers_share_each_value_and_both_read_it(tmp_path):
+    path, streams = interleaved_capture(tmp_path, flows=6, segments=20)
+    engine = aiomb.Engine(reassembly=True)
+    subs = [engine.subscribe(EventKind.NEW_DATA) for _ in range(2)]
+    reader = aiomb._core.CaptureReader(path, chunk_size=4096)
+    batch = aiomb.FrameBatch(64)
+    first, second = [], []
+    while reader.fill(batch):
+        engine.process(batch)
+        a, b = engine.drain(subs[0]), engine.drain(subs[1])
+        for ev in a:
+            ev.value                    # the first subscriber looks at once, the second later
+        first += a
+        second += b
+    reader.close()
+    assert joined(first) == joined(second) == streams
