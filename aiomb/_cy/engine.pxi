@@ -160,6 +160,7 @@ cdef class Engine:
         if max_buffer > 1 << 31:
             raise ValueError(f"max_buffer must be at most {1 << 31} bytes, got {max_buffer}")
         self.reassembly_mode = -1 if reassembly is None else int(reassembly)
+        self.reassembling = self.reassembly_mode == 1
         self.buffering = buffering
         self.rst_payload = rst_payload
         self.max_buffer = max_buffer

@@ -262,6 +262,17 @@ def test_reassembly_is_off_unless_stream_events_are_wanted():
     assert engine.flows()[0].statistics().client.stream_bytes == 0
 
 
+def test_reassembly_true_works_with_nobody_subscribed():
+    engine = aiomb.Engine(reassembly=True)
+    assert engine.reassembling
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"data")
+    for ts, f in c.frames:
+        engine.feed(f, ts)
+    assert engine.flows()[0].statistics().client.stream_bytes == 4
+
+
 # held "HHHH" at stream offsets 4..8, then a new segment; rows: (start, new bytes)
 OVERLAP_CASES = {
     "same start, ends before": (4, b"nn"),
