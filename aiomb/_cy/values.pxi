@@ -168,6 +168,7 @@ cdef int64_t _range_field(str name, object value) except -2:
 
 @cython.no_gc
 @cython.final
+@cython.freelist(2048)
 cdef class FrameBytes:
     """Stream bytes that still lie in the frames of a capture batch: a NEW_DATA value before
     anyone looks at it.
