@@ -12,6 +12,7 @@ import json
 import os
 import pathlib
 import shlex
+import statistics
 import subprocess
 import sys
 
@@ -117,17 +118,28 @@ def measure_once(cmd, timeout):
     return json.loads(lines[-1]) if lines else {"unavailable": "run printed nothing"}
 
 
-def measure(cmd, repeat, timeout):
-    """Best (fastest) of ``repeat`` runs, with every run's seconds under "runs"."""
-    best, runs = None, []
-    for _ in range(repeat):
-        result = measure_once(cmd, timeout)
-        if "unavailable" in result:
-            return result
-        runs.append(result["seconds"])
-        if best is None or result["seconds"] < best["seconds"]:
-            best = result
-    return dict(best, runs=runs)
+def measure_all(rows, repeat, timeout):
+    """Best (fastest) of ``repeat`` runs of every row, with every run's seconds under "runs"
+    and their median under "median". The rows take turns, one run each per round, so that
+    a noisy stretch of the machine is shared out rather than landing on one tool."""
+    best, runs = {}, {name: [] for name, _ in rows}
+    for turn in range(repeat):
+        print(f"round {turn + 1} of {repeat}:", ", ".join(name for name, _ in rows
+                                                      if "unavailable" not in best.get(name, {})),
+              flush=True)
+        for name, cmd in rows:
+            if "unavailable" in best.get(name, {}):
+                continue
+            result = measure_once(cmd, timeout)
+            if "unavailable" in result:
+                best[name] = result
+                continue
+            runs[name].append(result["seconds"])
+            if name not in best or result["seconds"] < best[name]["seconds"]:
+                best[name] = result
+    return {name: best[name] if "unavailable" in best[name]
+            else dict(best[name], runs=runs[name], median=statistics.median(runs[name]))
+            for name, _ in rows}
 
 
 def rate(result):
@@ -143,7 +155,7 @@ def ratio(result, reference):
     return f"{mine / theirs:.3f}x" if mine and theirs else "-"
 
 
-HEADER = ("tool", "packets", "seconds", "Mpkt/s", "vs nids(collect)",
+HEADER = ("tool", "packets", "seconds", "median s", "Mpkt/s", "vs nids(collect)",
           "vs nids(no-collect)", "events/s")
 
 
@@ -153,7 +165,7 @@ def row(name, result, results):
         return (name, f"unavailable: {result['unavailable']}")
     events = result.get("events")
     return (
-        name, str(result["packets"]), f"{result['seconds']:.3f}",
+        name, str(result["packets"]), f"{result['seconds']:.3f}", f"{result['median']:.3f}",
         f"{rate(result) / 1e6:.3f}",
         ratio(result, results.get(NIDS_COLLECT)),
         ratio(result, results.get(NIDS_NO_COLLECT)),
@@ -254,10 +266,9 @@ def main():
     warm_page_cache(capture_path)
     results = {} if nids else {NIDS_COLLECT: {"unavailable": nids_error},
                                NIDS_NO_COLLECT: {"unavailable": nids_error}}
-    for name, cmd in tools(nids, capture_path):
-        print(f"measuring {name} ...", flush=True)
-        results[name] = measure(cmd, args.repeat, args.timeout)
-    print(f"\nbest of {args.repeat}; ratios are packet rates relative to libnids\n")
+    results.update(measure_all(tools(nids, capture_path), args.repeat, args.timeout))
+    print(f"\nbest of {args.repeat} (median beside it); ratios are the best runs' packet rates "
+          "relative to libnids\n")
     print(table(results))
     print("\ncounts vs generator:")
     print("\n".join(checks(results, capture)))
