@@ -34,10 +34,11 @@ cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
 cdef object held_value(const stream_t *st, FrameBlock block):
     """The unconsumed in-order bytes: a FrameBytes when they are all referenced in frames of
     ``block`` (copied only if someone looks), else a bytes copy."""
-    cdef FrameBytes fb = FrameBytes.__new__(FrameBytes)
+    cdef FrameBytes fb
     cdef int i
     if st.nrefs == 0:
         return st.buf[st.buf_start:st.buf_start + st.buf_len]
+    fb = FrameBytes.__new__(FrameBytes)
     for i in range(st.nrefs):
         fb.ptr[i] = st.ref_ptr[i]
         fb.len[i] = st.ref_len[i]

@@ -263,6 +263,7 @@ cdef class Event:
         self._value = fb.get()          # the event holds its bytes from now on
         if refcount(<PyObject *>fb) <= 2:
             fb.data = None              # only its block's list (and fb here) hold it: no one reads it again
+            fb.total = 0
         return self._value
 
     @property
