@@ -13,6 +13,7 @@ from aiomb._errors import CaptureError
 
 cdef enum:
     MAX_BLOCKS = 16           # frame blocks a reader keeps (values pointing into them)
+    FEW_VALUES = 8            # values still held that are copied out to keep reading into a block
     MAX_RECORD = 1 << 24      # larger pcap/pcapng records are corrupt
     MAX_SNAP = 1 << 18        # 262144: the largest caplen a pcap record may claim
     FMT_PCAP = 1
@@ -108,16 +109,18 @@ cdef class FrameBlock:
             for i in range(PyList_GET_SIZE(self.values)):
                 (<FrameBytes>PyList_GET_ITEM(self.values, i)).lose()
 
-    cdef bint busy(self) except -1:
-        """Whether a value made from these frames is still referenced elsewhere; when none is,
-        the block forgets them and is free."""
-        cdef Py_ssize_t i
+    cdef Py_ssize_t in_use(self, Py_ssize_t limit) except -1:
+        """How many values made from these frames are still referenced elsewhere (counting
+        stops past ``limit``); when none is, the block forgets them and is free."""
+        cdef Py_ssize_t i, live = 0
         for i in range(PyList_GET_SIZE(self.values)):
             if refcount(PyList_GET_ITEM(self.values, i)) > 1:
-                return True
-        if PyList_GET_SIZE(self.values):
+                live += 1
+                if live > limit:
+                    return live
+        if live == 0 and PyList_GET_SIZE(self.values):
             self.values = []
-        return False
+        return live
 
     cdef int reclaim(self) except -1:
         """Copy out the bytes of every value still referenced; afterwards the block is free."""
@@ -336,17 +339,19 @@ cdef class CaptureReader:
         return 1 if self.length - self.pos >= n else 0
 
     cdef FrameBlock block_for(self, size_t n):
-        """A block to continue in, holding at least n bytes: the current one if no value points
-        into it, else the least recently used free one, else a new one (up to MAX_BLOCKS), else
-        the least recently used one after copying out its values' bytes."""
+        """A block to continue in, holding at least n bytes: the current one if at most a few
+        values point into it (their bytes copied out), else the least recently used free one,
+        else a new one (up to MAX_BLOCKS), else the least recently used one after copying out
+        its values' bytes."""
         cdef FrameBlock blk
         cdef size_t size = self.chunk
         while size < n:
             size *= 2
-        if self.cur.size >= n and not self.cur.busy():
-            return self.cur
+        if self.cur.size >= n and self.cur.in_use(FEW_VALUES) <= FEW_VALUES:
+            self.cur.reclaim()      # a few values still held (a consumer's last event): copy them
+            return self.cur         # out and keep reading into the block that is in the cache
         for blk in self.blocks:
-            if blk is not self.cur and blk.size >= n and not blk.busy():
+            if blk is not self.cur and blk.size >= n and blk.in_use(0) == 0:
                 break
         else:
             if len(self.blocks) < MAX_BLOCKS:

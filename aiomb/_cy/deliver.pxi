@@ -47,6 +47,9 @@ cdef PySendResult _ready_send(PyObject *obj, PyObject *arg, PyObject **result) n
 (<PyTypeObject *>_Ready).tp_as_async.am_send = _ready_send
 
 
+cdef list NO_EVENTS = []           # never appended to
+
+
 cdef class EventStream:
     """Async iterator over events handed over in batches (lists), one await per batch.
 
@@ -60,7 +63,7 @@ cdef class EventStream:
     cdef _Ready ready
 
     def __init__(self, refill):
-        self.items = []
+        self.items = NO_EVENTS
         self.index = 0
         self.refill = refill
         self.ready = _Ready()
@@ -72,6 +75,8 @@ cdef class EventStream:
         if self.index < len(self.items):
             self.ready.value = self.items[self.index]
             self.index += 1
+            if self.index == len(self.items):
+                self.items = NO_EVENTS  # the batch is used up: its events go with the consumer's
             return self.ready
         return self._next_batch()
 
@@ -81,4 +86,6 @@ cdef class EventStream:
             raise StopAsyncIteration
         self.items = items
         self.index = 1
+        if len(items) == 1:
+            self.items = NO_EVENTS
         return items[0]

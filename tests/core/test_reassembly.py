@@ -570,3 +570,23 @@ def test_two_subscribers_share_each_value_and_both_read_it(tmp_path):
         second += b
     reader.close()
     assert joined(first) == joined(second) == streams
+
+
+def test_a_few_values_kept_from_each_batch_keep_their_bytes(tmp_path):
+    # a consumer holding on to the last event of each batch: the reader copies those few out
+    # and reads on into the same block
+    path, streams = interleaved_capture(tmp_path)
+    engine = aiomb.Engine(reassembly=True)
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    reader = aiomb._core.CaptureReader(path, chunk_size=4096)
+    batch = aiomb.FrameBatch(64)
+    kept = []
+    while reader.fill(batch):
+        engine.process(batch)
+        kept += engine.drain(sub)[-1:]
+    assert reader.frame_memory == 4096
+    reader.close()
+    assert len(kept) > 50
+    for ev in kept:
+        stream = streams[ev.key.client_port][ev.side]
+        assert ev.value == stream[ev.offset:ev.offset + ev.length]
