@@ -208,6 +208,11 @@ def checks(results, capture):
     return lines
 
 
+def per_event(ns):
+    """A cost per event from a difference of two timings; below zero the noise was larger."""
+    return f"{ns:.0f} ns" if ns >= 0 else "within noise (negative difference)"
+
+
 def delivery_table(result):
     """The event-delivery measurement as text (see bench/delivery.py)."""
     if "unavailable" in result:
@@ -219,8 +224,8 @@ def delivery_table(result):
         f"  ({result['create_ns_per_event']:.0f} ns per event to create)",
         f"  Trio task, receive_batch + for   {result['batches_seconds']:.3f} s",
         f"  Trio task, async for             {result['async_seconds']:.3f} s"
-        f"  ({result['async_for_ns_per_event']:.0f} ns per event for the async iteration; "
-        f"{result['deliver_ns_per_event']:.0f} ns for the whole hand-off; target < 100)",
+        f"  (per event: async iteration {per_event(result['async_for_ns_per_event'])}, "
+        f"whole hand-off {per_event(result['deliver_ns_per_event'])}; target < 100 ns)",
     ])
 
 
