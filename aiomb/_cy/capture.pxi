@@ -191,6 +191,7 @@ cdef inline uint32_t g32(const uint8_t *p, bint swap) noexcept nogil:
     return (<uint32_t>p[3] << 24) | (<uint32_t>p[2] << 16) | (<uint32_t>p[1] << 8) | p[0]
 
 
+@cython.final
 cdef class CaptureReader:
     """Reads a pcap or pcapng file (optionally gzip-compressed) into FrameBatches.
 
@@ -352,20 +353,17 @@ cdef class CaptureReader:
             return self.cur         # out and keep reading into the block that is in the cache
         for blk in self.blocks:
             if blk is not self.cur and blk.size >= n and blk.in_use(0) == 0:
+                self.blocks.remove(blk)
                 break
         else:
-            if len(self.blocks) < MAX_BLOCKS:
+            blk = None
+            if len(self.blocks) == MAX_BLOCKS:
+                blk = <FrameBlock>self.blocks.pop(0)
+                blk.reclaim()
+                if blk.size < n:
+                    blk = None
+            if blk is None:
                 blk = FrameBlock(size)
-                self.blocks.append(blk)
-                return blk
-            blk = <FrameBlock>self.blocks[0]
-            blk.reclaim()
-            if blk.size < n:
-                self.blocks.remove(blk)
-                blk = FrameBlock(size)
-                self.blocks.append(blk)
-                return blk
-        self.blocks.remove(blk)
         self.blocks.append(blk)
         return blk
 
@@ -412,7 +410,7 @@ cdef class CaptureReader:
         batch.block = self.cur      # every frame of a batch lies in one block (see compact_for)
         return batch.count
 
-    cdef int compact_for(self, FrameBatch batch, size_t n) except -1:
+    cdef inline int compact_for(self, FrameBatch batch, size_t n) except -1:
         """Like want(), but never moves bytes that frames already in the batch point into.
 
         Returns 1 when n bytes are there, 2 to hand the batch over first, 0 at the end of the
@@ -433,15 +431,14 @@ cdef class CaptureReader:
         cdef uint32_t caplen, wirelen, sec, frac
         cdef int r
         while batch.count < batch.capacity:
-            if self.length - self.pos < 16:
-                r = self.compact_for(batch, 16)
-                if r == 2:
-                    return 0
-                if r == 0:
-                    if self.length - self.pos:
-                        raise self.error(f"truncated record header ({self.length - self.pos} of 16 bytes)",
-                                         self.base + self.pos)
-                    return 0
+            r = self.compact_for(batch, 16)
+            if r == 2:
+                return 0
+            if r == 0:
+                if self.length - self.pos:
+                    raise self.error(f"truncated record header ({self.length - self.pos} of 16 bytes)",
+                                     self.base + self.pos)
+                return 0
             h = self.p + self.pos
             sec = g32(h, self.swap)
             frac = g32(h + 4, self.swap)
@@ -453,14 +450,13 @@ cdef class CaptureReader:
             if frac >= (1000000000 if self.nanos else 1000000):
                 raise self.error(f"corrupt record header: sub-second field {frac} out of range",
                                  self.base + self.pos)
-            if self.length - self.pos < 16 + <size_t>caplen:
-                r = self.compact_for(batch, 16 + caplen)
-                if r == 2:
-                    return 0
-                if r == 0:
-                    raise self.error(f"truncated record: header says {caplen} bytes, file ends after "
-                                     f"{self.length - self.pos - 16}", self.base + self.pos)
-                h = self.p + self.pos
+            r = self.compact_for(batch, 16 + caplen)
+            if r == 2:
+                return 0
+            if r == 0:
+                raise self.error(f"truncated record: header says {caplen} bytes, file ends after "
+                                 f"{self.length - self.pos - 16}", self.base + self.pos)
+            h = self.p + self.pos
             batch.data[batch.count] = h + 16
             batch.caplen[batch.count] = caplen
             batch.wirelen[batch.count] = wirelen
