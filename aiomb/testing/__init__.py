@@ -8,6 +8,7 @@ from ._frames import DEFAULT_SRC_MAC as DEFAULT_SRC_MAC
 from ._frames import TcpConversation as TcpConversation
 from ._frames import ethernet_frame as ethernet_frame
 from ._frames import icmp_frame as icmp_frame
+from ._frames import internet_checksum as internet_checksum
 from ._frames import ipv4_fragments as ipv4_fragments
 from ._frames import ipv6_fragments as ipv6_fragments
 from ._frames import sll2_frame as sll2_frame

@@ -125,8 +125,9 @@ def _check_fragment_size(fragment_size: object) -> int:
 # -- checksums ------------------------------------------------------------------------
 
 
-def _internet_checksum(data: bytes) -> int:
-    """Compute the RFC 1071 ones'-complement checksum of ``data``."""
+def internet_checksum(data: bytes) -> int:
+    """Compute the RFC 1071 ones'-complement checksum of ``data``; 0 over a header or
+    segment (with its pseudo-header) whose checksum field is right."""
     if len(data) % 2:
         data += b"\x00"
     total = sum(struct.unpack(f"!{len(data) // 2}H", data))
@@ -144,7 +145,7 @@ def _pseudo_header(addrs: _Addresses, proto: int, length: int) -> bytes:
 
 def _transport_checksum(addrs: _Addresses, proto: int, segment: bytes) -> int:
     """Checksum a transport segment (its checksum field zeroed) with its pseudo-header."""
-    return _internet_checksum(_pseudo_header(addrs, proto, len(segment)) + segment)
+    return internet_checksum(_pseudo_header(addrs, proto, len(segment)) + segment)
 
 
 def _with_checksum(data: bytes, offset: int, checksum: int) -> bytes:
@@ -289,7 +290,7 @@ def _ipv4_header(
         )
         + options
     )
-    return _with_checksum(header, 10, _internet_checksum(header))
+    return _with_checksum(header, 10, internet_checksum(header))
 
 
 def _ipv6_option_padding(length: int) -> bytes:
@@ -596,7 +597,7 @@ def icmp_frame(
     message = struct.pack("!BBH", _check_uint("type", type, 8), _check_uint("code", code, 8), 0)
     message += _check_bytes("payload", payload)
     if addrs.version == 4:
-        proto, checksum = _PROTO_ICMP, _internet_checksum(message)
+        proto, checksum = _PROTO_ICMP, internet_checksum(message)
     else:
         proto, checksum = _PROTO_ICMPV6, _transport_checksum(addrs, _PROTO_ICMPV6, message)
     packet = _ip_packet(addrs, proto, _with_checksum(message, 2, checksum), ttl=64, ip_id=0)

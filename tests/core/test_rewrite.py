@@ -8,16 +8,7 @@ import pytest
 
 import aiomb
 from aiomb import PACKET_IN, Hook
-from aiomb.testing import tcp_frame, udp_frame
-
-
-def csum(data: bytes) -> int:
-    if len(data) % 2:
-        data += b"\0"
-    s = sum(struct.unpack(f"!{len(data) // 2}H", data))
-    while s >> 16:
-        s = (s & 0xffff) + (s >> 16)
-    return s
+from aiomb.testing import internet_checksum, tcp_frame, udp_frame
 
 
 def check(frame: bytes) -> tuple:
@@ -25,14 +16,14 @@ def check(frame: bytes) -> tuple:
     ip = frame[14:]
     if ip[0] >> 4 == 4:
         ihl = (ip[0] & 15) * 4
-        assert csum(ip[:ihl]) == 0xffff, "IPv4 header checksum"
+        assert internet_checksum(ip[:ihl]) == 0, "IPv4 header checksum"
         proto, src, dst, l4 = ip[9], ip[12:16], ip[16:20], ip[ihl:struct.unpack("!H", ip[2:4])[0]]
     else:
         proto, src, dst, l4 = ip[6], ip[8:24], ip[24:40], ip[40:40 + struct.unpack("!H", ip[4:6])[0]]
     pseudo = src + dst + struct.pack("!HH", proto, len(l4)) if len(src) == 4 else \
         src + dst + struct.pack("!IxxxB", len(l4), proto)
     if not (proto == 17 and len(src) == 4 and l4[6:8] == b"\0\0"):
-        assert csum(pseudo + l4) == 0xffff, "transport checksum"
+        assert internet_checksum(pseudo + l4) == 0, "transport checksum"
     sport, dport = struct.unpack("!HH", l4[:4])
     return str(ipaddress.ip_address(src)), str(ipaddress.ip_address(dst)), sport, dport
 
