@@ -62,6 +62,14 @@ cdef inline bint acks_syn(const side_t *s, uint32_t ack) noexcept nogil:
     """An acceptable ACK of a side's SYN: past the ISN, at most what that side sent (TFO data)."""
     return seq_ge(ack, s.isn + 1) and seq_ge(s.next_seq, ack)
 
+ctypedef struct age_t:
+    uint64_t id             # flow ids rise with creation: sorting by id is oldest first
+    uint32_t slot
+
+cdef int cmp_age(const void *a, const void *b) noexcept nogil:
+    cdef uint64_t x = (<const age_t *>a).id, y = (<const age_t *>b).id
+    return (x > y) - (x < y)
+
 cdef inline int64_t to_ns(double seconds):
     return <int64_t>(seconds * 1e9 + (0.5 if seconds >= 0 else -0.5))
 
@@ -1185,18 +1193,25 @@ cdef class Engine:
 
     def finish(self):
         """End of input: end every open flow (reason END_OF_CAPTURE), oldest first, and empty the table."""
-        cdef uint32_t i
-        order = []
-        for i in range(self.tab.cap):
-            if self.tab.flows[i].status != FS_FREE:
-                order.append((self.tab.flows[i].id, i))
-        order.sort()
-        for _, i in order:
-            if self.tab.flows[i].status == FS_OPEN:
-                self.end_flow(i, -1, HOOK_NONE, END_END_OF_CAPTURE)
-        for _, i in order:
-            if self.tab.flows[i].status != FS_FREE:
-                self.remove_flow(i)
+        cdef uint32_t i, n = 0, j
+        cdef age_t *order = <age_t *>malloc(max(self.tab.count, 1) * sizeof(age_t))
+        if order == NULL:
+            raise MemoryError("no memory to end the open flows")
+        try:
+            for i in range(self.tab.cap):
+                if self.tab.flows[i].status != FS_FREE:
+                    order[n].id = self.tab.flows[i].id
+                    order[n].slot = i
+                    n += 1
+            qsort(order, n, sizeof(age_t), cmp_age)
+            for j in range(n):
+                if self.tab.flows[order[j].slot].status == FS_OPEN:
+                    self.end_flow(order[j].slot, -1, HOOK_NONE, END_END_OF_CAPTURE)
+            for j in range(n):
+                if self.tab.flows[order[j].slot].status != FS_FREE:
+                    self.remove_flow(order[j].slot)
+        finally:
+            free(order)
 
     def flows(self):
         """Handles of the flows now in the table, oldest first."""

@@ -99,6 +99,26 @@ def test_many_flows_grow_the_table_and_both_directions_meet():
     assert all(f.server_state == TcpState.SYN_RECEIVED for f in engine.flows())
 
 
+def test_finish_orders_thousands_of_flows_by_age_not_by_table_slot():
+    # UDP flows time out first; the TCP flows opened after them reuse their table slots, last
+    # freed first, so table order is not age order
+    engine = aiomb.Engine(udp_timeout=10.0)
+    sub = engine.subscribe(ENDS)
+    n = 1500
+    for i in range(n):
+        engine.feed(udp_frame(f"10.1.{i >> 8}.{i & 255}", "192.0.2.1", 2000 + i, 53, b"q"), 1.0)
+    feed(engine, [(2.0, tcp_frame(f"10.2.{i >> 8}.{i & 255}", "192.0.2.1", 2000 + i, 443, seq=i, flags="S"))
+                  for i in range(n)])
+    engine.expire(12.0)
+    assert len(engine.drain(sub)) == n
+    feed(engine, [(13.0, tcp_frame(f"10.3.{i >> 8}.{i & 255}", "192.0.2.1", 2000 + i, 443, seq=i, flags="S"))
+                  for i in range(n)])
+    engine.finish()
+    ids = [e.flow.id for e in engine.drain(sub)]
+    assert ids == list(range(n + 1, 3 * n + 1))
+    assert engine.statistics().flows_active == 0
+
+
 def test_flow_context_and_statistics_snapshot():
     engine = aiomb.Engine()
     sub = engine.subscribe(EventKind.CONN_START)
