@@ -155,10 +155,15 @@ cdef void stream_consume(Engine eng, stream_t *st, uint64_t n) noexcept:
     if st.buf_len == 0:
         st.buf_start = 0
         if st.buf_cap > 65536:      # small buffers stay for the next bytes, large ones go back
-            eng.stream_memory -= st.buf_cap
-            free(st.buf)
-            st.buf = NULL
-            st.buf_cap = 0
+            buf_release(eng, st)
+
+
+cdef inline void buf_release(Engine eng, stream_t *st) noexcept:
+    """Return an empty in-order buffer's memory."""
+    eng.stream_memory -= st.buf_cap
+    free(st.buf)
+    st.buf = NULL
+    st.buf_cap = 0
 
 
 cdef int resolve_overlap(Engine eng, int32_t slot, int side, int hook, stream_t *st, uint8_t *held,
@@ -370,7 +375,8 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
 
 
 cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off) except -1:
-    """The flow ends: holes before held segments (and before the FIN) are gaps; deliver all."""
+    """The flow ends: holes before held segments (and before the FIN) are gaps; deliver all,
+    and return the emptied buffer."""
     cdef stream_t *st = eng.tab.flows[slot].side[side].stream
     if st == NULL or st.stopped:
         return 0
@@ -378,4 +384,8 @@ cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off) excep
         stream_skip(eng, slot, side, HOOK_NONE, st, st.ooo.off)
     if fin_off > 0 and <uint64_t>fin_off > st.next_off:
         stream_skip(eng, slot, side, HOOK_NONE, st, <uint64_t>fin_off)
-    return eng.stream_deliver(slot, side)
+    eng.stream_deliver(slot, side)
+    st = eng.tab.flows[slot].side[side].stream
+    if st != NULL and st.buf_len == 0 and st.buf != NULL:
+        buf_release(eng, st)        # an ended flow expects no bytes: its buffer goes back now
+    return 0

@@ -69,6 +69,33 @@ def test_in_order_stream_and_new_data_once_per_batch():
     assert engine.statistics().stream_memory == 0  # everything returned at the end
 
 
+def test_an_ended_flow_returns_its_buffer_while_it_lingers():
+    # a segment that arrives early is copied; once the hole is filled it is appended to the
+    # side's buffer, which stays for more bytes while the flow is open and goes when it ends
+    def run(reorder):
+        c = TcpConversation()
+        c.handshake()
+        c.send("client", b"VERY")
+        c.send("client", b"DATA")
+        frames = list(c.frames)
+        if reorder:
+            frames[-2], frames[-1] = frames[-1], frames[-2]
+        engine = aiomb.Engine()
+        sub = engine.subscribe(EventKind.NEW_DATA | EventKind.CONN_END)
+        for ts, f in frames:
+            engine.feed(f, ts)
+        open_memory = engine.statistics().stream_memory
+        for i, frame in enumerate((c.fin("client"), c.fin("server"), c.ack("client"))):
+            engine.feed(frame, 2.0 + i / 1000)
+        kinds = [ev.kind for ev in engine.drain(sub)]
+        assert kinds == [EventKind.NEW_DATA] * (1 if reorder else 2) + [EventKind.CONN_END]
+        assert engine.statistics().flows_active == 1     # closed, lingering
+        return open_memory, engine.statistics().stream_memory
+    (open_in_order, ended_in_order), (open_reordered, ended_reordered) = run(False), run(True)
+    assert open_reordered == open_in_order + 2048       # the reordered side's buffer
+    assert ended_reordered == ended_in_order
+
+
 def test_one_new_data_event_per_side_per_batch():
     data = b"x" * 5000
     c = TcpConversation()
