@@ -19,6 +19,8 @@ from .flows._types import Side
 from .flows._filter import compile_filter
 from .flows._stats import EngineStatistics
 
+CATCH_UP_TURNS = 3      # scheduling turns the pump gives consumers still busy with a batch
+
 
 @attrs.frozen(kw_only=True)
 class StackStatistics:
@@ -67,6 +69,9 @@ class Subscription:
         self._stream = EventStream(self._refill)
         self._received = 0
         self._closed = False
+        self._batches_sent = 0      # by the stack
+        self._batches_taken = 0     # by the consumer
+        self._batches_done = 0      # taken before the consumer asked for more
 
     def __repr__(self) -> str:
         return f"<Subscription {'|'.join(map(str, self._kinds))}>"
@@ -98,13 +103,17 @@ class Subscription:
         Starts the stack's source if it has not started yet. Blocks until a batch arrives.
         """
         self._stack.start()
+        self._batches_done = self._batches_taken
         batch = await self._recv.receive()
+        self._batches_taken += 1
         self._received += len(batch)
         return batch
 
     def receive_batch_nowait(self) -> list:
         """The next queued batch, or raise trio.WouldBlock (trio.EndOfChannel at the end)."""
+        self._batches_done = self._batches_taken
         batch = self._recv.receive_nowait()
+        self._batches_taken += 1
         self._received += len(batch)
         return batch
 
@@ -364,6 +373,7 @@ class Stack:
             if not events:
                 continue
             self._delivered += len(events)
+            sub._batches_sent += 1
             try:
                 sub._send.send_nowait(events)
             except trio.WouldBlock:
@@ -374,6 +384,19 @@ class Stack:
                     pass          # the consumer closed the subscription meanwhile
             except trio.BrokenResourceError:
                 pass
+
+    async def _let_consumers_catch_up(self) -> None:
+        """Give consumers still busy with a batch a few turns before the next batch is read.
+
+        Trio runs ready tasks in random order. A consumer that runs before the pump reads on
+        is done with the previous batch's events, so fewer are alive at once and the reader
+        can reuse the frame block that is in the cache. A consumer that stays busy (awaiting
+        something else) is not waited for: after CATCH_UP_TURNS the pump goes on.
+        """
+        for _ in range(CATCH_UP_TURNS):
+            if all(sub._batches_done == sub._batches_sent for sub in self._subs.values()):
+                return
+            await trio.lowlevel.checkpoint()
 
     async def _pump(self) -> None:
         await self._go.wait()
@@ -388,6 +411,7 @@ class Stack:
             if source.live:
                 engine.expire(source.now())
             await self._deliver()
+            await self._let_consumers_catch_up()
         engine.finish()
         await self._deliver()
         for sub in list(self._subs.values()):

@@ -277,6 +277,19 @@ async def test_mixed_receive_batch_then_async_for(tmp_path):
     assert len(first) + len(rest) == 2000
 
 
+async def test_a_consumer_that_keeps_up_is_done_with_a_batch_before_the_next_is_read(tmp_path):
+    # Trio runs ready tasks in random order; the pump gives a busy consumer turns first, so
+    # a consumer that never awaits anything else is never more than its batch behind
+    path = write_rst_flows(tmp_path, 3000)
+    behind = []
+    async with open_stack(aiomb.capture(path), batch_size=64) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            async for ev in sub:
+                behind.append(stack.statistics().packets - sub.statistics().events_received)
+    assert len(behind) == 6000
+    assert set(behind) == {0}
+
+
 # -- 3. backpressure --------------------------------------------------------------------
 
 
