@@ -152,7 +152,14 @@ ctypedef struct pkt_t:
 
 
 cdef enum:
-    MAX_REFS = 8            # in-order payloads a stream may reference (not copy) within a batch
+    INLINE_REFS = 8         # frame pieces a NEW_DATA value holds without an allocation
+
+
+ctypedef struct ref_t:
+    # a stream side's in-order payload left in a frame of the current batch (not copied)
+    const uint8_t *ptr
+    uint32_t len
+    int32_t next            # the side's next piece in Engine.refs, -1 for the last
 
 cdef enum:
     SF_SEQ_KNOWN = 1        # the side's sequence space is known (a SYN, or mid-stream data)
@@ -189,10 +196,10 @@ ctypedef struct stream_t:
     uint32_t buf_start
     uint32_t buf_len
     uint32_t buf_cap
-    const uint8_t *ref_ptr[MAX_REFS]  # or, while buf is empty, references to this batch's frames
-    uint32_t ref_len[MAX_REFS]
+    int32_t ref_first       # or, while buf is empty, references to this batch's frames: a chain
+    int32_t ref_last        # in Engine.refs, from ref_first to ref_last
+    uint32_t nrefs
     uint32_t ref_bytes
-    uint8_t nrefs
     uint32_t seq_base       # sequence number of stream offset 0
     seg_t *ooo              # out-of-order segments, sorted by offset
     uint32_t ooo_count

@@ -31,19 +31,14 @@ cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
 cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
     return <int32_t>(a - b) >= 0
 
-cdef object held_value(const stream_t *st, FrameBlock block):
+cdef object held_value(Engine eng, const stream_t *st, FrameBlock block):
     """The unconsumed in-order bytes: a FrameBytes when they are all referenced in frames of
     ``block`` (copied only if someone looks), else a bytes copy."""
     cdef FrameBytes fb
-    cdef int i
     if st.nrefs == 0:
         return st.buf[st.buf_start:st.buf_start + st.buf_len]
     fb = FrameBytes.__new__(FrameBytes)
-    for i in range(st.nrefs):
-        fb.ptr[i] = st.ref_ptr[i]
-        fb.len[i] = st.ref_len[i]
-    fb.n = st.nrefs
-    fb.total = st.ref_bytes
+    fb.take(eng.refs, st.ref_first, st.nrefs, st.ref_bytes)
     if block is None:
         return fb.get()
     PyList_Append(block.values, fb)
@@ -130,6 +125,8 @@ cdef class Engine:
     cdef uint64_t *dirty_id
     cdef uint8_t *dirty_side
     cdef uint32_t n_dirty, dirty_cap
+    cdef ref_t *refs                    # the batch's in-order payloads left in its frames
+    cdef uint32_t n_refs, refs_cap
 
     def __cinit__(self):
         memset(&self.tab, 0, sizeof(flowtab_t))
@@ -212,6 +209,7 @@ cdef class Engine:
         free(self.dirty_slot)
         free(self.dirty_id)
         free(self.dirty_side)
+        free(self.refs)
 
     # ---- registration -------------------------------------------------------------------
 
@@ -494,7 +492,7 @@ cdef class Engine:
         st.consumed_in_call = 0
         if self.need_mask & EV_NEW_DATA:
             self.emit_stream(12, slot, side, HOOK_NONE, start, fresh,
-                             held_value(st, self.block) if st.buffering else None)
+                             held_value(self, st, self.block) if st.buffering else None)
             st = self.tab.flows[slot].side[side].stream
             if st == NULL:
                 return 0
@@ -515,7 +513,24 @@ cdef class Engine:
                     self.stream_deliver(slot, self.dirty_side[i])
             i += 1
         self.n_dirty = 0
+        self.n_refs = 0
         return 0
+
+    cdef void keep_batch_bytes(self) noexcept:
+        """The batch ends without its NEW_DATA (a handler raised): the bytes still referenced
+        in its frames are copied, and delivered with the side's next bytes."""
+        cdef uint32_t i
+        cdef int32_t slot
+        cdef stream_t *st
+        for i in range(self.n_dirty):
+            slot = self.dirty_slot[i]
+            if self.tab.flows[slot].status != FS_FREE and self.tab.flows[slot].id == self.dirty_id[i]:
+                st = self.tab.flows[slot].side[self.dirty_side[i]].stream
+                if st != NULL:
+                    materialize(self, st)
+                    st.dirty = 0
+        self.n_dirty = 0
+        self.n_refs = 0
 
     cdef int emit(self, int bit, int32_t slot, int side, int hook, int a, int b, object value) except -1:
         """Raise one event: inline handlers now, then async subscribers, then child events."""
@@ -1164,11 +1179,14 @@ cdef class Engine:
         cdef int64_t t = self.now if ts is None else to_ns(ts)
         cdef int v
         self.frames_writable = isinstance(frame, bytearray)
-        if view.shape[0] == 0:
-            v = self.process_frame(NULL, 0, 0, t, linktype)
-        else:
-            v = self.process_frame(&view[0], view.shape[0], view.shape[0], t, linktype)
-        self.flush_streams()
+        try:
+            if view.shape[0] == 0:
+                v = self.process_frame(NULL, 0, 0, t, linktype)
+            else:
+                v = self.process_frame(&view[0], view.shape[0], view.shape[0], t, linktype)
+            self.flush_streams()
+        finally:
+            self.keep_batch_bytes()
         self.expire_to(t)
         return Verdict(v)
 
@@ -1183,6 +1201,7 @@ cdef class Engine:
                     batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
             self.flush_streams()
         finally:
+            self.keep_batch_bytes()
             self.block = None
         self.expire_to(self.now)
         return batch.count

@@ -119,8 +119,8 @@ cdef inline uint64_t held_bytes(const stream_t *st) noexcept nogil:
 cdef int materialize(Engine eng, stream_t *st) noexcept:
     """Copy referenced payloads into the stream's own buffer (before the batch's frames go, or
     when contiguous bytes are needed); -1 if the memory cap refuses (the bytes are dropped)."""
-    cdef int i
-    cdef uint32_t pos
+    cdef uint32_t i, pos
+    cdef int32_t r
     if st.nrefs == 0:
         return 0
     if buf_reserve(eng, st, st.ref_bytes) < 0:
@@ -129,9 +129,11 @@ cdef int materialize(Engine eng, stream_t *st) noexcept:
         st.ref_bytes = 0
         return -1
     pos = st.buf_start + st.buf_len
+    r = st.ref_first
     for i in range(st.nrefs):
-        memcpy(st.buf + pos, st.ref_ptr[i], st.ref_len[i])
-        pos += st.ref_len[i]
+        memcpy(st.buf + pos, eng.refs[r].ptr, eng.refs[r].len)
+        pos += eng.refs[r].len
+        r = eng.refs[r].next
     st.buf_len += st.ref_bytes
     st.nrefs = 0
     st.ref_bytes = 0
@@ -243,11 +245,7 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
                 if eng.need_mask & EV_BUFFER_OVERRUN:
                     eng.emit_stream(15, slot, side, HOOK_NONE, st.buf_off, held_bytes(st), "buffer")
                 stream_consume(eng, st, held_bytes(st))
-        if can_ref and st.buf_len == 0 and not st.manual and st.nrefs < MAX_REFS:
-            st.ref_ptr[st.nrefs] = data
-            st.ref_len[st.nrefs] = n
-            st.nrefs += 1
-            st.ref_bytes += n
+        if can_ref and st.buf_len == 0 and not st.manual and ref_add(eng, st, data, n) == 0:
             st.next_off += n
             st.bytes += n
             return eng.mark_dirty(slot, side)
@@ -264,6 +262,33 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
         st.buf_off = st.next_off
     st.bytes += n
     return eng.mark_dirty(slot, side)
+
+
+cdef int ref_add(Engine eng, stream_t *st, const uint8_t *data, uint32_t n) noexcept:
+    """Reference a payload in the current batch's frames at the end of the side's chain; -1
+    when there is no memory for the reference (the caller copies the bytes instead)."""
+    cdef ref_t *r
+    cdef uint32_t cap
+    if eng.n_refs == eng.refs_cap:
+        cap = eng.refs_cap * 2 if eng.refs_cap else 4096
+        r = <ref_t *>realloc(eng.refs, cap * sizeof(ref_t))
+        if r == NULL:
+            return -1
+        eng.refs = r
+        eng.refs_cap = cap
+    r = &eng.refs[eng.n_refs]
+    r.ptr = data
+    r.len = n
+    r.next = -1
+    if st.nrefs:
+        eng.refs[st.ref_last].next = <int32_t>eng.n_refs
+    else:
+        st.ref_first = <int32_t>eng.n_refs
+    st.ref_last = <int32_t>eng.n_refs
+    eng.n_refs += 1
+    st.nrefs += 1
+    st.ref_bytes += n
+    return 0
 
 
 cdef int drain_ooo(Engine eng, int32_t slot, int side, stream_t *st) except -1:

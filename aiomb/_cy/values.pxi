@@ -179,32 +179,69 @@ cdef class FrameBytes:
     ever see the bytes (``Event.value``, ``PacketView.value``).
     """
 
-    cdef const uint8_t *ptr[MAX_REFS]
-    cdef uint32_t len[MAX_REFS]
-    cdef int n
+    cdef const uint8_t *ptr[INLINE_REFS]
+    cdef uint32_t len[INLINE_REFS]
+    cdef const uint8_t **xptr       # more pieces than INLINE_REFS: n of them, allocated
+    cdef uint32_t *xlen
+    cdef uint32_t n
     cdef uint64_t total
     cdef bytes data
 
+    def __dealloc__(self):
+        self.forget()
+
+    cdef int take(self, const ref_t *refs, int32_t first, uint32_t n, uint64_t total) except -1:
+        """Point at the n pieces of a stream side's chain of references, from ``first``."""
+        cdef const uint8_t **ptr = self.ptr
+        cdef uint32_t *lens = self.len
+        cdef uint32_t i
+        cdef int32_t r = first
+        if n > INLINE_REFS:
+            self.xptr = <const uint8_t **>malloc(n * sizeof(uint8_t *))
+            self.xlen = <uint32_t *>malloc(n * sizeof(uint32_t))
+            if self.xptr == NULL or self.xlen == NULL:
+                self.forget()
+                raise MemoryError()
+            ptr = self.xptr
+            lens = self.xlen
+        for i in range(n):
+            ptr[i] = refs[r].ptr
+            lens[i] = refs[r].len
+            r = refs[r].next
+        self.n = n
+        self.total = total
+        return 0
+
     cdef bytes get(self):
+        cdef const uint8_t **ptr = self.xptr if self.xptr != NULL else self.ptr
+        cdef uint32_t *lens = self.xlen if self.xlen != NULL else self.len
         cdef char *dst
-        cdef int i
+        cdef uint32_t i
         if self.data is None:
             if self.n == 1:
-                self.data = self.ptr[0][:self.len[0]]
+                self.data = ptr[0][:lens[0]]
             else:
                 self.data = PyBytes_FromStringAndSize(NULL, <Py_ssize_t>self.total)
                 dst = PyBytes_AS_STRING(self.data)
                 for i in range(self.n):
-                    memcpy(dst, self.ptr[i], self.len[i])
-                    dst += self.len[i]
-            self.n = 0
+                    memcpy(dst, ptr[i], lens[i])
+                    dst += lens[i]
+            self.forget()
         return self.data
 
     cdef void lose(self) noexcept:
         """The frames go and there is no memory to copy them: the value becomes empty."""
         if self.data is None:
             self.data = b""
-            self.n = 0
+            self.forget()
+
+    cdef void forget(self) noexcept:
+        """Let go of the frame pieces."""
+        free(self.xptr)
+        free(self.xlen)
+        self.xptr = NULL
+        self.xlen = NULL
+        self.n = 0
 
 
 cdef inline object resolved(object value):

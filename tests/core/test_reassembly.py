@@ -96,6 +96,65 @@ def test_an_ended_flow_returns_its_buffer_while_it_lingers():
     assert ended_reordered == ended_in_order
 
 
+def burst_capture(tmp_path, segments=50, size=1000):
+    """A client burst of ``segments`` in-order segments, all in one reader batch."""
+    from aiomb.testing import write_pcap
+    data = random.Random(5).randbytes(segments * size)
+    c = TcpConversation()
+    c.handshake()
+    for i in range(0, len(data), size):
+        c.send("client", data[i:i + size])
+    path = tmp_path / "burst.pcap"
+    write_pcap(path, c.frames)
+    return path, data
+
+
+def test_a_burst_of_segments_in_one_batch_is_referenced_not_copied(tmp_path):
+    path, data = burst_capture(tmp_path)
+    engine = aiomb.Engine()
+    sub = engine.subscribe(EventKind.NEW_DATA)
+    reader = aiomb._core.CaptureReader(path)
+    batch = aiomb.FrameBatch(2048)
+    assert reader.fill(batch) == 53
+    engine.process(batch)
+    (ev,) = engine.drain(sub)
+    # the stream held references into the batch's frames, never a buffer of its own
+    assert engine.statistics().stream_memory < 1024
+    assert (ev.offset, ev.length) == (0, len(data)) and ev.value == data
+    reader.close()
+
+
+def test_bytes_referenced_when_a_handler_raises_come_with_the_next_delivery(tmp_path):
+    path, data = burst_capture(tmp_path)
+    engine = aiomb.Engine()
+    sub = engine.subscribe(EventKind.NEW_DATA | EventKind.GAP)
+    seen, got = [], []
+
+    def fail_once(pv):      # on the 27th data segment, before its payload reaches the stream
+        seen.append(pv)
+        if len(seen) == 30:
+            raise RuntimeError("a middlebox bug")
+
+    def run(batch):
+        engine.process(batch)
+        # values taken at once: the reader reuses its 4 KiB block for the next frames
+        got.extend((ev.kind, ev.offset, ev.length, ev.value) for ev in engine.drain(sub))
+    engine.add_handler(EventKind.PACKET_IN, fail_once, hook=aiomb.Hook.SENDER)
+    reader = aiomb._core.CaptureReader(path, chunk_size=4096)
+    batch = aiomb.FrameBatch(40)
+    with pytest.raises(RuntimeError, match="a middlebox bug"):
+        while reader.fill(batch):
+            run(batch)
+    while reader.fill(batch):
+        run(batch)
+    engine.finish()
+    got.extend((ev.kind, ev.offset, ev.length, ev.value) for ev in engine.drain(sub))
+    assert [(off, n) for kind, off, n, _ in got if kind is EventKind.GAP] == [(26000, 1000)]
+    assert b"".join(value[-n:] for kind, _, n, value in got if kind is EventKind.NEW_DATA) \
+        == data[:26000] + data[27000:]
+    reader.close()
+
+
 def test_one_new_data_event_per_side_per_batch():
     data = b"x" * 5000
     c = TcpConversation()
