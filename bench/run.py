@@ -79,7 +79,7 @@ def ensure_nids(workdir):
 
 
 def warm_page_cache(path):
-    """Read the whole file once so that no tool pays for the disk."""
+    """Read the whole file so that the run after this pays nothing for the disk."""
     with open(path, "rb") as f:
         while f.read(1 << 24):
             pass
@@ -118,10 +118,12 @@ def measure_once(cmd, timeout):
     return json.loads(lines[-1]) if lines else {"unavailable": "run printed nothing"}
 
 
-def measure_all(rows, repeat, timeout):
+def measure_all(rows, repeat, timeout, capture):
     """Best (fastest) of ``repeat`` runs of every row, with every run's seconds under "runs"
     and their median under "median". The rows take turns, one run each per round, so that
-    a noisy stretch of the machine is shared out rather than landing on one tool."""
+    a noisy stretch of the machine is shared out rather than landing on one tool. The
+    capture is read again before each run: proactive reclaim (DAMON here) evicts pages of a
+    file left unread for a while, and a run would otherwise read some from the disk."""
     best, runs = {}, {name: [] for name, _ in rows}
     for turn in range(repeat):
         print(f"round {turn + 1} of {repeat}:", ", ".join(name for name, _ in rows
@@ -130,6 +132,7 @@ def measure_all(rows, repeat, timeout):
         for name, cmd in rows:
             if "unavailable" in best.get(name, {}):
                 continue
+            warm_page_cache(capture)
             result = measure_once(cmd, timeout)
             if "unavailable" in result:
                 best[name] = result
@@ -268,16 +271,16 @@ def main():
         nids, nids_error = ensure_nids(args.workdir), None
     except RuntimeError as exc:
         nids, nids_error = None, str(exc)
-    warm_page_cache(capture_path)
     results = {} if nids else {NIDS_COLLECT: {"unavailable": nids_error},
                                NIDS_NO_COLLECT: {"unavailable": nids_error}}
-    results.update(measure_all(tools(nids, capture_path), args.repeat, args.timeout))
+    results.update(measure_all(tools(nids, capture_path), args.repeat, args.timeout, capture_path))
     print(f"\nbest of {args.repeat} (median beside it); ratios are the best runs' packet rates "
           "relative to libnids\n")
     print(table(results))
     print("\ncounts vs generator:")
     print("\n".join(checks(results, capture)))
     print("\nmeasuring event delivery (one PACKET_IN event per packet) ...", flush=True)
+    warm_page_cache(capture_path)
     delivery = measure_once([sys.executable, str(BENCH / "delivery.py"), str(capture_path),
                              "--repeat", str(args.repeat)], args.timeout)
     print(delivery_table(delivery))
