@@ -502,33 +502,34 @@ cdef class Engine:
             materialize(self, st)           # what stays must outlive the batch's frames
         return 0
 
+    cdef inline stream_t *dirty_stream(self, uint32_t i) noexcept:
+        """The stream of the i-th side marked for NEW_DATA, or NULL if its flow has gone."""
+        cdef int32_t slot = self.dirty_slot[i]
+        if self.tab.flows[slot].status == FS_FREE or self.tab.flows[slot].id != self.dirty_id[i]:
+            return NULL
+        return self.tab.flows[slot].side[self.dirty_side[i]].stream
+
     cdef int flush_streams(self) except -1:
         """End of a receive batch: NEW_DATA at most once per flow side."""
         cdef uint32_t i = 0
-        cdef int32_t slot
         while i < self.n_dirty:
-            slot = self.dirty_slot[i]
-            if self.tab.flows[slot].status != FS_FREE and self.tab.flows[slot].id == self.dirty_id[i]:
-                if self.tab.flows[slot].side[self.dirty_side[i]].stream != NULL:
-                    self.stream_deliver(slot, self.dirty_side[i])
+            if self.dirty_stream(i) != NULL:
+                self.stream_deliver(self.dirty_slot[i], self.dirty_side[i])
             i += 1
         self.n_dirty = 0
-        self.n_refs = 0
         return 0
 
-    cdef void keep_batch_bytes(self) noexcept:
-        """The batch ends without its NEW_DATA (a handler raised): the bytes still referenced
-        in its frames are copied, and delivered with the side's next bytes."""
+    cdef void end_batch(self) noexcept:
+        """The batch's frames go: forget the references into them. If a handler raised before
+        NEW_DATA went out, the bytes still referenced are copied first, and delivered with the
+        side's next bytes."""
         cdef uint32_t i
-        cdef int32_t slot
         cdef stream_t *st
         for i in range(self.n_dirty):
-            slot = self.dirty_slot[i]
-            if self.tab.flows[slot].status != FS_FREE and self.tab.flows[slot].id == self.dirty_id[i]:
-                st = self.tab.flows[slot].side[self.dirty_side[i]].stream
-                if st != NULL:
-                    materialize(self, st)
-                    st.dirty = 0
+            st = self.dirty_stream(i)
+            if st != NULL:
+                materialize(self, st)
+                st.dirty = 0
         self.n_dirty = 0
         self.n_refs = 0
 
@@ -1186,7 +1187,7 @@ cdef class Engine:
                 v = self.process_frame(&view[0], view.shape[0], view.shape[0], t, linktype)
             self.flush_streams()
         finally:
-            self.keep_batch_bytes()
+            self.end_batch()
         self.expire_to(t)
         return Verdict(v)
 
@@ -1201,7 +1202,7 @@ cdef class Engine:
                     batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
             self.flush_streams()
         finally:
-            self.keep_batch_bytes()
+            self.end_batch()
             self.block = None
         self.expire_to(self.now)
         return batch.count
