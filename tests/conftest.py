@@ -1,4 +1,4 @@
-"""Shared fixtures: where the third-party corpus lives (read in place, never copied)."""
+"""Shared fixtures: the third-party corpus, copied into the repository under tests/corpus/data."""
 
 import json
 import os
@@ -7,13 +7,15 @@ import pathlib
 import pytest
 
 REPO = pathlib.Path(__file__).resolve().parent.parent
-CORPUS = pathlib.Path(os.environ.get("AIOMB_CORPUS", REPO.parent / "shared" / "corpus"))
+CORPUS = pathlib.Path(os.environ.get("AIOMB_CORPUS", REPO / "tests" / "corpus" / "data"))
 
 
 def corpus_path() -> pathlib.Path:
-    """The corpus directory; fails (not skips) when it is missing, saying how to point at it."""
+    """The corpus directory ($AIOMB_CORPUS overrides the copy in the repository); fails (not skips)
+    when it is missing, saying how to point at it."""
     if not (CORPUS / "oracle-tshark.jsonl").is_file():
-        pytest.fail(f"third-party corpus not found at {CORPUS}; set AIOMB_CORPUS to its directory")
+        pytest.fail(f"third-party corpus not found at {CORPUS}: unset AIOMB_CORPUS to use the copy in "
+                    "tests/corpus/data, or set it to a directory holding oracle-tshark.jsonl")
     return CORPUS
 
 
