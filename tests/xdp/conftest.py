@@ -1,4 +1,5 @@
-"""Fixtures of the AF_XDP tests: root is required (the tests fail, never skip, without it)."""
+"""Fixtures of the AF_XDP tests: they need root, `ip`, `tc` and `ethtool`, and skip with one line saying
+what is missing (`.ci/run`, which runs as root on a machine it provisions, fails if any was skipped)."""
 
 import os
 import shutil
@@ -7,20 +8,23 @@ import pytest
 
 from .lab import Lab
 
-
-def pytest_collection_modifyitems(items):
-    for item in items:
-        if "tests/xdp/" in str(item.fspath).replace(os.sep, "/"):
-            item.add_marker(pytest.mark.usefixtures("_xdp_requirements"))
+_TOOLS = {"ip": "iproute2", "tc": "iproute2", "ethtool": "ethtool"}
 
 
-@pytest.fixture(scope="session")
-def _xdp_requirements():
+def _missing() -> str | None:
     if os.geteuid() != 0:
-        pytest.fail("the AF_XDP tests need root (network namespaces, XDP programs); run them as root")
-    for tool in ("ip", "tc", "ethtool"):
-        if shutil.which(tool) is None:
-            pytest.fail(f"the AF_XDP tests need `{tool}` (Debian: apt-get install iproute2 ethtool)")
+        return "the AF_XDP tests (tests/xdp) need root: run pytest as root (network namespaces, XDP programs)"
+    lacking = [tool for tool in _TOOLS if shutil.which(tool) is None]
+    if lacking:
+        packages = " ".join(sorted({_TOOLS[t] for t in lacking}))
+        return (f"the AF_XDP tests (tests/xdp) need {', '.join(lacking)}: "
+                f"apt-get install {packages} (Debian/Ubuntu)")
+    return None
+
+
+_why = _missing()
+if _why is not None:
+    pytest.skip(_why, allow_module_level=True)
 
 
 @pytest.fixture
