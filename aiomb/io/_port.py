@@ -14,6 +14,7 @@ reach the kernel's stack). Inline: frames received on one interface are sent on 
 through its TX ring (same UMEM, no copy) unless a handler dropped them.
 """
 
+import errno
 import os
 import select
 import time
@@ -26,6 +27,8 @@ from .._core import XskSet
 from .._errors import PortError
 from . import _bpf, _xdp
 from ._prefilter import Prefilter
+
+BIND_BUSY_WAIT = 2.0    # seconds a bind refused with EBUSY is retried (a killed process's sockets)
 
 
 @attrs.frozen(kw_only=True)
@@ -154,6 +157,22 @@ class Port:
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.close)
 
+    def _bind(self, p: "_Attachment", q: int) -> int:
+        """Bind a socket to queue ``q`` of ``p``; returns its index in the set.
+
+        The kernel lets go of a killed process's sockets shortly after it exits, not at once: a
+        bind refused with EBUSY is tried again for up to BIND_BUSY_WAIT seconds before PortError.
+        """
+        deadline = time.monotonic() + BIND_BUSY_WAIT
+        while True:
+            try:
+                return self._xs.add(p.index, q, rx=True, tx=self.inline is not None, zerocopy=self._zerocopy)
+            except OSError as exc:
+                if exc.errno != errno.EBUSY or time.monotonic() >= deadline:
+                    raise PortError(f"{p.ifname} queue {q}: cannot bind an AF_XDP socket "
+                                    f"({exc.strerror}){_bind_hint(exc)}") from None
+            time.sleep(0.01)
+
     def open(self) -> None:
         """Load the program, bind the sockets, attach; raises PortError saying what failed.
 
@@ -185,13 +204,7 @@ class Port:
                 self._xs = XskSet(self.frame_size, self.frames)
                 for p in self._ports:
                     for q in p.queues:
-                        try:
-                            sock = self._xs.add(p.index, q, rx=True, tx=self.inline is not None,
-                                                zerocopy=self._zerocopy)
-                        except OSError as exc:
-                            raise PortError(f"{p.ifname} queue {q}: cannot bind an AF_XDP socket "
-                                            f"({exc.strerror}){_bind_hint(exc)}") from None
-                        p.sockets.append(sock)
+                        p.sockets.append(self._bind(p, q))
                 for k, p in enumerate(self._ports):
                     _xdp.clear(ipr, p.index, ifname=p.ifname, force=self.force)   # stale: detached
                     # inline: what the pre-filter rejects goes straight out of the other interface
@@ -348,9 +361,9 @@ def _mono_to_real() -> int:
 
 
 def _bind_hint(exc: OSError) -> str:
-    if exc.errno == 16:
+    if exc.errno == errno.EBUSY:
         return "; another AF_XDP socket is bound to that queue (is another aiomb running on it?)"
-    if exc.errno == 95:
+    if exc.errno == errno.EOPNOTSUPP:
         return "; the driver refuses zero-copy here: pass zerocopy=None or False"
     return ""
 
