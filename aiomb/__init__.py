@@ -1,11 +1,18 @@
 """aiomb: async (Trio) middleboxes on a shared flow-processing stack.
 
 Public names only; see README.md. Layers: flows <- events <- core <- io/_stack <- cli.
+The names that need Trio or pyroute2 (the stack, live ports) are imported when first used, so
+that a synchronous program (Engine + Dispatcher over a capture) never imports either.
 """
 
+import importlib
+
+from ._core import Dispatcher as Dispatcher
 from ._core import Engine as Engine
 from ._core import Event as Event
+from ._core import EventLog as EventLog
 from ._core import Flow as Flow
+from ._core import FlowInbox as FlowInbox
 from ._core import FlowKey as FlowKey
 from ._core import FrameBatch as FrameBatch
 from ._core import PacketView as PacketView
@@ -13,13 +20,6 @@ from ._errors import AiombError as AiombError
 from ._errors import CaptureError as CaptureError
 from ._errors import PortError as PortError
 from ._errors import StreamGap as StreamGap
-from ._stack import FlowStream as FlowStream
-from ._stack import Gap as Gap
-from ._stack import Middlebox as Middlebox
-from ._stack import Stack as Stack
-from ._stack import StackStatistics as StackStatistics
-from ._stack import Subscription as Subscription
-from ._stack import open_stack as open_stack
 from .events import ALL_BUILTIN as ALL_BUILTIN
 from .events import CustomEvent as CustomEvent
 from .events import EventKind as EventKind
@@ -30,16 +30,15 @@ from .flows import FilterError as FilterError
 from .flows import FlowFilter as FlowFilter
 from .flows import FlowStatistics as FlowStatistics
 from .flows import Hook as Hook
+from .flows import MalformedCounts as MalformedCounts
 from .flows import Proto as Proto
 from .flows import Side as Side
 from .flows import SideStatistics as SideStatistics
 from .flows import TcpState as TcpState
 from .flows import Verdict as Verdict
-from .io import Port as Port
+from .io import CaptureSource as CaptureSource
 from .io import Prefilter as Prefilter
-from .io import PortStatistics as PortStatistics
 from .io import capture as capture
-from .io import port as port
 
 PACKET_IN = EventKind.PACKET_IN
 CONN_START = EventKind.CONN_START
@@ -60,3 +59,25 @@ BUFFER_OVERRUN = EventKind.BUFFER_OVERRUN
 ERROR = EventKind.ERROR
 
 __version__ = "0.1.0"
+
+_LAZY = {
+    "FlowStream": "._stack", "Gap": "._stack", "Middlebox": "._stack", "Stack": "._stack",
+    "StackStatistics": "._stack", "Subscription": "._stack", "open_stack": "._stack",
+    "Port": ".io._port", "PortStatistics": ".io._port", "port": ".io._port",
+}
+
+__all__ = sorted([name for name in globals() if not name.startswith("_") and name != "importlib"]
+                 + list(_LAZY))
+
+
+def __getattr__(name: str):
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'aiomb' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return __all__

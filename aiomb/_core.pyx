@@ -1,24 +1,31 @@
-# cython: language_level=3, boundscheck=False, wraparound=False, cdivision=True, initializedcheck=False
-"""The aiomb core: the Engine (parse, flows, TCP state, events), the capture reader and the
-AF_XDP sockets.
+# cython: language_level=3, cdivision=True, initializedcheck=False
+"""The aiomb core: the Engine (parse, flows, TCP state, reassembly, events), the Dispatcher
+that turns a batch's events into deliveries, the capture reader and the AF_XDP sockets.
 
 One extension built from the includes in aiomb/_cy, one concern each. Never imports Trio,
 never reads a clock; the only I/O is the capture reader's file reads and the AF_XDP rings.
 """
 
+cimport cython
+
 include "_cy/defs.pxi"
-include "_cy/parse.pxi"
 include "_cy/frag.pxi"
+include "_cy/parse.pxi"
 include "_cy/flowtable.pxi"
 
 cdef class Engine
+cdef class FlowSnapshot
 
 include "_cy/rewrite.pxi"
 include "_cy/values.pxi"
+include "_cy/handle.pxi"
 include "_cy/capture.pxi"
 include "_cy/xsk.pxi"
-include "_cy/engine.pxi"
+include "_cy/emit.pxi"
+include "_cy/tcp.pxi"
 include "_cy/reasm.pxi"
+include "_cy/engine.pxi"
+include "_cy/dispatch.pxi"
 include "_cy/deliver.pxi"
 
 FLOW_ENTRY_BYTES = sizeof(flow_t)     # one flow-table entry (plus a 4-byte hash bucket)

@@ -1,9 +1,11 @@
-"""open_stack(): the Trio runner tying a source to the core and the core to middleboxes.
+"""open_stack(): the Trio shell over the core and its dispatcher.
 
 Layer: io/_stack (above the core). The pump task reads one batch of frames from the source,
-lets the engine process it (inline handlers run there), then hands each subscription the
-events of the whole batch in one channel send. Channels are bounded: when a consumer falls
-behind, the send blocks and the source is not read (a capture pauses; nothing is lost).
+lets the engine process it (inline handlers run there), has the :class:`~aiomb.Dispatcher`
+route the batch's event log, then hands each subscription its list in one channel send and
+each served flow's streams their chunks. Channels are bounded: when a consumer falls behind,
+the send blocks and the source is not read (a capture pauses; nothing is lost). Everything
+that decides who gets which event is in the dispatcher; this module only moves lists.
 """
 
 from contextlib import asynccontextmanager
@@ -12,14 +14,15 @@ from typing import AsyncIterator
 import attrs
 import trio
 
-from ._core import Engine, EventStream, FrameBatch
+from ._core import Dispatcher, Engine, EventStream, FrameBatch
 from ._errors import StreamGap
 from .events._kinds import EventKind, split_kinds
-from .flows._types import Side
 from .flows._filter import compile_filter
 from .flows._stats import EngineStatistics
+from .flows._types import Side
 
 CATCH_UP_TURNS = 3      # scheduling turns the pump gives consumers still busy with a batch
+CHECK_EVERY = 64        # events of a batch between two cancellation checks of an `async for`
 
 
 @attrs.frozen(kw_only=True)
@@ -54,10 +57,11 @@ class SubscriptionStatistics:
 class Subscription:
     """Events of some kinds for one middlebox, delivered a batch at a time.
 
-    ``async for ev in sub`` yields events one by one (one await per batch, not per event);
-    ``await sub.receive_batch()`` returns the next whole list; ``receive_batch_nowait()``
-    raises ``trio.WouldBlock`` when nothing is queued. Iteration ends when the source ends.
-    Use as ``async with stack.subscribe(...) as sub``; leaving the block unsubscribes.
+    ``async for ev in sub`` yields events one by one (one await per batch, not per event; a
+    cancellation is noticed within every CHECK_EVERY events of a batch); ``await
+    sub.receive_batch()`` returns the next whole list; ``receive_batch_nowait()`` raises
+    ``trio.WouldBlock`` when nothing is queued. Iteration ends when the source ends. Use as
+    ``async with stack.subscribe(...) as sub``; leaving the block unsubscribes.
     """
 
     def __init__(self, stack: "Stack", sub_id: int, kinds: tuple, max_batches: int):
@@ -66,7 +70,7 @@ class Subscription:
         self._kinds = kinds
         self._max_batches = max_batches
         self._send, self._recv = trio.open_memory_channel(max_batches)
-        self._stream = EventStream(self._refill)
+        self._stream = EventStream(self._refill, trio.lowlevel.checkpoint_if_cancelled, CHECK_EVERY)
         self._received = 0
         self._closed = False
         self._batches_sent = 0      # by the stack
@@ -122,7 +126,7 @@ class Subscription:
         st = self._recv.statistics()
         return SubscriptionStatistics(
             kinds=self._kinds, batches_queued=st.current_buffer_used, max_batches=self._max_batches,
-            events_buffered=self._stack.engine.pending(self._id) if not self._closed else 0,
+            events_buffered=self._stack._dispatcher.pending(self._id) if not self._closed else 0,
             events_received=self._received, closed=self._closed)
 
 
@@ -171,6 +175,19 @@ class FlowStream:
             raise trio.EndOfChannel from None
 
 
+class _Served:
+    """One serve() registration: its acceptor, handler and options, and when it is done."""
+
+    def __init__(self, acceptor: int, handler, gaps: str, max_chunks: int):
+        self.acceptor = acceptor
+        self.handler = handler
+        self.gaps = gaps
+        self.max_chunks = max_chunks
+        self.nursery = None
+        self.ready = trio.Event()     # its nursery is open: flows can be handed to it
+        self.done = trio.Event()
+
+
 class Middlebox:
     """One middlebox in the stack's chain: a flow filter, inline handlers, subscriptions.
 
@@ -190,7 +207,7 @@ class Middlebox:
 
     def subscribe(self, *kinds, max_batches: int | None = None) -> Subscription:
         """Subscribe to events of ``kinds`` for the flows this middlebox's filter accepts."""
-        return self._stack._subscribe(kinds, self.index, max_batches)
+        return self._stack._subscribe(kinds, self.index, None, max_batches)
 
     def on(self, kind, handler, *, hook=None):
         """Run ``handler(packet)`` inline, in the core, each time ``kind`` fires.
@@ -207,7 +224,7 @@ class Middlebox:
 
 
 class Stack:
-    """A running stack: one source, one engine, a chain of middleboxes.
+    """A running stack: one source, one engine and its dispatcher, a chain of middleboxes.
 
     Made by :func:`open_stack`. ``subscribe``/``on`` act on the default middlebox (the first in
     the chain); ``middlebox()`` adds more. The source starts when a subscription is first
@@ -217,16 +234,16 @@ class Stack:
     def __init__(self, engine: Engine, source, *, batch_size: int, max_batches: int):
         self.engine = engine
         self.source = source
+        self._dispatcher = Dispatcher(engine)
         self._batch_size = batch_size
         self._max_batches = max_batches
         self._subs: dict[int, Subscription] = {}
         self._middleboxes = [Middlebox(self, "default", 0, None)]
         self._go = trio.Event()
         self._nursery = None
-        self._served: list = []
+        self._served: list[_Served] = []
         self.finished = trio.Event()
         self._batches = 0
-        self._delivered = 0
         self._pauses = 0
 
     def __repr__(self) -> str:
@@ -252,15 +269,18 @@ class Stack:
         return mb
 
     def subscribe(self, *kinds, filter=None, max_batches: int | None = None) -> Subscription:
-        """Subscribe to events of ``kinds`` (on the default middlebox, or with ``filter`` on a
-        middlebox of its own). Returns a :class:`Subscription`; use it in ``async with``.
+        """Subscribe to events of ``kinds`` (of the default middlebox's flows; with ``filter``,
+        a tcpdump-style expression, only of the flows it accepts). Returns a
+        :class:`Subscription`; use it in ``async with``.
         """
-        if self.finished.is_set():
-            raise RuntimeError("the stack's source has ended; subscribe before it finishes")
-        if filter is not None:
-            mb = self.middlebox(f"subscription-{len(self._middleboxes)}", filter=filter)
-            return mb.subscribe(*kinds, max_batches=max_batches)
-        return self._subscribe(kinds, 0, max_batches)
+        return self._subscribe(kinds, 0, compile_filter(filter), max_batches)
+
+    def flow(self, ev):
+        """The live :class:`~aiomb.Flow` handle of an event's flow while it is in the flow
+        table, else None (its figures at the end are the end event's ``stats``)."""
+        if ev.key is None or ev.flow_id is None:
+            return None
+        return self.engine.flow(ev.key, ev.flow_id)
 
     def serve(self, handler, *, filter=None, gaps: str = "raise", max_chunks: int = 64) -> None:
         """Run ``await handler(flow, client_stream, server_stream)`` for each new TCP flow.
@@ -268,55 +288,35 @@ class Stack:
         The streams are :class:`FlowStream` objects, made when the flow starts (so no byte is
         missed); each holds at most ``max_chunks`` chunks, then the source waits for the
         handler. Handlers run in the stack's nursery: an exception cancels the stack and
-        reaches the caller of open_stack. Call before the source starts.
+        reaches the caller of open_stack. Call before the source starts. Raises ValueError when
+        the stack does not buffer stream bytes (``buffering=False``).
         """
         if gaps not in ("raise", "mark"):
             raise ValueError(f"gaps must be 'raise' or 'mark', got {gaps!r}")
+        if not self.engine.buffering:
+            raise ValueError("serve() hands handlers the streams' bytes, but this stack was opened with "
+                             "buffering=False (offsets and counters only); open it with buffering=True")
         if self._go.is_set():
             raise RuntimeError("serve() must be called before the source starts")
-        sub = self.subscribe(EventKind.CONN_START, EventKind.NEW_DATA, EventKind.GAP,
-                             EventKind.CONN_END, filter=filter, max_batches=self._max_batches)
-        done = trio.Event()
-        self._served.append(done)
-        self._nursery.start_soon(self._serve, sub, handler, gaps, max_chunks, done)
+        if self.finished.is_set():
+            raise RuntimeError("the stack's source has ended; serve before it finishes")
+        acc = self._dispatcher.listen((EventKind.NEW_DATA, EventKind.GAP), filter=compile_filter(filter))
+        served = _Served(acc, handler, gaps, max_chunks)
+        self._served.append(served)
+        self._nursery.start_soon(self._run_served, served)
 
-    async def _serve(self, sub: Subscription, handler, gaps: str, max_chunks: int, done) -> None:
+    async def _run_served(self, served: _Served) -> None:
         try:
-            await self._dispatch(sub, handler, gaps, max_chunks)
+            async with trio.open_nursery() as nursery:
+                served.nursery = nursery
+                served.ready.set()
+                await self.finished.wait()
         except BaseExceptionGroup as group:
             if len(group.exceptions) != 1:
                 raise
             raise group.exceptions[0] from None     # a handler's error, as itself
         finally:
-            done.set()
-
-    async def _dispatch(self, sub: Subscription, handler, gaps: str, max_chunks: int) -> None:
-        streams: dict[int, tuple] = {}
-        async with trio.open_nursery() as handlers:
-            async with sub:
-                async for ev in sub:
-                    if ev.kind is EventKind.CONN_START:
-                        pair = (FlowStream(ev.flow, Side.CLIENT, gaps, max_chunks),
-                                FlowStream(ev.flow, Side.SERVER, gaps, max_chunks))
-                        streams[ev.flow.id] = pair
-                        handlers.start_soon(handler, ev.flow, *pair)
-                        continue
-                    pair = streams.get(ev.flow.id)
-                    if pair is None:
-                        continue
-                    if ev.kind is EventKind.CONN_END:
-                        for st in streams.pop(ev.flow.id):
-                            st._send.close()
-                        continue
-                    item = ev.value[-ev.length:] if ev.kind is EventKind.NEW_DATA else Gap(ev.offset, ev.length)
-                    if item is not None:
-                        try:
-                            await pair[ev.side]._send.send(item)
-                        except trio.BrokenResourceError:
-                            pass
-            for pair in streams.values():
-                for st in pair:
-                    st._send.close()
+            served.done.set()
 
     def on(self, kind, handler, *, hook=None):
         """Add an inline handler on the default middlebox (see :meth:`Middlebox.on`)."""
@@ -326,7 +326,7 @@ class Stack:
         """Remove an inline handler."""
         self.engine.remove_handler(token)
 
-    def _subscribe(self, kinds, index: int, max_batches: int | None) -> Subscription:
+    def _subscribe(self, kinds, index: int, flt, max_batches: int | None) -> Subscription:
         if self.finished.is_set():
             raise RuntimeError("the stack's source has ended; subscribe before it finishes")
         kinds = tuple(split_kinds(list(kinds)))
@@ -334,14 +334,14 @@ class Stack:
             max_batches = self._max_batches
         if not isinstance(max_batches, int) or max_batches < 1:
             raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
-        sub_id = self.engine.subscribe(list(kinds), middlebox=index)
+        sub_id = self._dispatcher.subscribe(list(kinds), middlebox=index, filter=flt)
         sub = Subscription(self, sub_id, kinds, max_batches)
         self._subs[sub_id] = sub
         return sub
 
     def _unsubscribe(self, sub: Subscription) -> None:
         if self._subs.pop(sub._id, None) is not None:
-            self.engine.unsubscribe(sub._id)
+            self._dispatcher.unsubscribe(sub._id)
             sub._recv.close()     # a pump blocked sending to it gets BrokenResourceError
 
     def start(self) -> None:
@@ -353,8 +353,8 @@ class Stack:
         per-flow handler started by :meth:`serve` has returned."""
         self.start()
         await self.finished.wait()
-        for done in self._served:
-            await done.wait()
+        for served in self._served:
+            await served.done.wait()
 
     def flows(self) -> list:
         """Live handles of the flows in the table now, oldest first."""
@@ -364,26 +364,51 @@ class Stack:
         """A :class:`StackStatistics` snapshot."""
         return StackStatistics(
             engine=self.engine.statistics(), batches=self._batches,
-            events_delivered=self._delivered, source_pauses=self._pauses,
+            events_delivered=self._dispatcher.events_delivered, source_pauses=self._pauses,
             subscriptions=len(self._subs), finished=self.finished.is_set())
 
-    async def _deliver(self) -> None:
-        for sub_id, sub in list(self._subs.items()):
-            events = self.engine.drain(sub_id)
-            if not events:
-                continue
-            self._delivered += len(events)
-            sub._batches_sent += 1
+    # ---- the pump ---------------------------------------------------------------------
+
+    async def _send(self, channel, item) -> None:
+        """Hand over one item; a full channel pauses the source (counted)."""
+        try:
+            channel.send_nowait(item)
+        except trio.WouldBlock:
+            self._pauses += 1
             try:
-                sub._send.send_nowait(events)
-            except trio.WouldBlock:
-                self._pauses += 1
-                try:
-                    await sub._send.send(events)
-                except trio.BrokenResourceError:
-                    pass          # the consumer closed the subscription meanwhile
+                await channel.send(item)
             except trio.BrokenResourceError:
-                pass
+                pass          # the consumer closed it meanwhile
+        except trio.BrokenResourceError:
+            pass
+
+    async def _deliver(self) -> None:
+        d = self._dispatcher
+        d.dispatch()
+        for sub_id, sub in list(self._subs.items()):
+            events = d.drain(sub_id)
+            if events:
+                sub._batches_sent += 1
+                await self._send(sub._send, events)
+        for served in self._served:
+            for inbox in d.accept(served.acceptor):
+                flow = inbox.flow
+                inbox.context = (FlowStream(flow, Side.CLIENT, served.gaps, served.max_chunks),
+                                 FlowStream(flow, Side.SERVER, served.gaps, served.max_chunks))
+                served.nursery.start_soon(served.handler, flow, *inbox.context)
+        for inbox in d.ready_inboxes():
+            streams = inbox.context
+            for ev in inbox.take():
+                if ev.kind is EventKind.NEW_DATA:
+                    item = ev.value
+                    if item is None:        # the handler turned the side's buffering off
+                        continue
+                else:
+                    item = Gap(ev.offset, ev.length)
+                await self._send(streams[ev.side]._send, item)
+            if inbox.ended:
+                for stream in streams:
+                    stream._send.close()
 
     async def _let_consumers_catch_up(self) -> None:
         """Give consumers still busy with a batch a few turns before the next batch is read.
@@ -400,6 +425,8 @@ class Stack:
 
     async def _pump(self) -> None:
         await self._go.wait()
+        for served in self._served:         # serve() is only called before the start
+            await served.ready.wait()
         batch = FrameBatch(self._batch_size)
         engine = self.engine
         source = self.source

@@ -16,11 +16,14 @@ import sys
 
 import trio
 
-from . import CONN_START, NEW_DATA, UDP_START, Side
 from ._errors import CaptureError, PortError
 from ._stack import open_stack
+from .events._kinds import EventKind
 from .flows._filter import FilterError, compile_filter
-from .io import Prefilter, capture, port
+from .flows._types import Side
+from .io._capture import capture
+from .io._port import port
+from .io._prefilter import Prefilter
 
 FIELDS = (
     "flow", "proto", "client_ip", "client_port", "server_ip", "server_port", "vlan",
@@ -118,21 +121,28 @@ async def collect_flows(source, *, filter=None, midstream=True, vlan_in_key=Fals
     flows: list = []
     error = None
     bar = Progress(source)
-    kinds = (CONN_START, UDP_START) if digests is None else (CONN_START, UDP_START, NEW_DATA)
+
+    def started(packet) -> None:
+        flow = packet.flow
+        flows.append(flow)
+        if digests is not None:
+            digests[flow.id] = (hashlib.sha256(), hashlib.sha256())
+
     try:
         async with open_stack(source, midstream=midstream, vlan_in_key=vlan_in_key,
                               **engine_options) as stack:
+            box = stack.middlebox("flows", filter=filter)
+            box.on(EventKind.CONN_START, started)
+            box.on(EventKind.UDP_START, started)
             async with trio.open_nursery() as nursery:
                 if progress and bar.enabled:
                     nursery.start_soon(bar.run)
-                async with stack.subscribe(*kinds, filter=filter) as sub:
-                    async for ev in sub:
-                        if ev.kind is NEW_DATA:
-                            digests[ev.flow.id][ev.side].update(ev.value[-ev.length:])
-                            continue
-                        flows.append(ev.flow)
-                        if digests is not None:
-                            digests[ev.flow.id] = (hashlib.sha256(), hashlib.sha256())
+                if digests is None:
+                    await stack.run()
+                else:
+                    async with box.subscribe(EventKind.NEW_DATA) as sub:
+                        async for ev in sub:
+                            digests[ev.flow_id][ev.side].update(ev.value)
                 nursery.cancel_scope.cancel()
             if progress and bar.enabled:
                 bar.draw(final=True)
@@ -292,15 +302,15 @@ async def write_stream(source, out, *, flow_id=None, key=None, side=Side.CLIENT,
     try:
         async with open_stack(source, midstream=midstream, vlan_in_key=vlan_in_key,
                               **engine_options) as stack:
-            async with stack.subscribe(NEW_DATA) as sub:
+            async with stack.subscribe(EventKind.NEW_DATA) as sub:
                 async for ev in sub:
                     if ev.side != side:
                         continue
-                    if flow_id is not None and ev.flow.id != flow_id:
+                    if flow_id is not None and ev.flow_id != flow_id:
                         continue
                     if key is not None and key_string(ev.key) != key:
                         continue
-                    chunk = ev.value[-ev.length:]
+                    chunk = ev.value
                     out.write(chunk)
                     written += len(chunk)
     except CaptureError as exc:

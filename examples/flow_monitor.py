@@ -18,7 +18,7 @@ async def run(stack):
             if ev.kind in (aiomb.CONN_START, aiomb.UDP_START):
                 print(f"{ev.ts:.6f} start  {ev.key}")
                 continue
-            st = ev.flow.statistics()
+            st = ev.stats
             ends[str(ev.reason)] += 1
             print(f"{ev.ts:.6f} end    {ev.key}  {ev.reason}  "
                   f"packets {st.client.packets}/{st.server.packets}  "

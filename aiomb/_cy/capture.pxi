@@ -110,11 +110,14 @@ cdef class FrameBlock:
                 (<FrameBytes>PyList_GET_ITEM(self.values, i)).lose()
 
     cdef Py_ssize_t in_use(self, Py_ssize_t limit) except -1:
-        """How many values made from these frames are still referenced elsewhere (counting
-        stops past ``limit``); when none is, the block forgets them and is free."""
+        """How many values made from these frames are still referenced elsewhere and not yet
+        copied out (counting stops past ``limit``); when none is, the block forgets them and is
+        free."""
         cdef Py_ssize_t i, live = 0
+        cdef PyObject *v
         for i in range(PyList_GET_SIZE(self.values)):
-            if refcount(PyList_GET_ITEM(self.values, i)) > 1:
+            v = PyList_GET_ITEM(self.values, i)
+            if refcount(v) > 1 and (<FrameBytes>v).n:      # held, and still pointing into frames
                 live += 1
                 if live > limit:
                     return live
@@ -127,7 +130,7 @@ cdef class FrameBlock:
         cdef Py_ssize_t i
         for i in range(PyList_GET_SIZE(self.values)):
             if refcount(PyList_GET_ITEM(self.values, i)) > 1:
-                (<FrameBytes>PyList_GET_ITEM(self.values, i)).get()
+                (<FrameBytes>PyList_GET_ITEM(self.values, i)).get()     # a no-op once copied
         self.values = []
         return 0
 

@@ -1,9 +1,11 @@
 # Core data structures and constants. Values mirror aiomb.flows / aiomb.events enums
 # (checked by tests/core/test_enums.py).
 
-from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int16_t, int32_t, int64_t
+from libc.stdint cimport uint8_t, uint16_t, uint32_t, uint64_t, int8_t, int16_t, int32_t, int64_t
 from libc.string cimport memcpy, memcmp, memset, memmove
 from libc.stdlib cimport malloc, calloc, realloc, free, qsort
+from cpython.ref cimport PyObject, Py_INCREF, Py_DECREF, Py_XDECREF
+from cpython.list cimport PyList_Append, PyList_GET_ITEM, PyList_GET_SIZE
 
 # TCP states (RFC 793 names)
 cdef enum:
@@ -28,34 +30,62 @@ cdef enum:
     END_EVICTED = 4
     END_END_OF_CAPTURE = 5
 
-# Event kinds (bits)
+# Event kinds: B_* is a kind's bit number, EV_* its mask (aiomb.EventKind has the same values)
 cdef enum:
-    EV_PACKET_IN = 1 << 0
-    EV_CONN_START = 1 << 1
-    EV_SYN_ACK = 1 << 2
-    EV_ESTABLISHED = 1 << 3
-    EV_FIN = 1 << 4
-    EV_RST = 1 << 5
-    EV_STATE_CHANGE = 1 << 6
-    EV_CONN_END = 1 << 7
-    EV_ORPHAN = 1 << 8
-    EV_UDP_START = 1 << 9
-    EV_UDP_END = 1 << 10
-    EV_RETRANSMIT = 1 << 11
-    EV_NEW_DATA = 1 << 12
-    EV_GAP = 1 << 13
-    EV_OVERLAP = 1 << 14
-    EV_BUFFER_OVERRUN = 1 << 15
-    EV_ERROR = 1 << 16
+    B_PACKET_IN = 0
+    B_CONN_START = 1
+    B_SYN_ACK = 2
+    B_ESTABLISHED = 3
+    B_FIN = 4
+    B_RST = 5
+    B_STATE_CHANGE = 6
+    B_CONN_END = 7
+    B_ORPHAN = 8
+    B_UDP_START = 9
+    B_UDP_END = 10
+    B_RETRANSMIT = 11
+    B_NEW_DATA = 12
+    B_GAP = 13
+    B_OVERLAP = 14
+    B_BUFFER_OVERRUN = 15
+    B_ERROR = 16
     N_BUILTIN_BITS = 17
     FIRST_CUSTOM_BIT = 20
     MAX_EVENT_BITS = 64
+
+cdef enum:
+    EV_PACKET_IN = 1 << B_PACKET_IN
+    EV_CONN_START = 1 << B_CONN_START
+    EV_SYN_ACK = 1 << B_SYN_ACK
+    EV_ESTABLISHED = 1 << B_ESTABLISHED
+    EV_FIN = 1 << B_FIN
+    EV_RST = 1 << B_RST
+    EV_STATE_CHANGE = 1 << B_STATE_CHANGE
+    EV_CONN_END = 1 << B_CONN_END
+    EV_ORPHAN = 1 << B_ORPHAN
+    EV_UDP_START = 1 << B_UDP_START
+    EV_UDP_END = 1 << B_UDP_END
+    EV_RETRANSMIT = 1 << B_RETRANSMIT
+    EV_NEW_DATA = 1 << B_NEW_DATA
+    EV_GAP = 1 << B_GAP
+    EV_OVERLAP = 1 << B_OVERLAP
+    EV_BUFFER_OVERRUN = 1 << B_BUFFER_OVERRUN
+    EV_ERROR = 1 << B_ERROR
+    EV_STREAM = EV_NEW_DATA | EV_GAP | EV_OVERLAP | EV_BUFFER_OVERRUN
 
 # Hooks
 cdef enum:
     HOOK_NONE = 0
     HOOK_SENDER = 1
     HOOK_RECEIVER = 2
+
+# What parsing a frame found
+cdef enum:
+    P_OK = 0          # a TCP or UDP packet, fields filled in
+    P_NOT_IP = 1      # not IP (ARP, LLDP, ...): counted, skipped
+    P_OTHER = 2       # IP but neither TCP nor UDP (ICMP, ...): counted, skipped
+    P_HELD = 3        # an IP fragment kept until its datagram is complete
+    P_MALFORMED = 4   # counted under a reason
 
 # Malformed-packet reasons (index into Engine.malformed[])
 cdef enum:
@@ -235,8 +265,9 @@ ctypedef struct side_t:
 
 
 ctypedef struct flow_t:
-    # laid out to take 232 bytes (with the 4-byte hash bucket: 236 per tracked flow)
+    # laid out to take 248 bytes (with the 4-byte hash bucket: 252 per tracked flow)
     uint64_t id
+    uint64_t filter_mask    # the subscription filters that accept the flow
     int64_t first_ts
     int64_t last_ts
     side_t side[2]
@@ -259,4 +290,12 @@ ctypedef struct flow_t:
     uint8_t midstream
     uint8_t established
     uint8_t policy          # overlap policy rule family
-    void *handle            # PyObject* of the Flow handle, or NULL
+    void *handle            # PyObject* of the Flow handle (borrowed), or NULL
+    void *key               # PyObject* of the FlowKey (owned, made on first use), or NULL
+
+
+cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
+    return (<uint16_t>p[0] << 8) | p[1]
+
+cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
+    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]

@@ -5,8 +5,6 @@
 # event); only when the batch is used up does it return the consumer's own refill coroutine,
 # which waits for the next batch. Trio-agnostic: the refill coroutine comes from the caller.
 
-from cpython.ref cimport PyObject, Py_INCREF
-
 cdef extern from "Python.h":
     ctypedef enum PySendResult:
         PYGEN_RETURN
@@ -54,31 +52,53 @@ cdef class EventStream:
     """Async iterator over events handed over in batches (lists), one await per batch.
 
     ``refill`` is an async callable returning the next non-empty list, or None at the end.
-    Layer: core (Trio-agnostic); the stack's Subscription builds on it.
+    ``check`` (optional) is an async callable awaited before every ``every``-th event of a batch,
+    so that a consumer iterating a long batch still notices cancellation (Trio's
+    ``checkpoint_if_cancelled``, which does not yield unless cancelled). Layer: core
+    (Trio-agnostic); the stack's Subscription builds on it.
     """
 
     cdef list items
     cdef Py_ssize_t index
     cdef object refill
+    cdef object check
+    cdef Py_ssize_t every
+    cdef Py_ssize_t until_check
     cdef _Ready ready
 
-    def __init__(self, refill):
+    def __init__(self, refill, check=None, Py_ssize_t every=64):
+        if every < 1:
+            raise ValueError(f"every must be at least 1, got {every}")
         self.items = NO_EVENTS
         self.index = 0
         self.refill = refill
+        self.check = check
+        self.every = every
+        self.until_check = every
         self.ready = _Ready()
 
     def __aiter__(self):
         return self
 
     def __anext__(self):
+        cdef object item
         if self.index < len(self.items):
-            self.ready.value = self.items[self.index]
+            item = self.items[self.index]
             self.index += 1
             if self.index == len(self.items):
                 self.items = NO_EVENTS  # the batch is used up: its events go with the consumer's
+            if self.check is not None:
+                self.until_check -= 1
+                if self.until_check == 0:
+                    self.until_check = self.every
+                    return self._checked(item)
+            self.ready.value = item
             return self.ready
         return self._next_batch()
+
+    async def _checked(self, item):
+        await self.check()
+        return item
 
     async def _next_batch(self):
         items = await self.refill()
@@ -86,6 +106,7 @@ cdef class EventStream:
             raise StopAsyncIteration
         self.items = items
         self.index = 1
+        self.until_check = self.every
         if len(items) == 1:
             self.items = NO_EVENTS
         return items[0]

@@ -138,3 +138,28 @@ cdef int frag_add(fragtab_t *t, frag_t *e, uint32_t offset, const uint8_t *p, ui
     if e.total and e.units_have == (e.total + 7) >> 3 and (e.bitmap[0] & 1):
         return 1
     return 0
+
+
+cdef int frag_input(fragtab_t *t, pkt_t *pk, uint8_t proto, uint32_t ident, uint32_t offset,
+                    const uint8_t *p, uint32_t n, bint more, uint32_t hdrlen, frag_t **done,
+                    int *reason) noexcept nogil:
+    """Hold one fragment of ``pk``'s datagram: P_HELD until the datagram is complete, then P_OK
+    with ``done`` set (its payload in done.data; the caller parses on and releases it), or
+    P_MALFORMED (a bad fragment, or no memory)."""
+    cdef frag_t *e = fragtab_get(t, pk.family, proto, pk.src, pk.dst, ident, pk.ts)
+    cdef int r
+    if e == NULL:
+        reason[0] = MAL_BAD_FRAGMENT
+        return P_MALFORMED
+    r = frag_add(t, e, offset, p, n, more, hdrlen)
+    if r < 0:
+        frag_release(e)
+        reason[0] = MAL_BAD_FRAGMENT
+        return P_MALFORMED
+    if r == 0:
+        return P_HELD
+    t.reassembled += 1
+    done[0] = e
+    pk.reassembled = 1
+    pk.ip_len = e.hdrlen + e.total
+    return P_OK

@@ -1,18 +1,6 @@
-# Frame parsing: link layer, VLAN/QinQ, IPv4 (options, fragments), IPv6 (extension headers,
-# fragments), TCP (options) and UDP. Pure C: no Python objects are touched.
-
-cdef enum:
-    P_OK = 0          # a TCP or UDP packet, fields filled in
-    P_NOT_IP = 1      # not IP (ARP, LLDP, ...): counted, skipped
-    P_OTHER = 2       # IP but neither TCP nor UDP (ICMP, ...): counted, skipped
-    P_HELD = 3        # an IP fragment kept until its datagram is complete
-    P_MALFORMED = 4   # counted under a reason
-
-cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:
-    return (<uint16_t>p[0] << 8) | p[1]
-
-cdef inline uint32_t rd32(const uint8_t *p) noexcept nogil:
-    return (<uint32_t>p[0] << 24) | (<uint32_t>p[1] << 16) | (<uint32_t>p[2] << 8) | p[3]
+# Frame parsing: link layer, VLAN/QinQ, IPv4 (options), IPv6 (extension headers), TCP (options)
+# and UDP; IP fragments go to the fragment table (frag.pxi), and a completed datagram is parsed
+# on from its reassembled payload. Pure C: no Python objects are touched.
 
 
 cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *ethertype, int *reason) noexcept nogil:
@@ -174,3 +162,117 @@ cdef int walk_ipv6_ext(pkt_t *pk, uint8_t nh, const uint8_t *p, uint32_t n, uint
     skip[0] = off
     last_nh[0] = nh
     return P_OK
+
+
+cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, frag_t **done,
+                    int *reason) noexcept nogil:
+    cdef uint32_t ihl, tot, avail, fo
+    cdef int r
+    if n < 20:
+        reason[0] = MAL_TRUNCATED_IP
+        return P_MALFORMED
+    if (p[0] >> 4) != 4:
+        reason[0] = MAL_BAD_IP_VERSION
+        return P_MALFORMED
+    ihl = (p[0] & 15) * 4
+    if ihl < 20:
+        reason[0] = MAL_BAD_IP_HEADER_LENGTH
+        return P_MALFORMED
+    if ihl > n:
+        reason[0] = MAL_TRUNCATED_IP
+        return P_MALFORMED
+    tot = rd16(p + 2)
+    if tot < ihl:
+        reason[0] = MAL_BAD_IP_TOTAL_LENGTH
+        return P_MALFORMED
+    if tot > n:
+        if pk.caplen >= pk.wirelen:
+            reason[0] = MAL_BAD_IP_TOTAL_LENGTH
+            return P_MALFORMED
+        avail = n          # cut by the capture's snaplen: keep what was captured
+    else:
+        avail = tot        # drop Ethernet padding
+    pk.family = 4
+    memcpy(pk.src, p + 12, 4)
+    memcpy(pk.dst, p + 16, 4)
+    pk.proto = p[9]
+    pk.ip_len = tot
+    fo = rd16(p + 6)
+    if fo & 0x3fff:
+        if pk.proto != 6 and pk.proto != 17:
+            return P_OTHER
+        r = frag_input(frags, pk, pk.proto, rd16(p + 4), (fo & 0x1fff) * 8, p + ihl, avail - ihl,
+                       fo & 0x2000, ihl, done, reason)
+        if r != P_OK:
+            return r
+        return parse_l4(pk, done[0].data, done[0].total, reason)
+    return parse_l4(pk, p + ihl, avail - ihl, reason)
+
+
+cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, frag_t **done,
+                    int *reason) noexcept nogil:
+    cdef uint32_t tot, avail, fo, skip, hl
+    cdef uint8_t nh, fnh
+    cdef const uint8_t *fh
+    cdef int r
+    if n < 40:
+        reason[0] = MAL_TRUNCATED_IP
+        return P_MALFORMED
+    if (p[0] >> 4) != 6:
+        reason[0] = MAL_BAD_IP_VERSION
+        return P_MALFORMED
+    tot = 40 + rd16(p + 4)
+    if tot > n:
+        if pk.caplen >= pk.wirelen:
+            reason[0] = MAL_BAD_IP_TOTAL_LENGTH
+            return P_MALFORMED
+        avail = n
+    else:
+        avail = tot
+    pk.family = 6
+    memcpy(pk.src, p + 8, 16)
+    memcpy(pk.dst, p + 24, 16)
+    pk.ip_len = tot
+    r = walk_ipv6_ext(pk, p[6], p + 40, avail - 40, &skip, &nh, reason)
+    if r != P_OK:
+        return r
+    if nh != 44:
+        pk.proto = nh
+        return parse_l4(pk, p + 40 + skip, avail - 40 - skip, reason)
+    if 40 + skip + 8 > avail:
+        reason[0] = MAL_BAD_IPV6_EXTENSION
+        return P_MALFORMED
+    fh = p + 40 + skip
+    fnh = fh[0]
+    fo = rd16(fh + 2)
+    if (fo & 0xfff9) == 0:     # atomic fragment: just skip the header
+        r = walk_ipv6_ext(pk, fnh, fh + 8, avail - 40 - skip - 8, &hl, &nh, reason)
+        if r != P_OK:
+            return r
+        pk.proto = nh
+        return parse_l4(pk, fh + 8 + hl, avail - 40 - skip - 8 - hl, reason)
+    r = frag_input(frags, pk, fnh, rd32(fh + 4), fo & 0xfff8, fh + 8, avail - 40 - skip - 8, fo & 1,
+                   40 + skip, done, reason)
+    if r != P_OK:
+        return r
+    r = walk_ipv6_ext(pk, done[0].proto, done[0].data, done[0].total, &hl, &nh, reason)
+    if r != P_OK:
+        return r
+    pk.proto = nh
+    return parse_l4(pk, done[0].data + hl, done[0].total - hl, reason)
+
+
+cdef int parse_packet(pkt_t *pk, uint16_t linktype, fragtab_t *frags, frag_t **done,
+                      int *reason) noexcept nogil:
+    """Parse the frame in ``pk``: P_OK with its fields filled in (``done`` set when it completed
+    a fragmented datagram), else what it is (P_NOT_IP, P_OTHER, P_HELD, or P_MALFORMED with
+    ``reason`` set)."""
+    cdef uint32_t off
+    cdef uint16_t et
+    cdef int r = parse_link(pk, linktype, &off, &et, reason)
+    if r != P_OK:
+        return r
+    pk.l3_off = off
+    if et == 0x0800:
+        return parse_ipv4(pk, pk.frame + off, pk.caplen - off, frags, done, reason)
+    return parse_ipv6(pk, pk.frame + off, pk.caplen - off, frags, done, reason)

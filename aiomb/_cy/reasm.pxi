@@ -2,6 +2,44 @@
 # 64-bit stream offsets. Held byte ranges (the in-order buffer and the out-of-order segments)
 # are kept disjoint: an arriving segment is cut into the pieces nobody holds yet, and where it
 # overlaps held bytes the overlap policy decides which copy wins (a conflict is an event).
+#
+# Its state is a reasm_t (limits, memory, the batch's frame references, the sides with new
+# bytes) and the flows' stream_t; it tells the engine what happened through report() alone.
+
+ctypedef struct reasm_t:
+    uint64_t memory             # bytes of stream state and buffers, all streams
+    uint64_t max_memory
+    uint32_t max_buffer         # bytes held per side
+    uint32_t max_ooo_segments   # out-of-order segments per side
+    uint8_t buffering           # new streams keep their bytes (else offsets and counters only)
+    uint8_t rst_payload         # a RST's payload is part of the stream
+    uint64_t overruns
+    uint64_t seq_jumps
+    ref_t *refs                 # the batch's in-order payloads left in its frames
+    uint32_t n_refs
+    uint32_t refs_cap
+    int32_t *dirty_slot         # the sides with new in-order bytes in this batch (NEW_DATA due)
+    uint64_t *dirty_id
+    uint8_t *dirty_side
+    uint32_t n_dirty
+    uint32_t dirty_cap
+
+
+cdef void reasm_free(reasm_t *rx) noexcept:
+    free(rx.dirty_slot)
+    free(rx.dirty_id)
+    free(rx.dirty_side)
+    free(rx.refs)
+    rx.dirty_slot = NULL
+    rx.dirty_id = NULL
+    rx.dirty_side = NULL
+    rx.refs = NULL
+
+
+cdef inline int report(Engine eng, int bit, int32_t slot, int side, int hook, uint64_t off,
+                       uint64_t length, object value) except -1:
+    """The one way reassembly tells the engine something happened: a stream event with a range."""
+    return eng.em.emit(bit, slot, side, hook, 0, 0, <int64_t>off, <int64_t>length, value)
 
 cdef enum:
     POLICY_FIRST = 0
@@ -61,8 +99,8 @@ cdef stream_t *stream_new(Engine eng, side_t *s) noexcept:
     if st == NULL:
         return NULL
     st.seq_base = s.isn + 1
-    st.buffering = eng.buffering
-    eng.stream_memory += sizeof(stream_t)
+    st.buffering = eng.rx.buffering
+    eng.rx.memory += sizeof(stream_t)
     s.stream = st
     return st
 
@@ -75,10 +113,10 @@ cdef void stream_free(Engine eng, side_t *s) noexcept:
     while st.ooo != NULL:
         g = st.ooo
         st.ooo = g.next
-        eng.stream_memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
+        eng.rx.memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
         free(g.data)
         free(g)
-    eng.stream_memory -= sizeof(stream_t) + st.buf_cap
+    eng.rx.memory -= sizeof(stream_t) + st.buf_cap
     free(st.buf)
     free(st)
     s.stream = NULL
@@ -97,7 +135,7 @@ cdef int buf_reserve(Engine eng, stream_t *st, uint32_t n) noexcept:
     cap = st.buf_cap if st.buf_cap else 2048
     while cap < need:
         cap *= 2
-    if eng.stream_memory + (cap - st.buf_cap) > eng.max_stream_memory:
+    if eng.rx.memory + (cap - st.buf_cap) > eng.rx.max_memory:
         return -1
     if st.buf_start:
         memmove(st.buf, st.buf + st.buf_start, st.buf_len)
@@ -105,7 +143,7 @@ cdef int buf_reserve(Engine eng, stream_t *st, uint32_t n) noexcept:
     nb = <uint8_t *>realloc(st.buf, cap)
     if nb == NULL:
         return -1
-    eng.stream_memory += cap - st.buf_cap
+    eng.rx.memory += cap - st.buf_cap
     st.buf = nb
     st.buf_cap = cap
     return 0
@@ -131,9 +169,9 @@ cdef int materialize(Engine eng, stream_t *st) noexcept:
     pos = st.buf_start + st.buf_len
     r = st.ref_first
     for i in range(st.nrefs):
-        memcpy(st.buf + pos, eng.refs[r].ptr, eng.refs[r].len)
-        pos += eng.refs[r].len
-        r = eng.refs[r].next
+        memcpy(st.buf + pos, eng.rx.refs[r].ptr, eng.rx.refs[r].len)
+        pos += eng.rx.refs[r].len
+        r = eng.rx.refs[r].next
     st.buf_len += st.ref_bytes
     st.nrefs = 0
     st.ref_bytes = 0
@@ -162,7 +200,7 @@ cdef void stream_consume(Engine eng, stream_t *st, uint64_t n) noexcept:
 
 cdef inline void buf_release(Engine eng, stream_t *st) noexcept:
     """Return an empty in-order buffer's memory."""
-    eng.stream_memory -= st.buf_cap
+    eng.rx.memory -= st.buf_cap
     free(st.buf)
     st.buf = NULL
     st.buf_cap = 0
@@ -183,8 +221,8 @@ cdef int resolve_overlap(Engine eng, int32_t slot, int side, int hook, stream_t 
         return 0
     st.overlaps += 1
     st.overlap_bytes += differ
-    if eng.need_mask & EV_OVERLAP:
-        eng.emit_stream(14, slot, side, hook, off, n, (held[:n], data[:n]))
+    if eng.em.wants(EV_OVERLAP):
+        report(eng, B_OVERLAP, slot, side, hook, off, n, (held[:n], data[:n]))
     if deliverable and new_bytes_win(eng.tab.flows[slot].policy, s0, s1, h0, h1):
         memcpy(held, data, n)
     return 0
@@ -196,16 +234,16 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
     """Hold a piece nobody holds yet as an out-of-order segment (bounded); 1 if dropped."""
     cdef seg_t *g
     cdef object limit = None
-    if st.ooo_count >= eng.max_ooo_segments:
+    if st.ooo_count >= eng.rx.max_ooo_segments:
         limit = "ooo_segments"
-    elif st.buffering and st.ooo_bytes + held_bytes(st) + n > eng.max_buffer:
+    elif st.buffering and st.ooo_bytes + held_bytes(st) + n > eng.rx.max_buffer:
         limit = "buffer"
-    elif st.buffering and eng.stream_memory + n + sizeof(seg_t) > eng.max_stream_memory:
+    elif st.buffering and eng.rx.memory + n + sizeof(seg_t) > eng.rx.max_memory:
         limit = "memory"
     if limit is not None:
-        eng.n_overruns += 1
-        if eng.need_mask & EV_BUFFER_OVERRUN:
-            eng.emit_stream(15, slot, side, hook, off, n, limit)
+        eng.rx.overruns += 1
+        if eng.em.wants(EV_BUFFER_OVERRUN):
+            report(eng, B_BUFFER_OVERRUN, slot, side, hook, off, n, limit)
         return 1
     g = <seg_t *>malloc(sizeof(seg_t))
     if g == NULL:
@@ -221,8 +259,8 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
             free(g)
             raise MemoryError()
         memcpy(g.data, data, n)
-        eng.stream_memory += n
-    eng.stream_memory += sizeof(seg_t)
+        eng.rx.memory += n
+    eng.rx.memory += sizeof(seg_t)
     g.next = link[0]
     link[0] = g
     st.ooo_count += 1
@@ -238,22 +276,22 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
     its buffer is empty it is only referenced, and copied once, into the NEW_DATA value.
     """
     if st.buffering:
-        if held_bytes(st) + n > eng.max_buffer and held_bytes(st):
-            eng.stream_deliver(slot, side)
-            if held_bytes(st) + n > eng.max_buffer:
-                eng.n_overruns += 1
-                if eng.need_mask & EV_BUFFER_OVERRUN:
-                    eng.emit_stream(15, slot, side, HOOK_NONE, st.buf_off, held_bytes(st), "buffer")
+        if held_bytes(st) + n > eng.rx.max_buffer and held_bytes(st):
+            stream_deliver(eng, slot, side)
+            if held_bytes(st) + n > eng.rx.max_buffer:
+                eng.rx.overruns += 1
+                if eng.em.wants(EV_BUFFER_OVERRUN):
+                    report(eng, B_BUFFER_OVERRUN, slot, side, HOOK_NONE, st.buf_off, held_bytes(st), "buffer")
                 stream_consume(eng, st, held_bytes(st))
         if can_ref and st.buf_len == 0 and not st.manual and ref_add(eng, st, data, n) == 0:
             st.next_off += n
             st.bytes += n
-            return eng.mark_dirty(slot, side)
+            return mark_dirty(eng, slot, side)
         materialize(eng, st)
         if buf_reserve(eng, st, n) < 0:
-            eng.n_overruns += 1
-            if eng.need_mask & EV_BUFFER_OVERRUN:
-                eng.emit_stream(15, slot, side, HOOK_NONE, st.next_off, n, "memory")
+            eng.rx.overruns += 1
+            if eng.em.wants(EV_BUFFER_OVERRUN):
+                report(eng, B_BUFFER_OVERRUN, slot, side, HOOK_NONE, st.next_off, n, "memory")
             return stream_skip(eng, slot, side, HOOK_NONE, st, st.next_off + n)
         memcpy(st.buf + st.buf_start + st.buf_len, data, n)
         st.buf_len += n
@@ -261,7 +299,7 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
     if not st.buffering:
         st.buf_off = st.next_off
     st.bytes += n
-    return eng.mark_dirty(slot, side)
+    return mark_dirty(eng, slot, side)
 
 
 cdef int ref_add(Engine eng, stream_t *st, const uint8_t *data, uint32_t n) noexcept:
@@ -269,23 +307,23 @@ cdef int ref_add(Engine eng, stream_t *st, const uint8_t *data, uint32_t n) noex
     when there is no memory for the reference (the caller copies the bytes instead)."""
     cdef ref_t *r
     cdef uint32_t cap
-    if eng.n_refs == eng.refs_cap:
-        cap = eng.refs_cap * 2 if eng.refs_cap else 4096
-        r = <ref_t *>realloc(eng.refs, cap * sizeof(ref_t))
+    if eng.rx.n_refs == eng.rx.refs_cap:
+        cap = eng.rx.refs_cap * 2 if eng.rx.refs_cap else 4096
+        r = <ref_t *>realloc(eng.rx.refs, cap * sizeof(ref_t))
         if r == NULL:
             return -1
-        eng.refs = r
-        eng.refs_cap = cap
-    r = &eng.refs[eng.n_refs]
+        eng.rx.refs = r
+        eng.rx.refs_cap = cap
+    r = &eng.rx.refs[eng.rx.n_refs]
     r.ptr = data
     r.len = n
     r.next = -1
     if st.nrefs:
-        eng.refs[st.ref_last].next = <int32_t>eng.n_refs
+        eng.rx.refs[st.ref_last].next = <int32_t>eng.rx.n_refs
     else:
-        st.ref_first = <int32_t>eng.n_refs
-    st.ref_last = <int32_t>eng.n_refs
-    eng.n_refs += 1
+        st.ref_first = <int32_t>eng.rx.n_refs
+    st.ref_last = <int32_t>eng.rx.n_refs
+    eng.rx.n_refs += 1
     st.nrefs += 1
     st.ref_bytes += n
     return 0
@@ -299,7 +337,7 @@ cdef int drain_ooo(Engine eng, int32_t slot, int side, stream_t *st) except -1:
         st.ooo = g.next
         st.ooo_count -= 1
         st.ooo_bytes -= g.length
-        eng.stream_memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
+        eng.rx.memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
         append_inorder(eng, slot, side, st, g.data, g.length, 0)
         free(g.data)
         free(g)
@@ -314,10 +352,10 @@ cdef int stream_skip(Engine eng, int32_t slot, int side, int hook, stream_t *st,
     n = upto - st.next_off
     st.missed += n
     if held_bytes(st):
-        eng.stream_deliver(slot, side)      # what came before the hole goes out first,
+        stream_deliver(eng, slot, side)      # what came before the hole goes out first,
         stream_consume(eng, st, held_bytes(st))  # and a hole ends what peek() can see
-    if eng.need_mask & EV_GAP:
-        eng.emit_stream(13, slot, side, hook, st.next_off, n, None)
+    if eng.em.wants(EV_GAP):
+        report(eng, B_GAP, slot, side, hook, st.next_off, n, None)
     st.next_off = upto
     st.delivered_off = upto
     st.buf_off = upto
@@ -344,7 +382,7 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
     off = <uint64_t>soff
     end = off + n
     if off > st.next_off + MAX_SEQ_JUMP:
-        eng.n_seq_jumps += 1
+        eng.rx.seq_jumps += 1
         return 0
     if off == st.next_off and st.ooo == NULL:
         return append_inorder(eng, slot, side, st, data, n, can_ref)
@@ -359,8 +397,8 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
                             off, end, st.delivered_off, st.next_off)
         if end <= st.next_off:
             st.rexmits += 1
-            if eng.need_mask & EV_RETRANSMIT:
-                eng.emit_stream(11, slot, side, hook, off, n, None)
+            if eng.em.wants(EV_RETRANSMIT):
+                report(eng, B_RETRANSMIT, slot, side, hook, off, n, None)
             return 0
         skip = <uint32_t>(st.next_off - off)
         data += skip
@@ -393,8 +431,8 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
         pos += k
     if not fresh:
         st.rexmits += 1
-        if eng.need_mask & EV_RETRANSMIT:
-            eng.emit_stream(11, slot, side, hook, off, n, None)
+        if eng.em.wants(EV_RETRANSMIT):
+            report(eng, B_RETRANSMIT, slot, side, hook, off, n, None)
         return 0
     return drain_ooo(eng, slot, side, st)
 
@@ -409,8 +447,175 @@ cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off) excep
         stream_skip(eng, slot, side, HOOK_NONE, st, st.ooo.off)
     if fin_off > 0 and <uint64_t>fin_off > st.next_off:
         stream_skip(eng, slot, side, HOOK_NONE, st, <uint64_t>fin_off)
-    eng.stream_deliver(slot, side)
+    stream_deliver(eng, slot, side)
     st = eng.tab.flows[slot].side[side].stream
     if st != NULL and st.buf_len == 0 and st.buf != NULL:
         buf_release(eng, st)        # an ended flow expects no bytes: its buffer goes back now
     return 0
+
+
+cdef object new_bytes(Engine eng, const stream_t *st, uint64_t fresh):
+    """The ``fresh`` newest in-order bytes: a FrameBytes when they lie in frames of the batch's
+    block (copied only if someone looks), else bytes."""
+    cdef FrameBytes fb
+    cdef uint32_t k
+    if st.nrefs:
+        fb = FrameBytes.__new__(FrameBytes)
+        fb.take(eng.rx.refs, st.ref_first, st.nrefs, st.ref_bytes)
+        if eng.block is None:
+            return fb.get()
+        PyList_Append(eng.block.values, fb)
+        return fb
+    k = st.buf_len if fresh > st.buf_len else <uint32_t>fresh
+    return st.buf[st.buf_start + st.buf_len - k:st.buf_start + st.buf_len]
+
+
+cdef int mark_dirty(Engine eng, int32_t slot, int side) except -1:
+    """Remember a side with new bytes: NEW_DATA is raised once for it at the end of the batch."""
+    cdef stream_t *st = eng.tab.flows[slot].side[side].stream
+    cdef reasm_t *rx = &eng.rx
+    cdef uint32_t cap
+    if st.dirty:
+        return 0
+    if rx.n_dirty == rx.dirty_cap:
+        cap = rx.dirty_cap * 2 if rx.dirty_cap else 1024
+        rx.dirty_slot = <int32_t *>realloc(rx.dirty_slot, cap * sizeof(int32_t))
+        rx.dirty_id = <uint64_t *>realloc(rx.dirty_id, cap * sizeof(uint64_t))
+        rx.dirty_side = <uint8_t *>realloc(rx.dirty_side, cap)
+        if rx.dirty_slot == NULL or rx.dirty_id == NULL or rx.dirty_side == NULL:
+            raise MemoryError()
+        rx.dirty_cap = cap
+    st.dirty = 1
+    rx.dirty_slot[rx.n_dirty] = slot
+    rx.dirty_id[rx.n_dirty] = eng.tab.flows[slot].id
+    rx.dirty_side[rx.n_dirty] = <uint8_t>side
+    rx.n_dirty += 1
+    return 0
+
+
+cdef int stream_deliver(Engine eng, int32_t slot, int side) except -1:
+    """Raise NEW_DATA for a side's new in-order bytes, then release what was delivered.
+
+    The event carries the new bytes (``length`` of them from ``offset``). Bytes stay only if the
+    side is held (``Flow.hold``) or an inline NEW_DATA handler consumed part of them (libnids'
+    discard: ``flow.peek`` shows them, with the next ones, at the next delivery).
+    """
+    cdef stream_t *st = eng.tab.flows[slot].side[side].stream
+    cdef uint64_t fresh, start
+    if st == NULL:
+        return 0
+    st.dirty = 0
+    if st.next_off <= st.delivered_off:
+        return 0
+    fresh = st.next_off - st.delivered_off
+    start = st.delivered_off
+    st.delivered_off = st.next_off
+    st.consumed_in_call = 0
+    if eng.em.wants(EV_NEW_DATA):
+        report(eng, B_NEW_DATA, slot, side, HOOK_NONE, start, fresh,
+               new_bytes(eng, st, fresh) if st.buffering else None)
+        st = eng.tab.flows[slot].side[side].stream
+        if st == NULL:
+            return 0
+    if not st.manual and not st.consumed_in_call:
+        stream_consume(eng, st, held_bytes(st))
+    else:
+        materialize(eng, st)           # what stays must outlive the batch's frames
+    return 0
+
+
+cdef inline stream_t *dirty_stream(Engine eng, uint32_t i) noexcept:
+    """The stream of the i-th side marked for NEW_DATA, or NULL if its flow has gone."""
+    cdef int32_t slot = eng.rx.dirty_slot[i]
+    if eng.tab.flows[slot].status == FS_FREE or eng.tab.flows[slot].id != eng.rx.dirty_id[i]:
+        return NULL
+    return eng.tab.flows[slot].side[eng.rx.dirty_side[i]].stream
+
+
+cdef int streams_flush(Engine eng) except -1:
+    """End of a receive batch: NEW_DATA at most once per flow side."""
+    cdef uint32_t i = 0
+    while i < eng.rx.n_dirty:
+        if dirty_stream(eng, i) != NULL:
+            stream_deliver(eng, eng.rx.dirty_slot[i], eng.rx.dirty_side[i])
+        i += 1
+    eng.rx.n_dirty = 0
+    return 0
+
+
+cdef void streams_end_batch(Engine eng) noexcept:
+    """The batch's frames go: forget the references into them. If a handler raised before
+    NEW_DATA went out, the bytes still referenced are copied first, and delivered with the
+    side's next bytes."""
+    cdef uint32_t i
+    cdef stream_t *st
+    for i in range(eng.rx.n_dirty):
+        st = dirty_stream(eng, i)
+        if st != NULL:
+            materialize(eng, st)
+            st.dirty = 0
+    eng.rx.n_dirty = 0
+    eng.rx.n_refs = 0
+
+
+cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) except -1:
+    """The receiver phase of a packet from ``side``: its payload into the sender's stream; its
+    ACK may reveal a gap in the receiver's."""
+    cdef flow_t *f = &eng.tab.flows[slot]
+    cdef side_t *s = &f.side[side]
+    cdef side_t *r = &f.side[1 - side]
+    cdef stream_t *st
+    cdef int64_t soff, ack_off, end_off, target
+    if pk.paylen and ((s.flags & SF_SEQ_KNOWN) or (s.flags & SF_SYN_SEEN)):
+        st = s.stream if s.stream != NULL else stream_new(eng, s)
+        if st == NULL:
+            raise MemoryError()
+        soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
+        stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen, not pk.reassembled)
+    if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
+        return 0
+    f = &eng.tab.flows[slot]
+    r = &f.side[1 - side]
+    st = r.stream
+    if st == NULL:
+        if <int32_t>(pk.ack - (r.isn + 1)) <= 0:
+            return 0
+        st = stream_new(eng, r)
+        if st == NULL:
+            raise MemoryError()
+    if st.stopped:
+        return 0
+    ack_off = stream_offset(st, pk.ack)
+    end_off = stream_offset(st, r.next_seq) - (1 if (r.flags & SF_FIN_SEEN) else 0)
+    if ack_off > end_off:
+        ack_off = end_off        # an ACK of bytes never seen from the peer: bounded by them
+    while <int64_t>st.next_off < ack_off:
+        target = ack_off
+        if st.ooo != NULL and <int64_t>st.ooo.off < target:
+            target = st.ooo.off
+        if target <= <int64_t>st.next_off:
+            break
+        stream_skip(eng, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>target)
+    return 0
+
+
+cdef int streams_close(Engine eng, int32_t slot) except -1:
+    """The flow ends: holes before held segments (and before a FIN) become gaps; every byte is
+    delivered."""
+    cdef flow_t *f = &eng.tab.flows[slot]
+    cdef int i
+    cdef stream_t *st
+    for i in range(2):
+        st = f.side[i].stream
+        if st != NULL:
+            stream_close(eng, slot, i, stream_offset(st, f.side[i].fin_seq) if (f.side[i].flags & SF_FIN_SEEN) else -1)
+            f = &eng.tab.flows[slot]
+    return 0
+
+
+def policy_number(name, what):
+    """The rule family of an overlap policy name; ValueError naming the choices otherwise."""
+    try:
+        return POLICY_NAMES[name]
+    except (KeyError, TypeError):
+        raise ValueError(f"unknown {what} {name!r}; choose one of {', '.join(POLICIES)}") from None

@@ -1,6 +1,6 @@
-# Python-visible values built by the core: FlowKey, Event, the live Flow handle and the
-# PacketView given to inline handlers and predicates. Readonly cdef classes, because the core
-# builds them at event rate (DESIGN.md section 4.2 allows this shape).
+# Python-visible values built by the core: FlowKey, the bytes of NEW_DATA values (FrameBytes),
+# Event and FlowSnapshot. Readonly cdef classes, because they are built at event rate (DESIGN.md
+# section 4.2 allows this shape). The live handles (Flow, PacketView) are in handle.pxi.
 
 import ipaddress as _ipaddress
 
@@ -251,36 +251,44 @@ cdef inline object resolved(object value):
     return value
 
 
+
 @cython.no_gc
 @cython.freelist(2048)
 cdef class Event:
     """One event, as a value: what happened (``kind``), to which flow, on which side, when.
 
-    ``ts`` is seconds (packet time for captures). ``reason`` is set on connection/UDP end,
-    ``old_state``/``new_state`` on state changes, ``value`` on custom events that carry one and
-    on ERROR events (the malformed reason). Stream events carry ``offset``/``length`` (a byte
-    range of the side's stream): NEW_DATA's ``value`` is the bytes from ``offset`` (``length``
-    of them new), OVERLAP's is (held bytes, new bytes), BUFFER_OVERRUN's the limit hit. ``flow`` is the flow's live handle (None for orphan
-    and error events). Layer: core. Events compare equal by content, ``flow`` excepted.
+    ``key`` and ``flow_id`` name the flow (None for ERROR events; an ORPHAN's key is the packet's
+    own, its sender as client, and it has no ``flow_id``). ``ts`` is seconds (packet time for
+    captures). ``reason`` is set on connection/UDP end, ``old_state``/``new_state`` on state
+    changes, ``stats`` (a :class:`FlowStatistics`) on CONN_END and UDP_END: the flow's figures
+    when it ended. ``value`` is set on custom events that carry one and on ERROR events (the
+    malformed reason). Stream events carry ``offset``/``length`` (a byte range of the side's
+    stream): NEW_DATA's ``value`` is the ``length`` new bytes from ``offset`` (None when the
+    side's buffering is off), OVERLAP's is (held bytes, new bytes), BUFFER_OVERRUN's the limit
+    hit. An event holds no live flow: the stack's ``flow(ev)`` gives the handle while the flow
+    is in the table. Layer: core. Events compare equal by content.
     """
 
     cdef readonly object kind
     cdef readonly FlowKey key
-    cdef readonly object flow
+    cdef uint64_t _flow_id          # 0: no flow
     cdef readonly object side
     cdef readonly double ts
     cdef readonly object reason
     cdef readonly object old_state
     cdef readonly object new_state
     cdef object _value
+    cdef FlowSnapshot _stats
     cdef int64_t _offset            # -1: not a stream event
     cdef int64_t _length
 
-    def __init__(self, *, kind, key=None, flow=None, side=None, ts=0.0, reason=None,
+    def __init__(self, *, kind, key=None, flow_id=None, side=None, ts=0.0, reason=None,
                  old_state=None, new_state=None, value=None, offset=None, length=None):
         self.kind = kind
         self.key = key
-        self.flow = flow
+        if flow_id is not None and (not isinstance(flow_id, int) or flow_id < 1):
+            raise ValueError(f"Event flow_id must be None or a positive int, got {flow_id!r}")
+        self._flow_id = flow_id or 0
         self.side = side
         self.ts = ts
         self.reason = reason
@@ -291,17 +299,20 @@ cdef class Event:
         self._length = _range_field("length", length)
 
     @property
+    def flow_id(self):
+        """The flow's number (as ``Flow.id`` and ``aiomb flows`` give it), or None."""
+        return self._flow_id if self._flow_id else None
+
+    @property
     def value(self):
-        """The event's value (see the class docstring), or None."""
-        cdef FrameBytes fb
-        if type(self._value) is not FrameBytes:
-            return self._value
-        fb = <FrameBytes>self._value
-        self._value = fb.get()          # the event holds its bytes from now on
-        if refcount(<PyObject *>fb) <= 2:
-            fb.data = None              # only its block's list (and fb here) hold it: no one reads it again
-            fb.total = 0
-        return self._value
+        """The event's value (see the class docstring), or None. Reading it changes nothing:
+        NEW_DATA bytes still in capture frames are copied once and kept."""
+        return resolved(self._value)
+
+    @property
+    def stats(self):
+        """The flow's :class:`FlowStatistics` when the event fired (CONN_END, UDP_END), else None."""
+        return self._stats.statistics() if self._stats is not None else None
 
     @property
     def offset(self):
@@ -314,8 +325,8 @@ cdef class Event:
         return self._length if self._length >= 0 else None
 
     cdef tuple _astuple(self):
-        return (self.kind, self.key, self.side, self.ts, self.reason, self.old_state, self.new_state,
-                resolved(self._value), self._offset, self._length)
+        return (self.kind, self.key, self._flow_id, self.side, self.ts, self.reason, self.old_state,
+                self.new_state, resolved(self._value), self._offset, self._length)
 
     def __eq__(self, other):
         if not isinstance(other, Event):
@@ -329,6 +340,8 @@ cdef class Event:
         parts = [f"kind={self.kind!s}"]
         if self.key is not None:
             parts.append(f"key={self.key}")
+        if self._flow_id:
+            parts.append(f"flow_id={self._flow_id}")
         if self.side is not None:
             parts.append(f"side={self.side!s}")
         parts.append(f"ts={self.ts:.6f}")
@@ -356,376 +369,48 @@ cdef object side_stats(const side_t *s, const side_t *peer):
         wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None)
 
 
-@cython.no_gc
-cdef class Flow:
-    """The live handle of one flow: key, both sides' TCP states and counters, user context.
+cdef object flow_statistics(const flow_t *f):
+    """A :class:`FlowStatistics` of a flow entry (live or snapshot)."""
+    return FlowStatistics(
+        client=side_stats(&f.side[0], &f.side[1]), server=side_stats(&f.side[1], &f.side[0]),
+        first_ts=f.first_ts * 1e-9, last_ts=f.last_ts * 1e-9,
+        end_reason=REASONS[f.end_reason], midstream=bool(f.midstream))
 
-    Live while the flow is in the table; after it is removed the handle keeps its final values
-    (``alive`` turns False). ``context`` is a dict for middlebox state, shared by every
-    middlebox on the stack. Layer: core; reading attributes never blocks. Handles are made at
-    flow rate, so they are not tracked by the cyclic garbage collector: keep the handle itself
-    out of its own ``context`` (a cycle through it would never be freed).
+
+@cython.no_gc
+@cython.final
+@cython.freelist(256)
+cdef class FlowSnapshot:
+    """A flow's entry and stream counters copied at one moment (no buffers, no Python objects).
+
+    Taken for an end event (``Event.stats``) and for a handle whose flow leaves the table (its
+    final values). Layer: core.
     """
 
-    cdef Engine _engine
-    cdef int32_t _slot
-    cdef readonly uint64_t id
-    cdef readonly FlowKey key
-    cdef flow_t *_final              # the final values, once the flow has left the table
-    cdef stream_t *_final_streams
-    cdef bint _alive
-    cdef bint _pinned                # the table owns a reference (the context is in use)
-    cdef dict _context
+    cdef flow_t f
+    cdef stream_t streams[2]
 
-    def __dealloc__(self):
-        if self._alive and self._engine is not None \
-                and self._engine.tab.flows[self._slot].handle == <void *>self:
-            self._engine.tab.flows[self._slot].handle = NULL
-        free(self._final)
-        free(self._final_streams)
-
-    cdef const flow_t *_f(self):
-        if self._alive:
-            return &self._engine.tab.flows[self._slot]
-        return self._final
-
-    @property
-    def alive(self):
-        """True while the flow is in the flow table."""
-        return self._alive
-
-    @property
-    def context(self):
-        """A dict for the user's per-flow state (created on first use; kept with the flow)."""
-        if self._context is None:
-            self._context = {}
-            if self._alive and not self._pinned:
-                self._pinned = True
-                Py_INCREF(self)
-        return self._context
-
-    def state(self, side):
-        """The TCP state of ``side`` (a :class:`Side`), as the middlebox infers it."""
-        return STATES[self._f().side[Side(side)].state]
-
-    @property
-    def client_state(self):
-        """The client's TCP state."""
-        return STATES[self._f().side[0].state]
-
-    @property
-    def server_state(self):
-        """The server's TCP state."""
-        return STATES[self._f().side[1].state]
-
-    @property
-    def first_ts(self):
-        """Time of the flow's first packet, in seconds."""
-        return self._f().first_ts * 1e-9
-
-    @property
-    def last_ts(self):
-        """Time of the flow's latest packet, in seconds."""
-        return self._f().last_ts * 1e-9
-
-    @property
-    def end_reason(self):
-        """How the flow ended (:class:`EndReason`), or None while it is open."""
-        return REASONS[self._f().end_reason]
-
-    @property
-    def midstream(self):
-        """True when the flow was picked up without its handshake."""
-        return bool(self._f().midstream)
+    cdef FlowSnapshot take(self, const flow_t *f):
+        cdef int i
+        self.f = f[0]
+        self.f.handle = NULL
+        self.f.key = NULL
+        for i in range(2):
+            if f.side[i].stream != NULL:
+                self.streams[i] = f.side[i].stream[0]
+                self.streams[i].buf = NULL
+                self.streams[i].buf_len = 0
+                self.streams[i].nrefs = 0
+                self.streams[i].ref_bytes = 0
+                self.streams[i].ooo = NULL
+                self.f.side[i].stream = &self.streams[i]
+        return self
 
     def statistics(self):
-        """A :class:`FlowStatistics` snapshot of both sides' counters and states."""
-        cdef const flow_t *f = self._f()
-        return FlowStatistics(
-            client=side_stats(&f.side[0], &f.side[1]), server=side_stats(&f.side[1], &f.side[0]),
-            first_ts=f.first_ts * 1e-9, last_ts=f.last_ts * 1e-9,
-            end_reason=REASONS[f.end_reason], midstream=bool(f.midstream))
-
-    # ---- streams: the bytes each side sent, reassembled --------------------------------
-
-    cdef stream_t *_stream(self, side, bint create) except? NULL:
-        cdef int i = Side(side)
-        cdef flow_t *f
-        if not self._alive:
-            return self._final.side[i].stream
-        f = &self._engine.tab.flows[self._slot]
-        if f.side[i].stream == NULL and create:
-            if f.proto != 6:
-                raise ValueError(f"{self.key} is not TCP: UDP flows have no reassembled stream")
-            stream_new(self._engine, &f.side[i])
-        if f.side[i].stream != NULL:
-            materialize(self._engine, f.side[i].stream)     # contiguous bytes for peek and co
-        return f.side[i].stream
-
-    def peek(self, side, n=None):
-        """The next unconsumed in-order bytes of ``side``'s stream (at most ``n``), as bytes.
-
-        Empty when nothing is held: by default bytes are released once NEW_DATA delivered
-        them, unless the side is held (:meth:`hold`) or an inline NEW_DATA handler consumed
-        only part of them. Raises ValueError for a UDP flow.
-        """
-        cdef stream_t *st = self._stream(side, 0)
-        cdef uint32_t k
-        if st == NULL or not st.buffering or st.buf == NULL:
-            if st == NULL and int(self.key.proto) != 6:
-                raise ValueError(f"{self.key} is not TCP: UDP flows have no reassembled stream")
-            return b""
-        k = st.buf_len if n is None or n > st.buf_len else n
-        return st.buf[st.buf_start:st.buf_start + k]
-
-    def ppeek(self, side, offset, n):
-        """``n`` bytes of ``side``'s stream from absolute stream ``offset`` (positional peek).
-
-        Raises ValueError naming the held range when [offset, offset+n) is not all held.
-        """
-        cdef stream_t *st = self._stream(side, 0)
-        if n < 0 or offset < 0:
-            raise ValueError("offset and n must not be negative")
-        lo = st.buf_off if st != NULL else 0
-        hi = lo + (st.buf_len if st != NULL and st.buf != NULL else 0)
-        if not (lo <= offset and offset + n <= hi):
-            raise ValueError(f"bytes [{offset}, {offset + n}) are not held; the buffer holds "
-                             f"[{lo}, {hi}) of the {Side(side)} stream")
-        return st.buf[st.buf_start + (offset - lo):st.buf_start + (offset - lo) + n]
-
-    def consume(self, side, n):
-        """Release the first ``n`` unconsumed bytes of ``side``'s stream; returns how many.
-
-        In an inline NEW_DATA handler this is libnids' discard: the bytes not consumed stay and
-        come again, with the new ones, in the next NEW_DATA.
-        """
-        cdef stream_t *st = self._stream(side, 0)
-        if n < 0:
-            raise ValueError("n must not be negative")
-        if st == NULL or not self._alive:
-            return 0
-        k = min(n, st.buf_len)
-        stream_consume(self._engine, st, k)
-        st.consumed_in_call = 1
-        return k
-
-    def set_policy(self, name):
-        """Choose this flow's overlap policy (``first``, ``last``, ``linux``, ``windows``, ...)."""
-        if not self._alive:
-            raise RuntimeError(f"flow #{self.id} has ended; its policy can no longer change")
-        self._engine.tab.flows[self._slot].policy = <uint8_t>policy_number(name, "overlap policy")
-
-    def hold(self, side, enabled=True):
-        """Keep ``side``'s bytes until :meth:`consume` releases them (bounded by max_buffer)."""
-        self._stream(side, 1).manual = bool(enabled)
-
-    def set_buffering(self, side, enabled):
-        """Switch byte buffering of one side on or off; off keeps only offsets and counters."""
-        cdef stream_t *st = self._stream(side, 1)
-        cdef seg_t *g
-        if not enabled and st.buffering:
-            stream_consume(self._engine, st, st.buf_len)
-            g = st.ooo
-            while g != NULL:
-                if g.data != NULL:
-                    self._engine.stream_memory -= g.length
-                    free(g.data)
-                    g.data = NULL
-                g = g.next
-        st.buffering = bool(enabled)
-
-    def stop(self, side=None):
-        """Stop monitoring one side's stream (or both, with ``side=None``) at once; frees it."""
-        sides = (Side.CLIENT, Side.SERVER) if side is None else (Side(side),)
-        for sd in sides:
-            st = self._stream(sd, 1) if self._alive else NULL
-            if st != NULL:
-                stream_consume(self._engine, st, st.buf_len)
-                self.set_buffering(sd, False)
-                st.stopped = 1
-
-    def buffer(self, side):
-        """A snapshot of ``side``'s reassembly buffer (a dict): the next expected offset, the
-        consumed and delivered offsets, bytes held, the highest offset received, and the
-        out-of-order segments as (offset, length) pairs.
-        """
-        cdef stream_t *st = self._stream(side, 0)
-        cdef seg_t *g
-        if st == NULL:
-            return {"next_offset": 0, "consumed_offset": 0, "delivered_offset": 0, "held": 0,
-                    "last_received": 0, "out_of_order": [], "buffering": self._engine.buffering}
-        segs = []
-        g = st.ooo
-        last = st.next_off
-        while g != NULL:
-            segs.append((g.off, g.length))
-            last = g.off + g.length
-            g = g.next
-        return {"next_offset": st.next_off, "consumed_offset": st.buf_off,
-                "delivered_offset": st.delivered_off, "held": st.buf_len, "last_received": last,
-                "out_of_order": segs, "buffering": bool(st.buffering)}
-
-    def __repr__(self):
-        return (f"<Flow #{self.id} {self.key} {self.client_state}/{self.server_state}"
-                f"{'' if self._alive else ' removed'}>")
+        """The snapshot as a :class:`FlowStatistics`."""
+        return flow_statistics(&self.f)
 
 
-cdef class PacketView:
-    """The live view given to inline handlers and predicates: the current event and packet.
-
-    Valid only during the call (it is reused for the next packet). ``packet`` fields are None
-    for events raised without a packet (timeouts, end of capture). Only handlers at the sender
-    hook may ``drop()`` the packet. Layer: core.
-    """
-
-    cdef Engine _engine
-    cdef bint _has_packet
-    cdef int _side
-    cdef int _hook
-    cdef int _bit
-    cdef int32_t _slot
-    cdef int _a
-    cdef int _b
-    cdef object _value
-
-    @property
-    def kind(self):
-        """The event being handled."""
-        return self._engine.kind_objs[self._bit]
-
-    @property
-    def event(self):
-        """The current event as an :class:`Event` value."""
-        return self._engine.make_event(self._bit, self._slot, self._side, self._a, self._b, self._value)
-
-    @property
-    def flow(self):
-        """The flow's live :class:`Flow` handle, or None for orphan packets."""
-        return self._engine.handle(self._slot) if self._slot >= 0 else None
-
-    @property
-    def side(self):
-        """The sending side of the packet (:class:`Side`), or None."""
-        return SIDES[self._side] if self._side >= 0 else None
-
-    @property
-    def hook(self):
-        """:class:`Hook` at which the handler runs, or None when there is no packet."""
-        return HOOKS[self._hook]
-
-    @property
-    def value(self):
-        """The event's value, if any (for NEW_DATA the side's unconsumed in-order bytes)."""
-        return resolved(self._value)
-
-    @property
-    def ts(self):
-        """Packet (or event) time in seconds."""
-        return self._engine.now * 1e-9
-
-    @property
-    def frame(self):
-        """The raw frame (bytes copy), or None without a packet."""
-        if not self._has_packet:
-            return None
-        cdef pkt_t *pk = &self._engine.pk
-        return pk.frame[:pk.caplen]
-
-    @property
-    def payload(self):
-        """The transport payload (bytes copy), or None without a packet."""
-        if not self._has_packet:
-            return None
-        cdef pkt_t *pk = &self._engine.pk
-        return pk.payload[:pk.paylen]
-
-    @property
-    def payload_length(self):
-        """Length of the transport payload."""
-        return self._engine.pk.paylen if self._has_packet else 0
-
-    @property
-    def tcp_flags(self):
-        """TCP flags byte (0 for UDP)."""
-        return self._engine.pk.flags if self._has_packet else None
-
-    @property
-    def seq(self):
-        """TCP sequence number."""
-        return self._engine.pk.seq if self._has_packet else None
-
-    @property
-    def ack(self):
-        """TCP acknowledgement number."""
-        return self._engine.pk.ack if self._has_packet else None
-
-    @property
-    def window(self):
-        """TCP window field as sent (unscaled)."""
-        return self._engine.pk.win if self._has_packet else None
-
-    @property
-    def src(self):
-        """Source address of the packet."""
-        return ip_object(self._engine.pk.src, self._engine.pk.family) if self._has_packet else None
-
-    @property
-    def dst(self):
-        """Destination address of the packet."""
-        return ip_object(self._engine.pk.dst, self._engine.pk.family) if self._has_packet else None
-
-    @property
-    def sport(self):
-        """Source port."""
-        return self._engine.pk.sport if self._has_packet else None
-
-    @property
-    def dport(self):
-        """Destination port."""
-        return self._engine.pk.dport if self._has_packet else None
-
-    @property
-    def verdict(self):
-        """The packet's verdict so far (:class:`Verdict`)."""
-        return Verdict(self._engine.verdict)
-
-    def drop(self):
-        """Set the packet's verdict to DROP (inline mode applies it; statistics count it).
-
-        Raises RuntimeError outside the sender hook: only there may a packet be dropped.
-        """
-        if not self._has_packet or self._hook != HOOK_SENDER:
-            raise RuntimeError(
-                "a packet can only be dropped at the sender hook; register the handler with "
-                "hook=aiomb.Hook.SENDER (or an event raised there, such as PACKET_IN)")
-        self._engine.verdict = VERDICT_DROP
-
-    def rewrite(self, *, src=None, dst=None, sport=None, dport=None):
-        """Rewrite the packet's source/destination address and ports in place (a NAT's step).
-
-        The IPv4 header checksum and the TCP/UDP checksum are updated incrementally, and the
-        view's ``src``/``dst``/``sport``/``dport`` show the new values; the packet stays on the
-        flow it was looked up in. Only at the sender hook, and only on frames the source lets
-        be written (an inline port's UMEM); raises RuntimeError otherwise, ValueError for an
-        address of the other IP family or a port out of range.
-        """
-        cdef uint8_t sa[16]
-        cdef uint8_t da[16]
-        cdef pkt_t *pk = &self._engine.pk
-        if not self._has_packet or self._hook != HOOK_SENDER:
-            raise RuntimeError("a packet can only be rewritten at the sender hook; register the "
-                               "handler with hook=aiomb.Hook.SENDER")
-        if not self._engine.frames_writable:
-            raise RuntimeError("this packet's frame is read-only: only inline ports "
-                               "(aiomb.port(..., inline=...)) let handlers rewrite packets")
-        for port in (sport, dport):
-            if port is not None and not 0 <= port <= 0xffff:
-                raise ValueError(f"port {port} is out of range 0..65535")
-        if src is not None and pack_ip(src, sa) != pk.family:
-            raise ValueError(f"{src} is not an IPv{pk.family} address like the packet's")
-        if dst is not None and pack_ip(dst, da) != pk.family:
-            raise ValueError(f"{dst} is not an IPv{pk.family} address like the packet's")
-        if rewrite_packet(pk, sa if src is not None else NULL, da if dst is not None else NULL,
-                          -1 if sport is None else sport, -1 if dport is None else dport) < 0:
-            raise RuntimeError("this packet has no transport header in its frame (an IP fragment); "
-                               "it cannot be rewritten in place")
+cdef inline FlowSnapshot snapshot(const flow_t *f):
+    cdef FlowSnapshot snap = FlowSnapshot.__new__(FlowSnapshot)
+    return snap.take(f)

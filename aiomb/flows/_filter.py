@@ -1,6 +1,6 @@
 """Flow filters: a tcpdump-style expression language evaluated once per new flow.
 
-Layer: flows (stdlib only). An expression is parsed once, by a small recursive-descent parser,
+Layer: flows (stdlib and the shared exceptions only). An expression is parsed once, by a small recursive-descent parser,
 into nested closures; :meth:`FlowFilter.matches` then only calls them. The filter sees a flow,
 not a packet: ``src`` is the client (the initiator) and ``dst`` the server. Grammar, with
 keywords case-insensitive::
@@ -31,6 +31,8 @@ import ipaddress
 import operator
 import re
 from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
+
+from .._errors import AiombError
 
 __all__ = ["FilterError", "FlowFilter", "compile_filter"]
 
@@ -87,7 +89,7 @@ _PROTOCOL_PREDICATES: dict[str, Predicate] = {
 }
 
 
-class FilterError(ValueError):
+class FilterError(AiombError, ValueError):
     """A filter expression does not parse.
 
     The message says what is wrong and at which 0-based ``position`` (with a caret under the
@@ -659,6 +661,14 @@ class FlowFilter:
         (ipaddress objects and ints) and ``vlan`` (a tuple of IDs, outermost first).
         """
         return self._predicate(key)
+
+    def __eq__(self, other: object) -> bool:
+        if not isinstance(other, FlowFilter):
+            return NotImplemented
+        return self._expression == other._expression
+
+    def __hash__(self) -> int:
+        return hash(self._expression)
 
     def __repr__(self) -> str:
         return f"{type(self).__name__}({self._expression!r})"

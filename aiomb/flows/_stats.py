@@ -3,9 +3,42 @@
 Layer: flows. Built by the core; plain values, safe to keep after the flow or stack is gone.
 """
 
+from collections.abc import Mapping
+
 import attrs
 
 from ._types import EndReason, TcpState
+
+
+class MalformedCounts(Mapping):
+    """Malformed packets by reason (e.g. ``"truncated_tcp"``): a read-only mapping in which only
+    the reasons seen appear. Compares equal to a dict with the same counts; hashable."""
+
+    __slots__ = ("_counts",)
+
+    def __init__(self, counts=()):
+        object.__setattr__(self, "_counts", dict(sorted(dict(counts).items())))
+
+    def __setattr__(self, name, value):
+        raise AttributeError(f"{type(self).__name__} is read-only")
+
+    def __getitem__(self, reason: str) -> int:
+        return self._counts[reason]
+
+    def __iter__(self):
+        return iter(self._counts)
+
+    def __len__(self) -> int:
+        return len(self._counts)
+
+    def __hash__(self) -> int:
+        return hash(tuple(self._counts.items()))
+
+    def __repr__(self) -> str:
+        return f"MalformedCounts({self._counts!r})"
+
+    def __reduce__(self):
+        return (MalformedCounts, (self._counts,))
 
 
 @attrs.frozen(kw_only=True)
@@ -60,7 +93,8 @@ class FlowStatistics:
 class EngineStatistics:
     """The core's counters: packets, flows, and every reason a packet was not tracked.
 
-    ``malformed`` maps a reason (e.g. ``"truncated_tcp"``) to a count; only reasons seen appear.
+    ``malformed`` maps a reason (e.g. ``"truncated_tcp"``) to a count (a read-only
+    :class:`MalformedCounts`); only reasons seen appear.
     """
 
     packets: int
@@ -69,7 +103,7 @@ class EngineStatistics:
     udp_packets: int
     non_ip: int
     other_protocol: int
-    malformed: dict
+    malformed: MalformedCounts
     orphans: int
     flows_active: int
     flows_created: int

@@ -2,7 +2,8 @@
 
 Layer: io. The source interface (shared with live ports): ``open()``; ``await receive(batch)``
 filling a :class:`~aiomb._core.FrameBatch` and returning its frame count, which a live source
-may return as 0 when a tick passes without traffic, or None at the end of input;
+may return as 0 when a tick passes without traffic, or None at the end of input (a capture also
+offers ``read(batch)``, the same without Trio, for synchronous programs);
 ``apply(batch)`` acting on the verdicts the engine wrote; ``close()``; ``live`` (False: time
 comes from packet timestamps; True: ``now()`` gives the clock in seconds, and the stack expires
 flows by it after every receive) and ``progress()``. A source may also offer ``async aopen()``
@@ -11,8 +12,6 @@ run in a worker thread, and closing is shielded from cancellation).
 """
 
 import os
-
-import trio
 
 from .._core import CaptureReader
 
@@ -41,12 +40,30 @@ class CaptureSource:
         self._reader = CaptureReader(self.path, chunk_size=self._chunk_size)
         self._size = os.path.getsize(self.path)
 
-    async def receive(self, batch) -> int | None:
-        """Fill ``batch`` with the next frames; returns how many, None at the end of the file."""
+    def __enter__(self) -> "CaptureSource":
+        self.open()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def read(self, batch) -> int | None:
+        """Fill ``batch`` with the next frames; returns how many, None at the end of the file.
+
+        Blocks on file reads only; raises CaptureError where the file is damaged (what came
+        before was returned). Use the source in ``with`` (or ``open()`` it) first.
+        """
         if self._reader is None:
-            raise RuntimeError("the capture source is not open; use it through aiomb.open_stack()")
-        await trio.lowlevel.checkpoint()
+            raise RuntimeError("the capture source is not open: use it in a with block, call open(), "
+                               "or give it to aiomb.open_stack()")
         return self._reader.fill(batch) or None
+
+    async def receive(self, batch) -> int | None:
+        """``read()`` for the Trio stack: a checkpoint, then the next frames (None at the end)."""
+        import trio
+
+        await trio.lowlevel.checkpoint()
+        return self.read(batch)
 
     def apply(self, batch) -> None:
         """Verdicts do not apply to a capture (there is no wire to forward to)."""

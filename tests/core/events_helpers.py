@@ -23,12 +23,13 @@ def compact(ev) -> tuple:
 def run(frames, *, kinds=NOT_PACKETS, finish=False, linktype=1, **options):
     """Feed (ts, frame) pairs to a new engine; returns (engine, [compact events])."""
     engine = aiomb.Engine(**options)
-    sub = engine.subscribe(kinds)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(kinds)
     for ts, frame in frames:
         engine.feed(frame, ts, linktype=linktype)
     if finish:
         engine.finish()
-    return engine, [compact(e) for e in engine.drain(sub)]
+    return engine, [compact(e) for e in d.drain(sub)]
 
 
 def state_changes(events, side=None) -> list[tuple]:

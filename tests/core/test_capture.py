@@ -103,7 +103,11 @@ class Run:
         self.engine = aiomb.Engine(**engine_options)
         self.seen = []  # (ts, frame) of every packet, at the sender hook
         self.engine.add_handler(aiomb.PACKET_IN, self._record, hook=aiomb.Hook.SENDER)
-        self.sub = self.engine.subscribe((aiomb.CONN_START, aiomb.UDP_START))
+        self.handles = []  # every flow's handle, taken when it starts
+        for start in (aiomb.CONN_START, aiomb.UDP_START):
+            self.engine.add_handler(start, lambda packet: self.handles.append(packet.flow))
+        self.d = aiomb.Dispatcher(self.engine)
+        self.sub = self.d.subscribe((aiomb.CONN_START, aiomb.UDP_START))
         self.reader = CaptureReader(source, chunk_size=chunk_size)
         self.batch = aiomb.FrameBatch(capacity)
         self.counts = []
@@ -137,15 +141,15 @@ class Run:
         return [ts for ts, _ in self.seen]
 
     def start_events(self):
-        self.starts += self.engine.drain(self.sub)
+        self.starts += self.d.drain(self.sub)
         return self.starts
 
     def start_times(self):
         return [ev.ts for ev in self.start_events()]
 
     def first_times(self):
-        """first_ts of every flow started, from the handles its start event carried."""
-        return [ev.flow.statistics().first_ts for ev in self.start_events()]
+        """first_ts of every flow started, from the handles taken when they started."""
+        return [flow.first_ts for flow in self.handles]
 
 
 def run_all(source, **options):

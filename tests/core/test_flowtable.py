@@ -18,11 +18,12 @@ def feed(engine, frames):
 
 def test_max_flows_evicts_the_least_recently_active_flow():
     engine = aiomb.Engine(max_flows=3)
-    sub = engine.subscribe(ENDS | EventKind.CONN_START)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(ENDS | EventKind.CONN_START)
     feed(engine, [(1.0 + i, syn(i)) for i in range(3)])
     engine.feed(tcp_frame("10.0.0.2", "10.0.0.1", 80, 1024, seq=9, ack=1, flags="SA"), 4.0)
     engine.feed(syn(3), 5.0)
-    events = engine.drain(sub)
+    events = d.drain(sub)
     assert [(e.kind, e.key.client_port) for e in events] == [
         (EventKind.CONN_START, 1024), (EventKind.CONN_START, 1025), (EventKind.CONN_START, 1026),
         (EventKind.CONN_END, 1025), (EventKind.CONN_START, 1027)]
@@ -33,27 +34,29 @@ def test_max_flows_evicts_the_least_recently_active_flow():
 
 def test_idle_timeouts_depend_on_state_and_protocol():
     engine = aiomb.Engine(tcp_syn_timeout=10, tcp_established_timeout=100, udp_timeout=50)
-    sub = engine.subscribe(ENDS)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(ENDS)
     engine.feed(syn(1), 0.0)                                          # half-open: 10 s
     c = TcpConversation(("10.0.0.5", 5000), ("10.0.0.6", 22), start_ts=0.0)
     c.handshake()
     feed(engine, c.frames)                                              # established: 100 s
     engine.feed(udp_frame("10.0.0.7", "10.0.0.8", 9, 9, b"u"), 0.0)   # udp: 50 s
     engine.expire(10.5)
-    assert [e.key.server_port for e in engine.drain(sub)] == [80]
+    assert [e.key.server_port for e in d.drain(sub)] == [80]
     engine.expire(50.5)
-    assert [e.kind for e in engine.drain(sub)] == [EventKind.UDP_END]
+    assert [e.kind for e in d.drain(sub)] == [EventKind.UDP_END]
     engine.expire(99.0)
-    assert engine.drain(sub) == []
+    assert d.drain(sub) == []
     engine.expire(100.1)
-    (end,) = engine.drain(sub)
+    (end,) = d.drain(sub)
     assert (end.key.server_port, end.reason) == (22, EndReason.TIMEOUT)
     assert engine.statistics().flows_timed_out == 3
 
 
 def test_closed_flows_linger_then_leave_silently():
     engine = aiomb.Engine(tcp_closed_timeout=5)
-    sub = engine.subscribe(ENDS | EventKind.PACKET_IN)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(ENDS | EventKind.PACKET_IN)
     c = TcpConversation(start_ts=0.0)
     c.handshake()
     c.rst("client")
@@ -64,20 +67,21 @@ def test_closed_flows_linger_then_leave_silently():
     assert flow.statistics().client.rst == 2
     engine.expire(6.0)
     assert engine.flows() == []
-    kinds = [e.kind for e in engine.drain(sub)]
+    kinds = [e.kind for e in d.drain(sub)]
     assert kinds.count(EventKind.CONN_END) == 1
     assert kinds.count(EventKind.PACKET_IN) == 5
 
 
 def test_finish_ends_open_flows_oldest_first_and_handles_keep_final_values():
     engine = aiomb.Engine()
-    sub = engine.subscribe(ENDS)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(ENDS)
     feed(engine, [(1.0 + i, syn(i)) for i in range(5)])
     engine.feed(udp_frame("10.0.0.1", "10.0.0.9", 1, 2, b"x"), 9.0)
     handles = engine.flows()
     engine.finish()
-    events = engine.drain(sub)
-    assert [e.flow.id for e in events] == [1, 2, 3, 4, 5, 6]
+    events = d.drain(sub)
+    assert [e.flow_id for e in events] == [1, 2, 3, 4, 5, 6]
     assert {e.reason for e in events} == {EndReason.END_OF_CAPTURE}
     assert engine.statistics().flows_active == 0
     h = handles[0]
@@ -103,33 +107,37 @@ def test_finish_orders_thousands_of_flows_by_age_not_by_table_slot():
     # UDP flows time out first; the TCP flows opened after them reuse their table slots, last
     # freed first, so table order is not age order
     engine = aiomb.Engine(udp_timeout=10.0)
-    sub = engine.subscribe(ENDS)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(ENDS)
     n = 1500
     for i in range(n):
         engine.feed(udp_frame(f"10.1.{i >> 8}.{i & 255}", "192.0.2.1", 2000 + i, 53, b"q"), 1.0)
     feed(engine, [(2.0, tcp_frame(f"10.2.{i >> 8}.{i & 255}", "192.0.2.1", 2000 + i, 443, seq=i, flags="S"))
                   for i in range(n)])
     engine.expire(12.0)
-    assert len(engine.drain(sub)) == n
+    assert len(d.drain(sub)) == n
     feed(engine, [(13.0, tcp_frame(f"10.3.{i >> 8}.{i & 255}", "192.0.2.1", 2000 + i, 443, seq=i, flags="S"))
                   for i in range(n)])
     engine.finish()
-    ids = [e.flow.id for e in engine.drain(sub)]
+    ids = [e.flow_id for e in d.drain(sub)]
     assert ids == list(range(n + 1, 3 * n + 1))
     assert engine.statistics().flows_active == 0
 
 
 def test_flow_context_and_statistics_snapshot():
     engine = aiomb.Engine()
-    sub = engine.subscribe(EventKind.CONN_START)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.CONN_START)
     engine.feed(syn(1), 1.0)
-    (ev,) = engine.drain(sub)
-    ev.flow.context["seen"] = True
+    (ev,) = d.drain(sub)
+    flow = engine.flow(ev.key, ev.flow_id)
+    flow.context["seen"] = True
     assert engine.flows()[0].context == {"seen": True}
-    assert engine.flows()[0] is ev.flow
-    snap = ev.flow.statistics()
+    assert engine.flows()[0] is flow and engine.flow(ev.key) is flow
+    assert engine.flow(ev.key, ev.flow_id + 1) is None
+    snap = flow.statistics()
     engine.feed(syn(1), 2.0)
-    assert snap.client.packets == 1 and ev.flow.statistics().client.packets == 2
+    assert snap.client.packets == 1 and flow.statistics().client.packets == 2
 
 
 def test_engine_option_errors_are_precise():

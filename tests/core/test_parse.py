@@ -55,15 +55,16 @@ def test_udp_flow_start_and_end_by_timeout():
     r = udp_frame("10.0.0.53", "10.0.0.1", 53, 5353, b"answer")
     engine, events = run([(1.0, q), (1.1, r)], udp_timeout=10)
     assert events == [("UDP_START", "CLIENT")]
-    sub = engine.subscribe(EventKind.UDP_END)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.UDP_END)
     engine.expire(11.0)
-    assert engine.drain(sub) == []
+    assert d.drain(sub) == []
     engine.expire(11.1)
-    (end,) = engine.drain(sub)
+    (end,) = d.drain(sub)
     assert (end.kind, end.reason, end.side) == (EventKind.UDP_END, aiomb.EndReason.TIMEOUT, None)
-    assert end.flow.statistics().client.payload_bytes == 1
-    assert end.flow.statistics().server.payload_bytes == 6
-    assert not end.flow.alive
+    assert end.stats.client.payload_bytes == 1
+    assert end.stats.server.payload_bytes == 6
+    assert engine.flow(end.key) is None
 
 
 def test_ipv4_fragments_reassemble_in_any_order():

@@ -23,7 +23,8 @@ def client_segments(data, cuts, isn=0):
 def run_stream(segments, *, isn=1000, policy="first", server_acks=(), end=True, **options):
     """Feed a handshake then the client's segments (offset, bytes); returns (events, engine)."""
     engine = aiomb.Engine(overlap_policy=policy, **options)
-    sub = engine.subscribe(STREAM)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(STREAM)
     c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80), client_isn=isn)
     c.handshake()
     for ts, f in c.frames:
@@ -39,7 +40,7 @@ def run_stream(segments, *, isn=1000, policy="first", server_acks=(), end=True, 
         t += 0.001
     if end:
         engine.finish()
-    return engine.drain(sub), engine
+    return d.drain(sub), engine
 
 
 def stream_of(events, side=Side.CLIENT):
@@ -81,13 +82,14 @@ def test_an_ended_flow_returns_its_buffer_while_it_lingers():
         if reorder:
             frames[-2], frames[-1] = frames[-1], frames[-2]
         engine = aiomb.Engine()
-        sub = engine.subscribe(EventKind.NEW_DATA | EventKind.CONN_END)
+        d = aiomb.Dispatcher(engine)
+        sub = d.subscribe(EventKind.NEW_DATA | EventKind.CONN_END)
         for ts, f in frames:
             engine.feed(f, ts)
         open_memory = engine.statistics().stream_memory
         for i, frame in enumerate((c.fin("client"), c.fin("server"), c.ack("client"))):
             engine.feed(frame, 2.0 + i / 1000)
-        kinds = [ev.kind for ev in engine.drain(sub)]
+        kinds = [ev.kind for ev in d.drain(sub)]
         assert kinds == [EventKind.NEW_DATA] * (1 if reorder else 2) + [EventKind.CONN_END]
         assert engine.statistics().flows_active == 1     # closed, lingering
         return open_memory, engine.statistics().stream_memory
@@ -112,12 +114,13 @@ def burst_capture(tmp_path, segments=50, size=1000):
 def test_a_burst_of_segments_in_one_batch_is_referenced_not_copied(tmp_path):
     path, data = burst_capture(tmp_path)
     engine = aiomb.Engine()
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     reader = aiomb._core.CaptureReader(path)
     batch = aiomb.FrameBatch(2048)
     assert reader.fill(batch) == 53
     engine.process(batch)
-    (ev,) = engine.drain(sub)
+    (ev,) = d.drain(sub)
     # the stream held references into the batch's frames, never a buffer of its own
     assert engine.statistics().stream_memory < 1024
     assert (ev.offset, ev.length) == (0, len(data))
@@ -129,7 +132,8 @@ def test_a_burst_of_segments_in_one_batch_is_referenced_not_copied(tmp_path):
 def test_bytes_referenced_when_a_handler_raises_come_with_the_next_delivery(tmp_path):
     path, data = burst_capture(tmp_path)
     engine = aiomb.Engine()
-    sub = engine.subscribe(EventKind.NEW_DATA | EventKind.GAP)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA | EventKind.GAP)
     seen, got = [], []
 
     def fail_once(pv):      # on the 27th data segment, before its payload reaches the stream
@@ -140,7 +144,7 @@ def test_bytes_referenced_when_a_handler_raises_come_with_the_next_delivery(tmp_
     def run(batch):
         engine.process(batch)
         # values taken at once: the reader reuses its 4 KiB block for the next frames
-        got.extend((ev.kind, ev.offset, ev.length, ev.value) for ev in engine.drain(sub))
+        got.extend((ev.kind, ev.offset, ev.length, ev.value) for ev in d.drain(sub))
     engine.add_handler(EventKind.PACKET_IN, fail_once, hook=aiomb.Hook.SENDER)
     reader = aiomb._core.CaptureReader(path, chunk_size=4096)
     batch = aiomb.FrameBatch(40)
@@ -150,7 +154,7 @@ def test_bytes_referenced_when_a_handler_raises_come_with_the_next_delivery(tmp_
     while reader.fill(batch):
         run(batch)
     engine.finish()
-    got.extend((ev.kind, ev.offset, ev.length, ev.value) for ev in engine.drain(sub))
+    got.extend((ev.kind, ev.offset, ev.length, ev.value) for ev in d.drain(sub))
     assert [(off, n) for kind, off, n, _ in got if kind is EventKind.GAP] == [(26000, 1000)]
     assert b"".join(value[-n:] for kind, _, n, value in got if kind is EventKind.NEW_DATA) \
         == data[:26000] + data[27000:]
@@ -165,7 +169,8 @@ def test_one_new_data_event_per_side_per_batch():
         c.send("client", data[i:i + 500])
     c.send("server", b"reply")
     engine = aiomb.Engine()
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     batch = aiomb.FrameBatch(64)
     from aiomb.testing import write_pcap
     import io
@@ -175,7 +180,7 @@ def test_one_new_data_event_per_side_per_batch():
     reader = aiomb._core.CaptureReader(buf)
     while reader.fill(batch):
         engine.process(batch)
-    events = engine.drain(sub)
+    events = d.drain(sub)
     assert [(e.side, e.offset, e.length) for e in events] == [(Side.CLIENT, 0, 5000), (Side.SERVER, 0, 5)]
 
 
@@ -258,7 +263,8 @@ def test_sequence_wraparound():
 
 def test_streams_longer_than_4_gib_use_64_bit_offsets():
     engine = aiomb.Engine(buffering=False)          # offsets and counters only: no copies
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     c = TcpConversation(client_isn=10)
     c.handshake()
     for ts, f in c.frames:
@@ -271,7 +277,7 @@ def test_streams_longer_than_4_gib_use_64_bit_offsets():
         frame[38:42] = (seq % 2**32).to_bytes(4, "big")
         engine.feed(frame, 2.0)
         seq += chunk
-    events = engine.drain(sub)
+    events = d.drain(sub)
     assert len(events) == 72_000
     assert events[-1].offset + events[-1].length == 72_000 * chunk > 2**32
     assert engine.flows()[0].statistics().client.stream_bytes == 72_000 * chunk
@@ -326,7 +332,8 @@ def test_peek_consume_and_hold():
 
 def test_stop_monitoring_a_side():
     engine = aiomb.Engine()
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     c = TcpConversation()
     c.handshake()
     c.send("client", b"before")
@@ -335,12 +342,12 @@ def test_stop_monitoring_a_side():
     (flow,) = engine.flows()
     flow.stop(Side.CLIENT)
     engine.feed(c.send("client", b"after"), 3.0)
-    assert [e.value for e in engine.drain(sub)] == [b"before"]
+    assert [e.value for e in d.drain(sub)] == [b"before"]
 
 
 def test_reassembly_is_off_unless_stream_events_are_wanted():
     engine = aiomb.Engine()
-    engine.subscribe(EventKind.CONN_START)
+    aiomb.Dispatcher(engine).subscribe(EventKind.CONN_START)
     c = TcpConversation()
     c.handshake()
     c.send("client", b"data")
@@ -422,7 +429,8 @@ def test_policy_per_server_network_and_per_flow():
 
 def test_set_policy_on_a_flow():
     engine = aiomb.Engine(reassembly=True)
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     c = TcpConversation()
     c.handshake()
     for ts, f in c.frames:
@@ -431,7 +439,7 @@ def test_set_policy_on_a_flow():
     for off, data in ((4, b"GOOD"), (4, b"EVIL"), (0, b"head")):
         engine.feed(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1001 + off, ack=5001, flags="PA",
                               payload=data), 3.0)
-    assert b"".join(e.value for e in engine.drain(sub)) == b"headEVIL"
+    assert b"".join(e.value for e in d.drain(sub)) == b"headEVIL"
 
 
 def model_new_wins(family, s, h):
@@ -488,7 +496,8 @@ def test_split_at_every_byte_in_both_orders():
 
 def test_data_on_syn_starts_the_stream():
     engine = aiomb.Engine(reassembly=True)
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     c = TcpConversation()
     c.syn(payload=b"GET / HTTP/1.1\r\n\r\n")
     c.syn_ack()
@@ -496,7 +505,7 @@ def test_data_on_syn_starts_the_stream():
     c.send("client", b"more")
     for ts, f in c.frames:
         engine.feed(f, ts)
-    assert b"".join(e.value for e in engine.drain(sub)) == b"GET / HTTP/1.1\r\n\r\nmore"
+    assert b"".join(e.value for e in d.drain(sub)) == b"GET / HTTP/1.1\r\n\r\nmore"
 
 
 def batch_of(frames):
@@ -518,7 +527,8 @@ def test_peek_mid_batch_sees_referenced_bytes_and_held_sides_keep_them():
     for part in (b"one ", b"two ", b"three"):
         c.send("client", part)
     engine = aiomb.Engine(reassembly=True)
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     peeks = []
 
     def at_receiver(pkt):
@@ -532,7 +542,7 @@ def test_peek_mid_batch_sees_referenced_bytes_and_held_sides_keep_them():
     engine.process(batch)
     reader.close()
     assert peeks == [b"one ", b"one two ", b"one two three"]
-    (ev,) = engine.drain(sub)
+    (ev,) = d.drain(sub)
     assert (ev.offset, ev.length, ev.value) == (0, 13, b"one two three")
     (flow,) = engine.flows()
     assert flow.peek(Side.CLIENT) == b"one two three"    # held: copied out of the frames
@@ -545,11 +555,12 @@ def test_one_batch_many_segments_beyond_the_reference_slots():
     for i in range(0, len(data), 32):                     # 32 segments > the 8 reference slots
         c.send("client", data[i:i + 32])
     engine = aiomb.Engine(reassembly=True)
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     reader, batch = batch_of(c.frames)
     engine.process(batch)
     reader.close()
-    assert b"".join(e.value for e in engine.drain(sub)) == data
+    assert b"".join(e.value for e in d.drain(sub)) == data
 
 
 def interleaved_capture(tmp_path, flows=24, segments=40):
@@ -590,18 +601,19 @@ def read_events(path, *, chunk_size, look=lambda ev: False):
     """Every NEW_DATA event of the capture, read through small blocks; ``look`` picks the
     events whose value is taken as soon as they are made."""
     engine = aiomb.Engine(reassembly=True)
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     reader = aiomb._core.CaptureReader(path, chunk_size=chunk_size)
     batch = aiomb.FrameBatch(64)
     events = []
     while reader.fill(batch):
         engine.process(batch)
-        for ev in engine.drain(sub):
+        for ev in d.drain(sub):
             if look(ev):
                 ev.value
             events.append(ev)
     engine.finish()
-    events += engine.drain(sub)
+    events += d.drain(sub)
     return events, reader
 
 
@@ -645,13 +657,14 @@ def test_event_ranges_are_none_or_non_negative():
 def test_two_subscribers_share_each_value_and_both_read_it(tmp_path):
     path, streams = interleaved_capture(tmp_path, flows=6, segments=20)
     engine = aiomb.Engine(reassembly=True)
-    subs = [engine.subscribe(EventKind.NEW_DATA) for _ in range(2)]
+    d = aiomb.Dispatcher(engine)
+    subs = [d.subscribe(EventKind.NEW_DATA) for _ in range(2)]
     reader = aiomb._core.CaptureReader(path, chunk_size=4096)
     batch = aiomb.FrameBatch(64)
     first, second = [], []
     while reader.fill(batch):
         engine.process(batch)
-        a, b = engine.drain(subs[0]), engine.drain(subs[1])
+        a, b = d.drain(subs[0]), d.drain(subs[1])
         for ev in a:
             ev.value                    # the first subscriber looks at once, the second later
         first += a
@@ -665,13 +678,14 @@ def test_a_few_values_kept_from_each_batch_keep_their_bytes(tmp_path):
     # and reads on into the same block
     path, streams = interleaved_capture(tmp_path)
     engine = aiomb.Engine(reassembly=True)
-    sub = engine.subscribe(EventKind.NEW_DATA)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA)
     reader = aiomb._core.CaptureReader(path, chunk_size=4096)
     batch = aiomb.FrameBatch(64)
     kept = []
     while reader.fill(batch):
         engine.process(batch)
-        kept += engine.drain(sub)[-1:]
+        kept += d.drain(sub)[-1:]
     assert reader.frame_memory == 4096
     reader.close()
     assert len(kept) > 50

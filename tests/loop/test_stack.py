@@ -188,10 +188,12 @@ async def test_conn_start_and_end_in_order_with_keys_sides_reasons(tmp_path, fmt
     ]
     assert [ev.ts for ev in events] == pytest.approx(
         [1.0, 1.002, 1.005, 1.035, 1.07, 1.1], abs=1e-9)
-    assert [ev.flow.key for ev in events] == [ev.key for ev in events]
-    assert events[0].flow is events[4].flow          # one live handle per flow
-    assert [ev.flow.end_reason for ev in events[3:]] == [
+    assert [ev.flow_id for ev in events] == [1, 2, 3, 3, 1, 2]
+    assert [ev.stats.end_reason for ev in events[3:]] == [
         EndReason.RST, EndReason.FIN, EndReason.END_OF_CAPTURE]
+    assert [ev.stats.packets for ev in events[3:]] == [4, 8, 5]
+    assert all(ev.stats is None for ev in events[:3])
+    assert stack.flow(events[0]) is None                 # gone from the table by now
     assert stats.packets == 8 + 4 + 5 + 1 == 18
     assert stats.engine.tcp_packets == 17
     assert stats.engine.udp_packets == 1
@@ -701,9 +703,21 @@ async def test_filtered_subscription_gets_only_matching_flows(tmp_path):
     path, _ = two_port_capture(tmp_path)
     async with open_stack(aiomb.capture(path)) as stack:
         async with stack.subscribe(CONN_START, CONN_END, filter="dst port 443") as only443:
-            assert len(stack.middleboxes) == 2
+            assert len(stack.middleboxes) == 1          # a filter uses up no middlebox
             events = await collect(only443)
     assert [(ev.kind, ev.key) for ev in events] == [(CONN_START, KEY443), (CONN_END, KEY443)]
+
+
+async def test_many_filtered_subscriptions_use_no_middlebox_and_share_equal_filters(tmp_path):
+    path, _ = two_port_capture(tmp_path)
+    async with open_stack(aiomb.capture(path)) as stack:
+        subs = [stack.subscribe(CONN_START, filter=f"dst port {443 if i % 2 else 80} or port {i}")
+                for i in range(40)]
+        same = stack.subscribe(CONN_START, filter="dst port 443 or port 1")
+        assert len(stack.middleboxes) == 1
+        stack.start()
+        got = [[ev.key for ev in await sub.receive_batch()] for sub in subs + [same]]
+    assert got == [[KEY443] if i % 2 else [KEY80] for i in range(40)] + [[KEY443]]
 
 
 async def test_duplicate_middlebox_name_and_bad_filter(tmp_path):

@@ -1,0 +1,390 @@
+# The live handles: Flow (one flow in the table, its streams, the user's context) and PacketView
+# (the current event and packet, given to inline handlers and predicates during their call).
+
+@cython.no_gc
+cdef class Flow:
+    """The live handle of one flow: key, both sides' TCP states and counters, user context.
+
+    Live while the flow is in the table; after it is removed the handle keeps its final values
+    (``alive`` turns False). ``context`` is a dict for middlebox state, shared by every
+    middlebox on the stack. Layer: core; reading attributes never blocks. Handles are made at
+    flow rate, so they are not tracked by the cyclic garbage collector: keep the handle itself
+    out of its own ``context`` (a cycle through it would never be freed).
+    """
+
+    cdef Engine _engine
+    cdef int32_t _slot
+    cdef readonly uint64_t id
+    cdef readonly FlowKey key
+    cdef FlowSnapshot _final         # the final values, once the flow has left the table
+    cdef bint _alive
+    cdef bint _pinned                # the table owns a reference (the context is in use)
+    cdef dict _context
+
+    def __dealloc__(self):
+        if self._alive and self._engine is not None \
+                and self._engine.tab.flows[self._slot].handle == <void *>self:
+            self._engine.tab.flows[self._slot].handle = NULL
+
+    cdef const flow_t *_f(self):
+        if self._alive:
+            return &self._engine.tab.flows[self._slot]
+        return &self._final.f
+
+    @property
+    def alive(self):
+        """True while the flow is in the flow table."""
+        return self._alive
+
+    @property
+    def context(self):
+        """A dict for the user's per-flow state (created on first use; kept with the flow)."""
+        if self._context is None:
+            self._context = {}
+            if self._alive and not self._pinned:
+                self._pinned = True
+                Py_INCREF(self)
+        return self._context
+
+    def state(self, side):
+        """The TCP state of ``side`` (a :class:`Side`), as the middlebox infers it."""
+        return STATES[self._f().side[Side(side)].state]
+
+    @property
+    def client_state(self):
+        """The client's TCP state."""
+        return STATES[self._f().side[0].state]
+
+    @property
+    def server_state(self):
+        """The server's TCP state."""
+        return STATES[self._f().side[1].state]
+
+    @property
+    def first_ts(self):
+        """Time of the flow's first packet, in seconds."""
+        return self._f().first_ts * 1e-9
+
+    @property
+    def last_ts(self):
+        """Time of the flow's latest packet, in seconds."""
+        return self._f().last_ts * 1e-9
+
+    @property
+    def end_reason(self):
+        """How the flow ended (:class:`EndReason`), or None while it is open."""
+        return REASONS[self._f().end_reason]
+
+    @property
+    def midstream(self):
+        """True when the flow was picked up without its handshake."""
+        return bool(self._f().midstream)
+
+    def statistics(self):
+        """A :class:`FlowStatistics` snapshot of both sides' counters and states."""
+        return flow_statistics(self._f())
+
+    # ---- streams: the bytes each side sent, reassembled --------------------------------
+
+    cdef stream_t *_stream(self, side, bint create) except? NULL:
+        cdef int i = Side(side)
+        cdef flow_t *f
+        if not self._alive:
+            return self._final.f.side[i].stream
+        f = &self._engine.tab.flows[self._slot]
+        if f.side[i].stream == NULL and create:
+            if f.proto != 6:
+                raise ValueError(f"{self.key} is not TCP: UDP flows have no reassembled stream")
+            stream_new(self._engine, &f.side[i])
+        if f.side[i].stream != NULL:
+            materialize(self._engine, f.side[i].stream)     # contiguous bytes for peek and co
+        return f.side[i].stream
+
+    def peek(self, side, n=None):
+        """The next unconsumed in-order bytes of ``side``'s stream (at most ``n``), as bytes.
+
+        Empty when nothing is held: by default bytes are released once NEW_DATA delivered
+        them, unless the side is held (:meth:`hold`) or an inline NEW_DATA handler consumed
+        only part of them. Raises ValueError for a UDP flow.
+        """
+        cdef stream_t *st = self._stream(side, 0)
+        cdef uint32_t k
+        if st == NULL or not st.buffering or st.buf == NULL:
+            if st == NULL and int(self.key.proto) != 6:
+                raise ValueError(f"{self.key} is not TCP: UDP flows have no reassembled stream")
+            return b""
+        k = st.buf_len if n is None or n > st.buf_len else n
+        return st.buf[st.buf_start:st.buf_start + k]
+
+    def ppeek(self, side, offset, n):
+        """``n`` bytes of ``side``'s stream from absolute stream ``offset`` (positional peek).
+
+        Raises ValueError naming the held range when [offset, offset+n) is not all held.
+        """
+        cdef stream_t *st = self._stream(side, 0)
+        if n < 0 or offset < 0:
+            raise ValueError("offset and n must not be negative")
+        lo = st.buf_off if st != NULL else 0
+        hi = lo + (st.buf_len if st != NULL and st.buf != NULL else 0)
+        if not (lo <= offset and offset + n <= hi):
+            raise ValueError(f"bytes [{offset}, {offset + n}) are not held; the buffer holds "
+                             f"[{lo}, {hi}) of the {Side(side)} stream")
+        return st.buf[st.buf_start + (offset - lo):st.buf_start + (offset - lo) + n]
+
+    def consume(self, side, n):
+        """Release the first ``n`` unconsumed bytes of ``side``'s stream; returns how many.
+
+        In an inline NEW_DATA handler this is libnids' discard: the bytes not consumed stay and
+        come again, with the new ones, in the next NEW_DATA.
+        """
+        cdef stream_t *st = self._stream(side, 0)
+        if n < 0:
+            raise ValueError("n must not be negative")
+        if st == NULL or not self._alive:
+            return 0
+        k = min(n, st.buf_len)
+        stream_consume(self._engine, st, k)
+        st.consumed_in_call = 1
+        return k
+
+    def set_policy(self, name):
+        """Choose this flow's overlap policy (``first``, ``last``, ``linux``, ``windows``, ...)."""
+        if not self._alive:
+            raise RuntimeError(f"flow #{self.id} has ended; its policy can no longer change")
+        self._engine.tab.flows[self._slot].policy = <uint8_t>policy_number(name, "overlap policy")
+
+    def hold(self, side, enabled=True):
+        """Keep ``side``'s bytes until :meth:`consume` releases them (bounded by max_buffer)."""
+        self._stream(side, 1).manual = bool(enabled)
+
+    def set_buffering(self, side, enabled):
+        """Switch byte buffering of one side on or off; off keeps only offsets and counters."""
+        cdef stream_t *st = self._stream(side, 1)
+        cdef seg_t *g
+        if not enabled and st.buffering:
+            stream_consume(self._engine, st, st.buf_len)
+            g = st.ooo
+            while g != NULL:
+                if g.data != NULL:
+                    self._engine.stream_memory -= g.length
+                    free(g.data)
+                    g.data = NULL
+                g = g.next
+        st.buffering = bool(enabled)
+
+    def stop(self, side=None):
+        """Stop monitoring one side's stream (or both, with ``side=None``) at once; frees it."""
+        sides = (Side.CLIENT, Side.SERVER) if side is None else (Side(side),)
+        for sd in sides:
+            st = self._stream(sd, 1) if self._alive else NULL
+            if st != NULL:
+                stream_consume(self._engine, st, st.buf_len)
+                self.set_buffering(sd, False)
+                st.stopped = 1
+
+    def buffer(self, side):
+        """A snapshot of ``side``'s reassembly buffer (a dict): the next expected offset, the
+        consumed and delivered offsets, bytes held, the highest offset received, and the
+        out-of-order segments as (offset, length) pairs.
+        """
+        cdef stream_t *st = self._stream(side, 0)
+        cdef seg_t *g
+        if st == NULL:
+            return {"next_offset": 0, "consumed_offset": 0, "delivered_offset": 0, "held": 0,
+                    "last_received": 0, "out_of_order": [], "buffering": self._engine.buffering}
+        segs = []
+        g = st.ooo
+        last = st.next_off
+        while g != NULL:
+            segs.append((g.off, g.length))
+            last = g.off + g.length
+            g = g.next
+        return {"next_offset": st.next_off, "consumed_offset": st.buf_off,
+                "delivered_offset": st.delivered_off, "held": st.buf_len, "last_received": last,
+                "out_of_order": segs, "buffering": bool(st.buffering)}
+
+    def __repr__(self):
+        return (f"<Flow #{self.id} {self.key} {self.client_state}/{self.server_state}"
+                f"{'' if self._alive else ' removed'}>")
+
+
+cdef class PacketView:
+    """The live view given to inline handlers and predicates: the current event and packet.
+
+    Valid only during the call: a view kept after its handler returns raises RuntimeError when
+    used (copy what you need, e.g. ``view.payload``, ``view.event``, inside the handler).
+    ``packet`` fields are None for events raised without a packet (timeouts, end of capture).
+    Only handlers at the sender hook may ``drop()`` the packet. Layer: core.
+    """
+
+    cdef Engine _engine
+    cdef bint _dead                 # kept past its call: every access raises
+    cdef bint _has_packet
+    cdef int _side
+    cdef int _hook
+    cdef int _bit
+    cdef int32_t _slot
+    cdef int _a
+    cdef int _b
+    cdef int64_t _off
+    cdef int64_t _len
+    cdef object _value
+
+    cdef inline Engine _eng(self):
+        if self._dead:
+            raise RuntimeError("this PacketView was kept after its handler returned; a view is valid "
+                               "only during the call: copy what you need (view.payload, view.event, "
+                               "view.flow) inside the handler")
+        return self._engine
+
+    cdef inline bint _packet(self) except -1:
+        """Whether the event came with a packet (raises for a kept view)."""
+        self._eng()
+        return self._has_packet
+
+    @property
+    def kind(self):
+        """The event being handled."""
+        return self._eng().em.kind_objs[self._bit]
+
+    @property
+    def event(self):
+        """The current event as an :class:`Event` value."""
+        return self._eng().em.view_event(self)
+
+    @property
+    def flow(self):
+        """The flow's live :class:`Flow` handle, or None for orphan packets."""
+        cdef Engine eng = self._eng()
+        return eng.handle(self._slot) if self._slot >= 0 else None
+
+    @property
+    def side(self):
+        """The sending side of the packet (:class:`Side`), or None."""
+        self._eng()
+        return SIDES[self._side] if self._side >= 0 else None
+
+    @property
+    def hook(self):
+        """:class:`Hook` at which the handler runs, or None when there is no packet."""
+        self._eng()
+        return HOOKS[self._hook]
+
+    @property
+    def value(self):
+        """The event's value, if any (for NEW_DATA the new bytes; ``flow.peek`` shows every
+        unconsumed byte of the side)."""
+        self._eng()
+        return resolved(self._value)
+
+    @property
+    def ts(self):
+        """Packet (or event) time in seconds."""
+        return self._eng().now * 1e-9
+
+    @property
+    def frame(self):
+        """The raw frame (bytes copy), or None without a packet."""
+        if not self._packet():
+            return None
+        cdef pkt_t *pk = &self._eng().pk
+        return pk.frame[:pk.caplen]
+
+    @property
+    def payload(self):
+        """The transport payload (bytes copy), or None without a packet."""
+        if not self._packet():
+            return None
+        cdef pkt_t *pk = &self._eng().pk
+        return pk.payload[:pk.paylen]
+
+    @property
+    def payload_length(self):
+        """Length of the transport payload."""
+        return self._eng().pk.paylen if self._packet() else 0
+
+    @property
+    def tcp_flags(self):
+        """TCP flags byte (0 for UDP)."""
+        return self._eng().pk.flags if self._packet() else None
+
+    @property
+    def seq(self):
+        """TCP sequence number."""
+        return self._eng().pk.seq if self._packet() else None
+
+    @property
+    def ack(self):
+        """TCP acknowledgement number."""
+        return self._eng().pk.ack if self._packet() else None
+
+    @property
+    def window(self):
+        """TCP window field as sent (unscaled)."""
+        return self._eng().pk.win if self._packet() else None
+
+    @property
+    def src(self):
+        """Source address of the packet."""
+        return ip_object(self._eng().pk.src, self._eng().pk.family) if self._packet() else None
+
+    @property
+    def dst(self):
+        """Destination address of the packet."""
+        return ip_object(self._eng().pk.dst, self._eng().pk.family) if self._packet() else None
+
+    @property
+    def sport(self):
+        """Source port."""
+        return self._eng().pk.sport if self._packet() else None
+
+    @property
+    def dport(self):
+        """Destination port."""
+        return self._eng().pk.dport if self._packet() else None
+
+    @property
+    def verdict(self):
+        """The packet's verdict so far (:class:`Verdict`)."""
+        return Verdict(self._eng().verdict)
+
+    def drop(self):
+        """Set the packet's verdict to DROP (inline mode applies it; statistics count it).
+
+        Raises RuntimeError outside the sender hook: only there may a packet be dropped.
+        """
+        if not self._packet() or self._hook != HOOK_SENDER:
+            raise RuntimeError(
+                "a packet can only be dropped at the sender hook; register the handler with "
+                "hook=aiomb.Hook.SENDER (or an event raised there, such as PACKET_IN)")
+        self._eng().verdict = VERDICT_DROP
+
+    def rewrite(self, *, src=None, dst=None, sport=None, dport=None):
+        """Rewrite the packet's source/destination address and ports in place (a NAT's step).
+
+        The IPv4 header checksum and the TCP/UDP checksum are updated incrementally, and the
+        view's ``src``/``dst``/``sport``/``dport`` show the new values; the packet stays on the
+        flow it was looked up in. Only at the sender hook, and only on frames the source lets
+        be written (an inline port's UMEM); raises RuntimeError otherwise, ValueError for an
+        address of the other IP family or a port out of range.
+        """
+        cdef uint8_t sa[16]
+        cdef uint8_t da[16]
+        cdef pkt_t *pk = &self._eng().pk
+        if not self._packet() or self._hook != HOOK_SENDER:
+            raise RuntimeError("a packet can only be rewritten at the sender hook; register the "
+                               "handler with hook=aiomb.Hook.SENDER")
+        if not self._eng().frames_writable:
+            raise RuntimeError("this packet's frame is read-only: only inline ports "
+                               "(aiomb.port(..., inline=...)) let handlers rewrite packets")
+        for port in (sport, dport):
+            if port is not None and not 0 <= port <= 0xffff:
+                raise ValueError(f"port {port} is out of range 0..65535")
+        if src is not None and pack_ip(src, sa) != pk.family:
+            raise ValueError(f"{src} is not an IPv{pk.family} address like the packet's")
+        if dst is not None and pack_ip(dst, da) != pk.family:
+            raise ValueError(f"{dst} is not an IPv{pk.family} address like the packet's")
+        if rewrite_packet(pk, sa if src is not None else NULL, da if dst is not None else NULL,
+                          -1 if sport is None else sport, -1 if dport is None else dport) < 0:
+            raise RuntimeError("this packet has no transport header in its frame (an IP fragment); "
+                               "it cannot be rewritten in place")

@@ -1,0 +1,225 @@
+# The TCP state machine of both endpoints, as a middlebox infers it (RFC 793 state names).
+#
+# Every packet updates two sides: first the SENDER's (what it just did), then, after the sender
+# hook, the RECEIVER's (what receiving it will make the receiver do). The rules:
+#
+#   sender sends                    sender's side
+#   SYN                             records its ISN; CLOSED/LISTEN -> SYN_SENT. The same SYN
+#                                   again (same ISN) is a RETRANSMIT.
+#   SYN-ACK                         records its ISN; the first one raises SYN_ACK;
+#                                   CLOSED/LISTEN/SYN_SENT -> SYN_RECEIVED. The same SYN-ACK
+#                                   again (same ISN) is a RETRANSMIT.
+#   FIN (first)                     raises FIN; CLOSE_WAIT -> LAST_ACK; a state before the
+#                                   close began (see ON_OWN_FIN) -> FIN_WAIT_1. The same FIN
+#                                   again (same sequence number) is a RETRANSMIT.
+#   RST the receiver accepts        raises RST; -> CLOSED; the receiver -> CLOSED; the flow
+#                                   ends (RST). A RST out of the receiver's window is counted
+#                                   (rst_ignored, rst_out_of_window) and changes nothing.
+#
+#   receiver gets                   receiver's side
+#   SYN                             SYN_SENT -> SYN_RECEIVED (simultaneous open)
+#   SYN-ACK that ACKs its SYN       SYN_SENT/SYN_RECEIVED -> ESTABLISHED
+#   ACK of its SYN                  SYN_RECEIVED -> ESTABLISHED
+#   ACK of its FIN                  see ON_FIN_ACKED (FIN_WAIT_1 -> FIN_WAIT_2, CLOSING ->
+#                                   TIME_WAIT, LAST_ACK -> CLOSED)
+#   FIN                             see ON_PEER_FIN (FIN_WAIT_1 -> CLOSING, FIN_WAIT_2 ->
+#                                   TIME_WAIT, an open state -> CLOSE_WAIT)
+#
+# The flow is ESTABLISHED (the event, once) when both sides are synchronized (ESTABLISHED or a
+# later state). It ends with reason FIN when both sides sent a FIN and both are in TIME_WAIT or
+# CLOSED. A RST is acceptable when it falls in the receiver's window (from its last ACK, at
+# least one byte wide); to a side in SYN_SENT only when it ACKs that side's SYN (RFC 793).
+
+cdef enum:
+    KEEP = 0xff             # in a transition table: the state does not change
+    N_STATES = 11
+
+# A transition table maps the side's current state to its next one (KEEP: unchanged).
+# The sender's next state when it sends its first FIN:
+cdef uint8_t ON_OWN_FIN[N_STATES]
+ON_OWN_FIN[:] = [
+    ST_FIN_WAIT_1,          # CLOSED
+    ST_FIN_WAIT_1,          # LISTEN
+    ST_FIN_WAIT_1,          # SYN_SENT
+    ST_FIN_WAIT_1,          # SYN_RECEIVED
+    ST_FIN_WAIT_1,          # ESTABLISHED
+    KEEP,                   # FIN_WAIT_1
+    KEEP,                   # FIN_WAIT_2
+    ST_LAST_ACK,            # CLOSE_WAIT
+    KEEP,                   # CLOSING
+    KEEP,                   # LAST_ACK
+    KEEP,                   # TIME_WAIT
+]
+# The receiver's next state when the peer's FIN arrives:
+cdef uint8_t ON_PEER_FIN[N_STATES]
+ON_PEER_FIN[:] = [
+    KEEP,                   # CLOSED
+    ST_CLOSE_WAIT,          # LISTEN
+    ST_CLOSE_WAIT,          # SYN_SENT
+    ST_CLOSE_WAIT,          # SYN_RECEIVED
+    ST_CLOSE_WAIT,          # ESTABLISHED
+    ST_CLOSING,             # FIN_WAIT_1
+    ST_TIME_WAIT,           # FIN_WAIT_2
+    KEEP,                   # CLOSE_WAIT
+    KEEP,                   # CLOSING
+    KEEP,                   # LAST_ACK
+    KEEP,                   # TIME_WAIT
+]
+# The receiver's next state when the peer ACKs the receiver's FIN:
+cdef uint8_t ON_FIN_ACKED[N_STATES]
+ON_FIN_ACKED[:] = [
+    KEEP,                   # CLOSED
+    KEEP,                   # LISTEN
+    KEEP,                   # SYN_SENT
+    KEEP,                   # SYN_RECEIVED
+    KEEP,                   # ESTABLISHED
+    ST_FIN_WAIT_2,          # FIN_WAIT_1
+    KEEP,                   # FIN_WAIT_2
+    KEEP,                   # CLOSE_WAIT
+    ST_TIME_WAIT,           # CLOSING
+    ST_CLOSED,              # LAST_ACK
+    KEEP,                   # TIME_WAIT
+]
+# States in which a side has completed its part of the handshake (RFC 793's synchronized states):
+cdef uint8_t SYNCHRONIZED[N_STATES]
+SYNCHRONIZED[:] = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+
+
+cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) > 0
+
+cdef inline bint seq_ge(uint32_t a, uint32_t b) noexcept nogil:
+    return <int32_t>(a - b) >= 0
+
+cdef inline bint acks_syn(const side_t *s, uint32_t ack) noexcept nogil:
+    """An acceptable ACK of a side's SYN: past the ISN, at most what that side sent (TFO data)."""
+    return seq_ge(ack, s.isn + 1) and seq_ge(s.next_seq, ack)
+
+
+cdef int set_state(Engine eng, int32_t slot, int side, uint8_t state, int hook) except -1:
+    """Move a side to ``state`` (KEEP: no change), raising STATE_CHANGE."""
+    cdef side_t *s = &eng.tab.flows[slot].side[side]
+    cdef uint8_t old = s.state
+    if state == KEEP or old == state:
+        return 0
+    s.state = state
+    return eng.em.fire(B_STATE_CHANGE, slot, side, hook, old, state)
+
+
+cdef inline void take_isn(side_t *s, const pkt_t *pk) noexcept:
+    s.flags |= SF_SYN_SEEN | SF_SEQ_KNOWN
+    s.isn = pk.seq
+    s.next_seq = pk.seq + 1 + pk.paylen
+    s.wscale = <uint8_t>pk.wscale if pk.wscale >= 0 else 0xff
+
+
+cdef void count_flags(side_t *s, const pkt_t *pk) noexcept:
+    """Count a packet's SYN / SYN-ACK / FIN / RST (saturating), without changing any state."""
+    if pk.flags & TH_RST:
+        bump8(&s.rst)
+    elif pk.flags & TH_SYN:
+        if pk.flags & TH_ACK:
+            bump8(&s.synack)
+        else:
+            bump8(&s.syn)
+    elif pk.flags & TH_FIN:
+        bump8(&s.fin)
+
+
+cdef bint rst_acceptable(const flow_t *f, int side, const pkt_t *pk) noexcept:
+    """Whether the receiver of a RST from ``side`` would accept it (see the rules above)."""
+    cdef const side_t *r = &f.side[1 - side]
+    cdef uint32_t wnd
+    if r.state == ST_SYN_SENT and (r.flags & SF_SYN_SEEN):
+        return (pk.flags & TH_ACK) != 0 and acks_syn(r, pk.ack)
+    if (r.flags & SF_ACK_KNOWN):
+        wnd = r.window if r.window > 0 else 1
+        return seq_ge(pk.seq, r.last_ack) and seq_gt(r.last_ack + wnd, pk.seq)
+    return 1
+
+
+cdef int tcp_sender_syn(Engine eng, int32_t slot, int side, const pkt_t *pk) except -1:
+    """The sender's update for a SYN or SYN-ACK."""
+    cdef side_t *s = &eng.tab.flows[slot].side[side]
+    if not (pk.flags & TH_ACK):
+        bump8(&s.syn)
+        if (s.flags & SF_SYN_SEEN) and pk.seq == s.isn:
+            s.retransmits += 1
+            return eng.em.fire(B_RETRANSMIT, slot, side, HOOK_SENDER, 0, 0)
+        take_isn(s, pk)
+        if s.state == ST_CLOSED or s.state == ST_LISTEN:
+            return set_state(eng, slot, side, ST_SYN_SENT, HOOK_SENDER)
+        return 0
+    bump8(&s.synack)
+    if s.synack > 1 and pk.seq == s.isn:
+        s.retransmits += 1
+        return eng.em.fire(B_RETRANSMIT, slot, side, HOOK_SENDER, 0, 0)
+    take_isn(s, pk)
+    if s.synack == 1:
+        eng.em.fire(B_SYN_ACK, slot, side, HOOK_SENDER, 0, 0)
+    s = &eng.tab.flows[slot].side[side]
+    if s.state == ST_CLOSED or s.state == ST_LISTEN or s.state == ST_SYN_SENT:
+        set_state(eng, slot, side, ST_SYN_RECEIVED, HOOK_SENDER)
+    return 0
+
+
+cdef int tcp_sender_data(Engine eng, int32_t slot, int side, const pkt_t *pk) except -1:
+    """The sender's update for a segment without SYN or RST: its sequence space and its FIN."""
+    cdef side_t *s = &eng.tab.flows[slot].side[side]
+    cdef uint32_t end = pk.seq + pk.paylen
+    cdef bint fin = (pk.flags & TH_FIN) != 0
+    if fin:
+        end += 1
+    if not (s.flags & SF_SEQ_KNOWN):
+        s.flags |= SF_SEQ_KNOWN
+        s.isn = pk.seq - 1
+        s.next_seq = end
+    elif seq_gt(end, s.next_seq):
+        s.next_seq = end
+    if not fin:
+        return 0
+    bump8(&s.fin)
+    if (s.flags & SF_FIN_SEEN):
+        if pk.seq + pk.paylen == s.fin_seq:
+            s.retransmits += 1
+            return eng.em.fire(B_RETRANSMIT, slot, side, HOOK_SENDER, 0, 0)
+        return 0
+    s.flags |= SF_FIN_SEEN
+    s.fin_seq = pk.seq + pk.paylen
+    eng.em.fire(B_FIN, slot, side, HOOK_SENDER, 0, 0)
+    return set_state(eng, slot, side, ON_OWN_FIN[eng.tab.flows[slot].side[side].state], HOOK_SENDER)
+
+
+cdef int tcp_receiver(Engine eng, int32_t slot, int side, const pkt_t *pk) except -1:
+    """The receiver's update for a packet from ``side`` (not an accepted RST); then whether
+    the handshake completed or the flow closed. Returns 1 when the flow ended (FIN close)."""
+    cdef int rs = 1 - side
+    cdef side_t *r = &eng.tab.flows[slot].side[rs]
+    cdef flow_t *f
+    cdef side_t *s
+    cdef uint8_t fl = pk.flags
+    if (fl & TH_SYN) and not (fl & TH_ACK):
+        if r.state == ST_SYN_SENT:
+            set_state(eng, slot, rs, ST_SYN_RECEIVED, HOOK_RECEIVER)
+    elif fl & TH_SYN:
+        if (r.state == ST_SYN_SENT or r.state == ST_SYN_RECEIVED)                 and (not (r.flags & SF_SYN_SEEN) or acks_syn(r, pk.ack)):
+            set_state(eng, slot, rs, ST_ESTABLISHED, HOOK_RECEIVER)
+    else:
+        if fl & TH_ACK:
+            if r.state == ST_SYN_RECEIVED and (not (r.flags & SF_SYN_SEEN) or seq_ge(pk.ack, r.isn + 1)):
+                set_state(eng, slot, rs, ST_ESTABLISHED, HOOK_RECEIVER)
+            r = &eng.tab.flows[slot].side[rs]
+            if (r.flags & SF_FIN_SEEN) and seq_ge(pk.ack, r.fin_seq + 1):
+                set_state(eng, slot, rs, ON_FIN_ACKED[r.state], HOOK_RECEIVER)
+        if fl & TH_FIN:
+            set_state(eng, slot, rs, ON_PEER_FIN[eng.tab.flows[slot].side[rs].state], HOOK_RECEIVER)
+    f = &eng.tab.flows[slot]
+    r = &f.side[rs]
+    s = &f.side[side]
+    if not f.established and SYNCHRONIZED[s.state] and SYNCHRONIZED[r.state]:
+        f.established = 1
+        eng.em.fire(B_ESTABLISHED, slot, side, HOOK_RECEIVER, 0, 0)
+        f = &eng.tab.flows[slot]
+        r = &f.side[rs]
+        s = &f.side[side]
+    return (s.flags & SF_FIN_SEEN) and (r.flags & SF_FIN_SEEN)         and (s.state == ST_TIME_WAIT or s.state == ST_CLOSED)         and (r.state == ST_TIME_WAIT or r.state == ST_CLOSED)
