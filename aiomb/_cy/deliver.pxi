@@ -80,6 +80,8 @@ cdef class EventStream:
     def __aiter__(self):
         return self
 
+    @cython.boundscheck(False)     # indexes come from the core's own enums and bit numbers
+    @cython.wraparound(False)
     def __anext__(self):
         cdef object item
         if self.index < len(self.items):

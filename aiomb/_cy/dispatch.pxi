@@ -252,6 +252,8 @@ cdef class Dispatcher:
 
     # ---- routing ------------------------------------------------------------------------
 
+    @cython.boundscheck(False)     # indexes come from the core's own enums and bit numbers
+    @cython.wraparound(False)
     def dispatch(self):
         """Route what the engine logged since the last call; returns how many events were
         delivered (to subscriptions and inboxes). Exceptions leave the log as it was read."""
@@ -290,6 +292,8 @@ cdef class Dispatcher:
             self.update_wants()
         return delivered
 
+    @cython.boundscheck(False)     # indexes come from the core's own enums and bit numbers
+    @cython.wraparound(False)
     cdef int open_inboxes(self, const evrec_t *r) except -1:
         cdef int j
         cdef FlowInbox ib

@@ -275,6 +275,8 @@ cdef class Emitter:
             return self.emit(bit, slot, side, hook, a, b, -1, -1, None)
         return 0
 
+    @cython.boundscheck(False)     # indexes come from the core's own enums and bit numbers
+    @cython.wraparound(False)
     cdef int emit(self, int bit, int32_t slot, int side, int hook, int a, int b, int64_t off,
                   int64_t length, object value) except -1:
         """Raise one event: inline handlers now, then the log, then custom events based on it.
@@ -352,6 +354,8 @@ cdef class Emitter:
             return self.emit(bit, slot, side, hook, a, b, off, length, r)
         return 0
 
+    @cython.boundscheck(False)     # indexes come from the core's own enums and bit numbers
+    @cython.wraparound(False)
     cdef int run_handlers(self, int bit, int32_t slot, int side, int hook, int a, int b, int64_t off,
                           int64_t length, object value, uint64_t fm) except -1:
         """The kind's inline handlers, in chain order (reversed for server-to-client packets)."""
@@ -403,6 +407,8 @@ cdef class Emitter:
 
     # ---- values -------------------------------------------------------------------------
 
+    @cython.boundscheck(False)     # indexes come from the core's own enums and bit numbers
+    @cython.wraparound(False)
     cdef Event make_event(self, uint32_t i):
         """The Event value of the log's i-th record."""
         cdef const evrec_t *r = &self.log.recs[i]

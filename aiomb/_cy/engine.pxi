@@ -399,6 +399,8 @@ cdef class Engine:
 
     # ---- per packet -----------------------------------------------------------------------
 
+    @cython.boundscheck(False)     # indexes come from the core's own enums and bit numbers
+    @cython.wraparound(False)
     cdef int process_frame(self, const uint8_t *data, uint32_t caplen, uint32_t wirelen,
                            int64_t ts, uint16_t linktype) except -1:
         cdef pkt_t *pk = &self.pk

@@ -352,6 +352,8 @@ cdef class Event:
         return f"Event({', '.join(parts)})"
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef object side_stats(const side_t *s, const side_t *peer):
     cdef const stream_t *st = s.stream
     cdef stream_t empty
@@ -369,6 +371,8 @@ cdef object side_stats(const side_t *s, const side_t *peer):
         wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None)
 
 
+@cython.boundscheck(False)
+@cython.wraparound(False)
 cdef object flow_statistics(const flow_t *f):
     """A :class:`FlowStatistics` of a flow entry (live or snapshot)."""
     return FlowStatistics(
