@@ -319,7 +319,9 @@ cdef class Emitter:
             r.flow_id = f.id
             r.filters = f.filter_mask
             r.mboxes = f.mbox_mask
-            key = flow_key(f, self.eng.vlan_in_key)
+            # the entry's key if it has one, else one for the log only (an entry's key stays until
+            # its flow goes: a key per flow kept for 5 s of linger costs more than making one)
+            key = <object>f.key if f.key != NULL else key_from_flow(f, self.eng.vlan_in_key)
             if root == B_CONN_END or root == B_UDP_END:
                 r.stats = self.log.keep(snapshot(f))
             elif self.log_handles and bit == root and (root == B_CONN_START or root == B_UDP_START):

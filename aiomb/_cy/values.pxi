@@ -305,9 +305,16 @@ cdef class Event:
 
     @property
     def value(self):
-        """The event's value (see the class docstring), or None. Reading it changes nothing:
-        NEW_DATA bytes still in capture frames are copied once and kept."""
-        return resolved(self._value)
+        """The event's value (see the class docstring), or None. NEW_DATA bytes still in capture
+        frames are copied on the first read and kept by the event (the same bytes on every read)."""
+        cdef FrameBytes fb
+        if type(self._value) is not FrameBytes:
+            return self._value
+        fb = <FrameBytes>self._value
+        self._value = fb.get()
+        if refcount(<PyObject *>fb) <= 2:
+            fb.data = None      # only the frame block's list (and fb here) hold it: nobody reads it again
+        return self._value
 
     @property
     def stats(self):
