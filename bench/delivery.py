@@ -2,8 +2,9 @@
 
 Three passes over the same capture, every packet raising one PACKET_IN event:
   engine       the core alone, nothing subscribed (no event is created);
-  created      the core with PACKET_IN subscribed, each batch's events drained and counted by
-               a plain ``for`` loop (events are created and consumed, synchronously);
+  created      the core and its dispatcher with PACKET_IN subscribed, each batch's events
+               drained and counted by a plain ``for`` loop (events are created and consumed,
+               synchronously);
   batches      open_stack() with a Trio task taking each batch (``await sub.receive_batch()``)
                and counting it with a plain ``for`` loop;
   async        the same with ``async for ev in subscription``.
@@ -26,7 +27,8 @@ def engine_pass(aiomb, path, subscribe):
     """Seconds for the core to process the capture (events drained if subscribed)."""
     from aiomb._core import CaptureReader
     engine = aiomb.Engine()
-    sub = engine.subscribe(aiomb.PACKET_IN) if subscribe else None
+    dispatcher = aiomb.Dispatcher(engine)
+    sub = dispatcher.subscribe(aiomb.PACKET_IN) if subscribe else None
     reader = CaptureReader(path)
     batch = aiomb.FrameBatch(2048)
     events = 0
@@ -34,7 +36,7 @@ def engine_pass(aiomb, path, subscribe):
     while reader.fill(batch):
         engine.process(batch)
         if sub is not None:
-            for _ in engine.drain(sub):
+            for _ in dispatcher.drain(sub):
                 events += 1
     engine.finish()
     seconds = time.perf_counter() - started

@@ -42,13 +42,14 @@ def run(flows: int) -> dict:
     write_pcap(buf, handshakes(flows))
     buf.seek(0)
     engine = aiomb.Engine(max_flows=flows + 1)
-    sub = engine.subscribe([aiomb.CONN_START, aiomb.NEW_DATA])   # handles made, then dropped
+    dispatcher = aiomb.Dispatcher(engine)
+    sub = dispatcher.subscribe([aiomb.CONN_START, aiomb.NEW_DATA])   # keys and events made, then dropped
     reader = CaptureReader(buf)
     batch = aiomb.FrameBatch(4096)
     before = rss_bytes()
     while reader.fill(batch):
         engine.process(batch)
-        engine.drain(sub)                                # handles and events are not kept
+        dispatcher.drain(sub)                                # events are not kept
     grown = rss_bytes() - before
     st = engine.statistics()
     reader.close()

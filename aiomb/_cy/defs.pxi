@@ -241,6 +241,8 @@ ctypedef struct stream_t:
     uint8_t manual          # bytes stay until consume() is called
     uint8_t consumed_in_call
     uint8_t stopped
+    uint8_t based           # seq_base is known (a stream made before its side's first sequence
+                            # number, by Flow.hold or set_buffering, takes it when it comes)
 
 
 ctypedef struct side_t:

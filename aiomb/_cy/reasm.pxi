@@ -94,11 +94,18 @@ cdef inline int64_t stream_offset(const stream_t *st, uint32_t seq) noexcept nog
     return <int64_t>st.next_off + d
 
 
+cdef inline void stream_rebase(stream_t *st, const side_t *s) noexcept nogil:
+    """Offset 0 is the byte after the side's ISN, once the side's sequence space is known."""
+    if not st.based and (s.flags & SF_SEQ_KNOWN):
+        st.seq_base = s.isn + 1
+        st.based = 1
+
+
 cdef stream_t *stream_new(Engine eng, side_t *s) noexcept:
     cdef stream_t *st = <stream_t *>calloc(1, sizeof(stream_t))
     if st == NULL:
         return NULL
-    st.seq_base = s.isn + 1
+    stream_rebase(st, s)
     st.buffering = eng.rx.buffering
     eng.rx.memory += sizeof(stream_t)
     s.stream = st
@@ -570,6 +577,7 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
         st = s.stream if s.stream != NULL else stream_new(eng, s)
         if st == NULL:
             raise MemoryError()
+        stream_rebase(st, s)
         soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
         stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen, not pk.reassembled)
     if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
@@ -583,7 +591,8 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
         st = stream_new(eng, r)
         if st == NULL:
             raise MemoryError()
-    if st.stopped:
+    stream_rebase(st, r)
+    if st.stopped or not st.based:
         return 0
     ack_off = stream_offset(st, pk.ack)
     end_off = stream_offset(st, r.next_seq) - (1 if (r.flags & SF_FIN_SEEN) else 0)

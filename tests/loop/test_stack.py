@@ -949,3 +949,20 @@ async def test_consumer_exception_while_the_source_is_paused(tmp_path, autojump_
                 assert stack.statistics().source_pauses == 1
                 raise exc
     assert info.value is exc
+
+
+async def test_async_for_notices_a_cancellation_within_a_batch(tmp_path):
+    from aiomb._stack import CHECK_EVERY
+
+    path = write_rst_flows(tmp_path, 1000)           # 2000 events, one batch
+    seen = 0
+    async with open_stack(aiomb.capture(path)) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            with trio.CancelScope() as scope:
+                async for _ in sub:
+                    seen += 1
+                    if seen == 1:
+                        scope.cancel()
+            assert scope.cancelled_caught
+        assert stack.statistics().batches == 1
+    assert 1 <= seen <= CHECK_EVERY

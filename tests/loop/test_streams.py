@@ -105,3 +105,26 @@ async def test_serve_after_start_and_bad_gaps_are_refused(tmp_path):
         stack.start()
         with pytest.raises(RuntimeError, match="before the source starts"):
             stack.serve(lambda *a: None)
+
+
+async def test_serve_refuses_a_stack_that_keeps_no_bytes(tmp_path):
+    async with aiomb.open_stack(capture_with(tmp_path, [http(40000, 1, b"GET /", b"200")]),
+                                buffering=False) as stack:
+        with pytest.raises(ValueError, match="buffering=False"):
+            stack.serve(lambda flow, client, server: None)
+        await stack.run()
+
+
+async def test_serve_skips_bytes_of_a_side_whose_buffering_the_handler_turned_off(tmp_path):
+    convs = [http(40000, 1, b"GET /", b"200 OK")]
+    got = []
+
+    async def handler(flow, client, server):
+        flow.set_buffering(aiomb.Side.SERVER, False)
+        got.append(b"".join([chunk async for chunk in client]))
+        got.append(b"".join([chunk async for chunk in server]))
+
+    async with aiomb.open_stack(capture_with(tmp_path, convs), batch_size=1) as stack:
+        stack.serve(handler)
+        await stack.run()
+    assert got == [b"GET /", b""]
