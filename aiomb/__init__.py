@@ -66,8 +66,17 @@ _LAZY = {
     "Port": ".io._port", "PortStatistics": ".io._port", "port": ".io._port",
 }
 
-__all__ = sorted([name for name in globals() if not name.startswith("_") and name != "importlib"]
-                 + list(_LAZY))
+__all__ = [
+    "ALL_BUILTIN", "AiombError", "BUFFER_OVERRUN", "CONN_END", "CONN_START", "CaptureError",
+    "CaptureSource", "CustomEvent", "Dispatcher", "ERROR", "ESTABLISHED", "EndReason", "Engine",
+    "EngineStatistics", "Event", "EventKind", "EventLog", "FIN", "FilterError", "Flow",
+    "FlowFilter", "FlowInbox", "FlowKey", "FlowStatistics", "FlowStream", "FrameBatch", "GAP",
+    "Gap", "Hook", "MalformedCounts", "Middlebox", "NEW_DATA", "ORPHAN", "OVERLAP", "PACKET_IN",
+    "PacketView", "Port", "PortError", "PortStatistics", "Prefilter", "Proto", "RETRANSMIT", "RST",
+    "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics", "StreamGap",
+    "Subscription", "TcpState", "UDP_END", "UDP_START", "Verdict", "capture", "define_event",
+    "open_stack", "port",
+]
 
 
 def __getattr__(name: str):

@@ -8,8 +8,8 @@ the send blocks and the source is not read (a capture pauses; nothing is lost). 
 that decides who gets which event is in the dispatcher; this module only moves lists.
 """
 
+from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
-from typing import AsyncIterator
 
 import attrs
 import trio

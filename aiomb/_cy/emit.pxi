@@ -130,7 +130,7 @@ cdef class Emitter:
     """
 
     cdef Engine eng
-    cdef readonly list kind_objs
+    cdef list kind_objs
     cdef dict custom_bits
     cdef int root_of[MAX_EVENT_BITS]
     cdef list children
@@ -140,7 +140,7 @@ cdef class Emitter:
     cdef scope_t interest[MAX_EVENT_BITS]
     cdef scope_t logged[MAX_EVENT_BITS]
     cdef uint64_t need_mask, log_mask, inline_mask, base_mask
-    cdef readonly EventLog log
+    cdef EventLog log
     cdef bint log_handles           # a flow's start carries its handle (a dispatcher accepts flows)
     cdef PacketView pv
     cdef uint64_t n_events

@@ -73,7 +73,7 @@ cdef class Engine:
     cdef uint64_t n_packets, n_bytes, n_tcp, n_udp, n_non_ip, n_other, n_orphans
     cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped
     cdef uint64_t malformed[N_MALFORMED]
-    cdef readonly Emitter em
+    cdef Emitter em
     cdef list mbox_filters
     cdef list flow_filters          # subscription filters (one bit each in flow_t.filter_mask)
     cdef bint any_filter

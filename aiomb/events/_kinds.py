@@ -6,7 +6,8 @@ a set of kinds is a mask, as in epoll. The bit values are the core's as well; a 
 
 import enum
 import itertools
-from typing import Any, Callable, Union
+from collections.abc import Callable
+from typing import Any
 
 
 class EventKind(enum.IntFlag):
@@ -89,7 +90,7 @@ class CustomEvent:
         return self.name
 
 
-Kind = Union[EventKind, CustomEvent]
+Kind = EventKind | CustomEvent
 
 
 def define_event(base: Kind, predicate: Callable[[Any], Any], *, name: str | None = None) -> CustomEvent:

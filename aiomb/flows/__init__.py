@@ -8,8 +8,8 @@ from ._filter import FilterError as FilterError
 from ._filter import FlowFilter as FlowFilter
 from ._filter import compile_filter as compile_filter
 from ._stats import EngineStatistics as EngineStatistics
-from ._stats import MalformedCounts as MalformedCounts
 from ._stats import FlowStatistics as FlowStatistics
+from ._stats import MalformedCounts as MalformedCounts
 from ._stats import SideStatistics as SideStatistics
 from ._types import EndReason as EndReason
 from ._types import Hook as Hook

@@ -30,14 +30,15 @@ import difflib
 import ipaddress
 import operator
 import re
-from typing import Any, Callable, Iterator, NamedTuple, Optional, Union
+from collections.abc import Callable, Iterator
+from typing import Any, NamedTuple
 
 from .._errors import AiombError
 
 __all__ = ["FilterError", "FlowFilter", "compile_filter"]
 
 Predicate = Callable[[Any], bool]
-Network = Union[ipaddress.IPv4Network, ipaddress.IPv6Network]
+Network = ipaddress.IPv4Network | ipaddress.IPv6Network
 
 _TCP, _UDP, _SCTP = 6, 17, 132
 _PROTOCOL_NAMES = {"tcp": _TCP, "udp": _UDP}
@@ -128,7 +129,7 @@ class _Token(NamedTuple):
 class _Qualifiers(NamedTuple):
     """What a valued primitive tests; a bare value after ``and``/``or`` reuses the last one."""
 
-    protocol: Optional[str]
+    protocol: str | None
     direction: str
     kind: str
 
@@ -141,7 +142,7 @@ def _is_value(token: _Token) -> bool:
 def _parses_as_network(text: str) -> bool:
     """Whether ``text`` reads as an IP address or network (host bits allowed)."""
     try:
-        ipaddress.ip_network(text, strict=False)
+        ipaddress.ip_network(text)
     except ValueError:
         return False
     return True
@@ -202,7 +203,7 @@ def _directed(direction: str, field: str, test: Callable[[Any], bool]) -> Predic
     return lambda key: test(client(key)) or test(server(key))
 
 
-def _expand_partial_ipv4(text: str) -> tuple[str, Optional[int]]:
+def _expand_partial_ipv4(text: str) -> tuple[str, int | None]:
     """Pad a partial dotted IPv4 number ("10", "192.168") with zeros; also return its implied prefix."""
     parts = text.split(".")
     if len(parts) < 4 and all(part.isascii() and part.isdigit() for part in parts):
@@ -210,7 +211,7 @@ def _expand_partial_ipv4(text: str) -> tuple[str, Optional[int]]:
     return text, None
 
 
-def _prefix_of_mask(mask: ipaddress.IPv4Address) -> Optional[int]:
+def _prefix_of_mask(mask: ipaddress.IPv4Address) -> int | None:
     """The prefix length of a contiguous netmask such as 255.255.0.0, or None if it has holes."""
     host_bits = ~int(mask) & 0xFFFFFFFF
     if host_bits & (host_bits + 1):
@@ -226,7 +227,7 @@ class _Parser:
         self._tokens = self._tokenize(expression)
         self._index = 0
         self._depth = 0
-        self._inherit: Optional[_Qualifiers] = None
+        self._inherit: _Qualifiers | None = None
 
     def parse(self) -> Predicate:
         """Parse the whole expression; an empty one matches every flow."""
@@ -255,12 +256,12 @@ class _Parser:
             tokens.append(_Token(text, match.start()))
         return tokens
 
-    def _peek(self, offset: int = 0) -> Optional[_Token]:
+    def _peek(self, offset: int = 0) -> _Token | None:
         """The token ``offset`` places ahead, or None past the end."""
         index = self._index + offset
         return self._tokens[index] if index < len(self._tokens) else None
 
-    def _accept(self, words: frozenset) -> Optional[_Token]:
+    def _accept(self, words: frozenset) -> _Token | None:
         """Consume and return the next token if its keyword is in ``words``."""
         token = self._peek()
         if token is None or token.keyword not in words:
@@ -284,14 +285,14 @@ class _Parser:
         """A FilterError about this parser's expression."""
         return FilterError(problem, self._expression, position, hint)
 
-    def _expected(self, expected: str, after: str, token: Optional[_Token], hint: str) -> FilterError:
+    def _expected(self, expected: str, after: str, token: _Token | None, hint: str) -> FilterError:
         """A FilterError for a missing or wrong token after keyword ``after``."""
         if token is None:
             return self._error(f"expected {expected} after {after!r}", len(self._expression), hint)
         problem = f"expected {expected} after {after!r}, found {token.text!r}"
         return self._error(problem, token.position, hint)
 
-    def _primitive_error(self, token: Optional[_Token]) -> FilterError:
+    def _primitive_error(self, token: _Token | None) -> FilterError:
         """A FilterError for a token (or the end) where a primitive should start."""
         if token is None:
             previous = self._tokens[self._index - 1].text
@@ -313,9 +314,9 @@ class _Parser:
 
     def _qualifier_error(
         self,
-        protocol: Optional[_Token],
-        direction: Optional[str],
-        kind: Optional[_Token],
+        protocol: _Token | None,
+        direction: str | None,
+        kind: _Token | None,
         allowed: frozenset,
     ) -> FilterError:
         """A FilterError for a qualifier that cannot precede ``kind``, or for a missing kind."""
@@ -330,7 +331,7 @@ class _Parser:
         hint = f"write e.g. '{direction} {kinds[0]} ...'"
         return self._expected(_or_list(kinds), direction, kind, hint)
 
-    def _check_family(self, protocol: Optional[str], version: int, what: str, token: _Token) -> None:
+    def _check_family(self, protocol: str | None, version: int, what: str, token: _Token) -> None:
         """Reject ``ip`` before an IPv6 value and ``ip6`` before an IPv4 one."""
         wanted = {"ip": 4, "ip6": 6}.get(protocol, version)
         if version != wanted:
@@ -438,7 +439,7 @@ class _Parser:
         self._inherit = _Qualifiers(None, _EITHER, "vlan")
         return self._parse_id(self._inherit)
 
-    def _parse_qualified(self, protocol: Optional[_Token]) -> Predicate:
+    def _parse_qualified(self, protocol: _Token | None) -> Predicate:
         """[dir] kind value, after an optional protocol word (already consumed)."""
         protocol_word = protocol.keyword if protocol is not None else None
         direction, written = self._parse_direction()
@@ -452,7 +453,7 @@ class _Parser:
         self._inherit = _Qualifiers(protocol_word, direction, kind.keyword)
         return self._parse_id(self._inherit)
 
-    def _parse_direction(self) -> tuple[str, Optional[str]]:
+    def _parse_direction(self) -> tuple[str, str | None]:
         """dir := src | dst | src or dst | src and dst (either order); none means either end.
 
         Returns the direction ("src", "dst", "either" or "both") and the words as written, or
@@ -674,7 +675,7 @@ class FlowFilter:
         return f"{type(self).__name__}({self._expression!r})"
 
 
-def compile_filter(expression: Union[str, FlowFilter, None]) -> Optional[FlowFilter]:
+def compile_filter(expression: str | FlowFilter | None) -> FlowFilter | None:
     """Compile ``expression``, or return None when it is None or blank (match every flow).
 
     A FlowFilter is returned as is. Raises :class:`FilterError` or TypeError like FlowFilter.

@@ -15,6 +15,7 @@ class MalformedCounts(Mapping):
     the reasons seen appear. Compares equal to a dict with the same counts; hashable."""
 
     __slots__ = ("_counts",)
+    _counts: dict[str, int]
 
     def __init__(self, counts=()):
         object.__setattr__(self, "_counts", dict(sorted(dict(counts).items())))

@@ -43,7 +43,7 @@ def _ports(value) -> frozenset:
 
 
 def _networks(value) -> tuple:
-    return tuple(ipaddress.ip_network(n, strict=False) for n in value)
+    return tuple(ipaddress.ip_network(n) for n in value)
 
 
 @attrs.frozen(kw_only=True)

@@ -126,10 +126,12 @@ class Run:
         return n
 
     def all(self):
-        while self.fill():
-            pass
+        try:
+            while self.fill():
+                pass
+        finally:
+            self.reader.close()
         assert self.batch.count == 0
-        self.reader.close()
         return self
 
     @property
@@ -596,11 +598,11 @@ def test_pcapng_captured_length_past_the_block(tmp_path):
 
 def test_pcapng_huge_captured_length_is_corrupt(tmp_path):
     path, third = pcapng5(tmp_path, lambda d, o: struct.pack_into("<I", d, o + 20, 0xFFFFFFFF))
-    reader = CaptureReader(path)
     batch = aiomb.FrameBatch(2048)
-    assert reader.fill(batch) == 2   # the two good records (never processed: the batch may be unsafe)
-    with pytest.raises(CaptureError, match="runs past the block") as info:
-        reader.fill(batch)
+    with CaptureReader(path) as reader:
+        assert reader.fill(batch) == 2   # the two good records (never processed: the batch may be unsafe)
+        with pytest.raises(CaptureError, match="runs past the block") as info:
+            reader.fill(batch)
     assert info.value.offset == third
 
 

@@ -7,8 +7,16 @@ from hypothesis import strategies as st
 
 import aiomb
 from aiomb import EventKind
-from aiomb.testing import (TcpConversation, icmp_frame, ipv4_fragments, ipv6_fragments, sll2_frame,
-                           sll_frame, tcp_frame, udp_frame)
+from aiomb.testing import (
+    TcpConversation,
+    icmp_frame,
+    ipv4_fragments,
+    ipv6_fragments,
+    sll2_frame,
+    sll_frame,
+    tcp_frame,
+    udp_frame,
+)
 
 from .events_helpers import run
 

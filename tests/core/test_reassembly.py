@@ -172,14 +172,16 @@ def test_one_new_data_event_per_side_per_batch():
     d = aiomb.Dispatcher(engine)
     sub = d.subscribe(EventKind.NEW_DATA)
     batch = aiomb.FrameBatch(64)
-    from aiomb.testing import write_pcap
     import io
+
+    from aiomb.testing import write_pcap
     buf = io.BytesIO()
     write_pcap(buf, c.frames)
     buf.seek(0)
     reader = aiomb._core.CaptureReader(buf)
     while reader.fill(batch):
         engine.process(batch)
+    reader.close()
     events = d.drain(sub)
     assert [(e.side, e.offset, e.length) for e in events] == [(Side.CLIENT, 0, 5000), (Side.SERVER, 0, 5)]
 
@@ -273,7 +275,7 @@ def test_streams_longer_than_4_gib_use_64_bit_offsets():
     frame = bytearray(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=0, ack=5001, flags="A",
                                 payload=b"z" * chunk))
     seq = 11
-    for i in range(72_000):           # 4.32 GB of sequence space: the 32-bit numbers wrap once
+    for _i in range(72_000):           # 4.32 GB of sequence space: the 32-bit numbers wrap once
         frame[38:42] = (seq % 2**32).to_bytes(4, "big")
         engine.feed(frame, 2.0)
         seq += chunk
@@ -511,6 +513,7 @@ def test_data_on_syn_starts_the_stream():
 def batch_of(frames):
     """Feed helper: all frames in one FrameBatch (so in-order payloads are referenced)."""
     import io
+
     from aiomb.testing import write_pcap
     buf = io.BytesIO()
     write_pcap(buf, frames)
@@ -569,7 +572,7 @@ def interleaved_capture(tmp_path, flows=24, segments=40):
     rnd = random.Random(7)
     convs, streams, frames = [], {}, []
     for i in range(flows):
-        c = TcpConversation(("10.0.1.%d" % (i + 1), 40000 + i), ("10.0.2.1", 80))
+        c = TcpConversation((f"10.0.1.{i + 1}", 40000 + i), ("10.0.2.1", 80))
         c.handshake()
         convs.append(c)
         streams[40000 + i] = [bytearray(), bytearray()]
@@ -610,7 +613,7 @@ def read_events(path, *, chunk_size, look=lambda ev: False):
         engine.process(batch)
         for ev in d.drain(sub):
             if look(ev):
-                ev.value
+                _ = ev.value
             events.append(ev)
     engine.finish()
     events += d.drain(sub)
@@ -666,7 +669,7 @@ def test_two_subscribers_share_each_value_and_both_read_it(tmp_path):
         engine.process(batch)
         a, b = d.drain(subs[0]), d.drain(subs[1])
         for ev in a:
-            ev.value                    # the first subscriber looks at once, the second later
+            _ = ev.value                # the first subscriber looks at once, the second later
         first += a
         second += b
     reader.close()

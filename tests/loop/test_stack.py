@@ -38,7 +38,7 @@ def _client(i: int) -> tuple[str, int]:
     return (f"10.1.{i // 250}.{i % 250 + 1}", 40000 + i % 1000)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def rst_flows(n: int) -> tuple:
     """``n`` two-packet flows (SYN, then the server's RST+ACK), one after the other.
 
@@ -286,7 +286,7 @@ async def test_a_consumer_that_keeps_up_is_done_with_a_batch_before_the_next_is_
     behind = []
     async with open_stack(aiomb.capture(path), batch_size=64) as stack:
         async with stack.subscribe(CONN_START, CONN_END) as sub:
-            async for ev in sub:
+            async for _ev in sub:
                 behind.append(stack.statistics().packets - sub.statistics().events_received)
     assert len(behind) == 6000
     assert set(behind) == {0}
@@ -487,7 +487,7 @@ async def test_leaving_the_block_early_stops_and_closes_the_source(tmp_path, aut
     source = aiomb.capture(path)
     async with open_stack(source, batch_size=64, max_batches=1) as stack:
         async with stack.subscribe(CONN_START) as sub:
-            async for ev in sub:
+            async for ev in sub:  # noqa: B007 (the first event, kept past the loop)
                 break
     assert ev.key == rst_flow_key(0)
     assert source._reader is None
@@ -883,7 +883,7 @@ async def test_break_out_of_subscription_then_stack_finishes(tmp_path):
     async with open_stack(aiomb.capture(path), batch_size=100, max_batches=64) as stack:
         keep = stack.subscribe(CONN_END)
         async with stack.subscribe(CONN_START) as early:
-            async for ev in early:
+            async for ev in early:  # noqa: B007 (the first event, kept past the loop)
                 break
         assert early.statistics().closed
         assert stack.statistics().subscriptions == 1
@@ -929,7 +929,7 @@ async def test_break_while_the_source_is_paused_on_that_subscription(tmp_path, a
     path = write_rst_flows(tmp_path, 1000)
     async with open_stack(aiomb.capture(path), batch_size=16, max_batches=1) as stack:
         async with stack.subscribe(CONN_START) as sub:
-            async for ev in sub:
+            async for _ev in sub:
                 await trio.sleep(1)
                 assert stack.statistics().source_pauses == 1   # the pump waits in send()
                 break

@@ -1,10 +1,9 @@
 """pytest-trio: a coroutine per flow reading its streams (Stack.serve, FlowStream)."""
 
 import pytest
-import trio
 
 import aiomb
-from aiomb.testing import TcpConversation, tcp_frame, write_pcap
+from aiomb.testing import TcpConversation, write_pcap
 
 
 def capture_with(tmp_path, convs):

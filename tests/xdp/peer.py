@@ -109,7 +109,7 @@ def udp_sink(ip, port):
         try:
             s.recv(65536)
             n += 1
-        except socket.timeout:
+        except TimeoutError:
             print(json.dumps({"received": n}), flush=True)
 
 

@@ -127,7 +127,7 @@ def test_unknown_interface():
 # -- the in-kernel pre-filter, judged by the kernel itself (BPF_PROG_TEST_RUN) -----------------
 
 from aiomb.io import Prefilter  # noqa: E402
-from aiomb.testing import ipv4_fragments, tcp_frame, udp_frame, icmp_frame  # noqa: E402
+from aiomb.testing import icmp_frame, ipv4_fragments, tcp_frame, udp_frame  # noqa: E402
 
 
 def verdicts(prefilter, frames):
@@ -161,7 +161,8 @@ def test_prefilter_ports_protocols_networks():
         bytes.fromhex("ffffffffffff020000000001" "0806") + bytes(28),          # ARP
     ]
     assert verdicts(Prefilter(ports={80}), frames) == [True, False, True, True, True, False, True, True, True, False]
-    assert verdicts(Prefilter(protocols={"tcp"}), frames) == [True, True, True, False, False, False, True, True, True, False]
+    assert verdicts(Prefilter(protocols={"tcp"}), frames) == \
+        [True, True, True, False, False, False, True, True, True, False]
     assert verdicts(Prefilter(protocols={"udp", "icmp"}, networks=["10.0.0.0/8"]), frames) == \
         [False, False, False, True, False, True, False, False, False, False]
     assert verdicts(Prefilter(networks=["172.16.0.0/12", "2001:db8::/32"]), frames) == \
