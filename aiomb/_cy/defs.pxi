@@ -192,6 +192,10 @@ ctypedef struct ref_t:
     int32_t next            # the side's next piece in Engine.refs, -1 for the last
 
 cdef enum:
+    FF_MIDSTREAM = 1        # picked up without its handshake
+    FF_ESTABLISHED = 2      # the handshake completed (ESTABLISHED was raised), or mid-stream
+
+cdef enum:
     SF_SEQ_KNOWN = 1        # the side's sequence space is known (a SYN, or mid-stream data)
     SF_ACK_KNOWN = 2        # the side has sent an ACK
     SF_FIN_SEEN = 4
@@ -267,15 +271,15 @@ ctypedef struct side_t:
 
 
 ctypedef struct flow_t:
-    # laid out to take 248 bytes (with the 4-byte hash bucket: 252 per tracked flow)
+    # laid out to take 232 bytes (with the 4-byte hash bucket: 236 per tracked flow): mind the padding
     uint64_t id
-    uint64_t filter_mask    # the subscription filters that accept the flow
     int64_t first_ts
     int64_t last_ts
     side_t side[2]
     uint8_t client_ip[16]
     uint8_t server_ip[16]
     uint32_t mbox_mask      # the middleboxes whose filter accepts the flow
+    uint32_t filter_mask    # the subscription filters that accept the flow
     uint32_t hash
     int32_t hnext
     int32_t lru_prev
@@ -289,11 +293,9 @@ ctypedef struct flow_t:
     uint8_t status
     uint8_t end_reason
     uint8_t tclass
-    uint8_t midstream
-    uint8_t established
+    uint8_t fflags          # FF_* bits
     uint8_t policy          # overlap policy rule family
     void *handle            # PyObject* of the Flow handle (borrowed), or NULL
-    void *key               # PyObject* of the FlowKey (owned, made on first use), or NULL
 
 
 cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:

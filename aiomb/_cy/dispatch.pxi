@@ -138,7 +138,10 @@ cdef class Dispatcher:
     def unsubscribe(self, sub):
         """Stop collecting for a subscription; its undrained events are discarded."""
         cdef int i = self.check_sub(sub)
+        if self.sub_mask[i] and self.sub_filter[i]:
+            self.engine.release_filter(__builtin_ctzll(self.sub_filter[i]))
         self.sub_mask[i] = 0
+        self.sub_filter[i] = 0
         self.sub_lists[i] = []
         self.update_wants()
 
@@ -202,7 +205,10 @@ cdef class Dispatcher:
     def close_acceptor(self, acc):
         """Accept no more flows; the inboxes already made go on receiving."""
         cdef int i = self.check_acc(acc)
+        if self.acc_filter[i]:
+            self.engine.release_filter(__builtin_ctzll(self.acc_filter[i]))
         self.acc_open[i] = False
+        self.acc_filter[i] = 0
         self.acc_pending[i] = []
         self.update_wants()
 

@@ -15,7 +15,7 @@ cdef extern from *:
     int __builtin_ctzll(unsigned long long) nogil
 
 cdef uint32_t ALL_MBOXES = 0xffffffff
-cdef uint64_t ALL_FILTERS = 0xffffffffffffffff
+cdef uint32_t ALL_FILTERS = 0xffffffff
 
 ctypedef struct evrec_t:
     # one logged event; the flow's key, value and figures are held in the log
@@ -23,7 +23,7 @@ ctypedef struct evrec_t:
     int64_t off             # stream range, -1: not a stream event
     int64_t length
     uint64_t flow_id        # 0: no flow (ORPHAN, ERROR)
-    uint64_t filters        # the subscription filters that accept the flow
+    uint32_t filters        # the subscription filters that accept the flow
     PyObject *key           # the FlowKey (owned), or NULL
     int32_t value           # index in EventLog.values, -1: none
     int32_t stats           # index in EventLog.values of a FlowSnapshot, -1: none
@@ -91,14 +91,12 @@ cdef class EventLog:
             self.values = []
 
 
-cdef inline FlowKey flow_key(flow_t *f, bint with_vlan):
-    """The flow's FlowKey, made once and kept in its entry until it leaves the table."""
-    cdef FlowKey k
-    if f.key == NULL:
-        k = key_from_flow(f, with_vlan)
-        Py_INCREF(k)
-        f.key = <void *>k
-    return <FlowKey>f.key
+cdef inline FlowKey flow_key(const flow_t *f, bint with_vlan):
+    """The flow's FlowKey: its handle's, else a new one. The table keeps no key: one kept per
+    flow through its linger costs more (cache misses) than making one when an event needs it."""
+    if f.handle != NULL:
+        return (<Flow>f.handle).key
+    return key_from_flow(f, with_vlan)
 
 
 ctypedef struct scope_t:
@@ -286,7 +284,7 @@ cdef class Emitter:
         """
         cdef uint64_t m = (<uint64_t>1) << bit
         cdef uint64_t fm = self.eng.tab.flows[slot].mbox_mask if slot >= 0 else ALL_MBOXES
-        cdef uint64_t ff = self.eng.tab.flows[slot].filter_mask if slot >= 0 else ALL_FILTERS
+        cdef uint32_t ff = self.eng.tab.flows[slot].filter_mask if slot >= 0 else ALL_FILTERS
         cdef bint occurrence = bit != B_PACKET_IN or hook != HOOK_RECEIVER
         self.n_events += 1
         if m & self.inline_mask:
@@ -319,9 +317,7 @@ cdef class Emitter:
             r.flow_id = f.id
             r.filters = f.filter_mask
             r.mboxes = f.mbox_mask
-            # the entry's key if it has one, else one for the log only (an entry's key stays until
-            # its flow goes: a key per flow kept for 5 s of linger costs more than making one)
-            key = <object>f.key if f.key != NULL else key_from_flow(f, self.eng.vlan_in_key)
+            key = flow_key(f, self.eng.vlan_in_key)
             if root == B_CONN_END or root == B_UDP_END:
                 r.stats = self.log.keep(snapshot(f))
             elif self.log_handles and bit == root and (root == B_CONN_START or root == B_UDP_START):

@@ -14,7 +14,7 @@ MALFORMED_REASONS = (
 
 cdef enum:
     MAX_MBOXES = 32
-    MAX_FILTERS = 64
+    MAX_FILTERS = 32
     HEAP_TOP_PAD = 4 << 20
 
 cdef extern from "<malloc.h>" nogil:
@@ -75,7 +75,8 @@ cdef class Engine:
     cdef uint64_t malformed[N_MALFORMED]
     cdef Emitter em
     cdef list mbox_filters
-    cdef list flow_filters          # subscription filters (one bit each in flow_t.filter_mask)
+    cdef list flow_filters          # subscription filters (one bit each in flow_t.filter_mask; None: free)
+    cdef list filter_uses           # how many subscriptions use each
     cdef bint any_filter
     cdef int reassembly_mode        # -1 automatic (when stream events are wanted), 0 off, 1 on
     cdef readonly bint reassembling
@@ -136,6 +137,7 @@ cdef class Engine:
         self.next_id = 1
         self.mbox_filters = [None]
         self.flow_filters = []
+        self.filter_uses = []
         self.reassembly_mode = -1 if reassembly is None else int(reassembly)
         self.em = Emitter(self)
         self.interest_changed()
@@ -207,27 +209,48 @@ cdef class Engine:
         return len(self.mbox_filters) - 1
 
     def add_filter(self, filter):
-        """A flow filter for subscriptions (``matches(key) -> bool``); returns its bit number.
+        """Use a flow filter for subscriptions (``matches(key) -> bool``); returns its bit number.
 
-        Filters are evaluated once per new flow (and at once for the flows already in the
-        table); the same filter object (or an equal expression) shares one bit. Raises
-        ValueError past 64 distinct filters.
+        A filter is evaluated once per new flow, and at once for the flows already in the table.
+        An equal filter in use shares its bit (each use counts: give each back with
+        ``release_filter``). Raises ValueError when 32 distinct filters are in use.
         """
         cdef uint32_t i
+        cdef int n = -1
         if not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a flow filter needs a matches(key) method, got {filter!r}")
         for i, known in enumerate(self.flow_filters):
-            if known is filter or known == filter:
+            if known is not None and (known is filter or known == filter):
+                self.filter_uses[i] += 1
                 return i
-        if len(self.flow_filters) >= MAX_FILTERS:
-            raise ValueError(f"at most {MAX_FILTERS} distinct subscription filters per stack; "
-                             "subscribe once with a broader filter and tell flows apart by key")
-        self.flow_filters.append(filter)
-        n = len(self.flow_filters) - 1
-        for i in range(self.tab.cap):
-            if self.tab.flows[i].status != FS_FREE and filter.matches(flow_key(&self.tab.flows[i], self.vlan_in_key)):
-                self.tab.flows[i].filter_mask |= (<uint64_t>1) << n
+        for i, known in enumerate(self.flow_filters):
+            if known is None:
+                n = i
+                break
+        else:
+            if len(self.flow_filters) >= MAX_FILTERS:
+                raise ValueError(f"at most {MAX_FILTERS} distinct subscription filters in use per stack; "
+                                 "subscribe once with a broader filter and tell flows apart by key")
+            self.flow_filters.append(None)
+            self.filter_uses.append(0)
+            n = len(self.flow_filters) - 1
+        for i in range(self.tab.cap):          # the flows already here: the bit is (re)computed
+            if self.tab.flows[i].status != FS_FREE:
+                if filter.matches(flow_key(&self.tab.flows[i], self.vlan_in_key)):
+                    self.tab.flows[i].filter_mask |= (<uint32_t>1) << n
+                else:
+                    self.tab.flows[i].filter_mask &= ~((<uint32_t>1) << n)
+        self.flow_filters[n] = filter
+        self.filter_uses[n] = 1
         return n
+
+    def release_filter(self, int bit):
+        """Give back one use of a filter bit from ``add_filter``; unused, the bit can be reused."""
+        if not 0 <= bit < len(self.flow_filters) or self.flow_filters[bit] is None:
+            raise ValueError(f"no filter {bit} in use")
+        self.filter_uses[bit] -= 1
+        if self.filter_uses[bit] == 0:
+            self.flow_filters[bit] = None
 
     def event_bit(self, kind):
         """The bit number of an event kind (a custom event gets one on first use)."""
@@ -270,7 +293,7 @@ cdef class Engine:
         h._engine = self
         h._slot = slot
         h.id = f.id
-        h.key = flow_key(f, self.vlan_in_key)
+        h.key = key_from_flow(f, self.vlan_in_key)
         h._alive = True
         f.handle = <void *>h
         return h
@@ -329,7 +352,7 @@ cdef class Engine:
         cdef int32_t slot = flowtab_insert(&self.tab, pk, h, sender_is_client)
         cdef flow_t *f
         cdef uint32_t mask
-        cdef uint64_t fmask
+        cdef uint32_t fmask
         cdef int i
         if slot < 0:
             self.evict_one()
@@ -358,8 +381,8 @@ cdef class Engine:
                 self.tab.flows[slot].mbox_mask = mask
             fmask = 0
             for i, flt in enumerate(self.flow_filters):
-                if flt.matches(key):
-                    fmask |= (<uint64_t>1) << i
+                if flt is not None and flt.matches(key):
+                    fmask |= (<uint32_t>1) << i
             self.tab.flows[slot].filter_mask = fmask
         return slot
 
@@ -378,8 +401,6 @@ cdef class Engine:
         streams go. No event (see remove_flow)."""
         cdef flow_t *f = &self.tab.flows[slot]
         self.release_handle(f)
-        Py_XDECREF(<PyObject *>f.key)
-        f.key = NULL
         stream_free(self, &f.side[0])
         stream_free(self, &f.side[1])
         flowtab_remove(&self.tab, slot)
@@ -491,8 +512,7 @@ cdef class Engine:
             f = &self.tab.flows[slot]
             f.side[1].state = ST_LISTEN
             if not syn:
-                f.midstream = 1
-                f.established = 1
+                f.fflags |= FF_MIDSTREAM | FF_ESTABLISHED
                 f.side[0].state = ST_ESTABLISHED
                 f.side[1].state = ST_ESTABLISHED
             elif ackf:
@@ -550,7 +570,7 @@ cdef class Engine:
         self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
         f = &self.tab.flows[slot]
         lru_touch(&self.tab, slot, TC_TCP_CLOSED if f.status == FS_CLOSED else
-                  (TC_TCP_ESTABLISHED if f.established else TC_TCP_OPENING))
+                  (TC_TCP_ESTABLISHED if f.fflags & FF_ESTABLISHED else TC_TCP_OPENING))
         return 0
 
     cdef int udp_packet(self, pkt_t *pk) except -1:

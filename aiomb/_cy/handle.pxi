@@ -78,7 +78,7 @@ cdef class Flow:
     @property
     def midstream(self):
         """True when the flow was picked up without its handshake."""
-        return bool(self._f().midstream)
+        return bool(self._f().fflags & FF_MIDSTREAM)
 
     def statistics(self):
         """A :class:`FlowStatistics` snapshot of both sides' counters and states."""

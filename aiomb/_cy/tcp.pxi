@@ -216,8 +216,8 @@ cdef int tcp_receiver(Engine eng, int32_t slot, int side, const pkt_t *pk) excep
     f = &eng.tab.flows[slot]
     r = &f.side[rs]
     s = &f.side[side]
-    if not f.established and SYNCHRONIZED[s.state] and SYNCHRONIZED[r.state]:
-        f.established = 1
+    if not (f.fflags & FF_ESTABLISHED) and SYNCHRONIZED[s.state] and SYNCHRONIZED[r.state]:
+        f.fflags |= FF_ESTABLISHED
         eng.em.fire(B_ESTABLISHED, slot, side, HOOK_RECEIVER, 0, 0)
         f = &eng.tab.flows[slot]
         r = &f.side[rs]

@@ -385,7 +385,7 @@ cdef object flow_statistics(const flow_t *f):
     return FlowStatistics(
         client=side_stats(&f.side[0], &f.side[1]), server=side_stats(&f.side[1], &f.side[0]),
         first_ts=f.first_ts * 1e-9, last_ts=f.last_ts * 1e-9,
-        end_reason=REASONS[f.end_reason], midstream=bool(f.midstream))
+        end_reason=REASONS[f.end_reason], midstream=bool(f.fflags & FF_MIDSTREAM))
 
 
 @cython.no_gc
@@ -405,7 +405,6 @@ cdef class FlowSnapshot:
         cdef int i
         self.f = f[0]
         self.f.handle = NULL
-        self.f.key = NULL
         for i in range(2):
             if f.side[i].stream != NULL:
                 self.streams[i] = f.side[i].stream[0]

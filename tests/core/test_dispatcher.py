@@ -104,13 +104,20 @@ def test_subscriptions_of_a_middlebox_follow_its_filter():
     assert [e.kind for e in d.drain(sub)] == [EventKind.UDP_START]
 
 
-def test_more_than_64_distinct_filters_is_refused_with_the_limit_named():
+def test_at_most_32_filters_in_use_and_a_released_one_is_reused_for_the_flows_already_open():
     engine = aiomb.Engine()
     d = aiomb.Dispatcher(engine)
-    for port in range(64):
-        d.subscribe(EventKind.CONN_START, filter=FlowFilter(f"port {port}"))
-    with pytest.raises(ValueError, match="at most 64 distinct subscription filters"):
-        d.subscribe(EventKind.CONN_START, filter=FlowFilter("port 64"))
+    subs = [d.subscribe(EventKind.CONN_END, filter=FlowFilter(f"port {port}")) for port in range(32)]
+    with pytest.raises(ValueError, match="at most 32 distinct subscription filters in use"):
+        d.subscribe(EventKind.CONN_END, filter=FlowFilter("port 99"))
+    d.subscribe(EventKind.CONN_END, filter=FlowFilter("port 3"))          # an equal filter: shared
+    frames = conversation()
+    feed(engine, frames[:3])                         # a flow to port 80 is open
+    d.unsubscribe(subs[0])
+    web = d.subscribe(EventKind.CONN_END, filter=FlowFilter("port 80"))   # takes the freed bit
+    feed(engine, frames[3:])
+    assert [e.key.server_port for e in d.drain(web)] == [80]
+    assert all(d.drain(sub) == [] for sub in subs[1:])
 
 
 # -- one dispatcher per engine --------------------------------------------------------

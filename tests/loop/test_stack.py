@@ -711,8 +711,8 @@ async def test_filtered_subscription_gets_only_matching_flows(tmp_path):
 async def test_many_filtered_subscriptions_use_no_middlebox_and_share_equal_filters(tmp_path):
     path, _ = two_port_capture(tmp_path)
     async with open_stack(aiomb.capture(path)) as stack:
-        subs = [stack.subscribe(CONN_START, filter=f"dst port {443 if i % 2 else 80} or port {i}")
-                for i in range(40)]
+        subs = [stack.subscribe(CONN_START, filter=f"dst port {443 if i % 2 else 80} or port {i % 20}")
+                for i in range(40)]             # 40 filtered subscriptions (more than 32 middleboxes), 20 filters
         same = stack.subscribe(CONN_START, filter="dst port 443 or port 1")
         assert len(stack.middleboxes) == 1
         stack.start()
