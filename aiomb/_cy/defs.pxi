@@ -29,6 +29,7 @@ cdef enum:
     END_TIMEOUT = 3
     END_EVICTED = 4
     END_END_OF_CAPTURE = 5
+    END_REUSED = 6
 
 # Event kinds: B_* is a kind's bit number, EV_* its mask (aiomb.EventKind has the same values)
 cdef enum:
@@ -238,7 +239,15 @@ ctypedef struct stream_t:
     seg_t *ooo              # out-of-order segments, sorted by offset
     uint32_t ooo_count
     uint32_t ooo_bytes
+    uint8_t *hist           # the latest consumed bytes, [buf_off - hist_len, buf_off), in a ring
+    uint32_t hist_cap       # (offset o at hist[o % hist_cap]), kept while OVERLAP is wanted:
+    uint32_t hist_len       # retransmissions are compared with them after they were released
+    uint64_t rexmit_bytes   # payload bytes of the segments counted in rexmits
+    uint64_t unchecked      # bytes received again too long after to be compared (older than hist)
+    uint32_t segments       # data segments (with payload) the side sent
     uint32_t rexmits        # segments carrying only bytes already seen
+    uint32_t ooo_segments   # data segments that arrived ahead of a hole
+    uint32_t zw_probes      # zero-window probes (one byte at the right edge of a closed window)
     uint32_t overlaps       # overlap conflicts (events)
     uint8_t dirty           # in the engine's NEW_DATA list for this batch
     uint8_t buffering       # 0: track ranges and counters only

@@ -79,6 +79,7 @@ cdef class Engine:
     cdef list filter_uses           # how many subscriptions use each
     cdef bint any_filter
     cdef int reassembly_mode        # -1 automatic (when stream events are wanted), 0 off, 1 on
+    cdef bint buffering_option      # streams may keep their bytes
     cdef readonly bint reassembling
     cdef int policy
     cdef list host_policies
@@ -93,7 +94,8 @@ cdef class Engine:
                  tcp_closed_timeout=5.0, udp_timeout=60.0, midstream=False, vlan_in_key=False,
                  max_fragments=1024, fragment_timeout=30.0, reassembly=None, buffering=True,
                  overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
-                 max_stream_memory=1 << 30, rst_payload=False, host_policies=None):
+                 max_stream_memory=1 << 30, rst_payload=False, host_policies=None,
+                 overlap_window=65536):
         if not isinstance(max_flows, int) or isinstance(max_flows, bool) or not 1 <= max_flows <= 0x7fffffff:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
         if not isinstance(max_fragments, int) or not 0 <= max_fragments <= 1 << 20:
@@ -121,7 +123,11 @@ cdef class Engine:
                 raise ValueError(f"{name} must be an int of at least {low}, got {value!r}")
         if max_buffer > 1 << 31:
             raise ValueError(f"max_buffer must be at most {1 << 31} bytes, got {max_buffer}")
-        self.rx.buffering = bool(buffering)
+        if not isinstance(overlap_window, int) or isinstance(overlap_window, bool) \
+                or not 0 <= overlap_window <= 1 << 24:
+            raise ValueError(f"overlap_window must be an int from 0 to {1 << 24} bytes, got {overlap_window!r}")
+        self.buffering_option = bool(buffering)
+        self.rx.overlap_window = overlap_window
         self.rx.rst_payload = bool(rst_payload)
         self.rx.max_buffer = max_buffer
         self.rx.max_ooo_segments = max_ooo_segments
@@ -153,8 +159,15 @@ cdef class Engine:
 
     @property
     def buffering(self):
-        """Whether new streams keep their bytes (else offsets and counters only)."""
-        return bool(self.rx.buffering)
+        """Whether streams may keep their bytes (the option; they do when something needs them:
+        stream events other than GAP and RETRANSMIT, or ``reassembly=True``)."""
+        return self.buffering_option
+
+    @property
+    def overlap_window(self):
+        """Bytes of each side's stream kept after delivery while OVERLAP is wanted, to compare
+        retransmissions with."""
+        return self.rx.overlap_window
 
     @property
     def rst_payload(self):
@@ -258,10 +271,15 @@ cdef class Engine:
 
 
     cdef void interest_changed(self) noexcept:
+        """What the wanted events need: streams are tracked for any stream event or RETRANSMIT
+        (data retransmissions are recognised by the ranges seen), and keep their bytes for the
+        events that carry or compare them (NEW_DATA, OVERLAP, BUFFER_OVERRUN)."""
         if self.reassembly_mode < 0:
-            self.reassembling = self.em.wants(EV_STREAM)
+            self.reassembling = self.em.wants(EV_STREAM | EV_RETRANSMIT)
         else:
             self.reassembling = self.reassembly_mode == 1
+        self.rx.buffering = self.buffering_option and (
+            self.reassembly_mode == 1 or self.em.wants(EV_NEW_DATA | EV_OVERLAP | EV_BUFFER_OVERRUN))
 
     def add_handler(self, kind, handler, *, int middlebox=0, hook=None):
         """Run ``handler(packet_view)`` inline whenever ``kind`` fires for an accepted flow.
@@ -456,6 +474,8 @@ cdef class Engine:
         self.n_bytes += pk.wirelen
         if ts > self.now:
             self.now = ts
+        if self.flows_due():            # time passes per packet: the answer is the same at any batch size
+            self.expire_flows()
         r = parse_packet(pk, linktype, &self.frags, &self.frag_done, &reason)
         if r == P_OK:
             if pk.proto == 6:
@@ -492,9 +512,10 @@ cdef class Engine:
         cdef flow_t *f
         cdef side_t *s
         cdef side_t *r
-        if slot >= 0 and self.tab.flows[slot].status == FS_CLOSED and syn and not ackf \
-                and not ((self.tab.flows[slot].side[side].flags & SF_SYN_SEEN) and pk.seq == self.tab.flows[slot].side[side].isn):
-            self.remove_flow(slot)      # a new connection reuses a closed flow's tuple
+        if slot >= 0 and syn and not ackf and reuses(&self.tab.flows[slot], side, pk):
+            if self.tab.flows[slot].status == FS_OPEN:
+                self.end_flow(slot, -1, HOOK_NONE, END_REUSED)
+            self.remove_flow(slot)      # a new connection reuses the tuple
             slot = -1
         if slot < 0:
             if syn:
@@ -599,12 +620,21 @@ cdef class Engine:
 
     # ---- time -----------------------------------------------------------------------------
 
-    cdef int expire_to(self, int64_t now) except -1:
+    cdef inline bint flows_due(self) noexcept:
+        """Whether a flow has been idle past its timeout at ``now`` (the oldest of each class)."""
+        cdef int c
+        cdef int32_t i
+        for c in range(N_TCLASS):
+            i = self.tab.lru_head[c]
+            if i >= 0 and self.now - self.tab.flows[i].last_ts >= self.timeouts[c]:
+                return True
+        return False
+
+    cdef int expire_flows(self) except -1:
+        """End (and take out) every flow idle past its timeout at ``now``."""
         cdef int c
         cdef int32_t i
         cdef flow_t *f
-        if now > self.now:
-            self.now = now
         for c in range(N_TCLASS):
             while True:
                 i = self.tab.lru_head[c]
@@ -617,6 +647,13 @@ cdef class Engine:
                     self.n_timed_out += 1
                     self.end_flow(i, -1, HOOK_NONE, END_TIMEOUT)
                 self.remove_flow(i)
+        return 0
+
+    cdef int expire_to(self, int64_t now) except -1:
+        """Advance time to ``now``: expire idle flows and fragments."""
+        if now > self.now:
+            self.now = now
+        self.expire_flows()
         fragtab_expire(&self.frags, self.now)
         return 0
 

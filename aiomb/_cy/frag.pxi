@@ -81,7 +81,13 @@ cdef frag_t *fragtab_get(fragtab_t *t, uint8_t family, uint8_t proto, const uint
             continue
         if e.ident == ident and e.family == family and e.proto == proto \
                 and memcmp(e.src, src, 16) == 0 and memcmp(e.dst, dst, 16) == 0:
-            return e
+            if now - e.first_ts <= t.timeout:
+                return e
+            frag_release(e)             # timed out (the periodic sweep has not come yet): start over
+            t.expired += 1
+            if free_i == t.n:
+                free_i = i
+            continue
         if e.first_ts < t.slots[oldest].first_ts or not t.slots[oldest].used:
             oldest = i
     if free_i == t.n:

@@ -12,6 +12,7 @@ ctypedef struct reasm_t:
     uint32_t max_buffer         # bytes held per side
     uint32_t max_ooo_segments   # out-of-order segments per side
     uint8_t buffering           # new streams keep their bytes (else offsets and counters only)
+    uint32_t overlap_window     # consumed bytes kept per side to compare retransmissions with
     uint8_t rst_payload         # a RST's payload is part of the stream
     uint64_t overruns
     uint64_t seq_jumps
@@ -125,6 +126,7 @@ cdef void stream_free(Engine eng, side_t *s) noexcept:
         free(g)
     eng.rx.memory -= sizeof(stream_t) + st.buf_cap
     free(st.buf)
+    hist_release(eng, st)
     free(st)
     s.stream = NULL
 
@@ -172,6 +174,7 @@ cdef int materialize(Engine eng, stream_t *st) noexcept:
         st.buf_off += st.ref_bytes
         st.nrefs = 0
         st.ref_bytes = 0
+        st.hist_len = 0                     # the history is contiguous up to buf_off
         return -1
     pos = st.buf_start + st.buf_len
     r = st.ref_first
@@ -186,9 +189,21 @@ cdef int materialize(Engine eng, stream_t *st) noexcept:
 
 
 cdef void stream_consume(Engine eng, stream_t *st, uint64_t n) noexcept:
-    """Drop the first n unconsumed in-order bytes; return the buffer when it empties."""
+    """Drop the first n unconsumed in-order bytes (into the history while OVERLAP is wanted);
+    return the buffer when it empties."""
+    cdef uint32_t i
+    cdef int32_t r
+    cdef uint64_t o
+    cdef bint keep = st.buffering and eng.rx.overlap_window and eng.em.wants(EV_OVERLAP)
     if st.nrefs:
         if n >= st.ref_bytes and st.buf_len == 0:
+            if keep:
+                o = st.buf_off
+                r = st.ref_first
+                for i in range(st.nrefs):
+                    hist_add(eng, st, o, eng.rx.refs[r].ptr, eng.rx.refs[r].len)
+                    o += eng.rx.refs[r].len
+                    r = eng.rx.refs[r].next
             st.buf_off += st.ref_bytes         # references into frames: nothing to free
             st.nrefs = 0
             st.ref_bytes = 0
@@ -196,6 +211,8 @@ cdef void stream_consume(Engine eng, stream_t *st, uint64_t n) noexcept:
         materialize(eng, st)
     if n > st.buf_len:
         n = st.buf_len
+    if keep:
+        hist_add(eng, st, st.buf_off, st.buf + st.buf_start, <uint32_t>n)
     st.buf_start += <uint32_t>n
     st.buf_len -= <uint32_t>n
     st.buf_off += n
@@ -203,6 +220,105 @@ cdef void stream_consume(Engine eng, stream_t *st, uint64_t n) noexcept:
         st.buf_start = 0
         if st.buf_cap > 65536:      # small buffers stay for the next bytes, large ones go back
             buf_release(eng, st)
+
+
+cdef inline void ring_out(const uint8_t *ring, uint32_t cap, uint64_t at, uint32_t n, uint8_t *dst) noexcept nogil:
+    """Copy the ring's bytes of stream offsets [at, at+n) to dst (offset o lies at o % cap)."""
+    cdef uint32_t pos = <uint32_t>(at % cap)
+    cdef uint32_t first = n if n < cap - pos else cap - pos
+    memcpy(dst, ring + pos, first)
+    memcpy(dst + first, ring, n - first)
+
+
+cdef inline void ring_in(uint8_t *ring, uint32_t cap, uint64_t at, const uint8_t *src, uint32_t n) noexcept nogil:
+    """Put n bytes of stream offsets [at, at+n) (n <= cap) into the ring."""
+    cdef uint32_t pos = <uint32_t>(at % cap)
+    cdef uint32_t first = n if n < cap - pos else cap - pos
+    memcpy(ring + pos, src, first)
+    memcpy(ring, src + first, n - first)
+
+
+cdef void hist_add(Engine eng, stream_t *st, uint64_t at, const uint8_t *data, uint32_t n) noexcept:
+    """Append consumed bytes (stream offsets [at, at+n), right after the history's last byte) to
+    the side's history, which keeps the latest ``overlap_window`` of them. Its ring grows by
+    doubling up to that size, within the memory cap; without memory the history starts over."""
+    cdef uint32_t want, cap
+    cdef uint8_t *ring
+    if n == 0:
+        return
+    want = st.hist_len + n if st.hist_len + n < eng.rx.overlap_window else eng.rx.overlap_window
+    if want > st.hist_cap:
+        cap = st.hist_cap if st.hist_cap else 4096
+        while cap < want:
+            cap *= 2
+        if cap > eng.rx.overlap_window:
+            cap = eng.rx.overlap_window
+        ring = NULL
+        if eng.rx.memory + (cap - st.hist_cap) <= eng.rx.max_memory:
+            ring = <uint8_t *>malloc(cap + st.hist_len)     # the new ring, then room to lay out the old
+        if ring != NULL:
+            if st.hist_len:                    # the kept bytes, in order, then in their new places
+                ring_out(st.hist, st.hist_cap, at - st.hist_len, st.hist_len, ring + cap)
+                ring_in(ring, cap, at - st.hist_len, ring + cap, st.hist_len)
+                ring = <uint8_t *>realloc(ring, cap)        # shrinking: never fails in practice
+            eng.rx.memory += cap - st.hist_cap
+            free(st.hist)
+            st.hist = ring
+            st.hist_cap = cap
+        elif st.hist_cap == 0:
+            return
+    if n >= st.hist_cap:                       # only the last hist_cap bytes can be kept
+        data += n - st.hist_cap
+        at += n - st.hist_cap
+        n = st.hist_cap
+        st.hist_len = 0
+    ring_in(st.hist, st.hist_cap, at, data, n)
+    st.hist_len = st.hist_len + n if st.hist_len + n < st.hist_cap else st.hist_cap
+
+
+cdef inline void hist_release(Engine eng, stream_t *st) noexcept:
+    eng.rx.memory -= st.hist_cap
+    free(st.hist)
+    st.hist = NULL
+    st.hist_cap = 0
+    st.hist_len = 0
+
+
+cdef int compare_inorder(Engine eng, int32_t slot, int side, int hook, stream_t *st, uint64_t off,
+                         const uint8_t *data, uint64_t cend, uint64_t end) except -1:
+    """A segment [off, end) covers in-order bytes [off, cend): compare them with the copy we have,
+    in one piece whether it is still held or already consumed (into the history, while OVERLAP
+    is wanted), so that the answer does not depend on when bytes were delivered. A conflict is
+    an OVERLAP, never a change: bytes in order are the receiver's already (queued for its
+    application), whatever the policy, which decides between copies held out of order. Bytes
+    consumed before the history begins are counted as unchecked."""
+    cdef bint history = st.buffering and eng.rx.overlap_window and eng.em.wants(EV_OVERLAP)
+    cdef uint64_t lo = st.buf_off - st.hist_len if history else st.buf_off
+    cdef uint64_t a = off if off > lo else lo
+    cdef uint64_t mid
+    cdef uint8_t *held
+    if not st.buffering:
+        return 0
+    if history and off < lo:
+        st.unchecked += (lo if lo < cend else cend) - off
+    if a >= cend:
+        return 0
+    if a >= st.buf_off:
+        return resolve_overlap(eng, slot, side, hook, st, st.buf + st.buf_start + (a - st.buf_off),
+                               a, data + (a - off), <uint32_t>(cend - a), 0, off, end, lo, st.next_off)
+    held = <uint8_t *>malloc(<size_t>(cend - a))
+    if held == NULL:
+        raise MemoryError()
+    try:
+        mid = cend if cend < st.buf_off else st.buf_off
+        ring_out(st.hist, st.hist_cap, a, <uint32_t>(mid - a), held)
+        if cend > mid:
+            memcpy(held + (mid - a), st.buf + st.buf_start, <size_t>(cend - mid))
+        resolve_overlap(eng, slot, side, hook, st, held, a, data + (a - off), <uint32_t>(cend - a), 0,
+                        off, end, lo, st.next_off)
+    finally:
+        free(held)
+    return 0
 
 
 cdef inline void buf_release(Engine eng, stream_t *st) noexcept:
@@ -366,6 +482,7 @@ cdef int stream_skip(Engine eng, int32_t slot, int side, int hook, stream_t *st,
     st.next_off = upto
     st.delivered_off = upto
     st.buf_off = upto
+    st.hist_len = 0                         # the history is contiguous up to buf_off
     return drain_ooo(eng, slot, side, st)
 
 
@@ -382,6 +499,7 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
     if soff < 0:
         if soff + n <= 0:
             st.rexmits += 1
+            st.rexmit_bytes += n
             return 0
         data += <uint32_t>(-soff)
         n -= <uint32_t>(-soff)
@@ -397,13 +515,10 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
     if off < st.next_off:
         materialize(eng, st)
         cend = st.next_off if end > st.next_off else end
-        a = off if off > st.buf_off else st.buf_off
-        if st.buffering and a < cend and st.buf_len:
-            resolve_overlap(eng, slot, side, hook, st, st.buf + st.buf_start + (a - st.buf_off),
-                            a, data + (a - off), <uint32_t>(cend - a), a >= st.delivered_off,
-                            off, end, st.delivered_off, st.next_off)
+        compare_inorder(eng, slot, side, hook, st, off, data, cend, end)
         if end <= st.next_off:
             st.rexmits += 1
+            st.rexmit_bytes += n
             if eng.em.wants(EV_RETRANSMIT):
                 report(eng, B_RETRANSMIT, slot, side, hook, off, n, None)
             return 0
@@ -438,9 +553,12 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
         pos += k
     if not fresh:
         st.rexmits += 1
+        st.rexmit_bytes += n
         if eng.em.wants(EV_RETRANSMIT):
             report(eng, B_RETRANSMIT, slot, side, hook, off, n, None)
         return 0
+    if s0 > st.next_off:
+        st.ooo_segments += 1
     return drain_ooo(eng, slot, side, st)
 
 
@@ -458,6 +576,8 @@ cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off) excep
     st = eng.tab.flows[slot].side[side].stream
     if st != NULL and st.buf_len == 0 and st.buf != NULL:
         buf_release(eng, st)        # an ended flow expects no bytes: its buffer goes back now
+    if st != NULL:
+        hist_release(eng, st)
     return 0
 
 
@@ -579,6 +699,9 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
             raise MemoryError()
         stream_rebase(st, s)
         soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
+        st.segments += 1
+        if pk.paylen == 1 and soff == <int64_t>st.next_off and r.window == 0 and (r.flags & SF_ACK_KNOWN):
+            st.zw_probes += 1           # the byte at the right edge of a window the receiver closed
         stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen, not pk.reassembled)
     if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
         return 0

@@ -15,6 +15,10 @@
 #   RST the receiver accepts        raises RST; -> CLOSED; the receiver -> CLOSED; the flow
 #                                   ends (RST). A RST out of the receiver's window is counted
 #                                   (rst_ignored, rst_out_of_window) and changes nothing.
+#   SYN when both sides are closed  a new connection reuses the tuple: the flow ends (REUSED,
+#   or closing (CLOSING_STATES)     unless it had ended) and a new flow starts with this SYN;
+#                                   only a duplicate of the ended flow's own SYN, while it
+#                                   lingers, is not one.
 #
 #   receiver gets                   receiver's side
 #   SYN                             SYN_SENT -> SYN_RECEIVED (simultaneous open)
@@ -80,9 +84,22 @@ ON_FIN_ACKED[:] = [
     ST_CLOSED,              # LAST_ACK
     KEEP,                   # TIME_WAIT
 ]
+# States of a side that has closed or begun to close (a FIN sent or received, or a RST): a SYN
+# when both sides are in one starts a new connection on the same addresses and ports.
+cdef uint8_t CLOSING_STATES[N_STATES]
+CLOSING_STATES[:] = [1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
 # States in which a side has completed its part of the handshake (RFC 793's synchronized states):
 cdef uint8_t SYNCHRONIZED[N_STATES]
 SYNCHRONIZED[:] = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+
+
+cdef inline bint reuses(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
+    """Whether a bare SYN from ``side`` starts a new connection on this flow's tuple: both sides
+    are closed or closing, and it is not (while the ended flow lingers) a duplicate of the
+    flow's own SYN."""
+    if not (CLOSING_STATES[f.side[0].state] and CLOSING_STATES[f.side[1].state]):
+        return 0
+    return not (f.status == FS_CLOSED and (f.side[side].flags & SF_SYN_SEEN) and pk.seq == f.side[side].isn)
 
 
 cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:

@@ -375,7 +375,9 @@ cdef object side_stats(const side_t *s, const side_t *peer):
         rst_ignored=s.rst_ignored, retransmits=s.retransmits + st.rexmits,
         isn=s.isn if (s.flags & SF_SYN_SEEN) else None, next_seq=s.next_seq if (s.flags & SF_SEQ_KNOWN) else None,
         last_ack=s.last_ack if (s.flags & SF_ACK_KNOWN) else None, window=s.window,
-        wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None)
+        wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None,
+        data_segments=st.segments, retransmitted_bytes=st.rexmit_bytes, out_of_order=st.ooo_segments,
+        zero_window_probes=st.zw_probes, unchecked_bytes=st.unchecked)
 
 
 @cython.boundscheck(False)

@@ -47,8 +47,13 @@ class SideStatistics:
     """One side of a flow: what that endpoint sent, and its inferred TCP state.
 
     ``retransmits`` counts SYN, SYN-ACK and FIN retransmissions and data segments that carried
-    only bytes already seen. The stream counters (``stream_bytes`` reassembled, ``missed`` in
-    gaps, overlap conflicts, ``next_offset``) stay 0 while reassembly is off.
+    only bytes already seen. The stream counters are kept while the side's stream is tracked
+    (any stream event or RETRANSMIT wanted, or ``reassembly=True``; else they stay 0):
+    ``stream_bytes`` reassembled, ``missed`` in gaps, ``data_segments`` (segments with payload),
+    ``retransmitted_bytes`` (payload of the data retransmissions), ``out_of_order`` (segments
+    that arrived ahead of a hole), ``zero_window_probes``, overlap conflicts (their bytes compared
+    while held, and after delivery within the engine's ``overlap_window`` while OVERLAP is
+    wanted; ``unchecked_bytes`` came again after that), ``next_offset``.
     """
 
     packets: int
@@ -71,6 +76,11 @@ class SideStatistics:
     overlap_conflicts: int = 0
     overlap_conflict_bytes: int = 0
     next_offset: int = 0
+    data_segments: int = 0
+    retransmitted_bytes: int = 0
+    out_of_order: int = 0
+    zero_window_probes: int = 0
+    unchecked_bytes: int = 0
 
 
 @attrs.frozen(kw_only=True)

@@ -59,6 +59,9 @@ class EndReason(enum.IntEnum):
     TIMEOUT = 3
     EVICTED = 4
     END_OF_CAPTURE = 5
+    REUSED = 6
+    """A new connection (a SYN after both sides closed or began closing) took the flow's
+    addresses and ports."""
 
     def __str__(self) -> str:
         return self.name.lower()

@@ -342,3 +342,49 @@ def test_packet_in_once_per_packet_for_subscribers():
     c.send("client", b"abc")
     _, events = run(c.frames, kinds=EventKind.PACKET_IN)
     assert [e[1] for e in events] == ["CLIENT", "SERVER", "CLIENT", "CLIENT"]
+
+
+def closed_then(conversation_end, *, later: float, isn: int = 1000):
+    """A connection ended by ``conversation_end``, then a new one on the same tuple ``later`` s after."""
+    c = conv(client_isn=1000)
+    c.handshake()
+    c.send("client", b"one")
+    conversation_end(c)
+    d = conv(client_isn=isn, start_ts=c.frames[-1][0] + later)
+    d.handshake()
+    d.send("client", b"two")
+    return c.frames + d.frames
+
+
+@pytest.mark.parametrize("later, isn", [(0.5, 99999), (10.0, 99999), (10.0, 1000), (1000.0, 1000)])
+def test_a_reused_tuple_after_a_fin_close_is_a_new_flow_even_with_the_same_isn(later, isn):
+    # the same ISN while the ended flow lingers (5 s) is a duplicate of its SYN (Linux's TIME_WAIT
+    # takes it for one too); after that, or with another ISN, it is a new connection
+    def close(c):
+        c.fin("client")
+        c.fin("server")
+        c.ack("client")
+    engine, events = run(closed_then(close, later=later, isn=isn), finish=True)
+    assert [e for e in events if e[0] in ("CONN_START", "CONN_END")] == [
+        ("CONN_START", "CLIENT"), ("CONN_END", "CLIENT", "FIN"),
+        ("CONN_START", "CLIENT"), ("CONN_END", None, "END_OF_CAPTURE")]
+    assert ("RETRANSMIT", "CLIENT") not in events
+
+
+def test_a_syn_on_a_half_closed_tuple_ends_the_old_flow_as_reused():
+    def half_close(c):            # both sides send a FIN, the last ACK is lost: still open
+        c.fin("client")
+        c.fin("server")
+    engine, events = run(closed_then(half_close, later=2.0), finish=True)
+    assert [e for e in events if e[0] in ("CONN_START", "CONN_END")] == [
+        ("CONN_START", "CLIENT"), ("CONN_END", None, "REUSED"),
+        ("CONN_START", "CLIENT"), ("CONN_END", None, "END_OF_CAPTURE")]
+
+
+def test_a_syn_while_the_connection_is_open_is_not_a_new_flow():
+    c = conv()
+    c.handshake()
+    c.send("client", b"data")
+    c.frames.append((2.0, tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=5555, flags="S")))
+    engine, events = run(c.frames)
+    assert events.count(("CONN_START", "CLIENT")) == 1

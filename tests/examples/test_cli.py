@@ -19,7 +19,7 @@ import sys
 import pytest
 
 from aiomb.cli import FIELDS
-from aiomb.testing import TcpConversation, tcp_frame, write_pcap
+from aiomb.testing import TcpConversation, tcp_frame, udp_frame, write_pcap
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO = "examples/captures/demo.pcapng"
@@ -384,3 +384,64 @@ def test_progress_bar_on_a_terminal():
     assert proc.returncode == 0
     assert len(jsonl(proc.stdout.decode())) == 7
     assert b"100.0%" in drawn and b"[" in drawn
+
+
+# -- aiomb stream: unknown flows, UDP flows, gaps; output into a closed pipe -----------------
+
+
+@pytest.fixture(scope="module")
+def gapped(tmp_path_factory):
+    """Flow 1: the client sends VERY, GOOD (lost), DATA; the server ACKs past the hole. Flow 2: UDP."""
+    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80))
+    c.handshake()
+    c.send("client", b"VERY")
+    c.send("client", b"GOOD")
+    c.frames.pop()
+    c.send("client", b"DATA")
+    c.ack("server")
+    frames = c.frames + [(2.0, udp_frame("10.0.0.5", "10.0.0.6", 5000, 53, b"query"))]
+    path = tmp_path_factory.mktemp("stream") / "gap.pcap"
+    write_pcap(path, frames)
+    return path
+
+
+def run_bytes(argv):
+    return subprocess.run([str(a) for a in argv], cwd=REPO, capture_output=True, timeout=60)
+
+
+def test_stream_leaves_a_gap_out_and_warns_with_its_offsets(gapped):
+    proc = run_bytes((*PYTHON_M_AIOMB, "stream", gapped, "--flow", "1"))
+    assert proc.returncode == 0 and proc.stdout == b"VERYDATA"
+    assert proc.stderr.decode() == (
+        "aiomb: warning: the client stream has 1 gap(s), 4 bytes never seen, left out: stream offsets "
+        "[4, 8) (--gaps fill writes NUL bytes, --gaps mark a marker line, --gaps skip says nothing)\n")
+
+
+@pytest.mark.parametrize("mode, expected", [
+    ("skip", b"VERYDATA"), ("fill", b"VERY\0\0\0\0DATA"),
+    ("mark", b"VERY\n[aiomb: 4 bytes missing at stream offset 4]\nDATA")])
+def test_stream_gap_modes(gapped, mode, expected):
+    proc = run_bytes((*PYTHON_M_AIOMB, "stream", gapped, "--key", "10.0.0.1:40000-10.0.0.2:80", "--gaps", mode))
+    assert (proc.returncode, proc.stdout, proc.stderr) == (0, expected, b"")
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--flow", "7"), "aiomb: error: no flow number 7 in {path}; `aiomb flows {path}` lists its flows"),
+    (("--key", "10.9.9.9:1-10.0.0.2:80"), "aiomb: error: no flow 10.9.9.9:1-10.0.0.2:80 in {path};"),
+    (("--flow", "2"), "aiomb: error: flow 2 is a UDP flow: only TCP flows have a reassembled stream"),
+])
+def test_stream_of_an_unknown_or_udp_flow_says_so_and_fails(gapped, argv, message):
+    proc = run_bytes((*PYTHON_M_AIOMB, "stream", gapped, *argv))
+    assert proc.returncode == 1 and proc.stdout == b""
+    assert proc.stderr.decode().startswith(message.format(path=gapped))
+
+
+def test_output_into_a_pipe_closed_early_ends_quietly(tmp_path):
+    path = tmp_path / "many.pcap"
+    write_pcap(path, [(1.0 + i * 1e-3, udp_frame(f"10.1.{i >> 8}.{i & 255}", "10.0.0.53", 1024 + i, 53, b"q"))
+                      for i in range(3000)])
+    argv = " ".join(f"'{a}'" for a in (*PYTHON_M_AIOMB, "flows", path, "--format", "jsonl"))
+    proc = subprocess.run(["sh", "-c", f"{argv} | head -n 1"], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.stderr == ""
+    assert json.loads(proc.stdout.splitlines()[0])["flow"] == 1
