@@ -16,6 +16,13 @@ from ._core import FlowInbox as FlowInbox
 from ._core import FlowKey as FlowKey
 from ._core import FrameBatch as FrameBatch
 from ._core import PacketView as PacketView
+from ._epoll import Epoll as Epoll
+from ._epoll import FlowSocket as FlowSocket
+from ._epoll import MonitorSocket as MonitorSocket
+from ._epoll import TimerSocket as TimerSocket
+from ._epoll import epoll as epoll
+from ._epoll import event_mask as event_mask
+from ._epoll import monitor as monitor
 from ._errors import AiombError as AiombError
 from ._errors import CaptureError as CaptureError
 from ._errors import PortError as PortError
@@ -57,6 +64,7 @@ GAP = EventKind.GAP
 OVERLAP = EventKind.OVERLAP
 BUFFER_OVERRUN = EventKind.BUFFER_OVERRUN
 ERROR = EventKind.ERROR
+TIMER = EventKind.TIMER
 
 __version__ = "0.1.0"
 
@@ -69,13 +77,13 @@ _LAZY = {
 __all__ = [
     "ALL_BUILTIN", "AiombError", "BUFFER_OVERRUN", "CONN_END", "CONN_START", "CaptureError",
     "CaptureSource", "CustomEvent", "Dispatcher", "ERROR", "ESTABLISHED", "EndReason", "Engine",
-    "EngineStatistics", "Event", "EventKind", "EventLog", "FIN", "FilterError", "Flow",
-    "FlowFilter", "FlowInbox", "FlowKey", "FlowStatistics", "FlowStream", "FrameBatch", "GAP",
-    "Gap", "Hook", "MalformedCounts", "Middlebox", "NEW_DATA", "ORPHAN", "OVERLAP", "PACKET_IN",
-    "PacketView", "Port", "PortError", "PortStatistics", "Prefilter", "Proto", "RETRANSMIT", "RST",
-    "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics", "StreamGap",
-    "Subscription", "TcpState", "UDP_END", "UDP_START", "Verdict", "capture", "define_event",
-    "open_stack", "port",
+    "EngineStatistics", "Epoll", "Event", "EventKind", "EventLog", "FIN", "FilterError", "Flow",
+    "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics", "FlowStream", "FrameBatch",
+    "GAP", "Gap", "Hook", "MalformedCounts", "Middlebox", "MonitorSocket", "NEW_DATA", "ORPHAN",
+    "OVERLAP", "PACKET_IN", "PacketView", "Port", "PortError", "PortStatistics", "Prefilter", "Proto",
+    "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
+    "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict",
+    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port",
 ]
 
 

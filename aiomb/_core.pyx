@@ -24,6 +24,7 @@ include "_cy/xsk.pxi"
 include "_cy/emit.pxi"
 include "_cy/tcp.pxi"
 include "_cy/reasm.pxi"
+include "_cy/timers.pxi"
 include "_cy/engine.pxi"
 include "_cy/dispatch.pxi"
 include "_cy/deliver.pxi"
@@ -43,7 +44,7 @@ C_ENUMS = {
                   "STATE_CHANGE": EV_STATE_CHANGE, "CONN_END": EV_CONN_END, "ORPHAN": EV_ORPHAN,
                   "UDP_START": EV_UDP_START, "UDP_END": EV_UDP_END, "RETRANSMIT": EV_RETRANSMIT,
                   "NEW_DATA": EV_NEW_DATA, "GAP": EV_GAP, "OVERLAP": EV_OVERLAP,
-                  "BUFFER_OVERRUN": EV_BUFFER_OVERRUN, "ERROR": EV_ERROR},
+                  "BUFFER_OVERRUN": EV_BUFFER_OVERRUN, "ERROR": EV_ERROR, "TIMER": EV_TIMER},
     "Hook": {"SENDER": HOOK_SENDER, "RECEIVER": HOOK_RECEIVER},
     "Verdict": {"FORWARD": VERDICT_FORWARD, "DROP": VERDICT_DROP},
 }

@@ -403,8 +403,10 @@ class Stack:
                     item = ev.value
                     if item is None:        # the handler turned the side's buffering off
                         continue
-                else:
+                elif ev.kind is EventKind.GAP:
                     item = Gap(ev.offset, ev.length)
+                else:
+                    continue                # the flow's end: its streams close below
                 await self._send(streams[ev.side]._send, item)
             if inbox.ended:
                 for stream in streams:

@@ -166,14 +166,14 @@ cdef class Dispatcher:
         inbox receiving that flow's events of ``kinds``; returns the acceptor's number.
 
         The flow's start event (CONN_START / UDP_START) is in its inbox when ``kinds`` has it;
-        its end (CONN_END / UDP_END) always closes the inbox (``ended``). Raises ValueError past
-        64 acceptors.
+        its end (CONN_END / UDP_END, with the flow's figures) always is, and closes the inbox
+        (``ended``). Raises ValueError past 64 acceptors.
         """
         if self.nacc >= MAX_ACCEPTORS:
             raise ValueError(f"at most {MAX_ACCEPTORS} acceptors per dispatcher")
         if not (tcp or udp):
             raise ValueError("an acceptor needs TCP or UDP flows (or both)")
-        cdef uint64_t mask = self.mask_of(kinds)
+        cdef uint64_t mask = self.mask_of(kinds) | EV_CONN_END | EV_UDP_END
         cdef uint64_t flt = self.scope(middlebox, filter)
         cdef int i = self.nacc
         self.acc_mask[i] = mask
@@ -201,6 +201,18 @@ cdef class Dispatcher:
         if out:
             self.acc_pending[i] = []
         return out
+
+    def widen(self, acc, kinds):
+        """Have an acceptor's inboxes (those to come and those it made) receive ``kinds`` too."""
+        cdef int i = self.check_acc(acc)
+        cdef uint64_t mask = self.mask_of(kinds)
+        cdef FlowInbox ib
+        self.acc_mask[i] |= mask
+        for lst in self.inboxes.values():
+            for ib in <list>lst:
+                if ib.acceptor == i:
+                    ib.mask |= mask
+        self.update_wants()
 
     def close_acceptor(self, acc):
         """Accept no more flows; the inboxes already made go on receiving."""

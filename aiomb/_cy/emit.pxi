@@ -380,6 +380,15 @@ cdef class Emitter:
                 self.let_go(pv)
         return 0
 
+    cdef int call(self, object fn, int bit, int32_t slot, object value) except -1:
+        """Run ``fn(view)`` for an occurrence without a packet (a timer's callback)."""
+        cdef PacketView pv = self.set_view(bit, slot, -1, HOOK_NONE, 0, 0, -1, -1, value)
+        try:
+            fn(pv)
+        finally:
+            self.let_go(pv)
+        return 0
+
     cdef inline PacketView set_view(self, int bit, int32_t slot, int side, int hook, int a, int b,
                                     int64_t off, int64_t length, object value):
         cdef PacketView pv = self.pv

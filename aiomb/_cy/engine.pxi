@@ -84,11 +84,15 @@ cdef class Engine:
     cdef int policy
     cdef list host_policies
     cdef object dispatcher          # a weak reference to the dispatcher reading the log, or None
+    cdef timerq_t tq
+    cdef dict timers                # timer id -> TimerEntry
+    cdef uint32_t last_timer_id
 
     def __cinit__(self):
         memset(&self.tab, 0, sizeof(flowtab_t))
         memset(&self.frags, 0, sizeof(fragtab_t))
         memset(&self.rx, 0, sizeof(reasm_t))
+        memset(&self.tq, 0, sizeof(timerq_t))
 
     def __init__(self, *, max_flows=1_000_000, tcp_syn_timeout=30.0, tcp_established_timeout=300.0,
                  tcp_closed_timeout=5.0, udp_timeout=60.0, midstream=False, vlan_in_key=False,
@@ -142,6 +146,7 @@ cdef class Engine:
         self.vlan_in_key = vlan_in_key
         self.next_id = 1
         self.mbox_filters = [None]
+        self.timers = {}
         self.flow_filters = []
         self.filter_uses = []
         self.reassembly_mode = -1 if reassembly is None else int(reassembly)
@@ -154,6 +159,7 @@ cdef class Engine:
         flowtab_free(&self.tab)
         fragtab_free(&self.frags)
         reasm_free(&self.rx)
+        timerq_free(&self.tq)
 
     # ---- options, read back ----------------------------------------------------------------
 
@@ -473,6 +479,8 @@ cdef class Engine:
         self.n_packets += 1
         self.n_bytes += pk.wirelen
         if ts > self.now:
+            if self.tq.n and self.tq.heap[0].due <= ts:
+                self.fire_timers(ts)
             self.now = ts
         if self.flows_due():            # time passes per packet: the answer is the same at any batch size
             self.expire_flows()
@@ -650,12 +658,105 @@ cdef class Engine:
         return 0
 
     cdef int expire_to(self, int64_t now) except -1:
-        """Advance time to ``now``: expire idle flows and fragments."""
+        """Advance time to ``now``: fire due timers, expire idle flows and fragments."""
+        if self.tq.n and self.tq.heap[0].due <= now:
+            self.fire_timers(now)
         if now > self.now:
             self.now = now
         self.expire_flows()
         fragtab_expire(&self.frags, self.now)
         return 0
+
+    cdef int fire_timers(self, int64_t until) except -1:
+        """Fire the timers due by ``until``, in deadline order, each at its deadline (engine time
+        moves there): its inline callback, then a TIMER event valued (id, expirations). A
+        periodic timer late by several periods fires once, counting them (as a timerfd)."""
+        cdef tmr_t t
+        cdef TimerEntry e
+        cdef int32_t slot
+        cdef int64_t n
+        while self.tq.n and self.tq.heap[0].due <= until:
+            timerq_pop(&self.tq, &t)
+            e = self.timers.get(t.id)
+            if e is None or e.seq != t.seq:
+                continue                    # cancelled, or re-armed since
+            slot = -1
+            if e.flow_id:
+                if self.tab.flows[e.slot].status != FS_OPEN or self.tab.flows[e.slot].id != e.flow_id:
+                    del self.timers[t.id]       # its flow has ended: the timer went with it
+                    continue
+                slot = e.slot
+            if t.due > self.now:
+                self.now = t.due
+            n = 1
+            if e.interval:
+                n += (until - t.due) // e.interval
+                timerq_push(&self.tq, t.due + n * e.interval, t.id, &e.seq)
+            else:
+                del self.timers[t.id]
+            value = (t.id, n)
+            if e.callback is not None:
+                self.em.call(e.callback, B_TIMER, slot, value)
+            if self.em.wants(EV_TIMER):
+                self.em.emit(B_TIMER, slot, -1, HOOK_NONE, 0, 0, -1, -1, value)
+        return 0
+
+    def set_timer(self, delay=None, *, at=None, interval=None, flow=None, callback=None):
+        """Arm a timer on the engine's clock; returns its id (an int).
+
+        It fires ``delay`` seconds from now, or ``at`` (seconds), and then every ``interval``
+        seconds if given. With ``flow`` (a live :class:`Flow`) it is that flow's and is
+        cancelled when the flow ends. When it fires, ``callback(view)`` runs inline (a
+        :class:`PacketView` of the TIMER occurrence: no packet; ``view.flow`` for a flow's
+        timer) and a TIMER event is raised, valued (id, expirations). On captures the clock is
+        packet time: a timer due at t fires before the first packet at or after t is processed.
+        Raises ValueError for a bad time, a flow that has ended or a callback that is not callable.
+        """
+        cdef TimerEntry e = TimerEntry.__new__(TimerEntry)
+        cdef int64_t due
+        cdef Flow h
+        if (delay is None) == (at is None):
+            raise ValueError("give the timer either delay=SECONDS (from now) or at=SECONDS")
+        for name, v in (("delay", delay), ("at", at), ("interval", interval)):
+            if v is not None and (not isinstance(v, (int, float)) or isinstance(v, bool) or v != v):
+                raise ValueError(f"timer {name} must be a number of seconds, got {v!r}")
+        if delay is not None and delay < 0:
+            raise ValueError(f"timer delay must not be negative, got {delay!r}")
+        if interval is not None and not interval > 0:
+            raise ValueError(f"timer interval must be a positive number of seconds, got {interval!r}")
+        if callback is not None and not callable(callback):
+            raise ValueError(f"timer callback must be callable, got {callback!r}")
+        due = self.now + to_ns(delay) if delay is not None else to_ns(at)
+        e.interval = to_ns(interval) if interval is not None else 0
+        e.slot = -1
+        if flow is not None:
+            if not isinstance(flow, Flow) or (<Flow>flow)._engine is not self or not (<Flow>flow)._alive:
+                raise ValueError(f"a flow's timer needs a live Flow of this engine, got {flow!r}")
+            h = <Flow>flow
+            if self.tab.flows[h._slot].status != FS_OPEN:
+                raise ValueError(f"flow #{h.id} has ended: its timers could never fire")
+            e.slot = h._slot
+            e.flow_id = h.id
+        e.callback = callback
+        self.last_timer_id += 1
+        timerq_push(&self.tq, due, self.last_timer_id, &e.seq)
+        self.timers[self.last_timer_id] = e
+        return self.last_timer_id
+
+    def cancel_timer(self, timer_id):
+        """Disarm a timer; returns False if it was not armed (it fired, or was cancelled)."""
+        return self.timers.pop(timer_id, None) is not None
+
+    @property
+    def next_timer(self):
+        """When the next armed timer is due (seconds on the engine's clock), or None."""
+        cdef tmr_t t
+        while self.tq.n:
+            e = self.timers.get(self.tq.heap[0].id)
+            if e is not None and (<TimerEntry>e).seq == self.tq.heap[0].seq:
+                return self.tq.heap[0].due * 1e-9
+            timerq_pop(&self.tq, &t)
+        return None
 
     # ---- public entry points --------------------------------------------------------------
 

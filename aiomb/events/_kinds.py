@@ -38,15 +38,17 @@ class EventKind(enum.IntFlag):
     RETRANSMIT = 1 << 11
     """A SYN, SYN-ACK or FIN was sent again (segment retransmissions come with reassembly)."""
     NEW_DATA = 1 << 12
-    """Reserved for stream reassembly: new bytes on a side, once per side per batch."""
+    """New in-order bytes on a side, once per side per batch."""
     GAP = 1 << 13
-    """Reserved for stream reassembly: bytes that will never arrive."""
+    """Bytes of a side's stream that will never arrive."""
     OVERLAP = 1 << 14
-    """Reserved for stream reassembly: overlapping bytes that differ."""
+    """Bytes received again with different content; the value is (held bytes, new bytes)."""
     BUFFER_OVERRUN = 1 << 15
-    """Reserved for stream reassembly: a buffer limit was hit."""
+    """A reassembly limit was hit; what it dropped becomes a gap."""
     ERROR = 1 << 16
     """A packet was malformed, or a table limit was hit; the event's value says which."""
+    TIMER = 1 << 17
+    """A timer fired (``Engine.set_timer``); the value is (timer id, expirations)."""
 
     def __str__(self) -> str:
         return self.name or repr(self)

@@ -21,7 +21,6 @@ import time
 import warnings
 
 import attrs
-import trio
 
 from .._core import XskSet
 from .._errors import PortError
@@ -144,6 +143,8 @@ class Port:
         then closes the port as on any exit); if anything is raised here after the port opened,
         it is closed again before the exception goes on.
         """
+        import trio
+
         try:
             await trio.to_thread.run_sync(self.open)
         except BaseException:
@@ -154,6 +155,8 @@ class Port:
 
     async def aclose(self) -> None:
         """Close from Trio, shielded from cancellation (the program must be detached)."""
+        import trio
+
         with trio.CancelScope(shield=True):
             await trio.to_thread.run_sync(self.close)
 
@@ -285,6 +288,8 @@ class Port:
         Waits for readability of the sockets (poll semantics, no busy-polling), at most one
         tick, so that live time advances.
         """
+        import trio
+
         xs = self._xs
         if xs is None or self._stopping:
             return None
@@ -298,6 +303,28 @@ class Port:
         if self._xs is None or self._stopping:
             return None
         return xs.receive(batch, time.time_ns(), _mono_to_real())
+
+    def read(self, batch, timeout: float | None = None) -> int | None:
+        """``receive()`` for a synchronous program: waits at most ``timeout`` seconds (default one
+        tick) for frames; 0 when none came, None once stopped or closed. Blocks."""
+        xs = self._xs
+        if xs is None or self._stopping:
+            return None
+        n = xs.receive(batch, time.time_ns(), _mono_to_real())
+        if n:
+            return n
+        xs.service()
+        wait = select.poll()
+        wait.register(self._wait_fd, select.POLLIN)
+        wait.poll(1000 * (self.tick if timeout is None else max(timeout, 0.0)))
+        if self._xs is None or self._stopping:
+            return None
+        return xs.receive(batch, time.time_ns(), _mono_to_real())
+
+    def wait_fds(self) -> list[int]:
+        """The descriptors that turn readable when frames arrive (to wait on them in an outer
+        event loop)."""
+        return [self._wait_fd] if self._wait_fd >= 0 else []
 
     def stop(self) -> None:
         """End the input: the next receive returns None, so the stack ends every open flow

@@ -159,7 +159,9 @@ def test_an_acceptor_gives_each_new_flow_an_inbox_with_its_events():
     assert inbox.ready == 0 and not inbox.ended
     feed(engine, frames[4:])
     assert d.ready_inboxes() == [inbox]
-    assert [e.kind for e in inbox.take()] == [EventKind.NEW_DATA, EventKind.FIN, EventKind.FIN]
+    end = inbox.take()
+    assert [e.kind for e in end] == [EventKind.NEW_DATA, EventKind.FIN, EventKind.FIN, EventKind.CONN_END]
+    assert end[-1].stats.end_reason is aiomb.EndReason.FIN       # the end always comes, with the figures
     assert inbox.ended and inbox.flow.end_reason is aiomb.EndReason.FIN
     d.close_acceptor(acc)
     with pytest.raises(ValueError, match="no open acceptor"):
@@ -176,7 +178,8 @@ def test_an_acceptor_takes_udp_only_when_asked_and_an_inbox_ends_with_its_flow()
     (inbox,) = d.accept(udp)
     assert [e.kind for e in inbox.take()] == [EventKind.UDP_START]
     engine.expire(10.0)
-    assert d.ready_inboxes() == [inbox] and inbox.ended and inbox.take() == []
+    assert d.ready_inboxes() == [inbox] and inbox.ended
+    assert [(e.kind, e.reason) for e in inbox.take()] == [(EventKind.UDP_END, aiomb.EndReason.TIMEOUT)]
     with pytest.raises(ValueError, match="TCP or UDP"):
         d.listen(EventKind.FIN, tcp=False)
 

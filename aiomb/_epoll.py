@@ -1,0 +1,899 @@
+"""The epoll-compatible shell: Berkeley sockets for middleboxes.
+
+Layer: shells (beside _stack; above the core and io). ``aiomb.monitor(source)`` returns a passive
+monitor socket (mOS's MOS_SOCK_MONITOR_STREAM): readable when new flows are pending, ``accept()``
+gives a flow socket per flow (a connected socket: both sides' reassembled bytes to ``recv``,
+their TCP states, the flow's events). ``aiomb.epoll()`` behaves like ``select.epoll`` over
+monitor, flow and timer sockets (and real descriptors); its ``poll()`` drives the sources itself
+when nothing is ready, so a plain synchronous loop runs a capture or a live port with no Trio.
+
+Everything here is moved in batches: the engine's events reach a flow socket through the
+dispatcher's inbox of that flow, once per batch (never a Python call per packet).
+
+Mask bits: the low 32 are ``select``'s own (EPOLLIN, EPOLLRDHUP, EPOLLHUP, EPOLLERR, EPOLLET,
+EPOLLONESHOT, ...). Every aiomb event kind has a bit of its own above them: bit 32 + k for the
+kind of bit k (``aiomb.event_mask(kind, ...)``; custom events through ``mon.event_mask``), so
+that they never collide.
+"""
+
+import collections
+import errno
+import itertools
+import os
+import select
+import time
+import weakref
+
+from ._core import Dispatcher, Engine, FrameBatch
+from ._errors import AiombError, StreamGap
+from .events._kinds import EventKind, split_kinds
+from .flows._filter import compile_filter
+from .flows._types import Hook, Side
+
+EVENT_SHIFT = 32
+EVENT_BITS = -1 << EVENT_SHIFT              # every aiomb event kind's bit
+_IN, _RDHUP, _HUP, _ERR = select.EPOLLIN, select.EPOLLRDHUP, select.EPOLLHUP, select.EPOLLERR
+_ET, _ONESHOT = select.EPOLLET, select.EPOLLONESHOT
+_BASE_KINDS = (EventKind.NEW_DATA, EventKind.GAP, EventKind.FIN, EventKind.BUFFER_OVERRUN)
+_numbers = itertools.count(1 << 24)         # socket numbers: above any real descriptor
+_sockets: "weakref.WeakValueDictionary[int, _Socket]" = weakref.WeakValueDictionary()
+
+
+def event_mask(*kinds) -> int:
+    """The epoll mask bits of built-in event kinds (bit 32 + the kind's bit)."""
+    mask = 0
+    for kind in split_kinds(list(kinds)):
+        if not isinstance(kind, EventKind):
+            raise TypeError(f"{kind!r} is a custom event: its bit depends on the monitor; use "
+                            "mon.event_mask(kind)")
+        mask |= 1 << (EVENT_SHIFT + kind.value.bit_length() - 1)
+    return mask
+
+
+class _Socket:
+    """What monitor, flow and timer sockets share: a number, a readiness mask, the epolls that
+    watch it (told when it changes)."""
+
+    _aiomb_socket = True
+
+    def __init__(self):
+        self._fd = next(_numbers)
+        self._ready = 0
+        self._seq = 0               # grows with each new readiness (edge-triggered epolls)
+        self._watchers: dict = {}   # Epoll -> None
+        self._closed = False
+        _sockets[self._fd] = self
+
+    def fileno(self) -> int:
+        """The socket's number (unique in the process, above any real descriptor)."""
+        return self._fd
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def _set(self, bits: int, *, new: bool = True) -> None:
+        """Bits become ready (``new``: an edge, e.g. more data, even if the bits were set)."""
+        if (bits & ~self._ready) or new:
+            self._seq += 1
+        self._ready |= bits
+        self._notify()
+
+    def _clear(self, bits: int) -> None:
+        self._ready &= ~bits
+
+    def _notify(self) -> None:
+        for ep in self._watchers:
+            ep._candidates[self._fd] = None
+
+    def _check_open(self) -> None:
+        if self._closed:
+            raise OSError(errno.EBADF, f"{self!r} is closed")
+
+
+class FlowSocket(_Socket):
+    """One flow, as a connected socket (mOS's MOS_SOCK_MONITOR_STREAM_ACTIVE): made by
+    :meth:`MonitorSocket.accept`.
+
+    ``recv(bufsize, side)`` consumes the side's reassembled bytes (b"" at its end; a hole raises
+    :class:`aiomb.StreamGap` once, then reading goes on after it; nothing ready yet raises
+    BlockingIOError); ``peek``/``ppeek`` look without consuming. Readiness: EPOLLIN while bytes
+    (or a hole) wait, EPOLLRDHUP once a side sent its FIN, EPOLLHUP once the flow ended
+    (``end_reason``, ``stats``), EPOLLERR while a limit dropped bytes (the BUFFER_OVERRUN events
+    in ``events()``), and an event kind's bit while events of it wait in ``events()``.
+    """
+
+    def __init__(self, monitor: "MonitorSocket", inbox):
+        super().__init__()
+        self._monitor = monitor
+        self._inbox = inbox
+        self.key = inbox.key
+        self.flow_id = inbox.flow_id
+        self.flow = inbox.flow
+        self.context: dict = {}
+        self.end_reason = None
+        self.stats = None
+        self._chunks = (collections.deque(), collections.deque())   # bytes, and Gap markers
+        self._avail = [0, 0]
+        self._offset = [0, 0]          # stream offset of the next byte recv() returns
+        self._fin = [False, False]
+        self._events: list = []
+        self._last = [None, None]
+        self.overruns = 0
+
+    def __repr__(self) -> str:
+        state = " closed" if self._closed else (" ended" if self.end_reason is not None else "")
+        return f"<FlowSocket {self._fd} #{self.flow_id} {self.key}{state}>"
+
+    # -- what a socket offers -------------------------------------------------------------
+
+    def getpeername(self) -> tuple:
+        """The server's address and port."""
+        return (str(self.key.server_ip), self.key.server_port)
+
+    def getsockname(self) -> tuple:
+        """The client's address and port."""
+        return (str(self.key.client_ip), self.key.client_port)
+
+    def state(self, side):
+        """The TCP state of ``side`` (:class:`aiomb.TcpState`)."""
+        return self.flow.state(side)
+
+    @property
+    def client_state(self):
+        return self.flow.client_state
+
+    @property
+    def server_state(self):
+        return self.flow.server_state
+
+    def statistics(self):
+        """The flow's :class:`aiomb.FlowStatistics` now (its figures at the end, once ended)."""
+        return self.stats if self.stats is not None else self.flow.statistics()
+
+    def recv(self, bufsize: int, side) -> bytes:
+        """Take up to ``bufsize`` bytes of ``side``'s stream (``mtcp_peek`` that consumes).
+
+        Returns b"" once the side has ended (its FIN, or the flow's end) and everything was
+        read. Raises StreamGap at a hole (once: the next call goes on after it),
+        BlockingIOError when no byte is ready yet, OSError (EBADF) once closed, ValueError for
+        a UDP flow.
+        """
+        return self._read(bufsize, side, consume=True)
+
+    def peek(self, bufsize: int, side) -> bytes:
+        """The next bytes ``recv`` would return, without taking them (up to a hole)."""
+        return self._read(bufsize, side, consume=False)
+
+    def ppeek(self, offset: int, n: int, side) -> bytes:
+        """``n`` unread bytes of ``side``'s stream from stream ``offset`` (positional peek);
+        ValueError naming the range held when they are not all there."""
+        self._check_open()
+        s = int(Side(side))
+        data = b"".join(itertools.takewhile(lambda c: isinstance(c, bytes), self._chunks[s]))
+        lo, hi = self._offset[s], self._offset[s] + len(data)
+        if offset < lo or n < 0 or offset + n > hi:
+            raise ValueError(f"bytes [{offset}, {offset + n}) are not held; the socket holds "
+                             f"[{lo}, {hi}) of the {Side(side)} stream unread")
+        return data[offset - lo:offset - lo + n]
+
+    def _read(self, bufsize: int, side, *, consume: bool) -> bytes:
+        self._check_open()
+        if int(self.key.proto) != 6:
+            raise ValueError(f"{self.key} is not TCP: UDP flows have no stream to read")
+        if bufsize < 0:
+            raise ValueError(f"bufsize must not be negative, got {bufsize}")
+        s = int(Side(side))
+        chunks = self._chunks[s]
+        if chunks and not isinstance(chunks[0], bytes):
+            gap = chunks[0]
+            if consume:
+                chunks.popleft()
+                self._offset[s] = gap.offset + gap.length
+                self._update_in()
+            raise StreamGap(gap.offset, gap.length, f"{Side(side)} stream of {self.key}")
+        out, size = [], 0
+        while chunks and isinstance(chunks[0], bytes) and size < bufsize:
+            chunk = chunks[0]
+            take = chunk[:bufsize - size]
+            out.append(take)
+            size += len(take)
+            if consume:
+                if len(take) == len(chunk):
+                    chunks.popleft()
+                else:
+                    chunks[0] = chunk[len(take):]
+        if not out:
+            if self._fin[s] or self.end_reason is not None or bufsize == 0:
+                return b""
+            raise BlockingIOError(errno.EAGAIN, f"no byte of the {Side(side)} stream is ready yet")
+        if consume:
+            self._avail[s] -= size
+            self._offset[s] += size
+            self._update_in()
+        return b"".join(out)
+
+    def events(self) -> list:
+        """The flow's events queued since the last call (the kinds put in epoll masks, and the
+        BUFFER_OVERRUN that set EPOLLERR); clears their bits."""
+        out, self._events = self._events, []
+        self._clear(_ERR | EVENT_BITS)
+        return out
+
+    def last_packet(self, side) -> bytes | None:
+        """A copy of the last frame ``side`` sent (``mtcp_getlastpkt``); needs the monitor's
+        ``last_packets=True``."""
+        if not self._monitor._last_packets:
+            raise AiombError("the monitor keeps no packets: open it with aiomb.monitor(..., last_packets=True)")
+        return self._last[int(Side(side))]
+
+    def timer(self, delay: float, *, interval: float | None = None) -> "TimerSocket":
+        """A timer of this flow on the stack's clock, cancelled when the flow ends (it then
+        reports EPOLLHUP)."""
+        self._check_open()
+        if self.end_reason is not None:
+            raise ValueError(f"flow #{self.flow_id} has ended: its timers could never fire")
+        return self._monitor._driver.timer(delay, interval, self)
+
+    def stop(self) -> None:
+        """Stop monitoring this flow (mtcp_close of a monitoring socket): its streams stop
+        (no more bytes are reassembled), nothing more is queued, and it leaves every epoll."""
+        self.close()
+
+    def close(self) -> None:
+        """Close the socket (see :meth:`stop`); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        self._monitor._driver.forget(self)
+        if self.flow.alive:
+            self.flow.stop()
+        for ep in list(self._watchers):
+            ep._drop(self._fd)
+        self._chunks[0].clear()
+        self._chunks[1].clear()
+
+    # -- filled by the driver --------------------------------------------------------------
+
+    def _update_in(self) -> None:
+        if self._chunks[0] or self._chunks[1]:
+            self._ready |= _IN
+        else:
+            self._clear(_IN)
+
+    def _take(self, events, event_bit) -> None:
+        """A batch of the flow's events from its inbox: bytes and holes to the sides' queues,
+        FIN and the end to RDHUP and HUP, the kinds asked for to ``events()``."""
+        limit = self._monitor._driver.engine.max_buffer
+        wanted = self._monitor._kinds
+        bits, fresh = 0, False
+        for ev in events:
+            kind = ev.kind
+            if kind is EventKind.NEW_DATA:
+                s = int(ev.side)
+                if self._avail[s] + ev.length > limit:         # unread bytes are bounded too
+                    self.overruns += 1
+                    self._chunks[s].append(_Gap(ev.offset, ev.length))
+                    self._events.append(ev)
+                    bits |= _IN | _ERR
+                    fresh = True
+                elif ev.value:
+                    self._chunks[s].append(ev.value)
+                    self._avail[s] += ev.length
+                    bits |= _IN
+                    fresh = True
+            elif kind is EventKind.GAP:
+                self._chunks[int(ev.side)].append(_Gap(ev.offset, ev.length))
+                bits |= _IN
+                fresh = True
+            elif kind is EventKind.FIN:
+                self._fin[int(ev.side)] = True
+                bits |= _RDHUP
+            elif kind is EventKind.CONN_END or kind is EventKind.UDP_END:
+                self.end_reason = ev.reason
+                self.stats = ev.stats
+                bits |= _HUP
+            elif kind is EventKind.BUFFER_OVERRUN:
+                self._events.append(ev)
+                bits |= _ERR
+            if kind in wanted:
+                self._events.append(ev)
+                bits |= 1 << (EVENT_SHIFT + event_bit(kind))
+                fresh = True
+        if bits:
+            self._set(bits, new=fresh)
+
+
+class _Gap:
+    __slots__ = ("offset", "length")
+
+    def __init__(self, offset: int, length: int):
+        self.offset = offset
+        self.length = length
+
+
+class TimerSocket(_Socket):
+    """A timer on the stack's clock (a timerfd analogue): EPOLLIN once it has fired; ``read()``
+    returns how many times it fired since the last read. A flow's timer reports EPOLLHUP when
+    its flow ends (it is then cancelled)."""
+
+    def __init__(self, driver: "_Driver", timer_id: int, flow: FlowSocket | None):
+        super().__init__()
+        self._driver = driver
+        self.timer_id = timer_id
+        self.flow = flow
+        self._count = 0
+
+    def __repr__(self) -> str:
+        return f"<TimerSocket {self._fd} timer {self.timer_id}{' closed' if self._closed else ''}>"
+
+    def read(self) -> int:
+        """Expirations since the last read; BlockingIOError when there was none."""
+        self._check_open()
+        if not self._count:
+            raise BlockingIOError(errno.EAGAIN, "the timer has not fired since the last read")
+        n, self._count = self._count, 0
+        self._clear(_IN)
+        return n
+
+    def close(self) -> None:
+        """Disarm the timer and close it; idempotent."""
+        if not self._closed:
+            self._closed = True
+            self._driver.engine.cancel_timer(self.timer_id)
+            self._driver.timers.pop(self.timer_id, None)
+            for ep in list(self._watchers):
+                ep._drop(self._fd)
+
+    cancel = close
+
+    def _fired(self, n: int) -> None:
+        self._count += n
+        self._set(_IN)
+
+
+class _Driver:
+    """One source run through one engine and dispatcher, a batch at a time, for its monitors."""
+
+    def __init__(self, source, *, batch_size: int, **engine_options):
+        if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
+            raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
+        self.source = source
+        self.engine = Engine(**engine_options)
+        self.dispatcher = Dispatcher(self.engine)
+        self.timer_sub = self.dispatcher.subscribe(EventKind.TIMER)
+        self.error_sub = None
+        self.batch = FrameBatch(batch_size)
+        self.monitors: list[MonitorSocket] = []
+        self.flows: dict[int, FlowSocket] = {}
+        self.timers: dict[int, TimerSocket] = {}
+        self.finished = False
+        self.live = bool(getattr(source, "live", False))
+        source.open()
+        self.opened = True
+
+    def now(self) -> float:
+        return self.source.now() if self.live else self.engine.now * 1e-9
+
+    def timer(self, delay, interval, flow: FlowSocket | None) -> TimerSocket:
+        if self.live:
+            self.engine.expire(self.source.now())       # the clock is the wall clock's now
+        timer_id = self.engine.set_timer(delay, interval=interval, flow=flow.flow if flow else None)
+        sock = TimerSocket(self, timer_id, flow)
+        self.timers[timer_id] = sock
+        return sock
+
+    def forget(self, sock: FlowSocket) -> None:
+        self.flows.pop(sock.flow_id, None)
+        self.dispatcher.forget(sock._inbox)
+
+    def step(self, wait: float = 0.0) -> bool:
+        """Process one batch (a live port waits up to ``wait`` seconds for frames); False once
+        the source has ended."""
+        if self.finished:
+            return False
+        source, engine = self.source, self.engine
+        count = source.read(self.batch, wait) if self.live else source.read(self.batch)
+        if count is None:
+            engine.finish()
+            self.finished = True
+        elif count:
+            engine.process(self.batch)
+            source.apply(self.batch)
+        if self.live and not self.finished:
+            engine.expire(source.now())
+        self.deliver()
+        return not self.finished
+
+    def deliver(self) -> None:
+        d = self.dispatcher
+        d.dispatch()
+        for mon in self.monitors:
+            mon._take_accepted()
+            if mon._error_sub is not None and d.pending(mon._error_sub):
+                mon._errors += d.drain(mon._error_sub)
+                mon._set(_ERR)
+        bit = self.engine.event_bit
+        for inbox in d.ready_inboxes():
+            sock = inbox.context
+            if sock is not None:
+                sock._take(inbox.take(), bit)
+        for ev in d.drain(self.timer_sub):
+            timer_id, n = ev.value
+            sock = self.timers.get(timer_id)
+            if sock is not None:
+                sock._fired(n)
+        for timer_id, sock in list(self.timers.items()):     # a flow's timer went with its flow
+            if sock.flow is not None and sock.flow.end_reason is not None and not sock._ready & _HUP:
+                self.engine.cancel_timer(timer_id)
+                del self.timers[timer_id]
+                sock._set(_HUP)
+        if self.finished:
+            for mon in self.monitors:
+                mon._set(_HUP)
+
+    def close(self) -> None:
+        if self.opened:
+            self.opened = False
+            self.engine.close()
+            self.source.close()
+
+
+class MonitorSocket(_Socket):
+    """A passive monitor socket (mOS's MOS_SOCK_MONITOR_STREAM): made by :func:`aiomb.monitor`.
+
+    EPOLLIN while new flows wait for ``accept()``; EPOLLERR while malformed packets wait in
+    ``errors()``; EPOLLHUP once the source has ended (a capture's end). ``monitor(filter=...)``
+    adds another monitor socket on the same source (one engine: each packet is processed once).
+    """
+
+    def __init__(self, driver: _Driver, filter, *, udp: bool, sides: str, last_packets: bool, kinds):
+        super().__init__()
+        if sides not in ("both", "client", "server", "none"):
+            raise ValueError(f"sides must be 'both', 'client', 'server' or 'none', got {sides!r}")
+        self._driver = driver
+        self._filter = compile_filter(filter)
+        self._udp = udp
+        self._last_packets = last_packets
+        self._kinds = set(split_kinds(list(kinds))) if kinds else set()
+        engine = driver.engine
+        self._mbox = engine.add_middlebox(self._filter)
+        self._acc = driver.dispatcher.listen(list(_BASE_KINDS) + list(self._kinds), middlebox=self._mbox,
+                                             udp=udp)
+        self._pending: collections.deque = collections.deque()
+        self._errors: list = []
+        self._error_sub = None
+        if sides != "both":
+            keep = {"client": (Side.SERVER,), "server": (Side.CLIENT,), "none": (Side.CLIENT, Side.SERVER)}
+            engine.add_handler(EventKind.CONN_START,
+                               lambda view: [view.flow.set_buffering(s, False) for s in keep[sides]],
+                               middlebox=self._mbox)
+        if last_packets:
+            engine.add_handler(EventKind.PACKET_IN, self._keep_packet, middlebox=self._mbox,
+                               hook=Hook.SENDER)
+        driver.monitors.append(self)
+
+    def __repr__(self) -> str:
+        f = f" filter={self._filter.expression!r}" if self._filter is not None else ""
+        return f"<MonitorSocket {self._fd}{f}{' closed' if self._closed else ''}>"
+
+    def _keep_packet(self, view) -> None:
+        sock = self._driver.flows.get(view.flow.id)
+        if sock is not None:
+            sock._last[int(view.side)] = view.frame
+
+    @property
+    def engine(self) -> Engine:
+        """The engine under this monitor (for inline handlers: ``mon.engine.add_handler``)."""
+        return self._driver.engine
+
+    @property
+    def source(self):
+        return self._driver.source
+
+    @property
+    def finished(self) -> bool:
+        """Whether the source has ended (a capture read to its end)."""
+        return self._driver.finished
+
+    def time(self) -> float:
+        """The stack's clock: packet time on captures, the wall clock on live ports."""
+        return self._driver.now()
+
+    def event_mask(self, *kinds) -> int:
+        """The epoll mask bits of event kinds (custom events included) for this monitor's sockets;
+        flow sockets accepted from it queue those events."""
+        mask = 0
+        kinds = split_kinds(list(kinds))
+        for kind in kinds:
+            mask |= 1 << (EVENT_SHIFT + self._driver.engine.event_bit(kind))
+        new = [k for k in kinds if k not in self._kinds]
+        if new:
+            self._kinds.update(new)
+            self._driver.dispatcher.widen(self._acc, new)
+        return mask
+
+    def accept(self) -> FlowSocket:
+        """The next new flow, as a :class:`FlowSocket`; BlockingIOError when none is pending."""
+        self._check_open()
+        if not self._pending:
+            raise BlockingIOError(errno.EAGAIN, "no new flow is pending")
+        sock = self._pending.popleft()
+        if not self._pending:
+            self._clear(_IN)
+        return sock
+
+    def errors(self) -> list:
+        """The ERROR events (malformed packets) since the last call; clears EPOLLERR."""
+        out, self._errors = self._errors, []
+        self._clear(_ERR)
+        return out
+
+    def watch_errors(self) -> None:
+        """Queue ERROR events (malformed packets) on this socket (EPOLLERR)."""
+        if self._error_sub is None:
+            self._error_sub = self._driver.dispatcher.subscribe(EventKind.ERROR)
+
+    def monitor(self, filter=None, *, udp: bool = False, sides: str = "both", last_packets: bool = False,
+                events=()) -> "MonitorSocket":
+        """Another monitor socket on the same source, with a filter of its own. Before the first
+        packet only (a middlebox of the engine each)."""
+        return MonitorSocket(self._driver, filter, udp=udp, sides=sides, last_packets=last_packets,
+                             kinds=events)
+
+    def timer(self, delay: float, *, interval: float | None = None) -> TimerSocket:
+        """A timer on the stack's clock, ``delay`` seconds from now, then every ``interval``."""
+        self._check_open()
+        return self._driver.timer(delay, interval, None)
+
+    def statistics(self):
+        """The engine's :class:`aiomb.EngineStatistics`."""
+        return self._driver.engine.statistics()
+
+    def step(self, wait: float = 0.0) -> bool:
+        """Process the next batch of the source without an epoll (False once it has ended)."""
+        return self._driver.step(wait)
+
+    def close(self) -> None:
+        """Close this monitor; the source closes with its last monitor (a port detaches)."""
+        if self._closed:
+            return
+        self._closed = True
+        self._driver.dispatcher.close_acceptor(self._acc)
+        self._driver.monitors.remove(self)
+        for ep in list(self._watchers):
+            ep._drop(self._fd)
+        if not self._driver.monitors:
+            self._driver.close()
+
+    def __enter__(self) -> "MonitorSocket":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def _take_accepted(self) -> None:
+        accepted = self._driver.dispatcher.accept(self._acc)
+        if not accepted:
+            return
+        for inbox in accepted:
+            sock = FlowSocket(self, inbox)
+            inbox.context = sock
+            self._driver.flows[inbox.flow_id] = sock
+            self._pending.append(sock)
+        self._set(_IN)
+
+
+def monitor(source, filter=None, *, udp: bool = False, sides: str = "both", last_packets: bool = False,
+            events=(), batch_size: int = 2048, **engine_options) -> MonitorSocket:
+    """A passive monitor socket over ``source`` (:func:`aiomb.capture`, :func:`aiomb.port`):
+    accept its flows (those ``filter`` accepts; UDP ones with ``udp=True``) as flow sockets.
+
+    ``sides`` chooses which sides' bytes are kept for ``recv`` ("both", "client", "server",
+    "none"); ``last_packets`` keeps a copy of each side's last frame; ``events`` lists further
+    kinds the flow sockets queue (``mon.event_mask`` adds more). ``engine_options`` go to
+    :class:`aiomb.Engine`. The source is opened now (a port attaches) and closed with the last
+    monitor. Synchronous: no Trio. Layer: shells.
+    """
+    driver = _Driver(source, batch_size=batch_size, **engine_options)
+    try:
+        return MonitorSocket(driver, filter, udp=udp, sides=sides, last_packets=last_packets, kinds=events)
+    except BaseException:
+        driver.close()
+        raise
+
+
+class _Registration:
+    __slots__ = ("sock", "mask", "seen", "off")
+
+    def __init__(self, sock: _Socket, mask: int):
+        self.sock = sock
+        self.mask = mask
+        self.seen = -1          # the socket's readiness number last reported (edge-triggered)
+        self.off = False        # one-shot, reported: silent until modify()
+
+
+class Epoll:
+    """An epoll object (``select.epoll``'s interface) over aiomb's sockets and real descriptors.
+
+    ``poll(timeout=-1, maxevents=-1)`` returns [(fd, events), ...]; when nothing is ready it
+    runs the sources of the registered sockets one batch at a time until something is, or the
+    timeout passes: on captures the timeout is counted in packet time (a capture is replayed as
+    fast as it is read), with a live port or real descriptors in wall time. At the end of every
+    capture, with nothing else to wait for, it returns [] at once. Level-triggered by default;
+    EPOLLET and EPOLLONESHOT as epoll's. ``fileno()`` is a real epoll descriptor, readable while
+    events are pending or a capture has more to read, so that the object nests in
+    ``select.epoll``, asyncio (``loop.add_reader``) or Trio (``wait_readable``): whoever sees it
+    readable calls ``poll(0)``, which drives the sources one batch (never blocks).
+    """
+
+    def __init__(self, sizehint: int = -1, flags: int = 0):
+        self._real = select.epoll(sizehint, flags)
+        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._real.register(self._wake, select.EPOLLIN)
+        self._woken = False
+        self._regs: dict[int, _Registration] = {}
+        self._real_fds: set[int] = set()
+        self._port_fds: dict[int, int] = {}     # port descriptor -> registrations using it
+        self._candidates: dict[int, None] = {}
+        self._closed = False
+
+    def __repr__(self) -> str:
+        return f"<aiomb.Epoll {len(self._regs)} socket(s){' closed' if self._closed else ''}>"
+
+    @property
+    def closed(self) -> bool:
+        return self._closed
+
+    def fileno(self) -> int:
+        self._check()
+        return self._real.fileno()
+
+    def __enter__(self) -> "Epoll":
+        self._check()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def close(self) -> None:
+        """Close the epoll object (not the sockets); idempotent."""
+        if self._closed:
+            return
+        self._closed = True
+        for reg in self._regs.values():
+            reg.sock._watchers.pop(self, None)
+        self._regs.clear()
+        self._real.close()
+        os.close(self._wake)
+
+    def _check(self) -> None:
+        if self._closed:
+            raise ValueError("I/O operation on closed epoll object")
+
+    @staticmethod
+    def _resolve(fd_or_obj):
+        if isinstance(fd_or_obj, _Socket):
+            return fd_or_obj._fd, fd_or_obj
+        fd = fd_or_obj if isinstance(fd_or_obj, int) else fd_or_obj.fileno()
+        if not isinstance(fd, int):
+            raise TypeError(f"argument must be an int, or have a fileno() method, not {type(fd_or_obj).__name__}")
+        if fd < 0:
+            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
+        return fd, _sockets.get(fd)
+
+    def register(self, fd, eventmask: int = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT) -> None:
+        """Watch an aiomb socket (or a real descriptor) for ``eventmask``; FileExistsError if it
+        is watched already."""
+        self._check()
+        fd, sock = self._resolve(fd)
+        if sock is None:
+            self._real.register(fd, eventmask & 0xFFFFFFFF)
+            self._real_fds.add(fd)
+            return
+        if fd in self._regs:
+            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
+        if sock._closed:
+            raise OSError(errno.EBADF, f"{sock!r} is closed")
+        self._regs[fd] = _Registration(sock, eventmask)
+        sock._watchers[self] = None
+        self._candidates[fd] = None
+        driver = self._driver_of(sock)
+        if driver is not None and driver.live:
+            for pfd in driver.source.wait_fds():
+                if self._port_fds.get(pfd, 0) == 0:
+                    self._real.register(pfd, select.EPOLLIN)
+                self._port_fds[pfd] = self._port_fds.get(pfd, 0) + 1
+
+    def modify(self, fd, eventmask: int) -> None:
+        """Change what a watched socket is watched for (and re-arm a one-shot one)."""
+        self._check()
+        fd, sock = self._resolve(fd)
+        if sock is None:
+            self._real.modify(fd, eventmask & 0xFFFFFFFF)
+            return
+        reg = self._regs.get(fd)
+        if reg is None:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        reg.mask = eventmask
+        reg.off = False
+        reg.seen = -1
+        self._candidates[fd] = None
+
+    def unregister(self, fd) -> None:
+        """Stop watching a socket or descriptor; FileNotFoundError if it was not watched."""
+        self._check()
+        fd, sock = self._resolve(fd)
+        if sock is None:
+            self._real.unregister(fd)
+            self._real_fds.discard(fd)
+            return
+        if fd not in self._regs:
+            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
+        self._drop(fd)
+
+    def _drop(self, fd: int) -> None:
+        reg = self._regs.pop(fd, None)
+        if reg is None:
+            return
+        reg.sock._watchers.pop(self, None)
+        self._candidates.pop(fd, None)
+        driver = self._driver_of(reg.sock)
+        if driver is not None and driver.live and not self._closed:
+            for pfd in driver.source.wait_fds():
+                self._port_fds[pfd] -= 1
+                if self._port_fds[pfd] == 0:
+                    del self._port_fds[pfd]
+                    self._real.unregister(pfd)
+
+    @staticmethod
+    def _driver_of(sock: _Socket):
+        if isinstance(sock, MonitorSocket):
+            return sock._driver
+        if isinstance(sock, FlowSocket):
+            return sock._monitor._driver
+        if isinstance(sock, TimerSocket):
+            return sock._driver
+        return None
+
+    def _drivers(self) -> list:
+        seen = {}
+        for reg in self._regs.values():
+            driver = self._driver_of(reg.sock)
+            if driver is not None:
+                seen[id(driver)] = driver
+        return list(seen.values())
+
+    def _collect(self, maxevents: int) -> list:
+        out = []
+        for fd in list(self._candidates):
+            reg = self._regs.get(fd)
+            if reg is None:
+                del self._candidates[fd]
+                continue
+            sock = reg.sock
+            if sock._closed:
+                self._drop(fd)
+                continue
+            ready = sock._ready & (reg.mask | _HUP | _ERR)
+            if reg.off or not ready:
+                del self._candidates[fd]
+                continue
+            if reg.mask & _ET:
+                del self._candidates[fd]
+                if reg.seen == sock._seq:
+                    continue
+                reg.seen = sock._seq
+            else:                       # level-triggered: stays a candidate, to the back of the line
+                del self._candidates[fd]
+                self._candidates[fd] = None
+            if reg.mask & _ONESHOT:
+                reg.off = True
+            out.append((fd, ready))
+            if len(out) == maxevents:
+                break
+        return out
+
+    def _real_ready(self, room: int) -> list:
+        """Real descriptors the user registered that are ready now."""
+        if not self._real_fds or room <= 0:
+            return []
+        events = self._real.poll(0, len(self._real_fds) + len(self._port_fds) + 1)
+        return [(fd, ev) for fd, ev in events if fd in self._real_fds][:room]
+
+    def poll(self, timeout: float | None = -1, maxevents: int = -1) -> list:
+        """Wait for events; returns [(fd, events), ...] (see the class docstring). Blocks."""
+        self._check()
+        if not isinstance(maxevents, int):
+            raise TypeError(f"'{type(maxevents).__name__}' object cannot be interpreted as an integer")
+        if maxevents == -1:
+            maxevents = 1 << 30
+        elif maxevents <= 0:
+            raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
+        block = timeout is None or timeout < 0
+        drivers = self._drivers()
+        wall = bool(self._real_fds) or any(d.live for d in drivers)
+        started = time.monotonic()
+        clock0 = drivers[0].engine.now if drivers else 0
+        try:
+            while True:
+                ready = self._collect(maxevents)
+                ready += self._real_ready(maxevents - len(ready))
+                if ready:
+                    return ready
+                running = [d for d in drivers if not d.finished]
+                captures = [d for d in running if not d.live]
+                if not running and not wall:
+                    return []               # every capture has ended: nothing more will come
+                if not wall:                # captures only: their time is packet time
+                    if not block and (captures[0].engine.now - clock0) * 1e-9 >= timeout:
+                        return []
+                    for d in captures:
+                        d.step()
+                    continue
+                for d in running:           # live ports: what their rings hold, without waiting
+                    d.step(0.0)
+                ready = self._collect(maxevents)
+                if ready or captures:
+                    continue
+                left = None if block else timeout - (time.monotonic() - started)
+                if left is not None and left <= 0:
+                    return self._real_ready(maxevents)
+                self._real_wait(self._wait_time(running, left))
+        finally:
+            self._signal()
+
+    def _wait_time(self, running, left):
+        """How long to wait for a descriptor: the timeout left, the next live timer, a tick."""
+        wait = left
+        for d in running:
+            limit = d.source.tick
+            due = d.engine.next_timer
+            if due is not None:
+                limit = min(limit, max(0.0, due - d.now()))
+            wait = limit if wait is None else min(wait, limit)
+        return wait
+
+    def _real_wait(self, wait) -> None:
+        """Wait until a port or a real descriptor is readable, or ``wait`` seconds (the wake-up
+        event is cleared first: poll() itself is the one waiting)."""
+        if self._woken:
+            os.eventfd_read(self._wake)
+            self._woken = False
+        self._real.poll(-1 if wait is None else wait)
+
+    def _signal(self) -> None:
+        """Make fileno() readable exactly while something is pending or a capture has more to
+        read (an outer loop then calls poll(0))."""
+        if self._closed:
+            return
+        pending = any(fd in self._regs and not self._regs[fd].off
+                      and self._regs[fd].sock._ready & (self._regs[fd].mask | _HUP | _ERR)
+                      for fd in self._candidates)
+        pending = pending or any(not d.finished and not d.live for d in self._drivers())
+        if pending and not self._woken:
+            os.eventfd_write(self._wake, 1)
+            self._woken = True
+        elif not pending and self._woken:
+            os.eventfd_read(self._wake)
+            self._woken = False
+
+    async def apoll(self, timeout: float | None = None, maxevents: int = -1) -> list:
+        """``poll`` for Trio code: waits on ``fileno()`` without blocking the loop, then
+        ``poll(0)``; [] after ``timeout`` seconds (wall clock)."""
+        import trio
+
+        with trio.move_on_after(float("inf") if timeout is None else timeout):
+            while True:
+                ready = self.poll(0, maxevents)
+                if ready:
+                    return ready
+                if all(d.finished for d in self._drivers()) and not self._real_fds:
+                    return []
+                await trio.lowlevel.wait_readable(self.fileno())
+        return []
+
+
+def epoll(sizehint: int = -1, flags: int = 0) -> Epoll:
+    """An epoll object over aiomb's monitor, flow and timer sockets (see :class:`Epoll`)."""
+    return Epoll(sizehint, flags)
