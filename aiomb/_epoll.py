@@ -292,6 +292,7 @@ class FlowSocket(_Socket):
             elif kind is EventKind.CONN_END or kind is EventKind.UDP_END:
                 self.end_reason = ev.reason
                 self.stats = ev.stats
+                self._monitor._last.pop(self.flow_id, None)    # the socket keeps its own
                 bits |= _HUP
             elif kind is EventKind.BUFFER_OVERRUN:
                 self._events.append(ev)
@@ -364,16 +365,40 @@ class _Driver:
         self.timer_sub = self.dispatcher.subscribe(EventKind.TIMER)
         self.error_sub = None
         self.batch = FrameBatch(batch_size)
+        self.pos = 0                    # the batch's next frame to process (captures stop at times)
         self.monitors: list[MonitorSocket] = []
         self.flows: dict[int, FlowSocket] = {}
         self.timers: dict[int, TimerSocket] = {}
         self.finished = False
+        self.reached = False
         self.live = bool(getattr(source, "live", False))
         source.open()
         self.opened = True
 
     def now(self) -> float:
         return self.source.now() if self.live else self.engine.now * 1e-9
+
+    def start_time(self) -> float | None:
+        """A capture's clock: the engine's time, or before the first packet that packet's time
+        (None at the end)."""
+        if self.engine.now or self.finished:
+            return self.engine.now * 1e-9 if not self.finished else None
+        if not self.fill():
+            return None
+        return self.batch.ts_at(self.pos)
+
+    def fill(self) -> bool:
+        """Have frames to process (a capture reads its next batch); False at the end."""
+        if self.pos < self.batch.count:
+            return True
+        count = self.source.read(self.batch)
+        self.pos = 0
+        if count is None:
+            self.engine.finish()
+            self.finished = True
+            self.deliver()
+            return False
+        return True
 
     def timer(self, delay, interval, flow: FlowSocket | None) -> TimerSocket:
         if self.live:
@@ -387,21 +412,32 @@ class _Driver:
         self.flows.pop(sock.flow_id, None)
         self.dispatcher.forget(sock._inbox)
 
-    def step(self, wait: float = 0.0) -> bool:
-        """Process one batch (a live port waits up to ``wait`` seconds for frames); False once
-        the source has ended."""
+    def step(self, wait: float = 0.0, until: float | None = None) -> bool:
+        """Process the next frames and deliver their events; False once the source has ended.
+
+        A live port processes what it received, waiting up to ``wait`` seconds for frames. A
+        capture processes up to a batch, stopping at the frame at or after ``until`` (seconds of
+        packet time): its clock then reaches ``until`` (what is due fires) and True is returned
+        with ``reached`` set."""
+        self.reached = False
         if self.finished:
             return False
         source, engine = self.source, self.engine
-        count = source.read(self.batch, wait) if self.live else source.read(self.batch)
-        if count is None:
-            engine.finish()
-            self.finished = True
-        elif count:
-            engine.process(self.batch)
-            source.apply(self.batch)
-        if self.live and not self.finished:
-            engine.expire(source.now())
+        if self.live:
+            count = source.read(self.batch, wait)
+            if count is None:
+                engine.finish()
+                self.finished = True
+            else:
+                if count:
+                    engine.process(self.batch)
+                    source.apply(self.batch)
+                engine.expire(source.now())
+        elif self.fill():
+            self.pos = engine.process(self.batch, self.pos, until)
+            if self.pos < self.batch.count:
+                engine.expire(until)
+                self.reached = True
         self.deliver()
         return not self.finished
 
@@ -461,6 +497,7 @@ class MonitorSocket(_Socket):
         self._acc = driver.dispatcher.listen(list(_BASE_KINDS) + list(self._kinds), middlebox=self._mbox,
                                              udp=udp)
         self._pending: collections.deque = collections.deque()
+        self._last: dict[int, list] = {}          # flow id -> each side's last frame (last_packets)
         self._errors: list = []
         self._error_sub = None
         if sides != "both":
@@ -478,9 +515,10 @@ class MonitorSocket(_Socket):
         return f"<MonitorSocket {self._fd}{f}{' closed' if self._closed else ''}>"
 
     def _keep_packet(self, view) -> None:
-        sock = self._driver.flows.get(view.flow.id)
-        if sock is not None:
-            sock._last[int(view.side)] = view.frame
+        last = self._last.get(view.flow.id)
+        if last is None:
+            last = self._last[view.flow.id] = [None, None]
+        last[int(view.side)] = view.frame
 
     @property
     def engine(self) -> Engine:
@@ -578,6 +616,7 @@ class MonitorSocket(_Socket):
             return
         for inbox in accepted:
             sock = FlowSocket(self, inbox)
+            sock._last = self._last.setdefault(inbox.flow_id, [None, None]) if self._last_packets else sock._last
             inbox.context = sock
             self._driver.flows[inbox.flow_id] = sock
             self._pending.append(sock)
@@ -698,6 +737,7 @@ class Epoll:
         self._regs[fd] = _Registration(sock, eventmask)
         sock._watchers[self] = None
         self._candidates[fd] = None
+        self._signal()
         driver = self._driver_of(sock)
         if driver is not None and driver.live:
             for pfd in driver.source.wait_fds():
@@ -719,6 +759,7 @@ class Epoll:
         reg.off = False
         reg.seen = -1
         self._candidates[fd] = None
+        self._signal()
 
     def unregister(self, fd) -> None:
         """Stop watching a socket or descriptor; FileNotFoundError if it was not watched."""
@@ -814,7 +855,19 @@ class Epoll:
         drivers = self._drivers()
         wall = bool(self._real_fds) or any(d.live for d in drivers)
         started = time.monotonic()
-        clock0 = drivers[0].engine.now if drivers else 0
+        deadlines = {}                  # a capture's poll deadline, in its packet time
+        if timeout == 0 and not wall:   # poll(0): one step of each capture, for outer loops
+            for d in drivers:
+                if not d.finished:
+                    d.step(until=self._until(d, None))
+            ready = self._collect(maxevents)
+            self._signal()
+            return ready
+        if not block and not wall:
+            for d in drivers:
+                base = d.start_time()
+                if base is not None:
+                    deadlines[d] = base + timeout
         try:
             while True:
                 ready = self._collect(maxevents)
@@ -826,10 +879,10 @@ class Epoll:
                 if not running and not wall:
                     return []               # every capture has ended: nothing more will come
                 if not wall:                # captures only: their time is packet time
-                    if not block and (captures[0].engine.now - clock0) * 1e-9 >= timeout:
+                    if not block and all(d.reached and d.now() >= deadlines.get(d, 0) for d in captures):
                         return []
                     for d in captures:
-                        d.step()
+                        d.step(until=self._until(d, deadlines.get(d)))
                     continue
                 for d in running:           # live ports: what their rings hold, without waiting
                     d.step(0.0)
@@ -842,6 +895,15 @@ class Epoll:
                 self._real_wait(self._wait_time(running, left))
         finally:
             self._signal()
+
+    @staticmethod
+    def _until(driver, deadline):
+        """Where a capture's processing stops: the poll's deadline, or the next timer's time (so
+        that a timer's socket turns readable with the stack as it was at that time)."""
+        due = driver.engine.next_timer
+        if due is None:
+            return deadline
+        return due if deadline is None else min(due, deadline)
 
     def _wait_time(self, running, left):
         """How long to wait for a descriptor: the timeout left, the next live timer, a tick."""

@@ -184,6 +184,12 @@ cdef class FrameBatch:
         """Timestamp (seconds) of the batch's last frame, or None if empty."""
         return self.ts[self.count - 1] * 1e-9 if self.count else None
 
+    def ts_at(self, int i):
+        """Timestamp (seconds) of the batch's i-th frame."""
+        if not 0 <= i < self.count:
+            raise IndexError(f"frame {i} is not in the batch of {self.count}")
+        return self.ts[i] * 1e-9
+
 
 cdef inline uint16_t g16(const uint8_t *p, bint swap) noexcept nogil:
     return ((<uint16_t>p[0] << 8) | p[1]) if swap else ((<uint16_t>p[1] << 8) | p[0])

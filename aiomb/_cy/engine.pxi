@@ -87,6 +87,8 @@ cdef class Engine:
     cdef timerq_t tq
     cdef dict timers                # timer id -> TimerEntry
     cdef uint32_t last_timer_id
+    cdef bint clock_started         # a packet (or expire()) has set the clock
+    cdef list unstarted             # (delay ns, timer id) of timers set before the clock started
 
     def __cinit__(self):
         memset(&self.tab, 0, sizeof(flowtab_t))
@@ -147,6 +149,7 @@ cdef class Engine:
         self.next_id = 1
         self.mbox_filters = [None]
         self.timers = {}
+        self.unstarted = []
         self.flow_filters = []
         self.filter_uses = []
         self.reassembly_mode = -1 if reassembly is None else int(reassembly)
@@ -478,6 +481,8 @@ cdef class Engine:
         self.verdict = VERDICT_FORWARD
         self.n_packets += 1
         self.n_bytes += pk.wirelen
+        if not self.clock_started:
+            self.start_clock(ts)
         if ts > self.now:
             if self.tq.n and self.tq.heap[0].due <= ts:
                 self.fire_timers(ts)
@@ -659,12 +664,28 @@ cdef class Engine:
 
     cdef int expire_to(self, int64_t now) except -1:
         """Advance time to ``now``: fire due timers, expire idle flows and fragments."""
+        if not self.clock_started:
+            self.start_clock(now)
         if self.tq.n and self.tq.heap[0].due <= now:
             self.fire_timers(now)
         if now > self.now:
             self.now = now
         self.expire_flows()
         fragtab_expire(&self.frags, self.now)
+        return 0
+
+    cdef int start_clock(self, int64_t now) except -1:
+        """The first packet (or ``expire``) sets the clock: timers set before it with a delay
+        count from there (a capture's clock starts at its first packet)."""
+        cdef TimerEntry e
+        self.clock_started = True
+        if now > self.now:
+            self.now = now
+        for delay, timer_id in self.unstarted:
+            e = self.timers.get(timer_id)
+            if e is not None:
+                timerq_push(&self.tq, self.now + delay, timer_id, &e.seq)
+        self.unstarted = []
         return 0
 
     cdef int fire_timers(self, int64_t until) except -1:
@@ -709,7 +730,8 @@ cdef class Engine:
         cancelled when the flow ends. When it fires, ``callback(view)`` runs inline (a
         :class:`PacketView` of the TIMER occurrence: no packet; ``view.flow`` for a flow's
         timer) and a TIMER event is raised, valued (id, expirations). On captures the clock is
-        packet time: a timer due at t fires before the first packet at or after t is processed.
+        packet time: a timer due at t fires before the first packet at or after t is processed;
+        before the first packet, ``delay`` counts from it.
         Raises ValueError for a bad time, a flow that has ended or a callback that is not callable.
         """
         cdef TimerEntry e = TimerEntry.__new__(TimerEntry)
@@ -739,7 +761,10 @@ cdef class Engine:
             e.flow_id = h.id
         e.callback = callback
         self.last_timer_id += 1
-        timerq_push(&self.tq, due, self.last_timer_id, &e.seq)
+        if delay is not None and not self.clock_started:
+            self.unstarted.append((to_ns(delay), self.last_timer_id))
+        else:
+            timerq_push(&self.tq, due, self.last_timer_id, &e.seq)
         self.timers[self.last_timer_id] = e
         return self.last_timer_id
 
@@ -749,7 +774,8 @@ cdef class Engine:
 
     @property
     def next_timer(self):
-        """When the next armed timer is due (seconds on the engine's clock), or None."""
+        """When the next armed timer is due (seconds on the engine's clock), or None (also
+        before the clock started)."""
         cdef tmr_t t
         while self.tq.n:
             e = self.timers.get(self.tq.heap[0].id)
@@ -787,18 +813,26 @@ cdef class Engine:
             self.busy = False
         return Verdict(v)
 
-    def process(self, FrameBatch batch):
-        """Process every frame of a batch, storing each verdict in it; then expire idle flows."""
-        cdef int i
+    def process(self, FrameBatch batch, int start=0, until=None):
+        """Process the frames of a batch from ``start``, storing each verdict in it; then expire
+        idle flows. Returns where it stopped: the batch's count, or with ``until`` (seconds) the
+        first frame at or after that time (the caller goes on from there, after ``expire(until)``
+        if it wants the clock to reach it: what is due by then fires, as it would before that
+        frame)."""
+        cdef int i = start
+        cdef int64_t limit = to_ns(until) if until is not None else 0x7fffffffffffffff
+        if not 0 <= start <= batch.count:
+            raise ValueError(f"start must be within the batch's {batch.count} frames, got {start}")
         self.not_running("Engine.process()")
         self.busy = True
         self.frames_writable = batch.writable
         self.block = batch.block
         try:
             try:
-                for i in range(batch.count):
+                while i < batch.count and batch.ts[i] < limit:
                     batch.verdict[i] = <uint8_t>self.process_frame(
                         batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
+                    i += 1
                 streams_flush(self)
             finally:
                 streams_end_batch(self)
@@ -806,7 +840,7 @@ cdef class Engine:
             self.expire_to(self.now)
         finally:
             self.busy = False
-        return batch.count
+        return i
 
     def expire(self, now):
         """Advance time to ``now`` (seconds) and end flows idle past their timeout."""

@@ -1,0 +1,377 @@
+"""The epoll shell against select.epoll itself: the same exceptions for the same misuse, and the
+same level-triggered, edge-triggered and one-shot behaviour (checked side by side on a socket
+pair); flow sockets read like sockets; timeouts count packet time on captures; timer sockets."""
+
+import asyncio
+import errno
+import select
+import socket
+
+import pytest
+
+import aiomb
+from aiomb import Side
+from aiomb.testing import TcpConversation, tcp_frame, udp_frame, write_pcap
+
+IN, ET, ONESHOT, HUP, RDHUP = select.EPOLLIN, select.EPOLLET, select.EPOLLONESHOT, select.EPOLLHUP, select.EPOLLRDHUP
+
+
+def write(tmp_path, frames, name="c.pcap"):
+    path = tmp_path / name
+    write_pcap(path, sorted(frames, key=lambda f: f[0]))
+    return path
+
+
+def chatter(start, n, step=0.01):
+    """UDP frames of another flow: traffic that drives the capture on."""
+    return [(start + i * step, udp_frame("10.9.0.1", "10.9.0.2", 7000, 7001, b"x")) for i in range(n)]
+
+
+def talk(port=40000, start=1.0, parts=(b"hello",), close=False):
+    c = TcpConversation(("10.0.0.1", port), ("10.0.0.2", 80), start_ts=start)
+    c.handshake()
+    for part in parts:
+        c.send("client", part)
+    if close:
+        c.fin("client")
+        c.fin("server")
+        c.ack("client")
+    return c
+
+
+def accept_all(mon, ep=None):
+    socks = []
+    while True:
+        try:
+            socks.append(mon.accept())
+        except BlockingIOError:
+            return socks
+
+
+def first_flow(path, **options):
+    """A monitor on ``path``, driven until its first flow socket has bytes to read."""
+    mon = aiomb.monitor(aiomb.capture(path), batch_size=1, **options)
+    while not mon._pending:
+        assert mon.step()
+    sock = mon.accept()
+    while not sock._ready & IN:
+        assert mon.step()
+    return mon, sock
+
+
+# -- misuse: the same exceptions as select.epoll ------------------------------------------
+
+
+def outcome(call, *args):
+    try:
+        call(*args)
+    except Exception as exc:
+        return type(exc), getattr(exc, "errno", None), str(exc)
+    return None
+
+
+def test_misuse_raises_what_select_epoll_raises(tmp_path):
+    mon, sock = first_flow(write(tmp_path, talk().frames))
+    a, b = socket.socketpair()
+    ours, theirs = aiomb.epoll(), select.epoll()
+    try:
+        for ep, target in ((ours, sock), (theirs, a)):
+            ep.register(target, IN)
+        for name, call in {
+            "register twice": lambda ep, t: ep.register(t, IN),
+            "modify unknown": lambda ep, t: ep.modify(t, IN),
+            "unregister unknown": lambda ep, t: ep.unregister(t),
+            "register negative": lambda ep, t: ep.register(-1, IN),
+            "maxevents 0": lambda ep, t: ep.poll(0, 0),
+            "maxevents -2": lambda ep, t: ep.poll(0, -2),
+        }.items():
+            if "unknown" in name:
+                theirs_target, ours_target = b, mon      # registered in neither
+            else:
+                theirs_target, ours_target = a, sock
+            assert outcome(call, ours, ours_target) == outcome(call, theirs, theirs_target), name
+        for ep in (ours, theirs):
+            ep.close()
+            assert ep.closed
+            ep.close()                                   # idempotent
+        for call in (lambda ep, t: ep.register(t, IN), lambda ep, t: ep.poll(0), lambda ep, t: ep.fileno(),
+                     lambda ep, t: ep.unregister(t)):
+            assert outcome(call, ours, sock) == outcome(call, theirs, a)
+    finally:
+        a.close()
+        b.close()
+        mon.close()
+
+
+# -- level, edge, one-shot: side by side with a socket pair --------------------------------
+
+
+@pytest.mark.parametrize("mode", [0, ET, ONESHOT], ids=["level", "edge", "oneshot"])
+def test_trigger_modes_behave_as_on_a_real_socket(tmp_path, mode):
+    c = talk(parts=(b"one",))
+    later = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=c.client_seq, ack=c.server_seq, flags="PA",
+                      payload=b"two")
+    frames = c.frames + chatter(1.5, 40) + [(2.0, later)] + chatter(2.5, 40)
+    mon, sock = first_flow(write(tmp_path, frames))
+    a, b = socket.socketpair()
+    b.send(b"one")
+    ours, theirs = aiomb.epoll(), select.epoll()
+    ours.register(sock, IN | mode)
+    theirs.register(a, IN | mode)
+
+    def both():
+        return [fd == sock.fileno() for fd, _ in ours.poll(0)], [fd == a.fileno() for fd, _ in theirs.poll(0)]
+
+    try:
+        for _ in range(3):                               # nothing read: report again?
+            got, want = both()
+            assert got == want
+        b.send(b"two")                                  # more data: a new edge
+        while sock._avail[Side.CLIENT] < 6:
+            assert mon.step()
+        got, want = both()
+        assert got == want
+        if mode == ONESHOT:                              # re-armed: reported once more
+            ours.modify(sock, IN | mode)
+            theirs.modify(a, IN | mode)
+            got, want = both()
+            assert got == want == [True]
+            assert both() == ([], [])
+        assert sock.recv(100, Side.CLIENT) == a.recv(100) == b"onetwo"
+        assert both() == ([], [])                      # read everything: not ready
+    finally:
+        a.close()
+        b.close()
+        ours.close()
+        theirs.close()
+        mon.close()
+
+
+def test_maxevents_takes_turns_among_ready_sockets(tmp_path):
+    frames = talk(40000, 1.0).frames + talk(40001, 1.0005).frames + chatter(2.0, 5)
+    mon = aiomb.monitor(aiomb.capture(write(tmp_path, frames)))
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    ep.poll()
+    socks = accept_all(mon)
+    assert len(socks) == 2
+    for s in socks:
+        ep.register(s, IN)
+    ep.unregister(mon)
+    first, second = ep.poll(0, 1), ep.poll(0, 1)
+    assert len(first) == len(second) == 1 and first != second        # both get a turn
+    assert sorted(fd for fd, _ in ep.poll(0)) == sorted(s.fileno() for s in socks)
+    mon.close()
+
+
+# -- flow sockets ----------------------------------------------------------------------------
+
+
+def test_a_flow_socket_reads_like_a_socket(tmp_path):
+    c = talk(parts=(b"abc", b"defg"), close=True)
+    frames = c.frames + chatter(5.0, 3)
+    mon = aiomb.monitor(aiomb.capture(write(tmp_path, frames)), last_packets=True)
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    ep.poll()
+    (sock,) = accept_all(mon)
+    assert sock.getsockname() == ("10.0.0.1", 40000) and sock.getpeername() == ("10.0.0.2", 80)
+    with pytest.raises(BlockingIOError):
+        mon.accept()
+    ep.register(sock, IN | RDHUP)
+    while not sock._ready & HUP:
+        ep.poll()
+    assert sock.peek(2, Side.CLIENT) == b"ab"
+    assert sock.ppeek(3, 4, Side.CLIENT) == b"defg"
+    with pytest.raises(ValueError, match=r"bytes \[1, 9\) are not held; the socket holds \[0, 7\)"):
+        sock.ppeek(1, 8, Side.CLIENT)
+    assert sock.recv(5, Side.CLIENT) == b"abcde"
+    assert sock.recv(100, Side.CLIENT) == b"fg"
+    assert sock.recv(100, Side.CLIENT) == b""                        # its FIN: the end of the stream
+    assert sock.recv(100, Side.SERVER) == b""
+    assert sock.end_reason is aiomb.EndReason.FIN and sock.stats.client.packets == 6
+    assert sock.last_packet(Side.CLIENT) == c.frames[-1][1]
+    sock.context["seen"] = True
+    sock.close()
+    with pytest.raises(OSError) as info:
+        sock.recv(1, Side.CLIENT)
+    assert info.value.errno == errno.EBADF
+    mon.close()
+
+
+def test_a_hole_raises_stream_gap_once_then_reading_goes_on(tmp_path):
+    c = talk(parts=(b"VERY",))
+    c.send("client", b"GOOD")
+    c.frames.pop()
+    c.send("client", b"DATA")
+    c.ack("server")
+    mon, sock = first_flow(write(tmp_path, c.frames + chatter(3.0, 3)))
+    while sock._avail[Side.CLIENT] < 8:
+        assert mon.step()
+    assert sock.recv(100, Side.CLIENT) == b"VERY"
+    with pytest.raises(aiomb.StreamGap) as info:
+        sock.recv(100, Side.CLIENT)
+    assert (info.value.offset, info.value.length) == (4, 4)
+    assert sock.recv(100, Side.CLIENT) == b"DATA"
+    mon.close()
+
+
+def test_event_kinds_in_masks_queue_their_events(tmp_path):
+    c = talk(parts=(b"abcd",))
+    c.send("client", b"abcd", advance=False, seq_offset=-4)          # a retransmission
+    mon = aiomb.monitor(aiomb.capture(write(tmp_path, c.frames + chatter(3.0, 3))),
+                        events=(aiomb.RETRANSMIT,))
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    ep.poll()
+    (sock,) = accept_all(mon)
+    want = aiomb.event_mask(aiomb.RETRANSMIT)
+    assert want == 1 << (32 + 11) and not want & 0xFFFFFFFF
+    ep.register(sock, want)
+    fd, mask = ep.poll()[0]
+    assert fd == sock.fileno() and mask & want
+    assert [e.kind for e in sock.events()] == [aiomb.RETRANSMIT]
+    assert not sock._ready & want
+    mon.close()
+
+
+# -- timeouts and timers: the stack's clock -------------------------------------------------
+
+
+def test_a_poll_timeout_on_a_capture_is_packet_time(tmp_path):
+    mon = aiomb.monitor(aiomb.capture(write(tmp_path, chatter(1.0, 1000, step=0.01))), filter="port 80")
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    assert ep.poll(2.0) == []
+    assert 3.0 <= mon.time() < 3.1                                   # two seconds of packets, not all ten
+    assert ep.poll() == [(mon.fileno(), HUP)]                         # then the end of the capture
+    mon.close()
+
+
+def test_timer_sockets_one_shot_periodic_and_a_flows(tmp_path):
+    c = talk(start=1.0)
+    rst = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=c.client_seq, flags="R")
+    frames = c.frames + [(3.0, rst)] + chatter(1.0, 800, step=0.01)
+    mon = aiomb.monitor(aiomb.capture(write(tmp_path, frames)), batch_size=16)
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    once = mon.timer(2.0)
+    every = mon.timer(0.5, interval=1.0)
+    ep.register(once, IN)
+    ep.register(every, IN)
+    fired, flow_timer = [], None
+    while not mon.finished:
+        for fd, mask in ep.poll():
+            if fd == mon.fileno():
+                for sock in accept_all(mon):
+                    flow_timer = sock.timer(5.0)
+                    ep.register(flow_timer, IN)
+                    ep.unregister(mon)
+            elif fd == once.fileno():
+                fired.append(("once", once.read(), round(mon.time(), 2)))
+            elif fd == every.fileno():
+                fired.append(("every", every.read(), round(mon.time(), 2)))
+            elif flow_timer is not None and fd == flow_timer.fileno():
+                assert mask == HUP                                    # its flow ended (RST) first
+                fired.append(("flow", None, None))
+                ep.unregister(flow_timer)
+    names = [f[0] for f in fired]
+    assert names.count("once") == 1 and names.count("flow") == 1
+    assert [n for name, n, _ in fired if name == "every"] and sum(n for name, n, _ in fired if name == "every") == 8
+    with pytest.raises(BlockingIOError):
+        once.read()
+    mon.close()
+
+
+# -- nested in other event loops ---------------------------------------------------------------
+
+
+def collect(ep, mon, poll):
+    """Run a capture through ``poll`` (a callable giving ready events): {flow id: client bytes}."""
+    seen, socks = {}, {}
+    while not mon.finished or poll(check=True):
+        for fd, mask in poll():
+            if fd == mon.fileno():
+                for sock in accept_all(mon):
+                    socks[sock.fileno()] = sock
+                    seen[sock.flow_id] = b""
+                    ep.register(sock, IN)
+                if mask & HUP:
+                    ep.unregister(mon)
+                continue
+            sock = socks[fd]
+            try:
+                seen[sock.flow_id] += sock.recv(1 << 20, Side.CLIENT)
+            except BlockingIOError:
+                pass
+            if mask & HUP:
+                ep.unregister(sock)
+    return seen
+
+
+def nest_capture(tmp_path):
+    frames = []
+    for i in range(30):
+        frames += talk(40000 + i, 1.0 + i * 0.01, parts=(b"request %d" % i,), close=True).frames
+    return write(tmp_path, frames + chatter(2.0, 50))
+
+
+EXPECTED = {i + 1: b"request %d" % i for i in range(30)}
+
+
+def test_nested_in_select_epoll(tmp_path):
+    mon = aiomb.monitor(aiomb.capture(nest_capture(tmp_path)), batch_size=8)
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    outer = select.epoll()
+    outer.register(ep.fileno(), IN)
+
+    def poll(check=False):
+        if check:
+            return bool(outer.poll(0))
+        outer.poll(1.0)
+        return ep.poll(0)
+    assert collect(ep, mon, poll) == EXPECTED
+    assert outer.poll(0) == []                                        # nothing pending at the end
+    mon.close()
+
+
+def test_nested_in_asyncio(tmp_path):
+    mon = aiomb.monitor(aiomb.capture(nest_capture(tmp_path)), batch_size=8)
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    socks, seen, watched = {}, {}, {mon.fileno()}
+
+    def on_ready():
+        for fd, mask in ep.poll(0):
+            if fd == mon.fileno():
+                for sock in accept_all(mon):
+                    socks[sock.fileno()] = sock
+                    seen[sock.flow_id] = b""
+                    ep.register(sock, IN)
+                    watched.add(sock.fileno())
+            else:
+                sock = socks[fd]
+                try:
+                    seen[sock.flow_id] += sock.recv(1 << 20, Side.CLIENT)
+                except BlockingIOError:
+                    pass
+            if mask & HUP:
+                ep.unregister(fd)
+                watched.discard(fd)
+        if not watched:
+            done.set()
+
+    async def main():
+        global done
+        loop = asyncio.get_running_loop()
+        done = asyncio.Event()
+        loop.add_reader(ep.fileno(), on_ready)          # the loop drives the capture
+        try:
+            await asyncio.wait_for(done.wait(), 30)
+        finally:
+            loop.remove_reader(ep.fileno())
+
+    asyncio.run(main())
+    assert seen == EXPECTED
+    mon.close()
