@@ -460,8 +460,7 @@ class _Driver:
             if sock is not None:
                 sock._fired(n)
         for timer_id, sock in list(self.timers.items()):     # a flow's timer went with its flow
-            if sock.flow is not None and sock.flow.end_reason is not None and not sock._ready & _HUP:
-                self.engine.cancel_timer(timer_id)
+            if sock.flow is not None and not self.engine.timer_armed(timer_id):
                 del self.timers[timer_id]
                 sock._set(_HUP)
         if self.finished:

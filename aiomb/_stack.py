@@ -175,6 +175,63 @@ class FlowStream:
             raise trio.EndOfChannel from None
 
 
+class StackTimer:
+    """A timer on the stack's clock for Trio code (made by :meth:`Stack.timer`): ``await
+    timer.wait()`` returns how many times it fired since the last wait (at least once); ``async
+    for n in timer`` does so until it is cancelled (or its flow ends)."""
+
+    def __init__(self, stack: "Stack", timer_id: int, flow_id: int | None):
+        self._stack = stack
+        self.timer_id = timer_id
+        self._flow_id = flow_id
+        self._count = 0
+        self._fired = trio.Event()
+        self._done = False
+        self._waiting = False       # a task waits: the pump lets it see the moment it fired
+
+    def __repr__(self) -> str:
+        return f"<StackTimer {self.timer_id}{' done' if self._done else ''}>"
+
+    async def wait(self) -> int:
+        """Wait until the timer has fired; its expirations since the last wait. Raises
+        trio.EndOfChannel once it is cancelled (or its flow has ended) with none left."""
+        while not self._count:
+            if self._done:
+                raise trio.EndOfChannel(f"timer {self.timer_id} is cancelled")
+            self._stack.start()
+            self._waiting = True
+            try:
+                await self._fired.wait()
+            finally:
+                self._waiting = False
+            self._fired = trio.Event()
+        n, self._count = self._count, 0
+        return n
+
+    def __aiter__(self):
+        return self
+
+    async def __anext__(self) -> int:
+        try:
+            return await self.wait()
+        except trio.EndOfChannel:
+            raise StopAsyncIteration from None
+
+    def cancel(self) -> None:
+        """Disarm the timer: a wait ends (EndOfChannel) once the expirations are taken."""
+        self._stack.engine.cancel_timer(self.timer_id)
+        self._stack._timers.pop(self.timer_id, None)
+        self._end()
+
+    def _fire(self, n: int) -> None:
+        self._count += n
+        self._fired.set()
+
+    def _end(self) -> None:
+        self._done = True
+        self._fired.set()
+
+
 class _Served:
     """One serve() registration: its acceptor, handler and options, and when it is done."""
 
@@ -242,6 +299,8 @@ class Stack:
         self._go = trio.Event()
         self._nursery = None
         self._served: list[_Served] = []
+        self._timers: dict[int, StackTimer] = {}
+        self._timer_sub = self._dispatcher.subscribe(EventKind.TIMER)
         self.finished = trio.Event()
         self._batches = 0
         self._pauses = 0
@@ -318,6 +377,21 @@ class Stack:
         finally:
             served.done.set()
 
+    def timer(self, delay: float, *, interval: float | None = None, flow=None) -> StackTimer:
+        """A timer on the stack's clock (packet time on captures, the wall clock on live ports),
+        ``delay`` seconds from now and then every ``interval``; a ``flow``'s timer (a live
+        :class:`~aiomb.Flow`) ends with its flow. ``await timer.wait()``."""
+        if self.source.live:
+            self.engine.expire(self.source.now())
+        timer_id = self.engine.set_timer(delay, interval=interval, flow=flow)
+        timer = StackTimer(self, timer_id, flow.id if flow is not None else None)
+        self._timers[timer_id] = timer
+        return timer
+
+    def time(self) -> float:
+        """The stack's clock: packet time on captures, the wall clock on live ports."""
+        return self.source.now() if self.source.live else self.engine.now * 1e-9
+
     def on(self, kind, handler, *, hook=None):
         """Add an inline handler on the default middlebox (see :meth:`Middlebox.on`)."""
         return self._middleboxes[0].on(kind, handler, hook=hook)
@@ -385,6 +459,15 @@ class Stack:
     async def _deliver(self) -> None:
         d = self._dispatcher
         d.dispatch()
+        for ev in d.drain(self._timer_sub):
+            timer_id, n = ev.value
+            timer = self._timers.get(timer_id)
+            if timer is not None:
+                timer._fire(n)
+        for timer_id, timer in list(self._timers.items()):
+            if not timer._count and not self.engine.timer_armed(timer_id):   # done, its firings taken
+                del self._timers[timer_id]
+                timer._end()
         for sub_id, sub in list(self._subs.items()):
             events = d.drain(sub_id)
             if events:
@@ -417,11 +500,13 @@ class Stack:
 
         Trio runs ready tasks in random order. A consumer that runs before the pump reads on
         is done with the previous batch's events, so fewer are alive at once and the reader
-        can reuse the frame block that is in the cache. A consumer that stays busy (awaiting
+        can reuse the frame block that is in the cache; a task waiting for a timer that fired
+        sees the stack as it was at that moment. A consumer that stays busy (awaiting
         something else) is not waited for: after CATCH_UP_TURNS the pump goes on.
         """
         for _ in range(CATCH_UP_TURNS):
-            if all(sub._batches_done == sub._batches_sent for sub in self._subs.values()):
+            if all(sub._batches_done == sub._batches_sent for sub in self._subs.values()) \
+                    and not any(t._count and t._waiting for t in self._timers.values()):
                 return
             await trio.lowlevel.checkpoint()
 
@@ -433,18 +518,30 @@ class Stack:
         engine = self.engine
         source = self.source
         while (count := await source.receive(batch)) is not None:
-            if count:
-                engine.process(batch)
-                source.apply(batch)
-                self._batches += 1
             if source.live:
+                if count:
+                    engine.process(batch)
+                    source.apply(batch)
+                    self._batches += 1
                 engine.expire(source.now())
+            else:
+                self._batches += 1
+                pos = 0
+                while pos < count:          # a capture stops at each timer: its waiters see that moment
+                    due = engine.next_timer if self._timers else None
+                    pos = engine.process(batch, pos, due)
+                    if pos < count:
+                        engine.expire(due)
+                        await self._deliver()
+                        await self._let_consumers_catch_up()
             await self._deliver()
             await self._let_consumers_catch_up()
         engine.finish()
         await self._deliver()
         for sub in list(self._subs.values()):
             sub._send.close()
+        for timer in self._timers.values():
+            timer._end()
         self.finished.set()
 
 

@@ -768,6 +768,16 @@ cdef class Engine:
         self.timers[self.last_timer_id] = e
         return self.last_timer_id
 
+    def timer_armed(self, timer_id):
+        """Whether a timer is armed (not fired if one-shot, not cancelled, its flow open)."""
+        cdef TimerEntry e = self.timers.get(timer_id)
+        if e is None:
+            return False
+        if e.flow_id and (self.tab.flows[e.slot].status != FS_OPEN or self.tab.flows[e.slot].id != e.flow_id):
+            del self.timers[timer_id]
+            return False
+        return True
+
     def cancel_timer(self, timer_id):
         """Disarm a timer; returns False if it was not armed (it fired, or was cancelled)."""
         return self.timers.pop(timer_id, None) is not None

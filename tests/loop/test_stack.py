@@ -966,3 +966,26 @@ async def test_async_for_notices_a_cancellation_within_a_batch(tmp_path):
             assert scope.cancelled_caught
         assert stack.statistics().batches == 1
     assert 1 <= seen <= CHECK_EVERY
+
+
+async def test_stack_timers_fire_on_packet_time_and_a_flows_ends_with_it(tmp_path):
+    path = write_rst_flows(tmp_path, 200)             # 1.0 .. 1.02 s: 200 flows, 2 packets each
+    async with open_stack(aiomb.capture(path), batch_size=16) as stack:
+        every = stack.timer(0.005, interval=0.005)
+        once = stack.timer(0.01)
+        got = []
+
+        async def ticks():
+            async for n in every:
+                got.append(("every", n, round(stack.time(), 4)))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(ticks)
+            assert await once.wait() == 1
+            got.append(("once", 1, round(stack.time(), 4)))
+            with pytest.raises(trio.EndOfChannel):
+                await once.wait()
+            await stack.run()
+            every.cancel()
+    assert ("once", 1, 1.01) in got                                 # woken at its moment, not the batch's end
+    assert [(n, t) for name, n, t in got if name == "every"] == [(1, 1.005), (1, 1.01), (1, 1.015)]
