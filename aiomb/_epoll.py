@@ -434,6 +434,9 @@ class _Driver:
                     source.apply(self.batch)
                 engine.expire(source.now())
         elif self.fill():
+            if not engine.now:          # the clock starts at the first packet: timers set before count from it
+                engine.expire(self.batch.ts_at(self.pos))
+                until = Epoll._until(self, until)
             self.pos = engine.process(self.batch, self.pos, until)
             if self.pos < self.batch.count:
                 engine.expire(until)

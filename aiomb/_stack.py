@@ -527,6 +527,8 @@ class Stack:
             else:
                 self._batches += 1
                 pos = 0
+                if count and not engine.now and self._timers:
+                    engine.expire(batch.ts_at(0))   # the clock starts at the first packet
                 while pos < count:          # a capture stops at each timer: its waiters see that moment
                     due = engine.next_timer if self._timers else None
                     pos = engine.process(batch, pos, due)

@@ -14,6 +14,7 @@ import json
 import os
 import signal
 import sys
+import threading
 
 import trio
 
@@ -386,16 +387,22 @@ def cmd_stream(args) -> int:
 
 
 def load_app(path: str):
-    """Import a middlebox module from a file path; it defines setup(stack) and/or async run(stack)."""
+    """Import a middlebox module from a file path (its folder first on sys.path, as for a script):
+    it defines setup(stack) and/or async run(stack) (a stack program), or main(source) (a
+    synchronous program, e.g. an epoll loop)."""
     if not os.path.isfile(path):
         raise UsageError(f"middlebox module not found: {path}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     spec = importlib.util.spec_from_file_location(
         "aiomb_app_" + os.path.splitext(os.path.basename(path))[0], path)
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
-    if not (callable(getattr(module, "setup", None)) or callable(getattr(module, "run", None))):
-        raise UsageError(f"{path} defines neither setup(stack) nor async run(stack); "
-                         "define at least one (see README)")
+    kinds = [name for name in ("setup", "run", "main") if callable(getattr(module, name, None))]
+    if not kinds:
+        raise UsageError(f"{path} defines none of setup(stack), async run(stack) or main(source); "
+                         "define one (see README)")
+    if "main" in kinds and len(kinds) > 1:
+        raise UsageError(f"{path} defines main(source) and a stack's setup/run: define one kind of program")
     return module
 
 
@@ -435,6 +442,9 @@ def cmd_run(args) -> int:
     else:
         source = capture(args.pcap)
     try:
+        if hasattr(module, "main"):
+            run_main(module.main, source, args.duration)
+            return 0
         try:
             trio.run(lambda: run_app(module, source, duration=args.duration, midstream=args.midstream,
                                      vlan_in_key=args.vlan))
@@ -444,6 +454,20 @@ def cmd_run(args) -> int:
         print(f"aiomb: error: {exc}", file=sys.stderr)
         return 1
     return 0
+
+
+def run_main(main, source, duration: float | None) -> None:
+    """A synchronous program: ``main(source)``, no Trio; a live port is stopped after ``duration``."""
+    stopper = None
+    if duration is not None:
+        stopper = threading.Timer(duration, source.stop)
+        stopper.daemon = True
+        stopper.start()
+    try:
+        main(source)
+    finally:
+        if stopper is not None:
+            stopper.cancel()
 
 
 def add_port_options(p, *, inline: bool) -> None:

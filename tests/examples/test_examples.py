@@ -41,6 +41,37 @@ PORT_GUARD = """\
 dropped 12 packets of 2 flows to ports [25, 8080]
 """
 
+MIDSTAT = """\
+[1764547202.000] 0 connection(s)
+[1764547203.000] 0 connection(s)
+[1764547204.000] 1 connection(s)
+  #6    tcp 192.0.2.13:40300 -> 198.51.100.20:80             SYN_SENT     LISTEN
+[1764547205.000] 1 connection(s)
+  #6    tcp 192.0.2.13:40300 -> 198.51.100.20:80             SYN_SENT     LISTEN
+[1764547206.000] 1 connection(s)
+  #6    tcp 192.0.2.13:40300 -> 198.51.100.20:80             ESTABLISHED  SYN_RECEIVED
+[1764547207.000] 1 connection(s)
+  #6    tcp 192.0.2.13:40300 -> 198.51.100.20:80             ESTABLISHED  ESTABLISHED
+[1764547208.000] 1 connection(s)
+  #6    tcp 192.0.2.13:40300 -> 198.51.100.20:80             ESTABLISHED  ESTABLISHED
+[1764547209.000] 1 connection(s)
+  #6    tcp 192.0.2.13:40300 -> 198.51.100.20:80             ESTABLISHED  ESTABLISHED
+[1764547210.000] 1 connection(s)
+  #6    tcp 192.0.2.13:40300 -> 198.51.100.20:80             CLOSE_WAIT   FIN_WAIT_1
+[1764547211.000] 1 connection(s)
+  #6    tcp 192.0.2.13:40300 -> 198.51.100.20:80             LAST_ACK     TIME_WAIT
+[1764547211.000] 0 connection(s)
+"""
+
+HTTP_REQUESTS = """\
+192.0.2.10:51000 -> 198.51.100.20:80  GET / HTTP/1.1
+[2001:db8::10]:51001 -> [2001:db8:1::20]:80  GET / HTTP/1.1
+192.0.2.13:40300 -> 198.51.100.20:80  GET /retry HTTP/1.1
+"""
+
+EXPECTED = {"flow_monitor.py": FLOW_MONITOR, "port_guard.py": PORT_GUARD, "midstat.py": MIDSTAT,
+            "midstat_epoll.py": MIDSTAT, "http_requests.py": HTTP_REQUESTS}
+
 HOW = {
     "aiomb run": lambda name: [sys.executable, "-m", "aiomb", "run", f"examples/{name}"],
     "python example": lambda name: [sys.executable, f"examples/{name}"],
@@ -52,7 +83,7 @@ def example_runs():
     """(how, example) -> CompletedProcess, every example both ways, run in parallel."""
     procs = {}
     for how, cmd in HOW.items():
-        for name in ("flow_monitor.py", "port_guard.py"):
+        for name in EXPECTED:
             args = cmd(name) + ["--pcap", "examples/captures/demo.pcapng"]
             procs[how, name] = (args, subprocess.Popen(args, cwd=REPO, text=True,
                                                        stdout=subprocess.PIPE, stderr=subprocess.PIPE))
@@ -85,8 +116,68 @@ def test_port_guard(example_runs, how):
     assert proc.stdout == PORT_GUARD
 
 
+@pytest.mark.parametrize("how", HOW)
+@pytest.mark.parametrize("name", ["midstat.py", "midstat_epoll.py", "http_requests.py"])
+def test_epoll_and_trio_examples(example_runs, how, name):
+    proc = example_runs[how, name]
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout == EXPECTED[name]
+
+
+def test_the_two_midstats_print_the_same_tables_on_a_corpus_capture():
+    from tests.conftest import corpus_path
+
+    pcap = str(corpus_path() / "zeek/testing/btest/Traces/ftp/ipv6.pcap")
+    outs = [subprocess.run([sys.executable, f"examples/{name}", "--pcap", pcap], cwd=REPO, capture_output=True,
+                           text=True, timeout=60) for name in ("midstat.py", "midstat_epoll.py")]
+    assert all(p.returncode == 0 and p.stderr == "" for p in outs)
+    assert outs[0].stdout == outs[1].stdout and outs[0].stdout.count("connection(s)") > 5
+
+
+def test_http_requests_reads_what_the_client_streams_carry():
+    """On the corpus' HTTP captures: the epoll program's lines equal those of the client streams
+    as a subscription reassembles them."""
+    import re
+
+    import aiomb
+    from aiomb._core import CaptureReader
+    from tests.conftest import corpus_path
+
+    pattern = re.compile(rb"^[A-Z]{3,10} \S+ HTTP/\d\.\d$")
+    for pcap in ("pcapplusplus/Tests/Pcap++Test/PcapExamples/three_http_streams.pcap",
+                 "pcapplusplus/Tests/Pcap++Test/PcapExamples/one_ipv6_http_stream.pcap",
+                 "zeek/testing/btest/Traces/tcp/ssh-dups.pcap"):
+        path = corpus_path() / pcap
+        engine = aiomb.Engine()
+        d = aiomb.Dispatcher(engine)
+        sub = d.subscribe(aiomb.NEW_DATA | aiomb.CONN_END)
+        streams, keys, over = {}, {}, set()
+        batch = aiomb.FrameBatch(2048)
+        with CaptureReader(path) as reader:
+            while reader.fill(batch):
+                engine.process(batch)
+        engine.finish()
+        for ev in d.drain(sub):
+            keys[ev.flow_id] = ev.key
+            if ev.kind is aiomb.CONN_END:
+                over.add(ev.flow_id)        # a flow socket ends with its flow
+            elif ev.side is aiomb.Side.CLIENT and ev.flow_id not in over:
+                streams[ev.flow_id] = streams.get(ev.flow_id, b"") + ev.value
+        expected = []
+        for flow_id, data in streams.items():
+            key = keys[flow_id]
+            client = f"[{key.client_ip}]" if key.ip_version == 6 else str(key.client_ip)
+            server = f"[{key.server_ip}]" if key.ip_version == 6 else str(key.server_ip)
+            expected += [f"{client}:{key.client_port} -> {server}:{key.server_port}  {line.decode('latin-1')}"
+                         for line in data.split(b"\r\n")[:-1] if pattern.match(line)]
+        proc = subprocess.run([sys.executable, "examples/http_requests.py", "--pcap", str(path)], cwd=REPO,
+                              capture_output=True, text=True, timeout=60)
+        assert (proc.returncode, proc.stderr) == (0, "")
+        assert sorted(proc.stdout.splitlines()) == sorted(expected), pcap
+
+
 def test_every_example_is_covered():
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == ["flow_monitor.py", "port_guard.py"]
+    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
 
 
 def load_make_demo():
