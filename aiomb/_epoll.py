@@ -657,9 +657,10 @@ class _Registration:
 class Epoll:
     """An epoll object (``select.epoll``'s interface) over aiomb's sockets and real descriptors.
 
-    ``poll(timeout=-1, maxevents=-1)`` returns [(fd, events), ...]; when nothing is ready it
-    runs the sources of the registered sockets one batch at a time until something is, or the
-    timeout passes: on captures the timeout is counted in packet time (a capture is replayed as
+    ``poll(timeout=-1, maxevents=-1)`` returns [(fd, events), ...]. A live port is read at every
+    poll (its frames do not wait for the program); a capture waits for the program: when nothing
+    is ready, poll reads the captures of the registered sockets a batch at a time until something
+    is, or the timeout passes: on captures the timeout is counted in packet time (a capture is replayed as
     fast as it is read), with a live port or real descriptors in wall time. At the end of every
     capture, with nothing else to wait for, it returns [] at once. Level-triggered by default;
     EPOLLET and EPOLLONESHOT as epoll's. ``fileno()`` is a real epoll descriptor, readable while
@@ -872,6 +873,9 @@ class Epoll:
                     deadlines[d] = base + timeout
         try:
             while True:
+                for d in drivers:           # a port's frames do not wait for the program: take them
+                    if d.live and not d.finished:
+                        d.step(0.0)
                 ready = self._collect(maxevents)
                 ready += self._real_ready(maxevents - len(ready))
                 if ready:
@@ -886,10 +890,9 @@ class Epoll:
                     for d in captures:
                         d.step(until=self._until(d, deadlines.get(d)))
                     continue
-                for d in running:           # live ports: what their rings hold, without waiting
-                    d.step(0.0)
-                ready = self._collect(maxevents)
-                if ready or captures:
+                for d in captures:          # captures beside ports or descriptors: a batch each
+                    d.step(until=self._until(d, None))
+                if captures:
                     continue
                 left = None if block else timeout - (time.monotonic() - started)
                 if left is not None and left <= 0:

@@ -174,6 +174,7 @@ def test_http_requests_reads_what_the_client_streams_carry():
                               capture_output=True, text=True, timeout=60)
         assert (proc.returncode, proc.stderr) == (0, "")
         assert sorted(proc.stdout.splitlines()) == sorted(expected), pcap
+        assert expected or "ssh" in pcap                  # the HTTP captures do have requests
 
 
 def test_every_example_is_covered():
