@@ -343,12 +343,12 @@ def test_help(runs):
 
 
 
-def test_run_module_without_setup_or_run(runs, inputs):
+def test_run_module_without_setup_run_or_main(runs, inputs):
     proc = runs["run-empty-module"]
     assert proc.returncode == 2
     assert proc.stdout == ""
-    assert proc.stderr == (f"aiomb: error: {inputs.empty_app} defines neither setup(stack) nor "
-                           "async run(stack); define at least one (see README)\n")
+    assert proc.stderr == (f"aiomb: error: {inputs.empty_app} defines none of setup(stack), async run(stack) "
+                           "or main(source); define one (see README)\n")
 
 
 
