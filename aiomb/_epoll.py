@@ -35,6 +35,8 @@ EVENT_BITS = -1 << EVENT_SHIFT              # every aiomb event kind's bit
 _IN, _RDHUP, _HUP, _ERR = select.EPOLLIN, select.EPOLLRDHUP, select.EPOLLHUP, select.EPOLLERR
 _ET, _ONESHOT = select.EPOLLET, select.EPOLLONESHOT
 _BASE_KINDS = (EventKind.NEW_DATA, EventKind.GAP, EventKind.FIN, EventKind.BUFFER_OVERRUN)
+_SIDE = {Side.CLIENT: 0, Side.SERVER: 1, 0: 0, 1: 1}
+_NOT_READY = tuple(f"no byte of the {side} stream is ready yet" for side in Side)
 _numbers = itertools.count(1 << 24)         # socket numbers: above any real descriptor
 _sockets: "weakref.WeakValueDictionary[int, _Socket]" = weakref.WeakValueDictionary()
 
@@ -112,7 +114,8 @@ class FlowSocket(_Socket):
         self.flow = inbox.flow
         self.context: dict = {}
         self.end_reason = None
-        self.stats = None
+        self._end = None                # the end event (its figures, made when asked for)
+        self._tcp = inbox.key.proto == 6
         self._chunks = (collections.deque(), collections.deque())   # bytes, and Gap markers
         self._avail = [0, 0]
         self._offset = [0, 0]          # stream offset of the next byte recv() returns
@@ -147,9 +150,14 @@ class FlowSocket(_Socket):
     def server_state(self):
         return self.flow.server_state
 
+    @property
+    def stats(self):
+        """The flow's :class:`aiomb.FlowStatistics` when it ended (None before)."""
+        return self._end.stats if self._end is not None else None
+
     def statistics(self):
         """The flow's :class:`aiomb.FlowStatistics` now (its figures at the end, once ended)."""
-        return self.stats if self.stats is not None else self.flow.statistics()
+        return self._end.stats if self._end is not None else self.flow.statistics()
 
     def recv(self, bufsize: int, side) -> bytes:
         """Take up to ``bufsize`` bytes of ``side``'s stream (``mtcp_peek`` that consumes).
@@ -178,40 +186,56 @@ class FlowSocket(_Socket):
         return data[offset - lo:offset - lo + n]
 
     def _read(self, bufsize: int, side, *, consume: bool) -> bytes:
-        self._check_open()
-        if int(self.key.proto) != 6:
+        if self._closed:
+            raise OSError(errno.EBADF, f"{self!r} is closed")
+        s = _SIDE.get(side)
+        if s is None:
+            s = int(Side(side))                 # raises ValueError naming the sides
+        if not self._tcp:
             raise ValueError(f"{self.key} is not TCP: UDP flows have no stream to read")
         if bufsize < 0:
             raise ValueError(f"bufsize must not be negative, got {bufsize}")
-        s = int(Side(side))
         chunks = self._chunks[s]
-        if chunks and not isinstance(chunks[0], bytes):
-            gap = chunks[0]
-            if consume:
-                chunks.popleft()
-                self._offset[s] = gap.offset + gap.length
-                self._update_in()
-            raise StreamGap(gap.offset, gap.length, f"{Side(side)} stream of {self.key}")
-        out, size = [], 0
-        while chunks and isinstance(chunks[0], bytes) and size < bufsize:
-            chunk = chunks[0]
-            take = chunk[:bufsize - size]
-            out.append(take)
-            size += len(take)
-            if consume:
-                if len(take) == len(chunk):
-                    chunks.popleft()
-                else:
-                    chunks[0] = chunk[len(take):]
-        if not out:
+        if not chunks:
             if self._fin[s] or self.end_reason is not None or bufsize == 0:
                 return b""
-            raise BlockingIOError(errno.EAGAIN, f"no byte of the {Side(side)} stream is ready yet")
+            raise BlockingIOError(errno.EAGAIN, _NOT_READY[s])
+        first = chunks[0]
+        if type(first) is _Gap:
+            if consume:
+                chunks.popleft()
+                self._offset[s] = first.offset + first.length
+                self._update_in()
+            raise StreamGap(first.offset, first.length, f"{Side(s)} stream of {self.key}")
+        if len(first) >= bufsize or len(chunks) == 1 or type(chunks[1]) is _Gap:
+            out = first[:bufsize]               # the common case: one chunk
+            if consume:
+                if len(out) == len(first):
+                    chunks.popleft()
+                else:
+                    chunks[0] = first[len(out):]
+        else:
+            parts, size = [], 0
+            for chunk in chunks:
+                if type(chunk) is _Gap or size >= bufsize:
+                    break
+                parts.append(chunk[:bufsize - size])
+                size += len(parts[-1])
+            out = b"".join(parts)
+            if consume:
+                for _ in range(len(parts) - 1):
+                    chunks.popleft()
+                last = chunks[0]
+                if len(parts[-1]) == len(last):
+                    chunks.popleft()
+                else:
+                    chunks[0] = last[len(parts[-1]):]
         if consume:
-            self._avail[s] -= size
-            self._offset[s] += size
-            self._update_in()
-        return b"".join(out)
+            self._avail[s] -= len(out)
+            self._offset[s] += len(out)
+            if not chunks and not self._chunks[1 - s]:
+                self._ready &= ~_IN
+        return out
 
     def events(self) -> list:
         """The flow's events queued since the last call (the kinds put in epoll masks, and the
@@ -264,7 +288,7 @@ class FlowSocket(_Socket):
     def _take(self, events, event_bit) -> None:
         """A batch of the flow's events from its inbox: bytes and holes to the sides' queues,
         FIN and the end to RDHUP and HUP, the kinds asked for to ``events()``."""
-        limit = self._monitor._driver.engine.max_buffer
+        limit = self._monitor._limit
         wanted = self._monitor._kinds
         bits, fresh = 0, False
         for ev in events:
@@ -291,7 +315,7 @@ class FlowSocket(_Socket):
                 bits |= _RDHUP
             elif kind is EventKind.CONN_END or kind is EventKind.UDP_END:
                 self.end_reason = ev.reason
-                self.stats = ev.stats
+                self._end = ev
                 self._monitor._last.pop(self.flow_id, None)    # the socket keeps its own
                 bits |= _HUP
             elif kind is EventKind.BUFFER_OVERRUN:
@@ -495,6 +519,7 @@ class MonitorSocket(_Socket):
         self._last_packets = last_packets
         self._kinds = set(split_kinds(list(kinds))) if kinds else set()
         engine = driver.engine
+        self._limit = engine.max_buffer
         self._mbox = engine.add_middlebox(self._filter)
         self._acc = driver.dispatcher.listen(list(_BASE_KINDS) + list(self._kinds), middlebox=self._mbox,
                                              udp=udp)
@@ -678,6 +703,7 @@ class Epoll:
         self._real_fds: set[int] = set()
         self._port_fds: dict[int, int] = {}     # port descriptor -> registrations using it
         self._candidates: dict[int, None] = {}
+        self._driver_uses: dict = {}            # driver -> registrations of its sockets
         self._closed = False
 
     def __repr__(self) -> str:
@@ -740,8 +766,10 @@ class Epoll:
         self._regs[fd] = _Registration(sock, eventmask)
         sock._watchers[self] = None
         self._candidates[fd] = None
-        self._signal()
         driver = self._driver_of(sock)
+        if driver is not None:
+            self._driver_uses[driver] = self._driver_uses.get(driver, 0) + 1
+        self._signal()
         if driver is not None and driver.live:
             for pfd in driver.source.wait_fds():
                 if self._port_fds.get(pfd, 0) == 0:
@@ -783,6 +811,10 @@ class Epoll:
         reg.sock._watchers.pop(self, None)
         self._candidates.pop(fd, None)
         driver = self._driver_of(reg.sock)
+        if driver is not None:
+            self._driver_uses[driver] -= 1
+            if not self._driver_uses[driver]:
+                del self._driver_uses[driver]
         if driver is not None and driver.live and not self._closed:
             for pfd in driver.source.wait_fds():
                 self._port_fds[pfd] -= 1
@@ -801,12 +833,7 @@ class Epoll:
         return None
 
     def _drivers(self) -> list:
-        seen = {}
-        for reg in self._regs.values():
-            driver = self._driver_of(reg.sock)
-            if driver is not None:
-                seen[id(driver)] = driver
-        return list(seen.values())
+        return list(self._driver_uses)
 
     def _collect(self, maxevents: int) -> list:
         out = []

@@ -102,6 +102,7 @@ def tools(nids, capture):
          [python, str(BENCH / "aiomb_flows.py"), "--reassemble", str(capture)]),
         ("aiomb (reassembly, bytes read)",
          [python, str(BENCH / "aiomb_flows.py"), "--reassemble", "--read-bytes", str(capture)]),
+        ("aiomb (epoll, bytes read)", [python, str(BENCH / "aiomb_epoll.py"), str(capture)]),
     ]
     return rows
 
