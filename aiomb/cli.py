@@ -35,7 +35,9 @@ FIELDS = (
     "client_state", "server_state", "end_reason", "midstream",
     "client_bytes", "server_bytes", "client_sha256", "server_sha256", "client_missed",
     "server_missed", "client_rexmits", "server_rexmits", "client_overlap_conflicts",
-    "server_overlap_conflicts",
+    "server_overlap_conflicts", "client_data_segments", "server_data_segments",
+    "client_retransmitted_bytes", "server_retransmitted_bytes", "client_out_of_order",
+    "server_out_of_order", "client_zero_window_probes", "server_zero_window_probes",
 )
 
 
@@ -83,6 +85,14 @@ def flow_record(flow, digests=None) -> dict:
         "server_rexmits": st.server.retransmits,
         "client_overlap_conflicts": st.client.overlap_conflicts,
         "server_overlap_conflicts": st.server.overlap_conflicts,
+        "client_data_segments": st.client.data_segments,
+        "server_data_segments": st.server.data_segments,
+        "client_retransmitted_bytes": st.client.retransmitted_bytes,
+        "server_retransmitted_bytes": st.server.retransmitted_bytes,
+        "client_out_of_order": st.client.out_of_order,
+        "server_out_of_order": st.server.out_of_order,
+        "client_zero_window_probes": st.client.zero_window_probes,
+        "server_zero_window_probes": st.server.zero_window_probes,
     }
 
 

@@ -31,7 +31,7 @@ def sha(data):
 
 
 def record(flow, proto, client, server, packets, ip_bytes, payload, first_ts, last_ts,
-           states, end, *, vlan="", midstream=False, streams=(b"", b""), rexmits=(0, 0)):
+           states, end, *, vlan="", midstream=False, streams=(b"", b""), rexmits=(0, 0), segments=(0, 0)):
     """One expected ``aiomb flows`` record; ``streams`` are the bytes each side sent (TCP)."""
     tcp = proto == "tcp"
     return {
@@ -51,6 +51,10 @@ def record(flow, proto, client, server, packets, ip_bytes, payload, first_ts, la
         "client_missed": 0, "server_missed": 0,
         "client_rexmits": rexmits[0], "server_rexmits": rexmits[1],
         "client_overlap_conflicts": 0, "server_overlap_conflicts": 0,
+        "client_data_segments": segments[0], "server_data_segments": segments[1],
+        "client_retransmitted_bytes": 0, "server_retransmitted_bytes": 0,
+        "client_out_of_order": 0, "server_out_of_order": 0,
+        "client_zero_window_probes": 0, "server_zero_window_probes": 0,
     }
 
 
@@ -62,20 +66,22 @@ DEMO_FLOWS = [
     record(1, "udp", ("192.0.2.10", 53000), ("198.51.100.53", 53), (1, 1), (40, 56), (12, 28),
            1764547201.0, 1764547201.004, ("", ""), "end_of_capture"),
     record(2, "tcp", ("192.0.2.10", 51000), ("198.51.100.20", 80), (6, 4), (277, 211), (37, 51),
-           1764547201.1, 1764547201.19, ("TIME_WAIT", "CLOSED"), "fin", streams=(GET, OK)),
+           1764547201.1, 1764547201.19, ("TIME_WAIT", "CLOSED"), "fin", streams=(GET, OK), segments=(1, 1)),
     record(3, "tcp", ("2001:db8::10", 51001), ("2001:db8:1::20", 80), (6, 4), (397, 291), (37, 51),
-           1764547201.5, 1764547201.59, ("TIME_WAIT", "CLOSED"), "fin", streams=(GET, OK)),
+           1764547201.5, 1764547201.59, ("TIME_WAIT", "CLOSED"), "fin", streams=(GET, OK), segments=(1, 1)),
     record(4, "tcp", ("192.0.2.11", 40100), ("198.51.100.30", 25), (6, 4), (246, 226), (6, 66),
            1764547202.0, 1764547202.18, ("TIME_WAIT", "CLOSED"), "fin",
-           streams=(b"QUIT\r\n", b"221 bye\r\n(server still talking after the client closed its side)\r\n")),
+           streams=(b"QUIT\r\n", b"221 bye\r\n(server still talking after the client closed its side)\r\n"),
+           segments=(1, 2)),
     record(5, "tcp", ("192.0.2.12", 40200), ("198.51.100.40", 8080), (1, 1), (40, 40), (0, 0),
            1764547202.5, 1764547202.501, ("CLOSED", "CLOSED"), "rst"),
     record(6, "tcp", ("192.0.2.13", 40300), ("198.51.100.20", 80), (5, 4), (223, 187), (23, 27),
            1764547203.0, 1764547211.0, ("CLOSED", "TIME_WAIT"), "fin",
-           streams=(b"GET /retry HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"), rexmits=(1, 0)),
+           streams=(b"GET /retry HTTP/1.1\r\n\r\n", b"HTTP/1.1 204 No Content\r\n\r\n"), rexmits=(1, 0),
+           segments=(1, 1)),
     record(7, "tcp", ("192.0.2.14", 40400), ("198.51.100.50", 443), (4, 4), (223, 3232), (63, 3072),
            1764547203.2, 1764547203.235, ("CLOSED", "CLOSED"), "rst",
-           streams=(b"\x16\x03\x01" + bytes(60), bytes(range(256)) * 12)),
+           streams=(b"\x16\x03\x01" + bytes(60), bytes(range(256)) * 12), segments=(1, 3)),
 ]
 
 DEMO_TABLE = """\
