@@ -65,6 +65,7 @@ OVERLAP = EventKind.OVERLAP
 BUFFER_OVERRUN = EventKind.BUFFER_OVERRUN
 ERROR = EventKind.ERROR
 TIMER = EventKind.TIMER
+REJECTED = EventKind.REJECTED
 
 __version__ = "0.1.0"
 
@@ -81,7 +82,7 @@ __all__ = [
     "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics", "FlowStream", "FrameBatch",
     "GAP", "Gap", "Hook", "MalformedCounts", "Middlebox", "MonitorSocket", "NEW_DATA", "ORPHAN",
     "OVERLAP", "PACKET_IN", "PacketView", "Port", "PortError", "PortStatistics", "Prefilter", "Proto",
-    "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
+    "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
     "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict",
     "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port",
 ]

@@ -51,7 +51,8 @@ cdef enum:
     B_BUFFER_OVERRUN = 15
     B_ERROR = 16
     B_TIMER = 17
-    N_BUILTIN_BITS = 18
+    B_REJECTED = 18
+    N_BUILTIN_BITS = 19
     FIRST_CUSTOM_BIT = 20
     MAX_EVENT_BITS = 64
 
@@ -74,6 +75,7 @@ cdef enum:
     EV_BUFFER_OVERRUN = 1 << B_BUFFER_OVERRUN
     EV_ERROR = 1 << B_ERROR
     EV_TIMER = 1 << B_TIMER
+    EV_REJECTED = 1 << B_REJECTED
     EV_STREAM = EV_NEW_DATA | EV_GAP | EV_OVERLAP | EV_BUFFER_OVERRUN
 
 # Hooks
@@ -203,6 +205,7 @@ cdef enum:
     SF_ACK_KNOWN = 2        # the side has sent an ACK
     SF_FIN_SEEN = 4
     SF_SYN_SEEN = 8
+    SF_SYN_TS = 16          # its SYN offered timestamps (TSval kept in last_ack until it ACKs)
 
 
 cdef inline void bump8(uint8_t *counter) noexcept nogil:
@@ -244,6 +247,8 @@ ctypedef struct stream_t:
     uint8_t *hist           # the latest consumed bytes, [buf_off - hist_len, buf_off), in a ring
     uint32_t hist_cap       # (offset o at hist[o % hist_cap]), kept while OVERLAP is wanted:
     uint32_t hist_len       # retransmissions are compared with them after they were released
+    uint64_t acked_off      # the highest offset the peer ACKed (may lie beyond the bytes captured)
+    uint64_t undelivered    # captured bytes a RST left behind a hole nobody ACKed (never delivered)
     uint64_t rexmit_bytes   # payload bytes of the segments counted in rexmits
     uint64_t unchecked      # bytes received again too long after to be compared (older than hist)
     uint32_t segments       # data segments (with payload) the side sent
@@ -267,7 +272,8 @@ ctypedef struct side_t:
     stream_t *stream
     uint32_t isn
     uint32_t next_seq       # one past the highest sequence number sent
-    uint32_t last_ack       # highest acknowledgement sent
+    uint32_t last_ack       # highest acknowledgement sent (SF_ACK_KNOWN); before the side's first
+                            # ACK, the TSval of its SYN when that offered timestamps (SF_SYN_TS)
     uint32_t window         # last advertised window, scaled
     uint32_t fin_seq        # sequence number of the FIN
     uint32_t retransmits

@@ -71,7 +71,7 @@ cdef class Engine:
     cdef bint frames_writable   # the current batch's frames may be rewritten (PacketView.rewrite)
     cdef FrameBlock block       # the capture memory the current batch lies in (None: copy out)
     cdef uint64_t n_packets, n_bytes, n_tcp, n_udp, n_non_ip, n_other, n_orphans
-    cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped
+    cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped, n_rejected
     cdef uint64_t malformed[N_MALFORMED]
     cdef Emitter em
     cdef list mbox_filters
@@ -416,7 +416,7 @@ cdef class Engine:
     cdef int end_flow(self, int32_t slot, int side, int hook, uint8_t reason) except -1:
         """Mark a flow ended and raise CONN_END / UDP_END; the entry lingers if it closed."""
         cdef flow_t *f
-        streams_close(self, slot)
+        streams_close(self, slot, reason == END_RST)
         f = &self.tab.flows[slot]
         f.end_reason = reason
         f.status = FS_CLOSED
@@ -434,7 +434,7 @@ cdef class Engine:
 
     cdef int remove_flow(self, int32_t slot) except -1:
         """An ended flow leaves the table (bytes that came after its close are delivered first)."""
-        streams_close(self, slot)
+        streams_close(self, slot, False)
         self.teardown(slot)
         return 0
 
@@ -564,6 +564,13 @@ cdef class Engine:
         f.last_ts = pk.ts
         if created:
             self.em.fire(B_CONN_START, slot, side, HOOK_SENDER, 0, 0)
+        if bad_echo_to_syn(f, side, pk):
+            self.n_rejected += 1        # counted as the flow's packet, and nothing else
+            self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
+            if self.em.wants(EV_REJECTED):
+                self.em.emit(B_REJECTED, slot, side, HOOK_SENDER, 0, 0, -1, -1, "bad_timestamp_echo")
+            self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
+            return 0
         if f.status == FS_CLOSED:
             count_flags(&self.tab.flows[slot].side[side], pk)
             self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
@@ -912,4 +919,4 @@ cdef class Engine:
             fragment_overlaps=self.frags.overlaps, dropped_by_verdict=self.n_dropped,
             events=self.em.n_events, stream_memory=self.rx.memory,
             max_stream_memory=self.rx.max_memory, buffer_overruns=self.rx.overruns,
-            sequence_jumps=self.rx.seq_jumps)
+            sequence_jumps=self.rx.seq_jumps, rejected=self.n_rejected)

@@ -49,7 +49,7 @@ cdef enum:
     POLICY_LINUX = 3
     POLICY_OLD_LINUX = 4
     POLICY_SOLARIS = 5      # also hpux11
-    MAX_SEQ_JUMP = 1 << 26          # 64 MiB ahead of the next expected byte: not buffered
+    MAX_SEQ_JUMP = 1 << 26          # 64 MiB ahead of the next expected byte: counted (still buffered)
 
 # name -> rule family (README "Overlap policies" has the table)
 POLICY_NAMES = {
@@ -507,8 +507,9 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
     off = <uint64_t>soff
     end = off + n
     if off > st.next_off + MAX_SEQ_JUMP:
-        eng.rx.seq_jumps += 1
-        return 0
+        eng.rx.seq_jumps += 1           # far ahead: within the memory limits, buffered all the same
+    if off > st.next_off and off <= st.acked_off:
+        stream_lost_to(eng, slot, side, hook, st, off)     # the peer ACKed past the hole before it
     if off == st.next_off and st.ooo == NULL:
         return append_inorder(eng, slot, side, st, data, n, can_ref)
     # overlap with in-order bytes already held (or consumed)
@@ -562,12 +563,48 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
     return drain_ooo(eng, slot, side, st)
 
 
-cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off) except -1:
+cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off, bint reset) except -1:
     """The flow ends: holes before held segments (and before the FIN) are gaps; deliver all,
-    and return the emptied buffer."""
+    and return the emptied buffer. Ended by a RST, the stream stops at the receiver's ACK point:
+    bytes held beyond a hole it never ACKed were never delivered to its application (Suricata,
+    ticket 7422): one GAP covers them, valued how many of them were captured (``undelivered``)."""
     cdef stream_t *st = eng.tab.flows[slot].side[side].stream
+    cdef uint64_t start, last, captured
+    cdef seg_t *g
     if st == NULL or st.stopped:
         return 0
+    if reset:
+        if st.acked_off > st.next_off:
+            stream_lost_to(eng, slot, side, HOOK_NONE, st, st.acked_off)
+        if st.ooo != NULL:
+            start = last = st.next_off
+            captured = 0
+            while st.ooo != NULL:
+                g = st.ooo
+                st.ooo = g.next
+                captured += g.length
+                if g.off + g.length > last:
+                    last = g.off + g.length
+                eng.rx.memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
+                free(g.data)
+                free(g)
+            st.ooo_count = 0
+            st.ooo_bytes = 0
+            st.undelivered += captured
+            st.missed += (last - start) - captured
+            if held_bytes(st):
+                stream_deliver(eng, slot, side)
+                st = eng.tab.flows[slot].side[side].stream
+                if st == NULL:
+                    return 0
+                stream_consume(eng, st, held_bytes(st))
+            if eng.em.wants(EV_GAP):
+                report(eng, B_GAP, slot, side, HOOK_NONE, start, last - start, captured)
+                st = eng.tab.flows[slot].side[side].stream
+                if st == NULL:
+                    return 0
+            st.next_off = st.delivered_off = st.buf_off = last
+            st.hist_len = 0
     while st.ooo != NULL:
         stream_skip(eng, slot, side, HOOK_NONE, st, st.ooo.off)
     if fin_off > 0 and <uint64_t>fin_off > st.next_off:
@@ -718,29 +755,41 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
     if st.stopped or not st.based:
         return 0
     ack_off = stream_offset(st, pk.ack)
+    if ack_off > <int64_t>st.acked_off:
+        st.acked_off = ack_off   # remembered beyond the bytes captured: a later segment below it came after a lost one
     end_off = stream_offset(st, r.next_seq) - (1 if (r.flags & SF_FIN_SEEN) else 0)
     if ack_off > end_off:
-        ack_off = end_off        # an ACK of bytes never seen from the peer: bounded by them
-    while <int64_t>st.next_off < ack_off:
-        target = ack_off
-        if st.ooo != NULL and <int64_t>st.ooo.off < target:
-            target = st.ooo.off
-        if target <= <int64_t>st.next_off:
-            break
-        stream_skip(eng, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>target)
+        ack_off = end_off        # holes are known up to the bytes seen from the peer
+    if ack_off > <int64_t>st.next_off:
+        stream_lost_to(eng, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>ack_off)
     return 0
 
 
-cdef int streams_close(Engine eng, int32_t slot) except -1:
+cdef int stream_lost_to(Engine eng, int32_t slot, int side, int hook, stream_t *st, uint64_t upto) except -1:
+    """Every byte before ``upto`` reached the endpoint (its peer ACKed it): the holes before it
+    were lost by the capture (GAP), and the held bytes after each are delivered."""
+    cdef uint64_t target
+    while st.next_off < upto:
+        target = upto
+        if st.ooo != NULL and st.ooo.off < target:
+            target = st.ooo.off
+        if target <= st.next_off:
+            break
+        stream_skip(eng, slot, side, hook, st, target)
+    return 0
+
+
+cdef int streams_close(Engine eng, int32_t slot, bint reset) except -1:
     """The flow ends: holes before held segments (and before a FIN) become gaps; every byte is
-    delivered."""
+    delivered (ended by a RST: up to the receiver's ACK point, see stream_close)."""
     cdef flow_t *f = &eng.tab.flows[slot]
     cdef int i
     cdef stream_t *st
     for i in range(2):
         st = f.side[i].stream
         if st != NULL:
-            stream_close(eng, slot, i, stream_offset(st, f.side[i].fin_seq) if (f.side[i].flags & SF_FIN_SEEN) else -1)
+            stream_close(eng, slot, i, stream_offset(st, f.side[i].fin_seq) if (f.side[i].flags & SF_FIN_SEEN) else -1,
+                         reset)
             f = &eng.tab.flows[slot]
     return 0
 

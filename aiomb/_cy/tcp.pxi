@@ -15,6 +15,8 @@
 #   RST the receiver accepts        raises RST; -> CLOSED; the receiver -> CLOSED; the flow
 #                                   ends (RST). A RST out of the receiver's window is counted
 #                                   (rst_ignored, rst_out_of_window) and changes nothing.
+#   a reply to a side in SYN_SENT   (ACK, RST or FIN) that echoes a timestamp other than the SYN's:
+#                                   rejected (REJECTED, "bad_timestamp_echo"): it changes nothing
 #   SYN when both sides are closed  a new connection reuses the tuple: the flow ends (REUSED,
 #   or closing (CLOSING_STATES)     unless it had ended) and a new flow starts with this SYN;
 #                                   only a duplicate of the ended flow's own SYN, while it
@@ -128,7 +130,27 @@ cdef inline void take_isn(side_t *s, const pkt_t *pk) noexcept:
     s.isn = pk.seq
     s.next_seq = pk.seq + 1 + pk.paylen
     s.wscale = <uint8_t>pk.wscale if pk.wscale >= 0 else 0xff
+    syn_timestamp(s, pk)
 
+
+cdef inline void syn_timestamp(side_t *s, const pkt_t *pk) noexcept:
+    """Keep the TSval of a bare SYN that offers timestamps (the latest, if it is sent again)."""
+    if pk.has_ts and not (pk.flags & TH_ACK) and not (s.flags & SF_ACK_KNOWN):
+        s.flags |= SF_SYN_TS
+        s.last_ack = pk.ts_val
+
+
+cdef inline bint bad_echo_to_syn(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
+    """A reply (ACK, RST or FIN) to a side in SYN_SENT whose SYN offered timestamps, echoing a
+    timestamp other than the SYN's: Linux drops it (PAWS in tcp_rcv_synsent_state_process;
+    Suricata's StateSynSentValidateTimestamp), so it must change nothing (the evasion of
+    CVE-2021-37592). An echo of 0, or no timestamp option, is taken as Linux takes it."""
+    cdef const side_t *r = &f.side[1 - side]
+    if r.state != ST_SYN_SENT or not (r.flags & SF_SYN_TS) or (r.flags & SF_ACK_KNOWN):
+        return 0
+    if not (pk.flags & (TH_ACK | TH_RST | TH_FIN)) or not pk.has_ts or pk.ts_ecr == 0:
+        return 0
+    return pk.ts_ecr != r.last_ack
 
 cdef void count_flags(side_t *s, const pkt_t *pk) noexcept:
     """Count a packet's SYN / SYN-ACK / FIN / RST (saturating), without changing any state."""
@@ -162,6 +184,7 @@ cdef int tcp_sender_syn(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
         bump8(&s.syn)
         if (s.flags & SF_SYN_SEEN) and pk.seq == s.isn:
             s.retransmits += 1
+            syn_timestamp(s, pk)
             return eng.em.fire(B_RETRANSMIT, slot, side, HOOK_SENDER, 0, 0)
         take_isn(s, pk)
         if s.state == ST_CLOSED or s.state == ST_LISTEN:

@@ -49,6 +49,9 @@ class EventKind(enum.IntFlag):
     """A packet was malformed, or a table limit was hit; the event's value says which."""
     TIMER = 1 << 17
     """A timer fired (``Engine.set_timer``); the value is (timer id, expirations)."""
+    REJECTED = 1 << 18
+    """A packet its receiver would drop, which changes nothing; the value says why
+    (``"bad_timestamp_echo"``: a reply to a SYN that does not echo the SYN's timestamp)."""
 
     def __str__(self) -> str:
         return self.name or repr(self)

@@ -53,7 +53,8 @@ class SideStatistics:
     ``retransmitted_bytes`` (payload of the data retransmissions), ``out_of_order`` (segments
     that arrived ahead of a hole), ``zero_window_probes``, overlap conflicts (their bytes compared
     while held, and after delivery within the engine's ``overlap_window`` while OVERLAP is
-    wanted; ``unchecked_bytes`` came again after that), ``next_offset``.
+    wanted; ``unchecked_bytes`` came again after that), ``undelivered_bytes`` (captured, but left
+    behind a hole nobody ACKed when a RST ended the flow: never delivered), ``next_offset``.
     """
 
     packets: int
@@ -81,6 +82,7 @@ class SideStatistics:
     out_of_order: int = 0
     zero_window_probes: int = 0
     unchecked_bytes: int = 0
+    undelivered_bytes: int = 0
 
 
 @attrs.frozen(kw_only=True)
@@ -134,6 +136,7 @@ class EngineStatistics:
     max_stream_memory: int = 0
     buffer_overruns: int = 0
     sequence_jumps: int = 0
+    rejected: int = 0           # packets their receiver would drop (REJECTED events), which changed nothing
 
     @property
     def malformed_total(self) -> int:

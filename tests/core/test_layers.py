@@ -16,7 +16,7 @@ PUBLIC = {
     "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics", "FlowStream", "FrameBatch",
     "GAP", "Gap", "Hook", "MalformedCounts", "Middlebox", "MonitorSocket", "NEW_DATA", "ORPHAN",
     "OVERLAP", "PACKET_IN", "PacketView", "Port", "PortError", "PortStatistics", "Prefilter", "Proto",
-    "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
+    "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
     "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict",
     "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port",
 }

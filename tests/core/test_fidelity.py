@@ -1,0 +1,152 @@
+"""TCP fidelity under evasion and capture loss: what the endpoint saw (issue 13's classes).
+
+Each test crafts the situation frame by frame and asserts exact events and counters."""
+
+import aiomb
+from aiomb import EventKind, Side
+from aiomb.testing import TcpConversation, tcp_frame, tcp_options
+
+CLIENT, SERVER = Side.CLIENT, Side.SERVER
+
+
+def engine_and_events(kinds):
+    engine = aiomb.Engine()
+    d = aiomb.Dispatcher(engine)
+    return engine, d, d.subscribe(kinds)
+
+
+def feed(engine, frames):
+    for ts, frame in frames:
+        engine.feed(frame, ts)
+
+
+# -- 1. bogus replies to a SYN --------------------------------------------------------------
+
+
+def syn_with_timestamps(tsval=1000):
+    c = TcpConversation()
+    c.syn(options=tcp_options(timestamps=(tsval, 0)))
+    return c
+
+
+def reply(c, flags, tsecr, ts=1.5, payload=b""):
+    opts = tcp_options(timestamps=(777, tsecr)) if tsecr is not None else b""
+    return (ts, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=c.server_isn, ack=c.client_isn + 1,
+                          flags=flags, options=opts, payload=payload))
+
+
+def test_a_reset_that_does_not_echo_the_syns_timestamp_is_rejected_and_the_handshake_goes_on():
+    c = syn_with_timestamps(1000)
+    frames = list(c.frames) + [reply(c, "RA", tsecr=99999)]
+    c.frames.clear()
+    c.syn_ack(options=tcp_options(timestamps=(777, 1000)))
+    c.ack("client")
+    c.send("server", b"the data the bogus RST tried to hide")
+    frames += [(2.0 + i * 0.01, f) for i, (_, f) in enumerate(c.frames)]
+    engine, d, sub = engine_and_events(EventKind.REJECTED | EventKind.ESTABLISHED | EventKind.CONN_END
+                                       | EventKind.NEW_DATA | EventKind.RST)
+    feed(engine, frames)
+    engine.finish()
+    events = [(e.kind, e.side, e.value) for e in d.drain(sub)]
+    assert events == [
+        (EventKind.REJECTED, SERVER, "bad_timestamp_echo"),
+        (EventKind.ESTABLISHED, CLIENT, None),
+        (EventKind.NEW_DATA, SERVER, b"the data the bogus RST tried to hide"),
+        (EventKind.CONN_END, None, None),
+    ]
+    st = engine.statistics()
+    assert st.rejected == 1 and st.flows_created == 1
+
+
+def test_bogus_ack_and_fin_replies_are_rejected_too_but_a_matching_or_absent_echo_is_not():
+    for flags, tsecr, rejected in (("A", 5, True), ("FA", 5, True), ("RA", 1000, False), ("RA", 0, False),
+                                   ("RA", None, False)):
+        c = syn_with_timestamps(1000)
+        engine, d, sub = engine_and_events(EventKind.REJECTED | EventKind.RST)
+        feed(engine, list(c.frames) + [reply(c, flags, tsecr)])
+        kinds = [e.kind for e in d.drain(sub)]
+        assert kinds == ([EventKind.REJECTED] if rejected else ([EventKind.RST] if "R" in flags else [])), \
+            (flags, tsecr)
+
+
+def test_the_echo_may_be_of_a_retransmitted_syns_timestamp():
+    c = syn_with_timestamps(1000)
+    c.syn(options=tcp_options(timestamps=(1300, 0)))          # the SYN again, a later TSval
+    engine, d, sub = engine_and_events(EventKind.REJECTED | EventKind.ESTABLISHED)
+    c.syn_ack(options=tcp_options(timestamps=(777, 1300)))
+    c.ack("client")
+    feed(engine, c.frames)
+    assert [e.kind for e in d.drain(sub)] == [EventKind.ESTABLISHED]
+
+
+# -- 2. a RST with data behind a hole nobody ACKed -------------------------------------------
+
+
+def test_a_reset_leaves_bytes_behind_a_never_acked_hole_undelivered():
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"AAAA")
+    c.ack("server")                                       # ACKs the AAAA
+    c.send("client", b"hole", advance=False)              # never captured, never ACKed: dropped below
+    c.frames.pop()
+    c.send("client", b"PHANTOM!", advance=False, seq_offset=4)   # behind the hole
+    c.rst("client", seq_offset=12)
+    engine, d, sub = engine_and_events(EventKind.NEW_DATA | EventKind.GAP | EventKind.CONN_END)
+    feed(engine, c.frames)
+    events = [(e.kind, e.offset, e.length, e.value if e.kind is not EventKind.CONN_END else e.reason)
+              for e in d.drain(sub)]
+    assert events == [
+        (EventKind.NEW_DATA, 0, 4, b"AAAA"),
+        (EventKind.GAP, 4, 12, 8),                      # 12 bytes the application never got, 8 of them captured
+        (EventKind.CONN_END, None, None, aiomb.EndReason.RST),
+    ]
+    st = engine.flows()[0].statistics().client
+    assert (st.undelivered_bytes, st.missed, st.stream_bytes) == (8, 4, 4)
+
+
+def test_a_reset_after_capture_loss_the_receiver_acked_delivers_what_follows():
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"AAAA")
+    c.send("client", b"lost")
+    c.frames.pop()                                        # lost by the capture only: the server ACKs it
+    c.send("client", b"BBBB")
+    c.ack("server")
+    c.rst("client")
+    engine, d, sub = engine_and_events(EventKind.NEW_DATA | EventKind.GAP)
+    feed(engine, c.frames)
+    assert [(e.kind, e.offset, e.length, e.value) for e in d.drain(sub)] == [
+        (EventKind.NEW_DATA, 0, 4, b"AAAA"), (EventKind.GAP, 4, 4, None), (EventKind.NEW_DATA, 8, 4, b"BBBB")]
+
+
+# -- 3. capture loss with far-ahead segments -------------------------------------------------
+
+
+def test_an_ack_beyond_the_bytes_seen_makes_a_later_segment_below_it_deliverable_at_once():
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"head")
+    c.client_seq += 100_000                               # 100 kB the capture lost
+    c.ack("server")                                       # the server ACKs beyond everything seen
+    engine, d, sub = engine_and_events(EventKind.NEW_DATA | EventKind.GAP)
+    feed(engine, c.frames)
+    assert [(e.kind, e.offset, e.length) for e in d.drain(sub)] == [(EventKind.NEW_DATA, 0, 4)]
+    late = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=c.client_seq - 10, ack=c.server_seq, flags="PA",
+                     payload=b"0123456789")               # the last 10 bytes before the ACK point
+    engine.feed(late, 3.0)
+    assert [(e.kind, e.offset, e.length, e.value) for e in d.drain(sub)] == [
+        (EventKind.GAP, 4, 99_990, None), (EventKind.NEW_DATA, 99_994, 10, b"0123456789")]
+    assert engine.flows()[0].statistics().client.missed == 99_990
+
+
+def test_a_segment_far_ahead_is_buffered_not_thrown_away():
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"far", advance=False, seq_offset=100 << 20)     # 100 MiB ahead
+    c.send("client", b"near")
+    engine, d, sub = engine_and_events(EventKind.NEW_DATA | EventKind.GAP)
+    feed(engine, c.frames)
+    engine.finish()
+    assert [(e.kind, e.offset, e.length) for e in d.drain(sub)] == [
+        (EventKind.NEW_DATA, 0, 4), (EventKind.GAP, 4, (100 << 20) - 4), (EventKind.NEW_DATA, 100 << 20, 3)]
+    assert engine.statistics().sequence_jumps == 1
