@@ -66,6 +66,7 @@ BUFFER_OVERRUN = EventKind.BUFFER_OVERRUN
 ERROR = EventKind.ERROR
 TIMER = EventKind.TIMER
 REJECTED = EventKind.REJECTED
+WINDOW = EventKind.WINDOW
 
 __version__ = "0.1.0"
 
@@ -83,7 +84,7 @@ __all__ = [
     "GAP", "Gap", "Hook", "MalformedCounts", "Middlebox", "MonitorSocket", "NEW_DATA", "ORPHAN",
     "OVERLAP", "PACKET_IN", "PacketView", "Port", "PortError", "PortStatistics", "Prefilter", "Proto",
     "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
-    "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict",
+    "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict", "WINDOW",
     "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port",
 ]
 

@@ -125,6 +125,8 @@ class PacketView:
     @property
     def window(self) -> int | None: ...
     @property
+    def ttl(self) -> int | None: ...
+    @property
     def src(self) -> IPAddress | None: ...
     @property
     def dst(self) -> IPAddress | None: ...
@@ -188,6 +190,7 @@ class EventLog:
 
 class Engine:
     now: int
+    verify_checksums: bool
     midstream: bool
     vlan_in_key: bool
     reassembling: bool
@@ -197,7 +200,8 @@ class Engine:
                  max_fragments: int = 1024, fragment_timeout: float = 30.0, reassembly: bool | None = None,
                  buffering: bool = True, overlap_policy: str = "first", max_buffer: int = 1 << 20,
                  max_ooo_segments: int = 1024, max_stream_memory: int = 1 << 30, rst_payload: bool = False,
-                 host_policies: dict[str, str] | None = None, overlap_window: int = 65536) -> None: ...
+                 host_policies: dict[str, str] | None = None, overlap_window: int = 65536,
+                 checksums: str = "ignore") -> None: ...
     @property
     def buffering(self) -> bool: ...
     @property

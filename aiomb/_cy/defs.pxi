@@ -52,7 +52,8 @@ cdef enum:
     B_ERROR = 16
     B_TIMER = 17
     B_REJECTED = 18
-    N_BUILTIN_BITS = 19
+    B_WINDOW = 19
+    N_BUILTIN_BITS = 20
     FIRST_CUSTOM_BIT = 20
     MAX_EVENT_BITS = 64
 
@@ -76,6 +77,7 @@ cdef enum:
     EV_ERROR = 1 << B_ERROR
     EV_TIMER = 1 << B_TIMER
     EV_REJECTED = 1 << B_REJECTED
+    EV_WINDOW = 1 << B_WINDOW
     EV_STREAM = EV_NEW_DATA | EV_GAP | EV_OVERLAP | EV_BUFFER_OVERRUN
 
 # Hooks
@@ -108,7 +110,8 @@ cdef enum:
     MAL_BAD_FRAGMENT = 11
     MAL_UNKNOWN_LINKTYPE = 12
     MAL_BAD_TCP_FLAGS = 13
-    N_MALFORMED = 14
+    MAL_BAD_CHECKSUM = 14
+    N_MALFORMED = 15
 
 # Link types (pcap LINKTYPE_*)
 cdef enum:
@@ -255,6 +258,7 @@ ctypedef struct stream_t:
     uint32_t rexmits        # segments carrying only bytes already seen
     uint32_t ooo_segments   # data segments that arrived ahead of a hole
     uint32_t zw_probes      # zero-window probes (one byte at the right edge of a closed window)
+    uint32_t beyond_window  # data segments past the right edge of the receiver's advertised window
     uint32_t overlaps       # overlap conflicts (events)
     uint8_t dirty           # in the engine's NEW_DATA list for this batch
     uint8_t buffering       # 0: track ranges and counters only

@@ -9,7 +9,7 @@ MALFORMED_REASONS = (
     "truncated_l2", "truncated_ip", "bad_ip_version", "bad_ip_header_length",
     "bad_ip_total_length", "bad_ipv6_extension", "truncated_tcp", "bad_tcp_header_length",
     "bad_tcp_option", "truncated_udp", "bad_udp_length", "bad_fragment", "unknown_linktype",
-    "bad_tcp_flags",
+    "bad_tcp_flags", "bad_checksum",
 )
 
 cdef enum:
@@ -80,6 +80,7 @@ cdef class Engine:
     cdef bint any_filter
     cdef int reassembly_mode        # -1 automatic (when stream events are wanted), 0 off, 1 on
     cdef bint buffering_option      # streams may keep their bytes
+    cdef readonly bint verify_checksums
     cdef readonly bint reassembling
     cdef int policy
     cdef list host_policies
@@ -101,7 +102,7 @@ cdef class Engine:
                  max_fragments=1024, fragment_timeout=30.0, reassembly=None, buffering=True,
                  overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
                  max_stream_memory=1 << 30, rst_payload=False, host_policies=None,
-                 overlap_window=65536):
+                 overlap_window=65536, checksums="ignore"):
         if not isinstance(max_flows, int) or isinstance(max_flows, bool) or not 1 <= max_flows <= 0x7fffffff:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
         if not isinstance(max_fragments, int) or not 0 <= max_fragments <= 1 << 20:
@@ -132,6 +133,9 @@ cdef class Engine:
         if not isinstance(overlap_window, int) or isinstance(overlap_window, bool) \
                 or not 0 <= overlap_window <= 1 << 24:
             raise ValueError(f"overlap_window must be an int from 0 to {1 << 24} bytes, got {overlap_window!r}")
+        if checksums not in ("ignore", "verify"):
+            raise ValueError(f"checksums must be 'ignore' or 'verify', got {checksums!r}")
+        self.verify_checksums = checksums == "verify"
         self.buffering_option = bool(buffering)
         self.rx.overlap_window = overlap_window
         self.rx.rst_payload = bool(rst_payload)
@@ -284,7 +288,7 @@ cdef class Engine:
         (data retransmissions are recognised by the ranges seen), and keep their bytes for the
         events that carry or compare them (NEW_DATA, OVERLAP, BUFFER_OVERRUN)."""
         if self.reassembly_mode < 0:
-            self.reassembling = self.em.wants(EV_STREAM | EV_RETRANSMIT)
+            self.reassembling = self.em.wants(EV_STREAM | EV_RETRANSMIT | EV_WINDOW)
         else:
             self.reassembling = self.reassembly_mode == 1
         self.rx.buffering = self.buffering_option and (
@@ -490,6 +494,9 @@ cdef class Engine:
         if self.flows_due():            # time passes per packet: the answer is the same at any batch size
             self.expire_flows()
         r = parse_packet(pk, linktype, &self.frags, &self.frag_done, &reason)
+        if r == P_OK and self.verify_checksums and not checksums_ok(pk):
+            r = P_MALFORMED                 # the endpoint would drop it: it changes nothing here
+            reason = MAL_BAD_CHECKSUM
         if r == P_OK:
             if pk.proto == 6:
                 self.n_tcp += 1
@@ -598,7 +605,8 @@ cdef class Engine:
         if ackf and (not (s.flags & SF_ACK_KNOWN) or seq_gt(pk.ack, s.last_ack)):
             s.last_ack = pk.ack
             s.flags |= SF_ACK_KNOWN
-        s.window = <uint32_t>pk.win << (s.wscale if (s.wscale != 0xff and r.wscale != 0xff and not syn) else 0)
+        if not (fl & TH_RST):           # a RST's window field means nothing (often 0)
+            s.window = <uint32_t>pk.win << (s.wscale if (s.wscale != 0xff and r.wscale != 0xff and not syn) else 0)
         self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
         # the receiver's update, then the receiver hook
         if self.reassembling and (not (fl & TH_RST) or rst_ok and self.rx.rst_payload):

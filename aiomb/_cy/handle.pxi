@@ -324,6 +324,15 @@ cdef class PacketView:
         return self._eng().pk.win if self._packet() else None
 
     @property
+    def ttl(self):
+        """IPv4 time to live or IPv6 hop limit as captured (of the last fragment, for a datagram
+        rebuilt from fragments)."""
+        if not self._packet():
+            return None
+        cdef const pkt_t *pk = &self._eng().pk
+        return pk.frame[pk.l3_off + (8 if pk.family == 4 else 7)]
+
+    @property
     def src(self):
         """Source address of the packet."""
         return ip_object(self._eng().pk.src, self._eng().pk.family) if self._packet() else None

@@ -737,8 +737,11 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
         stream_rebase(st, s)
         soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
         st.segments += 1
-        if pk.paylen == 1 and soff == <int64_t>st.next_off and r.window == 0 and (r.flags & SF_ACK_KNOWN):
-            st.zw_probes += 1           # the byte at the right edge of a window the receiver closed
+        if r.flags & SF_ACK_KNOWN:
+            window_check(eng, slot, side, st, soff, r, pk, (s.flags & SF_SYN_SEEN) and (r.flags & SF_SYN_SEEN))
+            st = eng.tab.flows[slot].side[side].stream
+            if st == NULL:
+                return 0
         stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen, not pk.reassembled)
     if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
         return 0
@@ -762,6 +765,27 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
         ack_off = end_off        # holes are known up to the bytes seen from the peer
     if ack_off > <int64_t>st.next_off:
         stream_lost_to(eng, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>ack_off)
+    return 0
+
+
+cdef int window_check(Engine eng, int32_t slot, int side, stream_t *st, int64_t soff,
+                      const side_t *r, const pkt_t *pk, bint scale_known) except -1:
+    """A data segment against its receiver's advertised window (from its last ACK): one byte at
+    the edge of a closed window is a zero-window probe; bytes past the right edge are beyond
+    the window (judged only when both SYNs were seen: else the window scale is unknown). Either
+    is counted and raises WINDOW; the bytes are taken all the same (a window update may have
+    been lost by the capture)."""
+    cdef str what
+    if pk.paylen == 1 and r.window == 0 and soff == <int64_t>st.next_off:
+        st.zw_probes += 1
+        what = "zero_window_probe"
+    elif scale_known and seq_gt(pk.seq + pk.paylen, r.last_ack + r.window):
+        st.beyond_window += 1
+        what = "beyond_window"
+    else:
+        return 0
+    if eng.em.wants(EV_WINDOW):
+        report(eng, B_WINDOW, slot, side, HOOK_RECEIVER, <uint64_t>soff if soff > 0 else 0, pk.paylen, what)
     return 0
 
 

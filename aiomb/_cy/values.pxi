@@ -377,7 +377,8 @@ cdef object side_stats(const side_t *s, const side_t *peer):
         last_ack=s.last_ack if (s.flags & SF_ACK_KNOWN) else None, window=s.window,
         wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None,
         data_segments=st.segments, retransmitted_bytes=st.rexmit_bytes, out_of_order=st.ooo_segments,
-        zero_window_probes=st.zw_probes, unchecked_bytes=st.unchecked, undelivered_bytes=st.undelivered)
+        zero_window_probes=st.zw_probes, beyond_window=st.beyond_window, unchecked_bytes=st.unchecked,
+        undelivered_bytes=st.undelivered)
 
 
 @cython.boundscheck(False)

@@ -52,6 +52,9 @@ class EventKind(enum.IntFlag):
     REJECTED = 1 << 18
     """A packet its receiver would drop, which changes nothing; the value says why
     (``"bad_timestamp_echo"``: a reply to a SYN that does not echo the SYN's timestamp)."""
+    WINDOW = 1 << 19
+    """A data segment that does not fit its receiver's advertised window (counted; its bytes are
+    taken): the value is ``"zero_window_probe"`` or ``"beyond_window"``."""
 
     def __str__(self) -> str:
         return self.name or repr(self)

@@ -51,7 +51,8 @@ class SideStatistics:
     (any stream event or RETRANSMIT wanted, or ``reassembly=True``; else they stay 0):
     ``stream_bytes`` reassembled, ``missed`` in gaps, ``data_segments`` (segments with payload),
     ``retransmitted_bytes`` (payload of the data retransmissions), ``out_of_order`` (segments
-    that arrived ahead of a hole), ``zero_window_probes``, overlap conflicts (their bytes compared
+    that arrived ahead of a hole), ``zero_window_probes`` and ``beyond_window`` (data segments past
+    the receiver's advertised window: WINDOW events), overlap conflicts (their bytes compared
     while held, and after delivery within the engine's ``overlap_window`` while OVERLAP is
     wanted; ``unchecked_bytes`` came again after that), ``undelivered_bytes`` (captured, but left
     behind a hole nobody ACKed when a RST ended the flow: never delivered), ``next_offset``.
@@ -81,6 +82,7 @@ class SideStatistics:
     retransmitted_bytes: int = 0
     out_of_order: int = 0
     zero_window_probes: int = 0
+    beyond_window: int = 0
     unchecked_bytes: int = 0
     undelivered_bytes: int = 0
 

@@ -2,6 +2,8 @@
 
 Each test crafts the situation frame by frame and asserts exact events and counters."""
 
+import pytest
+
 import aiomb
 from aiomb import EventKind, Side
 from aiomb.testing import TcpConversation, tcp_frame, tcp_options
@@ -150,3 +152,123 @@ def test_a_segment_far_ahead_is_buffered_not_thrown_away():
     assert [(e.kind, e.offset, e.length) for e in d.drain(sub)] == [
         (EventKind.NEW_DATA, 0, 4), (EventKind.GAP, 4, (100 << 20) - 4), (EventKind.NEW_DATA, 100 << 20, 3)]
     assert engine.statistics().sequence_jumps == 1
+
+
+# -- 4. data beyond the advertised window, zero-window probes --------------------------------
+
+
+def test_zero_window_probes_and_data_beyond_the_window_are_counted_and_reported():
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"abc")
+    c.frames.append((2.0, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=c.server_seq, ack=c.client_seq,
+                                    flags="A", window=0)))           # the server closes its window
+    c.send("client", b"p")                                           # a probe
+    c.frames.append((3.0, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=c.server_seq, ack=c.client_seq,
+                                    flags="A", window=10)))          # opens 10 bytes
+    c.send("client", b"0123456789ABCDEF")                            # 6 bytes too many
+    engine, d, sub = engine_and_events(EventKind.WINDOW | EventKind.CONN_END)
+    feed(engine, c.frames)
+    engine.finish()
+    events = d.drain(sub)
+    assert [(e.kind, e.offset, e.length, e.value) for e in events[:-1]] == [
+        (EventKind.WINDOW, 3, 1, "zero_window_probe"), (EventKind.WINDOW, 4, 16, "beyond_window")]
+    st = events[-1].stats.client
+    assert (st.zero_window_probes, st.beyond_window, st.stream_bytes) == (1, 1, 20)
+
+
+def test_a_resets_window_field_is_not_a_window():
+    c = TcpConversation()
+    c.handshake()
+    c.frames.append((2.0, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=c.server_seq, ack=c.client_seq,
+                                    flags="RA", window=0)))
+    c.send("client", b"after the reset")
+    engine, d, sub = engine_and_events(EventKind.WINDOW | EventKind.CONN_END)
+    feed(engine, c.frames)
+    engine.finish()
+    assert [e.kind for e in d.drain(sub)] == [EventKind.CONN_END]
+
+
+# -- 5. the evasion suite: aiomb's documented answer beside what Linux does (README table) ----
+
+
+def established(**conv):
+    c = TcpConversation(**conv)
+    c.handshake()
+    return c
+
+
+def client_segment(c, payload, *, flags="PA", seq_offset=0, **frame):
+    return tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=c.client_seq + seq_offset, ack=c.server_seq,
+                     flags=flags, payload=payload, **frame)
+
+
+def client_stream(frames, **options):
+    engine = aiomb.Engine(reassembly=True, **options)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(EventKind.NEW_DATA | EventKind.CONN_END)
+    feed(engine, frames)
+    engine.finish()
+    events = d.drain(sub)
+    data = b"".join(e.value for e in events if e.kind is EventKind.NEW_DATA and e.side is CLIENT)
+    return data, [e.reason for e in events if e.kind is EventKind.CONN_END], engine.statistics()
+
+
+def test_bad_checksums_are_dropped_when_verified_as_linux_does():
+    c = established()
+    frames = list(c.frames) + [
+        (2.0, client_segment(c, b"EVIL", bad_checksum=True)),                 # the endpoint never sees it
+        (2.1, client_segment(c, b"", flags="RA", bad_checksum=True)),
+        (2.2, client_segment(c, b"good"))]
+    data, ends, st = client_stream(frames, checksums="verify")
+    assert (data, ends) == (b"good", [aiomb.EndReason.END_OF_CAPTURE])
+    assert st.malformed == {"bad_checksum": 2}
+    data, ends, st = client_stream(frames)                                  # the default: not checked
+    assert (data, ends, st.malformed) == (b"EVIL", [aiomb.EndReason.RST], {})
+
+
+def test_documented_differences_from_linux():
+    # TTL-expiring injections: aiomb takes them (it cannot know the hops left); Linux never sees them
+    c = established()
+    data, _, _ = client_stream(list(c.frames) + [(2.0, client_segment(c, b"TTL1", ttl=1))])
+    assert data == b"TTL1"
+    # urgent data: aiomb keeps the urgent byte in the stream (SO_OOBINLINE); Linux takes it out of band
+    c = established()
+    data, _, _ = client_stream(list(c.frames) + [(2.0, client_segment(c, b"urgent!", flags="PAU"))])
+    assert data == b"urgent!"
+    # data on a SYN: aiomb keeps it (TCP Fast Open); Linux keeps it only with a valid TFO cookie
+    c = TcpConversation()
+    c.syn(payload=b"early")
+    c.syn_ack()
+    c.ack("client")
+    data, _, _ = client_stream(c.frames)
+    assert data == b"early"
+    # an old timestamp (PAWS) on an established flow: aiomb takes the segment; Linux drops it
+    c = established()
+    frames = list(c.frames) + [
+        (2.0, client_segment(c, b"new.", options=tcp_options(timestamps=(5000, 1)))),
+        (2.1, client_segment(c, b"old?", seq_offset=4, options=tcp_options(timestamps=(10, 1))))]
+    data, _, _ = client_stream(frames)
+    assert data == b"new.old?"
+
+
+def test_a_reset_outside_the_window_is_ignored_as_linux_does():
+    c = established()
+    frames = list(c.frames) + [
+        (2.0, client_segment(c, b"", flags="R", seq_offset=1 << 20)),     # far outside the server's window
+        (2.1, client_segment(c, b"still here"))]
+    data, ends, st = client_stream(frames)
+    assert (data, ends, st.rst_out_of_window) == (b"still here", [aiomb.EndReason.END_OF_CAPTURE], 1)
+
+
+@pytest.mark.parametrize("family", ["10.0.0.", "fd00::"])
+def test_inline_handlers_see_each_packets_ttl_to_spot_injections(family):
+    c = TcpConversation(client=(family + "1", 40000), server=(family + "2", 80))
+    c.handshake()
+    c.frames.append((2.0, tcp_frame(family + "1", family + "2", 40000, 80, seq=c.client_seq, ack=c.server_seq,
+                                    flags="PA", payload=b"TTL1", ttl=1)))
+    engine = aiomb.Engine()
+    ttls = []
+    engine.add_handler(EventKind.PACKET_IN, lambda packet: ttls.append(packet.ttl), hook=aiomb.Hook.SENDER)
+    feed(engine, c.frames)
+    assert ttls == [64, 64, 64, 1]

@@ -16,7 +16,7 @@ from ..conftest import corpus_path
 
 BATCH_SIZES = (1, 7, 64, 2048)
 STREAM_KINDS = EventKind.NEW_DATA | EventKind.GAP | EventKind.OVERLAP | EventKind.BUFFER_OVERRUN \
-    | EventKind.RETRANSMIT
+    | EventKind.RETRANSMIT | EventKind.WINDOW
 
 
 def captures() -> list[str]:
