@@ -6,7 +6,7 @@ import pytest
 
 import aiomb
 from aiomb import EventKind, Side
-from aiomb.testing import TcpConversation, tcp_frame, tcp_options
+from aiomb.testing import TcpConversation, ipv4_fragments, ipv6_fragments, tcp_frame, tcp_options, udp_frame
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
 
@@ -225,6 +225,27 @@ def test_bad_checksums_are_dropped_when_verified_as_linux_does():
     assert st.malformed == {"bad_checksum": 2}
     data, ends, st = client_stream(frames)                                  # the default: not checked
     assert (data, ends, st.malformed) == (b"EVIL", [aiomb.EndReason.RST], {})
+
+
+@pytest.mark.parametrize("src, dst", [("10.0.0.1", "10.0.0.2"), ("fd00::1", "fd00::2")])
+def test_verified_checksums_cover_udp_fragments_and_ipv4_headers(src, dst):
+    def malformed(frames):
+        engine = aiomb.Engine(checksums="verify")
+        feed(engine, [(1.0, f) for f in frames])
+        return engine.statistics().malformed
+
+    datagram = udp_frame(src, dst, 5000, 53, b"x" * 100)
+    split = ipv4_fragments if "." in src else ipv6_fragments
+    assert malformed([datagram, *split(datagram, fragment_size=48)]) == {}
+    corrupt = bytearray(datagram)
+    corrupt[-1] ^= 1
+    assert malformed([bytes(corrupt), *split(bytes(corrupt), fragment_size=48)]) == {"bad_checksum": 2}
+    if "." in src:
+        no_checksum = bytearray(corrupt)
+        no_checksum[14 + 20 + 6:14 + 20 + 8] = b"\0\0"             # IPv4 UDP may send none
+        bad_header = bytearray(datagram)
+        bad_header[14 + 10] ^= 1                                      # the IPv4 header checksum
+        assert malformed([bytes(no_checksum), bytes(bad_header)]) == {"bad_checksum": 1}
 
 
 def test_documented_differences_from_linux():
