@@ -26,6 +26,11 @@ include "_cy/tcp.pxi"
 include "_cy/reasm.pxi"
 include "_cy/timers.pxi"
 include "_cy/engine.pxi"
+
+cdef class FlowInbox
+cdef class Dispatcher
+
+include "_cy/sockets.pxi"
 include "_cy/dispatch.pxi"
 include "_cy/deliver.pxi"
 

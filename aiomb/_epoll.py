@@ -16,29 +16,20 @@ kind of bit k (``aiomb.event_mask(kind, ...)``; custom events through ``mon.even
 that they never collide.
 """
 
-import collections
 import errno
-import itertools
 import os
 import select
 import time
-import weakref
 
-from ._core import Dispatcher, Engine, FrameBatch
-from ._errors import AiombError, StreamGap
+from ._core import EVENT_SHIFT, Dispatcher, Engine, FlowSocketCore, FrameBatch, InterestList, MonitorCore, SocketCore
+from ._errors import AiombError
 from .events._kinds import EventKind, split_kinds
 from .flows._filter import compile_filter
 from .flows._types import Hook, Side
 
-EVENT_SHIFT = 32
 EVENT_BITS = -1 << EVENT_SHIFT              # every aiomb event kind's bit
 _IN, _RDHUP, _HUP, _ERR = select.EPOLLIN, select.EPOLLRDHUP, select.EPOLLHUP, select.EPOLLERR
-_ET, _ONESHOT = select.EPOLLET, select.EPOLLONESHOT
 _BASE_KINDS = (EventKind.NEW_DATA, EventKind.GAP, EventKind.FIN, EventKind.BUFFER_OVERRUN)
-_SIDE = {Side.CLIENT: 0, Side.SERVER: 1, 0: 0, 1: 1}
-_NOT_READY = tuple(f"no byte of the {side} stream is ready yet" for side in Side)
-_numbers = itertools.count(1 << 24)         # socket numbers: above any real descriptor
-_sockets: "weakref.WeakValueDictionary[int, _Socket]" = weakref.WeakValueDictionary()
 
 
 def event_mask(*kinds) -> int:
@@ -52,48 +43,7 @@ def event_mask(*kinds) -> int:
     return mask
 
 
-class _Socket:
-    """What monitor, flow and timer sockets share: a number, a readiness mask, the epolls that
-    watch it (told when it changes)."""
-
-    _aiomb_socket = True
-
-    def __init__(self):
-        self._fd = next(_numbers)
-        self._ready = 0
-        self._seq = 0               # grows with each new readiness (edge-triggered epolls)
-        self._watchers: dict = {}   # Epoll -> None
-        self._closed = False
-        _sockets[self._fd] = self
-
-    def fileno(self) -> int:
-        """The socket's number (unique in the process, above any real descriptor)."""
-        return self._fd
-
-    @property
-    def closed(self) -> bool:
-        return self._closed
-
-    def _set(self, bits: int, *, new: bool = True) -> None:
-        """Bits become ready (``new``: an edge, e.g. more data, even if the bits were set)."""
-        if (bits & ~self._ready) or new:
-            self._seq += 1
-        self._ready |= bits
-        self._notify()
-
-    def _clear(self, bits: int) -> None:
-        self._ready &= ~bits
-
-    def _notify(self) -> None:
-        for ep in self._watchers:
-            ep._candidates[self._fd] = None
-
-    def _check_open(self) -> None:
-        if self._closed:
-            raise OSError(errno.EBADF, f"{self!r} is closed")
-
-
-class FlowSocket(_Socket):
+class FlowSocket(FlowSocketCore):
     """One flow, as a connected socket (mOS's MOS_SOCK_MONITOR_STREAM_ACTIVE): made by
     :meth:`MonitorSocket.accept`.
 
@@ -103,32 +53,15 @@ class FlowSocket(_Socket):
     (or a hole) wait, EPOLLRDHUP once a side sent its FIN, EPOLLHUP once the flow ended
     (``end_reason``, ``stats``), EPOLLERR while a limit dropped bytes (the BUFFER_OVERRUN events
     in ``events()``), and an event kind's bit while events of it wait in ``events()``.
+    The queues and readiness live in the core (filled as the dispatcher routes each batch);
+    per-flow state of the program's own goes in ``context`` (a dict).
     """
 
-    def __init__(self, monitor: "MonitorSocket", inbox):
-        super().__init__()
-        self._monitor = monitor
-        self._inbox = inbox
-        self.key = inbox.key
-        self.flow_id = inbox.flow_id
-        self.flow = inbox.flow
-        self.context: dict = {}
-        self.end_reason = None
-        self._end = None                # the end event (its figures, made when asked for)
-        self._tcp = inbox.key.proto == 6
-        self._chunks = (collections.deque(), collections.deque())   # bytes, and Gap markers
-        self._avail = [0, 0]
-        self._offset = [0, 0]          # stream offset of the next byte recv() returns
-        self._fin = [False, False]
-        self._events: list = []
-        self._last = [None, None]
-        self.overruns = 0
+    __slots__ = ()
 
     def __repr__(self) -> str:
-        state = " closed" if self._closed else (" ended" if self.end_reason is not None else "")
-        return f"<FlowSocket {self._fd} #{self.flow_id} {self.key}{state}>"
-
-    # -- what a socket offers -------------------------------------------------------------
+        state = " closed" if self.closed else (" ended" if self.end_reason is not None else "")
+        return f"<FlowSocket {self.fileno()} #{self.flow_id} {self.key}{state}>"
 
     def getpeername(self) -> tuple:
         """The server's address and port."""
@@ -150,104 +83,10 @@ class FlowSocket(_Socket):
     def server_state(self):
         return self.flow.server_state
 
-    @property
-    def stats(self):
-        """The flow's :class:`aiomb.FlowStatistics` when it ended (None before)."""
-        return self._end.stats if self._end is not None else None
-
-    def statistics(self):
-        """The flow's :class:`aiomb.FlowStatistics` now (its figures at the end, once ended)."""
-        return self._end.stats if self._end is not None else self.flow.statistics()
-
-    def recv(self, bufsize: int, side) -> bytes:
-        """Take up to ``bufsize`` bytes of ``side``'s stream (``mtcp_peek`` that consumes).
-
-        Returns b"" once the side has ended (its FIN, or the flow's end) and everything was
-        read. Raises StreamGap at a hole (once: the next call goes on after it),
-        BlockingIOError when no byte is ready yet, OSError (EBADF) once closed, ValueError for
-        a UDP flow.
-        """
-        return self._read(bufsize, side, consume=True)
-
-    def peek(self, bufsize: int, side) -> bytes:
-        """The next bytes ``recv`` would return, without taking them (up to a hole)."""
-        return self._read(bufsize, side, consume=False)
-
-    def ppeek(self, offset: int, n: int, side) -> bytes:
-        """``n`` unread bytes of ``side``'s stream from stream ``offset`` (positional peek);
-        ValueError naming the range held when they are not all there."""
-        self._check_open()
-        s = int(Side(side))
-        data = b"".join(itertools.takewhile(lambda c: isinstance(c, bytes), self._chunks[s]))
-        lo, hi = self._offset[s], self._offset[s] + len(data)
-        if offset < lo or n < 0 or offset + n > hi:
-            raise ValueError(f"bytes [{offset}, {offset + n}) are not held; the socket holds "
-                             f"[{lo}, {hi}) of the {Side(side)} stream unread")
-        return data[offset - lo:offset - lo + n]
-
-    def _read(self, bufsize: int, side, *, consume: bool) -> bytes:
-        if self._closed:
-            raise OSError(errno.EBADF, f"{self!r} is closed")
-        s = _SIDE.get(side)
-        if s is None:
-            s = int(Side(side))                 # raises ValueError naming the sides
-        if not self._tcp:
-            raise ValueError(f"{self.key} is not TCP: UDP flows have no stream to read")
-        if bufsize < 0:
-            raise ValueError(f"bufsize must not be negative, got {bufsize}")
-        chunks = self._chunks[s]
-        if not chunks:
-            if self._fin[s] or self.end_reason is not None or bufsize == 0:
-                return b""
-            raise BlockingIOError(errno.EAGAIN, _NOT_READY[s])
-        first = chunks[0]
-        if type(first) is _Gap:
-            if consume:
-                chunks.popleft()
-                self._offset[s] = first.offset + first.length
-                self._update_in()
-            raise StreamGap(first.offset, first.length, f"{Side(s)} stream of {self.key}")
-        if len(first) >= bufsize or len(chunks) == 1 or type(chunks[1]) is _Gap:
-            out = first[:bufsize]               # the common case: one chunk
-            if consume:
-                if len(out) == len(first):
-                    chunks.popleft()
-                else:
-                    chunks[0] = first[len(out):]
-        else:
-            parts, size = [], 0
-            for chunk in chunks:
-                if type(chunk) is _Gap or size >= bufsize:
-                    break
-                parts.append(chunk[:bufsize - size])
-                size += len(parts[-1])
-            out = b"".join(parts)
-            if consume:
-                for _ in range(len(parts) - 1):
-                    chunks.popleft()
-                last = chunks[0]
-                if len(parts[-1]) == len(last):
-                    chunks.popleft()
-                else:
-                    chunks[0] = last[len(parts[-1]):]
-        if consume:
-            self._avail[s] -= len(out)
-            self._offset[s] += len(out)
-            if not chunks and not self._chunks[1 - s]:
-                self._ready &= ~_IN
-        return out
-
-    def events(self) -> list:
-        """The flow's events queued since the last call (the kinds put in epoll masks, and the
-        BUFFER_OVERRUN that set EPOLLERR); clears their bits."""
-        out, self._events = self._events, []
-        self._clear(_ERR | EVENT_BITS)
-        return out
-
     def last_packet(self, side) -> bytes | None:
         """A copy of the last frame ``side`` sent (``mtcp_getlastpkt``); needs the monitor's
         ``last_packets=True``."""
-        if not self._monitor._last_packets:
+        if self.monitor._last is None:
             raise AiombError("the monitor keeps no packets: open it with aiomb.monitor(..., last_packets=True)")
         return self._last[int(Side(side))]
 
@@ -257,100 +96,27 @@ class FlowSocket(_Socket):
         self._check_open()
         if self.end_reason is not None:
             raise ValueError(f"flow #{self.flow_id} has ended: its timers could never fire")
-        return self._monitor._driver.timer(delay, interval, self)
+        return self._driver.timer(delay, interval, self)
 
     def stop(self) -> None:
         """Stop monitoring this flow (mtcp_close of a monitoring socket): its streams stop
         (no more bytes are reassembled), nothing more is queued, and it leaves every epoll."""
         self.close()
 
-    def close(self) -> None:
-        """Close the socket (see :meth:`stop`); idempotent."""
-        if self._closed:
-            return
-        self._closed = True
-        self._monitor._driver.forget(self)
-        if self.flow.alive:
-            self.flow.stop()
-        for ep in list(self._watchers):
-            ep._drop(self._fd)
-        self._chunks[0].clear()
-        self._chunks[1].clear()
 
-    # -- filled by the driver --------------------------------------------------------------
-
-    def _update_in(self) -> None:
-        if self._chunks[0] or self._chunks[1]:
-            self._ready |= _IN
-        else:
-            self._clear(_IN)
-
-    def _take(self, events, event_bit) -> None:
-        """A batch of the flow's events from its inbox: bytes and holes to the sides' queues,
-        FIN and the end to RDHUP and HUP, the kinds asked for to ``events()``."""
-        limit = self._monitor._limit
-        wanted = self._monitor._kinds
-        bits, fresh = 0, False
-        for ev in events:
-            kind = ev.kind
-            if kind is EventKind.NEW_DATA:
-                s = int(ev.side)
-                if self._avail[s] + ev.length > limit:         # unread bytes are bounded too
-                    self.overruns += 1
-                    self._chunks[s].append(_Gap(ev.offset, ev.length))
-                    self._events.append(ev)
-                    bits |= _IN | _ERR
-                    fresh = True
-                elif ev.value:
-                    self._chunks[s].append(ev.value)
-                    self._avail[s] += ev.length
-                    bits |= _IN
-                    fresh = True
-            elif kind is EventKind.GAP:
-                self._chunks[int(ev.side)].append(_Gap(ev.offset, ev.length))
-                bits |= _IN
-                fresh = True
-            elif kind is EventKind.FIN:
-                self._fin[int(ev.side)] = True
-                bits |= _RDHUP
-            elif kind is EventKind.CONN_END or kind is EventKind.UDP_END:
-                self.end_reason = ev.reason
-                self._end = ev
-                self._monitor._last.pop(self.flow_id, None)    # the socket keeps its own
-                bits |= _HUP
-            elif kind is EventKind.BUFFER_OVERRUN:
-                self._events.append(ev)
-                bits |= _ERR
-            if kind in wanted:
-                self._events.append(ev)
-                bits |= 1 << (EVENT_SHIFT + event_bit(kind))
-                fresh = True
-        if bits:
-            self._set(bits, new=fresh)
-
-
-class _Gap:
-    __slots__ = ("offset", "length")
-
-    def __init__(self, offset: int, length: int):
-        self.offset = offset
-        self.length = length
-
-
-class TimerSocket(_Socket):
+class TimerSocket(SocketCore):
     """A timer on the stack's clock (a timerfd analogue): EPOLLIN once it has fired; ``read()``
     returns how many times it fired since the last read. A flow's timer reports EPOLLHUP when
     its flow ends (it is then cancelled)."""
 
     def __init__(self, driver: "_Driver", timer_id: int, flow: FlowSocket | None):
-        super().__init__()
         self._driver = driver
         self.timer_id = timer_id
         self.flow = flow
         self._count = 0
 
     def __repr__(self) -> str:
-        return f"<TimerSocket {self._fd} timer {self.timer_id}{' closed' if self._closed else ''}>"
+        return f"<TimerSocket {self.fileno()} timer {self.timer_id}{' closed' if self.closed else ''}>"
 
     def read(self) -> int:
         """Expirations since the last read; BlockingIOError when there was none."""
@@ -363,12 +129,10 @@ class TimerSocket(_Socket):
 
     def close(self) -> None:
         """Disarm the timer and close it; idempotent."""
-        if not self._closed:
-            self._closed = True
+        if not self.closed:
+            self._mark_closed()
             self._driver.engine.cancel_timer(self.timer_id)
             self._driver.timers.pop(self.timer_id, None)
-            for ep in list(self._watchers):
-                ep._drop(self._fd)
 
     cancel = close
 
@@ -391,7 +155,6 @@ class _Driver:
         self.batch = FrameBatch(batch_size)
         self.pos = 0                    # the batch's next frame to process (captures stop at times)
         self.monitors: list[MonitorSocket] = []
-        self.flows: dict[int, FlowSocket] = {}
         self.timers: dict[int, TimerSocket] = {}
         self.finished = False
         self.reached = False
@@ -432,10 +195,6 @@ class _Driver:
         self.timers[timer_id] = sock
         return sock
 
-    def forget(self, sock: FlowSocket) -> None:
-        self.flows.pop(sock.flow_id, None)
-        self.dispatcher.forget(sock._inbox)
-
     def step(self, wait: float = 0.0, until: float | None = None) -> bool:
         """Process the next frames and deliver their events; False once the source has ended.
 
@@ -470,17 +229,11 @@ class _Driver:
 
     def deliver(self) -> None:
         d = self.dispatcher
-        d.dispatch()
+        d.dispatch()                    # flow sockets and monitors are filled as it routes
         for mon in self.monitors:
-            mon._take_accepted()
             if mon._error_sub is not None and d.pending(mon._error_sub):
                 mon._errors += d.drain(mon._error_sub)
                 mon._set(_ERR)
-        bit = self.engine.event_bit
-        for inbox in d.ready_inboxes():
-            sock = inbox.context
-            if sock is not None:
-                sock._take(inbox.take(), bit)
         for ev in d.drain(self.timer_sub):
             timer_id, n = ev.value
             sock = self.timers.get(timer_id)
@@ -501,30 +254,31 @@ class _Driver:
             self.source.close()
 
 
-class MonitorSocket(_Socket):
+class MonitorSocket(MonitorCore):
     """A passive monitor socket (mOS's MOS_SOCK_MONITOR_STREAM): made by :func:`aiomb.monitor`.
 
     EPOLLIN while new flows wait for ``accept()``; EPOLLERR while malformed packets wait in
     ``errors()``; EPOLLHUP once the source has ended (a capture's end). ``monitor(filter=...)``
     adds another monitor socket on the same source (one engine: each packet is processed once).
+    The flow sockets are made in the core as the dispatcher routes each batch.
     """
 
     def __init__(self, driver: _Driver, filter, *, udp: bool, sides: str, last_packets: bool, kinds):
-        super().__init__()
         if sides not in ("both", "client", "server", "none"):
             raise ValueError(f"sides must be 'both', 'client', 'server' or 'none', got {sides!r}")
         self._driver = driver
         self._filter = compile_filter(filter)
         self._udp = udp
-        self._last_packets = last_packets
         self._kinds = set(split_kinds(list(kinds))) if kinds else set()
         engine = driver.engine
         self._limit = engine.max_buffer
+        self._wanted = self._bits(self._kinds)
+        self._socket_class = FlowSocket
+        self._last = {} if last_packets else None   # flow id -> each side's last frame
         self._mbox = engine.add_middlebox(self._filter)
         self._acc = driver.dispatcher.listen(list(_BASE_KINDS) + list(self._kinds), middlebox=self._mbox,
                                              udp=udp)
-        self._pending: collections.deque = collections.deque()
-        self._last: dict[int, list] = {}          # flow id -> each side's last frame (last_packets)
+        self._listen(driver.dispatcher, self._acc)
         self._errors: list = []
         self._error_sub = None
         if sides != "both":
@@ -539,7 +293,14 @@ class MonitorSocket(_Socket):
 
     def __repr__(self) -> str:
         f = f" filter={self._filter.expression!r}" if self._filter is not None else ""
-        return f"<MonitorSocket {self._fd}{f}{' closed' if self._closed else ''}>"
+        return f"<MonitorSocket {self.fileno()}{f}{' closed' if self.closed else ''}>"
+
+    def _bits(self, kinds) -> int:
+        """The kinds' bits in this monitor's engine."""
+        bits = 0
+        for kind in kinds:
+            bits |= 1 << self._driver.engine.event_bit(kind)
+        return bits
 
     def _keep_packet(self, view) -> None:
         last = self._last.get(view.flow.id)
@@ -568,25 +329,13 @@ class MonitorSocket(_Socket):
     def event_mask(self, *kinds) -> int:
         """The epoll mask bits of event kinds (custom events included) for this monitor's sockets;
         flow sockets accepted from it queue those events."""
-        mask = 0
         kinds = split_kinds(list(kinds))
-        for kind in kinds:
-            mask |= 1 << (EVENT_SHIFT + self._driver.engine.event_bit(kind))
         new = [k for k in kinds if k not in self._kinds]
         if new:
             self._kinds.update(new)
+            self._wanted |= self._bits(new)
             self._driver.dispatcher.widen(self._acc, new)
-        return mask
-
-    def accept(self) -> FlowSocket:
-        """The next new flow, as a :class:`FlowSocket`; BlockingIOError when none is pending."""
-        self._check_open()
-        if not self._pending:
-            raise BlockingIOError(errno.EAGAIN, "no new flow is pending")
-        sock = self._pending.popleft()
-        if not self._pending:
-            self._clear(_IN)
-        return sock
+        return self._bits(kinds) << EVENT_SHIFT
 
     def errors(self) -> list:
         """The ERROR events (malformed packets) since the last call; clears EPOLLERR."""
@@ -621,13 +370,11 @@ class MonitorSocket(_Socket):
 
     def close(self) -> None:
         """Close this monitor; the source closes with its last monitor (a port detaches)."""
-        if self._closed:
+        if self.closed:
             return
-        self._closed = True
+        self._mark_closed()
         self._driver.dispatcher.close_acceptor(self._acc)
         self._driver.monitors.remove(self)
-        for ep in list(self._watchers):
-            ep._drop(self._fd)
         if not self._driver.monitors:
             self._driver.close()
 
@@ -636,18 +383,6 @@ class MonitorSocket(_Socket):
 
     def __exit__(self, *exc) -> None:
         self.close()
-
-    def _take_accepted(self) -> None:
-        accepted = self._driver.dispatcher.accept(self._acc)
-        if not accepted:
-            return
-        for inbox in accepted:
-            sock = FlowSocket(self, inbox)
-            sock._last = self._last.setdefault(inbox.flow_id, [None, None]) if self._last_packets else sock._last
-            inbox.context = sock
-            self._driver.flows[inbox.flow_id] = sock
-            self._pending.append(sock)
-        self._set(_IN)
 
 
 def monitor(source, filter=None, *, udp: bool = False, sides: str = "both", last_packets: bool = False,
@@ -669,17 +404,7 @@ def monitor(source, filter=None, *, udp: bool = False, sides: str = "both", last
         raise
 
 
-class _Registration:
-    __slots__ = ("sock", "mask", "seen", "off")
-
-    def __init__(self, sock: _Socket, mask: int):
-        self.sock = sock
-        self.mask = mask
-        self.seen = -1          # the socket's readiness number last reported (edge-triggered)
-        self.off = False        # one-shot, reported: silent until modify()
-
-
-class Epoll:
+class Epoll(InterestList):
     """An epoll object (``select.epoll``'s interface) over aiomb's sockets and real descriptors.
 
     ``poll(timeout=-1, maxevents=-1)`` returns [(fd, events), ...]. A live port is read at every
@@ -692,22 +417,19 @@ class Epoll:
     events are pending or a capture has more to read, so that the object nests in
     ``select.epoll``, asyncio (``loop.add_reader``) or Trio (``wait_readable``): whoever sees it
     readable calls ``poll(0)``, which drives the sources one batch (never blocks).
+    ``register``/``modify``/``unregister`` and the readiness rules are the core's
+    (:class:`InterestList`); this class adds the descriptors and the waiting.
     """
 
     def __init__(self, sizehint: int = -1, flags: int = 0):
         self._real = select.epoll(sizehint, flags)
-        self._wake = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
-        self._real.register(self._wake, select.EPOLLIN)
-        self._woken = False
-        self._regs: dict[int, _Registration] = {}
+        self._wake_fd = os.eventfd(0, os.EFD_NONBLOCK | os.EFD_CLOEXEC)
+        self._real.register(self._wake_fd, select.EPOLLIN)
         self._real_fds: set[int] = set()
-        self._port_fds: dict[int, int] = {}     # port descriptor -> registrations using it
-        self._candidates: dict[int, None] = {}
-        self._driver_uses: dict = {}            # driver -> registrations of its sockets
-        self._closed = False
+        self._port_fds: set[int] = set()
 
     def __repr__(self) -> str:
-        return f"<aiomb.Epoll {len(self._regs)} socket(s){' closed' if self._closed else ''}>"
+        return f"<aiomb.Epoll {len(self)} socket(s){' closed' if self._closed else ''}>"
 
     @property
     def closed(self) -> bool:
@@ -729,141 +451,45 @@ class Epoll:
         if self._closed:
             return
         self._closed = True
-        for reg in self._regs.values():
-            reg.sock._watchers.pop(self, None)
-        self._regs.clear()
+        self._forget_all()
         self._real.close()
-        os.close(self._wake)
+        os.close(self._wake_fd)
 
-    def _check(self) -> None:
-        if self._closed:
-            raise ValueError("I/O operation on closed epoll object")
+    # -- what the core asks of the shell ------------------------------------------------------
 
-    @staticmethod
-    def _resolve(fd_or_obj):
-        if isinstance(fd_or_obj, _Socket):
-            return fd_or_obj._fd, fd_or_obj
-        fd = fd_or_obj if isinstance(fd_or_obj, int) else fd_or_obj.fileno()
-        if not isinstance(fd, int):
-            raise TypeError(f"argument must be an int, or have a fileno() method, not {type(fd_or_obj).__name__}")
-        if fd < 0:
-            raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
-        return fd, _sockets.get(fd)
+    def _register_real(self, fd: int, eventmask: int) -> None:
+        self._real.register(fd, eventmask & 0xFFFFFFFF)
+        self._real_fds.add(fd)
 
-    def register(self, fd, eventmask: int = select.EPOLLIN | select.EPOLLPRI | select.EPOLLOUT) -> None:
-        """Watch an aiomb socket (or a real descriptor) for ``eventmask``; FileExistsError if it
-        is watched already."""
-        self._check()
-        fd, sock = self._resolve(fd)
-        if sock is None:
-            self._real.register(fd, eventmask & 0xFFFFFFFF)
-            self._real_fds.add(fd)
-            return
-        if fd in self._regs:
-            raise FileExistsError(errno.EEXIST, os.strerror(errno.EEXIST))
-        if sock._closed:
-            raise OSError(errno.EBADF, f"{sock!r} is closed")
-        self._regs[fd] = _Registration(sock, eventmask)
-        sock._watchers[self] = None
-        self._candidates[fd] = None
-        driver = self._driver_of(sock)
-        if driver is not None:
-            self._driver_uses[driver] = self._driver_uses.get(driver, 0) + 1
-        self._signal()
-        if driver is not None and driver.live:
+    def _modify_real(self, fd: int, eventmask: int) -> None:
+        self._real.modify(fd, eventmask & 0xFFFFFFFF)
+
+    def _unregister_real(self, fd: int) -> None:
+        self._real.unregister(fd)
+        self._real_fds.discard(fd)
+
+    def _driver_added(self, driver) -> None:
+        """A socket of a new source was registered: a port's descriptors are waited on."""
+        if driver.live:
             for pfd in driver.source.wait_fds():
-                if self._port_fds.get(pfd, 0) == 0:
-                    self._real.register(pfd, select.EPOLLIN)
-                self._port_fds[pfd] = self._port_fds.get(pfd, 0) + 1
-
-    def modify(self, fd, eventmask: int) -> None:
-        """Change what a watched socket is watched for (and re-arm a one-shot one)."""
-        self._check()
-        fd, sock = self._resolve(fd)
-        if sock is None:
-            self._real.modify(fd, eventmask & 0xFFFFFFFF)
-            return
-        reg = self._regs.get(fd)
-        if reg is None:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-        reg.mask = eventmask
-        reg.off = False
-        reg.seen = -1
-        self._candidates[fd] = None
+                self._real.register(pfd, select.EPOLLIN)
+                self._port_fds.add(pfd)
         self._signal()
 
-    def unregister(self, fd) -> None:
-        """Stop watching a socket or descriptor; FileNotFoundError if it was not watched."""
-        self._check()
-        fd, sock = self._resolve(fd)
-        if sock is None:
-            self._real.unregister(fd)
-            self._real_fds.discard(fd)
-            return
-        if fd not in self._regs:
-            raise FileNotFoundError(errno.ENOENT, os.strerror(errno.ENOENT))
-        self._drop(fd)
-
-    def _drop(self, fd: int) -> None:
-        reg = self._regs.pop(fd, None)
-        if reg is None:
-            return
-        reg.sock._watchers.pop(self, None)
-        self._candidates.pop(fd, None)
-        driver = self._driver_of(reg.sock)
-        if driver is not None:
-            self._driver_uses[driver] -= 1
-            if not self._driver_uses[driver]:
-                del self._driver_uses[driver]
-        if driver is not None and driver.live and not self._closed:
+    def _driver_removed(self, driver) -> None:
+        if driver.live:
             for pfd in driver.source.wait_fds():
-                self._port_fds[pfd] -= 1
-                if self._port_fds[pfd] == 0:
-                    del self._port_fds[pfd]
-                    self._real.unregister(pfd)
+                self._port_fds.discard(pfd)
+                self._real.unregister(pfd)
 
-    @staticmethod
-    def _driver_of(sock: _Socket):
-        if isinstance(sock, MonitorSocket):
-            return sock._driver
-        if isinstance(sock, FlowSocket):
-            return sock._monitor._driver
-        if isinstance(sock, TimerSocket):
-            return sock._driver
-        return None
+    def _wake(self) -> None:
+        """A watched socket turned ready: fileno() becomes readable."""
+        if not self._woken:
+            os.eventfd_write(self._wake_fd, 1)
+            self._woken = True
 
     def _drivers(self) -> list:
         return list(self._driver_uses)
-
-    def _collect(self, maxevents: int) -> list:
-        out = []
-        for fd in list(self._candidates):
-            reg = self._regs.get(fd)
-            if reg is None:
-                del self._candidates[fd]
-                continue
-            sock = reg.sock
-            if sock._closed:
-                self._drop(fd)
-                continue
-            ready = sock._ready & (reg.mask | _HUP | _ERR)
-            if reg.off or not ready:
-                del self._candidates[fd]
-                continue
-            if reg.mask & _ET:
-                del self._candidates[fd]
-                if reg.seen == sock._seq:
-                    continue
-                reg.seen = sock._seq
-            else:                       # level-triggered: stays a candidate, to the back of the line
-                del self._candidates[fd]
-                self._candidates[fd] = None
-            if reg.mask & _ONESHOT:
-                reg.off = True
-            out.append((fd, ready))
-            if len(out) == maxevents:
-                break
-        return out
 
     def _real_ready(self, room: int) -> list:
         """Real descriptors the user registered that are ready now."""
@@ -952,7 +578,7 @@ class Epoll:
         """Wait until a port or a real descriptor is readable, or ``wait`` seconds (the wake-up
         event is cleared first: poll() itself is the one waiting)."""
         if self._woken:
-            os.eventfd_read(self._wake)
+            os.eventfd_read(self._wake_fd)
             self._woken = False
         self._real.poll(-1 if wait is None else wait)
 
@@ -961,15 +587,11 @@ class Epoll:
         read (an outer loop then calls poll(0))."""
         if self._closed:
             return
-        pending = any(fd in self._regs and not self._regs[fd].off
-                      and self._regs[fd].sock._ready & (self._regs[fd].mask | _HUP | _ERR)
-                      for fd in self._candidates)
-        pending = pending or any(not d.finished and not d.live for d in self._drivers())
-        if pending and not self._woken:
-            os.eventfd_write(self._wake, 1)
-            self._woken = True
-        elif not pending and self._woken:
-            os.eventfd_read(self._wake)
+        pending = self._pending() or any(not d.finished and not d.live for d in self._driver_uses)
+        if pending:
+            self._wake()
+        elif self._woken:
+            os.eventfd_read(self._wake_fd)
             self._woken = False
 
     async def apoll(self, timeout: float | None = None, maxevents: int = -1) -> list:

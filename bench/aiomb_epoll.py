@@ -21,15 +21,17 @@ def run(path):
     started = time.perf_counter()
     conns, sides = 0, [0, 0]
     both = (aiomb.Side.CLIENT, aiomb.Side.SERVER)
+    epollin, epollhup, not_now = select.EPOLLIN, select.EPOLLHUP, (BlockingIOError, aiomb.StreamGap)
     with aiomb.monitor(aiomb.capture(path)) as mon, aiomb.epoll() as ep:
-        ep.register(mon, select.EPOLLIN)
+        ep.register(mon, epollin)
+        mon_fd = mon.fileno()
         socks = {}
         while True:
             ready = ep.poll()
             if not ready:
                 break
             for fd, mask in ready:
-                if fd == mon.fileno():
+                if fd == mon_fd:
                     while True:
                         try:
                             sock = mon.accept()
@@ -37,18 +39,18 @@ def run(path):
                             break
                         conns += 1
                         socks[sock.fileno()] = sock
-                        ep.register(sock, select.EPOLLIN)
-                    if mask & select.EPOLLHUP:
+                        ep.register(sock, epollin)
+                    if mask & epollhup:
                         ep.unregister(fd)
                     continue
                 sock = socks[fd]
-                if mask & select.EPOLLIN:       # level-triggered: one read per side and report
+                if mask & epollin:       # level-triggered: one read per side and report
                     for side in both:
                         try:
                             sides[side] += len(sock.recv(1 << 20, side))
-                        except (BlockingIOError, aiomb.StreamGap):
+                        except not_now:
                             pass
-                if mask & select.EPOLLHUP:
+                if mask & epollhup:
                     ep.unregister(fd)
                     del socks[fd]
                     sock.close()

@@ -25,6 +25,7 @@ cdef class FlowInbox:
 
     cdef readonly FlowKey key
     cdef readonly uint64_t flow_id
+    cdef int32_t slot               # the flow's table entry
     cdef readonly Flow flow         # the flow's live handle (its final values once it has gone)
     cdef readonly int acceptor
     cdef uint64_t mask
@@ -32,7 +33,8 @@ cdef class FlowInbox:
     cdef readonly bint ended
     cdef bint queued
     cdef list events
-    cdef public object context      # the shell's (a stream pair, a socket, a task)
+    cdef FlowSocketCore sink        # a monitor's acceptor: the flow socket its events go to
+    cdef public object context      # the shell's (a stream pair, a task)
 
     def __cinit__(self):
         self.events = []
@@ -81,7 +83,11 @@ cdef class Dispatcher:
     cdef uint8_t acc_protos[MAX_ACCEPTORS]  # bit 0: TCP flows, bit 1: UDP flows
     cdef bint acc_open[MAX_ACCEPTORS]
     cdef list acc_pending
+    cdef list acc_monitors                   # a MonitorCore making flow sockets, or None
     cdef dict inboxes                        # flow id -> [FlowInbox, ...]
+    cdef uint64_t *slot_ids                  # the same lists by flow-table entry (no lookup per event):
+    cdef PyObject **slot_lists               # the flow id there, and its list (the dict holds it)
+    cdef uint32_t nslots
     cdef list ready
     cdef readonly uint64_t events_delivered
     cdef object __weakref__
@@ -93,6 +99,7 @@ cdef class Dispatcher:
         self.engine = engine
         self.sub_lists = []
         self.acc_pending = []
+        self.acc_monitors = []
         self.inboxes = {}
         self.ready = []
 
@@ -182,6 +189,7 @@ cdef class Dispatcher:
         self.acc_protos[i] = (1 if tcp else 0) | (2 if udp else 0)
         self.acc_open[i] = True
         self.acc_pending.append([])
+        self.acc_monitors.append(None)
         self.nacc += 1
         self.update_wants()
         return i
@@ -222,6 +230,7 @@ cdef class Dispatcher:
         self.acc_open[i] = False
         self.acc_filter[i] = 0
         self.acc_pending[i] = []
+        self.acc_monitors[i] = None
         self.update_wants()
 
     def forget(self, FlowInbox inbox):
@@ -230,7 +239,47 @@ cdef class Dispatcher:
         if lst is not None and inbox in lst:
             lst.remove(inbox)
             if not lst:
-                del self.inboxes[inbox.flow_id]
+                self.drop_inboxes(inbox.flow_id, inbox.slot)
+
+    cdef int drop_inboxes(self, uint64_t flow_id, int32_t slot) except -1:
+        del self.inboxes[flow_id]
+        if 0 <= slot < <int32_t>self.nslots and self.slot_ids[slot] == flow_id:
+            self.slot_ids[slot] = 0
+            self.slot_lists[slot] = NULL
+        return 0
+
+    cdef int keep_inboxes(self, int32_t slot, uint64_t flow_id, list lst) except -1:
+        cdef uint32_t n = self.nslots
+        cdef void *p
+        if slot >= <int32_t>n:
+            n = max(<uint32_t>slot + 1, n * 2, 1024)
+            p = realloc(self.slot_ids, n * sizeof(uint64_t))
+            if p == NULL:
+                raise MemoryError()
+            self.slot_ids = <uint64_t *>p
+            p = realloc(self.slot_lists, n * sizeof(PyObject *))
+            if p == NULL:
+                raise MemoryError()
+            self.slot_lists = <PyObject **>p
+            memset(&self.slot_ids[self.nslots], 0, (n - self.nslots) * sizeof(uint64_t))
+            memset(&self.slot_lists[self.nslots], 0, (n - self.nslots) * sizeof(PyObject *))
+            self.nslots = n
+        self.slot_ids[slot] = flow_id
+        self.slot_lists[slot] = <PyObject *>lst
+        return 0
+
+    cdef int forget_socket(self, FlowSocketCore sock) except -1:
+        """Stop filling a flow socket (its inbox holds it; it does not hold its inbox, so that
+        no cycle is left for the garbage collector)."""
+        cdef FlowInbox ib
+        lst = self.inboxes.get(sock.flow_id)
+        if lst is None:
+            return 0
+        for ib in <list>lst:
+            if ib.sink is sock:
+                self.forget(ib)
+                return 0
+        return 0
 
     def ready_inboxes(self):
         """The inboxes that received events since the last call, in the order they did; what
@@ -262,6 +311,8 @@ cdef class Dispatcher:
         return 0
 
     def __dealloc__(self):
+        free(self.slot_ids)
+        free(self.slot_lists)
         # its wants go with it: the engine recomputes them before its next packet (no Python
         # work here, which may run while the garbage collector takes the engine apart)
         if self.engine is not None and self.engine.em is not None:
@@ -322,26 +373,40 @@ cdef class Dispatcher:
                 ib = FlowInbox.__new__(FlowInbox)
                 ib.key = <FlowKey>r.key
                 ib.flow_id = r.flow_id
+                ib.slot = r.slot
                 if r.handle >= 0:
                     ib.flow = <Flow>self.engine.em.log.values[r.handle]
                 ib.acceptor = j
                 ib.mask = self.acc_mask[j]
                 lst = self.inboxes.get(r.flow_id)
                 if lst is None:
-                    self.inboxes[r.flow_id] = [ib]
+                    lst = [ib]
+                    self.inboxes[r.flow_id] = lst
+                    self.keep_inboxes(r.slot, r.flow_id, lst)
                 else:
                     (<list>lst).append(ib)
-                (<list>self.acc_pending[j]).append(ib)
+                if self.acc_monitors[j] is not None:
+                    (<MonitorCore>self.acc_monitors[j]).new_socket(ib)
+                else:
+                    (<list>self.acc_pending[j]).append(ib)
         return 0
 
     cdef uint64_t to_inboxes(self, uint32_t i, const evrec_t *r, uint64_t m, int root, Event ev) except? 0:
         cdef FlowInbox ib
         cdef uint64_t n = 0
         cdef bint end = (root == B_CONN_END or root == B_UDP_END) and r.bit == root
-        lst = self.inboxes.get(r.flow_id)
-        if lst is None:
-            return 0
-        for ib in <list>lst:
+        cdef list lst
+        if r.slot < 0 or r.slot >= <int32_t>self.nslots or self.slot_ids[r.slot] != r.flow_id:
+            return 0                    # the flow has no inbox
+        lst = <list>self.slot_lists[r.slot]
+        for ib in lst:
+            if ib.sink is not None:
+                if ib.mask & m:
+                    ib.sink.route(self.engine.em, i, r, m)
+                    n += 1
+                if end:
+                    ib.ended = True
+                continue
             if ib.mask & m:
                 if ev is None:
                     ev = self.engine.em.make_event(i)
@@ -354,5 +419,5 @@ cdef class Dispatcher:
                 ib.queued = True
                 self.ready.append(ib)
         if end:
-            del self.inboxes[r.flow_id]
+            self.drop_inboxes(r.flow_id, r.slot)
         return n

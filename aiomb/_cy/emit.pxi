@@ -24,6 +24,7 @@ ctypedef struct evrec_t:
     int64_t length
     uint64_t flow_id        # 0: no flow (ORPHAN, ERROR)
     uint32_t filters        # the subscription filters that accept the flow
+    int32_t slot            # the flow's table entry (stable while it lives), -1: no flow
     PyObject *key           # the FlowKey (owned), or NULL
     int32_t value           # index in EventLog.values, -1: none
     int32_t stats           # index in EventLog.values of a FlowSnapshot, -1: none
@@ -312,6 +313,7 @@ cdef class Emitter:
         r.a = <uint8_t>a
         r.b = <uint8_t>b
         r.value = self.log.keep(value)
+        r.slot = slot
         if slot >= 0:
             f = &self.eng.tab.flows[slot]
             r.flow_id = f.id

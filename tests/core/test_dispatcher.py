@@ -196,6 +196,25 @@ def test_a_forgotten_inbox_receives_nothing_more():
     assert d.ready_inboxes() == [] and len(inbox) == 0
 
 
+def test_flows_that_take_turns_in_one_table_entry_within_a_batch_keep_their_own_inboxes():
+    engine = aiomb.Engine(max_flows=1)                # each new flow evicts the last from the one entry
+    d = aiomb.Dispatcher(engine)
+    acc = d.listen(EventKind.UDP_START, tcp=False, udp=True)
+    for i in range(3):                                # logged, then routed at once by accept()
+        engine.feed(udp_frame("10.0.0.5", "10.0.0.6", 5000 + i, 53, b"q"), 1.0 + i)
+        engine.feed(udp_frame("10.0.0.6", "10.0.0.5", 53, 5000 + i, b"answer"), 1.5 + i)
+    inboxes = d.accept(acc)
+    assert [ib.key.client_port for ib in inboxes] == [5000, 5001, 5002]
+    assert d.ready_inboxes() == inboxes
+    got = [[(e.kind, e.key.client_port, e.reason) for e in ib.take()] for ib in inboxes]
+    assert got[:2] == [[(EventKind.UDP_START, port, None), (EventKind.UDP_END, port, aiomb.EndReason.EVICTED)]
+                       for port in (5000, 5001)]
+    assert got[2] == [(EventKind.UDP_START, 5002, None)] and not inboxes[2].ended
+    engine.finish()
+    assert d.ready_inboxes() == [inboxes[2]]
+    assert [(e.kind, e.reason) for e in inboxes[2].take()] == [(EventKind.UDP_END, aiomb.EndReason.END_OF_CAPTURE)]
+
+
 # -- events are values ------------------------------------------------------------------
 
 

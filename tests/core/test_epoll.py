@@ -4,8 +4,10 @@ pair); flow sockets read like sockets; timeouts count packet time on captures; t
 
 import asyncio
 import errno
+import gc
 import select
 import socket
+import weakref
 
 import pytest
 
@@ -51,7 +53,7 @@ def accept_all(mon, ep=None):
 def first_flow(path, **options):
     """A monitor on ``path``, driven until its first flow socket has bytes to read."""
     mon = aiomb.monitor(aiomb.capture(path), batch_size=1, **options)
-    while not mon._pending:
+    while not mon._ready & IN:
         assert mon.step()
     sock = mon.accept()
     while not sock._ready & IN:
@@ -127,7 +129,7 @@ def test_trigger_modes_behave_as_on_a_real_socket(tmp_path, mode):
             got, want = both()
             assert got == want
         b.send(b"two")                                  # more data: a new edge
-        while sock._avail[Side.CLIENT] < 6:
+        while sock.unread(Side.CLIENT) < 6:
             assert mon.step()
         got, want = both()
         assert got == want
@@ -185,13 +187,18 @@ def test_a_flow_socket_reads_like_a_socket(tmp_path):
     assert sock.ppeek(3, 4, Side.CLIENT) == b"defg"
     with pytest.raises(ValueError, match=r"bytes \[1, 9\) are not held; the socket holds \[0, 7\)"):
         sock.ppeek(1, 8, Side.CLIENT)
+    assert (sock.unread(Side.CLIENT), sock.unread(Side.SERVER)) == (7, 0)
     assert sock.recv(5, Side.CLIENT) == b"abcde"
+    assert sock.unread(Side.CLIENT) == 2
     assert sock.recv(100, Side.CLIENT) == b"fg"
     assert sock.recv(100, Side.CLIENT) == b""                        # its FIN: the end of the stream
     assert sock.recv(100, Side.SERVER) == b""
     assert sock.end_reason is aiomb.EndReason.FIN and sock.stats.client.packets == 6
     assert sock.last_packet(Side.CLIENT) == c.frames[-1][1]
     sock.context["seen"] = True
+    assert sock.context == {"seen": True}
+    with pytest.raises(AttributeError):
+        sock.seen = True                                # the program's own state goes in context
     sock.close()
     with pytest.raises(OSError) as info:
         sock.recv(1, Side.CLIENT)
@@ -206,7 +213,7 @@ def test_a_hole_raises_stream_gap_once_then_reading_goes_on(tmp_path):
     c.send("client", b"DATA")
     c.ack("server")
     mon, sock = first_flow(write(tmp_path, c.frames + chatter(3.0, 3)))
-    while sock._avail[Side.CLIENT] < 8:
+    while sock.unread(Side.CLIENT) < 8:
         assert mon.step()
     assert sock.recv(100, Side.CLIENT) == b"VERY"
     with pytest.raises(aiomb.StreamGap) as info:
@@ -375,3 +382,40 @@ def test_nested_in_asyncio(tmp_path):
     asyncio.run(main())
     assert seen == EXPECTED
     mon.close()
+
+
+def test_the_readiness_bits_are_selects():
+    assert aiomb._core.READINESS_BITS == {name: getattr(select, name) for name in aiomb._core.READINESS_BITS}
+
+
+def test_sockets_leave_no_garbage_cycles_behind(tmp_path):
+    frames = [f for port in range(40000, 40020) for f in talk(port, start=1.0 + port % 20, close=True).frames]
+    gc_was = gc.isenabled()
+    gc.disable()
+    try:
+        seen = []
+        with aiomb.monitor(aiomb.capture(write(tmp_path, frames + chatter(30.0, 3)))) as mon, aiomb.epoll() as ep:
+            ep.register(mon, IN)
+            socks = {}
+            while ready := ep.poll():
+                for fd, mask in ready:
+                    if fd == mon.fileno():
+                        for sock in accept_all(mon):
+                            socks[sock.fileno()] = sock
+                            ep.register(sock, IN)
+                            seen.append(weakref.ref(sock))
+                        if mask & HUP:
+                            ep.unregister(mon)
+                        continue
+                    sock = socks[fd]
+                    if mask & IN:
+                        sock.recv(100, Side.CLIENT)
+                    if mask & HUP:
+                        del socks[fd]
+                        sock.close()
+            del sock
+        assert len(seen) == 20
+        assert [ref() for ref in seen] == [None] * 20     # freed without the cycle collector
+    finally:
+        if gc_was:
+            gc.enable()
