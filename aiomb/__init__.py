@@ -14,6 +14,7 @@ from ._core import EventLog as EventLog
 from ._core import Flow as Flow
 from ._core import FlowInbox as FlowInbox
 from ._core import FlowKey as FlowKey
+from ._core import FlowRecords as FlowRecords
 from ._core import FrameBatch as FrameBatch
 from ._core import PacketView as PacketView
 from ._epoll import Epoll as Epoll
@@ -27,6 +28,9 @@ from ._errors import AiombError as AiombError
 from ._errors import CaptureError as CaptureError
 from ._errors import PortError as PortError
 from ._errors import StreamGap as StreamGap
+from ._records import FlowRun as FlowRun
+from ._records import FlowTable as FlowTable
+from ._records import read_flows as read_flows
 from .events import ALL_BUILTIN as ALL_BUILTIN
 from .events import CustomEvent as CustomEvent
 from .events import EventKind as EventKind

@@ -18,6 +18,7 @@ cdef class FlowSnapshot
 
 include "_cy/rewrite.pxi"
 include "_cy/values.pxi"
+include "_cy/records.pxi"
 include "_cy/handle.pxi"
 include "_cy/capture.pxi"
 include "_cy/xsk.pxi"
@@ -43,7 +44,8 @@ C_ENUMS = {
                  "CLOSE_WAIT": ST_CLOSE_WAIT, "CLOSING": ST_CLOSING, "LAST_ACK": ST_LAST_ACK,
                  "TIME_WAIT": ST_TIME_WAIT},
     "EndReason": {"FIN": END_FIN, "RST": END_RST, "TIMEOUT": END_TIMEOUT,
-                  "EVICTED": END_EVICTED, "END_OF_CAPTURE": END_END_OF_CAPTURE, "REUSED": END_REUSED},
+                  "EVICTED": END_EVICTED, "END_OF_CAPTURE": END_END_OF_CAPTURE, "REUSED": END_REUSED,
+                  "INTERRUPTED": END_INTERRUPTED},
     "EventKind": {"PACKET_IN": EV_PACKET_IN, "CONN_START": EV_CONN_START, "SYN_ACK": EV_SYN_ACK,
                   "ESTABLISHED": EV_ESTABLISHED, "FIN": EV_FIN, "RST": EV_RST,
                   "STATE_CHANGE": EV_STATE_CHANGE, "CONN_END": EV_CONN_END, "ORPHAN": EV_ORPHAN,

@@ -213,6 +213,7 @@ cdef class CaptureReader:
     """
 
     cdef object fh
+    cdef object read_some          # fh.readinto1 (one read: a pipe's records come as they arrive), else readinto
     cdef readonly object raw_file
     cdef readonly object path
     cdef FrameBlock cur         # the block being read into
@@ -244,7 +245,7 @@ cdef class CaptureReader:
         if isinstance(source, (str, _os.PathLike)):
             self.path = _os.fspath(source)
             try:
-                raw = open(self.path, "rb")
+                raw = open(self.path, "rb", buffering=0)     # one read(2) per call: a pipe gives what it has
             except FileNotFoundError:
                 raise CaptureError("no such capture file; check the path", path=self.path) from None
             except IsADirectoryError:
@@ -268,6 +269,7 @@ cdef class CaptureReader:
             self.compressed = True
         else:
             self.fh = raw
+        self.read_some = getattr(self.fh, "readinto1", self.fh.readinto)
         self.chunk = chunk_size
         self.cur = FrameBlock(chunk_size)
         self.blocks = [self.cur]
@@ -336,7 +338,7 @@ cdef class CaptureReader:
             self.length = have
         while self.length < n and not self.eof:
             try:
-                got = self.fh.readinto(memoryview(self.cur.buf)[self.length:])
+                got = self.read_some(memoryview(self.cur.buf)[self.length:])
             except OSError as exc:
                 self.eof = True
                 self.stream_error = self.error(f"the compressed stream is damaged ({exc}); the "

@@ -30,6 +30,7 @@ cdef enum:
     END_EVICTED = 4
     END_END_OF_CAPTURE = 5
     END_REUSED = 6
+    END_INTERRUPTED = 7
 
 # Event kinds: B_* is a kind's bit number, EV_* its mask (aiomb.EventKind has the same values)
 cdef enum:

@@ -81,6 +81,8 @@ cdef class Engine:
     cdef int reassembly_mode        # -1 automatic (when stream events are wanted), 0 off, 1 on
     cdef bint buffering_option      # streams may keep their bytes
     cdef readonly bint verify_checksums
+    cdef FlowRecords records        # the batch the flows leaving the table are written to, or None
+    cdef uint32_t records_filter    # the filter bit a recorded flow needs (0: every flow)
     cdef readonly bint reassembling
     cdef int policy
     cdef list host_policies
@@ -278,6 +280,37 @@ cdef class Engine:
         if self.filter_uses[bit] == 0:
             self.flow_filters[bit] = None
 
+    def keep_records(self, filter=None):
+        """Write a record of each flow (accepted by ``filter``, an object with ``matches(key)``)
+        when it leaves the table, with its final figures; every flow leaves, at ``finish()`` at
+        the latest. ``take_records()`` hands the rows over. Before the first packet."""
+        if self.n_packets:
+            raise RuntimeError("keep_records() goes before the first packet: flows seen so far would be missing")
+        if self.records is None:
+            self.records = FlowRecords.__new__(FlowRecords)
+        if filter is not None and self.records_filter == 0:
+            self.records_filter = (<uint32_t>1) << <int>self.add_filter(filter)
+
+    def take_records(self):
+        """The :class:`FlowRecords` written since the last call (in the order the flows left the
+        table); None when records are not kept."""
+        out = self.records
+        if out is not None:
+            self.records = FlowRecords.__new__(FlowRecords)
+        return out
+
+    def table_records(self):
+        """Records of the flows now in the table as they stand (an open flow's ``end_reason``
+        is "open"), oldest first: a :class:`FlowRecords` batch; the flows stay."""
+        cdef FlowRecords out = FlowRecords.__new__(FlowRecords)
+        cdef uint32_t i
+        for i in range(self.tab.cap):
+            if self.tab.flows[i].status != FS_FREE and (
+                    self.records_filter == 0 or (self.tab.flows[i].filter_mask & self.records_filter)):
+                record_flow(out.add(), &self.tab.flows[i], self.vlan_in_key)
+        out.sort()
+        return out
+
     def event_bit(self, kind):
         """The bit number of an event kind (a custom event gets one on first use)."""
         return self.em.bit_for(kind)
@@ -437,8 +470,13 @@ cdef class Engine:
         flowtab_remove(&self.tab, slot)
 
     cdef int remove_flow(self, int32_t slot) except -1:
-        """An ended flow leaves the table (bytes that came after its close are delivered first)."""
+        """An ended flow leaves the table (bytes that came after its close are delivered first),
+        its record written when records are kept."""
+        cdef flow_t *f
         streams_close(self, slot, False)
+        f = &self.tab.flows[slot]
+        if self.records is not None and (self.records_filter == 0 or (f.filter_mask & self.records_filter)):
+            record_flow(self.records.add(), f, self.vlan_in_key)
         self.teardown(slot)
         return 0
 
@@ -876,11 +914,16 @@ cdef class Engine:
         finally:
             self.busy = False
 
-    def finish(self):
-        """End of input: end every open flow (reason END_OF_CAPTURE), oldest first, and empty the table."""
+    def finish(self, reason=EndReason.END_OF_CAPTURE):
+        """End of input: end every open flow (``reason``: END_OF_CAPTURE, or INTERRUPTED when
+        the program stops early), oldest first, and empty the table."""
         cdef uint32_t i, n = 0, j
         cdef age_t *order
+        cdef uint8_t why
         self.not_running("Engine.finish()")
+        if reason not in (EndReason.END_OF_CAPTURE, EndReason.INTERRUPTED):
+            raise ValueError(f"a finish ends flows with END_OF_CAPTURE or INTERRUPTED, not {reason!r}")
+        why = <uint8_t>int(reason)
         order = <age_t *>malloc(max(self.tab.count, 1) * sizeof(age_t))
         if order == NULL:
             raise MemoryError("no memory to end the open flows")
@@ -894,7 +937,7 @@ cdef class Engine:
             qsort(order, n, sizeof(age_t), cmp_age)
             for j in range(n):
                 if self.tab.flows[order[j].slot].status == FS_OPEN:
-                    self.end_flow(order[j].slot, -1, HOOK_NONE, END_END_OF_CAPTURE)
+                    self.end_flow(order[j].slot, -1, HOOK_NONE, why)
             for j in range(n):
                 if self.tab.flows[order[j].slot].status != FS_FREE:
                     self.remove_flow(order[j].slot)

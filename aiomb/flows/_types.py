@@ -62,6 +62,8 @@ class EndReason(enum.IntEnum):
     REUSED = 6
     """A new connection (a SYN after both sides closed or began closing) took the flow's
     addresses and ports."""
+    INTERRUPTED = 7
+    """The program stopped before the flow ended (a signal, ``Engine.finish(reason=...)``)."""
 
     def __str__(self) -> str:
         return self.name.lower()

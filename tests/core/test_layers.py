@@ -28,7 +28,7 @@ LAYERS = {
     "aiomb.events": 2,
     "aiomb._core": 3, "aiomb._cy": 3,
     "aiomb.io": 4,
-    "aiomb._stack": 5, "aiomb._epoll": 5,
+    "aiomb._stack": 5, "aiomb._epoll": 5, "aiomb._records": 5,
     "aiomb.cli": 6, "aiomb.__main__": 6, "aiomb.notebook": 6,
     "aiomb": 7,
 }
@@ -101,8 +101,10 @@ def test_imports_go_one_way_and_never_to_the_package_root():
 
 
 def test_the_checker_resolves_relative_imports_and_sees_the_package_root():
-    cli = PACKAGE / "cli.py"
-    assert {"aiomb._stack", "aiomb.io._capture"} <= imports_of(cli)
-    assert imports_of(cli, "from . import CONN_START, Side\n") == {"aiomb"}
-    assert imports_of(cli, "from . import _stack\n") == {"aiomb._stack"}
+    cli = PACKAGE / "cli" / "stream.py"
+    assert {"aiomb._core", "aiomb.io._capture", "aiomb.cli._common"} <= imports_of(cli)
+    shell = PACKAGE / "_epoll.py"
+    assert imports_of(shell, "from . import CONN_START, Side\n") == {"aiomb"}
+    assert imports_of(shell, "from . import _stack\n") == {"aiomb._stack"}
+    assert imports_of(cli, "from .. import _stack\n") == {"aiomb._stack"}
     assert imports_of(PACKAGE / "flows" / "_stats.py", "from ..events import EventKind\n") == {"aiomb.events"}

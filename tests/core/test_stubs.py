@@ -8,7 +8,7 @@ from aiomb import _core
 
 STUB = pathlib.Path(_core.__file__).with_name("_core.pyi")
 INTERNAL = {"Emitter", "FrameBlock", "FrameBytes", "Hole", "Registration", "TimerEntry", "_GunzipStream", "_Ready"}
-DUNDERS = {"__len__", "__enter__", "__exit__", "__aiter__", "__anext__", "__eq__", "__hash__"}
+DUNDERS = {"__len__", "__getitem__", "__enter__", "__exit__", "__aiter__", "__anext__", "__eq__", "__hash__"}
 
 
 def stub_members() -> dict[str, set[str]]:

@@ -9,10 +9,8 @@ import collections
 import json
 
 import pytest
-import trio
 
-from aiomb import capture
-from aiomb.cli import collect_flows, flow_record
+import aiomb
 
 from ..conftest import corpus_path, oracle_records
 
@@ -40,9 +38,7 @@ def udp_stream_counts() -> dict[str, int]:
 
 
 def run_flows(path) -> list[dict]:
-    flows, error = trio.run(lambda: collect_flows(capture(path), progress=False))
-    assert error is None, error
-    return [flow_record(f) for f in flows]
+    return list(aiomb.read_flows(path))
 
 
 def key(rec) -> tuple:

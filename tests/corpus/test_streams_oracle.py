@@ -141,10 +141,14 @@ def test_every_justification_names_a_real_flow_side():
 @pytest.mark.parametrize("pcap", sorted({p for p, _, _ in oracle_sides()}), ids=lambda p: p.split("/")[-1])
 def test_overlap_conflict_bytes_match_the_raw_segments(pcap):
     """Bytes carried twice with different content, as the oracle counted them in the segments."""
-    from aiomb.cli import collect_flows
-    flows, error = trio.run(lambda: collect_flows(aiomb.capture(corpus_path() / pcap),
-                                                  progress=False, digests={}))
-    assert error is None
+    engine = aiomb.Engine(midstream=True, reassembly=True)
+    flows = []
+    engine.add_handler(aiomb.CONN_START, lambda packet: flows.append(packet.flow))
+    batch = aiomb.FrameBatch()
+    with aiomb.capture(corpus_path() / pcap) as source:
+        while source.read(batch):
+            engine.process(batch)
+    engine.finish()
     stats = {f.key.client_port: f.statistics() for f in flows}
     for p, rec, side in oracle_sides():
         if p == pcap and rec["client_port"] in stats:

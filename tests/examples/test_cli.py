@@ -10,11 +10,14 @@ import csv
 import hashlib
 import io
 import json
+import os
 import pathlib
 import shutil
+import signal
 import struct
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -26,13 +29,11 @@ DEMO = "examples/captures/demo.pcapng"
 PYTHON_M_AIOMB = (sys.executable, "-m", "aiomb")
 
 
-def sha(data):
-    return hashlib.sha256(data).hexdigest()
-
-
 def record(flow, proto, client, server, packets, ip_bytes, payload, first_ts, last_ts,
            states, end, *, vlan="", midstream=False, streams=(b"", b""), rexmits=(0, 0), segments=(0, 0)):
-    """One expected ``aiomb flows`` record; ``streams`` are the bytes each side sent (TCP)."""
+    """One expected ``aiomb flows`` record; ``streams`` are the bytes each side sent (TCP), kept
+    for the digests of ``--hash`` (see ``hashed``)."""
+    STREAMS[flow] = streams if proto == "tcp" else None
     tcp = proto == "tcp"
     return {
         "flow": flow, "proto": proto,
@@ -46,8 +47,6 @@ def record(flow, proto, client, server, packets, ip_bytes, payload, first_ts, la
         "end_reason": end, "midstream": midstream,
         "client_bytes": len(streams[0]) if tcp else payload[0],
         "server_bytes": len(streams[1]) if tcp else payload[1],
-        "client_sha256": sha(streams[0]) if tcp else "",
-        "server_sha256": sha(streams[1]) if tcp else "",
         "client_missed": 0, "server_missed": 0,
         "client_rexmits": rexmits[0], "server_rexmits": rexmits[1],
         "client_overlap_conflicts": 0, "server_overlap_conflicts": 0,
@@ -56,6 +55,19 @@ def record(flow, proto, client, server, packets, ip_bytes, payload, first_ts, la
         "client_out_of_order": 0, "server_out_of_order": 0,
         "client_zero_window_probes": 0, "server_zero_window_probes": 0,
     }
+
+
+STREAMS: dict = {}
+
+
+def hashed(rec, *names):
+    """``rec`` as ``aiomb flows --hash NAME,...`` prints it: each side's digests at the end."""
+    streams = STREAMS[rec["flow"]]
+    out = dict(rec)
+    for name in names:
+        for side, data in zip(("client", "server"), streams or (None, None)):
+            out[f"{side}_{name}"] = hashlib.new(name, data).hexdigest() if streams else ""
+    return out
 
 
 GET = b"GET / HTTP/1.1\r\nHost: example.org\r\n\r\n"
@@ -166,7 +178,11 @@ def commands(inp):
     return {
         "table": ("flows", DEMO),
         "jsonl": (*flows_jsonl, DEMO),
+        "jsonl-sorted": (*flows_jsonl, DEMO, "--sort"),
+        "jsonl-hashes": (*flows_jsonl, DEMO, "--sort", "--hash", "sha256,md5"),
         "csv": ("flows", DEMO, "--format", "csv"),
+        "csv-hash": ("flows", DEMO, "--format", "csv", "--hash", "sha1"),
+        "bad-hash": ("flows", DEMO, "--hash", "crc32"),
         "port80": (*flows_jsonl, DEMO, "--filter", "tcp port 80"),
         "udp": (*flows_jsonl, DEMO, "--filter", "udp"),
         "bad-filter": ("flows", DEMO, "--filter", "tcp port"),
@@ -226,18 +242,36 @@ def test_flows_table(runs):
     assert ok(runs["table"]) == DEMO_TABLE
 
 
+# The order flows leave the table, which JSON lines and CSV follow (streamed as flows end): a
+# closed flow lingers 5 s of packet time for stragglers; the DNS flow (1) and flow 6, which
+# closes at the capture's end, leave at the end, oldest first.
+END_ORDER = [2, 3, 4, 5, 7, 1, 6]
+
+
 def test_flows_jsonl(runs):
     records = jsonl(ok(runs["jsonl"]))
     assert [list(r) for r in records] == [list(FIELDS)] * 7
-    assert records == DEMO_FLOWS
+    assert [r["flow"] for r in records] == END_ORDER
+    assert sorted(records, key=lambda r: r["flow"]) == DEMO_FLOWS
     assert [r["end_reason"] for r in records].count("fin") == 4
+    assert jsonl(ok(runs["jsonl-sorted"])) == DEMO_FLOWS
+
+
+def test_flows_hashes_are_asked_for(runs):
+    assert jsonl(ok(runs["jsonl-hashes"])) == [hashed(r, "sha256", "md5") for r in DEMO_FLOWS]
+    rows = list(csv.DictReader(io.StringIO(ok(runs["csv-hash"]))))
+    assert sorted(rows, key=lambda r: int(r["flow"])) == [as_csv_row(hashed(r, "sha1")) for r in DEMO_FLOWS]
+    proc = runs["bad-hash"]
+    assert proc.returncode == 2 and proc.stdout == ""
+    assert proc.stderr == "aiomb: error: bad --hash 'crc32': choose from sha256, md5, sha1 (comma-separated)\n"
 
 
 def test_flows_csv(runs):
     out = ok(runs["csv"])
     reader = csv.DictReader(io.StringIO(out))
     assert tuple(reader.fieldnames) == FIELDS
-    assert list(reader) == [as_csv_row(r) for r in DEMO_FLOWS]
+    assert [int(r["flow"]) for r in list(csv.DictReader(io.StringIO(out)))] == END_ORDER
+    assert sorted(reader, key=lambda r: int(r["flow"])) == [as_csv_row(r) for r in DEMO_FLOWS]
     assert out.splitlines()[0] == ",".join(FIELDS)
 
 
@@ -308,6 +342,39 @@ def test_truncated_capture(runs, inputs):
     assert (third["client_state"], third["server_state"], third["end_reason"]) == (
         "ESTABLISHED", "ESTABLISHED", "open")
 
+
+
+def test_a_signal_ends_the_run_with_the_open_flows_written(tmp_path):
+    """The capture is a pipe that stays open: the run waits on it; SIGTERM ends it cleanly."""
+    fifo = tmp_path / "live.pcap"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([*PYTHON_M_AIOMB, "flows", fifo, "--format", "jsonl", "--stats"], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80))
+    c.handshake()
+    c.send("client", b"GET / HTTP/1.0\r\n\r\n")
+    data = io.BytesIO()
+    write_pcap(data, c.frames)
+    with open(fifo, "wb") as pipe:
+        pipe.write(data.getvalue())
+        pipe.flush()
+        time.sleep(0.5)                 # the reader takes what the pipe holds, then waits for more
+        proc.send_signal(signal.SIGTERM)
+        time.sleep(0.2)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signal.SIGTERM, err
+    (rec,) = jsonl(out)
+    assert (rec["end_reason"], rec["client_packets"], rec["client_bytes"]) == ("interrupted", 3, 18)
+    assert err.startswith("aiomb: 4 packets, 1 flows, malformed: none; ")
+
+
+def test_read_flows_gives_the_records_of_aiomb_flows(runs):
+    import aiomb
+
+    table = aiomb.read_flows(REPO / DEMO)
+    assert len(table) == 7 and list(table) == DEMO_FLOWS
+    assert [r["flow"] for r in aiomb.read_flows(aiomb.capture(REPO / DEMO), filter="udp")] == [1]
+    assert list(table.to_pandas()["client_port"]) == [r["client_port"] for r in DEMO_FLOWS]
 
 
 # -- engine options -------------------------------------------------------------------

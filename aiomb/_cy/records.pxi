@@ -1,0 +1,455 @@
+# Flow records: one fixed-width row per flow, written by the core when the flow leaves the table
+# (its final figures, stragglers included), into a batch the program takes whole. No Python
+# object per flow on the way: rows are C structs, read as a buffer (numpy: zero copy) or
+# formatted to JSON lines / CSV in C.
+
+from libc.string cimport strlen
+from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND
+
+cdef extern from "arpa/inet.h" nogil:
+    const char *inet_ntop(int af, const void *src, char *dst, int size)
+
+cdef extern from "sys/socket.h" nogil:
+    int AF_INET
+    int AF_INET6
+
+
+ctypedef struct rside_t:
+    uint64_t packets
+    uint64_t ip_bytes
+    uint64_t payload_bytes
+    uint64_t stream_bytes
+    uint64_t missed
+    uint64_t retransmits
+    uint64_t overlap_conflicts
+    uint64_t data_segments
+    uint64_t retransmitted_bytes
+    uint64_t out_of_order
+    uint64_t zero_window_probes
+
+
+ctypedef struct flowrec_t:
+    uint64_t id
+    int64_t first_ts            # ns
+    int64_t last_ts
+    uint8_t client_ip[16]       # IPv4 in the first 4 bytes
+    uint8_t server_ip[16]
+    uint16_t client_port
+    uint16_t server_port
+    uint16_t vlan[MAX_VLAN]
+    uint8_t nvlan
+    uint8_t family              # 4 or 6
+    uint8_t proto               # 6 or 17
+    uint8_t end_reason          # EndReason
+    uint8_t midstream
+    uint8_t client_state        # TcpState
+    uint8_t server_state
+    uint8_t pad
+    rside_t side[2]
+
+
+cdef void record_side(rside_t *o, const side_t *s, bint tcp) noexcept nogil:
+    cdef const stream_t *st = s.stream
+    o.packets = s.packets
+    o.ip_bytes = s.ip_bytes
+    o.payload_bytes = s.payload_bytes
+    o.retransmits = s.retransmits
+    if st == NULL:
+        o.stream_bytes = 0 if tcp else s.payload_bytes
+        o.missed = o.overlap_conflicts = o.data_segments = o.retransmitted_bytes = 0
+        o.out_of_order = o.zero_window_probes = 0
+        return
+    o.stream_bytes = st.bytes
+    o.missed = st.missed
+    o.retransmits += st.rexmits
+    o.overlap_conflicts = st.overlaps
+    o.data_segments = st.segments
+    o.retransmitted_bytes = st.rexmit_bytes
+    o.out_of_order = st.ooo_segments
+    o.zero_window_probes = st.zw_probes
+
+
+cdef void record_flow(flowrec_t *r, const flow_t *f, bint vlan_in_key) noexcept nogil:
+    cdef bint tcp = f.proto == 6
+    r.id = f.id
+    r.first_ts = f.first_ts
+    r.last_ts = f.last_ts
+    memcpy(r.client_ip, f.client_ip, 16)
+    memcpy(r.server_ip, f.server_ip, 16)
+    r.client_port = f.client_port
+    r.server_port = f.server_port
+    r.vlan[0] = f.vlan[0]
+    r.vlan[1] = f.vlan[1]
+    r.nvlan = f.nvlan if vlan_in_key else 0     # as the flow's key has them
+    r.family = f.family
+    r.proto = f.proto
+    r.end_reason = f.end_reason
+    r.midstream = 1 if (f.fflags & FF_MIDSTREAM) else 0
+    r.client_state = f.side[0].state
+    r.server_state = f.side[1].state
+    r.pad = 0
+    record_side(&r.side[0], &f.side[0], tcp)
+    record_side(&r.side[1], &f.side[1], tcp)
+
+
+# The field names of a record, in the order ``aiomb flows`` prints them, and how each is read
+# from a row: (name, kind, offset) with kind one of "u64", "u16", "ts", "ip_c", "ip_s", "proto",
+# "vlan", "state_c", "state_s", "reason", "bool".
+cdef flowrec_t _layout
+cdef size_t _base = <size_t>&_layout
+
+
+cdef size_t offset_of(void *p):
+    return <size_t>p - _base
+
+
+cdef list side_fields(str name, size_t field):
+    return [(f"client_{name}", "u64", offset_of(&_layout.side[0]) + field),
+            (f"server_{name}", "u64", offset_of(&_layout.side[1]) + field)]
+
+
+cdef size_t _side0 = offset_of(&_layout.side[0])
+RECORD_FIELDS = tuple(
+    [("flow", "u64", offset_of(&_layout.id)), ("proto", "proto", offset_of(&_layout.proto)),
+     ("client_ip", "ip_c", offset_of(&_layout.client_ip)), ("client_port", "u16", offset_of(&_layout.client_port)),
+     ("server_ip", "ip_s", offset_of(&_layout.server_ip)), ("server_port", "u16", offset_of(&_layout.server_port)),
+     ("vlan", "vlan", offset_of(&_layout.vlan))]
+    + side_fields("packets", offset_of(&_layout.side[0].packets) - _side0)
+    + side_fields("ip_bytes", offset_of(&_layout.side[0].ip_bytes) - _side0)
+    + side_fields("payload_bytes", offset_of(&_layout.side[0].payload_bytes) - _side0)
+    + [("first_ts", "ts", offset_of(&_layout.first_ts)), ("last_ts", "ts", offset_of(&_layout.last_ts)),
+       ("client_state", "state_c", offset_of(&_layout.client_state)),
+       ("server_state", "state_s", offset_of(&_layout.server_state)),
+       ("end_reason", "reason", offset_of(&_layout.end_reason)), ("midstream", "bool", offset_of(&_layout.midstream))]
+    + side_fields("bytes", offset_of(&_layout.side[0].stream_bytes) - _side0)
+    + side_fields("missed", offset_of(&_layout.side[0].missed) - _side0)
+    + side_fields("rexmits", offset_of(&_layout.side[0].retransmits) - _side0)
+    + side_fields("overlap_conflicts", offset_of(&_layout.side[0].overlap_conflicts) - _side0)
+    + side_fields("data_segments", offset_of(&_layout.side[0].data_segments) - _side0)
+    + side_fields("retransmitted_bytes", offset_of(&_layout.side[0].retransmitted_bytes) - _side0)
+    + side_fields("out_of_order", offset_of(&_layout.side[0].out_of_order) - _side0)
+    + side_fields("zero_window_probes", offset_of(&_layout.side[0].zero_window_probes) - _side0))
+RECORD_SIZE = sizeof(flowrec_t)
+RECORD_LAYOUT = {"family": offset_of(&_layout.family), "nvlan": offset_of(&_layout.nvlan)}
+
+
+# ---- formatting in C ---------------------------------------------------------------------------
+
+ctypedef struct out_t:
+    char *p
+    size_t n
+    size_t cap
+
+
+cdef int out_reserve(out_t *o, size_t more) except -1:
+    cdef size_t cap
+    cdef char *p
+    if o.n + more <= o.cap:
+        return 0
+    cap = max(o.cap * 2, o.n + more, 1 << 16)
+    p = <char *>realloc(o.p, cap)
+    if p == NULL:
+        raise MemoryError("no memory to format flow records")
+    o.p = p
+    o.cap = cap
+    return 0
+
+
+cdef inline void put(out_t *o, const char *s, size_t n) noexcept nogil:
+    memcpy(o.p + o.n, s, n)
+    o.n += n
+
+
+cdef inline void put_s(out_t *o, const char *s) noexcept nogil:
+    put(o, s, strlen(s))
+
+
+cdef inline void put_u64(out_t *o, uint64_t v) noexcept nogil:
+    cdef char buf[24]
+    cdef int i = 24
+    while True:
+        i -= 1
+        buf[i] = <char>(48 + v % 10)
+        v //= 10
+        if v == 0:
+            break
+    put(o, &buf[i], 24 - i)
+
+
+cdef inline void put_ts(out_t *o, int64_t ns) noexcept nogil:
+    """Seconds to the microsecond nearest the nanosecond time (halves up), as Python prints
+    that float: 12.5, 12.0, 12.000001."""
+    cdef int64_t us
+    cdef int64_t frac
+    cdef char digits[6]
+    cdef int i, n = 6
+    if ns < 0:
+        put(o, "-", 1)
+        ns = -ns
+    us = (ns + 500) // 1000
+    put_u64(o, <uint64_t>(us // 1000000))
+    put(o, ".", 1)
+    frac = us % 1000000
+    for i in range(5, -1, -1):
+        digits[i] = <char>(48 + frac % 10)
+        frac //= 10
+    while n > 1 and digits[n - 1] == 48:
+        n -= 1
+    put(o, digits, n)
+
+
+cdef inline void put_ip(out_t *o, const uint8_t *ip, int family) noexcept nogil:
+    cdef char buf[64]
+    inet_ntop(AF_INET if family == 4 else AF_INET6, ip, buf, 64)
+    put_s(o, buf)
+
+
+cdef inline void put_vlan(out_t *o, const flowrec_t *r) noexcept nogil:
+    cdef int i
+    for i in range(r.nvlan):
+        if i:
+            put(o, "/", 1)
+        put_u64(o, r.vlan[i])
+
+
+cdef const char *STATE_NAMES[11]
+STATE_NAMES[:] = [b"CLOSED", b"LISTEN", b"SYN_SENT", b"SYN_RECEIVED", b"ESTABLISHED", b"FIN_WAIT_1",
+                  b"FIN_WAIT_2", b"CLOSE_WAIT", b"CLOSING", b"LAST_ACK", b"TIME_WAIT"]
+cdef const char *REASON_NAMES[8]
+REASON_NAMES[:] = [b"open", b"fin", b"rst", b"timeout", b"evicted", b"end_of_capture", b"reused",
+                   b"interrupted"]
+
+
+cdef void put_field(out_t *o, const flowrec_t *r, const char *kind, size_t off, bint json) noexcept nogil:
+    cdef const char *base = <const char *>r
+    cdef bint tcp = r.proto == 6
+    cdef const char *q = b"\"" if json else b""
+    if kind[0] == b"u":
+        if kind[1] == b"6":
+            put_u64(o, (<const uint64_t *>(base + off))[0])
+        else:
+            put_u64(o, (<const uint16_t *>(base + off))[0])
+    elif kind[0] == b"t":
+        put_ts(o, (<const int64_t *>(base + off))[0])
+    elif kind[0] == b"i":
+        put_s(o, q)
+        put_ip(o, <const uint8_t *>(base + off), r.family)
+        put_s(o, q)
+    elif kind[0] == b"p":
+        put_s(o, b"\"tcp\"" if json and tcp else b"\"udp\"" if json else b"tcp" if tcp else b"udp")
+    elif kind[0] == b"v":
+        put_s(o, q)
+        put_vlan(o, r)
+        put_s(o, q)
+    elif kind[0] == b"s":
+        put_s(o, q)
+        if tcp:
+            put_s(o, STATE_NAMES[(<const uint8_t *>(base + off))[0]])
+        put_s(o, q)
+    elif kind[0] == b"r":
+        put_s(o, q)
+        put_s(o, REASON_NAMES[r.end_reason])
+        put_s(o, q)
+    else:
+        if json:
+            put_s(o, b"true" if r.midstream else b"false")
+        else:
+            put_s(o, b"True" if r.midstream else b"False")
+
+
+cdef class FlowRecords:
+    """A batch of flow records: one fixed-width row per flow (see ``RECORD_FIELDS``), in the
+    order the flows left the table. ``len``, ``records[i]`` (a dict keyed by the field names of
+    ``aiomb flows``), iteration, the buffer protocol (the raw rows, ``RECORD_SIZE`` bytes each:
+    ``numpy.frombuffer`` reads them without a copy), ``sort()`` by flow number, and
+    ``format("jsonl" | "csv")`` (bytes, made in C). Layer: core."""
+
+    cdef flowrec_t *rows
+    cdef Py_ssize_t n
+    cdef Py_ssize_t cap
+    cdef Py_ssize_t shape[1]
+    cdef Py_ssize_t strides[1]
+    cdef int views
+
+    def __dealloc__(self):
+        free(self.rows)
+
+    cdef flowrec_t *add(self) except NULL:
+        cdef Py_ssize_t cap
+        cdef flowrec_t *p
+        if self.views:
+            raise BufferError("the records are being read through a buffer; take a new batch")
+        if self.n == self.cap:
+            cap = max(self.cap * 2, 256)
+            p = <flowrec_t *>realloc(self.rows, cap * sizeof(flowrec_t))
+            if p == NULL:
+                raise MemoryError("no memory for flow records")
+            self.rows = p
+            self.cap = cap
+        self.n += 1
+        return &self.rows[self.n - 1]
+
+    def __len__(self):
+        return self.n
+
+    def __getitem__(self, Py_ssize_t i):
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(f"record {i} of {self.n}")
+        return self.record(i)
+
+    cdef dict record(self, Py_ssize_t i):
+        cdef const flowrec_t *r = &self.rows[i]
+        cdef const char *base = <const char *>r
+        cdef bint tcp = r.proto == 6
+        out = {}
+        for name, kind, off in RECORD_FIELDS:
+            if kind == "u64":
+                out[name] = (<const uint64_t *>(base + <size_t>off))[0]
+            elif kind == "u16":
+                out[name] = (<const uint16_t *>(base + <size_t>off))[0]
+            elif kind == "ts":
+                out[name] = ((<const int64_t *>(base + <size_t>off))[0] + 500) // 1000 / 1e6
+            elif kind == "ip_c" or kind == "ip_s":
+                out[name] = str(ip_object(<uint8_t *>(base + <size_t>off), r.family))
+            elif kind == "proto":
+                out[name] = "tcp" if tcp else "udp"
+            elif kind == "vlan":
+                out[name] = "/".join([str(r.vlan[j]) for j in range(r.nvlan)])
+            elif kind == "state_c" or kind == "state_s":
+                out[name] = STATES[(<const uint8_t *>(base + <size_t>off))[0]].name if tcp else ""
+            elif kind == "reason":
+                out[name] = REASON_NAMES[r.end_reason].decode()
+            else:
+                out[name] = bool(r.midstream)
+        return out
+
+    def extend(self, FlowRecords other):
+        """Append another batch's rows (a copy)."""
+        cdef Py_ssize_t need = self.n + other.n
+        cdef flowrec_t *p
+        if self.views:
+            raise BufferError("the records are being read through a buffer; take a new batch")
+        if need > self.cap:
+            p = <flowrec_t *>realloc(self.rows, max(need, 256) * sizeof(flowrec_t))
+            if p == NULL:
+                raise MemoryError("no memory for flow records")
+            self.rows = p
+            self.cap = max(need, 256)
+        if other.n:
+            memcpy(&self.rows[self.n], other.rows, other.n * sizeof(flowrec_t))
+        self.n = need
+
+    def ids(self):
+        """The rows' flow numbers (a list)."""
+        return [self.rows[i].id for i in range(self.n)]
+
+    def protos(self):
+        """The rows' IP protocol numbers (a list: 6 TCP, 17 UDP)."""
+        return [self.rows[i].proto for i in range(self.n)]
+
+    def sort(self):
+        """Put the rows in flow-number order (the order the flows were first seen)."""
+        if self.views:
+            raise BufferError("the records are being read through a buffer")
+        qsort(self.rows, self.n, sizeof(flowrec_t), cmp_record)
+
+    def format(self, str fmt, Py_ssize_t start=0, Py_ssize_t stop=-1, *, bint header=False, list extra=None,
+               tuple extra_names=()):
+        """Rows ``start`` to ``stop`` (-1: the last) as JSON lines (``json.dumps`` of each record)
+        or CSV (``header``: the field names first), as bytes. ``extra`` (one bytes per row of
+        the batch) is put at the end of each row as it is, e.g. ``b', "client_sha256": "..."'``
+        (with ``header``, ``extra_names`` go too)."""
+        cdef out_t o
+        cdef Py_ssize_t i, j
+        cdef bytes piece
+        cdef bint json
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"format must be 'jsonl' or 'csv', got {fmt!r}")
+        if extra is not None and len(extra) != self.n:
+            raise ValueError(f"extra has {len(extra)} items for {self.n} rows")
+        if stop < 0:
+            stop = self.n
+        if not 0 <= start <= stop <= self.n:
+            raise IndexError(f"rows {start} to {stop} of {self.n}")
+        json = fmt == "jsonl"
+        names = [(f"\"{name}\": " if json else name).encode() for name, _, _ in RECORD_FIELDS]
+        kinds = [kind.encode() for _, kind, _ in RECORD_FIELDS]
+        offs = [off for _, _, off in RECORD_FIELDS]
+        cdef Py_ssize_t nf = len(names)
+        cdef const char **cnames = <const char **>malloc(nf * sizeof(char *))
+        cdef const char **ckinds = <const char **>malloc(nf * sizeof(char *))
+        cdef size_t *coffs = <size_t *>malloc(nf * sizeof(size_t))
+        o.p = NULL
+        o.n = o.cap = 0
+        try:
+            if cnames == NULL or ckinds == NULL or coffs == NULL:
+                raise MemoryError()
+            for i in range(nf):
+                cnames[i] = <const char *>(<bytes>names[i])
+                ckinds[i] = <const char *>(<bytes>kinds[i])
+                coffs[i] = <size_t>offs[i]
+            if header and not json:
+                out_reserve(&o, 4096)
+                for i in range(nf):
+                    if i:
+                        put(&o, ",", 1)
+                    put_s(&o, cnames[i])
+                for name in extra_names:
+                    piece = b"," + name.encode()
+                    out_reserve(&o, len(piece))
+                    put(&o, <const char *>(<bytes>piece), len(piece))
+                put(&o, "\n", 1)
+            for i in range(start, stop):
+                out_reserve(&o, 2048)
+                if json:
+                    put(&o, "{", 1)
+                for j in range(nf):
+                    if j:
+                        put_s(&o, b", " if json else b",")
+                    if json:
+                        put_s(&o, cnames[j])
+                    put_field(&o, &self.rows[i], ckinds[j], coffs[j], json)
+                if extra is not None:
+                    piece = <bytes>extra[i]
+                    out_reserve(&o, len(piece) + 2)
+                    put(&o, <const char *>piece, len(piece))
+                put_s(&o, b"}\n" if json else b"\n")
+            return PyBytes_FromStringAndSize(o.p, o.n) if o.n else b""
+        finally:
+            free(o.p)
+            free(cnames)
+            free(ckinds)
+            free(coffs)
+
+    def __getbuffer__(self, Py_buffer *view, int flags):
+        self.shape[0] = self.n * sizeof(flowrec_t)
+        self.strides[0] = 1
+        view.buf = <void *>self.rows
+        view.obj = self
+        view.len = self.shape[0]
+        view.readonly = 1
+        view.itemsize = 1
+        view.format = NULL
+        if flags & PyBUF_FORMAT:
+            view.format = b"B"
+        view.ndim = 1
+        view.shape = NULL
+        view.strides = NULL
+        if flags & PyBUF_ND:
+            view.shape = self.shape
+            view.strides = self.strides
+        view.suboffsets = NULL
+        view.internal = NULL
+        self.views += 1
+
+    def __releasebuffer__(self, Py_buffer *view):
+        self.views -= 1
+
+
+cdef int cmp_record(const void *a, const void *b) noexcept nogil:
+    cdef uint64_t x = (<const flowrec_t *>a).id
+    cdef uint64_t y = (<const flowrec_t *>b).id
+    return -1 if x < y else (1 if x > y else 0)

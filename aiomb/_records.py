@@ -1,0 +1,257 @@
+"""Flow records at engine speed: every flow of a capture or a port as one row.
+
+Layer: shells (beside _stack and _epoll; above the core and io). The core writes a fixed-width
+record of each flow as it leaves the table (:class:`aiomb.FlowRecords`: final figures,
+stragglers included). :class:`FlowRun` runs a source through an engine synchronously and hands
+those batches over as flows end (``aiomb flows`` streams them, as Zeek writes conn.log);
+:func:`read_flows` gathers every batch of a capture into a :class:`FlowTable`.
+"""
+
+import hashlib
+import html
+import socket
+import time
+
+from ._core import RECORD_FIELDS, RECORD_LAYOUT, RECORD_SIZE, Dispatcher, Engine, FlowRecords, FrameBatch
+from ._errors import CaptureError
+from .events._kinds import EventKind
+from .flows._filter import compile_filter
+from .flows._types import EndReason
+
+FIELDS = tuple(name for name, _, _ in RECORD_FIELDS)
+"""The record fields, in the order ``aiomb flows`` prints them (its JSON keys, CSV columns)."""
+
+HASHES = ("sha256", "md5", "sha1")
+
+
+def hash_fields(hashes) -> tuple:
+    """The extra field names of stream hashes: client_sha256, server_sha256, ..."""
+    return tuple(f"{side}_{name}" for name in hashes for side in ("client", "server"))
+
+
+class FlowRun:
+    """One source run through one engine for its flow records, synchronously (no Trio).
+
+    Iterating yields :class:`aiomb.FlowRecords` batches as flows leave the table (closed and
+    lingered, timed out, evicted; the rest at the end of the source); ``stop()`` (from a signal
+    handler, say) ends the run after the batch at hand, the open flows with reason
+    ``interrupted``. With ``hashes`` (names from :data:`HASHES`), both sides' reassembled bytes are
+    hashed: ``digests(records)`` gives each row's hex digests. ``progress`` is called with the
+    source after every batch. Streams are reassembled (their counters are in the records) unless
+    ``reassembly=False``. Layer: shells; blocks while it reads.
+    """
+
+    def __init__(self, source, *, filter=None, hashes=(), batch_size: int = 2048, progress=None,
+                 **engine_options):
+        for name in hashes:
+            if name not in HASHES:
+                raise ValueError(f"unknown hash {name!r}: choose from {', '.join(HASHES)}")
+        self.source = source
+        self.filter = compile_filter(filter)
+        self.hashes = tuple(hashes)
+        self.progress = progress
+        engine_options.setdefault("reassembly", True)
+        self.engine = Engine(**engine_options)
+        self.engine.keep_records(self.filter)
+        self.batch = FrameBatch(batch_size)
+        self.reason = None              # set by stop()
+        self.opened = False             # the source opened (a port attached)
+        self.started = self.elapsed = None
+        self._hashing: dict = {}        # flow id -> each side's hash objects, per name
+        self._dispatcher = self._sub = None
+        if self.hashes:
+            self._dispatcher = Dispatcher(self.engine)
+            self._sub = self._dispatcher.subscribe([EventKind.NEW_DATA], filter=self.filter)
+
+    def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
+        """End the run after the batch at hand; the open flows end with ``reason``."""
+        self.reason = reason
+
+    def __iter__(self):
+        source, engine, batch = self.source, self.engine, self.batch
+        live = bool(getattr(source, "live", False))
+        self.started = time.monotonic()
+        source.open()
+        self.opened = True
+        error = None
+        try:
+            while self.reason is None:
+                try:
+                    count = source.read(batch, 0.25) if live else source.read(batch)
+                except CaptureError as exc:     # a damaged file: the flows seen so far end here
+                    error = exc
+                    break
+                if count is None:
+                    break
+                if count:
+                    engine.process(batch)
+                if live:
+                    engine.expire(source.now())
+                if self.progress is not None:
+                    self.progress(source)
+                records = self._take()
+                if len(records):
+                    yield records
+            if error is not None:           # what the file held: the flows still open stay open
+                records = self._take()
+                records.extend(engine.table_records())
+                if len(records):
+                    yield records
+                raise error
+            engine.finish(self.reason or EndReason.END_OF_CAPTURE)
+            records = self._take()
+            if len(records):
+                yield records
+        finally:
+            self.elapsed = time.monotonic() - self.started
+            engine.close()
+            source.close()
+
+    def _take(self) -> FlowRecords:
+        if self._sub is not None:
+            hashing = self._hashing
+            for ev in self._dispatcher.drain(self._sub):
+                sides = hashing.get(ev.flow_id)
+                if sides is None:
+                    sides = hashing[ev.flow_id] = [[hashlib.new(n) for n in self.hashes] for _ in range(2)]
+                for h in sides[ev.side]:
+                    h.update(ev.value)
+        return self.engine.take_records()
+
+    def digests(self, records: FlowRecords) -> list:
+        """Each row's hex digests (client then server, per hash name), taken out of the run."""
+        out = []
+        empty = [hashlib.new(n).hexdigest() for n in self.hashes]
+        for flow_id, proto in zip(records.ids(), records.protos()):
+            sides = self._hashing.pop(flow_id, None)
+            if proto != 6:
+                out.append(("",) * (2 * len(self.hashes)))
+            elif sides is None:
+                out.append(tuple(d for d in empty for _ in range(2)))
+            else:
+                out.append(tuple(sides[s][k].hexdigest() for k in range(len(self.hashes)) for s in range(2)))
+        return out
+
+    def statistics(self):
+        return self.engine.statistics()
+
+
+def read_flows(source, filter=None, **options) -> "FlowTable":
+    """Every flow of ``source`` (a capture path, :func:`aiomb.capture` or :func:`aiomb.port`)
+    as a :class:`FlowTable`: runs it to its end (a port until it stops). ``options`` go to the
+    engine (``midstream`` is on, as for ``aiomb flows``). Synchronous; blocks."""
+    from .io._capture import capture
+
+    if isinstance(source, str) or hasattr(source, "__fspath__"):
+        source = capture(source)
+    options.setdefault("midstream", True)
+    run = FlowRun(source, filter=filter, **options)
+    table = FlowRecords()
+    for records in run:
+        table.extend(records)
+    table.sort()
+    return FlowTable(table)
+
+
+class FlowTable:
+    """Flow records as a table: ``len()``, iteration and indexing as dicts (the fields of
+    ``aiomb flows --format jsonl``), ``columns``, ``to_numpy()`` (a structured array over the
+    rows, no copy), ``to_pandas()`` (a DataFrame with the same columns; needs pandas) and an
+    HTML view for notebooks."""
+
+    def __init__(self, records: FlowRecords):
+        self.records = records
+
+    columns = FIELDS
+
+    def __len__(self) -> int:
+        return len(self.records)
+
+    def __getitem__(self, i: int) -> dict:
+        return self.records[i]
+
+    def __iter__(self):
+        for i in range(len(self.records)):
+            yield self.records[i]
+
+    def __repr__(self) -> str:
+        return f"<FlowTable {len(self)} flows>"
+
+    def to_numpy(self):
+        """The rows as a numpy structured array (raw fields: addresses as 16 bytes with
+        ``family``, timestamps in ns, states and reasons as numbers), sharing their memory."""
+        import numpy as np
+
+        return np.frombuffer(memoryview(self.records), dtype=record_dtype()) if len(self) else \
+            np.zeros(0, dtype=record_dtype())
+
+    def to_pandas(self):
+        """A pandas DataFrame with the columns of ``aiomb flows --format jsonl``."""
+        import numpy as np
+        import pandas as pd
+
+        from .flows._types import TcpState
+
+        rows = self.to_numpy()
+        tcp = rows["proto"] == 6
+        states = np.array([s.name for s in TcpState], dtype=object)
+        reasons = np.array(["open"] + [str(r) for r in EndReason], dtype=object)
+        data = {}
+        for name, kind, _ in RECORD_FIELDS:
+            if kind in ("u64", "u16"):
+                data[name] = rows[name]
+            elif kind == "ts":
+                data[name] = (rows[name] + 500) // 1000 / 1e6
+            elif kind in ("ip_c", "ip_s"):
+                data[name] = addresses(rows[name], rows["family"])
+            elif kind == "proto":
+                data[name] = np.where(tcp, "tcp", "udp").astype(object)
+            elif kind == "vlan":
+                tags = zip(rows["vlan"], rows["nvlan"])
+                data[name] = np.array(["/".join(str(v) for v in row[:n]) for row, n in tags], dtype=object)
+            elif kind in ("state_c", "state_s"):
+                data[name] = np.where(tcp, states[rows[name]], "").astype(object)
+            elif kind == "reason":
+                data[name] = reasons[rows[name]]
+            else:
+                data[name] = rows[name].astype(bool)
+        return pd.DataFrame(data, columns=list(FIELDS))
+
+    def _repr_html_(self) -> str:
+        shown = [self.records[i] for i in range(min(len(self), 20))]
+        cols = ("flow", "proto", "client_ip", "client_port", "server_ip", "server_port", "client_packets",
+                "server_packets", "client_bytes", "server_bytes", "end_reason")
+        head = "".join(f"<th>{c}</th>" for c in cols)
+        body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in shown)
+        more = f"<p>{len(self) - len(shown)} more flows</p>" if len(self) > len(shown) else ""
+        return f"<p>{len(self)} flows</p><table><tr>{head}</tr>{body}</table>{more}"
+
+
+def addresses(raw, family) -> "object":
+    """Text addresses of 16-byte address fields (IPv4 in the first 4 bytes)."""
+    import numpy as np
+
+    out = np.empty(len(raw), dtype=object)
+    for i, (addr, fam) in enumerate(zip(raw, family)):
+        b = addr.tobytes()
+        out[i] = socket.inet_ntop(socket.AF_INET, b[:4]) if fam == 4 else socket.inet_ntop(socket.AF_INET6, b)
+    return out
+
+
+def record_dtype():
+    """The numpy dtype of a record row (the core's layout)."""
+    import numpy as np
+
+    kinds = {"u64": np.uint64, "u16": np.uint16, "ts": np.int64, "ip_c": "V16", "ip_s": "V16",
+             "proto": np.uint8, "vlan": ("<u2", (2,)), "state_c": np.uint8, "state_s": np.uint8,
+             "reason": np.uint8, "bool": np.uint8}
+    names, formats, offsets = [], [], []
+    for name, kind, off in RECORD_FIELDS:
+        names.append(name)
+        formats.append(kinds[kind])
+        offsets.append(off)
+    for name, off in RECORD_LAYOUT.items():
+        names.append(name)
+        formats.append(np.uint8)
+        offsets.append(off)
+    return np.dtype({"names": names, "formats": formats, "offsets": offsets, "itemsize": RECORD_SIZE})

@@ -1,0 +1,46 @@
+"""The ``aiomb`` command line: list the flows of a capture or a live interface, write a flow's
+stream, run a middlebox module on either.
+
+Layer: cli (top). ``aiomb flows CAPTURE`` / ``aiomb flows --iface IF --duration S`` prints one
+record per flow (cli/flows.py); ``aiomb stream CAPTURE --flow N`` one side's bytes
+(cli/stream.py); ``aiomb run APP.py --pcap CAPTURE`` / ``--iface IF [--inline IF2]`` runs a
+user's middlebox module (cli/run.py; see README "Writing a middlebox").
+"""
+
+import argparse
+import os
+import signal
+import sys
+
+from .._records import FIELDS
+from . import flows, run, stream
+from ._common import UsageError, sole
+
+__all__ = ["FIELDS", "build_parser", "main"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="aiomb", description="Async middleboxes on a shared flow stack.")
+    sub = p.add_subparsers(dest="command", required=True)
+    flows.add_parser(sub)
+    stream.add_parser(sub)
+    run.add_parser(sub)
+    return p
+
+
+def main(argv=None) -> int:
+    """Entry point of the ``aiomb`` console script and ``python -m aiomb``."""
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except UsageError as exc:
+        print(f"aiomb: error: {exc}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        return 130
+    except BaseException as exc:
+        if not isinstance(sole(exc), BrokenPipeError):
+            raise
+        # the reader went away (`aiomb ... | head`): end quietly, as a command killed by SIGPIPE
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 128 + signal.SIGPIPE

@@ -1,0 +1,92 @@
+"""What the ``aiomb`` subcommands share: usage errors, capture checks, live port options.
+
+Layer: cli (top).
+"""
+
+import os
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit status 2."""
+
+
+def endpoint(ip: str, port: int) -> str:
+    """``ip:port``, with IPv6 addresses in brackets."""
+    return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+
+
+def check_capture(path: str) -> None:
+    """Raise UsageError for a capture path that cannot be read at all."""
+    if not os.path.exists(path):
+        raise UsageError(f"capture file not found: {path}")
+    if os.path.isdir(path):
+        raise UsageError(f"{path} is a directory; give a .pcap or .pcapng file")
+
+
+def parse_queues(text: str | None, option: str = "--queues"):
+    """``--queues 0,2-3`` -> [0, 2, 3]; None -> None (every queue)."""
+    if text is None:
+        return None
+    out = []
+    try:
+        for part in text.split(","):
+            lo, _, hi = part.partition("-")
+            out.extend(range(int(lo), int(hi or lo) + 1))
+    except ValueError:
+        raise UsageError(f"bad {option} {text!r}: give numbers like 0,1 or 0-3") from None
+    if not out or min(out) < 0:
+        raise UsageError(f"bad {option} {text!r}: give numbers like 0,1 or 0-3")
+    return out
+
+
+def parse_prefilter(args):
+    """The Prefilter of --prefilter-protocols/-ports/-networks (comma-separated), or None."""
+    from ..io._prefilter import Prefilter
+
+    fields = {}
+    try:
+        if args.prefilter_protocols:
+            fields["protocols"] = [int(p) if p.isdigit() else p for p in args.prefilter_protocols.split(",")]
+        if args.prefilter_ports:
+            fields["ports"] = parse_queues(args.prefilter_ports, "--prefilter-ports")
+        if args.prefilter_networks:
+            fields["networks"] = args.prefilter_networks.split(",")
+        return Prefilter(**fields) if fields else None
+    except ValueError as exc:
+        raise UsageError(f"bad pre-filter: {exc}") from None
+
+
+def live_port(args, *, inline=None):
+    """The port described by --iface/--queues/--mode/--netns/--force/--prefilter-* (and --inline)."""
+    from ..io._port import port
+
+    if os.geteuid() != 0:
+        raise UsageError("live ports (--iface) need root (AF_XDP sockets and XDP programs)")
+    return port(args.iface, queues=parse_queues(args.queues), mode=args.mode, inline=inline,
+                force=args.force, netns=args.netns, prefilter=parse_prefilter(args))
+
+
+def sole(exc: BaseException) -> BaseException:
+    """The one exception inside (nested) exception groups of one member, else ``exc`` itself."""
+    while isinstance(exc, BaseExceptionGroup) and len(exc.exceptions) == 1:
+        exc = exc.exceptions[0]
+    return exc
+
+
+def add_port_options(p, *, inline: bool) -> None:
+    p.add_argument("--iface", metavar="IF", help="a live interface (AF_XDP; needs root)")
+    p.add_argument("--queues", metavar="Q", help="RX queues to read, e.g. 0,1 or 0-3 (default: all)")
+    p.add_argument("--mode", choices=("skb", "native"), default="skb",
+                   help="XDP mode: skb (generic, any driver; default) or native (the driver's)")
+    p.add_argument("--netns", metavar="NS", help="the network namespace the interface is in")
+    p.add_argument("--force", action="store_true",
+                   help="replace an XDP program that is not aiomb's on the interface")
+    p.add_argument("--prefilter-protocols", metavar="P,..",
+                   help="in-kernel pre-filter: only these IP protocols (tcp,udp,icmp or numbers)")
+    p.add_argument("--prefilter-ports", metavar="PORT,..",
+                   help="in-kernel pre-filter: only TCP/UDP with one of these ports (e.g. 80,443,8000-8010)")
+    p.add_argument("--prefilter-networks", metavar="NET,..",
+                   help="in-kernel pre-filter: only packets from or to these networks (e.g. 10.0.0.0/8)")
+    if inline:
+        p.add_argument("--inline", metavar="IF2",
+                       help="forward between --iface and IF2 (inline: handlers may drop/rewrite)")

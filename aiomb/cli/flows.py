@@ -1,0 +1,223 @@
+"""``aiomb flows``: one record per flow of a capture or a live port, streamed as flows end.
+
+Layer: cli (top). Synchronous (no Trio): a :class:`aiomb.FlowRun` hands over the core's record
+batches as flows leave the table, and JSON lines and CSV are formatted in the core, so that the
+output keeps pace with the engine and memory stays flat whatever the capture's size. SIGINT,
+SIGTERM and SIGHUP end the run cleanly: the open flows are written with reason ``interrupted``,
+a live port is detached, and the exit status is 128 + the signal's number.
+"""
+
+import signal
+import sys
+import time
+
+from .._errors import CaptureError, PortError
+from .._records import FIELDS, HASHES, FlowRun, hash_fields
+from ..flows._filter import FilterError, compile_filter
+from ..flows._types import EndReason
+from ..io._capture import capture
+from ._common import UsageError, add_port_options, check_capture, endpoint, live_port
+
+CHUNK = 1024                    # records formatted at once
+TABLE_COLUMNS = ("flow", "proto", "client", "server", "pkts c/s", "ip bytes c/s", "states", "end")
+
+
+class Progress:
+    """A progress bar on stderr for long captures (only when stderr is a terminal), drawn at
+    most four times a second."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.enabled = stream.isatty()
+        self.next = 0.0
+
+    def __call__(self, source) -> None:
+        now = time.monotonic()
+        if now >= self.next and hasattr(source, "progress"):
+            self.next = now + 0.25
+            self.draw(*source.progress())
+
+    def draw(self, done: int, total: int, final: bool = False) -> None:
+        if final:
+            done = total
+        frac = done / total if total else 1.0
+        width = 30
+        bar = "#" * int(frac * width)
+        self.stream.write(f"\r[{bar:<{width}}] {frac:6.1%} {done / 1e6:8.1f}/{total / 1e6:.1f} MB")
+        if final:
+            self.stream.write("\n")
+        self.stream.flush()
+
+
+class Writer:
+    """Writes record batches in one format: JSON lines and CSV as they come (or all at the end,
+    in flow-number order, with ``sort``), the table at the end (its columns are aligned)."""
+
+    def __init__(self, fmt: str, out, *, run: FlowRun, sort: bool):
+        self.fmt = fmt
+        self.out = out
+        self.run = run
+        self.sort = sort or fmt == "table"
+        self.held = None
+        self.extra_names = hash_fields(run.hashes)
+        self.header = fmt == "csv"
+
+    def write(self, records) -> None:
+        if self.sort:
+            if self.held is None:
+                self.held = records
+            else:
+                self.held.extend(records)
+            return
+        self.emit(records)
+
+    def close(self) -> None:
+        if self.held is not None:
+            self.held.sort()
+            self.emit(self.held)
+        elif self.header:                       # no flow at all: the header still goes out
+            self.out.write(",".join(FIELDS + self.extra_names).encode() + b"\n")
+        self.out.flush()
+
+    def emit(self, records) -> None:
+        digests = self.run.digests(records) if self.run.hashes else None
+        if self.fmt == "table":
+            self.out.write(table(records).encode())
+            return
+        extra = None
+        if digests is not None:
+            if self.fmt == "jsonl":
+                extra = [b"".join(f', "{n}": "{d}"'.encode() for n, d in zip(self.extra_names, row))
+                         for row in digests]
+            else:
+                extra = [b"".join(b"," + d.encode() for d in row) for row in digests]
+        for start in range(0, len(records), CHUNK):     # a bounded piece of text at a time
+            self.out.write(records.format(self.fmt, start, min(start + CHUNK, len(records)), header=self.header,
+                                          extra=extra, extra_names=self.extra_names))
+            self.header = False
+        self.out.flush()
+
+
+def table(records) -> str:
+    """Records as an aligned table (for people)."""
+    rows = []
+    for i in range(len(records)):
+        r = records[i]
+        rows.append((str(r["flow"]), r["proto"],
+                     endpoint(r["client_ip"], r["client_port"]), endpoint(r["server_ip"], r["server_port"]),
+                     f"{r['client_packets']}/{r['server_packets']}",
+                     f"{r['client_ip_bytes']}/{r['server_ip_bytes']}",
+                     f"{r['client_state']}/{r['server_state']}" if r["proto"] == "tcp" else "-",
+                     r["end_reason"]))
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(TABLE_COLUMNS)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def stats_line(run: FlowRun, flows: int) -> str:
+    """The --stats summary: packets, flows, malformed packets by reason, elapsed time, rate."""
+    st = run.statistics()
+    elapsed = run.elapsed or 0.0
+    malformed = ", ".join(f"{k} {v}" for k, v in sorted(st.malformed.items())) or "none"
+    rate = st.packets / elapsed if elapsed > 0 else 0.0
+    return (f"aiomb: {st.packets} packets, {flows} flows, malformed: {malformed}; "
+            f"{elapsed:.3f} s, {rate / 1e6:.2f} Mpkt/s")
+
+
+def parse_hashes(text: str | None) -> tuple:
+    if not text:
+        return ()
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",")))
+    for name in names:
+        if name not in HASHES:
+            raise UsageError(f"bad --hash {text!r}: choose from {', '.join(HASHES)} (comma-separated)")
+    return names
+
+
+def cmd_flows(args) -> int:
+    if (args.capture is None) == (args.iface is None):
+        raise UsageError("give a capture file or --iface IF (one of them)")
+    try:
+        compile_filter(args.filter)
+    except FilterError as exc:
+        raise UsageError(f"bad --filter expression:\n{exc}") from None
+    hashes = parse_hashes(args.hash)
+    if args.iface is not None:
+        if args.duration is None or not args.duration > 0:
+            raise UsageError("--iface needs --duration SECONDS (how long to watch)")
+        source = live_port(args)
+    else:
+        if args.duration is not None:
+            raise UsageError("--duration is for live ports (--iface)")
+        check_capture(args.capture)
+        source = capture(args.capture)
+    bar = Progress()
+    live = args.iface is not None
+    deadline = None
+
+    def progress(src) -> None:
+        if live and time.monotonic() >= deadline:
+            run.stop(EndReason.END_OF_CAPTURE)      # the watch is over: flows end as at a capture's end
+        elif bar.enabled and not live:
+            bar(src)
+
+    run = FlowRun(source, filter=args.filter, hashes=hashes, midstream=not args.no_midstream,
+                  vlan_in_key=args.vlan, overlap_policy=args.policy,
+                  progress=progress if (live or bar.enabled) else None)
+    writer = Writer(args.format, sys.stdout.buffer, run=run, sort=args.sort)
+    caught = []
+
+    def interrupted(signum, frame) -> None:
+        caught.append(signum)
+        run.stop(EndReason.INTERRUPTED)
+
+    handlers = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
+    flows, error = 0, None
+    try:
+        deadline = time.monotonic() + (args.duration or 0)
+        for records in run:
+            flows += len(records)
+            writer.write(records)
+    except (CaptureError, PortError) as exc:
+        error = exc
+    finally:
+        for s, h in handlers.items():
+            signal.signal(s, h)
+    if bar.enabled and not live:
+        bar.draw(*source.progress(), final=True)
+    writer.close()
+    if live and run.opened:
+        st = source.statistics()
+        print(f"aiomb: {args.iface}: {st.received} frames received, {st.ring_drops} dropped by "
+              f"the ring", file=sys.stderr)
+    if args.stats:
+        print(stats_line(run, flows), file=sys.stderr)
+    if error is not None:
+        print(f"aiomb: error: {error}", file=sys.stderr)
+        return 1
+    if caught:
+        return 128 + caught[0]
+    return 0
+
+
+def add_parser(sub) -> None:
+    f = sub.add_parser("flows", help="list the flows of a capture, one record per flow")
+    f.add_argument("capture", nargs="?", help="a .pcap or .pcapng file, optionally .gz")
+    f.add_argument("--format", choices=("table", "jsonl", "csv"), default="table",
+                   help="table (aligned, for people; printed at the end), jsonl or csv (streamed as flows end)")
+    f.add_argument("--sort", action="store_true",
+                   help="jsonl/csv in flow-number order (first seen first): every record is held to the end")
+    f.add_argument("--hash", metavar="NAME[,NAME]",
+                   help=f"hash both sides' reassembled bytes ({', '.join(HASHES)}): client_NAME, server_NAME fields")
+    f.add_argument("--stats", action="store_true",
+                   help="a summary line on stderr: packets, flows, malformed packets, elapsed time, rate")
+    f.add_argument("--filter", metavar="EXPR", help="tcpdump-style flow filter, e.g. 'tcp port 80'")
+    f.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
+    f.add_argument("--no-midstream", action="store_true",
+                   help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
+    f.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
+    add_port_options(f, inline=False)
+    f.add_argument("--duration", metavar="SECONDS", type=float,
+                   help="with --iface: watch for this long, then print the flows")
+    f.set_defaults(func=cmd_flows)

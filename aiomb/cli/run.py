@@ -1,0 +1,124 @@
+"""``aiomb run APP.py``: a middlebox module on a capture or a live port.
+
+Layer: cli (top). A stack program (setup/run) runs under Trio; a synchronous one (main(source))
+runs as it is.
+"""
+
+import importlib.util
+import os
+import sys
+import threading
+
+from .._errors import CaptureError, PortError
+from ..io._capture import capture
+from ._common import UsageError, add_port_options, check_capture, live_port, sole
+
+
+def load_app(path: str):
+    """Import a middlebox module from a file path (its folder first on sys.path, as for a script):
+    it defines setup(stack) and/or async run(stack) (a stack program), or main(source) (a
+    synchronous program, e.g. an epoll loop)."""
+    if not os.path.isfile(path):
+        raise UsageError(f"middlebox module not found: {path}")
+    sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
+    spec = importlib.util.spec_from_file_location(
+        "aiomb_app_" + os.path.splitext(os.path.basename(path))[0], path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    kinds = [name for name in ("setup", "run", "main") if callable(getattr(module, name, None))]
+    if not kinds:
+        raise UsageError(f"{path} defines none of setup(stack), async run(stack) or main(source); "
+                         "define one (see README)")
+    if "main" in kinds and len(kinds) > 1:
+        raise UsageError(f"{path} defines main(source) and a stack's setup/run: define one kind of program")
+    return module
+
+
+async def run_app(module, source, *, duration: float | None = None, **engine_options) -> None:
+    """Run a middlebox module on a source until the source ends and the app returns.
+
+    A live source runs until interrupted (Ctrl-C), or for ``duration`` seconds.
+    """
+    import trio
+
+    from .._stack import open_stack
+
+    async with open_stack(source, **engine_options) as stack:
+        setup = getattr(module, "setup", None)
+        if setup is not None:
+            setup(stack)
+        run = getattr(module, "run", None)
+        async with trio.open_nursery() as nursery:
+            timer = trio.CancelScope()
+            if duration is not None:
+                async def stop_later():
+                    with timer:
+                        await stop_after(source, duration)
+                nursery.start_soon(stop_later)
+            if run is not None:
+                nursery.start_soon(run, stack)
+            await stack.run()
+            timer.cancel()
+
+
+def cmd_run(args) -> int:
+    if (args.pcap is None) == (args.iface is None):
+        raise UsageError("give one source: --pcap CAPTURE or --iface IF")
+    if args.iface is None and (args.inline or args.duration is not None or args.queues):
+        raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
+    if args.pcap is not None:
+        check_capture(args.pcap)
+    module = load_app(args.app)
+    if args.iface is not None:
+        source = live_port(args, inline=args.inline)
+    else:
+        source = capture(args.pcap)
+    try:
+        if hasattr(module, "main"):
+            run_main(module.main, source, args.duration)
+            return 0
+        import trio
+
+        try:
+            trio.run(lambda: run_app(module, source, duration=args.duration, midstream=args.midstream,
+                                     vlan_in_key=args.vlan))
+        except BaseExceptionGroup as group:
+            raise sole(group) from None
+    except (CaptureError, PortError) as exc:
+        print(f"aiomb: error: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+def run_main(main, source, duration: float | None) -> None:
+    """A synchronous program: ``main(source)``, no Trio; a live port is stopped after ``duration``."""
+    stopper = None
+    if duration is not None:
+        stopper = threading.Timer(duration, source.stop)
+        stopper.daemon = True
+        stopper.start()
+    try:
+        main(source)
+    finally:
+        if stopper is not None:
+            stopper.cancel()
+
+
+async def stop_after(source, seconds: float) -> None:
+    """End a live port's input after ``seconds`` (the stack then ends every open flow)."""
+    import trio
+
+    await trio.sleep(seconds)
+    source.stop()
+
+
+def add_parser(sub) -> None:
+    r = sub.add_parser("run", help="run a middlebox module (APP.py) on a capture or a live port")
+    r.add_argument("app", help="a Python file defining setup(stack) and/or async run(stack)")
+    r.add_argument("--pcap", metavar="CAPTURE", help="replay this capture")
+    add_port_options(r, inline=True)
+    r.add_argument("--duration", metavar="SECONDS", type=float,
+                   help="with --iface: stop after this long (default: run until Ctrl-C)")
+    r.add_argument("--midstream", action="store_true", help="pick up flows without a handshake")
+    r.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
+    r.set_defaults(func=cmd_run)
