@@ -201,7 +201,14 @@ cdef inline void put_ts(out_t *o, int64_t ns) noexcept nogil:
 
 cdef inline void put_ip(out_t *o, const uint8_t *ip, int family) noexcept nogil:
     cdef char buf[64]
-    inet_ntop(AF_INET if family == 4 else AF_INET6, ip, buf, 64)
+    cdef int i
+    if family == 4:
+        for i in range(4):
+            if i:
+                put(o, ".", 1)
+            put_u64(o, ip[i])
+        return
+    inet_ntop(AF_INET6, ip, buf, 64)
     put_s(o, buf)
 
 
@@ -220,39 +227,95 @@ cdef const char *REASON_NAMES[8]
 REASON_NAMES[:] = [b"open", b"fin", b"rst", b"timeout", b"evicted", b"end_of_capture", b"reused",
                    b"interrupted"]
 
+cdef enum:
+    K_U64, K_U16, K_TS, K_IP, K_PROTO, K_VLAN, K_STATE, K_REASON, K_BOOL
+    MAX_FIELDS = 64
 
-cdef void put_field(out_t *o, const flowrec_t *r, const char *kind, size_t off, bint json) noexcept nogil:
+ctypedef struct fieldspec_t:
+    int kind
+    size_t off
+    char json_name[48]          # ', "name": ' (the first without the comma)
+    size_t json_len
+    char csv_name[40]           # ',name'
+    size_t csv_len
+
+cdef fieldspec_t FIELDSPEC[MAX_FIELDS]
+cdef int NFIELDS = 0
+KIND_CODES = {"u64": K_U64, "u16": K_U16, "ts": K_TS, "ip_c": K_IP, "ip_s": K_IP, "proto": K_PROTO,
+              "vlan": K_VLAN, "state_c": K_STATE, "state_s": K_STATE, "reason": K_REASON, "bool": K_BOOL}
+
+
+cdef int describe_fields() except -1:
+    """The field table the formatters walk (from RECORD_FIELDS, once)."""
+    global NFIELDS
+    cdef fieldspec_t *f
+    cdef bytes j, c
+    for i, (name, kind, off) in enumerate(RECORD_FIELDS):
+        f = &FIELDSPEC[i]
+        f.kind = KIND_CODES[kind]
+        f.off = off
+        j = (("" if i == 0 else ", ") + f'"{name}": ').encode()
+        c = (("" if i == 0 else ",") + name).encode()
+        memcpy(f.json_name, <const char *>j, len(j))
+        f.json_len = len(j)
+        memcpy(f.csv_name, <const char *>c, len(c))
+        f.csv_len = len(c)
+    NFIELDS = len(RECORD_FIELDS)
+    return 0
+
+
+describe_fields()
+
+
+cdef inline void put_quoted(out_t *o, const char *s, bint json) noexcept nogil:
+    if json:
+        put(o, "\"", 1)
+        put_s(o, s)
+        put(o, "\"", 1)
+    else:
+        put_s(o, s)
+
+
+cdef void put_row(out_t *o, const flowrec_t *r, bint json) noexcept nogil:
+    """One record's fields, separated (JSON: with their names), without brackets or newline."""
     cdef const char *base = <const char *>r
     cdef bint tcp = r.proto == 6
-    cdef const char *q = b"\"" if json else b""
-    if kind[0] == b"u":
-        if kind[1] == b"6":
-            put_u64(o, (<const uint64_t *>(base + off))[0])
-        else:
-            put_u64(o, (<const uint16_t *>(base + off))[0])
-    elif kind[0] == b"t":
-        put_ts(o, (<const int64_t *>(base + off))[0])
-    elif kind[0] == b"i":
-        put_s(o, q)
-        put_ip(o, <const uint8_t *>(base + off), r.family)
-        put_s(o, q)
-    elif kind[0] == b"p":
-        put_s(o, b"\"tcp\"" if json and tcp else b"\"udp\"" if json else b"tcp" if tcp else b"udp")
-    elif kind[0] == b"v":
-        put_s(o, q)
-        put_vlan(o, r)
-        put_s(o, q)
-    elif kind[0] == b"s":
-        put_s(o, q)
-        if tcp:
-            put_s(o, STATE_NAMES[(<const uint8_t *>(base + off))[0]])
-        put_s(o, q)
-    elif kind[0] == b"r":
-        put_s(o, q)
-        put_s(o, REASON_NAMES[r.end_reason])
-        put_s(o, q)
-    else:
+    cdef const fieldspec_t *f
+    cdef int i
+    for i in range(NFIELDS):
+        f = &FIELDSPEC[i]
         if json:
+            put(o, f.json_name, f.json_len)
+        elif i:
+            put(o, ",", 1)
+        if f.kind == K_U64:
+            put_u64(o, (<const uint64_t *>(base + f.off))[0])
+        elif f.kind == K_U16:
+            put_u64(o, (<const uint16_t *>(base + f.off))[0])
+        elif f.kind == K_TS:
+            put_ts(o, (<const int64_t *>(base + f.off))[0])
+        elif f.kind == K_IP:
+            if json:
+                put(o, "\"", 1)
+            put_ip(o, <const uint8_t *>(base + f.off), r.family)
+            if json:
+                put(o, "\"", 1)
+        elif f.kind == K_PROTO:
+            put_quoted(o, b"tcp" if tcp else b"udp", json)
+        elif f.kind == K_VLAN:
+            if json:
+                put(o, "\"", 1)
+            put_vlan(o, r)
+            if json:
+                put(o, "\"", 1)
+        elif f.kind == K_STATE:
+            if tcp:
+                put_quoted(o, STATE_NAMES[(<const uint8_t *>(base + f.off))[0]], json)
+            else:
+                put_quoted(o, b"", json)
+        elif f.kind == K_REASON:
+            put_quoted(o, REASON_NAMES[r.end_reason], json)
+        elif json:
             put_s(o, b"true" if r.midstream else b"false")
         else:
             put_s(o, b"True" if r.midstream else b"False")
@@ -363,7 +426,7 @@ cdef class FlowRecords:
         the batch) is put at the end of each row as it is, e.g. ``b', "client_sha256": "..."'``
         (with ``header``, ``extra_names`` go too)."""
         cdef out_t o
-        cdef Py_ssize_t i, j
+        cdef Py_ssize_t i
         cdef bytes piece
         cdef bint json
         if fmt not in ("jsonl", "csv"):
@@ -375,54 +438,34 @@ cdef class FlowRecords:
         if not 0 <= start <= stop <= self.n:
             raise IndexError(f"rows {start} to {stop} of {self.n}")
         json = fmt == "jsonl"
-        names = [(f"\"{name}\": " if json else name).encode() for name, _, _ in RECORD_FIELDS]
-        kinds = [kind.encode() for _, kind, _ in RECORD_FIELDS]
-        offs = [off for _, _, off in RECORD_FIELDS]
-        cdef Py_ssize_t nf = len(names)
-        cdef const char **cnames = <const char **>malloc(nf * sizeof(char *))
-        cdef const char **ckinds = <const char **>malloc(nf * sizeof(char *))
-        cdef size_t *coffs = <size_t *>malloc(nf * sizeof(size_t))
         o.p = NULL
         o.n = o.cap = 0
         try:
-            if cnames == NULL or ckinds == NULL or coffs == NULL:
-                raise MemoryError()
-            for i in range(nf):
-                cnames[i] = <const char *>(<bytes>names[i])
-                ckinds[i] = <const char *>(<bytes>kinds[i])
-                coffs[i] = <size_t>offs[i]
             if header and not json:
                 out_reserve(&o, 4096)
-                for i in range(nf):
-                    if i:
-                        put(&o, ",", 1)
-                    put_s(&o, cnames[i])
+                for i in range(NFIELDS):
+                    put(&o, FIELDSPEC[i].csv_name, FIELDSPEC[i].csv_len)
                 for name in extra_names:
                     piece = b"," + name.encode()
                     out_reserve(&o, len(piece))
-                    put(&o, <const char *>(<bytes>piece), len(piece))
+                    put(&o, <const char *>piece, len(piece))
                 put(&o, "\n", 1)
             for i in range(start, stop):
                 out_reserve(&o, 2048)
                 if json:
                     put(&o, "{", 1)
-                for j in range(nf):
-                    if j:
-                        put_s(&o, b", " if json else b",")
-                    if json:
-                        put_s(&o, cnames[j])
-                    put_field(&o, &self.rows[i], ckinds[j], coffs[j], json)
+                put_row(&o, &self.rows[i], json)
                 if extra is not None:
                     piece = <bytes>extra[i]
                     out_reserve(&o, len(piece) + 2)
                     put(&o, <const char *>piece, len(piece))
-                put_s(&o, b"}\n" if json else b"\n")
+                if json:
+                    put(&o, "}\n", 2)
+                else:
+                    put(&o, "\n", 1)
             return PyBytes_FromStringAndSize(o.p, o.n) if o.n else b""
         finally:
             free(o.p)
-            free(cnames)
-            free(ckinds)
-            free(coffs)
 
     def __getbuffer__(self, Py_buffer *view, int flags):
         self.shape[0] = self.n * sizeof(flowrec_t)
