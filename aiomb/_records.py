@@ -9,7 +9,6 @@ those batches over as flows end (``aiomb flows`` streams them, as Zeek writes co
 
 import hashlib
 import html
-import socket
 import time
 
 from ._core import RECORD_FIELDS, RECORD_LAYOUT, RECORD_SIZE, Dispatcher, Engine, FlowRecords, FrameBatch
@@ -187,34 +186,19 @@ class FlowTable:
 
     def to_pandas(self):
         """A pandas DataFrame with the columns of ``aiomb flows --format jsonl``."""
-        import numpy as np
         import pandas as pd
 
-        from .flows._types import TcpState
-
         rows = self.to_numpy()
-        tcp = rows["proto"] == 6
-        states = np.array([s.name for s in TcpState], dtype=object)
-        reasons = np.array(["open"] + [str(r) for r in EndReason], dtype=object)
         data = {}
         for name, kind, _ in RECORD_FIELDS:
             if kind in ("u64", "u16"):
                 data[name] = rows[name]
             elif kind == "ts":
                 data[name] = (rows[name] + 500) // 1000 / 1e6
-            elif kind in ("ip_c", "ip_s"):
-                data[name] = addresses(rows[name], rows["family"])
-            elif kind == "proto":
-                data[name] = np.where(tcp, "tcp", "udp").astype(object)
-            elif kind == "vlan":
-                tags = zip(rows["vlan"], rows["nvlan"])
-                data[name] = np.array(["/".join(str(v) for v in row[:n]) for row, n in tags], dtype=object)
-            elif kind in ("state_c", "state_s"):
-                data[name] = np.where(tcp, states[rows[name]], "").astype(object)
-            elif kind == "reason":
-                data[name] = reasons[rows[name]]
-            else:
+            elif kind == "bool":
                 data[name] = rows[name].astype(bool)
+            else:                       # addresses, protocol, VLAN tags, states, reasons: text
+                data[name] = pd.Series(self.records.text_column(name), dtype=object)
         return pd.DataFrame(data, columns=list(FIELDS))
 
     def _repr_html_(self) -> str:
@@ -225,17 +209,6 @@ class FlowTable:
         body = "".join("<tr>" + "".join(f"<td>{html.escape(str(r[c]))}</td>" for c in cols) + "</tr>" for r in shown)
         more = f"<p>{len(self) - len(shown)} more flows</p>" if len(self) > len(shown) else ""
         return f"<p>{len(self)} flows</p><table><tr>{head}</tr>{body}</table>{more}"
-
-
-def addresses(raw, family) -> "object":
-    """Text addresses of 16-byte address fields (IPv4 in the first 4 bytes)."""
-    import numpy as np
-
-    out = np.empty(len(raw), dtype=object)
-    for i, (addr, fam) in enumerate(zip(raw, family)):
-        b = addr.tobytes()
-        out[i] = socket.inet_ntop(socket.AF_INET, b[:4]) if fam == 4 else socket.inet_ntop(socket.AF_INET6, b)
-    return out
 
 
 def record_dtype():

@@ -3,14 +3,15 @@
 Generates (or reuses) a synthetic capture, builds the libnids program, then
 times every tool over the same file and prints a table; see bench/README.md.
 
-Usage: python bench/run.py [--quick] [--flows N] [--seed S] [--repeat N]
-                           [--timeout S] [--workdir DIR] [--json OUT.json]
+Usage: python bench/run.py [--quick] [--flows N] [--seed S] [--repeat N] [--scale K]
+                           [--nfstream-python PY] [--timeout S] [--workdir DIR] [--json OUT.json]
 """
 
 import argparse
 import json
 import os
 import pathlib
+import re
 import shlex
 import statistics
 import subprocess
@@ -28,6 +29,12 @@ LINK_FLAGS = (  # tried in order after pkg-config
 )
 NIDS_COLLECT = "libnids (collect)"
 NIDS_NO_COLLECT = "libnids (no-collect)"
+FLOWS_JSONL = "aiomb flows (jsonl)"
+TABLE = "aiomb read_flows().to_pandas()"
+NFSTREAM = "nfstream to_pandas()"
+GNU_TIME = "/usr/bin/time"     # its %M: the peak of the measured process alone (ours is not counted)
+PEAK_LINE = re.compile(r"aiomb-bench-peak-kib (\d+)\n?")
+STATS_LINE = re.compile(r"aiomb: (\d+) packets, (\d+) flows, .*; ([0-9.]+) s, ")
 
 
 def default_workdir():
@@ -86,7 +93,14 @@ def warm_page_cache(path):
             pass
 
 
-def tools(nids, capture):
+def flows_command(capture, *options):
+    """``aiomb flows CAPTURE --format jsonl --stats`` as a user runs it, its records to /dev/null
+    (the shell execs the command: it is the measured process); the figures come from --stats."""
+    argv = [sys.executable, "-m", "aiomb", "flows", str(capture), "--format", "jsonl", "--stats", *options]
+    return ["sh", "-c", f"exec {shlex.join(argv)} >/dev/null"]
+
+
+def tools(nids, capture, nfstream_python=None):
     """(row name, command) for every measurement, in table order."""
     python = sys.executable
     rows = []
@@ -103,28 +117,43 @@ def tools(nids, capture):
         ("aiomb (reassembly, bytes read)",
          [python, str(BENCH / "aiomb_flows.py"), "--reassemble", "--read-bytes", str(capture)]),
         ("aiomb (epoll, bytes read)", [python, str(BENCH / "aiomb_epoll.py"), str(capture)]),
+        (FLOWS_JSONL, flows_command(capture)),
+        ("aiomb flows (jsonl, --hash sha256)", flows_command(capture, "--hash", "sha256")),
+        (TABLE, [python, str(BENCH / "aiomb_table.py"), str(capture)]),
+        (NFSTREAM, [nfstream_python or python, str(BENCH / "nfstream_table.py"), str(capture)]),
     ]
     return rows
 
 
 def measure_once(cmd, timeout):
-    """Run one measurement; return its JSON result (with ``process_seconds``, the whole process's
-    wall time: start-up and imports included) or {"unavailable": reason}."""
+    """Run one measurement; return its result (with ``process_seconds``, the whole process's
+    wall time: start-up and imports included, and ``peak_mib``, its peak resident memory as GNU
+    time reports it, when /usr/bin/time is there) or {"unavailable": reason}. A tool prints its
+    result as a JSON line on stdout; ``aiomb flows`` as its --stats line on stderr."""
+    timed = [GNU_TIME, "-f", "aiomb-bench-peak-kib %M", *cmd] if os.path.exists(GNU_TIME) else cmd
     started = time.perf_counter()
     try:
-        done = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+        done = subprocess.run(timed, capture_output=True, text=True, timeout=timeout)
     except subprocess.TimeoutExpired:
         return {"unavailable": f"run timed out after {timeout} s"}
     elapsed = time.perf_counter() - started
+    peak = PEAK_LINE.search(done.stderr)
+    stderr = PEAK_LINE.sub("", done.stderr)
     if done.returncode != 0:
-        last = (done.stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
+        last = (stderr.strip().splitlines() or [f"exit status {done.returncode}"])[-1]
         return {"unavailable": f"run failed: {last}"}
-    lines = done.stdout.strip().splitlines()
-    if not lines:
-        return {"unavailable": "run printed nothing"}
-    result = json.loads(lines[-1])
+    stats = STATS_LINE.search(stderr)
+    if stats:
+        result = {"packets": int(stats[1]), "flows": int(stats[2]), "seconds": float(stats[3])}
+    else:
+        lines = done.stdout.strip().splitlines()
+        if not lines:
+            return {"unavailable": "run printed nothing"}
+        result = json.loads(lines[-1])
     if "unavailable" not in result:
         result["process_seconds"] = round(elapsed, 6)
+        if peak:
+            result["peak_mib"] = round(int(peak[1]) / 1024, 1)
     return result
 
 
@@ -169,7 +198,7 @@ def ratio(result, reference):
 
 
 HEADER = ("tool", "packets", "process s", "median s", "in-process s", "Mpkt/s", "vs nids(collect)",
-          "vs nids(no-collect)", "events/s")
+          "vs nids(no-collect)", "events/s", "peak MiB")
 
 
 def row(name, result, results):
@@ -183,6 +212,7 @@ def row(name, result, results):
         ratio(result, results.get(NIDS_COLLECT)),
         ratio(result, results.get(NIDS_NO_COLLECT)),
         f"{events / result['process_seconds']:,.0f}" if events else "-",
+        f"{result['peak_mib']:.1f}" if "peak_mib" in result else "-",
     )
 
 
@@ -250,6 +280,35 @@ def memory_line(result):
             f"{result['flows']:,} flows; flow-table entry {result['flow_entry_bytes']} bytes; target <= 256)")
 
 
+def table_line(results):
+    """read_flows().to_pandas() against NFStream's to_pandas(), whole processes."""
+    mine, theirs = results.get(TABLE, {}), results.get(NFSTREAM, {})
+    if "unavailable" in mine or "unavailable" in theirs or not mine or not theirs:
+        why = theirs.get("unavailable") or mine.get("unavailable") or "not run"
+        return f"flow table vs NFStream: {why}"
+    return (f"flow table: aiomb read_flows().to_pandas() {mine['process_seconds']:.3f} s, NFStream "
+            f"{theirs.get('version', '')} to_pandas() {theirs['process_seconds']:.3f} s: "
+            f"{theirs['process_seconds'] / mine['process_seconds']:.1f}x faster (target >= 10x)")
+
+
+def scale_run(args, nids, base):
+    """aiomb flows and libnids on a capture with ``args.scale`` times the flows: the whole-process
+    ratio there, and how aiomb flows' peak memory grew (target <= 1.2x: records stream out)."""
+    path, capture = ensure_capture(args.workdir, args.flows * args.scale, args.seed)
+    print(f"\n{args.scale}x capture: {path}: {capture['packets']} packets, {capture['flows']} flows", flush=True)
+    rows = [(FLOWS_JSONL, flows_command(path))]
+    if nids is not None:
+        rows.insert(0, (NIDS_COLLECT, [str(nids), str(path)]))
+    results = measure_all(rows, args.repeat, args.timeout, path)
+    print(table(results))
+    small, large = base.get(FLOWS_JSONL, {}), results.get(FLOWS_JSONL, {})
+    if "peak_mib" in small and "peak_mib" in large:
+        print(f"aiomb flows peak memory: {small['peak_mib']:.1f} MiB on {small['packets']} packets, "
+              f"{large['peak_mib']:.1f} MiB on {large['packets']} packets: "
+              f"{large['peak_mib'] / small['peak_mib']:.2f}x (target <= 1.2x)")
+    return results
+
+
 def parse_args():
     """Command line options."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -261,6 +320,11 @@ def parse_args():
     parser.add_argument("--workdir", type=pathlib.Path, default=default_workdir(),
                         help="cache for captures and binaries (default %(default)s)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the raw numbers here")
+    parser.add_argument("--scale", type=int, default=3,
+                        help="also run aiomb flows and libnids on a capture with K times the flows (default 3; "
+                             "0: no): time and peak memory as the capture grows")
+    parser.add_argument("--nfstream-python", metavar="PY",
+                        help="the Python with nfstream installed (default: this one)")
     args = parser.parse_args()
     if args.repeat < 1:
         parser.error("--repeat must be at least 1")
@@ -283,13 +347,18 @@ def main():
         nids, nids_error = None, str(exc)
     results = {} if nids else {NIDS_COLLECT: {"unavailable": nids_error},
                                NIDS_NO_COLLECT: {"unavailable": nids_error}}
-    results.update(measure_all(tools(nids, capture_path), args.repeat, args.timeout, capture_path))
+    results.update(measure_all(tools(nids, capture_path, args.nfstream_python), args.repeat, args.timeout,
+                               capture_path))
     print(f"\nbest of {args.repeat} whole processes (start-up included; median beside it, and the "
           "tool's own timing of its work); ratios are the best runs' whole-process packet rates "
           "relative to libnids\n")
     print(table(results))
     print("\ncounts vs generator:")
     print("\n".join(checks(results, capture)))
+    print("\n" + table_line(results))
+    scaled = None
+    if args.scale > 1:
+        scaled = scale_run(args, nids, results)
     print("\nmeasuring event delivery (one PACKET_IN event per packet) ...", flush=True)
     warm_page_cache(capture_path)
     delivery = measure_once([sys.executable, str(BENCH / "delivery.py"), str(capture_path),
@@ -300,7 +369,7 @@ def main():
     print(memory_line(memory))
     if args.json:
         args.json.write_text(json.dumps({"capture": dict(capture, path=str(capture_path)),
-                                         "repeat": args.repeat, "results": results,
+                                         "repeat": args.repeat, "results": results, "scaled": scaled,
                                          "delivery": delivery, "memory": memory}, indent=2))
 
 

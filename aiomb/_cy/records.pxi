@@ -5,6 +5,7 @@
 
 from libc.string cimport strlen
 from cpython.bytes cimport PyBytes_FromStringAndSize
+from cpython.unicode cimport PyUnicode_DecodeASCII
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND
 
 cdef extern from "arpa/inet.h" nogil:
@@ -278,47 +279,50 @@ cdef inline void put_quoted(out_t *o, const char *s, bint json) noexcept nogil:
 
 cdef void put_row(out_t *o, const flowrec_t *r, bint json) noexcept nogil:
     """One record's fields, separated (JSON: with their names), without brackets or newline."""
-    cdef const char *base = <const char *>r
-    cdef bint tcp = r.proto == 6
-    cdef const fieldspec_t *f
     cdef int i
     for i in range(NFIELDS):
-        f = &FIELDSPEC[i]
         if json:
-            put(o, f.json_name, f.json_len)
+            put(o, FIELDSPEC[i].json_name, FIELDSPEC[i].json_len)
         elif i:
             put(o, ",", 1)
-        if f.kind == K_U64:
-            put_u64(o, (<const uint64_t *>(base + f.off))[0])
-        elif f.kind == K_U16:
-            put_u64(o, (<const uint16_t *>(base + f.off))[0])
-        elif f.kind == K_TS:
-            put_ts(o, (<const int64_t *>(base + f.off))[0])
-        elif f.kind == K_IP:
-            if json:
-                put(o, "\"", 1)
-            put_ip(o, <const uint8_t *>(base + f.off), r.family)
-            if json:
-                put(o, "\"", 1)
-        elif f.kind == K_PROTO:
-            put_quoted(o, b"tcp" if tcp else b"udp", json)
-        elif f.kind == K_VLAN:
-            if json:
-                put(o, "\"", 1)
-            put_vlan(o, r)
-            if json:
-                put(o, "\"", 1)
-        elif f.kind == K_STATE:
-            if tcp:
-                put_quoted(o, STATE_NAMES[(<const uint8_t *>(base + f.off))[0]], json)
-            else:
-                put_quoted(o, b"", json)
-        elif f.kind == K_REASON:
-            put_quoted(o, REASON_NAMES[r.end_reason], json)
-        elif json:
-            put_s(o, b"true" if r.midstream else b"false")
+        put_value(o, r, &FIELDSPEC[i], json)
+
+
+cdef void put_value(out_t *o, const flowrec_t *r, const fieldspec_t *f, bint json) noexcept nogil:
+    """One field's value (JSON: strings quoted)."""
+    cdef const char *base = <const char *>r
+    cdef bint tcp = r.proto == 6
+    if f.kind == K_U64:
+        put_u64(o, (<const uint64_t *>(base + f.off))[0])
+    elif f.kind == K_U16:
+        put_u64(o, (<const uint16_t *>(base + f.off))[0])
+    elif f.kind == K_TS:
+        put_ts(o, (<const int64_t *>(base + f.off))[0])
+    elif f.kind == K_IP:
+        if json:
+            put(o, "\"", 1)
+        put_ip(o, <const uint8_t *>(base + f.off), r.family)
+        if json:
+            put(o, "\"", 1)
+    elif f.kind == K_PROTO:
+        put_quoted(o, b"tcp" if tcp else b"udp", json)
+    elif f.kind == K_VLAN:
+        if json:
+            put(o, "\"", 1)
+        put_vlan(o, r)
+        if json:
+            put(o, "\"", 1)
+    elif f.kind == K_STATE:
+        if tcp:
+            put_quoted(o, STATE_NAMES[(<const uint8_t *>(base + f.off))[0]], json)
         else:
-            put_s(o, b"True" if r.midstream else b"False")
+            put_quoted(o, b"", json)
+    elif f.kind == K_REASON:
+        put_quoted(o, REASON_NAMES[r.end_reason], json)
+    elif json:
+        put_s(o, b"true" if r.midstream else b"false")
+    else:
+        put_s(o, b"True" if r.midstream else b"False")
 
 
 cdef class FlowRecords:
@@ -464,6 +468,30 @@ cdef class FlowRecords:
                 else:
                     put(&o, "\n", 1)
             return PyBytes_FromStringAndSize(o.p, o.n) if o.n else b""
+        finally:
+            free(o.p)
+
+    def text_column(self, str name):
+        """A field of every row as text, as CSV prints it (a list of str, made in C): what
+        addresses, states and reasons become in a table."""
+        cdef out_t o
+        cdef Py_ssize_t i
+        cdef int k = -1
+        for i in range(NFIELDS):
+            if RECORD_FIELDS[i][0] == name:
+                k = i
+        if k < 0:
+            raise KeyError(f"no field {name!r}; the fields are {', '.join(n for n, _, _ in RECORD_FIELDS)}")
+        out = []
+        o.p = NULL
+        o.n = o.cap = 0
+        try:
+            out_reserve(&o, 256)
+            for i in range(self.n):
+                o.n = 0
+                put_value(&o, &self.rows[i], &FIELDSPEC[k], False)
+                out.append(PyUnicode_DecodeASCII(o.p, o.n, NULL))
+            return out
         finally:
             free(o.p)
 
