@@ -172,3 +172,6 @@ def test_a_flow_table_as_pandas_has_the_records_columns():
     assert frame.to_dict("records") == list(table)
     assert "5 flows" in table._repr_html_() and "fd00::1" in table._repr_html_()
     assert len(FlowTable(aiomb.FlowRecords()).to_pandas()) == 0
+    assert records.text_column("client_ip") == ["10.0.0.1", "fd00::1", "10.0.0.3", "10.0.0.5", "10.0.0.7"]
+    with pytest.raises(KeyError, match="no field 'nope'; the fields are flow, proto"):
+        records.text_column("nope")
