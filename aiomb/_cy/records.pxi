@@ -3,10 +3,13 @@
 # object per flow on the way: rows are C structs, read as a buffer (numpy: zero copy) or
 # formatted to JSON lines / CSV in C.
 
+from libc.errno cimport errno as write_errno, EINTR
 from libc.string cimport strlen
 from cpython.bytes cimport PyBytes_FromStringAndSize
 from cpython.unicode cimport PyUnicode_DecodeASCII
 from cpython.buffer cimport PyBUF_FORMAT, PyBUF_ND
+
+import os as _records_os
 
 cdef extern from "arpa/inet.h" nogil:
     const char *inet_ntop(int af, const void *src, char *dst, int size)
@@ -242,13 +245,16 @@ ctypedef struct fieldspec_t:
 
 cdef fieldspec_t FIELDSPEC[MAX_FIELDS]
 cdef int NFIELDS = 0
-KIND_CODES = {"u64": K_U64, "u16": K_U16, "ts": K_TS, "ip_c": K_IP, "ip_s": K_IP, "proto": K_PROTO,
+cdef size_t ROW_MAX = 0             # the longest a formatted row can be (brackets and newline included)
+cdef dict VALUE_MAX = {"u64": 20, "u16": 5, "ts": 28, "ip_c": 47, "ip_s": 47, "proto": 5, "vlan": 13, "state_c": 14,
+             "state_s": 14, "reason": 16, "bool": 5}
+cdef dict KIND_CODES = {"u64": K_U64, "u16": K_U16, "ts": K_TS, "ip_c": K_IP, "ip_s": K_IP, "proto": K_PROTO,
               "vlan": K_VLAN, "state_c": K_STATE, "state_s": K_STATE, "reason": K_REASON, "bool": K_BOOL}
 
 
 cdef int describe_fields() except -1:
     """The field table the formatters walk (from RECORD_FIELDS, once)."""
-    global NFIELDS
+    global NFIELDS, ROW_MAX
     cdef fieldspec_t *f
     cdef bytes j, c
     for i, (name, kind, off) in enumerate(RECORD_FIELDS):
@@ -261,7 +267,9 @@ cdef int describe_fields() except -1:
         f.json_len = len(j)
         memcpy(f.csv_name, <const char *>c, len(c))
         f.csv_len = len(c)
+        ROW_MAX += len(j) + VALUE_MAX[kind]
     NFIELDS = len(RECORD_FIELDS)
+    ROW_MAX += 3
     return 0
 
 
@@ -286,6 +294,19 @@ cdef void put_row(out_t *o, const flowrec_t *r, bint json) noexcept nogil:
         elif i:
             put(o, ",", 1)
         put_value(o, r, &FIELDSPEC[i], json)
+
+
+cdef void put_line(out_t *o, const flowrec_t *r, bint json, const char *extra, size_t extra_len) noexcept nogil:
+    """A whole row and its newline (room for it reserved: ROW_MAX plus ``extra_len``)."""
+    if json:
+        put(o, "{", 1)
+    put_row(o, r, json)
+    if extra_len:
+        put(o, extra, extra_len)
+    if json:
+        put(o, "}\n", 2)
+    else:
+        put(o, "\n", 1)
 
 
 cdef void put_value(out_t *o, const flowrec_t *r, const fieldspec_t *f, bint json) noexcept nogil:
@@ -454,20 +475,51 @@ cdef class FlowRecords:
                     out_reserve(&o, len(piece))
                     put(&o, <const char *>piece, len(piece))
                 put(&o, "\n", 1)
-            for i in range(start, stop):
-                out_reserve(&o, 2048)
-                if json:
-                    put(&o, "{", 1)
-                put_row(&o, &self.rows[i], json)
-                if extra is not None:
+            if extra is None:           # in C without the GIL: another thread may run meanwhile
+                out_reserve(&o, (stop - start) * ROW_MAX)
+                with nogil:
+                    for i in range(start, stop):
+                        put_line(&o, &self.rows[i], json, NULL, 0)
+            else:
+                for i in range(start, stop):
                     piece = <bytes>extra[i]
-                    out_reserve(&o, len(piece) + 2)
-                    put(&o, <const char *>piece, len(piece))
-                if json:
-                    put(&o, "}\n", 2)
-                else:
-                    put(&o, "\n", 1)
+                    out_reserve(&o, ROW_MAX + len(piece))
+                    put_line(&o, &self.rows[i], json, <const char *>piece, len(piece))
             return PyBytes_FromStringAndSize(o.p, o.n) if o.n else b""
+        finally:
+            free(o.p)
+
+    def write(self, int fd, str fmt, *, bint header=False):
+        """Write every row to the file descriptor ``fd`` as JSON lines or CSV (``header``: the
+        field names first), formatting and writing a piece at a time without holding the GIL
+        (another thread runs meanwhile). Raises OSError (BrokenPipeError when the reader went
+        away) as write(2) fails."""
+        cdef out_t o
+        cdef Py_ssize_t i = 0, j
+        cdef bint json = fmt == "jsonl"
+        cdef int err = 0
+        if fmt not in ("jsonl", "csv"):
+            raise ValueError(f"format must be 'jsonl' or 'csv', got {fmt!r}")
+        o.p = NULL
+        o.n = o.cap = 0
+        try:
+            out_reserve(&o, WRITE_ROWS * ROW_MAX)
+            if header and not json:
+                for j in range(NFIELDS):
+                    put(&o, FIELDSPEC[j].csv_name, FIELDSPEC[j].csv_len)
+                put(&o, "\n", 1)
+            with nogil:
+                while True:
+                    j = min(i + WRITE_ROWS, self.n)
+                    while i < j:
+                        put_line(&o, &self.rows[i], json, NULL, 0)
+                        i += 1
+                    err = write_all(fd, o.p, o.n)
+                    o.n = 0
+                    if err or i >= self.n:
+                        break
+            if err:
+                raise OSError(err, _records_os.strerror(err))
         finally:
             free(o.p)
 
@@ -518,6 +570,28 @@ cdef class FlowRecords:
 
     def __releasebuffer__(self, Py_buffer *view):
         self.views -= 1
+
+
+cdef enum:
+    WRITE_ROWS = 1024               # rows formatted per write(2)
+
+
+cdef extern from "unistd.h" nogil:
+    ssize_t c_write "write"(int fd, const void *buf, size_t n)
+
+
+cdef int write_all(int fd, const char *p, size_t n) noexcept nogil:
+    """write(2) until done; 0, or the errno that stopped it (interrupted calls are retried)."""
+    cdef ssize_t done
+    while n:
+        done = c_write(fd, p, n)
+        if done < 0:
+            if write_errno == EINTR:
+                continue
+            return write_errno
+        p += done
+        n -= done
+    return 0
 
 
 cdef int cmp_record(const void *a, const void *b) noexcept nogil:

@@ -4,6 +4,7 @@ dicts, as a buffer (numpy), or formatted in C exactly as ``json.dumps`` and ``cs
 import csv
 import io
 import json
+import os
 
 import numpy as np
 import pytest
@@ -175,3 +176,19 @@ def test_a_flow_table_as_pandas_has_the_records_columns():
     assert records.text_column("client_ip") == ["10.0.0.1", "fd00::1", "10.0.0.3", "10.0.0.5", "10.0.0.7"]
     with pytest.raises(KeyError, match="no field 'nope'; the fields are flow, proto"):
         records.text_column("nope")
+
+
+def test_records_write_to_a_descriptor_as_they_format(tmp_path):
+    records, _ = run(conversations())
+    path = tmp_path / "out.csv"
+    with open(path, "wb") as out:
+        records.write(out.fileno(), "csv", header=True)
+        records.write(out.fileno(), "jsonl")
+    assert path.read_bytes() == records.format("csv", header=True) + records.format("jsonl")
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        with pytest.raises(BrokenPipeError):        # the reader went away
+            records.write(write, "jsonl")
+    finally:
+        os.close(write)
