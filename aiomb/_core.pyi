@@ -15,6 +15,7 @@ IPAddress = ipaddress.IPv4Address | ipaddress.IPv6Address
 
 C_ENUMS: dict[str, dict[str, int]]
 FLOW_ENTRY_BYTES: int
+LIKELY_SERVER_PORTS: dict[str, tuple[int, ...]]
 MALFORMED_REASONS: tuple[str, ...]
 POLICIES: tuple[str, ...]
 POLICY_NAMES: dict[str, int]
@@ -191,6 +192,7 @@ class EventLog:
 class Engine:
     now: int
     verify_checksums: bool
+    conn_history: bool
     midstream: bool
     vlan_in_key: bool
     reassembling: bool
@@ -201,7 +203,7 @@ class Engine:
                  buffering: bool = True, overlap_policy: str = "first", max_buffer: int = 1 << 20,
                  max_ooo_segments: int = 1024, max_stream_memory: int = 1 << 30, rst_payload: bool = False,
                  host_policies: dict[str, str] | None = None, overlap_window: int = 65536,
-                 checksums: str = "ignore") -> None: ...
+                 checksums: str = "ignore", conn_history: bool = False) -> None: ...
     @property
     def buffering(self) -> bool: ...
     @property
@@ -264,6 +266,7 @@ class FlowRecords:
     def __getitem__(self, i: int) -> dict[str, Any]: ...
     def extend(self, other: FlowRecords) -> None: ...
     def ids(self) -> list[int]: ...
+    def conn(self, i: int) -> dict[str, Any] | None: ...
     def protos(self) -> list[int]: ...
     def sort(self) -> None: ...
     def format(self, fmt: str, start: int = 0, stop: int = -1, *, header: bool = False,

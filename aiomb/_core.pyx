@@ -12,6 +12,7 @@ include "_cy/defs.pxi"
 include "_cy/frag.pxi"
 include "_cy/parse.pxi"
 include "_cy/flowtable.pxi"
+include "_cy/history.pxi"
 
 cdef class Engine
 cdef class FlowSnapshot

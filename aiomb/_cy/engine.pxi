@@ -81,6 +81,7 @@ cdef class Engine:
     cdef int reassembly_mode        # -1 automatic (when stream events are wanted), 0 off, 1 on
     cdef bint buffering_option      # streams may keep their bytes
     cdef readonly bint verify_checksums
+    cdef readonly bint conn_history  # keep Zeek's view of each flow (history.pxi) for its record
     cdef FlowRecords records        # the batch the flows leaving the table are written to, or None
     cdef uint32_t records_filter    # the filter bit a recorded flow needs (0: every flow)
     cdef readonly bint reassembling
@@ -104,7 +105,7 @@ cdef class Engine:
                  max_fragments=1024, fragment_timeout=30.0, reassembly=None, buffering=True,
                  overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
                  max_stream_memory=1 << 30, rst_payload=False, host_policies=None,
-                 overlap_window=65536, checksums="ignore"):
+                 overlap_window=65536, checksums="ignore", conn_history=False):
         if not isinstance(max_flows, int) or isinstance(max_flows, bool) or not 1 <= max_flows <= 0x7fffffff:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
         if not isinstance(max_fragments, int) or not 0 <= max_fragments <= 1 << 20:
@@ -138,6 +139,7 @@ cdef class Engine:
         if checksums not in ("ignore", "verify"):
             raise ValueError(f"checksums must be 'ignore' or 'verify', got {checksums!r}")
         self.verify_checksums = checksums == "verify"
+        self.conn_history = bool(conn_history)
         self.buffering_option = bool(buffering)
         self.rx.overlap_window = overlap_window
         self.rx.rst_payload = bool(rst_payload)
@@ -467,6 +469,8 @@ cdef class Engine:
         self.release_handle(f)
         stream_free(self, &f.side[0])
         stream_free(self, &f.side[1])
+        free(f.conn)
+        f.conn = NULL
         flowtab_remove(&self.tab, slot)
 
     cdef int remove_flow(self, int32_t slot) except -1:
@@ -607,6 +611,12 @@ cdef class Engine:
         s.ip_bytes += pk.ip_len
         s.payload_bytes += pk.paylen
         f.last_ts = pk.ts
+        if self.conn_history:
+            if created:
+                f.conn = conn_new(pk, side, pk.ts)
+                if f.conn == NULL:
+                    raise MemoryError("no memory for a flow's connection history")
+            conn_tcp(<conn_t *>f.conn, side, pk)
         if created:
             self.em.fire(B_CONN_START, slot, side, HOOK_SENDER, 0, 0)
         if bad_echo_to_syn(f, side, pk):
@@ -677,6 +687,12 @@ cdef class Engine:
         s.ip_bytes += pk.ip_len
         s.payload_bytes += pk.paylen
         f.last_ts = pk.ts
+        if self.conn_history:
+            if created:
+                f.conn = conn_new(pk, side, pk.ts)
+                if f.conn == NULL:
+                    raise MemoryError("no memory for a flow's connection history")
+            conn_udp(<conn_t *>f.conn, side, pk.ts)
         if created:
             self.em.fire(B_UDP_START, slot, side, HOOK_SENDER, 0, 0)
         self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)

@@ -33,6 +33,18 @@ ctypedef struct rside_t:
     uint64_t zero_window_probes
 
 
+ctypedef struct zrec_t:
+    uint64_t size[2]            # Zeek's orig_bytes / resp_bytes (by role: 0 originator)
+    uint64_t missed             # Zeek's missed_bytes
+    int64_t last_ts             # Zeek's last_time (ns)
+    uint32_t dropped            # history letters beyond HISTORY_MAX
+    uint8_t valid
+    uint8_t orig                # the side (0 client, 1 server) Zeek calls the originator
+    uint8_t state[2]            # Zeek's endpoint states by role
+    uint8_t hlen
+    char history[HISTORY_MAX]
+
+
 ctypedef struct flowrec_t:
     uint64_t id
     int64_t first_ts            # ns
@@ -51,6 +63,8 @@ ctypedef struct flowrec_t:
     uint8_t server_state
     uint8_t pad
     rside_t side[2]
+    zrec_t conn                 # Zeek's view, when the engine kept it (conn.valid)
+
 
 
 cdef void record_side(rside_t *o, const side_t *s, bint tcp) noexcept nogil:
@@ -95,6 +109,29 @@ cdef void record_flow(flowrec_t *r, const flow_t *f, bint vlan_in_key) noexcept 
     r.pad = 0
     record_side(&r.side[0], &f.side[0], tcp)
     record_side(&r.side[1], &f.side[1], tcp)
+    record_conn(&r.conn, <const conn_t *>f.conn, f, tcp)
+
+
+cdef void record_conn(zrec_t *z, const conn_t *c, const flow_t *f, bint tcp) noexcept nogil:
+    cdef int role, side
+    memset(z, 0, sizeof(zrec_t))
+    if c == NULL:
+        return
+    z.valid = 1
+    z.orig = c.orig
+    z.last_ts = c.last_ts
+    z.dropped = c.dropped
+    z.hlen = c.hlen
+    memcpy(z.history, c.history, c.hlen)
+    for role in range(2):
+        side = c.orig if role == 0 else 1 - c.orig
+        z.missed += c.e[side].missed
+        if tcp:
+            z.size[role] = zeek_size(c, side)
+            z.state[role] = c.e[side].state
+        else:
+            z.size[role] = f.side[side].payload_bytes
+            z.state[role] = 1 if f.side[side].packets else 0    # Zeek's UDP_ACTIVE / UDP_INACTIVE
 
 
 # The field names of a record, in the order ``aiomb flows`` prints them, and how each is read
@@ -433,6 +470,25 @@ cdef class FlowRecords:
     def ids(self):
         """The rows' flow numbers (a list)."""
         return [self.rows[i].id for i in range(self.n)]
+
+    def conn(self, Py_ssize_t i):
+        """Zeek's view of row ``i`` (kept when the engine ran with ``conn_history=True``, else
+        None): a dict with ``orig`` (the side Zeek calls the originator: 0 client, 1 server),
+        ``history`` (Zeek's letters), ``orig_state``/``resp_state`` (Zeek's endpoint state
+        numbers: TCP 0 inactive .. 6 reset; UDP 1 active), ``orig_bytes``/``resp_bytes``,
+        ``missed_bytes``, ``last_ts`` (seconds) and ``history_dropped`` (letters beyond the
+        bound). Raises IndexError."""
+        if i < 0:
+            i += self.n
+        if not 0 <= i < self.n:
+            raise IndexError(f"record {i} of {self.n}")
+        cdef const zrec_t *z = &self.rows[i].conn
+        if not z.valid:
+            return None
+        return {"orig": z.orig, "history": PyUnicode_DecodeASCII(z.history, z.hlen, NULL),
+                "orig_state": z.state[0], "resp_state": z.state[1], "orig_bytes": z.size[0],
+                "resp_bytes": z.size[1], "missed_bytes": z.missed,
+                "last_ts": (z.last_ts + 500) // 1000 / 1e6, "history_dropped": z.dropped}
 
     def protos(self):
         """The rows' IP protocol numbers (a list: 6 TCP, 17 UDP)."""

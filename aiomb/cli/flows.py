@@ -13,6 +13,7 @@ import time
 
 from .._errors import CaptureError, PortError
 from .._records import FIELDS, HASHES, FlowRun, hash_fields
+from .._zeek import ConnLog, community_ids
 from ..flows._filter import FilterError, compile_filter
 from ..flows._types import EndReason
 from ..io._capture import capture
@@ -49,21 +50,28 @@ class Progress:
         self.stream.flush()
 
 
-class Writer:
-    """Writes record batches in one format: JSON lines and CSV as they come (or all at the end,
-    in flow-number order, with ``sort``), the table at the end (its columns are aligned).
-    Without digests, JSON lines and CSV are formatted and written by the core straight to the
-    output's descriptor. (Measured: a writer thread overlapping that with the engine was 4%
-    slower whole process on the 3M-packet benchmark capture, so there is none.)"""
+ZEEK_FORMATS = ("zeek", "zeek-json")
 
-    def __init__(self, fmt: str, out, *, run: FlowRun, sort: bool):
+
+class Writer:
+    """Writes record batches in one format: JSON lines, CSV and Zeek's conn.log as they come (or
+    all at the end, in flow-number order, with ``sort``), the table at the end (its columns are
+    aligned). Without extra fields, JSON lines and CSV are formatted and written by the core
+    straight to the output's descriptor. (Measured: a writer thread overlapping that with the
+    engine was 4% slower whole process on the 3M-packet benchmark capture, so there is none.)"""
+
+    def __init__(self, fmt: str, out, *, run: FlowRun, sort: bool, community_id: bool = False):
         self.fmt = fmt
         self.out = out
         self.run = run
         self.sort = sort or fmt == "table"
         self.held = None
-        self.extra_names = hash_fields(run.hashes)
+        self.community_id = community_id
+        self.extra_names = hash_fields(run.hashes) + (("community_id",) if community_id else ())
         self.header = fmt == "csv"
+        self.conn_log = ConnLog(fmt, community_id=community_id) if fmt in ZEEK_FORMATS else None
+        if self.conn_log is not None:
+            out.write(self.conn_log.header().encode())
         try:
             self.fd = out.fileno()
         except (AttributeError, OSError, ValueError):  # not a file descriptor (io.UnsupportedOperation)
@@ -84,17 +92,28 @@ class Writer:
             self.emit(self.held)
         if self.header:                         # no flow at all: the header still goes out
             self.out.write(",".join(FIELDS + self.extra_names).encode() + b"\n")
+        if self.conn_log is not None:
+            self.out.write(self.conn_log.footer().encode())
         self.out.flush()
 
+    def extra_fields(self, records) -> list | None:
+        """Each row's extra fields (stream digests, Community ID) as JSON or CSV text, or None."""
+        if not self.extra_names:
+            return None
+        rows = [list(d) for d in self.run.digests(records)] if self.run.hashes else [[] for _ in range(len(records))]
+        if self.community_id:
+            for row, cid in zip(rows, community_ids(records)):
+                row.append(cid)
+        if self.fmt == "jsonl":
+            return [b"".join(f', "{n}": "{v}"'.encode() for n, v in zip(self.extra_names, row)) for row in rows]
+        return [b"".join(b"," + v.encode() for v in row) for row in rows]
+
     def emit(self, records) -> None:
-        extra = None
-        if self.run.hashes:
-            digests = self.run.digests(records)
-            if self.fmt == "jsonl":
-                extra = [b"".join(f', "{n}": "{d}"'.encode() for n, d in zip(self.extra_names, row))
-                         for row in digests]
-            else:
-                extra = [b"".join(b"," + d.encode() for d in row) for row in digests]
+        if self.conn_log is not None:
+            self.out.write(self.conn_log.lines(records).encode())
+            self.out.flush()
+            return
+        extra = self.extra_fields(records)
         if self.fmt == "table":
             self.out.write(table(records).encode())
         elif extra is None and self.fd is not None:     # formatted and written by the core, GIL released
@@ -154,6 +173,10 @@ def cmd_flows(args) -> int:
     except FilterError as exc:
         raise UsageError(f"bad --filter expression:\n{exc}") from None
     hashes = parse_hashes(args.hash)
+    if hashes and args.format in ZEEK_FORMATS + ("table",):
+        raise UsageError(f"--hash adds fields to jsonl and csv; --format {args.format} has no place for them")
+    if args.community_id and args.format == "table":
+        raise UsageError("--community-id adds a field to jsonl, csv, zeek and zeek-json; not to the table")
     if args.iface is not None:
         if args.duration is None or not args.duration > 0:
             raise UsageError("--iface needs --duration SECONDS (how long to watch)")
@@ -174,9 +197,9 @@ def cmd_flows(args) -> int:
             bar(src)
 
     run = FlowRun(source, filter=args.filter, hashes=hashes, midstream=not args.no_midstream,
-                  vlan_in_key=args.vlan, overlap_policy=args.policy,
+                  vlan_in_key=args.vlan, overlap_policy=args.policy, conn_history=args.format in ZEEK_FORMATS,
                   progress=progress if (live or bar.enabled) else None)
-    writer = Writer(args.format, sys.stdout.buffer, run=run, sort=args.sort)
+    writer = Writer(args.format, sys.stdout.buffer, run=run, sort=args.sort, community_id=args.community_id)
     caught = []
 
     def interrupted(signum, frame) -> None:
@@ -215,8 +238,11 @@ def cmd_flows(args) -> int:
 def add_parser(sub) -> None:
     f = sub.add_parser("flows", help="list the flows of a capture, one record per flow")
     f.add_argument("capture", nargs="?", help="a .pcap or .pcapng file, optionally .gz")
-    f.add_argument("--format", choices=("table", "jsonl", "csv"), default="table",
-                   help="table (aligned, for people; printed at the end), jsonl or csv (streamed as flows end)")
+    f.add_argument("--format", choices=("table", "jsonl", "csv") + ZEEK_FORMATS, default="table",
+                   help="table (aligned, for people; printed at the end); jsonl, csv, or Zeek's conn.log as TSV "
+                        "(zeek) or JSON lines (zeek-json), streamed as flows end")
+    f.add_argument("--community-id", action="store_true",
+                   help="add each flow's Community ID (v1, seed 0) as a community_id field")
     f.add_argument("--sort", action="store_true",
                    help="jsonl/csv in flow-number order (first seen first): every record is held to the end")
     f.add_argument("--hash", metavar="NAME[,NAME]",
