@@ -205,3 +205,14 @@ def test_conn_state_table():
     assert conn_state("tcp", 3, 3, 0, 0, "Dd") == "OTH"
     assert conn_state("udp", 0, 1, 0, 0, "d") == "SHR"
     assert conn_state("udp", 0, 0, 0, 0, "") == "OTH"
+
+
+@pytest.mark.parametrize("proto, src, sport, dst, dport, expected", [
+    (6, "128.232.110.120", 34855, "66.35.250.204", 80, "1:LQU9qZlK+B5F3KDmev6m5PMibrg="),
+    (6, "66.35.250.204", 80, "128.232.110.120", 34855, "1:LQU9qZlK+B5F3KDmev6m5PMibrg="),
+    (17, "192.168.1.52", 54585, "8.8.8.8", 53, "1:d/FP5EW3wiY1vCndhwleRRKHowQ="),
+])
+def test_community_id_published_vectors(proto, src, sport, dst, dport, expected):
+    """The Community ID specification's examples (as its reference implementations print them)."""
+    from aiomb._zeek import community_id
+    assert community_id(proto, src, sport, dst, dport) == expected
