@@ -4,7 +4,7 @@ each conn_state, the role flips, repeated and logarithmic history letters, sizes
 import pytest
 
 import aiomb
-from aiomb._zeek import conn_rows, conn_state
+from aiomb._zeek import community_id, conn_rows, conn_state
 from aiomb.testing import TcpConversation, tcp_frame, udp_frame
 
 
@@ -214,5 +214,4 @@ def test_conn_state_table():
 ])
 def test_community_id_published_vectors(proto, src, sport, dst, dport, expected):
     """The Community ID specification's examples (as its reference implementations print them)."""
-    from aiomb._zeek import community_id
     assert community_id(proto, src, sport, dst, dport) == expected
