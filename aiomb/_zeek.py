@@ -22,12 +22,12 @@ CONN_FIELDS = ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", 
 CONN_TYPES = ("time", "string", "addr", "port", "addr", "port", "enum", "string", "interval", "count", "count",
               "string", "bool", "bool", "count", "string", "count", "count", "count", "count", "set[string]",
               "count")
-UNSET = "-"
 
 # Zeek's endpoint states (TCP_ENDPOINT_*), as FlowRecords.conn reports them; UDP: 1 active.
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
 _RSTOS0 = re.compile(r"\^?S[^HAFGIQ]*R.*")
 _BASE62 = "0123456789ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz"
+_BASE62_PAIRS = [a + b for a in _BASE62 for b in _BASE62]     # two digits per division
 
 
 def conn_state(proto: str, orig: int, resp: int, orig_bytes: int, resp_bytes: int, history: str) -> str:
@@ -88,9 +88,9 @@ def uid(flow_id: int, first_ts: float, client: str, client_port: int) -> str:
                                        digest_size=12).digest(), "big")
     out = []
     while n:
-        n, r = divmod(n, 62)
-        out.append(_BASE62[r])
-    return "C" + "".join(reversed(out))
+        n, r = divmod(n, 3844)
+        out.append(_BASE62_PAIRS[r])
+    return "C" + "".join(reversed(out)).lstrip("0")
 
 
 def conn_rows(records, *, with_community_id: bool = False):
@@ -128,14 +128,17 @@ def conn_rows(records, *, with_community_id: bool = False):
         yield row
 
 
-def _tsv_value(name: str, value) -> str:
-    if value is None:
-        return UNSET
-    if name in ("ts", "duration"):
-        return f"{value:.6f}"
-    if isinstance(value, str):
-        return value.replace("\\", "\\\\").replace("\t", "\\x09").replace("\n", "\\x0a") or "(empty)"
-    return str(value)
+def _tsv_line(row: dict, community: bool) -> str:
+    """One conn.log TSV line (addresses, numbers and history letters need no escaping)."""
+    if "duration" in row:
+        sizes = f"{row['duration']:.6f}\t{row['orig_bytes']}\t{row['resp_bytes']}"
+    else:
+        sizes = "-\t-\t-"
+    line = (f"{row['ts']:.6f}\t{row['uid']}\t{row['id.orig_h']}\t{row['id.orig_p']}\t{row['id.resp_h']}\t"
+            f"{row['id.resp_p']}\t{row['proto']}\t-\t{sizes}\t{row['conn_state']}\t-\t-\t{row['missed_bytes']}\t"
+            f"{row.get('history', '-')}\t{row['orig_pkts']}\t{row['orig_ip_bytes']}\t{row['resp_pkts']}\t"
+            f"{row['resp_ip_bytes']}\t-\t{row['ip_proto']}")
+    return line + "\t" + row["community_id"] if community else line
 
 
 class ConnLog:
@@ -166,7 +169,7 @@ class ConnLog:
         out = []
         for row in conn_rows(records, with_community_id=self.community_id):
             if self.fmt == "zeek":
-                out.append("\t".join(_tsv_value(f, row.get(f)) for f in self.fields))
+                out.append(_tsv_line(row, self.community_id))
             else:
                 if "duration" in row:
                     row["duration"] = round(row["duration"], 6)
