@@ -131,6 +131,7 @@ def tools(nids, capture, nfstream_python=None):
         ("aiomb (epoll, bytes read)", [python, str(BENCH / "aiomb_epoll.py"), str(capture)]),
         (FLOWS_JSONL, flows_command(capture)),
         ("aiomb flows (jsonl, --hash sha256)", flows_command(capture, "--hash", "sha256")),
+        ("aiomb flows (zeek conn.log)", flows_command(capture, "--format", "zeek")),
         (TABLE, [python, str(BENCH / "aiomb_table.py"), str(capture)]),
         (NFSTREAM, [nfstream_python or python, str(BENCH / "nfstream_table.py"), str(capture)]),
     ]

@@ -293,7 +293,7 @@ ctypedef struct side_t:
 
 
 ctypedef struct flow_t:
-    # laid out to take 240 bytes (with the 4-byte hash bucket: 244 per tracked flow): mind the padding
+    # laid out to take 232 bytes (with the 4-byte hash bucket: 236 per tracked flow): mind the padding
     uint64_t id
     int64_t first_ts
     int64_t last_ts
@@ -318,7 +318,6 @@ ctypedef struct flow_t:
     uint8_t fflags          # FF_* bits
     uint8_t policy          # overlap policy rule family
     void *handle            # PyObject* of the Flow handle (borrowed), or NULL
-    void *conn              # conn_t: Zeek's view of it (Engine(conn_history=True)), or NULL
 
 
 cdef inline uint16_t rd16(const uint8_t *p) noexcept nogil:

@@ -147,6 +147,8 @@ cdef class Engine:
         self.rx.max_ooo_segments = max_ooo_segments
         self.rx.max_memory = max_stream_memory
         flowtab_init(&self.tab, max_flows, vlan_in_key)
+        if self.conn_history:
+            flowtab_keep_conns(&self.tab)
         fragtab_init(&self.frags, max_fragments, to_ns(fragment_timeout))
         self.timeouts[TC_TCP_OPENING] = to_ns(tcp_syn_timeout)
         self.timeouts[TC_TCP_ESTABLISHED] = to_ns(tcp_established_timeout)
@@ -309,7 +311,7 @@ cdef class Engine:
         for i in range(self.tab.cap):
             if self.tab.flows[i].status != FS_FREE and (
                     self.records_filter == 0 or (self.tab.flows[i].filter_mask & self.records_filter)):
-                record_flow(out.add(), &self.tab.flows[i], self.vlan_in_key)
+                record_flow(out.add(), &self.tab.flows[i], self.vlan_in_key, conn_of(&self.tab, i))
         out.sort()
         return out
 
@@ -469,8 +471,9 @@ cdef class Engine:
         self.release_handle(f)
         stream_free(self, &f.side[0])
         stream_free(self, &f.side[1])
-        free(f.conn)
-        f.conn = NULL
+        if self.tab.conns != NULL:
+            free(self.tab.conns[slot])
+            self.tab.conns[slot] = NULL
         flowtab_remove(&self.tab, slot)
 
     cdef int remove_flow(self, int32_t slot) except -1:
@@ -480,7 +483,7 @@ cdef class Engine:
         streams_close(self, slot, False)
         f = &self.tab.flows[slot]
         if self.records is not None and (self.records_filter == 0 or (f.filter_mask & self.records_filter)):
-            record_flow(self.records.add(), f, self.vlan_in_key)
+            record_flow(self.records.add(), f, self.vlan_in_key, conn_of(&self.tab, slot))
         self.teardown(slot)
         return 0
 
@@ -613,10 +616,10 @@ cdef class Engine:
         f.last_ts = pk.ts
         if self.conn_history:
             if created:
-                f.conn = conn_new(pk, side, pk.ts)
-                if f.conn == NULL:
+                self.tab.conns[slot] = conn_new(pk, side, pk.ts)
+                if self.tab.conns[slot] == NULL:
                     raise MemoryError("no memory for a flow's connection history")
-            conn_tcp(<conn_t *>f.conn, side, pk)
+            conn_tcp(<conn_t *>self.tab.conns[slot], side, pk)
         if created:
             self.em.fire(B_CONN_START, slot, side, HOOK_SENDER, 0, 0)
         if bad_echo_to_syn(f, side, pk):
@@ -689,10 +692,10 @@ cdef class Engine:
         f.last_ts = pk.ts
         if self.conn_history:
             if created:
-                f.conn = conn_new(pk, side, pk.ts)
-                if f.conn == NULL:
+                self.tab.conns[slot] = conn_new(pk, side, pk.ts)
+                if self.tab.conns[slot] == NULL:
                     raise MemoryError("no memory for a flow's connection history")
-            conn_udp(<conn_t *>f.conn, side, pk.ts)
+            conn_udp(<conn_t *>self.tab.conns[slot], side, pk.ts)
         if created:
             self.em.fire(B_UDP_START, slot, side, HOOK_SENDER, 0, 0)
         self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)

@@ -12,6 +12,7 @@ ctypedef struct flowtab_t:
     int32_t free_head       # free list through hnext
     int32_t lru_head[N_TCLASS]
     int32_t lru_tail[N_TCLASS]
+    void **conns            # per entry, Zeek's view of the flow (conn_t, history.pxi) when kept, else NULL
     uint8_t vlan_in_key
 
 
@@ -60,8 +61,18 @@ cdef int flowtab_init(flowtab_t *t, uint32_t max_flows, bint vlan_in_key) except
 cdef void flowtab_free(flowtab_t *t) noexcept nogil:
     free(t.flows)
     free(t.buckets)
+    free(t.conns)
     t.flows = NULL
     t.buckets = NULL
+    t.conns = NULL
+
+
+cdef int flowtab_keep_conns(flowtab_t *t) except -1:
+    """Give every entry (now and after growth) a slot for Zeek's view of its flow."""
+    t.conns = <void **>calloc(t.cap if t.cap else 1, sizeof(void *))
+    if t.conns == NULL:
+        raise MemoryError()
+    return 0
 
 
 cdef int flowtab_grow(flowtab_t *t) noexcept nogil:
@@ -70,10 +81,17 @@ cdef int flowtab_grow(flowtab_t *t) noexcept nogil:
     cdef uint32_t i, nb
     cdef flow_t *nf
     cdef int32_t *bk
+    cdef void **nc
     if newcap > t.max_flows:
         newcap = t.max_flows
     if newcap <= t.cap:
         return -1
+    if t.conns != NULL:
+        nc = <void **>realloc(t.conns, newcap * sizeof(void *))
+        if nc == NULL:
+            return -1
+        memset(nc + t.cap, 0, (newcap - t.cap) * sizeof(void *))
+        t.conns = nc
     nf = <flow_t *>realloc(t.flows, newcap * sizeof(flow_t))
     if nf == NULL:
         return -1

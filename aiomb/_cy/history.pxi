@@ -85,6 +85,10 @@ for _port in LIKELY_SERVER_PORTS["udp"]:
     LIKELY_UDP[_port >> 3] |= 1 << (_port & 7)
 
 
+cdef inline conn_t *conn_of(const flowtab_t *t, int32_t slot) noexcept nogil:
+    return <conn_t *>t.conns[slot] if t.conns != NULL else NULL
+
+
 cdef inline bint likely_server(uint16_t port, bint tcp) noexcept nogil:
     if tcp:
         return (LIKELY_TCP[port >> 3] >> (port & 7)) & 1

@@ -799,8 +799,8 @@ cdef int stream_lost_to(Engine eng, int32_t slot, int side, int hook, stream_t *
             target = st.ooo.off
         if target <= st.next_off:
             break
-        if hook != HOOK_NONE and eng.tab.flows[slot].conn != NULL:
-            conn_gap(<conn_t *>eng.tab.flows[slot].conn, side, target - st.next_off)
+        if hook != HOOK_NONE and eng.tab.conns != NULL:
+            conn_gap(conn_of(&eng.tab, slot), side, target - st.next_off)
         stream_skip(eng, slot, side, hook, st, target)
     return 0
 

@@ -88,7 +88,7 @@ cdef void record_side(rside_t *o, const side_t *s, bint tcp) noexcept nogil:
     o.zero_window_probes = st.zw_probes
 
 
-cdef void record_flow(flowrec_t *r, const flow_t *f, bint vlan_in_key) noexcept nogil:
+cdef void record_flow(flowrec_t *r, const flow_t *f, bint vlan_in_key, const conn_t *conn) noexcept nogil:
     cdef bint tcp = f.proto == 6
     r.id = f.id
     r.first_ts = f.first_ts
@@ -109,7 +109,7 @@ cdef void record_flow(flowrec_t *r, const flow_t *f, bint vlan_in_key) noexcept 
     r.pad = 0
     record_side(&r.side[0], &f.side[0], tcp)
     record_side(&r.side[1], &f.side[1], tcp)
-    record_conn(&r.conn, <const conn_t *>f.conn, f, tcp)
+    record_conn(&r.conn, conn, f, tcp)
 
 
 cdef void record_conn(zrec_t *z, const conn_t *c, const flow_t *f, bint tcp) noexcept nogil:
