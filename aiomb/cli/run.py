@@ -1,11 +1,15 @@
 """``aiomb run APP.py``: a middlebox module on a capture or a live port.
 
 Layer: cli (top). A stack program (setup/run) runs under Trio; a synchronous one (main(source))
-runs as it is.
+runs as it is. SIGINT, SIGTERM and SIGHUP end a run cleanly (a live port is detached, the app's
+``finally`` blocks run) with exit status 128 + the signal's number: a stack program on a live port
+first ends its input (every open flow ends, as at the end of a capture; a second signal cancels),
+on a capture it is cancelled; a synchronous program gets KeyboardInterrupt.
 """
 
 import importlib.util
 import os
+import signal
 import sys
 import threading
 
@@ -34,31 +38,51 @@ def load_app(path: str):
     return module
 
 
-async def run_app(module, source, *, duration: float | None = None, **engine_options) -> None:
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)     # SIGINT: Trio's KeyboardInterrupt
+
+
+async def run_app(module, source, *, duration: float | None = None, **engine_options) -> int | None:
     """Run a middlebox module on a source until the source ends and the app returns.
 
-    A live source runs until interrupted (Ctrl-C), or for ``duration`` seconds.
+    A live source runs until interrupted (Ctrl-C), or for ``duration`` seconds. Returns the
+    number of the signal (SIGTERM, SIGHUP) that ended the run, else None.
     """
     import trio
 
     from .._stack import open_stack
 
+    caught = []
     async with open_stack(source, **engine_options) as stack:
         setup = getattr(module, "setup", None)
         if setup is not None:
             setup(stack)
         run = getattr(module, "run", None)
-        async with trio.open_nursery() as nursery:
-            timer = trio.CancelScope()
-            if duration is not None:
-                async def stop_later():
-                    with timer:
-                        await stop_after(source, duration)
-                nursery.start_soon(stop_later)
-            if run is not None:
-                nursery.start_soon(run, stack)
-            await stack.run()
-            timer.cancel()
+        async with trio.open_nursery() as outer:
+
+            async def watch_signals(task_status=trio.TASK_STATUS_IGNORED):
+                with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
+                    task_status.started()
+                    async for signum in signals:
+                        caught.append(signum)
+                        if getattr(source, "live", False) and len(caught) == 1:
+                            source.stop()       # every open flow ends; the app sees the ends
+                        else:
+                            outer.cancel_scope.cancel()
+
+            await outer.start(watch_signals)    # watching before the app runs, until it returns
+            async with trio.open_nursery() as nursery:
+                timer = trio.CancelScope()
+                if duration is not None:
+                    async def stop_later():
+                        with timer:
+                            await stop_after(source, duration)
+                    nursery.start_soon(stop_later)
+                if run is not None:
+                    nursery.start_soon(run, stack)
+                await stack.run()
+                timer.cancel()
+            outer.cancel_scope.cancel()
+    return caught[0] if caught else None
 
 
 def cmd_run(args) -> int:
@@ -75,33 +99,49 @@ def cmd_run(args) -> int:
         source = capture(args.pcap)
     try:
         if hasattr(module, "main"):
-            run_main(module.main, source, args.duration)
-            return 0
+            return run_main(module.main, source, args.duration)
         import trio
 
         try:
-            trio.run(lambda: run_app(module, source, duration=args.duration, midstream=args.midstream,
-                                     vlan_in_key=args.vlan))
+            signum = trio.run(lambda: run_app(module, source, duration=args.duration, midstream=args.midstream,
+                                              vlan_in_key=args.vlan))
         except BaseExceptionGroup as group:
             raise sole(group) from None
+        if signum is not None:
+            return 128 + signum
     except (CaptureError, PortError) as exc:
         print(f"aiomb: error: {exc}", file=sys.stderr)
         return 1
     return 0
 
 
-def run_main(main, source, duration: float | None) -> None:
-    """A synchronous program: ``main(source)``, no Trio; a live port is stopped after ``duration``."""
+def run_main(main, source, duration: float | None) -> int:
+    """A synchronous program: ``main(source)``, no Trio; a live port is stopped after ``duration``.
+    SIGTERM and SIGHUP raise KeyboardInterrupt in it (as Ctrl-C does); returns the exit status."""
+    caught = []
+
+    def interrupt(signum, frame):
+        caught.append(signum)
+        raise KeyboardInterrupt
+
     stopper = None
     if duration is not None:
         stopper = threading.Timer(duration, source.stop)
         stopper.daemon = True
         stopper.start()
+    previous = {s: signal.signal(s, interrupt) for s in STOP_SIGNALS}
     try:
         main(source)
+    except KeyboardInterrupt:
+        if not caught:
+            raise
+        return 128 + caught[0]
     finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
         if stopper is not None:
             stopper.cancel()
+    return 0
 
 
 async def stop_after(source, seconds: float) -> None:

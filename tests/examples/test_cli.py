@@ -368,6 +368,45 @@ def test_a_signal_ends_the_run_with_the_open_flows_written(tmp_path):
     assert err.startswith("aiomb: 4 packets, 1 flows, malformed: none; ")
 
 
+STACK_APP = """
+import trio
+
+async def run(stack):
+    try:
+        print("ready", flush=True)
+        await trio.sleep_forever()
+    finally:
+        print("cleaned up", flush=True)
+"""
+SYNC_APP = """
+import time
+
+def main(source):
+    try:
+        print("ready", flush=True)
+        while True:
+            time.sleep(0.01)
+    finally:
+        print("cleaned up", flush=True)
+"""
+
+
+@pytest.mark.parametrize("app", [STACK_APP, SYNC_APP], ids=["stack", "sync"])
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_ends_aiomb_run_cleanly(tmp_path, app, signum):
+    """SIGTERM and SIGHUP end `aiomb run` as Ctrl-C does: the app's finally blocks run, the exit
+    status is 128 + the signal."""
+    path = tmp_path / "app.py"
+    path.write_text(app)
+    proc = subprocess.Popen([*PYTHON_M_AIOMB, "run", str(path), "--pcap", str(REPO / DEMO)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert proc.stdout.readline() == "ready\n"
+    proc.send_signal(signum)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 128 + signum, err
+    assert out == "cleaned up\n"
+
+
 def test_read_flows_gives_the_records_of_aiomb_flows(runs):
     import aiomb
 

@@ -8,6 +8,7 @@ import subprocess
 import sys
 import time
 
+import pytest
 from pyroute2 import IPRoute
 
 from aiomb.io import _xdp
@@ -87,15 +88,18 @@ def test_run_port_guard_inline(lab):
     assert attached(mid, x) is None and attached(mid, y) is None
 
 
-def test_ctrl_c_detaches(lab):
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP])
+def test_a_signal_detaches(lab, signum):
+    """Ctrl-C cancels the run; SIGTERM and SIGHUP end the port's input first (the open flows end
+    as at the end of a capture); each detaches the program and exits with 128 + the signal."""
     left, watch, n = watched_pair(lab)
     proc = lab.spawn([*AIOMB, "run", "examples/flow_monitor.py", "--iface", n, "--netns", watch],
                      cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     wait_for(lambda: attached(watch, n) == "aiomb_xsk", what="the port to attach")
     assert client(left, RIGHT_IP, 5001, 10, 10)["ok"]
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 130, err
+    assert proc.returncode == 128 + signum, err
     assert f"start  tcp {LEFT_IP}:" in out
     assert attached(watch, n) is None
 
