@@ -151,7 +151,7 @@ class _Progress:
             except ImportError:
                 from IPython.display import display
 
-                self._display = display(self._line(0, 0), display_id=True)
+                self._display = display({"text/plain": self._line(0, 0)}, raw=True, display_id=True)
             else:
                 self._bar = tqdm(total=total, unit="B", unit_scale=True, desc=self.desc)
 
@@ -167,7 +167,7 @@ class _Progress:
         else:
             line = self._line(done, packets)
             if self._display is not None:
-                self._display.update(line)
+                self._display.update({"text/plain": line}, raw=True)
             else:
                 sys.stderr.write("\r" + line)
                 sys.stderr.flush()
