@@ -103,7 +103,7 @@ class _Series:
             if self.first_ts is None:
                 self.first_ts = ts
             cur = self.bins[index] = [0, 0, 0, 0, self._flows_now()]
-            if len(self.bins) > MAX_BINS:
+            while len(self.bins) > MAX_BINS:      # isolated bins merge only once the interval is wide enough
                 self._coarsen()
                 index = int(ts // self.interval)
                 cur = self.bins[index]
@@ -447,9 +447,10 @@ class BackgroundStack:
 
     async def _main(self) -> None:
         self._token = trio.lowlevel.current_trio_token()
+        if self._stop_requested:            # stopped in the cell that started it: open nothing
+            self.state = "stopped"
+            return
         with trio.CancelScope() as self._outer:
-            if self._stop_requested:
-                self._outer.cancel()
             options = dict(self._engine_options, **self._stack_options)
             async with open_stack(self.source, **options) as stack:
                 try:
