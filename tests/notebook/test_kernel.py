@@ -133,3 +133,15 @@ await h5.wait()""")
     assert out.text.startswith("<Axes: ") and any("image/png" in d for d in out.displays)
     out = kernel.run("h5.plot_events(); h5.plot_flows()")
     assert sum("image/png" in d for d in out.displays) == 2
+
+
+def test_progress_shows_in_the_starting_cell(kernel):
+    out = kernel.run(f"import aiomb, aiomb.notebook\nh6 = aiomb.notebook.start({DEMO!r})")
+    (bar,) = out.displays                   # tqdm's notebook bar: a widget
+    assert "application/vnd.jupyter.widget-view+json" in bar
+    kernel.run("await h6.wait()")
+    # without ipywidgets: a text line, updated in place (its display id) to the end
+    out = kernel.run(f"import sys\nsys.modules['ipywidgets'] = None\nh7 = aiomb.notebook.start({DEMO!r})")
+    assert [d["text/plain"] for d in out.displays] == ["demo.pcapng:   0.0% (0 of 8,184 bytes), 0 packets"]
+    kernel.run("await h7.wait()\ndel sys.modules['ipywidgets']")
+    assert value(kernel, "h7._progress._shown") == 8184
