@@ -94,6 +94,8 @@ __all__ = [
 
 
 def __getattr__(name: str):
+    if name == "notebook":              # aiomb.notebook.start(...): the Jupyter shell, imported when first used
+        return importlib.import_module(".notebook", __name__)
     module = _LAZY.get(name)
     if module is None:
         raise AttributeError(f"module 'aiomb' has no attribute {name!r}")

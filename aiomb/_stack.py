@@ -18,6 +18,7 @@ from ._core import Dispatcher, Engine, EventStream, FrameBatch
 from ._errors import StreamGap
 from .events._kinds import EventKind, split_kinds
 from .flows._filter import compile_filter
+from .flows._html import fields_table
 from .flows._stats import EngineStatistics
 from .flows._types import Side
 
@@ -40,6 +41,9 @@ class StackStatistics:
     def packets(self) -> int:
         """Packets the engine has processed."""
         return self.engine.packets
+
+    def _repr_html_(self) -> str:
+        return fields_table(self, title="stack statistics")
 
 
 @attrs.frozen(kw_only=True)

@@ -1,6 +1,8 @@
 # The live handles: Flow (one flow in the table, its streams, the user's context) and PacketView
 # (the current event and packet, given to inline handlers and predicates during their call).
 
+from aiomb.flows._html import flow_statistics_table as _flow_html_table
+
 @cython.no_gc
 cdef class Flow:
     """The live handle of one flow: key, both sides' TCP states and counters, user context.
@@ -206,6 +208,12 @@ cdef class Flow:
     def __repr__(self):
         return (f"<Flow #{self.id} {self.key} {self.client_state}/{self.server_state}"
                 f"{'' if self._alive else ' removed'}>")
+
+    def _repr_html_(self):
+        """An HTML table for notebooks: the key, then both sides' counters and states side by
+        side (escaped; a snapshot taken now)."""
+        where = "in the table" if self._alive else "removed from the table"
+        return _flow_html_table(flow_statistics(self._f()), title=f"Flow #{self.id} {self.key} ({where})")
 
 
 cdef class PacketView:

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 
 import attrs
 
+from ._html import cell, fields_table, flow_statistics_table, table
 from ._types import EndReason, TcpState
 
 
@@ -40,6 +41,9 @@ class MalformedCounts(Mapping):
 
     def __reduce__(self):
         return (MalformedCounts, (self._counts,))
+
+    def _repr_html_(self) -> str:
+        return table([(cell(reason), cell(n)) for reason, n in self._counts.items()], header=("reason", "packets"))
 
 
 @attrs.frozen(kw_only=True)
@@ -86,6 +90,9 @@ class SideStatistics:
     unchecked_bytes: int = 0
     undelivered_bytes: int = 0
 
+    def _repr_html_(self) -> str:
+        return fields_table(self, title="side statistics")
+
 
 @attrs.frozen(kw_only=True)
 class FlowStatistics:
@@ -102,6 +109,9 @@ class FlowStatistics:
     def packets(self) -> int:
         """Packets in both directions."""
         return self.client.packets + self.server.packets
+
+    def _repr_html_(self) -> str:
+        return flow_statistics_table(self, title="flow statistics")
 
 
 @attrs.frozen(kw_only=True)
@@ -144,3 +154,6 @@ class EngineStatistics:
     def malformed_total(self) -> int:
         """All malformed packets, whatever the reason."""
         return sum(self.malformed.values())
+
+    def _repr_html_(self) -> str:
+        return fields_table(self, title="engine statistics", extra=(("malformed_total", self.malformed_total),))
