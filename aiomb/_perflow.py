@@ -68,6 +68,7 @@ class FlowStream:
         self._rest = b""            # bytes read_until read past its delimiter
         self._consumer = None       # the Trio task that last took from the stream
         self._ended = False
+        self._waiter = None         # an Event a reader waits on (made when one does)
 
     def __repr__(self) -> str:
         return f"<FlowStream {self.side} of {self._task.key}>"
@@ -138,6 +139,7 @@ class FlowStream:
         task = self._task
         if task._end is None:
             await trio.lowlevel.checkpoint_if_cancelled()
+        blocked = False
         while True:
             if self._rest:
                 item, self._rest = self._rest, b""
@@ -150,9 +152,11 @@ class FlowStream:
                 item = None
                 task._maybe_cancel()
                 break
-            await task._block()
+            await task._block(self)
+            blocked = True
         self._consumer = trio.lowlevel.current_task()
-        await trio.lowlevel.cancel_shielded_checkpoint()
+        if not blocked:
+            await trio.lowlevel.cancel_shielded_checkpoint()     # a schedule point, never a cancellation
         return item
 
     def _overrun(self, item) -> None:
@@ -213,7 +217,7 @@ class FlowTask:
         self.flow_id = inbox.flow_id
         self._seen: dict = {}               # (kind, side or None) -> the first such event
         self._end = None                    # the flow's CONN_END / UDP_END event
-        self._changed = trio.Event()        # set (and replaced) when the pump delivered
+        self._waiter = None                 # an Event wait()/ended() wait on (made when one does)
         self._progress = None               # an Event the pump waits on, set when the coroutine moves
         self._blocked: set = set()          # tasks waiting in this flow's methods
         self._scope = trio.CancelScope()
@@ -293,7 +297,7 @@ class FlowTask:
                 self._maybe_cancel()
                 raise FlowEnded(f"flow {self.key} ended ({self._end.reason}) before {kind}"
                                 f"{'' if side is None else f' from the {side}'}", key=self.key, reason=self._end.reason)
-            await self._block()
+            await self._block(self)
         await trio.lowlevel.cancel_shielded_checkpoint()
         return ev
 
@@ -302,7 +306,7 @@ class FlowTask:
         if self._end is None:
             await trio.lowlevel.checkpoint_if_cancelled()
         while self._end is None:
-            await self._block()
+            await self._block(self)
         self._maybe_cancel()
         await trio.lowlevel.cancel_shielded_checkpoint()
         return self._end
@@ -311,10 +315,13 @@ class FlowTask:
         """Sleep ``seconds`` on the stack's clock (packet time on captures). Blocks; the flow's end
         cancels it, as it cancels the coroutine."""
         timer = self._group._stack.timer(seconds)
+        task = trio.lowlevel.current_task()
+        self._blocked.add(task)         # the pump must not wait for a task that waits for the pump
+        self._poke()
         try:
-            with self._blocking():
-                await timer.wait()
+            await timer.wait()
         finally:
+            self._blocked.discard(task)
             timer.cancel()
 
     @contextlib.contextmanager
@@ -334,27 +341,28 @@ class FlowTask:
 
     # ---- plumbing ---------------------------------------------------------------------
 
-    @contextlib.contextmanager
-    def _blocking(self):
-        """Mark the current task as waiting on this flow (the pump does not wait for it)."""
+    async def _block(self, owner) -> None:
+        """Wait until the pump wakes ``owner`` (this task's record of events, or one of its streams)."""
+        self._group._behind.discard(self)
+        waiter = owner._waiter
+        if waiter is None:
+            waiter = owner._waiter = trio.Event()
         task = trio.lowlevel.current_task()
         self._blocked.add(task)
         self._poke()
         try:
-            yield
+            await waiter.wait()
         finally:
             self._blocked.discard(task)
 
-    async def _block(self) -> None:
-        self._group._behind.discard(self)
-        with self._blocking():
-            await self._changed.wait()
-
-    def _wake(self) -> None:
-        self._changed.set()
-        self._changed = trio.Event()
-        if self._state == "running":
-            self._group._behind.add(self)   # until it waits on its flow again: the pump gives it turns
+    def _wake(self, owner) -> None:
+        """Wake the tasks waiting on ``owner``; the pump then gives them turns until they wait again."""
+        waiter = owner._waiter
+        if waiter is not None:
+            owner._waiter = None
+            waiter.set()
+            if self._state == "running":
+                self._group._behind.add(self)
 
     def _poke(self) -> None:
         if self._progress is not None:
@@ -371,25 +379,28 @@ class FlowTask:
         """Hand the coroutine its flow's events (the pump; waits while a busy reader is behind)."""
         if self._state == "done":
             return
+        streams = self._streams
         for ev in events:
             kind = ev.kind
             if kind is EventKind.NEW_DATA:
                 if ev.value is None:        # the side's buffering was turned off
                     continue
-                await self._put(self._streams[ev.side], ev.value, ev.offset, ev.length)
+                await self._put(streams[ev.side], ev.value, ev.offset, ev.length)
             elif kind is EventKind.GAP:
-                await self._put(self._streams[ev.side], Gap(ev.offset, ev.length), ev.offset, ev.length)
+                await self._put(streams[ev.side], Gap(ev.offset, ev.length), ev.offset, ev.length)
             else:
                 self._seen.setdefault((kind, None), ev)
                 if ev.side is not None:
                     self._seen.setdefault((kind, ev.side), ev)
                 if kind in ENDS:
                     self._end = ev
-        if ended:
-            for stream in self._streams:
-                if stream is not None:
+                self._wake(self)
+        for stream in streams:
+            if stream is not None:
+                if ended:
                     stream._ended = True
-        self._wake()
+                if stream._items or ended:
+                    self._wake(stream)
         if ended:
             self._maybe_cancel()        # after the wake: a read woken with the end returns it
 
@@ -409,7 +420,7 @@ class FlowTask:
         group = self._group
         paused = False
         while len(stream._items) >= stream._max:
-            self._wake()                # what this batch brought so far, first
+            self._wake(stream)          # what this batch brought so far, first
             if not self._may_wait_for(stream):
                 group._overruns += 1
                 group._overrun_bytes += length
