@@ -206,7 +206,9 @@ class FlowTask:
     ``statistics()`` and ``end_reason`` read the flow now. ``await wait(kind)`` returns the
     flow's first event of ``kind``, ``stream(side)`` its bytes, ``read_until`` bytes up to a
     delimiter, ``ended()`` its end event; ``sleep`` and ``move_on_after`` count the stack's
-    clock (packet time on captures). Layer: io/_stack.
+    clock (packet time on captures). When the flow ends, reads answer from what it delivered
+    (streams stop, waits for what never came raise :class:`aiomb.FlowEnded`), and once nothing
+    is left to read the coroutine is cancelled. Layer: io/_stack.
     """
 
     def __init__(self, group: "PerFlow", inbox):

@@ -488,3 +488,24 @@ async def test_spawn_after_the_start_takes_the_flows_that_start_later(tmp_path):
             per_flow = stack.spawn_per_flow(handle)
         await stack.run()
     assert seen == [5555] and per_flow.statistics().accepted == 1
+
+
+async def test_serve_shares_the_bounds_a_side_read_later_overruns_instead_of_stalling_the_capture(tmp_path):
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"GET /")
+    for i in range(6):
+        c.send("server", b"%d" % i)
+    c.fin("server")
+    c.fin("client")
+    c.ack("server")
+    got = []
+
+    async def handler(flow, client, server):
+        got.append(b"".join([chunk async for chunk in client]))
+        got.extend([chunk async for chunk in server])
+
+    async with aiomb.open_stack(capture_of(tmp_path, c.frames), batch_size=1) as stack:
+        stack.serve(handler, gaps="mark", max_chunks=2)
+        await stack.run()
+    assert got == [b"GET /", b"0", b"1", aiomb.Gap(2, 4)]
