@@ -26,6 +26,8 @@ from ._epoll import event_mask as event_mask
 from ._epoll import monitor as monitor
 from ._errors import AiombError as AiombError
 from ._errors import CaptureError as CaptureError
+from ._errors import DelimiterNotFound as DelimiterNotFound
+from ._errors import FlowEnded as FlowEnded
 from ._errors import PortError as PortError
 from ._errors import StreamGap as StreamGap
 from ._records import FlowRun as FlowRun
@@ -75,18 +77,20 @@ WINDOW = EventKind.WINDOW
 __version__ = "0.1.0"
 
 _LAZY = {
-    "FlowStream": "._stack", "Gap": "._stack", "Middlebox": "._stack", "Stack": "._stack",
+    "FlowStream": "._perflow", "FlowTask": "._perflow", "Gap": "._perflow", "PerFlow": "._perflow",
+    "PerFlowStatistics": "._perflow", "Middlebox": "._stack", "Stack": "._stack",
     "StackStatistics": "._stack", "Subscription": "._stack", "open_stack": "._stack",
     "Port": ".io._port", "PortStatistics": ".io._port", "port": ".io._port",
 }
 
 __all__ = [
     "ALL_BUILTIN", "AiombError", "BUFFER_OVERRUN", "CONN_END", "CONN_START", "CaptureError",
-    "CaptureSource", "CustomEvent", "Dispatcher", "ERROR", "ESTABLISHED", "EndReason", "Engine",
-    "EngineStatistics", "Epoll", "Event", "EventKind", "EventLog", "FIN", "FilterError", "Flow",
-    "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics", "FlowStream", "FrameBatch",
-    "GAP", "Gap", "Hook", "MalformedCounts", "Middlebox", "MonitorSocket", "NEW_DATA", "ORPHAN",
-    "OVERLAP", "PACKET_IN", "PacketView", "Port", "PortError", "PortStatistics", "Prefilter", "Proto",
+    "CaptureSource", "CustomEvent", "DelimiterNotFound", "Dispatcher", "ERROR", "ESTABLISHED", "EndReason",
+    "Engine", "EngineStatistics", "Epoll", "Event", "EventKind", "EventLog", "FIN", "FilterError", "Flow",
+    "FlowEnded", "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics", "FlowStream", "FlowTask",
+    "FrameBatch", "GAP", "Gap", "Hook", "MalformedCounts", "Middlebox", "MonitorSocket", "NEW_DATA", "ORPHAN",
+    "OVERLAP", "PACKET_IN", "PacketView", "PerFlow", "PerFlowStatistics", "Port", "PortError", "PortStatistics",
+    "Prefilter", "Proto",
     "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
     "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict", "WINDOW",
     "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port",

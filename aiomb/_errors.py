@@ -32,10 +32,42 @@ class StreamGap(AiombError):
 
     Raised by a flow stream's iteration (the default), so that a hole is never glued over
     silently; iterate the same stream again to go on after the gap.
+
+    ``partial`` holds the bytes a per-flow coroutine's ``read_until`` had read before the hole
+    (they are not glued to what follows it).
     """
 
-    def __init__(self, offset: int, length: int, what: str = "stream"):
+    def __init__(self, offset: int, length: int, what: str = "stream", *, partial: bytes = b""):
         self.offset = offset
         self.length = length
+        self.partial = partial
         super().__init__(f"bytes [{offset}, {offset + length}) of the {what} will never arrive "
                          "(a gap); iterate the stream again to continue after it")
+
+
+class FlowEnded(AiombError):
+    """A per-flow coroutine awaited something its flow will never bring: the flow ended first.
+
+    Raised by ``wait(kind)`` for a kind that did not fire, and by ``read_until`` when the stream
+    ended without the delimiter (``partial``: the bytes read). ``key`` and ``reason`` (an
+    :class:`~aiomb.EndReason`) name the flow and how it ended. Escaping the coroutine, it ends
+    it quietly (counted as finished, not as failed).
+    """
+
+    def __init__(self, message: str, *, key=None, reason=None, partial: bytes = b""):
+        self.key = key
+        self.reason = reason
+        self.partial = partial
+        super().__init__(message)
+
+
+class DelimiterNotFound(AiombError):
+    """``read_until`` found no delimiter within ``max_size`` bytes of a stream.
+
+    The bytes stay in the stream (read them by iterating it); ``buffered`` says how many. The
+    peer's bytes are data: catch this to handle an over-long header as the protocol requires.
+    """
+
+    def __init__(self, message: str, *, buffered: int):
+        self.buffered = buffered
+        super().__init__(message)

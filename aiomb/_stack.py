@@ -15,7 +15,9 @@ import attrs
 import trio
 
 from ._core import Dispatcher, Engine, EventStream, FrameBatch
-from ._errors import StreamGap
+from ._perflow import FlowStream as FlowStream
+from ._perflow import Gap as Gap
+from ._perflow import PerFlow
 from .events._kinds import EventKind, split_kinds
 from .flows._filter import compile_filter
 from .flows._html import fields_table
@@ -134,51 +136,6 @@ class Subscription:
             events_received=self._received, closed=self._closed)
 
 
-@attrs.frozen
-class Gap:
-    """The marker a flow stream yields for a hole when opened with ``gaps="mark"``."""
-
-    offset: int
-    length: int
-
-
-class FlowStream:
-    """One flow side's reassembled bytes for a coroutine: ``async for chunk in stream``.
-
-    Yields ``bytes`` chunks in stream order. A hole raises :class:`aiomb.StreamGap` (iterate
-    again to continue after it), or, opened with ``gaps="mark"``, is yielded as a :class:`Gap`.
-    Iteration ends when the flow ends. Made by :meth:`Stack.serve` for both sides of each flow.
-    """
-
-    def __init__(self, flow, side: Side, gaps: str, max_chunks: int):
-        self.flow = flow
-        self.side = side
-        self._gaps = gaps
-        self._send, self._recv = trio.open_memory_channel(max_chunks)
-
-    def __repr__(self) -> str:
-        return f"<FlowStream {self.side} of {self.flow.key}>"
-
-    def __aiter__(self):
-        return self
-
-    async def __anext__(self):
-        try:
-            item = await self._recv.receive()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
-            raise StopAsyncIteration from None
-        if isinstance(item, Gap) and self._gaps == "raise":
-            raise StreamGap(item.offset, item.length, f"{self.side} stream of {self.flow.key}")
-        return item
-
-    async def receive(self) -> bytes:
-        """The next chunk; raises StreamGap for a hole and trio.EndOfChannel at the flow's end."""
-        try:
-            return await self.__anext__()
-        except StopAsyncIteration:
-            raise trio.EndOfChannel from None
-
-
 class StackTimer:
     """A timer on the stack's clock for Trio code (made by :meth:`Stack.timer`): ``await
     timer.wait()`` returns how many times it fired since the last wait (at least once); ``async
@@ -192,6 +149,7 @@ class StackTimer:
         self._fired = trio.Event()
         self._done = False
         self._waiting = False       # a task waits: the pump lets it see the moment it fired
+        self._on_fire = None        # called when it fires (a per-flow deadline cancels a scope)
 
     def __repr__(self) -> str:
         return f"<StackTimer {self.timer_id}{' done' if self._done else ''}>"
@@ -230,23 +188,12 @@ class StackTimer:
     def _fire(self, n: int) -> None:
         self._count += n
         self._fired.set()
+        if self._on_fire is not None:
+            self._on_fire()
 
     def _end(self) -> None:
         self._done = True
         self._fired.set()
-
-
-class _Served:
-    """One serve() registration: its acceptor, handler and options, and when it is done."""
-
-    def __init__(self, acceptor: int, handler, gaps: str, max_chunks: int):
-        self.acceptor = acceptor
-        self.handler = handler
-        self.gaps = gaps
-        self.max_chunks = max_chunks
-        self.nursery = None
-        self.ready = trio.Event()     # its nursery is open: flows can be handed to it
-        self.done = trio.Event()
 
 
 class Middlebox:
@@ -302,7 +249,7 @@ class Stack:
         self._middleboxes = [Middlebox(self, "default", 0, None)]
         self._go = trio.Event()
         self._nursery = None
-        self._served: list[_Served] = []
+        self._per_flow: list[PerFlow] = []
         self._timers: dict[int, StackTimer] = {}
         self._timer_sub = self._dispatcher.subscribe(EventKind.TIMER)
         self.finished = trio.Event()
@@ -349,8 +296,9 @@ class Stack:
         """Run ``await handler(flow, client_stream, server_stream)`` for each new TCP flow.
 
         The streams are :class:`FlowStream` objects, made when the flow starts (so no byte is
-        missed); each holds at most ``max_chunks`` chunks, then the source waits for the
-        handler. Handlers run in the stack's nursery: an exception cancels the stack and
+        missed); each holds at most ``max_chunks`` chunks (then the source waits for a handler
+        that is behind; see :mod:`aiomb._perflow`). Handlers run in a nursery of the stack's,
+        with no limit and not cancelled at their flow's end: an exception cancels the stack and
         reaches the caller of open_stack. Call before the source starts. Raises ValueError when
         the stack does not buffer stream bytes (``buffering=False``).
         """
@@ -361,25 +309,39 @@ class Stack:
                              "buffering=False (offsets and counters only); open it with buffering=True")
         if self._go.is_set():
             raise RuntimeError("serve() must be called before the source starts")
-        if self.finished.is_set():
-            raise RuntimeError("the stack's source has ended; serve before it finishes")
-        acc = self._dispatcher.listen((EventKind.NEW_DATA, EventKind.GAP), filter=compile_filter(filter))
-        served = _Served(acc, handler, gaps, max_chunks)
-        self._served.append(served)
-        self._nursery.start_soon(self._run_served, served)
 
-    async def _run_served(self, served: _Served) -> None:
-        try:
-            async with trio.open_nursery() as nursery:
-                served.nursery = nursery
-                served.ready.set()
-                await self.finished.wait()
-        except BaseExceptionGroup as group:
-            if len(group.exceptions) != 1:
-                raise
-            raise group.exceptions[0] from None     # a handler's error, as itself
-        finally:
-            served.done.set()
+        async def call(task):
+            await handler(task.flow, task.stream(Side.CLIENT), task.stream(Side.SERVER))
+
+        self._add_per_flow(PerFlow(self, handler, filter=filter, limit=None, errors="raise", gaps=gaps,
+                                   max_chunks=max_chunks, udp=False, cancel_at_end=False, call=call))
+
+    def spawn_per_flow(self, fn, filter=None, *, limit: int = 10_000, overflow: str = "queue",
+                       max_queued: int = 1024, errors: str = "log", sides: str = "both", gaps: str = "raise",
+                       max_chunks: int = 64, events=()) -> PerFlow:
+        """Run ``await fn(flow)`` for each new TCP and UDP flow that ``filter`` (tcpdump syntax) accepts.
+
+        ``flow`` is a :class:`~aiomb._perflow.FlowTask`: its events (``wait``, ``ended``), bytes
+        (``stream``, ``read_until``) and time (``sleep``, ``move_on_after``). At most ``limit``
+        coroutines run at once; beyond, ``overflow="queue"`` holds up to ``max_queued`` flows
+        (their events kept) and ``"skip"`` leaves the flow alone, both counted. A coroutine is
+        cancelled when its flow ends (after it was handed the end) and at the stack's exit. An
+        exception is logged (logger "aiomb", with the flow key) and ends that flow's handling, or
+        with ``errors="raise"`` fails the stack. ``sides`` whose bytes to keep, ``gaps`` and
+        ``max_chunks`` as :meth:`serve`'s; ``events``: more kinds for ``wait``. Returns the
+        registration (``statistics()``). Flows already open are not taken. Raises ValueError for
+        a bad option, RuntimeError once the source has ended. Does not block.
+        """
+        return self._add_per_flow(PerFlow(self, fn, filter=filter, limit=limit, overflow=overflow,
+                                          max_queued=max_queued, errors=errors, sides=sides, gaps=gaps,
+                                          max_chunks=max_chunks, events=events))
+
+    def _add_per_flow(self, group: PerFlow) -> PerFlow:
+        if self.finished.is_set():
+            raise RuntimeError("the stack's source has ended: no new flows will come")
+        self._per_flow.append(group)
+        self._nursery.start_soon(group._run)
+        return group
 
     def timer(self, delay: float, *, interval: float | None = None, flow=None) -> StackTimer:
         """A timer on the stack's clock (packet time on captures, the wall clock on live ports),
@@ -428,11 +390,11 @@ class Stack:
 
     async def run(self) -> None:
         """Start the source; wait until it has ended, every event was handed over and every
-        per-flow handler started by :meth:`serve` has returned."""
+        per-flow coroutine (:meth:`serve`, :meth:`spawn_per_flow`) has returned."""
         self.start()
         await self.finished.wait()
-        for served in self._served:
-            await served.done.wait()
+        for group in self._per_flow:
+            await group.done.wait()
 
     def flows(self) -> list:
         """Live handles of the flows in the table now, oldest first."""
@@ -477,32 +439,19 @@ class Stack:
             if events:
                 sub._batches_sent += 1
                 await self._send(sub._send, events)
-        for served in self._served:
-            for inbox in d.accept(served.acceptor):
-                flow = inbox.flow
-                inbox.context = (FlowStream(flow, Side.CLIENT, served.gaps, served.max_chunks),
-                                 FlowStream(flow, Side.SERVER, served.gaps, served.max_chunks))
-                served.nursery.start_soon(served.handler, flow, *inbox.context)
+        for group in self._per_flow:
+            await group._accept(d.accept(group.acceptor))
         for inbox in d.ready_inboxes():
-            streams = inbox.context
-            for ev in inbox.take():
-                if ev.kind is EventKind.NEW_DATA:
-                    item = ev.value
-                    if item is None:        # the handler turned the side's buffering off
-                        continue
-                elif ev.kind is EventKind.GAP:
-                    item = Gap(ev.offset, ev.length)
-                else:
-                    continue                # the flow's end: its streams close below
-                await self._send(streams[ev.side]._send, item)
-            if inbox.ended:
-                for stream in streams:
-                    stream._send.close()
+            task = inbox.context
+            events = inbox.take()
+            if task is not None:
+                await task._deliver(events, inbox.ended)
 
     async def _let_consumers_catch_up(self) -> None:
         """Give consumers still busy with a batch a few turns before the next batch is read.
 
-        Trio runs ready tasks in random order. A consumer that runs before the pump reads on
+        Trio runs ready tasks in random order (per-flow coroutines handed events are consumers
+        too, until they wait on their flow again). A consumer that runs before the pump reads on
         is done with the previous batch's events, so fewer are alive at once and the reader
         can reuse the frame block that is in the cache; a task waiting for a timer that fired
         sees the stack as it was at that moment. A consumer that stays busy (awaiting
@@ -510,14 +459,13 @@ class Stack:
         """
         for _ in range(CATCH_UP_TURNS):
             if all(sub._batches_done == sub._batches_sent for sub in self._subs.values()) \
-                    and not any(t._count and t._waiting for t in self._timers.values()):
+                    and not any(t._count and t._waiting for t in self._timers.values()) \
+                    and not any(group._behind for group in self._per_flow):
                 return
             await trio.lowlevel.checkpoint()
 
     async def _pump(self) -> None:
         await self._go.wait()
-        for served in self._served:         # serve() is only called before the start
-            await served.ready.wait()
         batch = FrameBatch(self._batch_size)
         engine = self.engine
         source = self.source
