@@ -57,31 +57,30 @@ async def run_app(module, source, *, duration: float | None = None, **engine_opt
         if setup is not None:
             setup(stack)
         run = getattr(module, "run", None)
-        async with trio.open_nursery() as outer:
+        with trio.open_signal_receiver(*STOP_SIGNALS) as signals, trio.CancelScope() as outer:
 
-            async def watch_signals(task_status=trio.TASK_STATUS_IGNORED):
-                with trio.open_signal_receiver(*STOP_SIGNALS) as signals:
-                    task_status.started()
-                    async for signum in signals:
-                        caught.append(signum)
-                        if getattr(source, "live", False) and len(caught) == 1:
-                            source.stop()       # every open flow ends; the app sees the ends
-                        else:
-                            outer.cancel_scope.cancel()
+            async def watch_signals():
+                async for signum in signals:
+                    caught.append(signum)
+                    if getattr(source, "live", False) and len(caught) == 1:
+                        source.stop()           # every open flow ends; the app sees the ends
+                    else:
+                        outer.cancel()
 
-            await outer.start(watch_signals)    # watching before the app runs, until it returns
-            async with trio.open_nursery() as nursery:
-                timer = trio.CancelScope()
-                if duration is not None:
-                    async def stop_later():
-                        with timer:
-                            await stop_after(source, duration)
-                    nursery.start_soon(stop_later)
-                if run is not None:
-                    nursery.start_soon(run, stack)
-                await stack.run()
-                timer.cancel()
-            outer.cancel_scope.cancel()
+            async with trio.open_nursery() as watcher:   # watching until the app returns
+                watcher.start_soon(watch_signals)
+                async with trio.open_nursery() as nursery:
+                    timer = trio.CancelScope()
+                    if duration is not None:
+                        async def stop_later():
+                            with timer:
+                                await stop_after(source, duration)
+                        nursery.start_soon(stop_later)
+                    if run is not None:
+                        nursery.start_soon(run, stack)
+                    await stack.run()
+                    timer.cancel()
+                watcher.cancel_scope.cancel()
     return caught[0] if caught else None
 
 
