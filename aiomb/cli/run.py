@@ -18,12 +18,14 @@ from ..io._capture import capture
 from ._common import UsageError, add_port_options, check_capture, live_port, sole
 
 
-def load_app(path: str):
-    """Import a middlebox module from a file path (its folder first on sys.path, as for a script):
+def load_app(path: str, argv=()):
+    """Import a middlebox module from a file path (its folder first on sys.path and ``sys.argv``
+    its path and ``argv``, as for a script: the app reads its own options, e.g. with argparse):
     it defines setup(stack) and/or async run(stack) (a stack program), or main(source) (a
     synchronous program, e.g. an epoll loop)."""
     if not os.path.isfile(path):
         raise UsageError(f"middlebox module not found: {path}")
+    sys.argv = [path, *argv]
     sys.path.insert(0, os.path.dirname(os.path.abspath(path)))
     spec = importlib.util.spec_from_file_location(
         "aiomb_app_" + os.path.splitext(os.path.basename(path))[0], path)
@@ -91,7 +93,7 @@ def cmd_run(args) -> int:
         raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
     if args.pcap is not None:
         check_capture(args.pcap)
-    module = load_app(args.app)
+    module = load_app(args.app, getattr(args, "app_args", ()))
     if args.iface is not None:
         source = live_port(args, inline=args.inline)
     else:
