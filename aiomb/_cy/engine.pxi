@@ -12,6 +12,13 @@ MALFORMED_REASONS = (
     "bad_tcp_flags", "bad_checksum",
 )
 
+# ERROR event values for a limit's drop, indexed by the LIM_* numbers
+LIMIT_ERRORS = ("fragment_timeout", "fragment_evicted")
+
+cdef enum:
+    LIM_FRAGMENT_TIMEOUT = 0    # an incomplete datagram's fragments expired
+    LIM_FRAGMENT_EVICTED = 1    # an incomplete datagram was dropped to make room (entries or memory)
+
 cdef enum:
     MAX_MBOXES = 32
     MAX_FILTERS = 32
@@ -102,7 +109,7 @@ cdef class Engine:
 
     def __init__(self, *, max_flows=1_000_000, tcp_syn_timeout=30.0, tcp_established_timeout=300.0,
                  tcp_closed_timeout=5.0, udp_timeout=60.0, midstream=False, vlan_in_key=False,
-                 max_fragments=1024, fragment_timeout=30.0, reassembly=None, buffering=True,
+                 max_fragments=1024, fragment_timeout=30.0, max_fragment_memory=16 << 20, reassembly=None, buffering=True,
                  overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
                  max_stream_memory=1 << 30, rst_payload=False, host_policies=None,
                  overlap_window=65536, checksums="ignore", conn_history=False):
@@ -110,6 +117,10 @@ cdef class Engine:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
         if not isinstance(max_fragments, int) or not 0 <= max_fragments <= 1 << 20:
             raise ValueError(f"max_fragments must be an int from 0 to {1 << 20}, got {max_fragments!r}")
+        if not isinstance(max_fragment_memory, int) or isinstance(max_fragment_memory, bool) \
+                or not FRAG_MIN_MEMORY <= max_fragment_memory <= 1 << 40:
+            raise ValueError(f"max_fragment_memory must be an int from {FRAG_MIN_MEMORY} (one datagram of the "
+                             f"largest size) to {1 << 40} bytes, got {max_fragment_memory!r}")
         for name, value in (("tcp_syn_timeout", tcp_syn_timeout),
                             ("tcp_established_timeout", tcp_established_timeout),
                             ("tcp_closed_timeout", tcp_closed_timeout), ("udp_timeout", udp_timeout),
@@ -149,7 +160,7 @@ cdef class Engine:
         flowtab_init(&self.tab, max_flows, vlan_in_key)
         if self.conn_history:
             flowtab_keep_conns(&self.tab)
-        fragtab_init(&self.frags, max_fragments, to_ns(fragment_timeout))
+        fragtab_init(&self.frags, max_fragments, to_ns(fragment_timeout), max_fragment_memory)
         self.timeouts[TC_TCP_OPENING] = to_ns(tcp_syn_timeout)
         self.timeouts[TC_TCP_ESTABLISHED] = to_ns(tcp_established_timeout)
         self.timeouts[TC_TCP_CLOSED] = to_ns(tcp_closed_timeout)
@@ -539,6 +550,8 @@ cdef class Engine:
         if self.flows_due():            # time passes per packet: the answer is the same at any batch size
             self.expire_flows()
         r = parse_packet(pk, linktype, &self.frags, &self.frag_done, &reason)
+        if self.frags.new_expired or self.frags.new_evicted:
+            self.fragment_drops()
         if r == P_OK and self.verify_checksums and not checksums_ok(pk):
             r = P_MALFORMED                 # the endpoint would drop it: it changes nothing here
             reason = MAL_BAD_CHECKSUM
@@ -564,8 +577,21 @@ cdef class Engine:
 
     cdef inline void release_fragment(self) noexcept:
         if self.frag_done != NULL:
-            frag_release(self.frag_done)
+            frag_release(&self.frags, self.frag_done)
             self.frag_done = NULL
+
+    cdef int fragment_drops(self) except -1:
+        """An ERROR event for each incomplete datagram the fragment table dropped since the last
+        call: its timeouts first, then its evictions."""
+        cdef uint64_t expired = self.frags.new_expired, evicted = self.frags.new_evicted
+        self.frags.new_expired = 0
+        self.frags.new_evicted = 0
+        if self.em.wants(EV_ERROR):
+            for _ in range(expired):
+                self.em.emit(B_ERROR, -1, -1, HOOK_NONE, 0, 0, -1, -1, LIMIT_ERRORS[LIM_FRAGMENT_TIMEOUT])
+            for _ in range(evicted):
+                self.em.emit(B_ERROR, -1, -1, HOOK_NONE, 0, 0, -1, -1, LIMIT_ERRORS[LIM_FRAGMENT_EVICTED])
+        return 0
 
     cdef int tcp_packet(self, pkt_t *pk) except -1:
         cdef uint32_t h = key_hash(pk, self.vlan_in_key)
@@ -744,6 +770,8 @@ cdef class Engine:
             self.now = now
         self.expire_flows()
         fragtab_expire(&self.frags, self.now)
+        if self.frags.new_expired:
+            self.fragment_drops()
         return 0
 
     cdef int start_clock(self, int64_t now) except -1:
@@ -984,7 +1012,9 @@ cdef class Engine:
             orphans=self.n_orphans, flows_active=self.tab.count, flows_created=self.n_created,
             flows_ended=self.n_ended, flows_timed_out=self.n_timed_out, flows_evicted=self.n_evicted,
             max_flows=self.tab.max_flows, rst_out_of_window=self.n_rst_oow,
-            fragments_held=self.frags.held, fragments_reassembled=self.frags.reassembled,
+            fragments_held=self.frags.held, fragments_received=self.frags.received,
+            fragment_memory=self.frags.memory, max_fragment_memory=self.frags.max_memory,
+            fragments_reassembled=self.frags.reassembled,
             fragments_expired=self.frags.expired, fragments_evicted=self.frags.evicted,
             fragment_overlaps=self.frags.overlaps, dropped_by_verdict=self.n_dropped,
             events=self.em.n_events, stream_memory=self.rx.memory,
