@@ -1019,4 +1019,5 @@ cdef class Engine:
             fragment_overlaps=self.frags.overlaps, dropped_by_verdict=self.n_dropped,
             events=self.em.n_events, stream_memory=self.rx.memory,
             max_stream_memory=self.rx.max_memory, buffer_overruns=self.rx.overruns,
+            stream_memory_peak=self.rx.memory_peak, stream_buffer_peak=self.rx.buffer_peak,
             sequence_jumps=self.rx.seq_jumps, rejected=self.n_rejected)
