@@ -81,7 +81,9 @@ cdef class Engine:
     cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped, n_rejected
     cdef uint64_t malformed[N_MALFORMED]
     cdef Emitter em
-    cdef list mbox_filters
+    cdef list mbox_filters          # each middlebox's filter (None: every flow)
+    cdef list mbox_rank             # each one's place in the chain (the order added); -1: a free index
+    cdef int next_rank
     cdef list flow_filters          # subscription filters (one bit each in flow_t.filter_mask; None: free)
     cdef list filter_uses           # how many subscriptions use each
     cdef bint any_filter
@@ -169,6 +171,8 @@ cdef class Engine:
         self.vlan_in_key = vlan_in_key
         self.next_id = 1
         self.mbox_filters = [None]
+        self.mbox_rank = [0]
+        self.next_rank = 1
         self.timers = {}
         self.unstarted = []
         self.flow_filters = []
@@ -236,20 +240,56 @@ cdef class Engine:
         return 0
 
     def add_middlebox(self, filter=None):
-        """Append a middlebox to the chain; returns its index (0 is the default middlebox).
+        """Append a middlebox to the chain; returns its index (0 is the default middlebox; a
+        removed one's index is given again, its place in the chain is the end).
 
         ``filter`` is None or an object with ``matches(key) -> bool``, evaluated once per new
-        flow. Raises ValueError past 32 middleboxes, RuntimeError once flows exist.
+        flow. Raises ValueError past 32 middleboxes at once, RuntimeError once flows exist.
         """
         if self.tab.count:
             raise RuntimeError("add middleboxes before the first packet: flows already exist")
-        if len(self.mbox_filters) >= MAX_MBOXES:
-            raise ValueError(f"at most {MAX_MBOXES} middleboxes can share one stack")
         if filter is not None and not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a middlebox filter needs a matches(key) method, got {filter!r}")
-        self.mbox_filters.append(filter)
+        if -1 in self.mbox_rank:
+            index = self.mbox_rank.index(-1)
+        elif len(self.mbox_filters) < MAX_MBOXES:
+            index = len(self.mbox_filters)
+            self.mbox_filters.append(None)
+            self.mbox_rank.append(-1)
+        else:
+            raise ValueError(f"at most {MAX_MBOXES} middleboxes can share one stack; remove_middlebox() "
+                             "the ones no longer used")
+        self.mbox_filters[index] = filter
+        self.mbox_rank[index] = self.next_rank
+        self.next_rank += 1
         self.any_filter = True if filter is not None else self.any_filter
-        return len(self.mbox_filters) - 1
+        return index
+
+    def remove_middlebox(self, int index):
+        """Take a middlebox out of the chain; its index may be given again by add_middlebox.
+
+        Raises ValueError for the default middlebox (0) or an unknown index, RuntimeError while
+        inline handlers, subscriptions or acceptors use it (remove and close them first).
+        """
+        cdef uint64_t bit
+        if index == 0:
+            raise ValueError("the default middlebox (0) stays for as long as its engine")
+        self.check_middlebox(index)
+        bit = (<uint64_t>1) << index
+        if any(token[1] == index for lst in self.em.handlers for token in lst):
+            raise RuntimeError(f"middlebox {index} still has inline handlers; remove them first")
+        for ref, wants in self.em.log_wants.values():
+            if ref() is not None and any(mb != ALL_MBOXES and mb & bit for _, mb, _ in wants):
+                raise RuntimeError(f"middlebox {index} still has subscriptions or acceptors; "
+                                   "unsubscribe and close them first")
+        self.mbox_filters[index] = None
+        self.mbox_rank[index] = -1
+        self.any_filter = any(f is not None for f in self.mbox_filters)
+
+    cdef int check_middlebox(self, int index) except -1:
+        if not 0 <= index < len(self.mbox_rank) or self.mbox_rank[index] < 0:
+            raise ValueError(f"no middlebox {index}; add it with Engine.add_middlebox() first")
+        return 0
 
     def add_filter(self, filter):
         """Use a flow filter for subscriptions (``matches(key) -> bool``); returns its bit number.
@@ -294,6 +334,16 @@ cdef class Engine:
         self.filter_uses[bit] -= 1
         if self.filter_uses[bit] == 0:
             self.flow_filters[bit] = None
+
+    cdef int forget_dispatcher_filters(self) except -1:
+        """A dispatcher has gone: every use of a filter bit was its own, except the records'."""
+        for i, known in enumerate(self.flow_filters):
+            if known is not None and self.records_filter != (<uint32_t>1) << <int>i:
+                self.flow_filters[i] = None
+                self.filter_uses[i] = 0
+            elif known is not None:
+                self.filter_uses[i] = 1
+        return 0
 
     def keep_records(self, filter=None):
         """Write a record of each flow (accepted by ``filter``, an object with ``matches(key)``)
@@ -348,8 +398,7 @@ cdef class Engine:
         ``hook`` None runs it where the event occurs; Hook.SENDER / Hook.RECEIVER restrict it
         (PACKET_IN occurs at both). Returns a token for ``remove_handler``.
         """
-        if not 0 <= middlebox < len(self.mbox_filters):
-            raise ValueError(f"no middlebox {middlebox}; add it with add_middlebox() first")
+        self.check_middlebox(middlebox)
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
         return self.em.add_handler(kind, handler, middlebox, 0 if hook is None else int(Hook(hook)))
@@ -455,7 +504,7 @@ cdef class Engine:
             if self.any_filter:
                 mask = 0
                 for i, flt in enumerate(self.mbox_filters):
-                    if flt is None or flt.matches(key):
+                    if self.mbox_rank[i] >= 0 and (flt is None or flt.matches(key)):
                         mask |= (<uint32_t>1) << i
                 self.tab.flows[slot].mbox_mask = mask
             fmask = 0
