@@ -77,21 +77,32 @@ def test_a_held_side_is_bounded_with_its_out_of_order_bytes():
     assert overruns and engine.statistics().buffer_overruns == len(overruns)
 
 
-def test_a_stream_refused_for_memory_is_counted_and_its_bytes_become_a_gap():
-    # each flow holds 60,000 bytes out of order: the 18th finds no room even for its stream
-    engine = aiomb.Engine(max_stream_memory=1 << 20, max_buffer=65536)
+def test_limits_refuse_segments_then_streams_and_count_each_refusal():
+    limit = 1 << 20
+    engine = aiomb.Engine(max_stream_memory=limit, max_buffer=65536)
     d = aiomb.Dispatcher(engine)
     sub = d.subscribe(KINDS)
-    for port in range(40000, 40018):
+    for ts, f in conversation_frames(30000, [(1000, 100)]):
+        engine.feed(f, ts)
+    stream_state = engine.statistics().stream_memory - 100 - SEG        # one side's stream, made for its bytes
+    for port in range(40000, 40018):                 # 60,000 bytes out of order each: the last ones are refused
         for ts, f in conversation_frames(port, [(1000, 60000 - SEG - 400), (0, 100)]):
             engine.feed(f, ts)
-    st = engine.statistics()
-    assert st.stream_memory_peak <= 1 << 20
     refused = [e for e in d.drain(sub) if e.kind is EventKind.BUFFER_OVERRUN]
-    assert refused and all(e.value == "memory" for e in refused)
-    assert st.buffer_overruns == len(refused)
-    last = engine.flow(refused[-1].key)
-    assert last.statistics().client.stream_bytes < 100 + 60000 - SEG - 400
+    assert refused and {e.value for e in refused} == {"memory"}
+    room = limit - engine.statistics().stream_memory
+    # a segment that leaves less room than a stream takes: the next side finds no room for its stream
+    for ts, f in conversation_frames(50000, [(1000, room - stream_state - 2 * SEG - 100)]):
+        engine.feed(f, ts)
+    assert limit - engine.statistics().stream_memory < stream_state
+    for ts, f in conversation_frames(50001, [(0, 700)]):
+        engine.feed(f, ts)
+    (last,) = [e for e in d.drain(sub) if e.kind is EventKind.BUFFER_OVERRUN]
+    assert (last.key.client_port, last.offset, last.length, last.value) == (50001, 0, 700, "memory")
+    assert engine.flow(last.key).statistics().client.stream_bytes == 0
+    st = engine.statistics()
+    assert st.stream_memory_peak <= limit
+    assert st.buffer_overruns == len(refused) + 1
 
 
 def test_turning_buffering_off_gives_out_of_order_bytes_back():
