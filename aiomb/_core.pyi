@@ -17,6 +17,7 @@ C_ENUMS: dict[str, dict[str, int]]
 FLOW_ENTRY_BYTES: int
 LIKELY_SERVER_PORTS: dict[str, tuple[int, ...]]
 MALFORMED_REASONS: tuple[str, ...]
+LIMIT_ERRORS: tuple[str, ...]
 POLICIES: tuple[str, ...]
 POLICY_NAMES: dict[str, int]
 
@@ -199,7 +200,8 @@ class Engine:
     def __init__(self, *, max_flows: int = 1_000_000, tcp_syn_timeout: float = 30.0,
                  tcp_established_timeout: float = 300.0, tcp_closed_timeout: float = 5.0,
                  udp_timeout: float = 60.0, midstream: bool = False, vlan_in_key: bool = False,
-                 max_fragments: int = 1024, fragment_timeout: float = 30.0, reassembly: bool | None = None,
+                 max_fragments: int = 1024, fragment_timeout: float = 30.0, max_fragment_memory: int = 16 << 20,
+                 reassembly: bool | None = None,
                  buffering: bool = True, overlap_policy: str = "first", max_buffer: int = 1 << 20,
                  max_ooo_segments: int = 1024, max_stream_memory: int = 1 << 30, rst_payload: bool = False,
                  host_policies: dict[str, str] | None = None, overlap_window: int = 65536,
@@ -221,6 +223,7 @@ class Engine:
     @property
     def log(self) -> EventLog: ...
     def add_middlebox(self, filter: Any = None) -> int: ...
+    def remove_middlebox(self, index: int) -> None: ...
     def add_filter(self, filter: Any) -> int: ...
     def release_filter(self, bit: int) -> None: ...
     def keep_records(self, filter: Any = None) -> None: ...

@@ -281,14 +281,15 @@ class MonitorSocket(MonitorCore):
         self._listen(driver.dispatcher, self._acc)
         self._errors: list = []
         self._error_sub = None
+        self._handlers = []                         # tokens of the inline handlers on its middlebox
         if sides != "both":
             keep = {"client": (Side.SERVER,), "server": (Side.CLIENT,), "none": (Side.CLIENT, Side.SERVER)}
-            engine.add_handler(EventKind.CONN_START,
-                               lambda view: [view.flow.set_buffering(s, False) for s in keep[sides]],
-                               middlebox=self._mbox)
+            self._handlers.append(engine.add_handler(
+                EventKind.CONN_START, lambda view: [view.flow.set_buffering(s, False) for s in keep[sides]],
+                middlebox=self._mbox))
         if last_packets:
-            engine.add_handler(EventKind.PACKET_IN, self._keep_packet, middlebox=self._mbox,
-                               hook=Hook.SENDER)
+            self._handlers.append(engine.add_handler(EventKind.PACKET_IN, self._keep_packet, middlebox=self._mbox,
+                                                     hook=Hook.SENDER))
         driver.monitors.append(self)
 
     def __repr__(self) -> str:
@@ -374,6 +375,16 @@ class MonitorSocket(MonitorCore):
             return
         self._mark_closed()
         self._driver.dispatcher.close_acceptor(self._acc)
+        if self._error_sub is not None:
+            self._driver.dispatcher.unsubscribe(self._error_sub)
+            self._error_sub = None
+        engine = self._driver.engine
+        if not engine.statistics().flows_active:
+            # no flow of its can be open: its middlebox goes (another monitor may take the index);
+            # with flows open, its handlers go on serving the flow sockets it accepted
+            for token in self._handlers:
+                engine.remove_handler(token)
+            engine.remove_middlebox(self._mbox)
         self._driver.monitors.remove(self)
         if not self._driver.monitors:
             self._driver.close()

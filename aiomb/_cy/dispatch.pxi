@@ -27,7 +27,7 @@ cdef class FlowInbox:
     cdef readonly uint64_t flow_id
     cdef int32_t slot               # the flow's table entry
     cdef readonly Flow flow         # the flow's live handle (its final values once it has gone)
-    cdef readonly int acceptor
+    cdef readonly uint64_t acceptor     # the number listen() returned
     cdef uint64_t mask
     cdef readonly uint64_t ready
     cdef readonly bint ended
@@ -71,12 +71,15 @@ cdef class Dispatcher:
     """
 
     cdef Engine engine
-    cdef int nsubs
+    cdef int nsubs                          # slots used so far; a slot whose mask is 0 is free
+    cdef uint32_t sub_gen[MAX_SUBS]         # a slot's reuses: a subscription's number is
+                                            # slot + MAX_SUBS * generation, so an old one is refused
     cdef uint64_t sub_mask[MAX_SUBS]
     cdef uint64_t sub_mbox[MAX_SUBS]
     cdef uint64_t sub_filter[MAX_SUBS]      # 0: no filter
     cdef list sub_lists
-    cdef int nacc
+    cdef int nacc                           # slots used so far; a closed acceptor's slot is free
+    cdef uint32_t acc_gen[MAX_ACCEPTORS]    # numbered as subscriptions are
     cdef uint64_t acc_mask[MAX_ACCEPTORS]   # kinds delivered to the accepted flows' inboxes
     cdef uint64_t acc_mbox[MAX_ACCEPTORS]
     cdef uint64_t acc_filter[MAX_ACCEPTORS]
@@ -95,6 +98,8 @@ cdef class Dispatcher:
     def __cinit__(self, Engine engine):
         if engine.dispatcher is not None and engine.dispatcher() is not None:
             raise RuntimeError("this engine already has a dispatcher; one dispatcher reads one engine's log")
+        if engine.dispatcher is not None:
+            engine.forget_dispatcher_filters()      # the filters of the one that has gone
         engine.dispatcher = _weakref.ref(self)
         self.engine = engine
         self.sub_lists = []
@@ -112,8 +117,7 @@ cdef class Dispatcher:
         return mask
 
     cdef uint64_t scope(self, int middlebox, object filter) except? 0:
-        if not 0 <= middlebox < len(self.engine.mbox_filters):
-            raise ValueError(f"no middlebox {middlebox}; add it with Engine.add_middlebox() first")
+        self.engine.check_middlebox(middlebox)
         if filter is None:
             return 0
         return (<uint64_t>1) << <int>self.engine.add_filter(filter)
@@ -122,33 +126,48 @@ cdef class Dispatcher:
         """Collect events of ``kinds`` for the flows of a middlebox (and a flow ``filter``, an
         object with ``matches(key)``); returns the subscription's number for ``drain``.
 
-        Raises ValueError past 256 subscriptions, for an unknown middlebox or for no kinds.
+        What the engine logged before is routed first: a subscription receives the events
+        raised after it was made. Raises ValueError past 256 subscriptions open at once, for an
+        unknown middlebox or for no kinds.
         """
-        if self.nsubs >= MAX_SUBS:
-            raise ValueError(f"at most {MAX_SUBS} subscriptions per dispatcher")
+        cdef int i = 0
+        while i < self.nsubs and self.sub_mask[i]:
+            i += 1
+        if i == MAX_SUBS:
+            raise ValueError(f"at most {MAX_SUBS} subscriptions open at once per dispatcher; "
+                             "unsubscribe the ones no longer read")
         cdef uint64_t mask = self.mask_of(kinds)
+        if self.engine.em.log.n:
+            self.dispatch()
         cdef uint64_t flt = self.scope(middlebox, filter)
-        cdef int i = self.nsubs
         self.sub_mask[i] = mask
         self.sub_mbox[i] = (<uint64_t>1) << middlebox
         self.sub_filter[i] = flt
-        self.sub_lists.append([])
-        self.nsubs += 1
+        if i == self.nsubs:
+            self.sub_lists.append([])
+            self.nsubs += 1
         self.update_wants()
-        return i
+        return i + MAX_SUBS * <uint64_t>self.sub_gen[i]
 
     cdef int check_sub(self, object sub) except -1:
-        if not isinstance(sub, int) or not 0 <= sub < self.nsubs:
-            raise ValueError(f"no subscription {sub!r}; subscribe() returns the numbers there are")
-        return sub
+        """The slot of an open subscription's number."""
+        cdef int i
+        if isinstance(sub, int) and sub >= 0:
+            i = sub % MAX_SUBS
+            if i < self.nsubs and self.sub_mask[i] and sub // MAX_SUBS == self.sub_gen[i]:
+                return i
+        raise ValueError(f"no subscription {sub!r}; subscribe() returns the numbers there are "
+                         "(an unsubscribed one is gone)")
 
     def unsubscribe(self, sub):
-        """Stop collecting for a subscription; its undrained events are discarded."""
+        """Stop collecting for a subscription; its undrained events are discarded, and its number
+        is refused from now on."""
         cdef int i = self.check_sub(sub)
-        if self.sub_mask[i] and self.sub_filter[i]:
+        if self.sub_filter[i]:
             self.engine.release_filter(__builtin_ctzll(self.sub_filter[i]))
         self.sub_mask[i] = 0
         self.sub_filter[i] = 0
+        self.sub_gen[i] += 1
         self.sub_lists[i] = []
         self.update_wants()
 
@@ -174,30 +193,41 @@ cdef class Dispatcher:
 
         The flow's start event (CONN_START / UDP_START) is in its inbox when ``kinds`` has it;
         its end (CONN_END / UDP_END, with the flow's figures) always is, and closes the inbox
-        (``ended``). Raises ValueError past 64 acceptors.
+        (``ended``). Flows that started before are not accepted (what the engine logged is
+        routed first). Raises ValueError past 64 acceptors open at once.
         """
-        if self.nacc >= MAX_ACCEPTORS:
-            raise ValueError(f"at most {MAX_ACCEPTORS} acceptors per dispatcher")
+        cdef int i = 0
+        while i < self.nacc and self.acc_open[i]:
+            i += 1
+        if i == MAX_ACCEPTORS:
+            raise ValueError(f"at most {MAX_ACCEPTORS} acceptors open at once per dispatcher; "
+                             "close the ones no longer accepting")
         if not (tcp or udp):
             raise ValueError("an acceptor needs TCP or UDP flows (or both)")
         cdef uint64_t mask = self.mask_of(kinds) | EV_CONN_END | EV_UDP_END
+        if self.engine.em.log.n:
+            self.dispatch()
         cdef uint64_t flt = self.scope(middlebox, filter)
-        cdef int i = self.nacc
         self.acc_mask[i] = mask
         self.acc_mbox[i] = (<uint64_t>1) << middlebox
         self.acc_filter[i] = flt
         self.acc_protos[i] = (1 if tcp else 0) | (2 if udp else 0)
         self.acc_open[i] = True
-        self.acc_pending.append([])
-        self.acc_monitors.append(None)
-        self.nacc += 1
+        if i == self.nacc:
+            self.acc_pending.append([])
+            self.acc_monitors.append(None)
+            self.nacc += 1
         self.update_wants()
-        return i
+        return i + MAX_ACCEPTORS * <uint64_t>self.acc_gen[i]
 
     cdef int check_acc(self, object acc) except -1:
-        if not isinstance(acc, int) or not 0 <= acc < self.nacc or not self.acc_open[acc]:
-            raise ValueError(f"no open acceptor {acc!r}; listen() returns the numbers there are")
-        return acc
+        """The slot of an open acceptor's number."""
+        cdef int i
+        if isinstance(acc, int) and acc >= 0:
+            i = acc % MAX_ACCEPTORS
+            if i < self.nacc and self.acc_open[i] and acc // MAX_ACCEPTORS == self.acc_gen[i]:
+                return i
+        raise ValueError(f"no open acceptor {acc!r}; listen() returns the numbers there are")
 
     def accept(self, acc):
         """The inboxes of the flows an acceptor accepted since the last call (a list); what the
@@ -218,7 +248,7 @@ cdef class Dispatcher:
         self.acc_mask[i] |= mask
         for lst in self.inboxes.values():
             for ib in <list>lst:
-                if ib.acceptor == i:
+                if ib.acceptor == acc:
                     ib.mask |= mask
         self.update_wants()
 
@@ -229,6 +259,7 @@ cdef class Dispatcher:
             self.engine.release_filter(__builtin_ctzll(self.acc_filter[i]))
         self.acc_open[i] = False
         self.acc_filter[i] = 0
+        self.acc_gen[i] += 1
         self.acc_pending[i] = []
         self.acc_monitors[i] = None
         self.update_wants()
@@ -376,7 +407,7 @@ cdef class Dispatcher:
                 ib.slot = r.slot
                 if r.handle >= 0:
                     ib.flow = <Flow>self.engine.em.log.values[r.handle]
-                ib.acceptor = j
+                ib.acceptor = j + MAX_ACCEPTORS * <uint64_t>self.acc_gen[j]
                 ib.mask = self.acc_mask[j]
                 lst = self.inboxes.get(r.flow_id)
                 if lst is None:

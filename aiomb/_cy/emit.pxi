@@ -196,7 +196,7 @@ cdef class Emitter:
         token = (bit, middlebox, hook, handler)
         lst = <list>self.handlers[bit]
         lst.append(token)
-        lst.sort(key=lambda t: t[1])
+        lst.sort(key=lambda t: self.eng.mbox_rank[t[1]])      # chain order
         self.recompute()
         return token
 

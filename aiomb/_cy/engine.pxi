@@ -12,6 +12,13 @@ MALFORMED_REASONS = (
     "bad_tcp_flags", "bad_checksum",
 )
 
+# ERROR event values for a limit's drop, indexed by the LIM_* numbers
+LIMIT_ERRORS = ("fragment_timeout", "fragment_evicted")
+
+cdef enum:
+    LIM_FRAGMENT_TIMEOUT = 0    # an incomplete datagram's fragments expired
+    LIM_FRAGMENT_EVICTED = 1    # an incomplete datagram was dropped to make room (entries or memory)
+
 cdef enum:
     MAX_MBOXES = 32
     MAX_FILTERS = 32
@@ -74,7 +81,9 @@ cdef class Engine:
     cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped, n_rejected
     cdef uint64_t malformed[N_MALFORMED]
     cdef Emitter em
-    cdef list mbox_filters
+    cdef list mbox_filters          # each middlebox's filter (None: every flow)
+    cdef list mbox_rank             # each one's place in the chain (the order added); -1: a free index
+    cdef int next_rank
     cdef list flow_filters          # subscription filters (one bit each in flow_t.filter_mask; None: free)
     cdef list filter_uses           # how many subscriptions use each
     cdef bint any_filter
@@ -102,7 +111,7 @@ cdef class Engine:
 
     def __init__(self, *, max_flows=1_000_000, tcp_syn_timeout=30.0, tcp_established_timeout=300.0,
                  tcp_closed_timeout=5.0, udp_timeout=60.0, midstream=False, vlan_in_key=False,
-                 max_fragments=1024, fragment_timeout=30.0, reassembly=None, buffering=True,
+                 max_fragments=1024, fragment_timeout=30.0, max_fragment_memory=16 << 20, reassembly=None, buffering=True,
                  overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
                  max_stream_memory=1 << 30, rst_payload=False, host_policies=None,
                  overlap_window=65536, checksums="ignore", conn_history=False):
@@ -110,6 +119,10 @@ cdef class Engine:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
         if not isinstance(max_fragments, int) or not 0 <= max_fragments <= 1 << 20:
             raise ValueError(f"max_fragments must be an int from 0 to {1 << 20}, got {max_fragments!r}")
+        if not isinstance(max_fragment_memory, int) or isinstance(max_fragment_memory, bool) \
+                or not FRAG_MIN_MEMORY <= max_fragment_memory <= 1 << 40:
+            raise ValueError(f"max_fragment_memory must be an int from {FRAG_MIN_MEMORY} (one datagram of the "
+                             f"largest size) to {1 << 40} bytes, got {max_fragment_memory!r}")
         for name, value in (("tcp_syn_timeout", tcp_syn_timeout),
                             ("tcp_established_timeout", tcp_established_timeout),
                             ("tcp_closed_timeout", tcp_closed_timeout), ("udp_timeout", udp_timeout),
@@ -149,7 +162,7 @@ cdef class Engine:
         flowtab_init(&self.tab, max_flows, vlan_in_key)
         if self.conn_history:
             flowtab_keep_conns(&self.tab)
-        fragtab_init(&self.frags, max_fragments, to_ns(fragment_timeout))
+        fragtab_init(&self.frags, max_fragments, to_ns(fragment_timeout), max_fragment_memory)
         self.timeouts[TC_TCP_OPENING] = to_ns(tcp_syn_timeout)
         self.timeouts[TC_TCP_ESTABLISHED] = to_ns(tcp_established_timeout)
         self.timeouts[TC_TCP_CLOSED] = to_ns(tcp_closed_timeout)
@@ -158,6 +171,8 @@ cdef class Engine:
         self.vlan_in_key = vlan_in_key
         self.next_id = 1
         self.mbox_filters = [None]
+        self.mbox_rank = [0]
+        self.next_rank = 1
         self.timers = {}
         self.unstarted = []
         self.flow_filters = []
@@ -225,20 +240,56 @@ cdef class Engine:
         return 0
 
     def add_middlebox(self, filter=None):
-        """Append a middlebox to the chain; returns its index (0 is the default middlebox).
+        """Append a middlebox to the chain; returns its index (0 is the default middlebox; a
+        removed one's index is given again, its place in the chain is the end).
 
         ``filter`` is None or an object with ``matches(key) -> bool``, evaluated once per new
-        flow. Raises ValueError past 32 middleboxes, RuntimeError once flows exist.
+        flow. Raises ValueError past 32 middleboxes at once, RuntimeError once flows exist.
         """
         if self.tab.count:
             raise RuntimeError("add middleboxes before the first packet: flows already exist")
-        if len(self.mbox_filters) >= MAX_MBOXES:
-            raise ValueError(f"at most {MAX_MBOXES} middleboxes can share one stack")
         if filter is not None and not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a middlebox filter needs a matches(key) method, got {filter!r}")
-        self.mbox_filters.append(filter)
+        if -1 in self.mbox_rank:
+            index = self.mbox_rank.index(-1)
+        elif len(self.mbox_filters) < MAX_MBOXES:
+            index = len(self.mbox_filters)
+            self.mbox_filters.append(None)
+            self.mbox_rank.append(-1)
+        else:
+            raise ValueError(f"at most {MAX_MBOXES} middleboxes can share one stack; remove_middlebox() "
+                             "the ones no longer used")
+        self.mbox_filters[index] = filter
+        self.mbox_rank[index] = self.next_rank
+        self.next_rank += 1
         self.any_filter = True if filter is not None else self.any_filter
-        return len(self.mbox_filters) - 1
+        return index
+
+    def remove_middlebox(self, int index):
+        """Take a middlebox out of the chain; its index may be given again by add_middlebox.
+
+        Raises ValueError for the default middlebox (0) or an unknown index, RuntimeError while
+        inline handlers, subscriptions or acceptors use it (remove and close them first).
+        """
+        cdef uint64_t bit
+        if index == 0:
+            raise ValueError("the default middlebox (0) stays for as long as its engine")
+        self.check_middlebox(index)
+        bit = (<uint64_t>1) << index
+        if any(token[1] == index for lst in self.em.handlers for token in lst):
+            raise RuntimeError(f"middlebox {index} still has inline handlers; remove them first")
+        for ref, wants in self.em.log_wants.values():
+            if ref() is not None and any(mb != ALL_MBOXES and mb & bit for _, mb, _ in wants):
+                raise RuntimeError(f"middlebox {index} still has subscriptions or acceptors; "
+                                   "unsubscribe and close them first")
+        self.mbox_filters[index] = None
+        self.mbox_rank[index] = -1
+        self.any_filter = any(f is not None for f in self.mbox_filters)
+
+    cdef int check_middlebox(self, int index) except -1:
+        if not 0 <= index < len(self.mbox_rank) or self.mbox_rank[index] < 0:
+            raise ValueError(f"no middlebox {index}; add it with Engine.add_middlebox() first")
+        return 0
 
     def add_filter(self, filter):
         """Use a flow filter for subscriptions (``matches(key) -> bool``); returns its bit number.
@@ -283,6 +334,16 @@ cdef class Engine:
         self.filter_uses[bit] -= 1
         if self.filter_uses[bit] == 0:
             self.flow_filters[bit] = None
+
+    cdef int forget_dispatcher_filters(self) except -1:
+        """A dispatcher has gone: every use of a filter bit was its own, except the records'."""
+        for i, known in enumerate(self.flow_filters):
+            if known is not None and self.records_filter != (<uint32_t>1) << <int>i:
+                self.flow_filters[i] = None
+                self.filter_uses[i] = 0
+            elif known is not None:
+                self.filter_uses[i] = 1
+        return 0
 
     def keep_records(self, filter=None):
         """Write a record of each flow (accepted by ``filter``, an object with ``matches(key)``)
@@ -337,8 +398,7 @@ cdef class Engine:
         ``hook`` None runs it where the event occurs; Hook.SENDER / Hook.RECEIVER restrict it
         (PACKET_IN occurs at both). Returns a token for ``remove_handler``.
         """
-        if not 0 <= middlebox < len(self.mbox_filters):
-            raise ValueError(f"no middlebox {middlebox}; add it with add_middlebox() first")
+        self.check_middlebox(middlebox)
         if not callable(handler):
             raise TypeError(f"handler must be callable, got {handler!r}")
         return self.em.add_handler(kind, handler, middlebox, 0 if hook is None else int(Hook(hook)))
@@ -444,7 +504,7 @@ cdef class Engine:
             if self.any_filter:
                 mask = 0
                 for i, flt in enumerate(self.mbox_filters):
-                    if flt is None or flt.matches(key):
+                    if self.mbox_rank[i] >= 0 and (flt is None or flt.matches(key)):
                         mask |= (<uint32_t>1) << i
                 self.tab.flows[slot].mbox_mask = mask
             fmask = 0
@@ -539,6 +599,8 @@ cdef class Engine:
         if self.flows_due():            # time passes per packet: the answer is the same at any batch size
             self.expire_flows()
         r = parse_packet(pk, linktype, &self.frags, &self.frag_done, &reason)
+        if self.frags.new_expired or self.frags.new_evicted:
+            self.fragment_drops()
         if r == P_OK and self.verify_checksums and not checksums_ok(pk):
             r = P_MALFORMED                 # the endpoint would drop it: it changes nothing here
             reason = MAL_BAD_CHECKSUM
@@ -564,8 +626,21 @@ cdef class Engine:
 
     cdef inline void release_fragment(self) noexcept:
         if self.frag_done != NULL:
-            frag_release(self.frag_done)
+            frag_release(&self.frags, self.frag_done)
             self.frag_done = NULL
+
+    cdef int fragment_drops(self) except -1:
+        """An ERROR event for each incomplete datagram the fragment table dropped since the last
+        call: its timeouts first, then its evictions."""
+        cdef uint64_t expired = self.frags.new_expired, evicted = self.frags.new_evicted
+        self.frags.new_expired = 0
+        self.frags.new_evicted = 0
+        if self.em.wants(EV_ERROR):
+            for _ in range(expired):
+                self.em.emit(B_ERROR, -1, -1, HOOK_NONE, 0, 0, -1, -1, LIMIT_ERRORS[LIM_FRAGMENT_TIMEOUT])
+            for _ in range(evicted):
+                self.em.emit(B_ERROR, -1, -1, HOOK_NONE, 0, 0, -1, -1, LIMIT_ERRORS[LIM_FRAGMENT_EVICTED])
+        return 0
 
     cdef int tcp_packet(self, pkt_t *pk) except -1:
         cdef uint32_t h = key_hash(pk, self.vlan_in_key)
@@ -744,6 +819,8 @@ cdef class Engine:
             self.now = now
         self.expire_flows()
         fragtab_expire(&self.frags, self.now)
+        if self.frags.new_expired:
+            self.fragment_drops()
         return 0
 
     cdef int start_clock(self, int64_t now) except -1:
@@ -984,9 +1061,12 @@ cdef class Engine:
             orphans=self.n_orphans, flows_active=self.tab.count, flows_created=self.n_created,
             flows_ended=self.n_ended, flows_timed_out=self.n_timed_out, flows_evicted=self.n_evicted,
             max_flows=self.tab.max_flows, rst_out_of_window=self.n_rst_oow,
-            fragments_held=self.frags.held, fragments_reassembled=self.frags.reassembled,
+            fragments_held=self.frags.held, fragments_received=self.frags.received,
+            fragment_memory=self.frags.memory, max_fragment_memory=self.frags.max_memory,
+            fragments_reassembled=self.frags.reassembled,
             fragments_expired=self.frags.expired, fragments_evicted=self.frags.evicted,
             fragment_overlaps=self.frags.overlaps, dropped_by_verdict=self.n_dropped,
             events=self.em.n_events, stream_memory=self.rx.memory,
             max_stream_memory=self.rx.max_memory, buffer_overruns=self.rx.overruns,
+            stream_memory_peak=self.rx.memory_peak, stream_buffer_peak=self.rx.buffer_peak,
             sequence_jumps=self.rx.seq_jumps, rejected=self.n_rejected)

@@ -97,7 +97,9 @@ cdef class Flow:
         if f.side[i].stream == NULL and create:
             if f.proto != 6:
                 raise ValueError(f"{self.key} is not TCP: UDP flows have no reassembled stream")
-            stream_new(self._engine, &f.side[i])
+            if stream_new(self._engine, &f.side[i]) == NULL:
+                raise MemoryError(f"max_stream_memory ({self._engine.rx.max_memory} bytes) has no room for "
+                                  "another stream; raise it, or hold fewer sides")
         if f.side[i].stream != NULL:
             materialize(self._engine, f.side[i].stream)     # contiguous bytes for peek and co
         return f.side[i].stream
@@ -168,7 +170,7 @@ cdef class Flow:
             g = st.ooo
             while g != NULL:
                 if g.data != NULL:
-                    self._engine.stream_memory -= g.length
+                    self._engine.rx.memory -= g.length
                     free(g.data)
                     g.data = NULL
                 g = g.next

@@ -9,7 +9,9 @@
 ctypedef struct reasm_t:
     uint64_t memory             # bytes of stream state and buffers, all streams
     uint64_t max_memory
-    uint32_t max_buffer         # bytes held per side
+    uint64_t memory_peak        # the most memory ever taken
+    uint32_t max_buffer         # bytes held per side (side_bytes)
+    uint32_t buffer_peak        # the most bytes one side ever held
     uint32_t max_ooo_segments   # out-of-order segments per side
     uint8_t buffering           # new streams keep their bytes (else offsets and counters only)
     uint32_t overlap_window     # consumed bytes kept per side to compare retransmissions with
@@ -102,13 +104,28 @@ cdef inline void stream_rebase(stream_t *st, const side_t *s) noexcept nogil:
         st.based = 1
 
 
-cdef stream_t *stream_new(Engine eng, side_t *s) noexcept:
-    cdef stream_t *st = <stream_t *>calloc(1, sizeof(stream_t))
-    if st == NULL:
+cdef inline void mem_take(reasm_t *rx, uint64_t n) noexcept nogil:
+    """Count n more bytes of stream memory (the caller checked them against the limit)."""
+    rx.memory += n
+    if rx.memory > rx.memory_peak:
+        rx.memory_peak = rx.memory
+
+
+cdef inline bint mem_refuses(const reasm_t *rx, uint64_t n) noexcept nogil:
+    return rx.memory + n > rx.max_memory
+
+
+cdef stream_t *stream_new(Engine eng, side_t *s) except? NULL:
+    """A side's stream; NULL when max_stream_memory has no room for it."""
+    cdef stream_t *st
+    if mem_refuses(&eng.rx, sizeof(stream_t)):
         return NULL
+    st = <stream_t *>calloc(1, sizeof(stream_t))
+    if st == NULL:
+        raise MemoryError()
     stream_rebase(st, s)
     st.buffering = eng.rx.buffering
-    eng.rx.memory += sizeof(stream_t)
+    mem_take(&eng.rx, sizeof(stream_t))
     s.stream = st
     return st
 
@@ -144,7 +161,9 @@ cdef int buf_reserve(Engine eng, stream_t *st, uint32_t n) noexcept:
     cap = st.buf_cap if st.buf_cap else 2048
     while cap < need:
         cap *= 2
-    if eng.rx.memory + (cap - st.buf_cap) > eng.rx.max_memory:
+    if cap > eng.rx.max_buffer >= need:    # a side holds at most max_buffer bytes: no room beyond
+        cap = eng.rx.max_buffer
+    if mem_refuses(&eng.rx, cap - st.buf_cap):
         return -1
     if st.buf_start:
         memmove(st.buf, st.buf + st.buf_start, st.buf_len)
@@ -152,7 +171,7 @@ cdef int buf_reserve(Engine eng, stream_t *st, uint32_t n) noexcept:
     nb = <uint8_t *>realloc(st.buf, cap)
     if nb == NULL:
         return -1
-    eng.rx.memory += cap - st.buf_cap
+    mem_take(&eng.rx, cap - st.buf_cap)
     st.buf = nb
     st.buf_cap = cap
     return 0
@@ -161,6 +180,19 @@ cdef int buf_reserve(Engine eng, stream_t *st, uint32_t n) noexcept:
 cdef inline uint64_t held_bytes(const stream_t *st) noexcept nogil:
     """In-order bytes not yet consumed (copied into buf, or referenced in this batch's frames)."""
     return st.buf_len + st.ref_bytes
+
+
+cdef inline uint64_t side_bytes(const stream_t *st) noexcept nogil:
+    """What max_buffer bounds: the bytes a side holds, in order and out of order, with the
+    bookkeeping of its out-of-order segments."""
+    return st.buf_len + st.ref_bytes + st.ooo_bytes + st.ooo_count * sizeof(seg_t)
+
+
+cdef inline void buffer_grew(reasm_t *rx, const stream_t *st) noexcept nogil:
+    """Note a side's new size for the high-water mark."""
+    cdef uint64_t n = side_bytes(st)
+    if n > rx.buffer_peak:
+        rx.buffer_peak = <uint32_t>n
 
 
 cdef int materialize(Engine eng, stream_t *st) noexcept:
@@ -254,14 +286,14 @@ cdef void hist_add(Engine eng, stream_t *st, uint64_t at, const uint8_t *data, u
         if cap > eng.rx.overlap_window:
             cap = eng.rx.overlap_window
         ring = NULL
-        if eng.rx.memory + (cap - st.hist_cap) <= eng.rx.max_memory:
+        if not mem_refuses(&eng.rx, cap - st.hist_cap):
             ring = <uint8_t *>malloc(cap + st.hist_len)     # the new ring, then room to lay out the old
         if ring != NULL:
             if st.hist_len:                    # the kept bytes, in order, then in their new places
                 ring_out(st.hist, st.hist_cap, at - st.hist_len, st.hist_len, ring + cap)
                 ring_in(ring, cap, at - st.hist_len, ring + cap, st.hist_len)
                 ring = <uint8_t *>realloc(ring, cap)        # shrinking: never fails in practice
-            eng.rx.memory += cap - st.hist_cap
+            mem_take(&eng.rx, cap - st.hist_cap)
             free(st.hist)
             st.hist = ring
             st.hist_cap = cap
@@ -359,9 +391,9 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
     cdef object limit = None
     if st.ooo_count >= eng.rx.max_ooo_segments:
         limit = "ooo_segments"
-    elif st.buffering and st.ooo_bytes + held_bytes(st) + n > eng.rx.max_buffer:
+    elif st.buffering and side_bytes(st) + n + sizeof(seg_t) > eng.rx.max_buffer:
         limit = "buffer"
-    elif st.buffering and eng.rx.memory + n + sizeof(seg_t) > eng.rx.max_memory:
+    elif mem_refuses(&eng.rx, (n if st.buffering else 0) + sizeof(seg_t)):
         limit = "memory"
     if limit is not None:
         eng.rx.overruns += 1
@@ -382,12 +414,14 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
             free(g)
             raise MemoryError()
         memcpy(g.data, data, n)
-        eng.rx.memory += n
-    eng.rx.memory += sizeof(seg_t)
+        mem_take(&eng.rx, n)
+    mem_take(&eng.rx, sizeof(seg_t))
     g.next = link[0]
     link[0] = g
     st.ooo_count += 1
     st.ooo_bytes += n
+    if st.buffering:
+        buffer_grew(&eng.rx, st)
     return 0
 
 
@@ -399,9 +433,9 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
     its buffer is empty it is only referenced, and copied once, into the NEW_DATA value.
     """
     if st.buffering:
-        if held_bytes(st) + n > eng.rx.max_buffer and held_bytes(st):
+        if side_bytes(st) + n > eng.rx.max_buffer and held_bytes(st):
             stream_deliver(eng, slot, side)
-            if held_bytes(st) + n > eng.rx.max_buffer:
+            if side_bytes(st) + n > eng.rx.max_buffer:
                 eng.rx.overruns += 1
                 if eng.em.wants(EV_BUFFER_OVERRUN):
                     report(eng, B_BUFFER_OVERRUN, slot, side, HOOK_NONE, st.buf_off, held_bytes(st), "buffer")
@@ -409,6 +443,7 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
         if can_ref and st.buf_len == 0 and not st.manual and ref_add(eng, st, data, n) == 0:
             st.next_off += n
             st.bytes += n
+            buffer_grew(&eng.rx, st)
             return mark_dirty(eng, slot, side)
         materialize(eng, st)
         if buf_reserve(eng, st, n) < 0:
@@ -418,6 +453,7 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
             return stream_skip(eng, slot, side, HOOK_NONE, st, st.next_off + n)
         memcpy(st.buf + st.buf_start + st.buf_len, data, n)
         st.buf_len += n
+        buffer_grew(&eng.rx, st)
     st.next_off += n
     if not st.buffering:
         st.buf_off = st.next_off
@@ -733,16 +769,17 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
     if pk.paylen and ((s.flags & SF_SEQ_KNOWN) or (s.flags & SF_SYN_SEEN)):
         st = s.stream if s.stream != NULL else stream_new(eng, s)
         if st == NULL:
-            raise MemoryError()
-        stream_rebase(st, s)
-        soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
-        st.segments += 1
-        if r.flags & SF_ACK_KNOWN:
-            window_check(eng, slot, side, st, soff, r, pk, (s.flags & SF_SYN_SEEN) and (r.flags & SF_SYN_SEEN))
-            st = eng.tab.flows[slot].side[side].stream
-            if st == NULL:
-                return 0
-        stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen, not pk.reassembled)
+            refuse_unmade(eng, slot, side, s, pk)
+        else:
+            stream_rebase(st, s)
+            soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
+            st.segments += 1
+            if r.flags & SF_ACK_KNOWN:
+                window_check(eng, slot, side, st, soff, r, pk, (s.flags & SF_SYN_SEEN) and (r.flags & SF_SYN_SEEN))
+                st = eng.tab.flows[slot].side[side].stream
+                if st == NULL:
+                    return 0
+            stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen, not pk.reassembled)
     if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
         return 0
     f = &eng.tab.flows[slot]
@@ -753,7 +790,7 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
             return 0
         st = stream_new(eng, r)
         if st == NULL:
-            raise MemoryError()
+            return 0                    # no memory for the stream: its holes go unseen
     stream_rebase(st, r)
     if st.stopped or not st.based:
         return 0
@@ -765,6 +802,20 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
         ack_off = end_off        # holes are known up to the bytes seen from the peer
     if ack_off > <int64_t>st.next_off:
         stream_lost_to(eng, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>ack_off)
+    return 0
+
+
+cdef int refuse_unmade(Engine eng, int32_t slot, int side, const side_t *s, const pkt_t *pk) except -1:
+    """No memory for a side's stream: its payload is refused (BUFFER_OVERRUN, at the offset the
+    stream would have given it); once a stream is made, the bytes refused are a hole in it."""
+    cdef stream_t unmade
+    cdef int64_t soff
+    memset(&unmade, 0, sizeof(stream_t))
+    stream_rebase(&unmade, s)
+    soff = stream_offset(&unmade, pk.seq) + (1 if pk.flags & TH_SYN else 0)
+    eng.rx.overruns += 1
+    if eng.em.wants(EV_BUFFER_OVERRUN):
+        report(eng, B_BUFFER_OVERRUN, slot, side, HOOK_RECEIVER, soff if soff > 0 else 0, pk.paylen, "memory")
     return 0
 
 

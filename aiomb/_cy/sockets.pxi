@@ -149,7 +149,7 @@ cdef class MonitorCore(SocketCore):
     def _listen(self, Dispatcher dispatcher, int acceptor):
         """Take the flows a dispatcher's acceptor accepts as flow sockets (of ``_socket_class``)."""
         self.dispatcher = dispatcher
-        dispatcher.acc_monitors[acceptor] = self
+        dispatcher.acc_monitors[dispatcher.check_acc(acceptor)] = self
 
     cdef FlowSocketCore new_socket(self, FlowInbox ib):
         cdef FlowSocketCore sock = FlowSocketCore.__new__(self._socket_class)

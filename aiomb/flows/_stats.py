@@ -119,7 +119,11 @@ class EngineStatistics:
     """The core's counters: packets, flows, and every reason a packet was not tracked.
 
     ``malformed`` maps a reason (e.g. ``"truncated_tcp"``) to a count (a read-only
-    :class:`MalformedCounts`); only reasons seen appear.
+    :class:`MalformedCounts`); only reasons seen appear. ``fragments_held`` counts the fragments
+    of the datagrams in reassembly now (``fragments_received`` every fragment taken in), and
+    ``fragment_memory`` the bytes their buffers take (at most ``max_fragment_memory``).
+    ``stream_memory_peak`` is the most ``stream_memory`` ever reached, ``stream_buffer_peak``
+    the most bytes one stream side ever held (at most ``max_buffer``).
     """
 
     packets: int
@@ -149,6 +153,11 @@ class EngineStatistics:
     buffer_overruns: int = 0
     sequence_jumps: int = 0
     rejected: int = 0           # packets their receiver would drop (REJECTED events), which changed nothing
+    fragments_received: int = 0
+    fragment_memory: int = 0
+    max_fragment_memory: int = 0
+    stream_memory_peak: int = 0
+    stream_buffer_peak: int = 0
 
     @property
     def malformed_total(self) -> int:
