@@ -114,7 +114,8 @@ FILLER = 2100               # more frames than a receive batch (2048): what foll
 
 def split_capture(path, pattern: bytes, prefix: bytes = b"xy"):
     """One flow per split point of ``pattern`` (two segments a batch apart), one flow with it in three
-    segments, then one flow with four bytes lost in the pattern's middle (ACKed, never captured); a UDP filler between rounds."""
+    segments, then one flow with four bytes lost in the pattern's middle (ACKed, never captured); UDP
+    filler between the rounds."""
     data = prefix + pattern + b"zz"
     p = len(prefix)
     cuts = [(p + i,) for i in range(1, len(pattern))] + [(p + 3, p + 9)]
