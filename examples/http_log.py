@@ -4,7 +4,7 @@ the response body's size (Content-Length, chunked, or until the server closes). 
 (several before the first response) pair with their responses in order; a response to HEAD, a 1xx,
 204 or 304 has no body; 1xx interim responses are skipped. A hole in a stream ends the flow's log there.
 
-    aiomb run examples/http_log.py --pcap CAPTURE [-- --json] [-- --filter "tcp port 80"]
+    aiomb run examples/http_log.py --pcap CAPTURE [-- [--json] [--filter "tcp port 80"]]
     aiomb run examples/http_log.py --iface MIRROR_PORT -- --json        # live (root), until Ctrl-C
 """
 
