@@ -178,7 +178,9 @@ def test_http_requests_reads_what_the_client_streams_carry():
 
 
 def test_every_example_is_covered():
-    assert sorted(p.name for p in EXAMPLES.glob("*.py")) == sorted(EXPECTED)
+    """Each example is run on the demo capture here, or has a test module of its own (test_NAME.py)."""
+    own = {p.name for p in EXAMPLES.glob("*.py") if (REPO / "tests" / "examples" / f"test_{p.stem}.py").exists()}
+    assert sorted(p.name for p in EXAMPLES.glob("*.py") if p.name not in own) == sorted(EXPECTED)
 
 
 def load_make_demo():

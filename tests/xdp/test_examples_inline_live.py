@@ -57,3 +57,32 @@ def test_firewall_inline(lab, tmp_path):
     assert sum(1 for r in lines if "hits" in r and not r["final"]) >= 3    # a tick every second
     assert attached(mid, x) is None and attached(mid, y) is None
 
+
+
+NAT_IP = "10.205.0.100"
+
+
+def test_nat_inline(lab):
+    """Connections from the client reach the server from the NAT address, byte-exact both ways."""
+    client_ns, mid, server_ns, c, x, y, s = inline_topology(lab)
+    lab.neighbour(server_ns, s, NAT_IP, lab.mac(c, client_ns))     # replies to the NAT address go to the wire
+    server = lab.server(server_ns, SERVER_IP, 5001)
+    proc = start(lab, mid, x, y, "nat.py", "--address", NAT_IP, "--ports", "30000-30009", "--json")
+    results = [client(client_ns, SERVER_IP, 5001, up, down) for up, down in [(300_000, 500_000), (1000, 2_000_000)]]
+    seen = [json.loads(server.stdout.readline()) for _ in results]
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert all(r["ok"] for r in results), results
+    assert [r["received"] for r in results] == [500_000, 2_000_000]
+    assert [(r["upload_ok"], r["peer"]) for r in seen] == [(True, f"{NAT_IP}:30000"), (True, f"{NAT_IP}:30001")]
+    lines = [json.loads(line) for line in out.splitlines()]
+    assert [(r["event"], r["client"], r["port"]) for r in lines[:-1]] == [
+        ("map", f"{CLIENT_IP}:{results[0]['local_port']}", 30000),
+        ("fin", f"{CLIENT_IP}:{results[0]['local_port']}", 30000),
+        ("map", f"{CLIENT_IP}:{results[1]['local_port']}", 30001),
+        ("fin", f"{CLIENT_IP}:{results[1]['local_port']}", 30001)]
+    summary = lines[-1]
+    assert summary["rewritten"] and summary["mapped"] == summary["freed"] == 2 and summary["open"] == 0
+    assert summary["exhausted"] == summary["unmatched"] == 0
+    assert summary["packets_out"] > 200 and summary["packets_in"] > 1500
+    assert attached(mid, x) is None and attached(mid, y) is None
