@@ -2,7 +2,7 @@
 
     peer.py server IP PORT            TCP: per connection read (up, down) lengths, read `up`
                                       bytes, send `down` bytes, close; prints one JSON line
-                                      per connection (upload's sha256 and length)
+                                      per connection (lengths, upload_ok, the peer's address)
     peer.py client IP PORT UP DOWN [TIMEOUT]
                                       TCP: one transfer; prints JSON {ok, up_sha256, down_ok, ...}
     peer.py udp IP PORT COUNT SIZE    UDP: send COUNT datagrams of SIZE bytes; prints JSON
@@ -35,7 +35,7 @@ def recv_exact(s, n: int) -> bytes:
     return bytes(out)
 
 
-def serve_one(conn):
+def serve_one(conn, peer=None):
     try:
         with conn:
             up, down = struct.unpack("!QQ", recv_exact(conn, 16))
@@ -51,7 +51,8 @@ def serve_one(conn):
             conn.shutdown(socket.SHUT_WR)
             conn.recv(1)
             ok = h.hexdigest() == hashlib.sha256(pattern(up, 1)).hexdigest()
-            print(json.dumps({"up": up, "down": down, "upload_ok": ok}), flush=True)
+            where = f"{peer[0]}:{peer[1]}" if peer else None
+            print(json.dumps({"up": up, "down": down, "upload_ok": ok, "peer": where}), flush=True)
     except Exception as exc:
         print(json.dumps({"error": repr(exc)}), flush=True)
 
@@ -63,8 +64,8 @@ def server(ip, port):
     ls.listen(64)
     print("ready", flush=True)
     while True:
-        conn, _ = ls.accept()
-        threading.Thread(target=serve_one, args=(conn,), daemon=True).start()
+        conn, peer = ls.accept()
+        threading.Thread(target=serve_one, args=(conn, peer), daemon=True).start()
 
 
 def client(ip, port, up, down, timeout="10"):
