@@ -11,7 +11,7 @@ import pytest
 import aiomb
 from aiomb import CaptureError, EventKind, FlowEnded, Side
 from aiomb._core import CaptureReader
-from aiomb.testing import LINKTYPE_ETHERNET, tcp_frame, udp_frame
+from aiomb.testing import LINKTYPE_ETHERNET, TcpConversation, udp_frame
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
 
@@ -152,3 +152,74 @@ def test_times_at_the_edges_of_the_range_are_kept():
     times, err = read_all(SHB + idb(6, -100) + epb(100_000_000, udp(0)) + idb(0) + epb(9223372036, udp(1), 1))
     assert err is None
     assert times == [0.0, 9223372036.0]
+
+
+# -- Flow handles: what an ended flow still does -------------------------------------------------
+
+
+def conversation(*, close=True):
+    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80), start_ts=1.0)
+    c.handshake()
+    c.send("client", b"GET /")
+    c.send("server", b"200")
+    if close:
+        c.rst("client")
+    return c.frames
+
+
+def run(frames, engine=None):
+    engine = engine or aiomb.Engine(reassembly=True)
+    for ts, frame in frames:
+        engine.feed(frame, ts)
+    return engine
+
+
+CHANGES = [("hold", lambda f: f.hold(CLIENT)), ("set_buffering", lambda f: f.set_buffering(CLIENT, False)),
+           ("set_policy", lambda f: f.set_policy("last"))]
+
+
+@pytest.mark.parametrize("name,call", CHANGES)
+def test_changing_how_an_ended_flow_keeps_bytes_raises_flow_ended(name, call):
+    ends = []
+    engine = aiomb.Engine(reassembly=True)
+    engine.add_handler(EventKind.CONN_END, lambda view: ends.append(view.flow))
+    run(conversation(), engine)
+    flow = ends[0]
+    assert flow.alive and flow.end_reason is aiomb.EndReason.RST       # ended, lingering in the table
+    with pytest.raises(FlowEnded, match=rf"flow #\d+ .* has ended \(rst\): {name}\(\) acts on bytes still to come, "
+                                        "and none will; check flow.end_reason first") as info:
+        call(flow)
+    assert info.value.key == flow.key and info.value.reason is aiomb.EndReason.RST
+    engine.finish()
+    assert not flow.alive
+    with pytest.raises(FlowEnded, match=rf"{name}\(\) acts on bytes still to come"):
+        call(flow)
+
+
+def test_an_ended_flow_still_reads_and_releases_what_it_holds_until_it_leaves_the_table():
+    ends = []
+    engine = aiomb.Engine(reassembly=True)
+    engine.add_handler(EventKind.ESTABLISHED, lambda view: view.flow.hold(SERVER))
+    engine.add_handler(EventKind.CONN_END, lambda view: ends.append(view.flow))
+    run(conversation(), engine)
+    flow = ends[0]
+    assert flow.peek(SERVER) == b"200" and flow.ppeek(SERVER, 1, 2) == b"00"
+    assert flow.consume(SERVER, 1) == 1 and flow.peek(SERVER) == b"00"
+    flow.stop()
+    assert flow.peek(SERVER) == b""
+    engine.finish()
+    assert flow.peek(SERVER) == b"" and flow.buffer(SERVER)["held"] == 0     # reading stays valid
+    for name, call in (("consume", lambda f: f.consume(SERVER, 1)), ("stop", lambda f: f.stop())):
+        with pytest.raises(FlowEnded, match=rf"has left the flow table \(rst\): {name}\(\) has nothing to "
+                                            "release, its bytes were freed with it; check flow.alive first"):
+            call(flow)
+
+
+def test_an_open_flow_takes_every_change():
+    engine = run(conversation(close=False))
+    flow = engine.flows()[0]
+    flow.hold(CLIENT)
+    flow.set_policy("last")
+    flow.set_buffering(SERVER, False)
+    flow.stop(CLIENT)
+    assert flow.consume(CLIENT, 10) == 0
