@@ -223,3 +223,16 @@ def test_an_open_flow_takes_every_change():
     flow.set_buffering(SERVER, False)
     flow.stop(CLIENT)
     assert flow.consume(CLIENT, 10) == 0
+
+
+def test_every_use_of_a_packet_view_kept_past_its_handler_raises():
+    kept = []
+    engine = aiomb.Engine()
+    engine.add_handler(EventKind.PACKET_IN, kept.append, hook=aiomb.Hook.SENDER)
+    run(conversation(close=False), engine)
+    view = kept[0]
+    for use in (lambda v: v.kind, lambda v: v.ts, lambda v: v.verdict, lambda v: v.drop(), lambda v: v.hook,
+                lambda v: v.rewrite(sport=1), lambda v: v.payload_length, lambda v: v.src, lambda v: v.ttl):
+        with pytest.raises(RuntimeError, match="this PacketView was kept after its handler returned; a view is "
+                                               "valid only during the call: copy what you need"):
+            use(view)
