@@ -197,6 +197,7 @@ class Engine:
     midstream: bool
     vlan_in_key: bool
     reassembling: bool
+    closed: bool
     def __init__(self, *, max_flows: int = 1_000_000, tcp_syn_timeout: float = 30.0,
                  tcp_established_timeout: float = 300.0, tcp_closed_timeout: float = 5.0,
                  udp_timeout: float = 60.0, midstream: bool = False, vlan_in_key: bool = False,

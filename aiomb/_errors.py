@@ -46,10 +46,12 @@ class StreamGap(AiombError):
 
 
 class FlowEnded(AiombError):
-    """A per-flow coroutine awaited something its flow will never bring: the flow ended first.
+    """Something was asked of a flow that its end rules out: the flow ended first.
 
-    Raised by ``wait(kind)`` for a kind that did not fire, and by ``read_until`` when the stream
-    ended without the delimiter (``partial``: the bytes read). ``key`` and ``reason`` (an
+    Raised by a per-flow coroutine's ``wait(kind)`` for a kind that did not fire, and by
+    ``read_until`` when the stream ended without the delimiter (``partial``: the bytes read);
+    by a :class:`~aiomb.Flow` handle's ``hold``/``set_buffering``/``set_policy`` once its flow
+    has ended, and its ``consume``/``stop`` once the flow has left the table. ``key`` and ``reason`` (an
     :class:`~aiomb.EndReason`) name the flow and how it ended. Escaping the coroutine, it ends
     it quietly (counted as finished, not as failed).
     """

@@ -58,6 +58,7 @@ class SubscriptionStatistics:
     events_buffered: int
     events_received: int
     closed: bool
+    packets_before: int
 
 
 class Subscription:
@@ -67,10 +68,16 @@ class Subscription:
     cancellation is noticed within every CHECK_EVERY events of a batch); ``await
     sub.receive_batch()`` returns the next whole list; ``receive_batch_nowait()`` raises
     ``trio.WouldBlock`` when nothing is queued. Iteration ends when the source ends. Use as
-    ``async with stack.subscribe(...) as sub``; leaving the block unsubscribes.
+    ``async with stack.subscribe(...) as sub``; leaving the block unsubscribes, and iterating
+    or receiving after that raises ``trio.ClosedResourceError`` (as a closed Trio channel does).
+
+    ``packets_before`` is how many packets the engine had processed when the subscription was
+    made: 0 when it was made before the source started (it misses nothing); more for one made
+    mid-run, which never sees those packets' events (flows already open show up without their
+    start). It is in :meth:`statistics` too.
     """
 
-    def __init__(self, stack: "Stack", sub_id: int, kinds: tuple, max_batches: int):
+    def __init__(self, stack: "Stack", sub_id: int, kinds: tuple, max_batches: int, packets_before: int = 0):
         self._stack = stack
         self._id = sub_id
         self._kinds = kinds
@@ -82,9 +89,11 @@ class Subscription:
         self._batches_sent = 0      # by the stack
         self._batches_taken = 0     # by the consumer
         self._batches_done = 0      # taken before the consumer asked for more
+        self.packets_before = packets_before
 
     def __repr__(self) -> str:
-        return f"<Subscription {'|'.join(map(str, self._kinds))}>"
+        late = f" after {self.packets_before} packets" if self.packets_before else ""
+        return f"<Subscription {'|'.join(map(str, self._kinds))}{late}{' closed' if self._closed else ''}>"
 
     async def __aenter__(self) -> "Subscription":
         return self
@@ -93,7 +102,9 @@ class Subscription:
         self.close()
 
     def close(self) -> None:
-        """Unsubscribe: no more events are queued; iteration ends after what is queued."""
+        """Unsubscribe: no more events are queued, and what was queued is dropped; receiving or
+        iterating afterwards raises trio.ClosedResourceError (also in a task waiting for a batch
+        now). Idempotent."""
         if not self._closed:
             self._closed = True
             self._stack._unsubscribe(self)
@@ -104,23 +115,37 @@ class Subscription:
     async def _refill(self):
         try:
             return await self.receive_batch()
-        except (trio.EndOfChannel, trio.ClosedResourceError):
+        except trio.EndOfChannel:
             return None
 
+    def _closed_error(self) -> trio.ClosedResourceError:
+        return trio.ClosedResourceError(
+            f"{self!r} was closed (close(), or leaving its async with block): it delivers nothing more; "
+            "iterate it inside the block, or subscribe again (a new subscription sees only later events)")
+
     async def receive_batch(self) -> list:
-        """The next batch of events (a non-empty list); raises trio.EndOfChannel at the end.
+        """The next batch of events (a non-empty list); raises trio.EndOfChannel at the end,
+        trio.ClosedResourceError once the subscription was closed.
 
         Starts the stack's source if it has not started yet. Blocks until a batch arrives.
         """
+        if self._closed:
+            raise self._closed_error()
         self._stack.start()
         self._batches_done = self._batches_taken
-        batch = await self._recv.receive()
+        try:
+            batch = await self._recv.receive()
+        except trio.ClosedResourceError:
+            raise self._closed_error() from None        # closed by another task while this one waited
         self._batches_taken += 1
         self._received += len(batch)
         return batch
 
     def receive_batch_nowait(self) -> list:
-        """The next queued batch, or raise trio.WouldBlock (trio.EndOfChannel at the end)."""
+        """The next queued batch, or raise trio.WouldBlock (trio.EndOfChannel at the end,
+        trio.ClosedResourceError once the subscription was closed)."""
+        if self._closed:
+            raise self._closed_error()
         self._batches_done = self._batches_taken
         batch = self._recv.receive_nowait()
         self._batches_taken += 1
@@ -133,7 +158,7 @@ class Subscription:
         return SubscriptionStatistics(
             kinds=self._kinds, batches_queued=st.current_buffer_used, max_batches=self._max_batches,
             events_buffered=self._stack._dispatcher.pending(self._id) if not self._closed else 0,
-            events_received=self._received, closed=self._closed)
+            events_received=self._received, closed=self._closed, packets_before=self.packets_before)
 
 
 class StackTimer:
@@ -281,7 +306,8 @@ class Stack:
     def subscribe(self, *kinds, filter=None, max_batches: int | None = None) -> Subscription:
         """Subscribe to events of ``kinds`` (of the default middlebox's flows; with ``filter``,
         a tcpdump-style expression, only of the flows it accepts). Returns a
-        :class:`Subscription`; use it in ``async with``.
+        :class:`Subscription`; use it in ``async with``. Made after the source started, it
+        misses the events before it: its ``packets_before`` says after how many packets it began.
         """
         return self._subscribe(kinds, 0, compile_filter(filter), max_batches)
 
@@ -375,7 +401,7 @@ class Stack:
         if not isinstance(max_batches, int) or max_batches < 1:
             raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
         sub_id = self._dispatcher.subscribe(list(kinds), middlebox=index, filter=flt)
-        sub = Subscription(self, sub_id, kinds, max_batches)
+        sub = Subscription(self, sub_id, kinds, max_batches, self.engine.statistics().packets)
         self._subs[sub_id] = sub
         return sub
 

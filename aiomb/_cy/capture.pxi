@@ -234,6 +234,7 @@ cdef class CaptureReader:
     cdef int64_t if_div[MAX_IFACES]     # ticks per ns divisor when > 1
     cdef uint8_t if_pow2[MAX_IFACES]    # binary resolution exponent, 0 when decimal
     cdef int64_t if_offset[MAX_IFACES]  # seconds to add
+    cdef int64_t last_ts        # the latest packet block's time: a simple packet block has none of its own
     cdef object pending_error
     cdef object stream_error    # a damaged compressed stream, raised where the good data ends
     cdef readonly uint64_t records
@@ -478,17 +479,38 @@ cdef class CaptureReader:
             self.pos += 16 + caplen
         return 0
 
-    cdef int64_t pcapng_ts(self, int iface, uint64_t ticks) noexcept:
-        cdef uint64_t v
-        cdef int64_t off = self.if_offset[iface] * 1000000000
+    cdef int64_t pcapng_ts(self, int iface, uint64_t ticks, uint64_t offset) except? -1:
+        """A packet block's time in ns: its ticks at the interface's resolution plus the
+        interface's offset. A time int64 nanoseconds cannot hold (past 2262, or before 1970 by a
+        negative offset) raises CaptureError at the block: a clamped or wrapped time would order
+        the flows wrongly without a word."""
+        cdef uint64_t v, whole
+        cdef uint64_t top = 0x7fffffffffffffff
+        cdef int64_t off = self.if_offset[iface] * 1000000000     # |if_offset| checked in read_idb
         cdef uint8_t p = self.if_pow2[iface]
+        cdef bint over = 0
         if p:
-            v = (ticks >> p) * 1000000000 + <uint64_t>(
-                <double>(ticks & ((<uint64_t>1 << p) - 1)) * (1e9 / <double>(<uint64_t>1 << p)))
-            return <int64_t>v + off
-        if self.if_div[iface] > 1:
-            return <int64_t>(ticks // <uint64_t>self.if_div[iface]) + off
-        return <int64_t>(ticks * <uint64_t>self.if_mul[iface]) + off
+            whole = ticks >> p if p < 64 else 0
+            if whole > top // 1000000000:
+                over = 1
+            else:
+                v = whole * 1000000000 + <uint64_t>(
+                    <double>(ticks & ((<uint64_t>1 << p) - 1)) * (1e9 / <double>(<uint64_t>1 << p)))
+        elif self.if_div[iface] > 1:
+            v = ticks // <uint64_t>self.if_div[iface]
+        elif ticks > top // <uint64_t>self.if_mul[iface]:
+            over = 1
+        else:
+            v = ticks * <uint64_t>self.if_mul[iface]
+        if not over and v > top:
+            over = 1
+        if not over and off > 0 and v > top - <uint64_t>off:
+            over = 1
+        if over or (off < 0 and v < <uint64_t>(-off)):
+            raise self.error(f"packet time out of range: {ticks} ticks of interface {iface} plus its offset of "
+                             f"{self.if_offset[iface]} s is {'past 2262' if over else 'before 1970'}, beyond "
+                             "int64 nanoseconds (a damaged if_tsresol or if_tsoffset, or ticks)", offset)
+        return <int64_t>v + off
 
     cdef int read_idb(self, const uint8_t *b, uint32_t blen) except -1:
         cdef uint32_t o = 16, code, olen
@@ -513,6 +535,10 @@ cdef class CaptureReader:
             elif code == 14 and olen >= 8:
                 self.if_offset[i] = <int64_t>(<uint64_t>g32(b + o + 4 + (0 if not self.swap else 4), self.swap) |
                                               (<uint64_t>g32(b + o + 4 + (4 if not self.swap else 0), self.swap) << 32))
+                if not -9223372036 <= self.if_offset[i] <= 9223372036:
+                    raise self.error(f"interface time offset (if_tsoffset) of {self.if_offset[i]} s is beyond what "
+                                     "int64 nanoseconds hold (1970 +- 292 years); the option is damaged",
+                                     self.base + self.pos + o)
             o += 4 + ((olen + 3) & ~3)
         self.if_pow2[i] = 0
         self.if_mul[i] = 1
@@ -589,19 +615,23 @@ cdef class CaptureReader:
                 batch.data[batch.count] = b + 28
                 batch.caplen[batch.count] = caplen
                 batch.wirelen[batch.count] = wirelen
-                batch.ts[batch.count] = self.pcapng_ts(iface, ticks)
+                self.last_ts = self.pcapng_ts(iface, ticks, self.base + self.pos)
+                batch.ts[batch.count] = self.last_ts
                 batch.linktype[batch.count] = self.if_linktype[iface]
                 batch.verdict[batch.count] = 0
                 batch.count += 1
             elif btype == 3:
                 if self.n_ifaces == 0:
                     raise self.error("simple packet block before any interface description", self.base + self.pos)
+                if blen < 16:
+                    raise self.error(f"simple packet block too short: length {blen}, at least 16 (its header, "
+                                     "original length and trailer)", self.base + self.pos)
                 wirelen = g32(b + 8, self.swap)
                 caplen = blen - 16 if wirelen > blen - 16 else wirelen
                 batch.data[batch.count] = b + 12
                 batch.caplen[batch.count] = caplen
                 batch.wirelen[batch.count] = wirelen
-                batch.ts[batch.count] = batch.ts[batch.count - 1] if batch.count else 0
+                batch.ts[batch.count] = self.last_ts
                 batch.linktype[batch.count] = self.if_linktype[0]
                 batch.verdict[batch.count] = 0
                 batch.count += 1

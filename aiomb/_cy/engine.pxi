@@ -3,6 +3,8 @@
 # the streams' context and an Emitter; the TCP rules are in tcp.pxi, reassembly in reasm.pxi,
 # events in emit.pxi. Consumers read the batch's events from the Emitter's log (dispatch.pxi).
 
+import numbers as _numbers
+
 from aiomb.flows._stats import EngineStatistics, MalformedCounts
 
 MALFORMED_REASONS = (
@@ -51,6 +53,23 @@ cdef int cmp_age(const void *a, const void *b) noexcept nogil:
 cdef inline int64_t to_ns(double seconds):
     return <int64_t>(seconds * 1e9 + (0.5 if seconds >= 0 else -0.5))
 
+cdef double MAX_SECONDS = 9223372036.0     # the last whole second int64 nanoseconds reach (year 2262)
+
+cdef int64_t time_ns(object value, str what) except? -1:
+    """A time in seconds from the caller, as nanoseconds; ValueError naming it unless it is a
+    number from 0 to MAX_SECONDS (NaN, infinities, negative times and times past 2262 are refused)."""
+    cdef double s
+    if type(value) is float or type(value) is int:
+        s = value
+    elif isinstance(value, _numbers.Real) and not isinstance(value, bool):
+        s = float(value)
+    else:
+        raise ValueError(f"{what} must be a number of seconds (a float or an int), got {value!r}")
+    if not 0.0 <= s <= MAX_SECONDS:
+        raise ValueError(f"{what} must be a time in seconds from 0 to {MAX_SECONDS:.0f} (what int64 nanoseconds "
+                         f"hold, up to the year 2262), got {value!r}; pass seconds since the epoch")
+    return to_ns(s)
+
 
 @cython.final
 cdef class Engine:
@@ -74,6 +93,7 @@ cdef class Engine:
     cdef readonly bint midstream
     cdef readonly bint vlan_in_key
     cdef int verdict
+    cdef readonly bint closed   # close() was called: no more input
     cdef bint busy              # inside feed/process/expire/finish (handlers must not re-enter)
     cdef bint frames_writable   # the current batch's frames may be rewritten (PacketView.rewrite)
     cdef FrameBlock block       # the capture memory the current batch lies in (None: copy out)
@@ -232,6 +252,9 @@ cdef class Engine:
 
     cdef int not_running(self, str what) except -1:
         """Before processing: refuse re-entry from a handler; forget a dispatcher that has gone."""
+        if self.closed:
+            raise RuntimeError(f"{what} was called on a closed engine (close() dropped its flows); "
+                               "make a new Engine for more input")
         if self.busy:
             raise RuntimeError(f"{what} cannot be called from an inline handler or predicate "
                                "(the engine is processing a packet)")
@@ -953,9 +976,10 @@ cdef class Engine:
         writable: sender-hook handlers may ``rewrite()`` it in place.
         """
         cdef const uint8_t[::1] view = frame
-        cdef int64_t t = self.now if ts is None else to_ns(ts)
+        cdef int64_t t
         cdef int v
         self.not_running("Engine.feed()")
+        t = self.now if ts is None else time_ns(ts, "Engine.feed()'s ts")
         self.busy = True
         self.frames_writable = isinstance(frame, bytearray)
         try:
@@ -979,10 +1003,11 @@ cdef class Engine:
         if it wants the clock to reach it: what is due by then fires, as it would before that
         frame)."""
         cdef int i = start
-        cdef int64_t limit = to_ns(until) if until is not None else 0x7fffffffffffffff
+        cdef int64_t limit
+        self.not_running("Engine.process()")
+        limit = time_ns(until, "Engine.process()'s until") if until is not None else 0x7fffffffffffffff
         if not 0 <= start <= batch.count:
             raise ValueError(f"start must be within the batch's {batch.count} frames, got {start}")
-        self.not_running("Engine.process()")
         self.busy = True
         self.frames_writable = batch.writable
         self.block = batch.block
@@ -1003,10 +1028,12 @@ cdef class Engine:
 
     def expire(self, now):
         """Advance time to ``now`` (seconds) and end flows idle past their timeout."""
+        cdef int64_t t
         self.not_running("Engine.expire()")
+        t = time_ns(now, "Engine.expire()'s now")
         self.busy = True
         try:
-            self.expire_to(to_ns(now))
+            self.expire_to(t)
         finally:
             self.busy = False
 
@@ -1042,9 +1069,15 @@ cdef class Engine:
             self.busy = False
 
     def close(self):
-        """Drop every flow without raising events (the stack calls this when it closes)."""
+        """Drop every flow without raising events (the stack calls this when it closes).
+
+        Idempotent. Afterwards feed(), process(), expire() and finish() raise RuntimeError.
+        """
+        if self.closed:
+            return
         self.not_running("Engine.close()")
         self.drop_all()
+        self.closed = True
 
     @property
     def log(self):

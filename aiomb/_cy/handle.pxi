@@ -1,6 +1,7 @@
 # The live handles: Flow (one flow in the table, its streams, the user's context) and PacketView
 # (the current event and packet, given to inline handlers and predicates during their call).
 
+from aiomb._errors import FlowEnded
 from aiomb.flows._html import flow_statistics_table as _flow_html_table
 
 @cython.no_gc
@@ -8,7 +9,11 @@ cdef class Flow:
     """The live handle of one flow: key, both sides' TCP states and counters, user context.
 
     Live while the flow is in the table; after it is removed the handle keeps its final values
-    (``alive`` turns False). ``context`` is a dict for middlebox state, shared by every
+    (``alive`` turns False). Reading stays valid once the flow has ended (``peek``/``ppeek``
+    show what is still held while it lingers in the table, nothing once it is removed); what
+    changes how bytes still to come are kept (``hold``, ``set_buffering``, ``set_policy``)
+    raises :class:`~aiomb.FlowEnded` once it has ended, and what releases bytes (``consume``,
+    ``stop``) once it has left the table (its bytes went with it). ``context`` is a dict for middlebox state, shared by every
     middlebox on the stack. Layer: core; reading attributes never blocks. Handles are made at
     flow rate, so they are not tracked by the cyclic garbage collector: keep the handle itself
     out of its own ``context`` (a cycle through it would never be freed).
@@ -27,6 +32,23 @@ cdef class Flow:
         if self._alive and self._engine is not None \
                 and self._engine.tab.flows[self._slot].handle == <void *>self:
             self._engine.tab.flows[self._slot].handle = NULL
+
+    cdef int _open(self, str what) except -1:
+        """Raise FlowEnded unless the flow is open (no end raised yet): ``what`` can only act on
+        bytes still to come."""
+        if self._alive and self._engine.tab.flows[self._slot].status == FS_OPEN:
+            return 0
+        raise FlowEnded(f"flow #{self.id} {self.key} has ended ({self.end_reason}): {what} acts on bytes still "
+                        "to come, and none will; check flow.end_reason first, or read what remains with peek()",
+                        key=self.key, reason=self.end_reason)
+
+    cdef int _in_table(self, str what) except -1:
+        """Raise FlowEnded once the flow has left the table (its streams were freed with it)."""
+        if self._alive:
+            return 0
+        raise FlowEnded(f"flow #{self.id} {self.key} has left the flow table ({self.end_reason}): {what} has "
+                        "nothing to release, its bytes were freed with it; check flow.alive first",
+                        key=self.key, reason=self.end_reason)
 
     cdef const flow_t *_f(self):
         if self._alive:
@@ -139,12 +161,15 @@ cdef class Flow:
         """Release the first ``n`` unconsumed bytes of ``side``'s stream; returns how many.
 
         In an inline NEW_DATA handler this is libnids' discard: the bytes not consumed stay and
-        come again, with the new ones, in the next NEW_DATA.
+        come again, with the new ones, in the next NEW_DATA. Raises FlowEnded once the flow has
+        left the table (while an ended flow lingers there it still releases what is held).
         """
-        cdef stream_t *st = self._stream(side, 0)
+        cdef stream_t *st
         if n < 0:
             raise ValueError("n must not be negative")
-        if st == NULL or not self._alive:
+        self._in_table("consume()")
+        st = self._stream(side, 0)
+        if st == NULL:
             return 0
         k = min(n, st.buf_len)
         stream_consume(self._engine, st, k)
@@ -152,38 +177,60 @@ cdef class Flow:
         return k
 
     def set_policy(self, name):
-        """Choose this flow's overlap policy (``first``, ``last``, ``linux``, ``windows``, ...)."""
-        if not self._alive:
-            raise RuntimeError(f"flow #{self.id} has ended; its policy can no longer change")
+        """Choose this flow's overlap policy (``first``, ``last``, ``linux``, ``windows``, ...).
+
+        Raises FlowEnded once the flow has ended.
+        """
+        self._open("set_policy()")
         self._engine.tab.flows[self._slot].policy = <uint8_t>policy_number(name, "overlap policy")
 
     def hold(self, side, enabled=True):
-        """Keep ``side``'s bytes until :meth:`consume` releases them (bounded by max_buffer)."""
+        """Keep ``side``'s bytes until :meth:`consume` releases them (bounded by max_buffer).
+
+        Raises FlowEnded once the flow has ended.
+        """
+        self._open("hold()")
         self._stream(side, 1).manual = bool(enabled)
 
     def set_buffering(self, side, enabled):
-        """Switch byte buffering of one side on or off; off keeps only offsets and counters."""
-        cdef stream_t *st = self._stream(side, 1)
-        cdef seg_t *g
+        """Switch byte buffering of one side on or off; off keeps only offsets and counters.
+
+        Raises FlowEnded once the flow has ended (to free what an ended flow holds, use
+        :meth:`consume` or :meth:`stop`).
+        """
+        cdef stream_t *st
+        self._open("set_buffering()")
+        st = self._stream(side, 1)
         if not enabled and st.buffering:
-            stream_consume(self._engine, st, st.buf_len)
-            g = st.ooo
-            while g != NULL:
-                if g.data != NULL:
-                    self._engine.rx.memory -= g.length
-                    free(g.data)
-                    g.data = NULL
-                g = g.next
+            self._unbuffer(st)
         st.buffering = bool(enabled)
 
+    cdef void _unbuffer(self, stream_t *st) noexcept:
+        """Free the bytes a stream holds, in order and out of order (it keeps its offsets)."""
+        cdef seg_t *g
+        stream_consume(self._engine, st, st.buf_len)
+        g = st.ooo
+        while g != NULL:
+            if g.data != NULL:
+                self._engine.rx.memory -= g.length
+                free(g.data)
+                g.data = NULL
+            g = g.next
+
     def stop(self, side=None):
-        """Stop monitoring one side's stream (or both, with ``side=None``) at once; frees it."""
+        """Stop monitoring one side's stream (or both, with ``side=None``) at once; frees it.
+
+        Raises FlowEnded once the flow has left the table (an ended flow lingering there has
+        what it holds freed).
+        """
+        cdef stream_t *st
+        self._in_table("stop()")
         sides = (Side.CLIENT, Side.SERVER) if side is None else (Side(side),)
         for sd in sides:
-            st = self._stream(sd, 1) if self._alive else NULL
+            st = self._stream(sd, self._engine.tab.flows[self._slot].status == FS_OPEN)
             if st != NULL:
-                stream_consume(self._engine, st, st.buf_len)
-                self.set_buffering(sd, False)
+                self._unbuffer(st)
+                st.buffering = 0
                 st.stopped = 1
 
     def buffer(self, side):

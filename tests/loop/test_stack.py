@@ -10,6 +10,7 @@ import math
 
 import pytest
 import trio
+import trio.testing
 
 import aiomb
 from aiomb import (
@@ -895,9 +896,9 @@ async def test_break_out_of_subscription_then_stack_finishes(tmp_path):
     assert len(kept) == 1000
     assert stats.packets == 2000
     assert stats.finished
-    # after close, iteration ends with what was already queued; nothing new arrives
-    rest = await collect(early)
-    assert len(rest) <= 99
+    # after close, iterating is the user's mistake: it raises instead of yielding nothing
+    with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+        await collect(early)
 
 
 async def test_closed_subscription_before_start_gets_nothing(tmp_path):
@@ -907,9 +908,63 @@ async def test_closed_subscription_before_start_gets_nothing(tmp_path):
         sub.close()
         sub.close()                              # idempotent
         await stack.run()
-        assert await collect(sub) == []
+        with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+            await collect(sub)
         assert stack.statistics().events_delivered == 0
         assert stack.statistics().packets == 200
+
+
+CLOSED_MESSAGE = (r"<Subscription .* closed> was closed \(close\(\), or leaving its async with block\): it "
+                  r"delivers nothing more; iterate it inside the block, or subscribe again")
+
+
+async def test_every_way_of_receiving_from_a_closed_subscription_raises(tmp_path):
+    path = write_rst_flows(tmp_path, 10)
+    async with open_stack(aiomb.capture(path)) as stack:
+        async with stack.subscribe(CONN_START) as sub:
+            pass
+        with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+            await sub.receive_batch()
+        with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+            sub.receive_batch_nowait()
+        with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+            async for _ in sub:
+                pass
+
+
+async def test_closing_a_subscription_another_task_waits_on_raises_there(tmp_path):
+    path = write_rst_flows(tmp_path, 100)
+    async with open_stack(aiomb.capture(path), batch_size=10) as stack:
+        sub = stack.subscribe(CONN_START)
+        stack.subscribe(CONN_START, max_batches=1)     # never read: the source pauses, sub waits
+        errors = []
+
+        async def consume():
+            try:
+                async for _ in sub:
+                    pass
+            except trio.ClosedResourceError as exc:
+                errors.append(str(exc))
+
+        async with trio.open_nursery() as nursery:
+            nursery.start_soon(consume)
+            await trio.testing.wait_all_tasks_blocked()
+            sub.close()
+    assert len(errors) == 1 and "was closed (close(), or leaving its async with block)" in errors[0]
+
+
+async def test_a_subscription_says_how_many_packets_it_came_after(tmp_path):
+    path = write_rst_flows(tmp_path, 100)
+    async with open_stack(aiomb.capture(path), batch_size=10, max_batches=64) as stack:
+        async with stack.subscribe(CONN_START) as early:
+            assert early.packets_before == 0 and early.statistics().packets_before == 0
+            first = await early.receive_batch()
+            async with stack.subscribe(CONN_START) as late:
+                assert late.packets_before == stack.statistics().packets > 0
+                assert late.statistics().packets_before == late.packets_before
+                assert f"after {late.packets_before} packets" in repr(late)
+                got = await collect(late)
+            assert len(first) + len(got) <= 100 and "after" not in repr(early)
 
 
 async def test_receive_batch_nowait_before_start_raises_would_block(tmp_path):
