@@ -126,6 +126,21 @@ class Lab:
         self.mirror(left, a, m)
         return left, a, right, b, mon
 
+    def inline_path(self, client_cidr, server_cidr):
+        """client ns <-> [x | middle ns | y] <-> server ns: two veth pairs through a middle
+        namespace (where an inline port joins x and y), addressed, static neighbours (no ARP).
+
+        Returns (client ns, middle ns, server ns, c, x, y, s).
+        """
+        client_ns, mid, server_ns = self.netns("c"), self.netns("m"), self.netns("s")
+        c, x = self.veth("c", "x", a_ns=client_ns, b_ns=mid)
+        y, s = self.veth("y", "s", a_ns=mid, b_ns=server_ns)
+        self.address(client_ns, c, client_cidr)
+        self.address(server_ns, s, server_cidr)
+        self.neighbour(client_ns, c, server_cidr.split("/")[0], self.mac(s, server_ns))
+        self.neighbour(server_ns, s, client_cidr.split("/")[0], self.mac(c, client_ns))
+        return client_ns, mid, server_ns, c, x, y, s
+
     def peer(self, ns: str, *args) -> subprocess.Popen:
         """Start tests/xdp/peer.py in ``ns``; killed at close()."""
         proc = subprocess.Popen(["ip", "netns", "exec", ns, sys.executable, PEER, *map(str, args)],
@@ -174,3 +189,13 @@ def wait_for(predicate, timeout: float = 15.0, what: str = "condition"):
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what}")
         time.sleep(0.02)
+
+
+def attached(ns, dev):
+    """The name of the XDP program attached to ``dev`` in namespace ``ns`` (None: none)."""
+    from pyroute2 import IPRoute
+
+    from aiomb.io import _xdp
+
+    with IPRoute(netns=ns) as ipr:
+        return _xdp.query(ipr, ipr.link_lookup(ifname=dev)[0]).name

@@ -9,11 +9,8 @@ import sys
 import time
 
 import pytest
-from pyroute2 import IPRoute
 
-from aiomb.io import _xdp
-
-from .lab import PEER, wait_for
+from .lab import PEER, attached, wait_for
 
 REPO = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 AIOMB = [sys.executable, "-m", "aiomb"]
@@ -24,11 +21,6 @@ def client(ns, ip, port, up, down, timeout="5"):
     proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, PEER, "client", ip, str(port),
                            str(up), str(down), timeout], capture_output=True, text=True, timeout=60)
     return json.loads(proc.stdout)
-
-
-def attached(ns, dev):
-    with IPRoute(netns=ns) as ipr:
-        return _xdp.query(ipr, ipr.link_lookup(ifname=dev)[0]).name
 
 
 def watched_pair(lab):
@@ -65,13 +57,7 @@ def test_flows_on_a_live_interface(lab):
 
 
 def test_run_port_guard_inline(lab):
-    client_ns, mid, server_ns = lab.netns("c"), lab.netns("m"), lab.netns("s")
-    c, x = lab.veth("c", "x", a_ns=client_ns, b_ns=mid)
-    y, s = lab.veth("y", "s", a_ns=mid, b_ns=server_ns)
-    lab.address(client_ns, c, f"{LEFT_IP}/24")
-    lab.address(server_ns, s, f"{RIGHT_IP}/24")
-    lab.neighbour(client_ns, c, RIGHT_IP, lab.mac(s, server_ns))
-    lab.neighbour(server_ns, s, LEFT_IP, lab.mac(c, client_ns))
+    client_ns, mid, server_ns, c, x, y, s = lab.inline_path(f"{LEFT_IP}/24", f"{RIGHT_IP}/24")
     lab.server(server_ns, RIGHT_IP, 5001)
     lab.server(server_ns, RIGHT_IP, 8080)
     proc = lab.spawn([*AIOMB, "run", "examples/port_guard.py", "--iface", x, "--inline", y,

@@ -6,22 +6,10 @@ import json
 import os
 import subprocess
 
-from .lab import wait_for
-from .test_cli_live import AIOMB, REPO, attached, client
+from .lab import attached, wait_for
+from .test_cli_live import AIOMB, REPO, client
 
 CLIENT_IP, SERVER_IP = "10.205.0.1", "10.205.0.2"
-
-
-def inline_topology(lab):
-    """client c <-> [x | mid | y] <-> s server; static neighbours, no ARP."""
-    client_ns, mid, server_ns = lab.netns("c"), lab.netns("m"), lab.netns("s")
-    c, x = lab.veth("c", "x", a_ns=client_ns, b_ns=mid)
-    y, s = lab.veth("y", "s", a_ns=mid, b_ns=server_ns)
-    lab.address(client_ns, c, f"{CLIENT_IP}/24")
-    lab.address(server_ns, s, f"{SERVER_IP}/24")
-    lab.neighbour(client_ns, c, SERVER_IP, lab.mac(s, server_ns))
-    lab.neighbour(server_ns, s, CLIENT_IP, lab.mac(c, client_ns))
-    return client_ns, mid, server_ns, c, x, y, s
 
 
 def start(lab, mid, x, y, example, *app_options, duration=6):
@@ -34,7 +22,7 @@ def start(lab, mid, x, y, example, *app_options, duration=6):
 
 
 def test_firewall_inline(lab, tmp_path):
-    client_ns, mid, server_ns, c, x, y, s = inline_topology(lab)
+    client_ns, mid, server_ns, c, x, y, s = lab.inline_path(f"{CLIENT_IP}/24", f"{SERVER_IP}/24")
     lab.server(server_ns, SERVER_IP, 5001)
     lab.server(server_ns, SERVER_IP, 8080)
     rules = tmp_path / "rules.txt"
@@ -64,7 +52,7 @@ NAT_IP = "10.205.0.100"
 
 def test_nat_inline(lab):
     """Connections from the client reach the server from the NAT address, byte-exact both ways."""
-    client_ns, mid, server_ns, c, x, y, s = inline_topology(lab)
+    client_ns, mid, server_ns, c, x, y, s = lab.inline_path(f"{CLIENT_IP}/24", f"{SERVER_IP}/24")
     lab.neighbour(server_ns, s, NAT_IP, lab.mac(c, client_ns))     # replies to the NAT address go to the wire
     server = lab.server(server_ns, SERVER_IP, 5001)
     proc = start(lab, mid, x, y, "nat.py", "--address", NAT_IP, "--ports", "30000-30009", "--json")

@@ -2,23 +2,11 @@
 under Trio guest mode on the kernel's loop, a transfer shows up in the live flow table between cells,
 and ``h.stop()`` ends the run and detaches the XDP program."""
 
-import json
-import subprocess
-import sys
-
-from pyroute2 import IPRoute
-
-from aiomb.io import _xdp
-
 from ..notebook.kernel import Kernel
-from .lab import PEER
+from .lab import attached
+from .test_cli_live import client
 
 LEFT_IP, RIGHT_IP = "10.209.0.1", "10.209.0.2"
-
-
-def attached(ns, dev):
-    with IPRoute(netns=ns) as ipr:
-        return _xdp.query(ipr, ipr.link_lookup(ifname=dev)[0]).name
 
 
 def test_notebook_on_a_live_port(lab):
@@ -32,9 +20,7 @@ import aiomb, aiomb.notebook
 h = aiomb.notebook.start(aiomb.port({n!r}, netns={watch!r}), events=[aiomb.CONN_START])""")
         kernel.run("stack = await h.ready()")
         assert attached(watch, n) == "aiomb_xsk"
-        proc = subprocess.run(["ip", "netns", "exec", left, sys.executable, PEER, "client", RIGHT_IP, "5001",
-                               "2000", "30000", "5"], capture_output=True, text=True, timeout=60)
-        result = json.loads(proc.stdout)
+        result = client(left, RIGHT_IP, 5001, 2000, 30000)
         assert result["ok"]
         port = result["local_port"]
         # the port's frames arrive on the kernel's loop: poll the live table (the cell raises no event)
