@@ -75,39 +75,35 @@ class RunStatistics:
 class _Series:
     """Per-direction payload bytes and packets and the flows in the table, in bins of packet time.
 
-    Fed by an inline PACKET_IN handler (a Python call per packet, in the core). At most
-    MAX_BINS bins: past that the interval doubles and neighbouring bins merge.
+    Sampled from the engine's per-direction counters at each tick of a stack timer (packet time
+    on a capture, whose reading stops at each tick): no Python call per packet. At most
+    MAX_BINS bins: past that the bins' width doubles and neighbouring bins merge.
     """
 
-    def __init__(self, interval: float, flows_now):
-        self.interval = interval
+    def __init__(self, interval: float):
+        self.interval = interval            # the width of a bin: the tick, doubled as bins merge
+        self.scale = 1                      # ticks per bin
         self.bins: dict[int, list] = {}     # bin -> [client bytes, server bytes, client pkts, server pkts, flows]
-        self._flows_now = flows_now
-        self._index = None
-        self._cur = None
-        self.first_ts = None
+        self.ticks = 0                      # periods sampled so far (a bin's number counts them)
+        self.last = (0, 0, 0, 0)
 
-    def on_packet(self, packet) -> None:
-        ts = packet.ts
-        index = int(ts // self.interval)
-        if index != self._index:
-            self._switch(index, ts)
-        side = packet.side
-        cur = self._cur
-        cur[side] += packet.payload_length
-        cur[side + 2] += 1
-
-    def _switch(self, index: int, ts: float) -> None:
-        cur = self.bins.get(index)
-        if cur is None:
-            if self.first_ts is None:
-                self.first_ts = ts
-            cur = self.bins[index] = [0, 0, 0, 0, self._flows_now()]
-            while len(self.bins) > MAX_BINS:      # isolated bins merge only once the interval is wide enough
+    def sample(self, stats, fired: int) -> None:
+        """Take the counters' growth since the last sample into the current period, then move on
+        ``fired`` periods (the timer's firings; 0 at the end of the run)."""
+        counts = (stats.client_payload_bytes, stats.server_payload_bytes, stats.client_packets,
+                  stats.server_packets)
+        if counts[2:] != self.last[2:]:
+            index = self.ticks // self.scale
+            row = self.bins.get(index)
+            if row is None:
+                row = self.bins[index] = [0, 0, 0, 0, 0]
+            for k in range(4):
+                row[k] += counts[k] - self.last[k]
+            row[4] = stats.flows_active
+            self.last = counts
+            while len(self.bins) > MAX_BINS:
                 self._coarsen()
-                index = int(ts // self.interval)
-                cur = self.bins[index]
-        self._index, self._cur = index, cur
+        self.ticks += fired
 
     def _coarsen(self) -> None:
         merged: dict[int, list] = {}
@@ -115,21 +111,19 @@ class _Series:
             row = self.bins[index]
             into = merged.get(index // 2)
             if into is None:
-                merged[index // 2] = list(row)      # the flows of the earlier bin's first packet
+                merged[index // 2] = list(row)
             else:
                 for k in range(4):
                     into[k] += row[k]
+                into[4] = row[4]            # the flows at the later bin's end
         self.bins = merged
         self.interval *= 2
-        self._index = self._cur = None
+        self.scale *= 2
 
     def rows(self) -> list:
         """(bin start in seconds since the first packet, client bytes, server bytes, client packets,
-        server packets, flows in the table at the bin's first packet), in time order."""
-        if self.first_ts is None:
-            return []
-        start = min(self.bins) * self.interval
-        return [(index * self.interval - start, *row) for index, row in sorted(self.bins.items())]
+        server packets, flows in the table at the bin's end), in time order."""
+        return [(index * self.interval, *row) for index, row in sorted(self.bins.items())]
 
 
 class _Progress:
@@ -334,7 +328,7 @@ class BackgroundStack:
         row per bin (``interval`` seconds, doubled as needed to stay within MAX_BINS), columns
         ``time`` (seconds since the first packet), ``client_bytes``/``server_bytes`` (payload
         the client, resp. the server, sent), ``client_packets``/``server_packets``, ``flows`` (in
-        the table at the bin's first packet), ``interval``. Needs pandas; raises RuntimeError
+        the table at the bin's end), ``interval``. Needs pandas; raises RuntimeError
         when the handle was started with ``interval=None``."""
         import pandas as pd
 
@@ -371,7 +365,7 @@ class BackgroundStack:
         return ax
 
     def plot_flows(self, *, ax=None):
-        """Plot the flows in the table over packet time (at each bin's first packet); returns the
+        """Plot the flows in the table over packet time (at each bin's end); returns the
         matplotlib Axes. Needs matplotlib."""
         rows = self._timeline_rows()
         ax = _axes(ax)
@@ -468,9 +462,10 @@ class BackgroundStack:
         engine = stack.engine
         engine.keep_records()
         sub = stack.subscribe(*self._kinds) if self._kinds else None
+        ticks = None
         if self._interval is not None:
-            self._series = _Series(self._interval, lambda: engine.statistics().flows_active)
-            stack.on(EventKind.PACKET_IN, self._series.on_packet)
+            self._series = _Series(self._interval)
+            ticks = stack.timer(self._interval, interval=self._interval)
         self._stack, self._engine = stack, engine
         if self._setup is not None:
             self._setup(stack)
@@ -483,6 +478,8 @@ class BackgroundStack:
                 async with trio.open_nursery() as nursery:
                     if sub is not None:
                         nursery.start_soon(self._collect, sub)
+                    if ticks is not None:
+                        nursery.start_soon(self._sample, ticks, engine)
                     progress = trio.CancelScope()
                     if self._progress is not None:
                         nursery.start_soon(self._show_progress, progress)
@@ -496,7 +493,13 @@ class BackgroundStack:
                 raise group.exceptions[0] from None     # a task's error, as itself
         if self._inner.cancelled_caught and not stack.finished.is_set():
             engine.finish(EndReason.INTERRUPTED)        # stopped: the open flows get records
+        if self._series is not None:
+            self._series.sample(engine.statistics(), 0)     # the last, partial bin
         self._ended.extend(engine.take_records())
+
+    async def _sample(self, ticks, engine) -> None:
+        async for fired in ticks:       # the stack stops the capture at each tick: the counters are that moment's
+            self._series.sample(engine.statistics(), fired)
 
     async def _collect(self, sub) -> None:
         ring, counts = self._recent, self._counts
@@ -552,8 +555,9 @@ def start(source, *, setup=None, run=None, events=DEFAULT_EVENTS, recent: int = 
     run(stack)``) runs beside the stack, e.g. to consume those subscriptions (a subscription nobody
     consumes holds the source back once its queue is full). ``events`` are the kinds (built-in or
     custom) the handle counts and keeps the last ``recent`` of (empty: none); ``interval`` is the
-    width in seconds (packet time) of the throughput and flows bins, None for no timeline (it
-    costs an inline handler call per packet); ``progress`` shows a progress bar for captures.
+    width in seconds (packet time) of the throughput and flows bins, None for no timeline (it is
+    sampled from the engine's per-direction counters at each tick of a stack timer, where a
+    capture's reading stops: no Python call per packet); ``progress`` shows a progress bar for captures.
     Other keywords go to :func:`aiomb.open_stack` (``batch_size``, ``max_batches``) and the
     :class:`aiomb.Engine` (``reassembly`` defaults to True here, so that the flows' stream
     columns are filled).

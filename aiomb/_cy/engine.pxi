@@ -98,6 +98,8 @@ cdef class Engine:
     cdef bint frames_writable   # the current batch's frames may be rewritten (PacketView.rewrite)
     cdef FrameBlock block       # the capture memory the current batch lies in (None: copy out)
     cdef uint64_t n_packets, n_bytes, n_tcp, n_udp, n_non_ip, n_other, n_orphans
+    cdef uint64_t side_packets[2]       # packets and payload bytes of tracked flows, by the sender's side
+    cdef uint64_t side_payload[2]
     cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped, n_rejected
     cdef uint64_t malformed[N_MALFORMED]
     cdef Emitter em
@@ -711,6 +713,8 @@ cdef class Engine:
         s.packets += 1
         s.ip_bytes += pk.ip_len
         s.payload_bytes += pk.paylen
+        self.side_packets[side] += 1
+        self.side_payload[side] += pk.paylen
         f.last_ts = pk.ts
         if self.conn_history:
             if created:
@@ -787,6 +791,8 @@ cdef class Engine:
         s.packets += 1
         s.ip_bytes += pk.ip_len
         s.payload_bytes += pk.paylen
+        self.side_packets[side] += 1
+        self.side_payload[side] += pk.paylen
         f.last_ts = pk.ts
         if self.conn_history:
             if created:
@@ -1102,4 +1108,6 @@ cdef class Engine:
             events=self.em.n_events, stream_memory=self.rx.memory,
             max_stream_memory=self.rx.max_memory, buffer_overruns=self.rx.overruns,
             stream_memory_peak=self.rx.memory_peak, stream_buffer_peak=self.rx.buffer_peak,
-            sequence_jumps=self.rx.seq_jumps, rejected=self.n_rejected)
+            sequence_jumps=self.rx.seq_jumps, rejected=self.n_rejected,
+            client_packets=self.side_packets[0], server_packets=self.side_packets[1],
+            client_payload_bytes=self.side_payload[0], server_payload_bytes=self.side_payload[1])

@@ -123,7 +123,9 @@ class EngineStatistics:
     of the datagrams in reassembly now (``fragments_received`` every fragment taken in), and
     ``fragment_memory`` the bytes their buffers take (at most ``max_fragment_memory``).
     ``stream_memory_peak`` is the most ``stream_memory`` ever reached, ``stream_buffer_peak``
-    the most bytes one stream side ever held (at most ``max_buffer``).
+    the most bytes one stream side ever held (at most ``max_buffer``). ``client_packets``,
+    ``server_packets``, ``client_payload_bytes`` and ``server_payload_bytes`` add up the tracked
+    flows' packets and payload by direction (client to server, server to client).
     """
 
     packets: int
@@ -158,6 +160,10 @@ class EngineStatistics:
     max_fragment_memory: int = 0
     stream_memory_peak: int = 0
     stream_buffer_peak: int = 0
+    client_packets: int = 0         # packets and payload bytes of tracked flows, by direction
+    server_packets: int = 0
+    client_payload_bytes: int = 0
+    server_payload_bytes: int = 0
 
     @property
     def malformed_total(self) -> int:

@@ -122,28 +122,48 @@ def test_html_views_escape_what_they_show():
                                                  "left\">packets</td>")
 
 
-class FakePacket:
-    def __init__(self, ts, side, n):
-        self.ts, self.side, self.payload_length = ts, side, n
+class Counters:
+    """The engine's cumulative per-direction counters, as statistics() gives them."""
+
+    def __init__(self):
+        self.client_payload_bytes = self.server_payload_bytes = 0
+        self.client_packets = self.server_packets = self.flows_active = 0
+
+    def add(self, side, n, flows):
+        if side == 0:
+            self.client_payload_bytes += n
+            self.client_packets += 1
+        else:
+            self.server_payload_bytes += n
+            self.server_packets += 1
+        self.flows_active = flows
+        return self
 
 
 def test_the_timeline_stays_bounded_and_keeps_every_byte(monkeypatch):
+    """One packet per one-second tick: the bins merge as they must, no byte or packet is lost,
+    and each bin's flows are the table's at its end."""
     monkeypatch.setattr(aiomb.notebook, "MAX_BINS", 8)
-    flows = iter(range(1000))
-    series = aiomb.notebook._Series(1.0, lambda: next(flows))
+    series, counters = aiomb.notebook._Series(1.0), Counters()
     for t in range(100):
-        series.on_packet(FakePacket(1000.0 + t + 0.5, t % 2, t))
+        series.sample(counters.add(t % 2, t, flows=t), 1)
     rows = series.rows()
     assert len(rows) <= 8 and series.interval == 16.0
     assert sum(r[1] for r in rows) == sum(range(0, 100, 2)) and sum(r[2] for r in rows) == sum(range(1, 100, 2))
     assert sum(r[3] + r[4] for r in rows) == 100
     assert [r[0] for r in rows] == [16.0 * k for k in range(len(rows))]
-    assert rows[0][5] == 0           # the flows at the first packet of the merged bin
+    assert rows[0][5] == 15          # the flows at the end of the merged bin (ticks 0..15)
 
 
-def test_isolated_bins_merge_until_they_fit(monkeypatch):
+def test_idle_ticks_make_no_bins_and_isolated_bins_merge_until_they_fit(monkeypatch):
+    """A packet an hour apart: the timer fires 3600 times at once over each gap; only bins with
+    packets are kept, and they merge until at most MAX_BINS remain; a last partial period (fired
+    0: the end of the run) goes to the current bin."""
     monkeypatch.setattr(aiomb.notebook, "MAX_BINS", 4)
-    series = aiomb.notebook._Series(1.0, lambda: 0)
-    for t in range(6):
-        series.on_packet(FakePacket(3600.0 * t, 0, 10))
+    series, counters = aiomb.notebook._Series(1.0), Counters()
+    for _ in range(6):
+        series.sample(counters.add(0, 10, flows=1), 3600)
+    series.sample(counters, 0)                          # nothing new at the end: no bin
     assert len(series.bins) <= 4 and sum(r[1] for r in series.rows()) == 60
+    series.sample(counters.add(1, 5, flows=2), 0)
+    assert sum(r[2] for r in series.rows()) == 5 and sum(r[3] + r[4] for r in series.rows()) == 7
