@@ -253,7 +253,7 @@ cdef void update_history(conn_t *c, int side, uint8_t fl, uint64_t rel, uint32_t
         seen_before(c, side, HIST_ACK, b'A')
 
 
-cdef int32_t update_last_seq(conn_t *c, int side, uint32_t last, uint8_t fl, uint32_t paylen) noexcept nogil:
+cdef void update_last_seq(conn_t *c, int side, uint32_t last, uint8_t fl, uint32_t paylen) noexcept nogil:
     cdef zend_t *e = &c.e[side]
     cdef int32_t d = sdelta(last, e.last_seq)
     if (fl & (TH_SYN | TH_RST)) and (d > TOO_LARGE_SEQ_DELTA or d < -TOO_LARGE_SEQ_DELTA):
@@ -270,7 +270,6 @@ cdef int32_t update_last_seq(conn_t *c, int side, uint32_t last, uint8_t fl, uin
         e.last_seq = last
     elif paylen > 0:
         scaled(c, side, SCALED_REXMIT, b'T')
-    return d
 
 
 cdef bint update_states(conn_t *c, int side, uint8_t fl, uint32_t seq, uint32_t paylen) noexcept nogil:
