@@ -37,11 +37,12 @@ class FlowRun:
     ``interrupted``. With ``hashes`` (names from :data:`HASHES`), both sides' reassembled bytes are
     hashed: ``digests(records)`` gives each row's hex digests. ``progress`` is called with the
     source after every batch. Streams are reassembled (their counters are in the records) unless
-    ``reassembly=False``. Layer: shells; blocks while it reads.
+    ``reassembly=False``. With ``every_batch``, a batch is yielded after every read, even an
+    empty one (a shard's worker reports its progress so). Layer: shells; blocks while it reads.
     """
 
     def __init__(self, source, *, filter=None, hashes=(), batch_size: int = 2048, progress=None,
-                 **engine_options):
+                 every_batch: bool = False, **engine_options):
         for name in hashes:
             if name not in HASHES:
                 raise ValueError(f"unknown hash {name!r}: choose from {', '.join(HASHES)}")
@@ -49,6 +50,7 @@ class FlowRun:
         self.filter = compile_filter(filter)
         self.hashes = tuple(hashes)
         self.progress = progress
+        self.every_batch = every_batch
         engine_options.setdefault("reassembly", True)
         self.engine = Engine(**engine_options)
         self.engine.keep_records(self.filter)
@@ -89,7 +91,7 @@ class FlowRun:
                 if self.progress is not None:
                     self.progress(source)
                 records = self._take()
-                if len(records):
+                if len(records) or self.every_batch:
                     yield records
             if error is not None:           # what the file held: the flows still open stay open
                 records = self._take()

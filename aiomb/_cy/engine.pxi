@@ -3,6 +3,7 @@
 # the streams' context and an Emitter; the TCP rules are in tcp.pxi, reassembly in reasm.pxi,
 # events in emit.pxi. Consumers read the batch's events from the Emitter's log (dispatch.pxi).
 
+import array as _array
 import numbers as _numbers
 
 from aiomb.flows._stats import EngineStatistics, MalformedCounts
@@ -50,6 +51,18 @@ cdef int cmp_age(const void *a, const void *b) noexcept nogil:
     cdef uint64_t x = (<const age_t *>a).id, y = (<const age_t *>b).id
     return (x > y) - (x < y)
 
+ctypedef struct idle_t:
+    int64_t last_ts
+    uint64_t id
+    int32_t slot
+
+cdef int cmp_idle(const void *a, const void *b) noexcept nogil:
+    cdef const idle_t *x = <const idle_t *>a
+    cdef const idle_t *y = <const idle_t *>b
+    if x.last_ts != y.last_ts:
+        return (x.last_ts > y.last_ts) - (x.last_ts < y.last_ts)
+    return (x.id > y.id) - (x.id < y.id)
+
 cdef inline int64_t to_ns(double seconds):
     return <int64_t>(seconds * 1e9 + (0.5 if seconds >= 0 else -0.5))
 
@@ -89,6 +102,11 @@ cdef class Engine:
     cdef frag_t *frag_done
     cdef readonly int64_t now
     cdef uint64_t next_id
+    cdef readonly uint32_t shard_index  # this engine tracks the flows whose key hashes to its shard
+    cdef readonly uint32_t shard_count
+    cdef object created             # shards: the ids of the flows created since take_created()
+    cdef idle_t *idle               # an expiry pass's flows, and room for idle_cap of them
+    cdef uint32_t idle_cap
     cdef int64_t timeouts[N_TCLASS]
     cdef readonly bint midstream
     cdef readonly bint vlan_in_key
@@ -136,7 +154,7 @@ cdef class Engine:
                  max_fragments=1024, fragment_timeout=30.0, max_fragment_memory=16 << 20, reassembly=None, buffering=True,
                  overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
                  max_stream_memory=1 << 30, rst_payload=False, host_policies=None,
-                 overlap_window=65536, checksums="ignore", conn_history=False):
+                 overlap_window=65536, checksums="ignore", conn_history=False, shard=None):
         if not isinstance(max_flows, int) or isinstance(max_flows, bool) or not 1 <= max_flows <= 0x7fffffff:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
         if not isinstance(max_fragments, int) or not 0 <= max_fragments <= 1 << 20:
@@ -174,6 +192,14 @@ cdef class Engine:
         if checksums not in ("ignore", "verify"):
             raise ValueError(f"checksums must be 'ignore' or 'verify', got {checksums!r}")
         self.verify_checksums = checksums == "verify"
+        self.shard_index, self.shard_count = 0, 1
+        if shard is not None:
+            if not (isinstance(shard, tuple) and len(shard) == 2 and all(
+                    isinstance(v, int) and not isinstance(v, bool) for v in shard)
+                    and 0 <= shard[0] < shard[1] <= 1024):
+                raise ValueError(f"shard must be (index, count) with 0 <= index < count <= 1024, got {shard!r}")
+            self.shard_index, self.shard_count = shard
+            self.created = _array.array("Q")
         self.conn_history = bool(conn_history)
         self.buffering_option = bool(buffering)
         self.rx.overlap_window = overlap_window
@@ -206,6 +232,7 @@ cdef class Engine:
 
     def __dealloc__(self):
         self.drop_all()
+        free(self.idle)
         flowtab_free(&self.tab)
         fragtab_free(&self.frags)
         reasm_free(&self.rx)
@@ -394,11 +421,28 @@ cdef class Engine:
         is "open"), oldest first: a :class:`FlowRecords` batch; the flows stay."""
         cdef FlowRecords out = FlowRecords.__new__(FlowRecords)
         cdef uint32_t i
+        cdef flowrec_t *r
         for i in range(self.tab.cap):
             if self.tab.flows[i].status != FS_FREE and (
                     self.records_filter == 0 or (self.tab.flows[i].filter_mask & self.records_filter)):
-                record_flow(out.add(), &self.tab.flows[i], self.vlan_in_key, conn_of(&self.tab, i))
+                r = out.add()
+                record_flow(r, &self.tab.flows[i], self.vlan_in_key, conn_of(&self.tab, i))
+                r.order = (self.n_packets + 1) << 1 | 1
         out.sort()
+        return out
+
+    @property
+    def packets(self):
+        """Frames taken so far (``statistics().packets``, without the snapshot)."""
+        return self.n_packets
+
+    def take_created(self):
+        """A shard's flows created since the last call: their ids (the numbers of their first
+        packets in the input), rising, as an ``array('Q')``. Merging shards numbers the flows
+        of the whole input by them."""
+        if self.shard_count == 1:
+            raise RuntimeError("take_created() is for an engine made with shard=(index, count)")
+        out, self.created = self.created, _array.array("Q")
         return out
 
     def event_bit(self, kind):
@@ -513,8 +557,12 @@ cdef class Engine:
             if slot < 0:
                 raise MemoryError("the flow table could not take a new entry")
         f = &self.tab.flows[slot]
-        f.id = self.next_id
-        self.next_id += 1
+        if self.shard_count > 1:        # a shard's flow is named by its first packet's number in the input
+            f.id = self.n_packets
+            self.created.append(f.id)
+        else:
+            f.id = self.next_id
+            self.next_id += 1
         f.first_ts = pk.ts
         f.last_ts = pk.ts
         self.n_created += 1
@@ -561,14 +609,20 @@ cdef class Engine:
             self.tab.conns[slot] = NULL
         flowtab_remove(&self.tab, slot)
 
-    cdef int remove_flow(self, int32_t slot) except -1:
+    cdef int remove_flow(self, int32_t slot, uint64_t order) except -1:
         """An ended flow leaves the table (bytes that came after its close are delivered first),
-        its record written when records are kept."""
+        its record written when records are kept, with ``order``: where it left in the input,
+        twice the number of the packet at hand, plus one unless by the expiry pass before that
+        packet. Shards of one input merge their records by it (then, within an expiry pass, by
+        timeout class, last activity and flow id: the order of the pass itself)."""
         cdef flow_t *f
+        cdef flowrec_t *r
         streams_close(self, slot, False)
         f = &self.tab.flows[slot]
         if self.records is not None and (self.records_filter == 0 or (f.filter_mask & self.records_filter)):
-            record_flow(self.records.add(), f, self.vlan_in_key, conn_of(&self.tab, slot))
+            r = self.records.add()
+            record_flow(r, f, self.vlan_in_key, conn_of(&self.tab, slot))
+            r.order = order
         self.teardown(slot)
         return 0
 
@@ -595,7 +649,7 @@ cdef class Engine:
         if self.tab.flows[victim].status == FS_OPEN:
             self.n_evicted += 1
             self.end_flow(victim, -1, HOOK_NONE, END_EVICTED)
-        return self.remove_flow(victim)
+        return self.remove_flow(victim, self.n_packets << 1 | 1)
 
     # ---- per packet -----------------------------------------------------------------------
 
@@ -622,7 +676,7 @@ cdef class Engine:
                 self.fire_timers(ts)
             self.now = ts
         if self.flows_due():            # time passes per packet: the answer is the same at any batch size
-            self.expire_flows()
+            self.expire_flows(self.n_packets << 1)
         r = parse_packet(pk, linktype, &self.frags, &self.frag_done, &reason)
         if self.frags.new_expired or self.frags.new_evicted:
             self.fragment_drops()
@@ -630,7 +684,10 @@ cdef class Engine:
             r = P_MALFORMED                 # the endpoint would drop it: it changes nothing here
             reason = MAL_BAD_CHECKSUM
         if r == P_OK:
-            if pk.proto == 6:
+            if self.shard_count > 1 and (<uint64_t>key_hash(pk, self.vlan_in_key) * self.shard_count) >> 32 \
+                    != self.shard_index:
+                pass                        # another shard's flow
+            elif pk.proto == 6:
                 self.n_tcp += 1
                 self.tcp_packet(pk)
             else:
@@ -680,7 +737,7 @@ cdef class Engine:
         if slot >= 0 and syn and not ackf and reuses(&self.tab.flows[slot], side, pk):
             if self.tab.flows[slot].status == FS_OPEN:
                 self.end_flow(slot, -1, HOOK_NONE, END_REUSED)
-            self.remove_flow(slot)      # a new connection reuses the tuple
+            self.remove_flow(slot, self.n_packets << 1 | 1)      # a new connection reuses the tuple
             slot = -1
         if slot < 0:
             if syn:
@@ -819,23 +876,45 @@ cdef class Engine:
                 return True
         return False
 
-    cdef int expire_flows(self) except -1:
-        """End (and take out) every flow idle past its timeout at ``now``."""
+    cdef int expire_flows(self, uint64_t order) except -1:
+        """End (and take out) every flow idle past its timeout at ``now``: class by class, each
+        class's in the order of their last packet's time, then of their ids (creation); their
+        records get ``order`` (see remove_flow)."""
         cdef int c
         cdef int32_t i
+        cdef uint32_t n, j
         cdef flow_t *f
         for c in range(N_TCLASS):
-            while True:
-                i = self.tab.lru_head[c]
-                if i < 0:
-                    break
+            n = 0
+            i = self.tab.lru_head[c]
+            while i >= 0 and self.now - self.tab.flows[i].last_ts >= self.timeouts[c]:
+                if n == self.idle_cap:
+                    self.grow_idle()
+                self.idle[n].last_ts = self.tab.flows[i].last_ts
+                self.idle[n].id = self.tab.flows[i].id
+                self.idle[n].slot = i
+                n += 1
+                i = self.tab.flows[i].lru_next
+            if n > 1:
+                qsort(self.idle, n, sizeof(idle_t), cmp_idle)
+            for j in range(n):
+                i = self.idle[j].slot
                 f = &self.tab.flows[i]
-                if self.now - f.last_ts < self.timeouts[c]:
-                    break
+                if f.status == FS_FREE or f.id != self.idle[j].id:
+                    continue                # a handler took it out meanwhile
                 if f.status == FS_OPEN:
                     self.n_timed_out += 1
                     self.end_flow(i, -1, HOOK_NONE, END_TIMEOUT)
-                self.remove_flow(i)
+                self.remove_flow(i, order)
+        return 0
+
+    cdef int grow_idle(self) except -1:
+        cdef uint32_t cap = max(self.idle_cap * 2, 64)
+        cdef idle_t *p = <idle_t *>realloc(self.idle, cap * sizeof(idle_t))
+        if p == NULL:
+            raise MemoryError("no memory to expire idle flows")
+        self.idle = p
+        self.idle_cap = cap
         return 0
 
     cdef int expire_to(self, int64_t now) except -1:
@@ -846,7 +925,7 @@ cdef class Engine:
             self.fire_timers(now)
         if now > self.now:
             self.now = now
-        self.expire_flows()
+        self.expire_flows((self.n_packets + 1) << 1)     # as before the next packet
         fragtab_expire(&self.frags, self.now)
         if self.frags.new_expired:
             self.fragment_drops()
@@ -1069,7 +1148,7 @@ cdef class Engine:
                     self.end_flow(order[j].slot, -1, HOOK_NONE, why)
             for j in range(n):
                 if self.tab.flows[order[j].slot].status != FS_FREE:
-                    self.remove_flow(order[j].slot)
+                    self.remove_flow(order[j].slot, (self.n_packets + 1) << 1 | 1)
         finally:
             free(order)
             self.busy = False

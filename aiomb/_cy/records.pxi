@@ -61,7 +61,8 @@ ctypedef struct flowrec_t:
     uint8_t midstream
     uint8_t client_state        # TcpState
     uint8_t server_state
-    uint8_t pad
+    uint8_t tclass              # the timeout class the flow left from (its place in an expiry pass)
+    uint64_t order              # when the flow left: packet number << 1, | 1 unless by expiry at that packet
     rside_t side[2]
     zrec_t conn                 # Zeek's view, when the engine kept it (conn.valid)
 
@@ -106,7 +107,7 @@ cdef void record_flow(flowrec_t *r, const flow_t *f, bint vlan_in_key, const con
     r.midstream = 1 if (f.fflags & FF_MIDSTREAM) else 0
     r.client_state = f.side[0].state
     r.server_state = f.side[1].state
-    r.pad = 0
+    r.tclass = f.tclass
     record_side(&r.side[0], &f.side[0], tcp)
     record_side(&r.side[1], &f.side[1], tcp)
     record_conn(&r.conn, conn, f, tcp)
@@ -172,7 +173,8 @@ RECORD_FIELDS = tuple(
     + side_fields("out_of_order", offset_of(&_layout.side[0].out_of_order) - _side0)
     + side_fields("zero_window_probes", offset_of(&_layout.side[0].zero_window_probes) - _side0))
 RECORD_SIZE = sizeof(flowrec_t)
-RECORD_LAYOUT = {"family": offset_of(&_layout.family), "nvlan": offset_of(&_layout.nvlan)}
+RECORD_LAYOUT = {"family": offset_of(&_layout.family), "nvlan": offset_of(&_layout.nvlan),
+                 "tclass": offset_of(&_layout.tclass)}
 
 
 # ---- formatting in C ---------------------------------------------------------------------------
@@ -467,6 +469,73 @@ cdef class FlowRecords:
             memcpy(&self.rows[self.n], other.rows, other.n * sizeof(flowrec_t))
         self.n = need
 
+    @staticmethod
+    def frombytes(data):
+        """A batch of the raw rows in ``data`` (a bytes-like object of whole ``RECORD_SIZE`` rows,
+        as ``bytes(memoryview(records))`` gives them: how records cross a process boundary)."""
+        cdef const uint8_t[::1] raw = memoryview(data).cast("B")
+        cdef FlowRecords out = FlowRecords.__new__(FlowRecords)
+        cdef Py_ssize_t n = raw.shape[0] // <Py_ssize_t>sizeof(flowrec_t)
+        if raw.shape[0] % <Py_ssize_t>sizeof(flowrec_t):
+            raise ValueError(f"{raw.shape[0]} bytes are not whole records of {sizeof(flowrec_t)} bytes")
+        if n:
+            out.rows = <flowrec_t *>malloc(n * sizeof(flowrec_t))
+            if out.rows == NULL:
+                raise MemoryError("no memory for flow records")
+            memcpy(out.rows, &raw[0], n * sizeof(flowrec_t))
+            out.n = out.cap = n
+        return out
+
+    def split(self, uint64_t order):
+        """Take out the leading rows that left the table before ``order`` (see
+        ``Engine.remove_flow``'s order: twice a packet number, plus one past that packet's expiry
+        pass) and return them as a batch; the rest stay."""
+        cdef FlowRecords out = FlowRecords.__new__(FlowRecords)
+        cdef Py_ssize_t k = 0
+        if self.views:
+            raise BufferError("the records are being read through a buffer")
+        while k < self.n and self.rows[k].order < order:
+            k += 1
+        if k:
+            out.rows = <flowrec_t *>malloc(k * sizeof(flowrec_t))
+            if out.rows == NULL:
+                raise MemoryError("no memory for flow records")
+            memcpy(out.rows, self.rows, k * sizeof(flowrec_t))
+            out.n = out.cap = k
+            memmove(self.rows, &self.rows[k], (self.n - k) * sizeof(flowrec_t))
+            self.n -= k
+        return out
+
+    def sort_by_leaving(self):
+        """Put the rows in the order their flows left the table in one engine: by their order,
+        an expiry pass's rows by timeout class, last activity and id, rows leaving at the
+        end of the input by id. Shards' records merge so."""
+        if self.views:
+            raise BufferError("the records are being read through a buffer")
+        qsort(self.rows, self.n, sizeof(flowrec_t), cmp_leaving)
+
+    def number_by(self, created):
+        """Renumber the rows' flows 1, 2, ... over a whole input: ``created`` holds the id of
+        every flow of the input created up to the rows' (rising uint64 values, an array('Q'));
+        a row's flow number becomes its id's place there, counted from 1."""
+        cdef const uint64_t[::1] ids = memoryview(created).cast("B").cast("Q") if len(created) else None
+        cdef Py_ssize_t i, lo, hi, mid, n = len(created)
+        cdef uint64_t v
+        if self.views:
+            raise BufferError("the records are being read through a buffer")
+        for i in range(self.n):
+            v = self.rows[i].id
+            lo, hi = 0, n
+            while lo < hi:
+                mid = (lo + hi) >> 1
+                if ids[mid] < v:
+                    lo = mid + 1
+                else:
+                    hi = mid
+            if lo == n or ids[lo] != v:
+                raise ValueError(f"flow id {v} is not among the created flows")
+            self.rows[i].id = lo + 1
+
     def ids(self):
         """The rows' flow numbers (a list)."""
         return [self.rows[i].id for i in range(self.n)]
@@ -648,6 +717,19 @@ cdef int write_all(int fd, const char *p, size_t n) noexcept nogil:
         p += done
         n -= done
     return 0
+
+
+cdef int cmp_leaving(const void *a, const void *b) noexcept nogil:
+    cdef const flowrec_t *x = <const flowrec_t *>a
+    cdef const flowrec_t *y = <const flowrec_t *>b
+    if x.order != y.order:
+        return -1 if x.order < y.order else 1
+    if not (x.order & 1):               # one expiry pass: as the pass goes
+        if x.tclass != y.tclass:
+            return -1 if x.tclass < y.tclass else 1
+        if x.last_ts != y.last_ts:
+            return -1 if x.last_ts < y.last_ts else 1
+    return -1 if x.id < y.id else (1 if x.id > y.id else 0)
 
 
 cdef int cmp_record(const void *a, const void *b) noexcept nogil:

@@ -13,6 +13,7 @@ import time
 
 from .._errors import CaptureError, PortError
 from .._records import FIELDS, HASHES, FlowRun, hash_fields
+from .._workers import ShardedRun, WorkerError
 from .._zeek import ConnLog, community_ids
 from ..flows._filter import FilterError, compile_filter
 from ..flows._types import EndReason
@@ -177,9 +178,13 @@ def cmd_flows(args) -> int:
         raise UsageError(f"--hash adds fields to jsonl and csv; --format {args.format} has no place for them")
     if args.community_id and args.format == "table":
         raise UsageError("--community-id adds a field to jsonl, csv, zeek and zeek-json; not to the table")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give a number of worker processes, at least 1")
     if args.iface is not None:
         if args.duration is None or not args.duration > 0:
             raise UsageError("--iface needs --duration SECONDS (how long to watch)")
+        if args.workers > 1:
+            raise UsageError("--workers is for capture files; on a live port one engine reads it")
         source = live_port(args)
     else:
         if args.duration is not None:
@@ -196,9 +201,13 @@ def cmd_flows(args) -> int:
         elif bar.enabled and not live:
             bar(src)
 
-    run = FlowRun(source, filter=args.filter, hashes=hashes, midstream=not args.no_midstream,
-                  vlan_in_key=args.vlan, overlap_policy=args.policy, conn_history=args.format in ZEEK_FORMATS,
-                  progress=progress if (live or bar.enabled) else None)
+    options = dict(filter=args.filter, hashes=hashes, midstream=not args.no_midstream, vlan_in_key=args.vlan,
+                   overlap_policy=args.policy, conn_history=args.format in ZEEK_FORMATS)
+    if args.workers > 1:
+        bar.enabled = False
+        run = ShardedRun(args.capture, args.workers, **options)
+    else:
+        run = FlowRun(source, progress=progress if (live or bar.enabled) else None, **options)
     writer = Writer(args.format, sys.stdout.buffer, run=run, sort=args.sort, community_id=args.community_id)
     caught = []
 
@@ -213,7 +222,7 @@ def cmd_flows(args) -> int:
         for records in run:
             flows += len(records)
             writer.write(records)
-    except (CaptureError, PortError) as exc:
+    except (CaptureError, PortError, WorkerError) as exc:
         error = exc
     finally:
         for s, h in handlers.items():
@@ -254,6 +263,9 @@ def add_parser(sub) -> None:
     f.add_argument("--no-midstream", action="store_true",
                    help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
     f.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
+    f.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run N engines in N processes, each tracking the flows that hash to it (a capture "
+                        "file only); the records are the same as with one")
     add_port_options(f, inline=False)
     f.add_argument("--duration", metavar="SECONDS", type=float,
                    help="with --iface: watch for this long, then print the flows")

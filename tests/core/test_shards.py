@@ -1,0 +1,174 @@
+"""Shard engines (``Engine(shard=(index, count))``): each tracks the flows whose key hashes to it,
+names them by their first packets' numbers and marks where each left, so that the records of
+all shards merge into exactly one engine's (same rows, same order, same flow numbers)."""
+
+import array
+import random
+
+import pytest
+
+import aiomb
+from aiomb import FlowRecords
+from aiomb.testing import TcpConversation, ipv4_fragments, udp_frame
+
+OPTIONS = dict(midstream=True, reassembly=True, tcp_syn_timeout=2.0, tcp_established_timeout=3.0,
+               tcp_closed_timeout=1.0, udp_timeout=2.0)
+
+
+def traffic(seed=7, flows=60):
+    """Interleaved TCP (IPv4 and IPv6, some closed, some left idle) and UDP flows, with many
+    packets on the same timestamps, so that flows leave by timeout with ties to break."""
+    rng = random.Random(seed)
+    frames = []
+    for i in range(flows):
+        start = rng.choice([1.0, 1.5, 2.0, 4.0, 9.0])
+        if i % 5 == 4:
+            frames += [(start, udp_frame(f"10.1.0.{i}", "10.2.0.1", 5000 + i, 53, b"q")),
+                       (start + 0.5, udp_frame("10.2.0.1", f"10.1.0.{i}", 53, 5000 + i, b"answer"))]
+            continue
+        client = (f"fd00::{i + 1:x}", 40000 + i) if i % 3 == 0 else (f"10.0.{i // 200}.{i % 200 + 1}", 40000 + i)
+        server = ("fd00::ff", 80) if i % 3 == 0 else ("10.9.9.9", 443)
+        c = TcpConversation(client, server, start_ts=start)
+        c.handshake()
+        c.send("client", b"x" * rng.randint(1, 3000))
+        c.send("server", b"y" * rng.randint(1, 3000))
+        if i % 4 == 0:
+            c.fin("client")
+            c.fin("server")
+            c.ack("client")
+        frames += [(round(ts, 1), frame) for ts, frame in c.frames]     # coarse times: ties
+    frames.sort(key=lambda f: f[0])
+    return frames
+
+
+def run(frames, shard=None, **options):
+    engine = aiomb.Engine(shard=shard, **{**OPTIONS, **options})
+    engine.keep_records()
+    out = FlowRecords()
+    created = array.array("Q")
+    for ts, frame in frames:
+        engine.feed(frame, ts)
+        out.extend(engine.take_records())
+        if shard is not None:
+            created.extend(engine.take_created())
+    engine.finish()
+    out.extend(engine.take_records())
+    return engine, out, created
+
+
+def merge(parts):
+    """The rows of every shard, merged as aiomb flows --workers merges them."""
+    out = FlowRecords()
+    created = array.array("Q")
+    for _, rows, ids in parts:
+        out.extend(rows)
+        created.extend(ids)
+    out.sort_by_leaving()
+    out.number_by(array.array("Q", sorted(created)))
+    return out
+
+
+@pytest.mark.parametrize("count", [2, 3, 5])
+def test_the_shards_records_merge_into_one_engines(count):
+    frames = traffic()
+    _, one, _ = run(frames)
+    parts = [run(frames, shard=(k, count)) for k in range(count)]
+    assert sum(len(rows) for _, rows, _ in parts) == len(one)
+    assert all(len(rows) for _, rows, _ in parts)          # every shard got flows
+    merged = merge(parts)
+    assert [merged[i] for i in range(len(merged))] == [one[i] for i in range(len(one))]
+    assert bytes(memoryview(merged)) == bytes(memoryview(one))
+    reasons = {one[i]["end_reason"] for i in range(len(one))}
+    assert {"timeout", "fin", "end_of_capture"} <= reasons          # the traffic tests every way out
+
+
+def endpoints(row):
+    return row["proto"], row["client_ip"], row["client_port"], row["server_ip"], row["server_port"]
+
+
+def test_a_shard_names_flows_by_their_first_packets_number():
+    frames = traffic(flows=20)
+    single = aiomb.Engine(**OPTIONS)
+    single.keep_records()
+    firsts = []                     # the number of each flow's first packet, flow 1 first
+    for kind in (aiomb.EventKind.CONN_START, aiomb.EventKind.UDP_START):
+        single.add_handler(kind, lambda packet: firsts.append(single.packets))
+    for ts, frame in frames:
+        single.feed(frame, ts)
+    single.finish()
+    one = single.take_records()
+    first_of = {endpoints(one[i]): firsts[one[i]["flow"] - 1] for i in range(len(one))}
+    engine, rows, created = run(frames, shard=(1, 2))
+    assert 0 < len(rows) < len(one)
+    assert list(created) == sorted(first_of[endpoints(rows[i])] for i in range(len(rows)))
+    assert all(rows[i]["flow"] == first_of[endpoints(rows[i])] for i in range(len(rows)))
+    assert engine.shard_index == 1 and engine.shard_count == 2
+
+
+def test_both_directions_and_every_fragment_reach_the_flows_shard():
+    frames = []
+    for i in range(40):
+        c = TcpConversation((f"10.0.0.{i + 1}", 1000 + i), ("10.0.1.1", 80), start_ts=1.0 + i)
+        c.handshake()
+        c.send("server", b"z" * 100)
+        frames += c.frames
+    big = udp_frame("10.3.0.1", "10.3.0.2", 7000, 7001, b"f" * 3000)
+    frames += [(50.0, f) for f in ipv4_fragments(big, fragment_size=1000)]
+    shards = [run(frames, shard=(k, 2)) for k in range(2)]
+    _, one, _ = run(frames)
+    for _, rows, _ in shards:
+        for i in range(len(rows)):
+            r = rows[i]
+            if r["proto"] == "tcp":         # SYN, ACK / SYN-ACK, data: each side's every packet
+                assert (r["client_packets"], r["server_packets"], r["server_bytes"]) == (2, 2, 100)
+            else:
+                assert (r["client_packets"], r["client_payload_bytes"]) == (1, 3000)
+    stats = [engine.statistics() for engine, _, _ in shards]
+    assert all(s.packets == len(frames) for s in stats)            # every shard reads every packet
+    assert all(s.fragments_reassembled == 1 for s in stats)        # and puts every datagram together
+    assert sum(s.flows_created for s in stats) == len(one) == 41
+    assert sum(s.tcp_packets + s.udp_packets for s in stats) == 40 * 4 + 1
+
+
+def test_equal_last_times_leave_by_flow_id_in_one_engine_too():
+    """An expiry pass's flows leave class by class, by last packet time, then by id: two flows
+    whose last packets share a time leave oldest first whatever order they were touched in."""
+    a = udp_frame("10.0.0.1", "10.0.0.2", 1, 2, b"a")
+    b = udp_frame("10.0.0.3", "10.0.0.4", 3, 4, b"b")
+    engine = aiomb.Engine(udp_timeout=1.0)
+    engine.keep_records()
+    engine.feed(a, 1.0)
+    engine.feed(b, 1.0)
+    engine.feed(b, 1.5)             # b touched before a, both last at 1.5: still a (flow 1) first
+    engine.feed(a, 1.5)
+    engine.expire(10.0)
+    rows = engine.take_records()
+    assert [rows[i]["flow"] for i in range(len(rows))] == [1, 2]
+
+
+def test_misuse_is_refused_precisely():
+    for bad in [(2, 2), (0, 0), (-1, 2), (0, 1025), (True, 2), [0, 2], (0,)]:
+        with pytest.raises(ValueError, match="shard must be"):
+            aiomb.Engine(shard=bad)
+    with pytest.raises(RuntimeError, match="shard=\\(index, count\\)"):
+        aiomb.Engine().take_created()
+    _, rows, created = run(traffic(flows=5), shard=(0, 2))
+    with pytest.raises(ValueError, match="not among the created flows"):
+        rows.number_by(array.array("Q", [created[0] + 1000]))
+    with pytest.raises(ValueError, match="not whole records"):
+        FlowRecords.frombytes(bytes(memoryview(rows))[:-1])
+
+
+def test_split_takes_the_rows_that_left_before_a_point():
+    frames = traffic(flows=30)
+    _, rows, _ = run(frames)
+    copy = FlowRecords.frombytes(bytes(memoryview(rows)))
+    head = copy.split(2 * len(frames) + 2)          # all but the rows the end of input took out
+    assert {head[i]["end_reason"] for i in range(len(head))} == {"timeout", "fin"}
+    assert "end_of_capture" in {copy[i]["end_reason"] for i in range(len(copy))}     # (and lingering closed ones)
+    joined = FlowRecords()
+    joined.extend(head)
+    joined.extend(copy)
+    assert bytes(memoryview(joined)) == bytes(memoryview(rows))
+    rest = len(copy)
+    assert len(copy.split(2 * len(frames) + 4)) == rest and len(copy) == 0
