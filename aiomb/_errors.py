@@ -8,10 +8,12 @@ class AiombError(Exception):
 class CaptureError(AiombError, ValueError):
     """A capture file is unreadable or corrupt at ``offset`` (bytes from its start, after gunzip).
 
-    Everything before ``offset`` was processed; the message says what was wrong there.
+    Everything before ``offset`` was processed; the message says what was wrong there
+    (``detail``: the same without the path and offset).
     """
 
     def __init__(self, message: str, *, offset: int | None = None, path: str | None = None):
+        self.detail = message
         self.offset = offset
         self.path = path
         where = f"{path}: " if path else ""

@@ -26,7 +26,8 @@ from .flows._stats import EngineStatistics, MalformedCounts
 from .flows._types import EndReason
 from .io._capture import capture
 
-SEND_EVERY = 8          # batches a worker may keep its (empty) progress to itself
+SEND_EVERY = 8          # batches of records a worker gathers before it sends them (and how far it got)
+SEND_ROWS = 4096        # or rows
 
 # Statistics every worker counts alike (each reads every packet); the rest are summed.
 SAME_IN_EVERY_WORKER = ("packets", "bytes", "non_ip", "other_protocol", "malformed", "fragments_held",
@@ -54,20 +55,20 @@ def _worker(conn, index: int, count: int, path: str, options: dict) -> None:
                 run.stop(EndReason(conn.recv()))
 
         run.progress = stop_if_asked
-        quiet = 0
         engine = run.engine
+        held, batches = FlowRecords(), 0
         try:
             for records in run:
-                quiet += 1
-                if len(records) or quiet >= SEND_EVERY:
-                    digests = run.digests(records) if run.hashes else None
-                    conn.send(("records", engine.packets, bytes(memoryview(records)),
-                               engine.take_created().tobytes(), digests))
-                    quiet = 0
+                held.extend(records)
+                batches += 1
+                if batches >= SEND_EVERY or len(held) >= SEND_ROWS:
+                    conn.send(("records", engine.packets, bytes(memoryview(held)),
+                               engine.take_created().tobytes(), run.digests(held) if run.hashes else None))
+                    held, batches = FlowRecords(), 0
         except CaptureError as exc:
-            conn.send(("capture-error", str(exc.args[0]) if exc.args else str(exc),
-                       getattr(exc, "offset", None), getattr(exc, "path", None)))
-        conn.send(("records", 1 << 62, b"", engine.take_created().tobytes(), [] if run.hashes else None))
+            conn.send(("capture-error", exc.detail, exc.offset, exc.path))
+        conn.send(("records", 1 << 62, bytes(memoryview(held)), engine.take_created().tobytes(),
+                   run.digests(held) if run.hashes else None))
         conn.send(("done", run.statistics()))
     except BaseException:                   # everything goes to the parent
         conn.send(("failed", traceback.format_exc()))

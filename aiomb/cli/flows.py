@@ -7,7 +7,9 @@ SIGTERM and SIGHUP end the run cleanly: the open flows are written with reason `
 a live port is detached, and the exit status is 128 + the signal's number.
 """
 
+import os
 import signal
+import stat
 import sys
 import time
 
@@ -190,6 +192,9 @@ def cmd_flows(args) -> int:
         if args.duration is not None:
             raise UsageError("--duration is for live ports (--iface)")
         check_capture(args.capture)
+        if args.workers > 1 and not stat.S_ISREG(os.stat(args.capture).st_mode):
+            raise UsageError(f"--workers {args.workers}: {args.capture} is not a regular file; each worker reads "
+                             "the capture, so save it to a file first (or drop --workers)")
         source = capture(args.capture)
     bar = Progress()
     live = args.iface is not None

@@ -1,0 +1,182 @@
+"""``aiomb flows --workers N``: N engines in N processes give the records of one engine, byte for
+byte, in the same order, whatever the capture, the format and the options; statistics sum up;
+interruption, damaged captures and misuse behave as with one engine."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+
+import attrs
+import pytest
+
+from aiomb._errors import CaptureError
+from aiomb._records import FlowRun
+from aiomb._workers import ShardedRun, WorkerError
+from aiomb.io._capture import capture
+from aiomb.testing import TcpConversation, udp_frame, write_pcap
+
+from ..conftest import corpus_path
+
+
+def corpus_captures():
+    return sorted(p for p in corpus_path().rglob("*") if p.suffix in (".pcap", ".pcapng") and p.is_file())
+
+
+def flows(path, *options, workers=1, check=True):
+    proc = subprocess.run([sys.executable, "-m", "aiomb", "flows", str(path), "--workers", str(workers), *options],
+                          capture_output=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+def busy_capture(path, flows=400, seed=3):
+    """Many interleaved flows on coarse timestamps (ties), some closed, some idle past the
+    default UDP timeout, a tuple reused, and flows open at the end."""
+    frames = []
+    for i in range(flows):
+        start = 1.0 + (i % 37) * 2.5
+        if i % 7 == 0:
+            frames += [(start, udp_frame(f"10.1.{i // 250}.{i % 250}", "10.2.0.1", 5000 + i, 53, b"q" * (i % 50))),
+                       (start + 61.0 * (i % 3), udp_frame("10.2.0.1", f"10.1.{i // 250}.{i % 250}", 53, 5000 + i,
+                                                          b"answer"))]
+            continue
+        client = (f"fd00::{i + 1:x}", 40000 + i % 9) if i % 3 == 0 else (f"10.0.{i // 250}.{i % 250}", 40000 + i % 9)
+        c = TcpConversation(client, ("10.9.9.9", 443) if i % 3 else ("fd00::ff", 80), start_ts=start)
+        c.handshake()
+        c.send("client", b"x" * (1 + i * 37 % 4000))
+        c.send("server", b"y" * (1 + i * 53 % 4000))
+        if i % 4 == 0:
+            c.fin("client")
+            c.fin("server")
+            c.ack("client")
+        frames += [(round(ts, 1), frame) for ts, frame in c.frames]
+    frames.sort(key=lambda f: f[0])
+    write_pcap(path, frames)
+    return path
+
+
+def records(run) -> bytes:
+    """A run's records as JSON lines, and the error that ended it."""
+    out = []
+    try:
+        for batch in run:
+            out.append(batch.format("jsonl"))
+    except CaptureError as exc:
+        out.append(str(exc).encode())
+    return b"".join(out)
+
+
+@pytest.mark.parametrize("timeouts", [{}, dict(tcp_syn_timeout=0.4, tcp_established_timeout=0.5,
+                                               tcp_closed_timeout=0.2, udp_timeout=0.3)])
+def test_every_corpus_capture_gives_one_engines_records(timeouts):
+    """Every capture of the corpus, with the default timeouts and with short ones (flows leave
+    by timeout all along, in the middle of the workers' batches)."""
+    for path in corpus_captures():
+        one = records(FlowRun(capture(path), midstream=True, **timeouts))
+        for workers in (2, 3):
+            assert records(ShardedRun(path, workers, midstream=True, **timeouts)) == one, (path, workers)
+
+
+@pytest.mark.parametrize("options", [("--format", "jsonl", "--hash", "sha256,md5", "--community-id"),
+                                     ("--format", "zeek", "--community-id"), ("--format", "csv", "--sort"),
+                                     ("--format", "table", "--filter", "tcp"), ("--format", "zeek-json", "--vlan")])
+def test_every_format_and_option_gives_the_same_output(tmp_path, options):
+    path = busy_capture(tmp_path / "busy.pcap")
+    one = output(flows(path, *options))
+    assert len(one) > 300
+    assert output(flows(path, *options, workers=2)) == one
+    assert output(flows(path, *options, workers=4)) == one
+
+
+def output(proc) -> list[bytes]:
+    """The lines written, but Zeek's #open and #close (the wall-clock time of the run)."""
+    return [line for line in proc.stdout.splitlines() if not line.startswith((b"#open", b"#close"))]
+
+
+def test_the_statistics_add_up_to_one_engines(tmp_path):
+    path = busy_capture(tmp_path / "busy.pcap")
+    one = flows(path, "--format", "jsonl", "--stats").stderr.decode()
+    many = flows(path, "--format", "jsonl", "--stats", workers=3).stderr.decode()
+    assert one.split(";")[0] == many.split(";")[0]          # packets, flows, malformed (not the time)
+    single = FlowRun(capture(path), midstream=True)
+    assert sum(len(r) for r in single) > 300
+    run = ShardedRun(path, 3, midstream=True)
+    assert sum(len(r) for r in run) == single.statistics().flows_created
+    peaks = ("stream_memory_peak", "stream_buffer_peak")     # each worker's own: the largest is given
+    assert {k: v for k, v in attrs.asdict(run.statistics()).items() if k not in peaks} == \
+        {k: v for k, v in attrs.asdict(single.statistics()).items() if k not in peaks}
+
+
+def test_a_damaged_capture_ends_alike(tmp_path):
+    path = busy_capture(tmp_path / "busy.pcap")
+    data = path.read_bytes()
+    cut = tmp_path / "cut.pcap"
+    cut.write_bytes(data[: len(data) * 2 // 3])
+    one = flows(cut, "--format", "jsonl", check=False)
+    many = flows(cut, "--format", "jsonl", workers=2, check=False)
+    assert one.returncode == 1 and b"truncated record" in one.stderr
+    assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr)
+
+
+@pytest.fixture(scope="module")
+def long_capture(tmp_path_factory):
+    """About 300k packets: long enough to be interrupted, or to lose a worker, midway."""
+    frames = []
+    for i in range(2000):
+        c = TcpConversation((f"10.0.{i // 250}.{i % 250}", 1000 + i), ("10.9.9.9", 80), start_ts=1.0 + i / 10)
+        c.handshake()
+        c.send("client", b"x" * 3000)
+        if i % 2:
+            c.rst("client")
+        frames += c.frames
+    path = tmp_path_factory.mktemp("long") / "long.pcap"
+    write_pcap(path, [(ts + 1000.0 * k, frame) for k in range(20) for ts, frame in frames])
+    return path
+
+
+def test_sigint_ends_the_workers_and_writes_the_open_flows(long_capture):
+    with subprocess.Popen([sys.executable, "-m", "aiomb", "flows", str(long_capture), "--format", "jsonl",
+                           "--workers", "2"], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        first = proc.stdout.readline()
+        proc.send_signal(signal.SIGINT)
+        rest = proc.stdout.read()               # (communicate() would skip what readline() buffered)
+        err = proc.stderr.read()
+        proc.wait(timeout=60)
+    rows = [json.loads(line) for line in (first + rest).splitlines()]
+    assert proc.returncode == 128 + signal.SIGINT, err.decode()
+    assert rows[-1]["end_reason"] == "interrupted"
+    assert len({r["flow"] for r in rows}) == len(rows)
+    assert len(rows) < 40000                                # stopped early
+    assert not [pid for pid in os.listdir("/proc") if pid.isdigit() and running(pid, str(long_capture))]
+
+
+def running(pid: str, arg: str) -> bool:
+    """Whether process ``pid`` runs with ``arg`` on its command line (forked workers keep their
+    parent's)."""
+    try:
+        with open(f"/proc/{pid}/cmdline", "rb") as f:
+            return arg.encode() in f.read().split(b"\0")
+    except OSError:
+        return False
+
+
+def test_misuse_is_refused_with_the_fix(tmp_path):
+    path = busy_capture(tmp_path / "busy.pcap", flows=10)
+    proc = flows(path, workers=0, check=False)
+    assert proc.returncode == 2 and b"--workers 0" in proc.stderr
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    proc = flows(fifo, workers=2, check=False)
+    assert proc.returncode == 2 and b"regular file" in proc.stderr
+    with pytest.raises(ValueError, match="workers must be"):
+        ShardedRun(path, 1)
+
+
+def test_a_worker_killed_is_reported(long_capture):
+    run = ShardedRun(long_capture, 2, midstream=True)
+    with pytest.raises(WorkerError, match="worker 1 ended without a word"):
+        for _ in run:
+            os.kill(run._procs[1].pid, signal.SIGKILL)
