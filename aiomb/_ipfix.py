@@ -213,8 +213,11 @@ class IpfixExporter:
             elements = template_elements(fam)
             length = sum(e.length for e in elements)
             self.templates[fam] = (tid, _program(elements), length, _template_record(tid, elements, pen))
-            if self.message_max < _HEADER.size + _SET.size + length:
-                raise ValueError(f"mtu {mtu} leaves no room for one record ({length} bytes) in a message")
+            need = _HEADER.size + _SET.size + max(length, len(self.templates[fam][3]))
+            if self.message_max < need:
+                self.sock.close()
+                raise ValueError(f"mtu {mtu} leaves no room for a template or a record in a message "
+                                 f"({need} bytes and the IP and UDP headers)")
         self.sequence = 0                   # data records sent so far (mod 2**32)
         self._records = self._messages = self._bytes = self._templates = self._refused = 0
         self._since_templates = 0
@@ -239,7 +242,7 @@ class IpfixExporter:
         now = int(self.clock())
         out = []                            # (header, data) per message
         if self._templates_due(now):
-            out.append(self._template_message(now))
+            out.extend(self._template_messages(now))
         sent = 0
         for family, (tid, program, length, _) in self.templates.items():
             data = memoryview(ipfix_data(records, family, program, length))
@@ -247,7 +250,7 @@ class IpfixExporter:
             per = (self.message_max - _HEADER.size - _SET.size) // length
             for start in range(0, rows, per):
                 if self._since_templates >= self.template_messages and self.transport == "udp":
-                    out.append(self._template_message(now))
+                    out.extend(self._template_messages(now))
                 n = min(per, rows - start)
                 size = _SET.size + n * length
                 out.append((self._header(size, now) + _SET.pack(tid, size),
@@ -264,12 +267,22 @@ class IpfixExporter:
             return True
         return self.transport == "udp" and now - self._templates_at >= self.template_interval
 
-    def _template_message(self, now: int) -> tuple:
-        """Both templates in one message (the sequence number does not move: no data record)."""
-        body = b"".join(t[3] for t in self.templates.values())
+    def _template_messages(self, now: int) -> list:
+        """The templates, both in one message when they fit (the sequence number does not move:
+        no data record)."""
         self._templates += 1
         self._templates_at = now
         self._since_templates = 0
+        out, body = [], b""
+        for record in (t[3] for t in self.templates.values()):
+            if body and _HEADER.size + _SET.size + len(body) + len(record) > self.message_max:
+                out.append(self._template_message(body, now))
+                body = b""
+            body += record
+        out.append(self._template_message(body, now))
+        return out
+
+    def _template_message(self, body: bytes, now: int) -> tuple:
         return self._header(_SET.size + len(body), now) + _SET.pack(TEMPLATE_SET, _SET.size + len(body)), body
 
     def _header(self, set_bytes: int, now: int) -> bytes:
