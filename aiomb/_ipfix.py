@@ -163,7 +163,10 @@ class IpfixExporter:
     deployment). UDP messages stay within ``mtu`` (1500 by default, less IP and UDP headers;
     never more than the route's MTU) and templates are sent again every ``template_interval``
     seconds and every ``template_messages`` messages; over TCP a message holds up to 64 KiB and
-    templates go once. ``clock`` gives the export time (Unix seconds).
+    templates go once. UDP has no flow control: a collector drops what its socket buffer cannot
+    hold, so ``rate`` (messages a second) paces a burst, such as the flows a capture's end
+    exports at once; TCP waits for the collector instead. ``clock`` gives the export time (Unix
+    seconds).
 
     Raises :class:`aiomb.ExportError` when the host does not resolve, when a TCP collector refuses
     the connection or closes it; ValueError for a bad option. Over UDP a collector that is not
@@ -173,9 +176,11 @@ class IpfixExporter:
 
     def __init__(self, host: str, port: int = IPFIX_PORT, *, transport: str = "udp", domain: int = 0,
                  pen: int = DOCUMENTATION_PEN, mtu: int = 1500, template_interval: float = 60.0,
-                 template_messages: int = 1000, clock=time.time):
+                 template_messages: int = 1000, rate: float | None = None, clock=time.time):
         if transport not in ("udp", "tcp"):
             raise ValueError(f"transport must be 'udp' or 'tcp', got {transport!r}")
+        if rate is not None and not (rate > 0 and transport == "udp"):
+            raise ValueError(f"rate (UDP messages a second) must be above 0, and only over UDP; got {rate}")
         if not 0 <= domain < 2 ** 32:
             raise ValueError(f"domain (the observation domain ID) must be 0 to 4294967295, got {domain}")
         if not 0 < pen < 2 ** 32 or pen == REVERSE_PEN:
@@ -184,6 +189,8 @@ class IpfixExporter:
             raise ValueError(f"port must be 1 to 65535, got {port}")
         self.host, self.port, self.transport, self.domain, self.pen = host, port, transport, domain, pen
         self.template_interval, self.template_messages, self.clock = template_interval, template_messages, clock
+        self.gap = 1 / rate if rate else 0.0
+        self._due = 0.0                     # the time.monotonic() at which the next message may go
         self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
         kind = socket.SOCK_DGRAM if transport == "udp" else socket.SOCK_STREAM
         try:
@@ -285,6 +292,13 @@ class IpfixExporter:
     def _template_message(self, body: bytes, now: int) -> tuple:
         return self._header(_SET.size + len(body), now) + _SET.pack(TEMPLATE_SET, _SET.size + len(body)), body
 
+    def _pace(self) -> None:
+        """Wait until the next message may go at ``rate`` messages a second."""
+        now = time.monotonic()
+        if self._due > now:
+            time.sleep(self._due - now)
+        self._due = max(self._due, now) + self.gap
+
     def _header(self, set_bytes: int, now: int) -> bytes:
         return _HEADER.pack(10, _HEADER.size + set_bytes, now & 0xFFFFFFFF, self.sequence, self.domain)
 
@@ -301,6 +315,8 @@ class IpfixExporter:
         else:
             sendmsg = self.sock.sendmsg
             for m in messages:
+                if self.gap:
+                    self._pace()
                 try:
                     sendmsg(m)
                 except ConnectionRefusedError:      # an earlier datagram met a closed port: this one

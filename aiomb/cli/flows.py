@@ -197,15 +197,17 @@ def parse_collector(text: str) -> tuple:
 def open_exporter(args):
     """The IpfixExporter of --ipfix/--ipfix-domain, or None without --ipfix."""
     if args.ipfix is None:
-        if args.ipfix_domain is not None:
-            raise UsageError("--ipfix-domain goes with --ipfix COLLECTOR")
+        if args.ipfix_domain is not None or args.ipfix_rate is not None:
+            raise UsageError("--ipfix-domain and --ipfix-rate go with --ipfix COLLECTOR")
         return None
     transport, host, port = parse_collector(args.ipfix)
     domain = 0 if args.ipfix_domain is None else args.ipfix_domain
     if not 0 <= domain < 2 ** 32:
         raise UsageError(f"bad --ipfix-domain {domain}: an observation domain ID is 0 to 4294967295")
     try:
-        return IpfixExporter(host, port, transport=transport, domain=domain)
+        return IpfixExporter(host, port, transport=transport, domain=domain, rate=args.ipfix_rate)
+    except ValueError as exc:
+        raise UsageError(f"bad --ipfix-rate: {exc}") from None
     except ExportError as exc:
         raise UsageError(str(exc)) from None
 
@@ -312,6 +314,8 @@ def add_parser(sub) -> None:
                         "IPv6: [ADDR]:PORT), as flows end; nothing is printed unless --format is given too")
     f.add_argument("--ipfix-domain", metavar="ID", type=int,
                    help="the IPFIX observation domain ID (default 0): one per box or worker of a fleet")
+    f.add_argument("--ipfix-rate", metavar="N", type=float,
+                   help="over UDP, send at most N IPFIX messages a second (default: as fast as flows end)")
     f.add_argument("--community-id", action="store_true",
                    help="add each flow's Community ID (v1, seed 0) as a community_id field")
     f.add_argument("--sort", action="store_true",

@@ -6,6 +6,7 @@ import json
 import socket
 import subprocess
 import sys
+import time
 
 import pytest
 
@@ -135,6 +136,20 @@ def test_udp_templates_again_after_the_interval(udp_collector):
     assert [m.export_time for m in msgs if m.template_ids] == [1000, 1030, 1060]
 
 
+def test_udp_rate_paces_the_messages(udp_collector):
+    records, _ = run(conversations())
+    batch = aiomb.FlowRecords()
+    for _ in range(20):
+        batch.extend(records)
+    with aiomb.IpfixExporter(*udp_collector.getsockname(), rate=2000) as exporter:
+        started = time.monotonic()
+        exporter.send(batch)
+        elapsed = time.monotonic() - started
+        messages = exporter.statistics().messages
+    assert messages == 1 + 16 + 4 and elapsed >= (messages - 1) / 2000
+    assert len(datagrams(udp_collector)) == messages
+
+
 def test_tcp_is_one_stream_with_the_templates_once():
     records, _ = run(conversations())
     batch = aiomb.FlowRecords()
@@ -196,6 +211,8 @@ def test_over_udp_a_closed_port_is_counted_not_raised():
 def test_bad_options_are_refused():
     with pytest.raises(ValueError, match="transport must be 'udp' or 'tcp', got 'sctp'"):
         aiomb.IpfixExporter("127.0.0.1", transport="sctp")
+    with pytest.raises(ValueError, match="rate .* must be above 0, and only over UDP; got 10"):
+        aiomb.IpfixExporter("127.0.0.1", transport="tcp", rate=10)
     with pytest.raises(ValueError, match="observation domain ID"):
         aiomb.IpfixExporter("127.0.0.1", domain=-1)
     with pytest.raises(ValueError, match="not 29305"):
