@@ -33,6 +33,7 @@ SIDE_COUNTERS = ["payload_bytes", "bytes", "missed", "rexmits", "overlap_conflic
 def udp_collector():
     sock = socket.socket(socket.AF_INET, socket.SOCK_DGRAM)
     sock.bind(("127.0.0.1", 0))
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 << 20)      # a capture's burst of datagrams
     sock.setblocking(False)
     with sock:
         yield sock
@@ -288,3 +289,29 @@ def test_the_command_without_a_collector():
     assert "messages refused (port unreachable): is a collector listening there over UDP?" in proc.stderr
     proc = aiomb_flows(capture, "--ipfix", "127.0.0.1:1", "--hash", "md5")
     assert proc.returncode == 2 and "add --format jsonl (or csv)" in proc.stderr
+
+
+def test_the_readme_lists_every_element_of_the_template():
+    from aiomb._ipfix import ADDRESSES, ELEMENTS
+
+    text = (REPO / "README.md").read_text()
+    section = text[text.index("## Exporting flows (IPFIX)"):text.index("## Deployment: a fleet of boxes")]
+    rows = [line.split(" | ") for line in section.splitlines() if line.startswith("| `")]
+    registry = {0: "IANA", 29305: "reverse (29305)", "aiomb": "aiomb's PEN"}
+    assert [(r[0][3:-1], int(r[1]), r[2], r[3]) for r in rows] == [
+        (e.name, e.number, registry[e.pen], f"{e.type} ({e.length})") for e in ADDRESSES[4] + ADDRESSES[6] + ELEMENTS]
+
+
+async def test_a_middlebox_on_the_stack_exports_on_a_timer(udp_collector):
+    capture = REPO / "tests/corpus/data/bench/echo-connections.pcap.gz"
+    with aiomb.IpfixExporter(*udp_collector.getsockname(), domain=3) as exporter:
+        async with aiomb.open_stack(aiomb.capture(capture), midstream=True) as stack:
+            stack.engine.keep_records()
+            async for _ in stack.timer(1.0, interval=1.0):
+                exporter.send(stack.engine.take_records())
+        exporter.send(stack.engine.take_records())
+    collector = Collector()
+    for msg in datagrams(udp_collector):
+        collector.feed(msg)
+    assert len(collector.records) == 500 == len({rec[0, 148] for rec in collector.records})
+    assert len([m for m in collector.messages if m.records]) > 100     # sent as time went on, not all at the end
