@@ -316,3 +316,20 @@ async def test_a_middlebox_on_the_stack_exports_on_a_timer(udp_collector):
         collector.feed(msg)
     assert len(collector.records) == 500 == len({rec[0, 148] for rec in collector.records})
     assert 0 < during < 500         # sent as flows left the table, the rest at the end
+
+
+def test_an_ipv6_collector_gets_messages_under_the_ipv6_mtu():
+    records, _ = run(conversations())
+    batch = aiomb.FlowRecords()
+    for _ in range(10):
+        batch.extend(records)
+    with socket.socket(socket.AF_INET6, socket.SOCK_DGRAM) as sock:
+        sock.bind(("::1", 0))
+        sock.setblocking(False)
+        with aiomb.IpfixExporter("::1", sock.getsockname()[1]) as exporter:
+            assert exporter.where == f"[::1]:{sock.getsockname()[1]}"
+            exporter.send(batch)
+        collector = Collector()
+        msgs = [collector.feed(m) for m in datagrams(sock)]
+    assert len(collector.records) == 50
+    assert max(m.length for m in msgs) == 20 + 5 * 267 <= 1500 - 40 - 8 < 20 + 6 * 267     # 5 IPv6 records a message
