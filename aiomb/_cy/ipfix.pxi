@@ -24,11 +24,27 @@ cdef uint8_t RFC_REASON[8]
 RFC_REASON[:] = [4, 3, 3, 1, 5, 4, 3, 4]
 
 
+cdef extern from "arpa/inet.h" nogil:
+    uint32_t htonl(uint32_t)
+    uint16_t htons(uint16_t)
+
+
 cdef inline void put_be(uint8_t *p, uint64_t v, int n) noexcept nogil:
-    cdef int i
-    for i in range(n - 1, -1, -1):
-        p[i] = <uint8_t>(v & 0xff)
-        v >>= 8
+    """The low ``n`` bytes of ``v`` in network byte order (n: 8, 4, 2 or 1)."""
+    cdef uint32_t w[2]
+    cdef uint16_t h
+    if n == 8:
+        w[0] = htonl(<uint32_t>(v >> 32))
+        w[1] = htonl(<uint32_t>v)
+        memcpy(p, w, 8)
+    elif n == 4:
+        w[0] = htonl(<uint32_t>v)
+        memcpy(p, w, 4)
+    elif n == 2:
+        h = htons(<uint16_t>v)
+        memcpy(p, &h, 2)
+    else:
+        p[0] = <uint8_t>v
 
 
 cdef inline uint64_t ntp_us(int64_t ns) noexcept nogil:
@@ -82,12 +98,16 @@ def ipfix_data(FlowRecords records, int family, const uint8_t[::1] program, Py_s
     family is ``family`` (4 or 6), back to back, as bytes: ``length`` bytes a row, made by
     ``program`` (4 bytes an element: op, length, row offset big-endian; see aiomb/_ipfix.py).
     Layer: core; does not block."""
+    cdef int n
     cdef Py_ssize_t i, k, rows = 0, nops = program.shape[0] // 4, total = 0
     cdef const uint8_t *prog = &program[0] if nops else NULL
     cdef uint8_t *p
     cdef bytes out
     for k in range(nops):
-        total += program[4 * k + 1]
+        n = program[4 * k + 1]
+        if not ((n == 4 or n == 16) if program[4 * k] == IPFIX_ADDR else (n == 1 or n == 2 or n == 4 or n == 8)):
+            raise ValueError(f"element {k} of the program: no encoding of op {program[4 * k]} in {n} bytes")
+        total += n
     if total != length:
         raise ValueError(f"the program writes {total} bytes a row, not {length}")
     for i in range(records.n):
