@@ -24,6 +24,7 @@ REVERSE_PEN = 29305                 # RFC 5103: the reverse of an IANA element
 DOCUMENTATION_PEN = 32473           # RFC 5612: the enterprise number for documentation and examples
 IPV4_TEMPLATE, IPV6_TEMPLATE = 256, 257
 TCP_MESSAGE_MAX = 65535             # the message header's length field
+TCP_WRITE_MESSAGES = 16             # messages joined into one write (up to 1 MiB)
 
 _HEADER = struct.Struct("!HHIII")   # version 10, length, export time, sequence number, observation domain
 _SET = struct.Struct("!HH")         # set ID, length
@@ -169,7 +170,7 @@ class IpfixExporter:
     seconds).
 
     Raises :class:`aiomb.ExportError` when the host does not resolve, when a TCP collector refuses
-    the connection or closes it; ValueError for a bad option. Over UDP a collector that is not
+    the connection or closes it, when the socket fails; ValueError for a bad option. Over UDP a collector that is not
     listening only counts in ``statistics().refused``. Layer: shells; ``send`` blocks while the
     socket's buffer is full. A context manager; ``close()`` closes the socket.
     """
@@ -306,24 +307,28 @@ class IpfixExporter:
         if not messages:
             return
         size = sum(len(h) + len(d) for h, d in messages)
-        if self.transport == "tcp":
-            try:
-                self.sock.sendall(b"".join(b for m in messages for b in m))
-            except OSError as exc:
-                raise ExportError(f"IPFIX collector {self.where} closed the TCP connection ({exc.strerror}); "
-                                  f"{self._records} records were sent before") from None
-        else:
-            sendmsg = self.sock.sendmsg
-            for m in messages:
-                if self.gap:
-                    self._pace()
-                try:
-                    sendmsg(m)
-                except ConnectionRefusedError:      # an earlier datagram met a closed port: this one
-                    self._refused += 1              # was not sent, and the error is cleared
-                    try:
-                        sendmsg(m)
-                    except ConnectionRefusedError:
-                        self._refused += 1
+        try:
+            if self.transport == "tcp":
+                for start in range(0, len(messages), TCP_WRITE_MESSAGES):
+                    self.sock.sendall(b"".join(b for m in messages[start:start + TCP_WRITE_MESSAGES] for b in m))
+            else:
+                self._send_datagrams(messages)
+        except OSError as exc:
+            raise ExportError(f"IPFIX collector {self.where}: the {self.transport.upper()} export failed "
+                              f"({exc.strerror}) after {self._records} records") from None
         self._messages += len(messages)
         self._bytes += size
+
+    def _send_datagrams(self, messages) -> None:
+        sendmsg = self.sock.sendmsg
+        for m in messages:
+            if self.gap:
+                self._pace()
+            try:
+                sendmsg(m)
+            except ConnectionRefusedError:      # an earlier datagram met a closed port: this one
+                self._refused += 1              # was not sent, and the error is cleared
+                try:
+                    sendmsg(m)
+                except ConnectionRefusedError:
+                    self._refused += 1

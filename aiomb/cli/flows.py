@@ -266,10 +266,10 @@ def cmd_flows(args) -> int:
         deadline = time.monotonic() + (args.duration or 0)
         for records in run:
             flows += len(records)
-            if exporter is not None:
-                exporter.send(records)
             if writer is not None:
                 writer.write(records)
+            if exporter is not None:
+                exporter.send(records)
     except (CaptureError, PortError, ExportError) as exc:
         error = exc
     finally:

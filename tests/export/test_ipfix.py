@@ -3,6 +3,7 @@
 sequence numbers, template refresh over UDP, one stream over TCP, and the errors. Only loopback."""
 
 import json
+import re
 import socket
 import subprocess
 import sys
@@ -16,7 +17,7 @@ from aiomb._records import FlowTable
 from aiomb.cli._common import UsageError
 from aiomb.cli.flows import parse_collector
 
-from ..conftest import REPO
+from ..conftest import REPO, corpus_path
 from ..core.test_records import conversations, run
 from .ipfix_reader import REVERSE, Collector
 
@@ -196,7 +197,8 @@ def test_a_tcp_collector_that_refuses_or_goes_away_is_an_export_error():
             conn, _ = server.accept()
             conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")    # close with a RST
             conn.close()
-            with pytest.raises(aiomb.ExportError, match="closed the TCP connection"):
+            failed = r"IPFIX collector 127.0.0.1:\d+: the TCP export failed \((Connection reset by peer|Broken pipe)\)"
+            with pytest.raises(aiomb.ExportError, match=failed + r" after \d+ records"):
                 for _ in range(100):
                     exporter.send(batch)
 
@@ -275,6 +277,24 @@ def test_the_command_exports_over_tcp_beside_its_json_lines():
         assert (rec[0, 2], rec[0, 1], rec[REVERSE, 2], rec[REVERSE, 1]) == (
             r["client_packets"], r["client_ip_bytes"], r["server_packets"], r["server_ip_bytes"])
         assert (rec[0, 154], rec[0, 155]) == (round(r["first_ts"] * 1e6), round(r["last_ts"] * 1e6))
+
+
+def test_the_command_ends_when_its_tcp_collector_goes_away():
+    capture = corpus_path() / "bench/echo-connections.pcap.gz"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(60)
+        proc = subprocess.Popen([sys.executable, "-m", "aiomb", "flows", capture, "--format", "jsonl",
+                                 "--ipfix", f"tcp://127.0.0.1:{server.getsockname()[1]}"],
+                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        conn, _ = server.accept()
+        conn.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, b"\1\0\0\0\0\0\0\0")    # close with a RST
+        conn.close()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1
+    assert "aiomb: error: IPFIX collector 127.0.0.1:" in err and "the TCP export failed" in err
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert rows and re.search(r"the TCP export failed \((Connection reset by peer|Broken pipe)\) after 0 records",
+                              err)      # the records were printed first
 
 
 def test_the_command_without_a_collector():
