@@ -27,9 +27,12 @@ from ._epoll import monitor as monitor
 from ._errors import AiombError as AiombError
 from ._errors import CaptureError as CaptureError
 from ._errors import DelimiterNotFound as DelimiterNotFound
+from ._errors import ExportError as ExportError
 from ._errors import FlowEnded as FlowEnded
 from ._errors import PortError as PortError
 from ._errors import StreamGap as StreamGap
+from ._ipfix import ExporterStatistics as ExporterStatistics
+from ._ipfix import IpfixExporter as IpfixExporter
 from ._records import FlowRun as FlowRun
 from ._records import FlowTable as FlowTable
 from ._records import read_flows as read_flows
@@ -86,9 +89,10 @@ _LAZY = {
 __all__ = [
     "ALL_BUILTIN", "AiombError", "BUFFER_OVERRUN", "CONN_END", "CONN_START", "CaptureError",
     "CaptureSource", "CustomEvent", "DelimiterNotFound", "Dispatcher", "ERROR", "ESTABLISHED", "EndReason",
-    "Engine", "EngineStatistics", "Epoll", "Event", "EventKind", "EventLog", "FIN", "FilterError", "Flow",
-    "FlowEnded", "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics", "FlowStream", "FlowTask",
-    "FrameBatch", "GAP", "Gap", "Hook", "MalformedCounts", "Middlebox", "MonitorSocket", "NEW_DATA", "ORPHAN",
+    "Engine", "EngineStatistics", "Epoll", "Event", "EventKind", "EventLog", "ExportError", "ExporterStatistics",
+    "FIN", "FilterError", "Flow", "FlowEnded", "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics",
+    "FlowStream", "FlowTask", "FrameBatch", "GAP", "Gap", "Hook", "IpfixExporter", "MalformedCounts", "Middlebox",
+    "MonitorSocket", "NEW_DATA", "ORPHAN",
     "OVERLAP", "PACKET_IN", "PacketView", "PerFlow", "PerFlowStatistics", "Port", "PortError", "PortStatistics",
     "Prefilter", "Proto",
     "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",

@@ -20,6 +20,7 @@ cdef class FlowSnapshot
 include "_cy/rewrite.pxi"
 include "_cy/values.pxi"
 include "_cy/records.pxi"
+include "_cy/ipfix.pxi"
 include "_cy/handle.pxi"
 include "_cy/capture.pxi"
 include "_cy/xsk.pxi"

@@ -29,6 +29,13 @@ class PortError(AiombError, OSError):
     """
 
 
+class ExportError(AiombError, OSError):
+    """Flow records could not be exported: the collector refused the connection or closed it
+    (IPFIX over TCP), or its address does not resolve. The message names the collector and what
+    to do.
+    """
+
+
 class StreamGap(AiombError):
     """Bytes of a stream that will never arrive: ``length`` bytes from stream ``offset``.
 

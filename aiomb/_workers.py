@@ -139,7 +139,7 @@ class ShardedRun:
                     i = live[conn]
                     try:
                         msg = conn.recv()
-                    except EOFError:
+                    except (EOFError, OSError):     # gone, maybe in the middle of a message
                         del live[conn]
                         failure = failure or f"worker {i} ended without a word (killed?)"
                         continue

@@ -62,6 +62,7 @@ ctypedef struct flowrec_t:
     uint8_t client_state        # TcpState
     uint8_t server_state
     uint8_t tclass              # the timeout class the flow left from (its place in an expiry pass)
+    uint8_t tcp_flags[2]        # per side, the TCP flags it sent as far as the counters tell: SYN ACK FIN RST
     uint64_t order              # when the flow left: packet number << 1, | 1 unless by expiry at that packet
     rside_t side[2]
     zrec_t conn                 # Zeek's view, when the engine kept it (conn.valid)
@@ -89,8 +90,24 @@ cdef void record_side(rside_t *o, const side_t *s, bint tcp) noexcept nogil:
     o.zero_window_probes = st.zw_probes
 
 
+cdef uint8_t sent_flags(const side_t *s) noexcept nogil:
+    """The TCP flags a side sent, from its counters: SYN (a SYN or SYN-ACK), ACK (it acknowledged
+    something), FIN, RST (taken or ignored). PSH, URG, ECE and CWR are not tracked."""
+    cdef uint8_t out = 0
+    if s.syn or s.synack:
+        out |= TH_SYN
+    if s.synack or (s.flags & SF_ACK_KNOWN):
+        out |= TH_ACK
+    if s.fin:
+        out |= TH_FIN
+    if s.rst or s.rst_ignored:
+        out |= TH_RST
+    return out
+
+
 cdef void record_flow(flowrec_t *r, const flow_t *f, bint vlan_in_key, const conn_t *conn) noexcept nogil:
     cdef bint tcp = f.proto == 6
+    memset(r, 0, sizeof(flowrec_t))     # padding included: rows compare and travel as bytes
     r.id = f.id
     r.first_ts = f.first_ts
     r.last_ts = f.last_ts
@@ -108,6 +125,8 @@ cdef void record_flow(flowrec_t *r, const flow_t *f, bint vlan_in_key, const con
     r.client_state = f.side[0].state
     r.server_state = f.side[1].state
     r.tclass = f.tclass
+    r.tcp_flags[0] = sent_flags(&f.side[0]) if tcp else 0
+    r.tcp_flags[1] = sent_flags(&f.side[1]) if tcp else 0
     record_side(&r.side[0], &f.side[0], tcp)
     record_side(&r.side[1], &f.side[1], tcp)
     record_conn(&r.conn, conn, f, tcp)
@@ -174,7 +193,8 @@ RECORD_FIELDS = tuple(
     + side_fields("zero_window_probes", offset_of(&_layout.side[0].zero_window_probes) - _side0))
 RECORD_SIZE = sizeof(flowrec_t)
 RECORD_LAYOUT = {"family": offset_of(&_layout.family), "nvlan": offset_of(&_layout.nvlan),
-                 "tclass": offset_of(&_layout.tclass)}
+                 "tclass": offset_of(&_layout.tclass), "client_tcp_flags": offset_of(&_layout.tcp_flags[0]),
+                 "server_tcp_flags": offset_of(&_layout.tcp_flags[1])}
 
 
 # ---- formatting in C ---------------------------------------------------------------------------

@@ -13,7 +13,8 @@ import stat
 import sys
 import time
 
-from .._errors import CaptureError, PortError
+from .._errors import CaptureError, ExportError, PortError
+from .._ipfix import IPFIX_PORT, IpfixExporter
 from .._records import FIELDS, HASHES, FlowRun, hash_fields
 from .._workers import ShardedRun, WorkerError
 from .._zeek import ConnLog, community_ids
@@ -168,9 +169,60 @@ def parse_hashes(text: str | None) -> tuple:
     return names
 
 
+def parse_collector(text: str) -> tuple:
+    """``--ipfix [udp://|tcp://]HOST[:PORT]`` -> (transport, host, port); IPv6 addresses in
+    brackets, the port 4739 (IPFIX's) when left out. Raises UsageError naming the problem."""
+    example = "give HOST:PORT, udp://HOST:PORT or tcp://HOST:PORT (IPv6: [ADDR]:PORT), e.g. 127.0.0.1:4739"
+    transport, sep, rest = text.partition("://")
+    if not sep:
+        transport, rest = "udp", text
+    elif transport not in ("udp", "tcp"):
+        raise UsageError(f"bad --ipfix {text!r}: unknown transport {transport!r}; {example}")
+    if rest.startswith("["):
+        host, bracket, tail = rest[1:].partition("]")
+        if not bracket or (tail and not tail.startswith(":")):
+            raise UsageError(f"bad --ipfix {text!r}: an IPv6 address goes in brackets, then :PORT; {example}")
+        port = tail[1:] if tail else None
+    elif rest.count(":") > 1:
+        raise UsageError(f"bad --ipfix {text!r}: an IPv6 address goes in brackets ([ADDR]:PORT); {example}")
+    else:
+        host, colon, port = rest.partition(":")
+        port = port if colon else None
+    if not host:
+        raise UsageError(f"bad --ipfix {text!r}: no host; {example}")
+    if port is None:
+        return transport, host, IPFIX_PORT
+    if not port.isdigit() or not 0 < int(port) < 65536:
+        raise UsageError(f"bad --ipfix {text!r}: the port must be a number from 1 to 65535; {example}")
+    return transport, host, int(port)
+
+
+def open_exporter(args):
+    """The IpfixExporter of --ipfix/--ipfix-domain, or None without --ipfix."""
+    if args.ipfix is None:
+        if args.ipfix_domain is not None or args.ipfix_rate is not None:
+            raise UsageError("--ipfix-domain and --ipfix-rate go with --ipfix COLLECTOR")
+        return None
+    transport, host, port = parse_collector(args.ipfix)
+    domain = 0 if args.ipfix_domain is None else args.ipfix_domain
+    if not 0 <= domain < 2 ** 32:
+        raise UsageError(f"bad --ipfix-domain {domain}: an observation domain ID is 0 to 4294967295")
+    try:
+        return IpfixExporter(host, port, transport=transport, domain=domain, rate=args.ipfix_rate)
+    except ValueError as exc:
+        raise UsageError(f"bad --ipfix-rate: {exc}") from None
+    except ExportError as exc:
+        raise UsageError(str(exc)) from None
+
+
 def cmd_flows(args) -> int:
     if (args.capture is None) == (args.iface is None):
         raise UsageError("give a capture file or --iface IF (one of them)")
+    if args.format is None and args.ipfix is None:
+        args.format = "table"
+    if args.format is None and (args.hash or args.community_id):
+        raise UsageError("--hash and --community-id add fields to printed records, which IPFIX records do not "
+                         "carry: add --format jsonl (or csv) to print them beside the export")
     try:
         compile_filter(args.filter)
     except FilterError as exc:
@@ -213,7 +265,9 @@ def cmd_flows(args) -> int:
         run = ShardedRun(args.capture, args.workers, **options)
     else:
         run = FlowRun(source, progress=progress if (live or bar.enabled) else None, **options)
-    writer = Writer(args.format, sys.stdout.buffer, run=run, sort=args.sort, community_id=args.community_id)
+    exporter = open_exporter(args)
+    writer = None if args.format is None else \
+        Writer(args.format, sys.stdout.buffer, run=run, sort=args.sort, community_id=args.community_id)
     caught = []
 
     def interrupted(signum, frame) -> None:
@@ -226,21 +280,35 @@ def cmd_flows(args) -> int:
         deadline = time.monotonic() + (args.duration or 0)
         for records in run:
             flows += len(records)
-            writer.write(records)
-    except (CaptureError, PortError, WorkerError) as exc:
+            if writer is not None:
+                writer.write(records)
+            if exporter is not None:
+                exporter.send(records)
+    except (CaptureError, PortError, ExportError, WorkerError) as exc:
         error = exc
     finally:
         for s, h in handlers.items():
             signal.signal(s, h)
+        if exporter is not None:
+            exporter.close()
     if bar.enabled and not live:
         bar.draw(*source.progress(), final=True)
-    writer.close()
+    if writer is not None:
+        writer.close()
     if live and run.opened:
         st = source.statistics()
         print(f"aiomb: {args.iface}: {st.received} frames received, {st.ring_drops} dropped by "
               f"the ring", file=sys.stderr)
     if args.stats:
         print(stats_line(run, flows), file=sys.stderr)
+    if exporter is not None:
+        st = exporter.statistics()
+        if args.stats:
+            print(f"aiomb: IPFIX to {exporter.where} ({exporter.transport}, domain {exporter.domain}): "
+                  f"{st.records} records in {st.messages} messages, {st.bytes} bytes", file=sys.stderr)
+        if st.refused:
+            print(f"aiomb: warning: IPFIX collector {exporter.where}: {st.refused} messages refused (port "
+                  "unreachable): is a collector listening there over UDP?", file=sys.stderr)
     if error is not None:
         print(f"aiomb: error: {error}", file=sys.stderr)
         return 1
@@ -252,9 +320,16 @@ def cmd_flows(args) -> int:
 def add_parser(sub) -> None:
     f = sub.add_parser("flows", help="list the flows of a capture, one record per flow")
     f.add_argument("capture", nargs="?", help="a .pcap or .pcapng file, optionally .gz")
-    f.add_argument("--format", choices=("table", "jsonl", "csv") + ZEEK_FORMATS, default="table",
-                   help="table (aligned, for people; printed at the end); jsonl, csv, or Zeek's conn.log as TSV "
-                        "(zeek) or JSON lines (zeek-json), streamed as flows end")
+    f.add_argument("--format", choices=("table", "jsonl", "csv") + ZEEK_FORMATS,
+                   help="table (aligned, for people; printed at the end; the default without --ipfix); jsonl, csv, "
+                        "or Zeek's conn.log as TSV (zeek) or JSON lines (zeek-json), streamed as flows end")
+    f.add_argument("--ipfix", metavar="COLLECTOR",
+                   help="export every flow over IPFIX to [udp://|tcp://]HOST[:PORT] (default udp, port 4739; "
+                        "IPv6: [ADDR]:PORT), as flows end; nothing is printed unless --format is given too")
+    f.add_argument("--ipfix-domain", metavar="ID", type=int,
+                   help="the IPFIX observation domain ID (default 0): one per box or worker of a fleet")
+    f.add_argument("--ipfix-rate", metavar="N", type=float,
+                   help="over UDP, send at most N IPFIX messages a second (default: as fast as flows end)")
     f.add_argument("--community-id", action="store_true",
                    help="add each flow's Community ID (v1, seed 0) as a community_id field")
     f.add_argument("--sort", action="store_true",

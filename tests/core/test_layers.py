@@ -12,9 +12,10 @@ PACKAGE = pathlib.Path(aiomb.__file__).resolve().parent
 PUBLIC = {
     "ALL_BUILTIN", "AiombError", "BUFFER_OVERRUN", "CONN_END", "CONN_START", "CaptureError",
     "CaptureSource", "CustomEvent", "DelimiterNotFound", "Dispatcher", "ERROR", "ESTABLISHED", "EndReason",
-    "Engine", "EngineStatistics", "Epoll", "Event", "EventKind", "EventLog", "FIN", "FilterError", "Flow",
-    "FlowEnded", "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics", "FlowStream", "FlowTask",
-    "FrameBatch", "GAP", "Gap", "Hook", "MalformedCounts", "Middlebox", "MonitorSocket", "NEW_DATA", "ORPHAN",
+    "Engine", "EngineStatistics", "Epoll", "Event", "EventKind", "EventLog", "ExportError", "ExporterStatistics",
+    "FIN", "FilterError", "Flow", "FlowEnded", "FlowFilter", "FlowInbox", "FlowKey", "FlowSocket", "FlowStatistics",
+    "FlowStream", "FlowTask", "FrameBatch", "GAP", "Gap", "Hook", "IpfixExporter", "MalformedCounts", "Middlebox",
+    "MonitorSocket", "NEW_DATA", "ORPHAN",
     "OVERLAP", "PACKET_IN", "PacketView", "PerFlow", "PerFlowStatistics", "Port", "PortError", "PortStatistics",
     "Prefilter", "Proto",
     "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
@@ -30,7 +31,7 @@ LAYERS = {
     "aiomb._core": 3, "aiomb._cy": 3,
     "aiomb.io": 4,
     "aiomb._stack": 5, "aiomb._perflow": 5, "aiomb._epoll": 5, "aiomb._records": 5, "aiomb._zeek": 5,
-    "aiomb._workers": 5,
+    "aiomb._workers": 5, "aiomb._ipfix": 5,
     "aiomb.cli": 6, "aiomb.__main__": 6, "aiomb.notebook": 6,
     "aiomb": 7,
 }

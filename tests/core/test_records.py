@@ -192,3 +192,20 @@ def test_records_write_to_a_descriptor_as_they_format(tmp_path):
             records.write(write, "jsonl")
     finally:
         os.close(write)
+
+
+def test_each_side_keeps_the_tcp_flags_it_sent():
+    """SYN (SYN or SYN-ACK), ACK, FIN and RST per side, for IPFIX's tcpControlBits (0 for UDP)."""
+    refused = TcpConversation(("10.0.0.9", 40009), ("10.0.0.10", 81), start_ts=1.0)
+    refused.syn()
+    refused.rst("server", flags="RA")
+    closed = TcpConversation(("10.0.0.11", 40011), ("10.0.0.12", 80), start_ts=2.0)
+    closed.handshake()
+    closed.fin("client")
+    closed.rst("server")
+    frames = sorted(refused.frames + closed.frames + [(3.0, udp_frame("10.0.0.7", "10.0.0.8", 5353, 53, b"q"))],
+                    key=lambda f: f[0])
+    records, _ = run(frames)
+    flags = {int(r["server_port"]): (int(r["client_tcp_flags"]), int(r["server_tcp_flags"]))
+             for r in FlowTable(records).to_numpy()}
+    assert flags == {81: (0x02, 0x14), 80: (0x13, 0x16), 53: (0, 0)}
