@@ -85,6 +85,7 @@ cdef class Engine:
     cdef flowtab_t tab
     cdef fragtab_t frags
     cdef xlattab_t xt              # the flows' outer tuples (Flow.translate)
+    cdef int32_t xlat_slot          # the flow a reply was translated to before the lookup (-1: none)
     cdef int32_t cur_slot           # the current packet's flow and sender's side (-1: none)
     cdef int cur_side
     cdef reasm_t rx
@@ -638,6 +639,7 @@ cdef class Engine:
             reason = MAL_BAD_CHECKSUM
         if r == P_OK:
             self.cur_slot = -1
+            self.xlat_slot = -1
             if self.xt.count:
                 self.translate_in(pk)
             if pk.proto == 6:
@@ -664,11 +666,12 @@ cdef class Engine:
 
     cdef inline void translate_in(self, pkt_t *pk) noexcept:
         """Before the lookup: a reply to a flow's outer tuple becomes the flow's server's packet."""
-        cdef int32_t slot = xlat_find(&self.xt, &self.tab, pk.proto, pk.family, pk.src, pk.sport, pk.dst, pk.dport)
+        cdef int32_t slot = xlat_find(&self.xt, pk.proto, pk.family, pk.src, pk.sport, pk.dst, pk.dport)
         cdef flow_t *f
         if slot < 0:
             return
         f = &self.tab.flows[slot]
+        self.xlat_slot = slot
         self.xt.translated += 1
         if xlat_apply(pk, self.frames_writable, f.server_ip, f.server_port, f.client_ip, f.client_port) < 0:
             self.xt.untranslatable += 1
@@ -701,10 +704,18 @@ cdef class Engine:
                 self.em.emit(B_ERROR, -1, -1, HOOK_NONE, 0, 0, -1, -1, LIMIT_ERRORS[LIM_FRAGMENT_EVICTED])
         return 0
 
+    cdef inline int32_t lookup(self, pkt_t *pk, uint32_t h, int *side) noexcept:
+        """The packet's flow and its sender's side: the flow its reply was translated to, else
+        the table's answer."""
+        if self.xlat_slot >= 0:
+            side[0] = 1
+            return self.xlat_slot
+        return flowtab_lookup(&self.tab, pk, h, side)
+
     cdef int tcp_packet(self, pkt_t *pk) except -1:
         cdef uint32_t h = key_hash(pk, self.vlan_in_key)
         cdef int side = 0, rs
-        cdef int32_t slot = flowtab_lookup(&self.tab, pk, h, &side)
+        cdef int32_t slot = self.lookup(pk, h, &side)
         cdef uint8_t fl = pk.flags
         cdef bint syn = (fl & TH_SYN) != 0, ackf = (fl & TH_ACK) != 0
         cdef bint created = 0, rst_ok = 0, sender_is_client
@@ -814,7 +825,7 @@ cdef class Engine:
     cdef int udp_packet(self, pkt_t *pk) except -1:
         cdef uint32_t h = key_hash(pk, self.vlan_in_key)
         cdef int side = 0
-        cdef int32_t slot = flowtab_lookup(&self.tab, pk, h, &side)
+        cdef int32_t slot = self.lookup(pk, h, &side)
         cdef flow_t *f
         cdef side_t *s
         cdef bint created = 0

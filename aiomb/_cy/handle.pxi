@@ -162,11 +162,13 @@ cdef class Flow:
         memcpy(e.server_ip, f.server_ip, 16)
         e.client_port = f.client_port
         e.server_port = f.server_port
+        e.proto = f.proto
+        e.family = f.family
         if client is not None:
             e.client_port = outer_endpoint("client", client, f.family, e.client_ip)
         if server is not None:
             e.server_port = outer_endpoint("server", server, f.family, e.server_ip)
-        other = xlat_find(&eng.xt, &eng.tab, f.proto, f.family, e.server_ip, e.server_port,
+        other = xlat_find(&eng.xt, f.proto, f.family, e.server_ip, e.server_port,
                           e.client_ip, e.client_port) if eng.xt.count else -1
         if other >= 0:
             if eng.tab.flows[other].status == FS_OPEN:

@@ -12,6 +12,8 @@ ctypedef struct xlat_t:
     uint8_t server_ip[16]   # the server as seen beyond it (the replies' source)
     uint16_t client_port
     uint16_t server_port
+    uint8_t proto           # the flow's, so that a probe reads nothing else
+    uint8_t family
     uint32_t hash           # of the outer reply tuple
     int32_t hnext           # the next flow slot in the bucket's chain, -1 for the last
 
@@ -39,7 +41,7 @@ cdef void xlat_free(xlattab_t *x) noexcept nogil:
     x.buckets = NULL
 
 
-cdef int32_t xlat_find(const xlattab_t *x, const flowtab_t *t, uint8_t proto, uint8_t family,
+cdef int32_t xlat_find(const xlattab_t *x, uint8_t proto, uint8_t family,
                        const uint8_t *src, uint16_t sport, const uint8_t *dst, uint16_t dport) noexcept nogil:
     """The slot of the flow whose outer reply tuple is src:sport -> dst:dport, or -1."""
     cdef uint32_t h = reply_hash(proto, src, sport, dst, dport)
@@ -47,7 +49,7 @@ cdef int32_t xlat_find(const xlattab_t *x, const flowtab_t *t, uint8_t proto, ui
     cdef const xlat_t *e
     while i >= 0:
         e = &x.ent[i]
-        if e.hash == h and t.flows[i].proto == proto and t.flows[i].family == family \
+        if e.hash == h and e.proto == proto and e.family == family \
                 and e.server_port == sport and e.client_port == dport \
                 and addr_equal(e.server_ip, src) and addr_equal(e.client_ip, dst):
             return i
@@ -100,7 +102,7 @@ cdef void xlat_link(xlattab_t *x, flowtab_t *t, int32_t slot) noexcept nogil:
     """Enter the binding written in x.ent[slot] (xlat_reserve first)."""
     cdef xlat_t *e = &x.ent[slot]
     cdef uint32_t b
-    e.hash = reply_hash(t.flows[slot].proto, e.server_ip, e.server_port, e.client_ip, e.client_port)
+    e.hash = reply_hash(e.proto, e.server_ip, e.server_port, e.client_ip, e.client_port)
     b = e.hash & (x.nbuckets - 1)
     e.hnext = x.buckets[b]
     x.buckets[b] = slot
