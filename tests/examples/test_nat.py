@@ -10,7 +10,7 @@ import sys
 import types
 
 import aiomb
-from aiomb.testing import TcpConversation, write_pcap
+from aiomb.testing import TcpConversation, udp_frame, write_pcap
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NAT = REPO / "examples" / "nat.py"
@@ -113,6 +113,20 @@ def test_pool_exhaustion_drops_the_flow_and_a_freed_port_is_taken_again():
     stray = TcpConversation(("203.0.113.9", 443), (NAT_IP, 62000), start_ts=5.0)
     assert feed(engine, stray.syn(), 5.0)[0] == aiomb.Verdict.DROP
     assert nat.counters["unmatched"] == 3
+
+
+def test_udp_is_mapped_and_freed_at_its_end(capsys):
+    nat, engine = load("63000-63000")
+    query = udp_frame("10.0.0.5", SERVER[0], 5353, 53, b"query")
+    assert feed(engine, query, 1.0) == (aiomb.Verdict.FORWARD, udp_frame(NAT_IP, SERVER[0], 63000, 53, b"query"))
+    answer = udp_frame(SERVER[0], NAT_IP, 53, 63000, b"answer")
+    assert feed(engine, answer, 1.1) == (aiomb.Verdict.FORWARD, udp_frame(SERVER[0], "10.0.0.5", 53, 5353, b"answer"))
+    other = udp_frame("10.0.0.6", SERVER[0], 5353, 53, b"query")     # no port left
+    assert feed(engine, other, 1.2) == (aiomb.Verdict.DROP, other)
+    engine.finish()
+    assert engine.statistics().flows_created == 2 and list(nat.pool) == [63000]
+    assert capsys.readouterr().out.splitlines()[1] == \
+        f"1.200000 end_of_capture 10.0.0.5:5353 -> 198.51.100.7:53 as {NAT_IP}:63000"
 
 
 def test_on_a_capture_it_maps_and_counts_without_rewriting(tmp_path):
