@@ -1,5 +1,7 @@
 # The Engine: per packet, parse -> flow lookup -> sender update + sender hook -> receiver update
-# + receiver hook -> verdict (DESIGN.md section 2). It owns the flow table, the fragment table,
+# + receiver hook -> verdict (DESIGN.md section 2). Flows bound to an outer tuple (Flow.translate,
+# translate.pxi) have their replies translated just before the lookup and their client's packets
+# just after the receiver hook. It owns the flow table, the fragment table,
 # the streams' context and an Emitter; the TCP rules are in tcp.pxi, reassembly in reasm.pxi,
 # events in emit.pxi. Consumers read the batch's events from the Emitter's log (dispatch.pxi).
 

@@ -511,7 +511,8 @@ cdef class PacketView:
 
         The IPv4 header checksum and the TCP/UDP checksum are updated incrementally, and the
         view's ``src``/``dst``/``sport``/``dport`` show the new values; the packet stays on the
-        flow it was looked up in. Only at the sender hook, and only on frames the source lets
+        flow it was looked up in (to keep a NAT's two directions one flow, use
+        :meth:`Flow.translate` instead). Only at the sender hook, and only on frames the source lets
         be written (an inline port's UMEM); raises RuntimeError otherwise, ValueError for an
         address of the other IP family or a port out of range.
         """
