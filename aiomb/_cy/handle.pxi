@@ -121,8 +121,6 @@ cdef class Flow:
         """A :class:`FlowStatistics` snapshot of both sides' counters and states."""
         return flow_statistics(self._f())
 
-    # ---- streams: the bytes each side sent, reassembled --------------------------------
-
     # ---- address translation: the flow as seen beyond the middlebox ----------------------
 
     def translate(self, *, client=None, server=None):
@@ -190,6 +188,8 @@ cdef class Flow:
         e = &self._engine.xt.ent[self._slot]
         family = self._engine.tab.flows[self._slot].family
         return ((ip_object(e.client_ip, family), e.client_port), (ip_object(e.server_ip, family), e.server_port))
+
+    # ---- streams: the bytes each side sent, reassembled --------------------------------
 
     cdef stream_t *_stream(self, side, bint create) except? NULL:
         cdef int i = Side(side)
