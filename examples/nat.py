@@ -22,8 +22,9 @@ How it works: the NAT only decides; the core translates, with no Python call per
   (``ORPHAN``) too. Nothing leaves with an inside address, nothing enters that the inside did not
   ask for. ICMP and ARP pass untouched.
 
-On a capture the frames are read-only: the NAT makes and frees its mappings, and the replies are
-translated in the engine's view only (so it still sees one flow per connection); no frame changes.
+On a capture (of the NAT's input: the inside's packets, and the replies to A) the frames are
+read-only: the NAT makes and frees its mappings, the replies are translated in the engine's view
+only (it still sees one flow per connection), drops are counted, not applied; no frame changes.
 """
 
 import argparse
