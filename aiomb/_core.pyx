@@ -18,6 +18,7 @@ cdef class Engine
 cdef class FlowSnapshot
 
 include "_cy/rewrite.pxi"
+include "_cy/translate.pxi"
 include "_cy/values.pxi"
 include "_cy/records.pxi"
 include "_cy/ipfix.pxi"

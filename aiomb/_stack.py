@@ -235,7 +235,7 @@ class Middlebox:
         self.filter = flt
 
     def __repr__(self) -> str:
-        f = f" filter={self.filter.expression!r}" if self.filter is not None else ""
+        f = f" filter={getattr(self.filter, 'expression', self.filter)!r}" if self.filter is not None else ""
         return f"<Middlebox {self.name!r} #{self.index}{f}>"
 
     def subscribe(self, *kinds, max_batches: int | None = None) -> Subscription:
@@ -290,14 +290,16 @@ class Stack:
         return tuple(self._middleboxes)
 
     def middlebox(self, name: str, *, filter=None) -> Middlebox:
-        """Append a middlebox named ``name`` with an optional flow filter (tcpdump syntax).
+        """Append a middlebox named ``name`` with an optional flow filter: tcpdump syntax, or
+        an object with a ``matches(key) -> bool`` method (evaluated once per new flow, when it
+        is created, before its ``CONN_START``/``UDP_START``).
 
         Raises ValueError for a duplicate name or a bad filter (FilterError), RuntimeError once
         packets have been processed.
         """
         if any(m.name == name for m in self._middleboxes):
             raise ValueError(f"a middlebox named {name!r} already exists; choose another name")
-        flt = compile_filter(filter)
+        flt = filter if callable(getattr(filter, "matches", None)) else compile_filter(filter)
         index = self.engine.add_middlebox(flt)
         mb = Middlebox(self, name, index, flt)
         self._middleboxes.append(mb)

@@ -1,5 +1,5 @@
-"""A source NAT (mOS's nat): TCP connections from the inside leave from one address, each with a
-port of a pool; the replies are translated back.
+"""A source NAT (mOS's nat): TCP and UDP flows from the inside leave from one address, each with
+a port of a pool; the replies are translated back.
 
     aiomb run examples/nat.py --iface IF --inline IF2 -- --address A --ports LO-HI   # live, inline (root)
     aiomb run examples/nat.py --pcap CAPTURE -- --address A --ports LO-HI            # decides, rewrites nothing
@@ -7,25 +7,24 @@ port of a pool; the replies are translated back.
 IF faces the inside (the clients), IF2 the outside. Every line printed is a mapping made or freed;
 at the end, the counters.
 
-Design. The engine looks a packet's flow up by the packet's own addresses and ports, before any
-inline handler runs; a handler may rewrite the packet only at the sender hook, after the lookup.
-So the engine sees a NATed connection as two flows: the inside one (client C:c -> server S:s,
-the client's packets as they arrive) and the outside one (S:s -> A:a, the server's replies as they
-arrive, a flow whose first packet is the SYN-ACK). Translating before the lookup is impossible, so
-the NAT keeps its own table, one mapping per connection, keyed both ways:
+How it works: the NAT only decides; the core translates, with no Python call per packet.
 
-* ``CONN_START`` of an inside flow (the client's SYN) takes a port ``a`` from the pool (none left:
-  counted in ``exhausted``, and the connection's packets are dropped);
-* a ``PACKET_IN`` handler at the sender hook rewrites each packet by the table (``rewrite`` updates
-  the IP and TCP checksums): from the inside, source C:c -> A:a; to A:a from S:s, destination -> C:c.
-  A packet no mapping covers is dropped (``unmatched``): nothing leaves with an inside address,
-  nothing enters that the inside did not ask for;
-* a mapping ends, and its port goes back to the pool (last, so a port is reused as late as
-  possible), when the connection ends: a RST either way, or once both sides sent their FIN, with
-  the last ACK; or at ``CONN_END`` of either of its flows (idle timeout, eviction, end of input).
+* ``CONN_START`` (a client's SYN; ``UDP_START``) takes a port ``a`` from the pool and binds the
+  flow to its outer tuple: ``flow.translate(client=(A, a))``. From then on the client's packets
+  leave from A:a (rewritten after the hooks, checksums updated), and the server's replies, which
+  arrive for A:a, are translated back to the client *before the flow lookup*: the engine sees one
+  flow per connection, both directions (both sides' TCP state, one ``CONN_END``).
+* ``CONN_END`` / ``UDP_END`` (FIN close, RST, idle timeout, eviction, end of input) gives the port
+  back to the pool, last, so that a port is reused as late as possible.
+* What the NAT does not map loses every packet (``unmatched``): flows from the outside to the
+  NAT's address, and every flow started while the pool is empty (``exhausted``), through a second
+  middlebox whose flow filter (evaluated once per new flow) picks them; TCP packets of no flow
+  (``ORPHAN``) too. Nothing leaves with an inside address, nothing enters that the inside did not
+  ask for. ICMP and ARP pass untouched.
 
-TCP only: UDP packets are dropped (``unmatched``); ICMP and ARP pass untouched. On a capture the
-frames are read-only: the NAT makes and frees its mappings and counts as inline, without rewriting.
+On a capture (of the NAT's input: the inside's packets, and the replies to A) the frames are
+read-only: the NAT makes and frees its mappings, the replies are translated in the engine's view
+only (it still sees one flow per connection), drops are counted, not applied; no frame changes.
 """
 
 import argparse
@@ -35,19 +34,6 @@ import json
 import sys
 
 import aiomb
-
-FIN, RST = 0x01, 0x04
-
-
-class Mapping:
-    """One connection: the client's address and port, the server's, and the NAT port."""
-
-    __slots__ = ("client", "server", "port", "fins", "first_fin")
-
-    def __init__(self, client, server, port):
-        self.client, self.server, self.port = client, server, port
-        self.fins = set()                      # the directions ("out", "in") that sent a FIN
-        self.first_fin = None
 
 
 def parse_options(argv):
@@ -67,101 +53,79 @@ def parse_options(argv):
     return args
 
 
-outbound = {}                   # (client ip, client port, server ip, server port) -> Mapping
-inbound = {}                    # NAT port -> Mapping
 pool = collections.deque()
 counters = collections.Counter()
 
 
-def report(ts, what, m):
+def report(ts, what, key, port):
     if OPTIONS.json:
-        print(json.dumps({"ts": round(ts, 6), "event": what, "client": f"{m.client[0]}:{m.client[1]}",
-                          "server": f"{m.server[0]}:{m.server[1]}", "port": m.port}), flush=True)
+        print(json.dumps({"ts": round(ts, 6), "event": what, "client": f"{key.client_ip}:{key.client_port}",
+                          "server": f"{key.server_ip}:{key.server_port}", "port": port}), flush=True)
     else:
-        print(f"{ts:.6f} {what:<5} {m.client[0]}:{m.client[1]} -> {m.server[0]}:{m.server[1]}"
-              f" as {OPTIONS.address}:{m.port}", flush=True)
+        print(f"{ts:.6f} {what:<5} {key.client_ip}:{key.client_port} -> {key.server_ip}:{key.server_port}"
+              f" as {OPTIONS.address}:{port}", flush=True)
 
 
-def release(m, ts, why):
-    """The connection has ended: its port goes back to the pool."""
-    if inbound.get(m.port) is m:
-        del inbound[m.port]
-        del outbound[(*m.client, *m.server)]
-        pool.append(m.port)
-        counters["freed"] += 1
-        report(ts, why, m)
+def from_outside(key):
+    return ADDRESS in (key.client_ip, key.server_ip)
 
 
-def on_start(packet):
-    """CONN_START: a client's SYN from the inside gets a port of the pool."""
-    key = packet.flow.key
-    if ADDRESS in (key.client_ip, key.server_ip):
-        return                  # the outside flow of a mapping, or a connection to the NAT itself
+class Unmapped:
+    """The flow filter of the middlebox that drops what the NAT does not map; the core asks it
+    once per new flow, just before that flow's CONN_START / UDP_START."""
+
+    def matches(self, key):
+        return from_outside(key) or not pool
+
+
+def bind(packet):
+    """CONN_START / UDP_START: a flow from the inside gets a port of the pool."""
+    flow = packet.flow
+    if from_outside(flow.key):
+        return
     if not pool:
         counters["exhausted"] += 1
-        return                  # no mapping: its packets are dropped
-    m = Mapping((key.client_ip, key.client_port), (key.server_ip, key.server_port), pool.popleft())
-    outbound[(*m.client, *m.server)] = inbound[m.port] = m
+        return
+    port = pool.popleft()
+    flow.translate(client=(ADDRESS, port))
     counters["mapped"] += 1
-    report(packet.ts, "map", m)
+    report(packet.ts, "map", flow.key, port)
 
 
-def translate(packet):
-    """PACKET_IN at the sender hook: rewrite by the table, or drop."""
-    if packet.dst == ADDRESS:
-        m = inbound.get(packet.dport)
-        if m is None or m.server != (packet.src, packet.sport):
-            counters["unmatched"] += 1
-            packet.drop()
-            return
-        direction = "in"
-        if REWRITE:
-            packet.rewrite(dst=m.client[0], dport=m.client[1])
-    else:
-        m = outbound.get((packet.src, packet.sport, packet.dst, packet.dport))
-        if m is None:
-            counters["unmatched"] += 1
-            packet.drop()
-            return
-        direction = "out"
-        if REWRITE:
-            packet.rewrite(src=ADDRESS, sport=m.port)
-    counters[direction] += 1
-    flags = packet.tcp_flags
-    if flags & RST:
-        release(m, packet.ts, "rst")
-    elif flags & FIN:
-        m.fins.add(direction)
-        m.first_fin = m.first_fin or direction
-    elif len(m.fins) == 2 and direction == m.first_fin:
-        release(m, packet.ts, "fin")            # the last ACK of the close has gone through
+def release(packet):
+    """CONN_END / UDP_END: the flow has ended, its port goes back to the pool."""
+    flow = packet.flow
+    if flow.translation is not None:
+        port = flow.translation[0][1]
+        pool.append(port)
+        counters["freed"] += 1
+        report(packet.ts, flow.end_reason.name.lower(), flow.key, port)
 
 
-def on_end(packet):
-    """CONN_END of either flow of a mapping (idle timeout, eviction, end of input)."""
-    key = packet.flow.key
-    if key.client_ip == ADDRESS:
-        m = inbound.get(key.client_port)
-        if m is not None and m.server == (key.server_ip, key.server_port):
-            release(m, packet.ts if packet.ts is not None else 0.0, "end")
-    elif (m := outbound.get((key.client_ip, key.client_port, key.server_ip, key.server_port))) is not None:
-        release(m, packet.ts if packet.ts is not None else 0.0, "end")
+def drop(packet):
+    """A packet of a flow the NAT did not map, or a TCP packet of no flow."""
+    counters["unmatched"] += 1
+    packet.drop()
 
 
 def setup(stack):
     global REWRITE
     REWRITE = getattr(stack.source, "inline", None) is not None     # an inline port's frames are writable
     pool.extend(OPTIONS.pool)
-    stack.on(aiomb.CONN_START, on_start, hook=aiomb.Hook.SENDER)
-    stack.on(aiomb.PACKET_IN, translate, hook=aiomb.Hook.SENDER)
-    stack.on(aiomb.CONN_END, on_end)
+    for kind in (aiomb.CONN_START, aiomb.UDP_START):
+        stack.on(kind, bind)
+    for kind in (aiomb.CONN_END, aiomb.UDP_END):
+        stack.on(kind, release)
+    stack.on(aiomb.ORPHAN, drop, hook=aiomb.Hook.SENDER)
+    stack.middlebox("unmapped", filter=Unmapped()).on(aiomb.PACKET_IN, drop, hook=aiomb.Hook.SENDER)
 
 
 async def run(stack):
     await stack.run()
-    summary = {"mapped": counters["mapped"], "freed": counters["freed"], "open": len(inbound),
-               "exhausted": counters["exhausted"], "unmatched": counters["unmatched"],
-               "packets_out": counters["out"], "packets_in": counters["in"], "rewritten": REWRITE}
+    engine = stack.statistics().engine
+    summary = {"mapped": counters["mapped"], "freed": counters["freed"], "open": counters["mapped"] - counters["freed"],
+               "exhausted": counters["exhausted"], "unmatched": counters["unmatched"], "flows": engine.flows_created,
+               "translated": engine.translated_packets, "rewritten": REWRITE}
     if OPTIONS.json:
         print(json.dumps(summary))
     else:

@@ -203,6 +203,7 @@ ctypedef struct ref_t:
 cdef enum:
     FF_MIDSTREAM = 1        # picked up without its handshake
     FF_ESTABLISHED = 2      # the handshake completed (ESTABLISHED was raised), or mid-stream
+    FF_TRANSLATED = 4       # bound to an outer tuple (Flow.translate, translate.pxi)
 
 cdef enum:
     SF_SEQ_KNOWN = 1        # the side's sequence space is known (a SYN, or mid-stream data)

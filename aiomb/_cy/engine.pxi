@@ -1,5 +1,7 @@
 # The Engine: per packet, parse -> flow lookup -> sender update + sender hook -> receiver update
-# + receiver hook -> verdict (DESIGN.md section 2). It owns the flow table, the fragment table,
+# + receiver hook -> verdict (DESIGN.md section 2). Flows bound to an outer tuple (Flow.translate,
+# translate.pxi) have their replies translated just before the lookup and their client's packets
+# just after the receiver hook. It owns the flow table, the fragment table,
 # the streams' context and an Emitter; the TCP rules are in tcp.pxi, reassembly in reasm.pxi,
 # events in emit.pxi. Consumers read the batch's events from the Emitter's log (dispatch.pxi).
 
@@ -97,6 +99,10 @@ cdef class Engine:
 
     cdef flowtab_t tab
     cdef fragtab_t frags
+    cdef xlattab_t xt              # the flows' outer tuples (Flow.translate)
+    cdef int32_t xlat_slot          # the flow a reply was translated to before the lookup (-1: none)
+    cdef int32_t cur_slot           # the current packet's flow and sender's side (-1: none)
+    cdef int cur_side
     cdef reasm_t rx
     cdef pkt_t pk
     cdef frag_t *frag_done
@@ -146,6 +152,7 @@ cdef class Engine:
     def __cinit__(self):
         memset(&self.tab, 0, sizeof(flowtab_t))
         memset(&self.frags, 0, sizeof(fragtab_t))
+        memset(&self.xt, 0, sizeof(xlattab_t))
         memset(&self.rx, 0, sizeof(reasm_t))
         memset(&self.tq, 0, sizeof(timerq_t))
 
@@ -233,6 +240,7 @@ cdef class Engine:
     def __dealloc__(self):
         self.drop_all()
         free(self.idle)
+        xlat_free(&self.xt)
         flowtab_free(&self.tab)
         fragtab_free(&self.frags)
         reasm_free(&self.rx)
@@ -602,6 +610,8 @@ cdef class Engine:
         streams go. No event (see remove_flow)."""
         cdef flow_t *f = &self.tab.flows[slot]
         self.release_handle(f)
+        if f.fflags & FF_TRANSLATED:
+            xlat_unlink(&self.xt, &self.tab, slot)
         stream_free(self, &f.side[0])
         stream_free(self, &f.side[1])
         if self.tab.conns != NULL:
@@ -684,6 +694,10 @@ cdef class Engine:
             r = P_MALFORMED                 # the endpoint would drop it: it changes nothing here
             reason = MAL_BAD_CHECKSUM
         if r == P_OK:
+            self.cur_slot = -1
+            self.xlat_slot = -1
+            if self.xt.count:
+                self.translate_in(pk)
             if self.shard_count > 1 and (<uint64_t>key_hash(pk, self.vlan_in_key) * self.shard_count) >> 32 \
                     != self.shard_index:
                 pass                        # another shard's flow
@@ -693,6 +707,9 @@ cdef class Engine:
             else:
                 self.n_udp += 1
                 self.udp_packet(pk)
+            if self.xt.count and self.cur_slot >= 0 and self.cur_side == 0 \
+                    and self.tab.flows[self.cur_slot].fflags & FF_TRANSLATED:
+                self.translate_out(pk)
         elif r == P_MALFORMED:
             self.malformed[reason] += 1
             if self.em.wants(EV_ERROR):
@@ -705,6 +722,28 @@ cdef class Engine:
         if self.verdict == VERDICT_DROP:
             self.n_dropped += 1
         return self.verdict
+
+    cdef inline void translate_in(self, pkt_t *pk) noexcept:
+        """Before the lookup: a reply to a flow's outer tuple becomes the flow's server's packet."""
+        cdef int32_t slot = xlat_find(&self.xt, pk.proto, pk.family, pk.src, pk.sport, pk.dst, pk.dport)
+        cdef flow_t *f
+        if slot < 0:
+            return
+        f = &self.tab.flows[slot]
+        self.xlat_slot = slot
+        self.xt.translated += 1
+        if xlat_apply(pk, self.frames_writable, f.server_ip, f.server_port, f.client_ip, f.client_port) < 0:
+            self.xt.untranslatable += 1
+            self.verdict = VERDICT_DROP
+
+    cdef inline void translate_out(self, pkt_t *pk) noexcept:
+        """After the receiver hook: the client's packet leaves with the flow's outer tuple."""
+        cdef xlat_t *e = &self.xt.ent[self.cur_slot]
+        self.xt.translated += 1
+        if self.verdict == VERDICT_FORWARD and self.frames_writable \
+                and xlat_apply(pk, 1, e.client_ip, e.client_port, e.server_ip, e.server_port) < 0:
+            self.xt.untranslatable += 1
+            self.verdict = VERDICT_DROP
 
     cdef inline void release_fragment(self) noexcept:
         if self.frag_done != NULL:
@@ -724,10 +763,18 @@ cdef class Engine:
                 self.em.emit(B_ERROR, -1, -1, HOOK_NONE, 0, 0, -1, -1, LIMIT_ERRORS[LIM_FRAGMENT_EVICTED])
         return 0
 
+    cdef inline int32_t lookup(self, pkt_t *pk, uint32_t h, int *side) noexcept:
+        """The packet's flow and its sender's side: the flow its reply was translated to, else
+        the table's answer."""
+        if self.xlat_slot >= 0:
+            side[0] = 1
+            return self.xlat_slot
+        return flowtab_lookup(&self.tab, pk, h, side)
+
     cdef int tcp_packet(self, pkt_t *pk) except -1:
         cdef uint32_t h = key_hash(pk, self.vlan_in_key)
         cdef int side = 0, rs
-        cdef int32_t slot = flowtab_lookup(&self.tab, pk, h, &side)
+        cdef int32_t slot = self.lookup(pk, h, &side)
         cdef uint8_t fl = pk.flags
         cdef bint syn = (fl & TH_SYN) != 0, ackf = (fl & TH_ACK) != 0
         cdef bint created = 0, rst_ok = 0, sender_is_client
@@ -764,6 +811,8 @@ cdef class Engine:
                 f.side[0].next_seq = pk.ack
                 f.side[0].flags |= SF_SEQ_KNOWN
         f = &self.tab.flows[slot]
+        self.cur_slot = slot
+        self.cur_side = side
         rs = 1 - side
         s = &f.side[side]
         r = &f.side[rs]
@@ -835,7 +884,7 @@ cdef class Engine:
     cdef int udp_packet(self, pkt_t *pk) except -1:
         cdef uint32_t h = key_hash(pk, self.vlan_in_key)
         cdef int side = 0
-        cdef int32_t slot = flowtab_lookup(&self.tab, pk, h, &side)
+        cdef int32_t slot = self.lookup(pk, h, &side)
         cdef flow_t *f
         cdef side_t *s
         cdef bint created = 0
@@ -844,6 +893,8 @@ cdef class Engine:
             side = 0
             created = 1
         f = &self.tab.flows[slot]
+        self.cur_slot = slot
+        self.cur_side = side
         s = &f.side[side]
         s.packets += 1
         s.ip_bytes += pk.ip_len
@@ -1189,4 +1240,6 @@ cdef class Engine:
             stream_memory_peak=self.rx.memory_peak, stream_buffer_peak=self.rx.buffer_peak,
             sequence_jumps=self.rx.seq_jumps, rejected=self.n_rejected,
             client_packets=self.side_packets[0], server_packets=self.side_packets[1],
-            client_payload_bytes=self.side_payload[0], server_payload_bytes=self.side_payload[1])
+            client_payload_bytes=self.side_payload[0], server_payload_bytes=self.side_payload[1],
+            translations=self.xt.count, translated_packets=self.xt.translated,
+            untranslatable=self.xt.untranslatable)

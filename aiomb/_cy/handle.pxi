@@ -4,6 +4,19 @@
 from aiomb._errors import FlowEnded
 from aiomb.flows._html import flow_statistics_table as _flow_html_table
 
+cdef uint16_t outer_endpoint(str name, object value, uint8_t family, uint8_t *ip) except? 0:
+    """Flow.translate's ``name`` endpoint: its address into ``ip``; returns its port."""
+    try:
+        address, number = value
+    except (TypeError, ValueError):
+        raise ValueError(f"translate(): {name} must be an (address, port) pair, got {value!r}") from None
+    if not isinstance(number, int) or isinstance(number, bool) or not 0 <= number <= 0xffff:
+        raise ValueError(f"translate(): {name} port must be an int from 0 to 65535, got {number!r}")
+    if pack_ip(address, ip) != family:
+        raise ValueError(f"translate(): {name} address {address} is not an IPv{family} address like the flow's")
+    return number
+
+
 @cython.no_gc
 cdef class Flow:
     """The live handle of one flow: key, both sides' TCP states and counters, user context.
@@ -107,6 +120,74 @@ cdef class Flow:
     def statistics(self):
         """A :class:`FlowStatistics` snapshot of both sides' counters and states."""
         return flow_statistics(self._f())
+
+    # ---- address translation: the flow as seen beyond the middlebox ----------------------
+
+    def translate(self, *, client=None, server=None):
+        """Bind the flow to its outer tuple: beyond the middlebox (toward the server) its
+        client is ``client`` and its server ``server``, each an ``(address, port)`` pair or
+        None (unchanged). TCP and UDP.
+
+        From then on, in the core, without a Python call per packet: a packet that arrives from
+        the outer server to the outer client is translated to the flow's own server-to-client
+        tuple **before the flow lookup**, so it is this flow's server packet (one flow, both
+        sides' state and streams, one end); the client's packets leave with the outer tuple,
+        rewritten **after the receiver hook** (handlers see the flow's own addresses both
+        ways). Frames that the source lets be written (inline ports) are rewritten in place,
+        IPv4 header and TCP/UDP checksums updated incrementally (RFC 1624); on read-only frames
+        (captures) only the engine's view of the replies is translated (lookup, events,
+        ``PacketView.src``/``dst``/``sport``/``dport``), the frames stay as they are. The
+        binding lasts while the flow is in the table (an ended flow lingers there a while, so
+        late retransmissions are still translated).
+
+        Raises FlowEnded once the flow has ended; ValueError when it is already bound, for an
+        address of the other IP family or a port out of range, or when an open flow holds the
+        same outer tuple (an ended one gives it up: its packets are no longer translated).
+        """
+        cdef Engine eng
+        cdef flow_t *f
+        cdef xlat_t e
+        cdef int32_t other
+        if client is None and server is None:
+            raise ValueError("translate() needs client=(address, port), server=(address, port) or both")
+        self._open("translate()")
+        eng = self._engine
+        f = &eng.tab.flows[self._slot]
+        if f.fflags & FF_TRANSLATED:
+            raise ValueError(f"flow #{self.id} {self.key} is already translated to {self.translation}; "
+                             "a flow's outer tuple is set once")
+        memcpy(e.client_ip, f.client_ip, 16)
+        memcpy(e.server_ip, f.server_ip, 16)
+        e.client_port = f.client_port
+        e.server_port = f.server_port
+        e.proto = f.proto
+        e.family = f.family
+        if client is not None:
+            e.client_port = outer_endpoint("client", client, f.family, e.client_ip)
+        if server is not None:
+            e.server_port = outer_endpoint("server", server, f.family, e.server_ip)
+        other = xlat_find(&eng.xt, f.proto, f.family, e.server_ip, e.server_port,
+                          e.client_ip, e.client_port) if eng.xt.count else -1
+        if other >= 0:
+            if eng.tab.flows[other].status == FS_OPEN:
+                raise ValueError(f"translate(): flow #{eng.tab.flows[other].id} "
+                                 f"{key_from_flow(&eng.tab.flows[other], eng.vlan_in_key)} is open with the "
+                                 "same outer tuple; give this flow another address or port")
+            xlat_unlink(&eng.xt, &eng.tab, other)
+        xlat_reserve(&eng.xt, &eng.tab)
+        eng.xt.ent[self._slot] = e
+        xlat_link(&eng.xt, &eng.tab, self._slot)
+
+    @property
+    def translation(self):
+        """The outer tuple given by :meth:`translate`, as ``((client address, client port),
+        (server address, server port))``, or None (not translated, or no longer in the table)."""
+        cdef const xlat_t *e
+        if not self._alive or not self._engine.tab.flows[self._slot].fflags & FF_TRANSLATED:
+            return None
+        e = &self._engine.xt.ent[self._slot]
+        family = self._engine.tab.flows[self._slot].family
+        return ((ip_object(e.client_ip, family), e.client_port), (ip_object(e.server_ip, family), e.server_port))
 
     # ---- streams: the bytes each side sent, reassembled --------------------------------
 
@@ -430,7 +511,8 @@ cdef class PacketView:
 
         The IPv4 header checksum and the TCP/UDP checksum are updated incrementally, and the
         view's ``src``/``dst``/``sport``/``dport`` show the new values; the packet stays on the
-        flow it was looked up in. Only at the sender hook, and only on frames the source lets
+        flow it was looked up in (to keep a NAT's two directions one flow, use
+        :meth:`Flow.translate` instead). Only at the sender hook, and only on frames the source lets
         be written (an inline port's UMEM); raises RuntimeError otherwise, ValueError for an
         address of the other IP family or a port out of range.
         """

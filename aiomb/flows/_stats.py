@@ -126,6 +126,10 @@ class EngineStatistics:
     the most bytes one stream side ever held (at most ``max_buffer``). ``client_packets``,
     ``server_packets``, ``client_payload_bytes`` and ``server_payload_bytes`` add up the tracked
     flows' packets and payload by direction (client to server, server to client).
+    ``translations`` counts the flows bound to an outer tuple (:meth:`Flow.translate`),
+    ``translated_packets`` the packets such a binding applied to (the server's before the
+    lookup, the client's after the hooks), ``untranslatable`` the writable frames it could not
+    rewrite in place (a datagram reassembled from IP fragments), which were dropped.
     """
 
     packets: int
@@ -164,6 +168,9 @@ class EngineStatistics:
     server_packets: int = 0
     client_payload_bytes: int = 0
     server_payload_bytes: int = 0
+    translations: int = 0           # flows bound to an outer tuple now (Flow.translate)
+    translated_packets: int = 0     # packets a binding applied to, either way
+    untranslatable: int = 0         # writable frames a binding could not rewrite in place (dropped)
 
     @property
     def malformed_total(self) -> int:

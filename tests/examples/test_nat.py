@@ -1,6 +1,6 @@
 """examples/nat.py: its handlers on writable frames through the Engine (each rewritten frame is
-byte for byte the frame the other side of the NAT carries, checksums included), pool exhaustion,
-a run on a capture, and option errors."""
+byte for byte the frame the other side of the NAT carries, checksums included; both directions
+one flow), pool exhaustion, a run on a capture, and option errors."""
 
 import importlib.util
 import json
@@ -10,7 +10,7 @@ import sys
 import types
 
 import aiomb
-from aiomb.testing import TcpConversation, write_pcap
+from aiomb.testing import TcpConversation, udp_frame, write_pcap
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 NAT = REPO / "examples" / "nat.py"
@@ -32,8 +32,14 @@ def load(ports):
     class InlineStack:                    # what setup() uses of a stack on an inline port
         source = types.SimpleNamespace(inline="outside0")
 
+        def __init__(self, index=0):
+            self.index = index
+
         def on(self, kind, handler, hook=None):
-            engine.add_handler(kind, handler, hook=hook)
+            engine.add_handler(kind, handler, middlebox=self.index, hook=hook)
+
+        def middlebox(self, name, filter):
+            return InlineStack(engine.add_middlebox(filter))
     nat.setup(InlineStack())
     return nat, engine
 
@@ -70,8 +76,11 @@ def test_rewritten_frames_are_exact_both_ways(capsys):
     for i, (arriving, expected) in enumerate(conn.exchange()):
         verdict, sent = feed(engine, arriving, 1.0 + i / 100)
         assert verdict == aiomb.Verdict.FORWARD and sent == expected, i
-    assert dict(nat.counters) == {"mapped": 1, "out": 5, "in": 3, "freed": 1}
+    assert dict(nat.counters) == {"mapped": 1, "freed": 1}
     assert list(nat.pool) == [61001, 61000]             # freed at the last ACK, to the back of the pool
+    stats = engine.statistics()                         # one flow, both ways, ended by the FIN close
+    assert (stats.flows_created, stats.flows_ended, stats.orphans) == (1, 1, 0)
+    assert (stats.client_packets, stats.server_packets, stats.translated_packets) == (5, 3, 8)
     assert capsys.readouterr().out.splitlines() == [
         f"1.000000 map   10.0.0.5:40000 -> 198.51.100.7:80 as {NAT_IP}:61000",
         f"1.070000 fin   10.0.0.5:40000 -> 198.51.100.7:80 as {NAT_IP}:61000"]
@@ -106,6 +115,20 @@ def test_pool_exhaustion_drops_the_flow_and_a_freed_port_is_taken_again():
     assert nat.counters["unmatched"] == 3
 
 
+def test_udp_is_mapped_and_freed_at_its_end(capsys):
+    nat, engine = load("63000-63000")
+    query = udp_frame("10.0.0.5", SERVER[0], 5353, 53, b"query")
+    assert feed(engine, query, 1.0) == (aiomb.Verdict.FORWARD, udp_frame(NAT_IP, SERVER[0], 63000, 53, b"query"))
+    answer = udp_frame(SERVER[0], NAT_IP, 53, 63000, b"answer")
+    assert feed(engine, answer, 1.1) == (aiomb.Verdict.FORWARD, udp_frame(SERVER[0], "10.0.0.5", 53, 5353, b"answer"))
+    other = udp_frame("10.0.0.6", SERVER[0], 5353, 53, b"query")     # no port left
+    assert feed(engine, other, 1.2) == (aiomb.Verdict.DROP, other)
+    engine.finish()
+    assert engine.statistics().flows_created == 2 and list(nat.pool) == [63000]
+    assert capsys.readouterr().out.splitlines()[1] == \
+        f"1.200000 end_of_capture 10.0.0.5:5353 -> 198.51.100.7:53 as {NAT_IP}:63000"
+
+
 def test_on_a_capture_it_maps_and_counts_without_rewriting(tmp_path):
     frames = []
     for i, client in enumerate([("10.0.0.5", 40000), ("10.0.0.6", 40001)]):
@@ -123,7 +146,7 @@ def test_on_a_capture_it_maps_and_counts_without_rewriting(tmp_path):
         (1.0, "map", "10.0.0.5:40000", 20000), (1.07, "fin", "10.0.0.5:40000", 20000),
         (2.0, "map", "10.0.0.6:40001", 20001), (2.07, "fin", "10.0.0.6:40001", 20001)]
     assert lines[-1] == {"mapped": 2, "freed": 2, "open": 0, "exhausted": 0, "unmatched": 0,
-                         "packets_out": 10, "packets_in": 6, "rewritten": False}
+                         "flows": 2, "translated": 16, "rewritten": False}    # one flow per connection
 
 
 def test_bad_options_exit_with_status_2(tmp_path):

@@ -721,6 +721,25 @@ async def test_many_filtered_subscriptions_use_no_middlebox_and_share_equal_filt
     assert got == [[KEY443] if i % 2 else [KEY80] for i in range(40)] + [[KEY443]]
 
 
+async def test_a_middlebox_filter_can_be_an_object_asked_once_per_new_flow(tmp_path):
+    path, _ = two_port_capture(tmp_path)
+    asked, seen = [], []
+
+    class Port443:
+        def matches(self, key):
+            asked.append(key)
+            return key.server_port == 443
+
+        def __repr__(self):
+            return "Port443()"
+    async with open_stack(aiomb.capture(path)) as stack:
+        mb = stack.middlebox("secure", filter=Port443())
+        assert repr(mb) == "<Middlebox 'secure' #1 filter=Port443()>"
+        mb.on(PACKET_IN, lambda packet: seen.append(packet.flow.key), hook=Hook.SENDER)
+        await stack.run()
+    assert asked == [KEY80, KEY443] and set(seen) == {KEY443} and len(seen) == 8
+
+
 async def test_duplicate_middlebox_name_and_bad_filter(tmp_path):
     path, _ = two_port_capture(tmp_path)
     async with open_stack(aiomb.capture(path)) as stack:
