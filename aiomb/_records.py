@@ -137,16 +137,23 @@ class FlowRun:
         return self.engine.statistics()
 
 
-def read_flows(source, filter=None, **options) -> "FlowTable":
+def read_flows(source, filter=None, *, workers: int = 1, **options) -> "FlowTable":
     """Every flow of ``source`` (a capture path, :func:`aiomb.capture` or :func:`aiomb.port`)
     as a :class:`FlowTable`: runs it to its end (a port until it stops). ``options`` go to the
-    engine (``midstream`` is on, as for ``aiomb flows``). Synchronous; blocks."""
+    engine (``midstream`` is on, as for ``aiomb flows``). ``workers`` > 1 (a capture file's
+    path): that many engines in as many processes, the same table. Synchronous; blocks."""
+    from ._workers import ShardedRun
     from .io._capture import capture
 
-    if isinstance(source, str) or hasattr(source, "__fspath__"):
-        source = capture(source)
     options.setdefault("midstream", True)
-    run = FlowRun(source, filter=filter, **options)
+    if workers != 1:
+        if not (isinstance(source, str) or hasattr(source, "__fspath__")):
+            raise TypeError(f"read_flows(workers={workers!r}) reads a capture file: give its path, not {source!r}")
+        run = ShardedRun(source, workers, filter=filter, **options)
+    else:
+        if isinstance(source, str) or hasattr(source, "__fspath__"):
+            source = capture(source)
+        run = FlowRun(source, filter=filter, **options)
     table = FlowRecords()
     for records in run:
         table.extend(records)

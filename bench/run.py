@@ -30,6 +30,7 @@ LINK_FLAGS = (  # tried in order after pkg-config
 NIDS_COLLECT = "libnids (collect)"
 NIDS_NO_COLLECT = "libnids (no-collect)"
 FLOWS_JSONL = "aiomb flows (jsonl)"
+FLOWS_WORKERS = "aiomb flows (jsonl, --workers 2)"
 TABLE = "aiomb read_flows().to_pandas()"
 NFSTREAM = "nfstream to_pandas()"
 SUBSCRIPTION = "aiomb (subscription, bytes read)"
@@ -319,16 +320,27 @@ def epoll_line(results):
             f"{mine['process_seconds'] / theirs['process_seconds']:.2f}x the time (target <= 1.10x)")
 
 
+def workers_line(results):
+    """aiomb flows with two worker processes against one engine, whole processes."""
+    one, two = results.get(FLOWS_JSONL, {}), results.get(FLOWS_WORKERS, {})
+    if "process_seconds" not in one or "process_seconds" not in two:
+        return "aiomb flows --workers 2: not run"
+    return (f"aiomb flows --workers 2 vs one engine (reassembly on in both): {two['process_seconds']:.3f} s vs "
+            f"{one['process_seconds']:.3f} s: {one['process_seconds'] / two['process_seconds']:.2f}x "
+            f"(target >= 1.7x on 2 cores)")
+
+
 def scale_run(args, nids, base):
     """aiomb flows and libnids on a capture with ``args.scale`` times the flows: the whole-process
     ratio there, and how aiomb flows' peak memory grew (target <= 1.2x: records stream out)."""
     path, capture = ensure_capture(args.workdir, args.flows * args.scale, args.seed)
     print(f"\n{args.scale}x capture: {path}: {capture['packets']} packets, {capture['flows']} flows", flush=True)
-    rows = [(FLOWS_JSONL, flows_command(path))]
+    rows = [(FLOWS_JSONL, flows_command(path)), (FLOWS_WORKERS, flows_command(path, "--workers", "2"))]
     if nids is not None:
         rows.insert(0, (NIDS_COLLECT, [str(nids), str(path)]))
     results = measure_all(rows, args.repeat, args.timeout, path)
     print(table(results))
+    print(workers_line(results))
     small, large = base.get(FLOWS_JSONL, {}), results.get(FLOWS_JSONL, {})
     if "peak_mib" in small and "peak_mib" in large:
         print(f"aiomb flows peak memory: {small['peak_mib']:.1f} MiB on {small['packets']} packets, "

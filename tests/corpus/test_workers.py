@@ -11,6 +11,7 @@ import sys
 import attrs
 import pytest
 
+import aiomb
 from aiomb._errors import CaptureError
 from aiomb._records import FlowRun
 from aiomb._workers import ShardedRun, WorkerError
@@ -181,3 +182,13 @@ def test_a_worker_killed_is_reported(long_capture):
         for n, _ in enumerate(run):
             if n == 0:
                 os.kill(run._procs[1].pid, signal.SIGKILL)
+
+
+def test_read_flows_with_workers_gives_the_same_table(tmp_path):
+    path = busy_capture(tmp_path / "busy.pcap")
+    one = aiomb.read_flows(path)
+    two = aiomb.read_flows(str(path), workers=2)
+    assert len(one) > 300
+    assert bytes(memoryview(two.records)) == bytes(memoryview(one.records))
+    with pytest.raises(TypeError, match="give its path"):
+        aiomb.read_flows(capture(path), workers=2)
