@@ -36,6 +36,7 @@ from ._ipfix import IpfixExporter as IpfixExporter
 from ._records import FlowRun as FlowRun
 from ._records import FlowTable as FlowTable
 from ._records import read_flows as read_flows
+from ._workers import worker as worker
 from .events import ALL_BUILTIN as ALL_BUILTIN
 from .events import CustomEvent as CustomEvent
 from .events import EventKind as EventKind

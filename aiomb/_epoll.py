@@ -23,6 +23,7 @@ import time
 
 from ._core import EVENT_SHIFT, Dispatcher, Engine, FlowSocketCore, FrameBatch, InterestList, MonitorCore, SocketCore
 from ._errors import AiombError
+from ._workers import shard_option
 from .events._kinds import EventKind, split_kinds
 from .flows._filter import compile_filter
 from .flows._types import Hook, Side
@@ -148,7 +149,7 @@ class _Driver:
         if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
             raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
         self.source = source
-        self.engine = Engine(**engine_options)
+        self.engine = Engine(**shard_option(engine_options))
         self.dispatcher = Dispatcher(self.engine)
         self.timer_sub = self.dispatcher.subscribe(EventKind.TIMER)
         self.error_sub = None

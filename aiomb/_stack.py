@@ -18,6 +18,7 @@ from ._core import Dispatcher, Engine, EventStream, FrameBatch
 from ._perflow import FlowStream as FlowStream
 from ._perflow import Gap as Gap
 from ._perflow import PerFlow
+from ._workers import shard_option
 from .events._kinds import EventKind, split_kinds
 from .flows._filter import compile_filter
 from .flows._html import fields_table
@@ -543,7 +544,7 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
         raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
     if not isinstance(max_batches, int) or max_batches < 1:
         raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
-    engine = Engine(**engine_options)
+    engine = Engine(**shard_option(engine_options))
     aopen = getattr(source, "aopen", None)
     if aopen is not None:
         await aopen()           # a live port: netlink and bpf(2) in a worker thread

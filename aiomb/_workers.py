@@ -7,13 +7,14 @@ whose key hashes to its shard (a symmetric hash: both directions of a flow go to
 A worker names each flow by its first packet's number in the capture, and marks each record
 with where its flow left the table (``order``). The parent merges the workers' records in that
 order, up to the packet every worker has passed, and numbers the flows 1, 2, ... by their first
-packets: the same records, in the same order, as one engine writes. Limits hold per worker
-(``max_flows`` and the stream memory are each worker's): with evictions the answers differ.
+packets: the same records, in the same order, as one engine writes. Limits hold per
+worker (``max_flows`` and the stream memory are each worker's): with evictions the answers differ.
+
+``aiomb run APP --workers N`` forks N processes that each run the app on a shard of the capture:
+:func:`worker` tells an app which one it is, and the stacks it opens take that shard.
 """
 
 import array
-import multiprocessing
-import multiprocessing.connection
 import os
 import signal
 import time
@@ -39,6 +40,31 @@ LARGEST = ("stream_memory_peak", "stream_buffer_peak")
 
 class WorkerError(RuntimeError):
     """A worker process failed; the message carries its traceback."""
+
+
+_current = (0, 1)
+
+
+def worker() -> tuple[int, int]:
+    """This process's place among the workers of ``aiomb run --workers N``: ``(index, N)``;
+    ``(0, 1)`` in a program of its own. Its stacks (``open_stack``, ``aiomb.monitor``) track only
+    the flows of shard ``index`` (each flow lives in exactly one worker); statistics and results
+    are the worker's own: merge them across workers yourself (e.g. each writes its results
+    tagged with its index, and you add them up after the run)."""
+    return _current
+
+
+def become_worker(index: int, count: int) -> None:
+    """Make this (forked) process worker ``index`` of ``count``."""
+    global _current
+    _current = (index, count)
+
+
+def shard_option(engine_options: dict) -> dict:
+    """The engine options with this worker's shard, unless they name one."""
+    if _current[1] > 1 and "shard" not in engine_options:
+        return {**engine_options, "shard": _current}
+    return engine_options
 
 
 def _worker(conn, index: int, count: int, path: str, options: dict) -> None:
@@ -109,6 +135,8 @@ class ShardedRun:
                     pass
 
     def _start(self) -> None:
+        import multiprocessing
+
         with open(self.path, "rb"):         # a missing or unreadable file fails here, once
             pass
         ctx = multiprocessing.get_context("fork")
@@ -123,6 +151,8 @@ class ShardedRun:
         self.opened = True
 
     def __iter__(self):
+        import multiprocessing.connection
+
         self.started = time.monotonic()
         self._start()
         count = self.workers

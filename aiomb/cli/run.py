@@ -10,10 +10,12 @@ on a capture it is cancelled; a synchronous program gets KeyboardInterrupt.
 import importlib.util
 import os
 import signal
+import stat
 import sys
 import threading
 
 from .._errors import CaptureError, PortError
+from .._workers import become_worker
 from ..io._capture import capture
 from ._common import UsageError, add_port_options, check_capture, live_port, sole
 
@@ -91,8 +93,69 @@ def cmd_run(args) -> int:
         raise UsageError("give one source: --pcap CAPTURE or --iface IF")
     if args.iface is None and (args.inline or args.duration is not None or args.queues):
         raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
+    if args.workers < 1:
+        raise UsageError(f"--workers {args.workers}: give a number of worker processes, at least 1")
     if args.pcap is not None:
         check_capture(args.pcap)
+    if args.workers > 1:
+        if args.iface is not None:
+            raise UsageError("--workers is for captures (--pcap); on a live port one engine reads it")
+        if not stat.S_ISREG(os.stat(args.pcap).st_mode):
+            raise UsageError(f"--workers {args.workers}: {args.pcap} is not a regular file; each worker reads "
+                             "the capture, so save it to a file first (or drop --workers)")
+        if not os.path.isfile(args.app):
+            raise UsageError(f"middlebox module not found: {args.app}")
+        return run_workers(args)
+    return run_one(args)
+
+
+def run_workers(args) -> int:
+    """Fork ``args.workers`` processes, each running the app on its shard of the capture
+    (``aiomb.worker()``); SIGINT, SIGTERM and SIGHUP are passed on to them. The exit status is the
+    first worker's that is not 0, else 0."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pids = []
+    for index in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                become_worker(index, args.workers)
+                sys.stdout.reconfigure(line_buffering=True)     # whole lines: the workers share the output
+                status = run_one(args)
+            except UsageError as exc:
+                print(f"aiomb: error: {exc}", file=sys.stderr)
+                status = 2
+            except BaseException:                               # a worker's failure is its own
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        pids.append(pid)
+
+    def forward(signum, frame) -> None:
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
+    try:
+        statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+    finally:
+        for s, h in previous.items():
+            signal.signal(s, h)
+    failed = [s if s >= 0 else 128 - s for s in statuses if s]
+    return failed[0] if failed else 0
+
+
+def run_one(args) -> int:
+    """Run the app in this process (one worker, or the whole capture or port)."""
     module = load_app(args.app, getattr(args, "app_args", ()))
     if args.iface is not None:
         source = live_port(args, inline=args.inline)
@@ -162,4 +225,7 @@ def add_parser(sub) -> None:
                    help="with --iface: stop after this long (default: run until Ctrl-C)")
     r.add_argument("--midstream", action="store_true", help="pick up flows without a handshake")
     r.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
+    r.add_argument("--workers", type=int, default=1, metavar="N",
+                   help="run the app in N processes, each on the flows that hash to it (a capture file); "
+                        "aiomb.worker() tells each which it is")
     r.set_defaults(func=cmd_run)

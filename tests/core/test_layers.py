@@ -20,7 +20,7 @@ PUBLIC = {
     "Prefilter", "Proto",
     "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
     "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict", "WINDOW",
-    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port",
+    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port", "worker",
 }
 
 # the layer of each part: a module may import from its own layer and the layers below

@@ -4,6 +4,7 @@ interruption, damaged captures and misuse behave as with one engine."""
 
 import json
 import os
+import pathlib
 import signal
 import subprocess
 import sys
@@ -192,3 +193,56 @@ def test_read_flows_with_workers_gives_the_same_table(tmp_path):
     assert bytes(memoryview(two.records)) == bytes(memoryview(one.records))
     with pytest.raises(TypeError, match="give its path"):
         aiomb.read_flows(capture(path), workers=2)
+
+
+DEMO = pathlib.Path(__file__).resolve().parents[2] / "examples"
+
+
+def aiomb_run(*argv, check=True):
+    proc = subprocess.run([sys.executable, "-m", "aiomb", "run", *map(str, argv)], capture_output=True, timeout=120)
+    if check:
+        assert proc.returncode == 0, proc.stderr.decode()
+    return proc
+
+
+def test_aiomb_run_workers_split_the_flows_of_an_app(tmp_path):
+    """Each worker runs the app on its shard: every flow is reported once, by one worker."""
+    capture_file = DEMO / "captures" / "demo.pcapng"
+    one = [line for line in aiomb_run(DEMO / "flow_monitor.py", "--pcap", capture_file).stdout.decode().splitlines()
+           if line]
+    two = [line for line in aiomb_run(DEMO / "flow_monitor.py", "--pcap", capture_file, "--workers", "2")
+           .stdout.decode().splitlines() if line]
+    summaries = [line for line in two if " flows: " in line]
+    assert len(summaries) == 2
+    assert sum(int(line.split()[0]) for line in summaries) == int(one[-1].split()[0]) == 7
+    assert sorted(line for line in two if line not in summaries) == sorted(one[:-1])
+
+
+def test_aiomb_run_workers_tell_each_app_its_place(tmp_path):
+    app = tmp_path / "count.py"
+    app.write_text(
+        "import json, aiomb\n"
+        "seen = []\n"
+        "def setup(stack):\n"
+        "    stack.on(aiomb.CONN_START, lambda packet: seen.append(packet.flow.id))\n"
+        "async def run(stack):\n"
+        "    await stack.finished.wait()\n"
+        "    print(json.dumps({'worker': aiomb.worker(), 'flows': len(seen)}))\n")
+    path = busy_capture(tmp_path / "busy.pcap")
+    single = json.loads(aiomb_run(app, "--pcap", path, "--midstream").stdout)
+    assert single["worker"] == [0, 1]
+    out = aiomb_run(app, "--pcap", path, "--midstream", "--workers", "3").stdout
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert sorted(tuple(r["worker"]) for r in rows) == [(0, 3), (1, 3), (2, 3)]
+    assert sum(r["flows"] for r in rows) == single["flows"] > 300
+
+
+def test_aiomb_run_workers_epoll_program_and_misuse(tmp_path):
+    capture_file = DEMO / "captures" / "demo.pcapng"
+    one = aiomb_run(DEMO / "midstat_epoll.py", "--pcap", capture_file)
+    two = aiomb_run(DEMO / "midstat_epoll.py", "--pcap", capture_file, "--workers", "2")
+    assert one.stdout and two.stdout
+    bad = aiomb_run(DEMO / "flow_monitor.py", "--pcap", capture_file, "--workers", "0", check=False)
+    assert bad.returncode == 2 and b"--workers 0" in bad.stderr
+    missing = aiomb_run(tmp_path / "nope.py", "--pcap", capture_file, "--workers", "2", check=False)
+    assert missing.returncode == 2 and b"not found" in missing.stderr
