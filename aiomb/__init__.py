@@ -31,8 +31,6 @@ from ._errors import ExportError as ExportError
 from ._errors import FlowEnded as FlowEnded
 from ._errors import PortError as PortError
 from ._errors import StreamGap as StreamGap
-from ._ipfix import ExporterStatistics as ExporterStatistics
-from ._ipfix import IpfixExporter as IpfixExporter
 from ._records import FlowRun as FlowRun
 from ._records import FlowTable as FlowTable
 from ._records import read_flows as read_flows
@@ -85,6 +83,7 @@ _LAZY = {
     "PerFlowStatistics": "._perflow", "Middlebox": "._stack", "Stack": "._stack",
     "StackStatistics": "._stack", "Subscription": "._stack", "open_stack": "._stack",
     "Port": ".io._port", "PortStatistics": ".io._port", "port": ".io._port",
+    "ExporterStatistics": "._ipfix", "IpfixExporter": "._ipfix",
 }
 
 __all__ = [
@@ -98,7 +97,7 @@ __all__ = [
     "Prefilter", "Proto",
     "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
     "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict", "WINDOW",
-    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port",
+    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port", "worker",
 ]
 
 

@@ -14,7 +14,6 @@ import sys
 import time
 
 from .._errors import CaptureError, ExportError, PortError
-from .._ipfix import IPFIX_PORT, IpfixExporter
 from .._records import FIELDS, HASHES, FlowRun, hash_fields
 from .._workers import ShardedRun, WorkerError
 from .._zeek import ConnLog, community_ids
@@ -191,6 +190,8 @@ def parse_collector(text: str) -> tuple:
     if not host:
         raise UsageError(f"bad --ipfix {text!r}: no host; {example}")
     if port is None:
+        from .._ipfix import IPFIX_PORT
+
         return transport, host, IPFIX_PORT
     if not port.isdigit() or not 0 < int(port) < 65536:
         raise UsageError(f"bad --ipfix {text!r}: the port must be a number from 1 to 65535; {example}")
@@ -203,6 +204,8 @@ def open_exporter(args):
         if args.ipfix_domain is not None or args.ipfix_rate is not None:
             raise UsageError("--ipfix-domain and --ipfix-rate go with --ipfix COLLECTOR")
         return None
+    from .._ipfix import IpfixExporter  # (socket and the encoder: only when asked)
+
     transport, host, port = parse_collector(args.ipfix)
     domain = 0 if args.ipfix_domain is None else args.ipfix_domain
     if not 0 <= domain < 2 ** 32:
