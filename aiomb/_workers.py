@@ -29,6 +29,7 @@ from .io._capture import capture
 
 SEND_EVERY = 8          # batches of records a worker gathers before it sends them (and how far it got)
 SEND_ROWS = 4096        # or rows
+END = 1 << 62           # how far a worker got once it has read its whole input
 
 # Statistics every worker counts alike (each reads every packet); the rest are summed.
 SAME_IN_EVERY_WORKER = ("packets", "bytes", "non_ip", "other_protocol", "malformed", "fragments_held",
@@ -76,9 +77,16 @@ def _worker(conn, index: int, count: int, path: str, options: dict) -> None:
     try:
         run = FlowRun(capture(path), shard=(index, count), every_batch=True, **options)
 
+        stop_at = None                  # (packet number, reason): where every worker stops
+
         def stop_if_asked(source) -> None:
-            if conn.poll():
-                run.stop(EndReason(conn.recv()))
+            nonlocal stop_at
+            if stop_at is None and conn.poll():     # asked to stop: say where we are, learn where all stop
+                conn.recv()
+                conn.send(("stopping", engine.packets))
+                stop_at = conn.recv()
+            if stop_at is not None and engine.packets >= stop_at[0]:
+                run.stop(EndReason(stop_at[1]))
 
         run.progress = stop_if_asked
         engine = run.engine
@@ -93,7 +101,7 @@ def _worker(conn, index: int, count: int, path: str, options: dict) -> None:
                     held, batches = FlowRecords(), 0
         except CaptureError as exc:
             conn.send(("capture-error", exc.detail, exc.offset, exc.path))
-        conn.send(("records", 1 << 62, bytes(memoryview(held)), engine.take_created().tobytes(),
+        conn.send(("records", END, bytes(memoryview(held)), engine.take_created().tobytes(),
                    run.digests(held) if run.hashes else None))
         conn.send(("done", run.statistics()))
     except BaseException:                   # everything goes to the parent
@@ -125,14 +133,11 @@ class ShardedRun:
         self._procs: list = []
 
     def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
-        """End the run after the batches at hand; the open flows end with ``reason``."""
+        """End the run soon; the open flows end with ``reason``. Every worker stops after the same
+        packet (the furthest any of them had reached when asked; they read in the same batches),
+        so the records are those of one engine stopped there. Safe in a signal handler."""
         if self.reason is None:
             self.reason = reason
-            for conn in self._conns:
-                try:
-                    conn.send(int(reason))
-                except OSError:
-                    pass
 
     def _start(self) -> None:
         import multiprocessing
@@ -163,9 +168,23 @@ class ShardedRun:
         numbered = array.array("Q")     # the ids of every flow created up to the merge point, rising
         error = failure = None
         live = {conn: i for i, conn in enumerate(self._conns)}
+        stopping = None                 # once stop() was called: where each worker was when asked
+        decided = False
         try:
             while live:
-                for conn in multiprocessing.connection.wait(list(live)):
+                if self.reason is not None and stopping is None:
+                    stopping = {}
+                    for conn in live:
+                        conn.send("stop")
+                if stopping is not None and not decided and all(c in stopping for c in live):
+                    # every worker stops after the same packet; if one has read the whole input,
+                    # the others read it all too (the flows end as at its end)
+                    at = END if END in reached else max(stopping.values(), default=0)
+                    for conn in stopping:
+                        if conn in live:
+                            conn.send((at, int(self.reason)))
+                    decided = True
+                for conn in multiprocessing.connection.wait(list(live), timeout=0.25):
                     i = live[conn]
                     try:
                         msg = conn.recv()
@@ -179,6 +198,8 @@ class ShardedRun:
                         created[i].frombytes(ids)
                         if row_digests is not None:
                             digests[i].extend(row_digests)
+                    elif msg[0] == "stopping":
+                        stopping[conn] = msg[1]
                     elif msg[0] == "capture-error":
                         error = CaptureError(msg[1], offset=msg[2], path=msg[3])
                     elif msg[0] == "done":
