@@ -126,6 +126,10 @@ class EngineStatistics:
     the most bytes one stream side ever held (at most ``max_buffer``). ``client_packets``,
     ``server_packets``, ``client_payload_bytes`` and ``server_payload_bytes`` add up the tracked
     flows' packets and payload by direction (client to server, server to client).
+    ``event_memory`` is what the events logged and not yet handed to a dispatcher hold (their
+    records, Event values and the bytes and figures they carry), ``event_memory_peak`` the most it
+    ever held (at most ``max_event_memory``), ``event_pauses`` how many times processing stopped
+    there so that they were delivered first.
     """
 
     packets: int
@@ -164,6 +168,10 @@ class EngineStatistics:
     server_packets: int = 0
     client_payload_bytes: int = 0
     server_payload_bytes: int = 0
+    event_memory: int = 0           # what the events logged and not yet delivered hold
+    event_memory_peak: int = 0
+    max_event_memory: int = 0
+    event_pauses: int = 0           # times processing stopped at max_event_memory to deliver first
 
     @property
     def malformed_total(self) -> int:
