@@ -58,7 +58,8 @@ def test_out_of_order_segments_count_their_bookkeeping_against_max_buffer():
     st = engine.statistics()
     assert (st.buffer_overruns, st.stream_buffer_peak) == (3, 62 * (1000 + SEG))
     # the three refusals, held until the drain: one event that counts them
-    assert [(e.kind, e.value, e.count, e.length) for e in d.drain(sub)] == [(EventKind.BUFFER_OVERRUN, "buffer", 3, 3000)]
+    assert [(e.kind, e.value, e.count, e.length) for e in d.drain(sub)] == [
+        (EventKind.BUFFER_OVERRUN, "buffer", 3, 3000)]
 
 
 def test_a_held_side_is_bounded_with_its_out_of_order_bytes():
