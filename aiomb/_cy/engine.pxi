@@ -275,6 +275,12 @@ cdef class Engine:
         return self.rx.memory
 
     @property
+    def min_event_memory(self):
+        """The least ``max_event_memory`` these limits allow: what one packet's events can hold
+        at most (with the custom events defined so far)."""
+        return self.packet_reserve
+
+    @property
     def event_memory(self):
         """Bytes the events logged and not yet delivered hold now (at most ``max_event_memory``)."""
         return self.em.log.memory
@@ -924,15 +930,14 @@ cdef class Engine:
 
     cdef int expire_to(self, int64_t now) except -1:
         """Advance time to ``now``: fire due timers, expire idle flows and fragments; 0 when
-        stopped at max_event_memory."""
-        if not self.advance(now):
-            return 0
-        if not self.room(self.packet_reserve):
-            return 0
-        fragtab_expire(&self.frags, self.now)
-        if self.frags.new_expired:
-            self.fragment_drops()
-        return 1
+        stopped at max_event_memory. Outside a batch: what the flows ended owe is raised."""
+        cdef int done = self.advance(now) and self.room(self.packet_reserve)
+        if done:
+            fragtab_expire(&self.frags, self.now)
+            if self.frags.new_expired:
+                self.fragment_drops()
+        streams_flush(self)
+        return done
 
     cdef int start_clock(self, int64_t now) except -1:
         """The first packet (or ``expire``) sets the clock: timers set before it with a delay
@@ -1192,6 +1197,7 @@ cdef class Engine:
                     slot = self.fin_order[self.fin_pos].slot
                     if self.tab.flows[slot].status == (FS_OPEN if self.fin_phase == 0 else FS_CLOSED):
                         if not self.room(self.end_reserve):
+                            streams_flush(self)
                             self.full()
                             return False
                         if self.fin_phase == 0:
@@ -1201,6 +1207,7 @@ cdef class Engine:
                     self.fin_pos += 1
                 self.fin_phase += 1
                 self.fin_pos = 0
+            streams_flush(self)
         finally:
             self.busy = False
         free(self.fin_order)
