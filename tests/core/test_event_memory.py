@@ -4,6 +4,7 @@ it, the caller delivers, and it goes on where it stopped; the events are the sam
 as without a bound and at any batch size. A side's BUFFER_OVERRUN events coalesce until delivered."""
 
 import io
+import select
 
 import pytest
 from hypothesis import given, settings
@@ -263,3 +264,39 @@ def test_without_a_dispatcher_nothing_is_logged_and_nothing_stops():
             assert engine.process(batch) == count
     assert engine.finish()
     assert engine.statistics().event_memory_peak == 0
+
+
+def test_an_epoll_program_gets_every_flow_end_of_a_storm_a_piece_at_a_time(tmp_path):
+    path = tmp_path / "open.pcap"
+    with open(path, "wb") as f:
+        write_pcap(f, open_flows(3000))
+    bound = bounded()
+    ended = 0
+    with aiomb.monitor(aiomb.capture(path), max_event_memory=bound, **LIMITS) as mon, aiomb.epoll() as ep:
+        ep.register(mon, select.EPOLLIN)
+        socks = {}
+        while ready := ep.poll():
+            for fd, mask in ready:
+                if fd == mon.fileno():
+                    for sock in iter_accept(mon):
+                        socks[sock.fileno()] = sock
+                        ep.register(sock, select.EPOLLIN)
+                    if mask & select.EPOLLHUP:
+                        ep.unregister(mon)
+                elif mask & select.EPOLLHUP:
+                    ep.unregister(fd)
+                    socks.pop(fd).close()
+                    ended += 1
+                else:
+                    socks[fd].recv(65536, aiomb.Side.CLIENT)
+        stats = mon.engine.statistics()
+    assert ended == 3000 and not socks
+    assert stats.event_pauses >= 2 and stats.event_memory_peak <= bound
+
+
+def iter_accept(mon):
+    while True:
+        try:
+            yield mon.accept()
+        except BlockingIOError:
+            return
