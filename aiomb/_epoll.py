@@ -158,6 +158,7 @@ class _Driver:
         self.monitors: list[MonitorSocket] = []
         self.timers: dict[int, TimerSocket] = {}
         self.finished = False
+        self.ending = False             # the source has ended: its flows end (a piece at a time)
         self.reached = False
         self.live = bool(getattr(source, "live", False))
         source.open()
@@ -179,14 +180,21 @@ class _Driver:
         """Have frames to process (a capture reads its next batch); False at the end."""
         if self.pos < self.batch.count:
             return True
+        if self.ending:
+            return False
         count = self.source.read(self.batch)
         self.pos = 0
         if count is None:
-            self.engine.finish()
-            self.finished = True
-            self.deliver()
+            self.ending = True
+            self.end()
             return False
         return True
+
+    def end(self) -> None:
+        """The source has ended: every open flow ends. When their events reach
+        max_event_memory, the rest end at the next step, after the program has read those."""
+        self.finished = self.engine.finish()
+        self.deliver()
 
     def timer(self, delay, interval, flow: FlowSocket | None) -> TimerSocket:
         if self.live:
@@ -207,24 +215,30 @@ class _Driver:
         if self.finished:
             return False
         source, engine = self.source, self.engine
+        if self.ending:
+            self.end()
+            return not self.finished
         if self.live:
             count = source.read(self.batch, wait)
             if count is None:
-                engine.finish()
-                self.finished = True
-            else:
-                if count:
-                    engine.process(self.batch)
-                    source.apply(self.batch)
-                engine.expire(source.now())
+                self.ending = True
+                self.end()
+                return not self.finished
+            pos = 0
+            while count and (pos := engine.process(self.batch, pos)) < count:
+                self.deliver()          # stopped at max_event_memory: the frames wait for their verdicts
+            if count:
+                source.apply(self.batch)
+            engine.expire(source.now())     # stopped at max_event_memory: the rest is due at the next step
         elif self.fill():
             if not engine.now:          # the clock starts at the first packet: timers set before count from it
-                engine.expire(self.batch.ts_at(self.pos))
+                if not engine.expire(self.batch.ts_at(self.pos)):
+                    self.deliver()
+                    return True
                 until = Epoll._until(self, until)
             self.pos = engine.process(self.batch, self.pos, until)
-            if self.pos < self.batch.count:
-                engine.expire(until)
-                self.reached = True
+            if self.pos < self.batch.count and not engine.paused:
+                self.reached = engine.expire(until)
         self.deliver()
         return not self.finished
 

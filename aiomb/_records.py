@@ -84,10 +84,11 @@ class FlowRun:
                     break
                 if count is None:
                     break
-                if count:
-                    engine.process(batch)
-                if live:
-                    engine.expire(source.now())
+                pos = 0
+                while count and (pos := engine.process(batch, pos)) < count:
+                    self._hash()        # stopped at max_event_memory: the bytes so far are hashed first
+                while live and not engine.expire(source.now()):
+                    self._hash()
                 if self.progress is not None:
                     self.progress(source)
                 records = self._take()
@@ -99,7 +100,8 @@ class FlowRun:
                 if len(records):
                     yield records
                 raise error
-            engine.finish(self.reason or EndReason.END_OF_CAPTURE)
+            while not engine.finish(self.reason or EndReason.END_OF_CAPTURE):
+                self._hash()
             records = self._take()
             if len(records):
                 yield records
@@ -108,7 +110,8 @@ class FlowRun:
             engine.close()
             source.close()
 
-    def _take(self) -> FlowRecords:
+    def _hash(self) -> None:
+        """Add the bytes delivered since the last call to their sides' digests."""
         if self._sub is not None:
             hashing = self._hashing
             for ev in self._dispatcher.drain(self._sub):
@@ -117,6 +120,9 @@ class FlowRun:
                     sides = hashing[ev.flow_id] = [[hashlib.new(n) for n in self.hashes] for _ in range(2)]
                 for h in sides[ev.side]:
                     h.update(ev.value)
+
+    def _take(self) -> FlowRecords:
+        self._hash()
         return self.engine.take_records()
 
     def digests(self, records: FlowRecords) -> list:

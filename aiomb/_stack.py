@@ -140,6 +140,7 @@ class Subscription:
             raise self._closed_error() from None        # closed by another task while this one waited
         self._batches_taken += 1
         self._received += len(batch)
+        self._stack._taken.unpark_all()
         return batch
 
     def receive_batch_nowait(self) -> list:
@@ -151,6 +152,7 @@ class Subscription:
         batch = self._recv.receive_nowait()
         self._batches_taken += 1
         self._received += len(batch)
+        self._stack._taken.unpark_all()
         return batch
 
     def statistics(self) -> SubscriptionStatistics:
@@ -281,6 +283,7 @@ class Stack:
         self.finished = trio.Event()
         self._batches = 0
         self._pauses = 0
+        self._taken = trio.lowlevel.ParkingLot()     # a consumer took a batch
 
     def __repr__(self) -> str:
         return f"<Stack {self.source!r} {len(self._middleboxes)} middlebox(es)>"
@@ -412,6 +415,7 @@ class Stack:
         if self._subs.pop(sub._id, None) is not None:
             self._dispatcher.unsubscribe(sub._id)
             sub._recv.close()     # a pump blocked sending to it gets BrokenResourceError
+            self._taken.unpark_all()
 
     def start(self) -> None:
         """Let the source start delivering (idempotent; does not block)."""
@@ -476,6 +480,15 @@ class Stack:
             if task is not None:
                 await task._deliver(events, inbox.ended)
 
+    async def _deliver_piece(self) -> None:
+        """The engine stopped at max_event_memory: hand its events over, and read nothing more
+        until every subscription has taken what it was handed (the source pauses, counted in
+        the engine's ``event_pauses``), so that a storm of events is delivered a piece at a
+        time instead of piling up."""
+        await self._deliver()
+        while any(sub._batches_taken < sub._batches_sent for sub in self._subs.values()):
+            await self._taken.park()
+
     async def _let_consumers_catch_up(self) -> None:
         """Give consumers still busy with a batch a few turns before the next batch is read.
 
@@ -501,25 +514,33 @@ class Stack:
         while (count := await source.receive(batch)) is not None:
             if source.live:
                 if count:
-                    engine.process(batch)
+                    pos = 0
+                    while (pos := engine.process(batch, pos)) < count:
+                        await self._deliver_piece()
                     source.apply(batch)
                     self._batches += 1
-                engine.expire(source.now())
+                while not engine.expire(source.now()):
+                    await self._deliver_piece()
             else:
                 self._batches += 1
                 pos = 0
                 if count and not engine.now and self._timers:
-                    engine.expire(batch.ts_at(0))   # the clock starts at the first packet
+                    while not engine.expire(batch.ts_at(0)):    # the clock starts at the first packet
+                        await self._deliver_piece()
                 while pos < count:          # a capture stops at each timer: its waiters see that moment
                     due = engine.next_timer if self._timers else None
                     pos = engine.process(batch, pos, due)
-                    if pos < count:
-                        engine.expire(due)
+                    if engine.paused:
+                        await self._deliver_piece()
+                    elif pos < count:
+                        while not engine.expire(due):
+                            await self._deliver_piece()
                         await self._deliver()
                         await self._let_consumers_catch_up()
             await self._deliver()
             await self._let_consumers_catch_up()
-        engine.finish()
+        while not engine.finish():
+            await self._deliver_piece()
         await self._deliver()
         for sub in list(self._subs.values()):
             sub._send.close()

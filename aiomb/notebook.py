@@ -492,7 +492,8 @@ class BackgroundStack:
                     raise
                 raise group.exceptions[0] from None     # a task's error, as itself
         if self._inner.cancelled_caught and not stack.finished.is_set():
-            engine.finish(EndReason.INTERRUPTED)        # stopped: the open flows get records
+            while not engine.finish(EndReason.INTERRUPTED):     # stopped: the open flows get records
+                stack._dispatcher.dispatch()
         if self._series is not None:
             self._series.sample(engine.statistics(), 0)     # the last, partial bin
         self._ended.extend(engine.take_records())

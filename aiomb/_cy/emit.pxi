@@ -34,6 +34,28 @@ ctypedef struct evrec_t:
     int8_t side             # -1: none
     uint8_t a               # STATE_CHANGE: old state; CONN_END/UDP_END: reason
     uint8_t b               # STATE_CHANGE: new state
+    uint32_t count          # BUFFER_OVERRUN: the refusals it stands for (coalesced), else 1
+
+
+# What undelivered events cost (EventLog.memory): a record and the Event made from it, with its
+# key, and what its value holds: the bytes of a NEW_DATA or OVERLAP, an end's figures, a start's
+# handle; a reason or a custom event's object counts VALUE_BYTES.
+cdef uint64_t BYTES_HEADER = 48
+cdef uint64_t VALUE_BYTES = 64
+cdef uint64_t EVENT_BYTES = sizeof(evrec_t) + (<type>Event).__basicsize__ + (<type>FlowKey).__basicsize__
+cdef uint64_t SNAPSHOT_BYTES = (<type>FlowSnapshot).__basicsize__
+cdef uint64_t HANDLE_BYTES = (<type>Flow).__basicsize__
+
+
+cdef inline uint64_t value_bytes(object value, int64_t length):
+    """What an event's value holds, as counted against max_event_memory."""
+    if value is None:
+        return 0
+    if type(value) is FrameBytes or type(value) is bytes:
+        return <uint64_t>length + BYTES_HEADER       # NEW_DATA: length bytes (copied when read)
+    if type(value) is tuple and len(<tuple>value) == 2 and type((<tuple>value)[0]) is bytes:
+        return 2 * <uint64_t>length + 3 * BYTES_HEADER   # OVERLAP: both copies
+    return VALUE_BYTES
 
 
 @cython.final
@@ -48,9 +70,13 @@ cdef class EventLog:
     cdef uint32_t n
     cdef uint32_t cap
     cdef list values
+    cdef readonly uint64_t memory   # what the events logged now hold (see EVENT_BYTES)
+    cdef readonly uint64_t peak     # the most memory ever held
+    cdef dict overruns              # (flow id, side, limit) -> the index of its BUFFER_OVERRUN
 
     def __cinit__(self):
         self.values = []
+        self.overruns = {}
 
     def __dealloc__(self):
         self.clear()
@@ -74,8 +100,14 @@ cdef class EventLog:
         r.value = -1
         r.stats = -1
         r.handle = -1
+        r.count = 1
         self.n += 1
         return r
+
+    cdef inline void charge(self, uint64_t cost) noexcept:
+        self.memory += cost
+        if self.memory > self.peak:
+            self.peak = self.memory
 
     cdef inline int32_t keep(self, object value) except -2:
         if value is None:
@@ -88,8 +120,11 @@ cdef class EventLog:
         for i in range(self.n):
             Py_XDECREF(self.recs[i].key)
         self.n = 0
+        self.memory = 0
         if self.values:
             self.values = []
+        if self.overruns:
+            self.overruns = {}
 
 
 cdef inline FlowKey flow_key(const flow_t *f, bint with_vlan):
@@ -300,11 +335,25 @@ cdef class Emitter:
 
     cdef int record(self, int bit, int32_t slot, int side, int a, int b, int64_t off, int64_t length,
                     object value) except -1:
-        """Append an event to the batch's log (with its flow's key, and figures for an end)."""
-        cdef evrec_t *r = self.log.add()
+        """Append an event to the batch's log (with its flow's key, and figures for an end).
+
+        A side's BUFFER_OVERRUN for the same limit as one already logged is added to that one
+        (its ``count`` and ``length``) rather than logged again: under a flood of refused
+        segments a side holds one event until the next delivery."""
+        cdef evrec_t *r
         cdef flow_t *f
         cdef int root = self.root_of[bit]
         cdef object key
+        cdef uint64_t cost = EVENT_BYTES
+        if bit == B_BUFFER_OVERRUN and slot >= 0:
+            at = self.log.overruns.get((self.eng.tab.flows[slot].id, side, value))
+            if at is not None:
+                r = &self.log.recs[<uint32_t>at]
+                r.count += 1
+                r.length += length
+                return 0
+            self.log.overruns[(self.eng.tab.flows[slot].id, side, value)] = self.log.n
+        r = self.log.add()
         r.ts = self.eng.now
         r.off = off
         r.length = length
@@ -313,6 +362,7 @@ cdef class Emitter:
         r.a = <uint8_t>a
         r.b = <uint8_t>b
         r.value = self.log.keep(value)
+        cost += value_bytes(value, length)
         r.slot = slot
         if slot >= 0:
             f = &self.eng.tab.flows[slot]
@@ -322,8 +372,10 @@ cdef class Emitter:
             key = flow_key(f, self.eng.vlan_in_key)
             if root == B_CONN_END or root == B_UDP_END:
                 r.stats = self.log.keep(snapshot(f))
+                cost += SNAPSHOT_BYTES
             elif self.log_handles and bit == root and (root == B_CONN_START or root == B_UDP_START):
                 r.handle = self.log.keep(self.eng.handle(slot))
+                cost += HANDLE_BYTES
         else:
             r.flow_id = 0
             r.filters = ALL_FILTERS
@@ -332,6 +384,7 @@ cdef class Emitter:
         if key is not None:
             Py_INCREF(key)
             r.key = <PyObject *>key
+        self.log.charge(cost)
         return 0
 
     cdef int raise_custom(self, int bit, int32_t slot, int side, int hook, int a, int b, int64_t off,
@@ -434,6 +487,8 @@ cdef class Emitter:
             ev.new_state = STATES[r.b]
         elif root == B_CONN_END or root == B_UDP_END:
             ev.reason = REASONS[r.a]
+        elif root == B_BUFFER_OVERRUN:
+            ev._count = r.count
         ev._offset = r.off
         ev._length = r.length
         if r.value >= 0:
@@ -463,6 +518,8 @@ cdef class Emitter:
             ev.new_state = STATES[pv._b]
         elif root == B_CONN_END or root == B_UDP_END:
             ev.reason = REASONS[pv._a]
+        elif root == B_BUFFER_OVERRUN:
+            ev._count = 1
         ev._offset = pv._off
         ev._length = pv._len
         ev._value = pv._value

@@ -70,6 +70,9 @@ cdef inline int64_t to_ns(double seconds):
 
 cdef double MAX_SECONDS = 9223372036.0     # the last whole second int64 nanoseconds reach (year 2262)
 
+DEFAULT_EVENT_MEMORY = 64 << 20
+
+
 cdef int64_t time_ns(object value, str what) except? -1:
     """A time in seconds from the caller, as nanoseconds; ValueError naming it unless it is a
     number from 0 to MAX_SECONDS (NaN, infinities, negative times and times past 2262 are refused)."""
@@ -148,6 +151,19 @@ cdef class Engine:
     cdef uint32_t last_timer_id
     cdef bint clock_started         # a packet (or expire()) has set the clock
     cdef list unstarted             # (delay ns, timer id) of timers set before the clock started
+    cdef object event_memory_option # max_event_memory as given (None: the default)
+    cdef readonly uint64_t max_event_memory
+    cdef uint64_t unit_reserve      # the most memory of events one unit of work raises: a timer,
+    cdef uint64_t end_reserve       # a flow's end (or its leaving the table),
+    cdef uint64_t packet_reserve    # a packet (with a flow evicted or reused, fragments dropped)
+    cdef readonly bint paused       # the last process/expire/finish stopped at max_event_memory
+    cdef uint64_t n_pauses
+    cdef bint unbounded             # feed(): one packet, whatever the log holds
+    cdef object resume_batch        # the batch process() stopped in at max_event_memory, or None
+    cdef int resume_at
+    cdef age_t *fin_order           # a finish() under way: the flows, oldest first,
+    cdef uint32_t fin_n, fin_pos    # how many, the next one,
+    cdef int fin_phase              # 0: ending them, 1: taking them out of the table
 
     def __cinit__(self):
         memset(&self.tab, 0, sizeof(flowtab_t))
@@ -161,7 +177,8 @@ cdef class Engine:
                  max_fragments=1024, fragment_timeout=30.0, max_fragment_memory=16 << 20, reassembly=None, buffering=True,
                  overlap_policy="first", max_buffer=1 << 20, max_ooo_segments=1024,
                  max_stream_memory=1 << 30, rst_payload=False, host_policies=None,
-                 overlap_window=65536, checksums="ignore", conn_history=False, shard=None):
+                 overlap_window=65536, checksums="ignore", conn_history=False, shard=None,
+                 max_event_memory=None):
         if not isinstance(max_flows, int) or isinstance(max_flows, bool) or not 1 <= max_flows <= 0x7fffffff:
             raise ValueError(f"max_flows must be an int from 1 to {0x7fffffff}, got {max_flows!r}")
         if not isinstance(max_fragments, int) or not 0 <= max_fragments <= 1 << 20:
@@ -233,11 +250,19 @@ cdef class Engine:
         self.flow_filters = []
         self.filter_uses = []
         self.reassembly_mode = -1 if reassembly is None else int(reassembly)
+        self.event_memory_option = max_event_memory
         self.em = Emitter(self)
         self.interest_changed()
+        if max_event_memory is not None:
+            if not isinstance(max_event_memory, int) or isinstance(max_event_memory, bool) \
+                    or not self.packet_reserve <= max_event_memory <= 1 << 62:
+                raise ValueError(f"max_event_memory must be an int of at least {self.packet_reserve} (what one "
+                                 f"packet can raise with these max_buffer, max_ooo_segments and max_fragments), "
+                                 f"got {max_event_memory!r}")
         tune_heap()
 
     def __dealloc__(self):
+        free(self.fin_order)
         self.drop_all()
         free(self.idle)
         xlat_free(&self.xt)
@@ -284,6 +309,17 @@ cdef class Engine:
     def stream_memory(self):
         """Bytes of stream state and buffers now."""
         return self.rx.memory
+
+    @property
+    def min_event_memory(self):
+        """The least ``max_event_memory`` these limits allow: what one packet's events can hold
+        at most (with the custom events defined so far)."""
+        return self.packet_reserve
+
+    @property
+    def event_memory(self):
+        """Bytes the events logged and not yet delivered hold now (at most ``max_event_memory``)."""
+        return self.em.log.memory
 
     # ---- registration -------------------------------------------------------------------
 
@@ -458,7 +494,7 @@ cdef class Engine:
         return self.em.bit_for(kind)
 
 
-    cdef void interest_changed(self) noexcept:
+    cdef int interest_changed(self) except -1:
         """What the wanted events need: streams are tracked for any stream event or RETRANSMIT
         (data retransmissions are recognised by the ranges seen), and keep their bytes for the
         events that carry or compare them (NEW_DATA, OVERLAP, BUFFER_OVERRUN)."""
@@ -468,6 +504,50 @@ cdef class Engine:
             self.reassembling = self.reassembly_mode == 1
         self.rx.buffering = self.buffering_option and (
             self.reassembly_mode == 1 or self.em.wants(EV_NEW_DATA | EV_OVERLAP | EV_BUFFER_OVERRUN))
+        return self.set_reserves()
+
+    cdef int set_reserves(self) except -1:
+        """The most memory of events each unit of work can raise, from the limits (the bound's
+        proof): a stream side delivers at most what it holds and what one packet brings, twice
+        (counted when due, and again when raised early), with a GAP, a NEW_DATA and an OVERLAP
+        per held segment; a flow's end does so for both sides; a packet for its flow and for one
+        other flow it evicts or reuses, with an ERROR per datagram of the fragment table. Each
+        occurrence may also raise each custom event once."""
+        cdef uint64_t custom = 1 + len(self.em.custom_bits)
+        cdef uint64_t rec = (EVENT_BYTES + 3 * BYTES_HEADER + VALUE_BYTES) * custom
+        cdef uint64_t side = 2 * <uint64_t>self.rx.max_buffer + 4 * 65536 + (3 * <uint64_t>self.rx.max_ooo_segments + 16) * rec
+        self.unit_reserve = rec
+        self.end_reserve = 2 * side + 8 * (rec + SNAPSHOT_BYTES + HANDLE_BYTES)
+        self.packet_reserve = 2 * self.end_reserve + (<uint64_t>self.frags.n + 64) * rec
+        if self.event_memory_option is None:
+            self.max_event_memory = max(DEFAULT_EVENT_MEMORY, 2 * self.packet_reserve)
+        else:
+            self.max_event_memory = self.event_memory_option
+        return 0
+
+    cdef inline bint room(self, uint64_t reserve) noexcept:
+        """Whether a unit of work raising events of at most ``reserve`` bytes fits under
+        max_event_memory with what the log holds and the batch's NEW_DATA will (an empty log
+        takes one whatever its size: the engine always makes progress)."""
+        cdef uint64_t held = self.em.log.memory + self.rx.pending
+        return self.unbounded or held == 0 or held + reserve <= self.max_event_memory
+
+    cdef int full(self) except -1:
+        """Stop at max_event_memory: counted; the caller delivers and calls again."""
+        self.paused = True
+        self.n_pauses += 1
+        return 0
+
+    cdef int check_resumed(self, str what) except -1:
+        """Refuse input while a batch or a finish() stopped at max_event_memory is unfinished."""
+        if self.resume_batch is not None:
+            raise RuntimeError(f"{what} was called while process() had stopped at frame {self.resume_at} of "
+                               "its batch to let the events logged be delivered (max_event_memory); call "
+                               f"process(batch, {self.resume_at}) with that batch first")
+        if self.fin_order != NULL:
+            raise RuntimeError(f"{what} was called while finish() had stopped to let the events logged be "
+                               "delivered (max_event_memory); call finish() again until it returns True")
+        return 0
 
     def add_handler(self, kind, handler, *, int middlebox=0, hook=None):
         """Run ``handler(packet_view)`` inline whenever ``kind`` fires for an accepted flow.
@@ -667,6 +747,8 @@ cdef class Engine:
     @cython.wraparound(False)
     cdef int process_frame(self, const uint8_t *data, uint32_t caplen, uint32_t wirelen,
                            int64_t ts, uint16_t linktype) except -1:
+        """One packet, the clock already at ``ts`` (advance(): time passes per packet, so that
+        the answer is the same at any batch size); returns its verdict."""
         cdef pkt_t *pk = &self.pk
         cdef int reason = 0, r
         self.release_fragment()      # left over if a handler raised while it was in use
@@ -679,14 +761,6 @@ cdef class Engine:
         self.verdict = VERDICT_FORWARD
         self.n_packets += 1
         self.n_bytes += pk.wirelen
-        if not self.clock_started:
-            self.start_clock(ts)
-        if ts > self.now:
-            if self.tq.n and self.tq.heap[0].due <= ts:
-                self.fire_timers(ts)
-            self.now = ts
-        if self.flows_due():            # time passes per packet: the answer is the same at any batch size
-            self.expire_flows(self.n_packets << 1)
         r = parse_packet(pk, linktype, &self.frags, &self.frag_done, &reason)
         if self.frags.new_expired or self.frags.new_evicted:
             self.fragment_drops()
@@ -927,10 +1001,11 @@ cdef class Engine:
                 return True
         return False
 
-    cdef int expire_flows(self, uint64_t order) except -1:
+    cdef int expire_flows(self) except -1:
         """End (and take out) every flow idle past its timeout at ``now``: class by class, each
         class's in the order of their last packet's time, then of their ids (creation); their
-        records get ``order`` (see remove_flow)."""
+        records leave as before the next packet (see remove_flow). 0 when the log has no room
+        for the next one's events (it and those after it stay due), 1 when done."""
         cdef int c
         cdef int32_t i
         cdef uint32_t n, j
@@ -953,11 +1028,13 @@ cdef class Engine:
                 f = &self.tab.flows[i]
                 if f.status == FS_FREE or f.id != self.idle[j].id:
                     continue                # a handler took it out meanwhile
+                if not self.room(self.end_reserve):
+                    return 0
                 if f.status == FS_OPEN:
                     self.n_timed_out += 1
                     self.end_flow(i, -1, HOOK_NONE, END_TIMEOUT)
-                self.remove_flow(i, order)
-        return 0
+                self.remove_flow(i, (self.n_packets + 1) << 1)
+        return 1
 
     cdef int grow_idle(self) except -1:
         cdef uint32_t cap = max(self.idle_cap * 2, 64)
@@ -968,19 +1045,30 @@ cdef class Engine:
         self.idle_cap = cap
         return 0
 
-    cdef int expire_to(self, int64_t now) except -1:
-        """Advance time to ``now``: fire due timers, expire idle flows and fragments."""
+    cdef int advance(self, int64_t ts) except -1:
+        """Move the clock to ``ts`` (before a packet at that time): the timers due fire and idle
+        flows end, each while the log has room for its events. 1 when the clock is at ``ts``;
+        0 when stopped at max_event_memory (what is left is due at the next call)."""
         if not self.clock_started:
-            self.start_clock(now)
-        if self.tq.n and self.tq.heap[0].due <= now:
-            self.fire_timers(now)
-        if now > self.now:
-            self.now = now
-        self.expire_flows((self.n_packets + 1) << 1)     # as before the next packet
-        fragtab_expire(&self.frags, self.now)
-        if self.frags.new_expired:
-            self.fragment_drops()
-        return 0
+            self.start_clock(ts)
+        if ts > self.now:
+            if self.tq.n and self.tq.heap[0].due <= ts and not self.fire_timers(ts):
+                return 0
+            self.now = ts
+        if self.flows_due() and not self.expire_flows():
+            return 0
+        return 1
+
+    cdef int expire_to(self, int64_t now) except -1:
+        """Advance time to ``now``: fire due timers, expire idle flows and fragments; 0 when
+        stopped at max_event_memory. Outside a batch: what the flows ended owe is raised."""
+        cdef int done = self.advance(now) and self.room(self.packet_reserve)
+        if done:
+            fragtab_expire(&self.frags, self.now)
+            if self.frags.new_expired:
+                self.fragment_drops()
+        streams_flush(self)
+        return done
 
     cdef int start_clock(self, int64_t now) except -1:
         """The first packet (or ``expire``) sets the clock: timers set before it with a delay
@@ -999,12 +1087,15 @@ cdef class Engine:
     cdef int fire_timers(self, int64_t until) except -1:
         """Fire the timers due by ``until``, in deadline order, each at its deadline (engine time
         moves there): its inline callback, then a TIMER event valued (id, expirations). A
-        periodic timer late by several periods fires once, counting them (as a timerfd)."""
+        periodic timer late by several periods fires once, counting them (as a timerfd). 0 when
+        the log has no room for the next one's event (it stays due), 1 when done."""
         cdef tmr_t t
         cdef TimerEntry e
         cdef int32_t slot
         cdef int64_t n
         while self.tq.n and self.tq.heap[0].due <= until:
+            if not self.room(self.unit_reserve):
+                return 0
             timerq_pop(&self.tq, &t)
             e = self.timers.get(t.id)
             if e is None or e.seq != t.seq:
@@ -1028,7 +1119,7 @@ cdef class Engine:
                 self.em.call(e.callback, B_TIMER, slot, value)
             if self.em.wants(EV_TIMER):
                 self.em.emit(B_TIMER, slot, -1, HOOK_NONE, 0, 0, -1, -1, value)
-        return 0
+        return 1
 
     def set_timer(self, delay=None, *, at=None, interval=None, flow=None, callback=None):
         """Arm a timer on the engine's clock; returns its id (an int).
@@ -1115,11 +1206,15 @@ cdef class Engine:
         cdef int64_t t
         cdef int v
         self.not_running("Engine.feed()")
+        self.check_resumed("Engine.feed()")
         t = self.now if ts is None else time_ns(ts, "Engine.feed()'s ts")
         self.busy = True
+        self.unbounded = True
+        self.paused = False
         self.frames_writable = isinstance(frame, bytearray)
         try:
             try:
+                self.advance(t)
                 if view.shape[0] == 0:
                     v = self.process_frame(NULL, 0, 0, t, linktype)
                 else:
@@ -1130,6 +1225,7 @@ cdef class Engine:
             self.expire_to(t)
         finally:
             self.busy = False
+            self.unbounded = False
         return Verdict(v)
 
     def process(self, FrameBatch batch, int start=0, until=None):
@@ -1137,19 +1233,30 @@ cdef class Engine:
         idle flows. Returns where it stopped: the batch's count, or with ``until`` (seconds) the
         first frame at or after that time (the caller goes on from there, after ``expire(until)``
         if it wants the clock to reach it: what is due by then fires, as it would before that
-        frame)."""
+        frame), or, with ``paused`` set, the frame before which the events logged reached
+        ``max_event_memory``: deliver them (a dispatcher), then call ``process(batch, i)`` with
+        the same batch (anything else raises RuntimeError until then)."""
         cdef int i = start
         cdef int64_t limit
         self.not_running("Engine.process()")
+        if self.resume_batch is not None and batch is self.resume_batch and start == self.resume_at:
+            self.resume_batch = None
+        self.check_resumed("Engine.process()")
         limit = time_ns(until, "Engine.process()'s until") if until is not None else 0x7fffffffffffffff
         if not 0 <= start <= batch.count:
             raise ValueError(f"start must be within the batch's {batch.count} frames, got {start}")
         self.busy = True
+        self.paused = False
         self.frames_writable = batch.writable
         self.block = batch.block
         try:
             try:
                 while i < batch.count and batch.ts[i] < limit:
+                    if not self.room(self.packet_reserve) or not self.advance(batch.ts[i]):
+                        self.full()
+                        self.resume_batch = batch
+                        self.resume_at = i
+                        break
                     batch.verdict[i] = <uint8_t>self.process_frame(
                         batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
                     i += 1
@@ -1157,52 +1264,86 @@ cdef class Engine:
             finally:
                 streams_end_batch(self)
                 self.block = None
-            self.expire_to(self.now)
+            if not self.paused and not self.expire_to(self.now):
+                self.full()
         finally:
             self.busy = False
         return i
 
     def expire(self, now):
-        """Advance time to ``now`` (seconds) and end flows idle past their timeout."""
+        """Advance time to ``now`` (seconds) and end flows idle past their timeout. Returns True
+        when the clock got there, False when it stopped (``paused``) because the events logged
+        reached ``max_event_memory``: deliver them, then call again."""
         cdef int64_t t
+        cdef int done
         self.not_running("Engine.expire()")
+        self.check_resumed("Engine.expire()")
         t = time_ns(now, "Engine.expire()'s now")
         self.busy = True
+        self.paused = False
         try:
-            self.expire_to(t)
+            done = self.expire_to(t)
+            if not done:
+                self.full()
         finally:
             self.busy = False
+        return bool(done)
 
     def finish(self, reason=EndReason.END_OF_CAPTURE):
         """End of input: end every open flow (``reason``: END_OF_CAPTURE, or INTERRUPTED when
-        the program stops early), oldest first, and empty the table."""
-        cdef uint32_t i, n = 0, j
-        cdef age_t *order
+        the program stops early), oldest first, and empty the table.
+
+        Returns True when done; False when it stopped (``paused``) because the events logged
+        reached ``max_event_memory``: deliver them (a dispatcher), then call ``finish()`` again
+        until it returns True (no other input is taken meanwhile). Raises RuntimeError while a
+        batch stopped at ``max_event_memory`` is unfinished, unless ``reason`` is INTERRUPTED."""
+        cdef uint32_t i, n = 0
+        cdef int32_t slot
         cdef uint8_t why
         self.not_running("Engine.finish()")
         if reason not in (EndReason.END_OF_CAPTURE, EndReason.INTERRUPTED):
             raise ValueError(f"a finish ends flows with END_OF_CAPTURE or INTERRUPTED, not {reason!r}")
         why = <uint8_t>int(reason)
-        order = <age_t *>malloc(max(self.tab.count, 1) * sizeof(age_t))
-        if order == NULL:
-            raise MemoryError("no memory to end the open flows")
-        self.busy = True
-        try:
+        if why == END_INTERRUPTED:
+            self.resume_batch = None
+        if self.fin_order == NULL:
+            self.check_resumed("Engine.finish()")
+            self.fin_order = <age_t *>malloc(max(self.tab.count, 1) * sizeof(age_t))
+            if self.fin_order == NULL:
+                raise MemoryError("no memory to end the open flows")
             for i in range(self.tab.cap):
                 if self.tab.flows[i].status != FS_FREE:
-                    order[n].id = self.tab.flows[i].id
-                    order[n].slot = i
+                    self.fin_order[n].id = self.tab.flows[i].id
+                    self.fin_order[n].slot = i
                     n += 1
-            qsort(order, n, sizeof(age_t), cmp_age)
-            for j in range(n):
-                if self.tab.flows[order[j].slot].status == FS_OPEN:
-                    self.end_flow(order[j].slot, -1, HOOK_NONE, why)
-            for j in range(n):
-                if self.tab.flows[order[j].slot].status != FS_FREE:
-                    self.remove_flow(order[j].slot, (self.n_packets + 1) << 1 | 1)
+            qsort(self.fin_order, n, sizeof(age_t), cmp_age)
+            self.fin_n = n
+            self.fin_pos = 0
+            self.fin_phase = 0
+        self.busy = True
+        self.paused = False
+        try:
+            while self.fin_phase < 2:
+                while self.fin_pos < self.fin_n:
+                    slot = self.fin_order[self.fin_pos].slot
+                    if self.tab.flows[slot].status == (FS_OPEN if self.fin_phase == 0 else FS_CLOSED):
+                        if not self.room(self.end_reserve):
+                            streams_flush(self)
+                            self.full()
+                            return False
+                        if self.fin_phase == 0:
+                            self.end_flow(slot, -1, HOOK_NONE, why)
+                        else:
+                            self.remove_flow(slot, (self.n_packets + 1) << 1 | 1)
+                    self.fin_pos += 1
+                self.fin_phase += 1
+                self.fin_pos = 0
+            streams_flush(self)
         finally:
-            free(order)
             self.busy = False
+        free(self.fin_order)
+        self.fin_order = NULL
+        return True
 
     def close(self):
         """Drop every flow without raising events (the stack calls this when it closes).
@@ -1213,6 +1354,9 @@ cdef class Engine:
             return
         self.not_running("Engine.close()")
         self.drop_all()
+        free(self.fin_order)
+        self.fin_order = NULL
+        self.resume_batch = None
         self.closed = True
 
     @property
@@ -1242,4 +1386,6 @@ cdef class Engine:
             client_packets=self.side_packets[0], server_packets=self.side_packets[1],
             client_payload_bytes=self.side_payload[0], server_payload_bytes=self.side_payload[1],
             translations=self.xt.count, translated_packets=self.xt.translated,
-            untranslatable=self.xt.untranslatable)
+            untranslatable=self.xt.untranslatable,
+            event_memory=self.em.log.memory, event_memory_peak=self.em.log.peak,
+            max_event_memory=self.max_event_memory, event_pauses=self.n_pauses)

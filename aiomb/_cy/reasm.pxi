@@ -18,6 +18,7 @@ ctypedef struct reasm_t:
     uint8_t rst_payload         # a RST's payload is part of the stream
     uint64_t overruns
     uint64_t seq_jumps
+    uint64_t pending            # what the NEW_DATA events due at the batch's flush will hold, at most
     ref_t *refs                 # the batch's in-order payloads left in its frames
     uint32_t n_refs
     uint32_t refs_cap
@@ -440,6 +441,7 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
                 if eng.em.wants(EV_BUFFER_OVERRUN):
                     report(eng, B_BUFFER_OVERRUN, slot, side, HOOK_NONE, st.buf_off, held_bytes(st), "buffer")
                 stream_consume(eng, st, held_bytes(st))
+        eng.rx.pending += n
         if can_ref and st.buf_len == 0 and not st.manual and ref_add(eng, st, data, n) == 0:
             st.next_off += n
             st.bytes += n
@@ -686,6 +688,7 @@ cdef int mark_dirty(Engine eng, int32_t slot, int side) except -1:
             raise MemoryError()
         rx.dirty_cap = cap
     st.dirty = 1
+    rx.pending += EVENT_BYTES + BYTES_HEADER
     rx.dirty_slot[rx.n_dirty] = slot
     rx.dirty_id[rx.n_dirty] = eng.tab.flows[slot].id
     rx.dirty_side[rx.n_dirty] = <uint8_t>side
@@ -740,6 +743,7 @@ cdef int streams_flush(Engine eng) except -1:
             stream_deliver(eng, eng.rx.dirty_slot[i], eng.rx.dirty_side[i])
         i += 1
     eng.rx.n_dirty = 0
+    eng.rx.pending = 0
     return 0
 
 
@@ -755,6 +759,7 @@ cdef void streams_end_batch(Engine eng) noexcept:
             materialize(eng, st)
             st.dirty = 0
     eng.rx.n_dirty = 0
+    eng.rx.pending = 0
     eng.rx.n_refs = 0
 
 

@@ -265,7 +265,8 @@ cdef class Event:
     malformed reason). Stream events carry ``offset``/``length`` (a byte range of the side's
     stream): NEW_DATA's ``value`` is the ``length`` new bytes from ``offset`` (None when the
     side's buffering is off), OVERLAP's is (held bytes, new bytes), BUFFER_OVERRUN's the limit
-    hit. An event holds no live flow: the stack's ``flow(ev)`` gives the handle while the flow
+    hit. A BUFFER_OVERRUN stands for ``count`` refusals of its side for that limit since the
+    last delivery (coalesced): ``length`` bytes refused in all, the first at ``offset``. An event holds no live flow: the stack's ``flow(ev)`` gives the handle while the flow
     is in the table. Layer: core. Events compare equal by content.
     """
 
@@ -281,9 +282,10 @@ cdef class Event:
     cdef FlowSnapshot _stats
     cdef int64_t _offset            # -1: not a stream event
     cdef int64_t _length
+    cdef uint32_t _count            # BUFFER_OVERRUN: refusals; 0: not one
 
     def __init__(self, *, kind, key=None, flow_id=None, side=None, ts=0.0, reason=None,
-                 old_state=None, new_state=None, value=None, offset=None, length=None):
+                 old_state=None, new_state=None, value=None, offset=None, length=None, count=None):
         self.kind = kind
         self.key = key
         if flow_id is not None and (not isinstance(flow_id, int) or flow_id < 1):
@@ -297,6 +299,9 @@ cdef class Event:
         self._value = value
         self._offset = _range_field("offset", offset)
         self._length = _range_field("length", length)
+        if count is not None and (not isinstance(count, int) or not 1 <= count <= 0xffffffff):
+            raise ValueError(f"Event count must be None or a positive int, got {count!r}")
+        self._count = count or 0
 
     @property
     def flow_id(self):
@@ -331,9 +336,14 @@ cdef class Event:
         """Length of a stream event's byte range, else None."""
         return self._length if self._length >= 0 else None
 
+    @property
+    def count(self):
+        """How many refusals a BUFFER_OVERRUN stands for (at least 1), else None."""
+        return self._count if self._count else None
+
     cdef tuple _astuple(self):
         return (self.kind, self.key, self._flow_id, self.side, self.ts, self.reason, self.old_state,
-                self.new_state, resolved(self._value), self._offset, self._length)
+                self.new_state, resolved(self._value), self._offset, self._length, self._count)
 
     def __eq__(self, other):
         if not isinstance(other, Event):
@@ -352,7 +362,7 @@ cdef class Event:
         if self.side is not None:
             parts.append(f"side={self.side!s}")
         parts.append(f"ts={self.ts:.6f}")
-        for name in ("reason", "old_state", "new_state", "offset", "length", "value"):
+        for name in ("reason", "old_state", "new_state", "offset", "length", "count", "value"):
             v = getattr(self, name)
             if v is not None:
                 parts.append(f"{name}={v!s}")

@@ -56,13 +56,16 @@ def write_stream(path: str, out, *, flow_id=None, key=None, side=Side.CLIENT, ga
     batch = FrameBatch(2048)
     try:
         with capture(path) as source:
-            while source.read(batch):
-                engine.process(batch)
+            while count := source.read(batch):
+                pos = 0
+                while (pos := engine.process(batch, pos)) < count:
+                    take()          # stopped at max_event_memory: what it logged first
                 take()
     except CaptureError as exc:
         return result, exc
     finally:
-        engine.finish()
+        while not engine.finish():
+            take()
         take()
     return result, None
 

@@ -130,6 +130,10 @@ class EngineStatistics:
     ``translated_packets`` the packets such a binding applied to (the server's before the
     lookup, the client's after the hooks), ``untranslatable`` the writable frames it could not
     rewrite in place (a datagram reassembled from IP fragments), which were dropped.
+    ``event_memory`` is what the events logged and not yet handed to a dispatcher hold (their
+    records, Event values and the bytes and figures they carry), ``event_memory_peak`` the most it
+    ever held (at most ``max_event_memory``), ``event_pauses`` how many times processing stopped
+    there so that they were delivered first.
     """
 
     packets: int
@@ -171,6 +175,10 @@ class EngineStatistics:
     translations: int = 0           # flows bound to an outer tuple now (Flow.translate)
     translated_packets: int = 0     # packets a binding applied to, either way
     untranslatable: int = 0         # writable frames a binding could not rewrite in place (dropped)
+    event_memory: int = 0           # what the events logged and not yet delivered hold
+    event_memory_peak: int = 0
+    max_event_memory: int = 0
+    event_pauses: int = 0           # times processing stopped at max_event_memory to deliver first
 
     @property
     def malformed_total(self) -> int:

@@ -17,17 +17,22 @@ engine = aiomb.Engine()
 dispatcher = aiomb.Dispatcher(engine)
 sub = dispatcher.subscribe(aiomb.NEW_DATA)
 streams = {}
+
+def take():
+    for ev in dispatcher.drain(sub):
+        key = (str(ev.key.client_ip), ev.key.client_port, str(ev.key.server_ip), ev.key.server_port)
+        streams.setdefault(key, [0, 0])[ev.side] += len(ev.value)
+
 with aiomb.capture(sys.argv[1]) as source:
     batch = aiomb.FrameBatch(64)
-    while source.read(batch):
-        engine.process(batch)
-        for ev in dispatcher.drain(sub):
-            key = (str(ev.key.client_ip), ev.key.client_port, str(ev.key.server_ip), ev.key.server_port)
-            streams.setdefault(key, [0, 0])[ev.side] += len(ev.value)
-engine.finish()
-for ev in dispatcher.drain(sub):
-    key = (str(ev.key.client_ip), ev.key.client_port, str(ev.key.server_ip), ev.key.server_port)
-    streams.setdefault(key, [0, 0])[ev.side] += len(ev.value)
+    while count := source.read(batch):
+        pos = 0
+        while (pos := engine.process(batch, pos)) < count:
+            take()
+        take()
+while not engine.finish():
+    take()
+take()
 print(json.dumps(sorted([list(k) + v for k, v in streams.items()])))
 """
 
