@@ -247,6 +247,7 @@ ctypedef struct stream_t:
     uint32_t ref_bytes
     uint32_t seq_base       # sequence number of stream offset 0
     seg_t *ooo              # out-of-order segments, sorted by offset
+    seg_t *ooo_last         # the last of them (bytes beyond every held one go after it at once)
     uint32_t ooo_count
     uint32_t ooo_bytes
     uint8_t *hist           # the latest consumed bytes, [buf_off - hist_len, buf_off), in a ring

@@ -419,6 +419,8 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
     mem_take(&eng.rx, sizeof(seg_t))
     g.next = link[0]
     link[0] = g
+    if g.next == NULL:
+        st.ooo_last = g
     st.ooo_count += 1
     st.ooo_bytes += n
     if st.buffering:
@@ -496,6 +498,8 @@ cdef int drain_ooo(Engine eng, int32_t slot, int side, stream_t *st) except -1:
     while st.ooo != NULL and st.ooo.off == st.next_off:
         g = st.ooo
         st.ooo = g.next
+        if st.ooo == NULL:
+            st.ooo_last = NULL
         st.ooo_count -= 1
         st.ooo_bytes -= g.length
         eng.rx.memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
@@ -569,6 +573,8 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
     s0 = off
     pos = off
     link = &st.ooo
+    if st.ooo_last != NULL and st.ooo_last.off + st.ooo_last.length <= pos:
+        link = &st.ooo_last.next        # beyond every held segment (a flood's, say): no walk
     while pos < end:
         cur = link[0]
         while cur != NULL and cur.off + cur.length <= pos:
@@ -626,6 +632,7 @@ cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off, bint 
                 eng.rx.memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
                 free(g.data)
                 free(g)
+            st.ooo_last = NULL
             st.ooo_count = 0
             st.ooo_bytes = 0
             st.undelivered += captured
