@@ -65,6 +65,7 @@ def TestOneInput(data: bytes) -> None:
 def main() -> None:
     import atheris
 
+    print(f"fuzz: {__name__} on {aiomb._core.__file__}", flush=True)
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 

@@ -253,6 +253,7 @@ def tcp_conversations(linktype: int, captured: list[tuple[float, bytes]]) -> lis
 def main() -> None:
     import atheris
 
+    print(f"fuzz: {__name__} on {aiomb._core.__file__}", flush=True)
     atheris.Setup(sys.argv, TestOneInput)
     atheris.Fuzz()
 

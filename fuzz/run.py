@@ -1,12 +1,13 @@
 """Run the fuzz targets with libFuzzer (atheris), each for a bounded time; exit 1 on a crash.
 
-    python -m fuzz.run [TARGET ...] [--seconds N] [-- LIBFUZZER-OPTIONS]
+    python -m fuzz.run [TARGET ...] [--seconds N] [--sanitized] [-- LIBFUZZER-OPTIONS]
 
 Each target's corpus is ``fuzz/corpus/TARGET`` (seeded from tests/corpus/data when empty, and
 grown by every run), a crash is written to ``fuzz/crashes/TARGET/`` (``crash-<sha1>``: replay
-it with ``python -m fuzz.TARGET fuzz/crashes/TARGET/crash-...``). The aiomb imported is the one
-on ``sys.path`` (``PYTHONPATH``): under AddressSanitizer, run this with the sanitized build
-and the sanitizer runtime preloaded (README, "Fuzzing").
+it with ``python -m fuzz.TARGET fuzz/crashes/TARGET/crash-...``). Without ``--sanitized`` the
+targets import the aiomb on ``sys.path``, whose core gives libFuzzer no coverage (it mutates the
+corpus blind); with it they import the build of ``python -m fuzz.build`` (libFuzzer's coverage of
+the core, AddressSanitizer, UBSan) with its runtime preloaded.
 """
 
 import argparse
@@ -16,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fuzz import seeds
+from fuzz import build, seeds
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {
@@ -35,16 +36,22 @@ def seed(target: str, corpus: Path) -> int:
     return sum(1 for _ in corpus.iterdir())
 
 
-def run(target: str, seconds: int, extra: list[str]) -> int:
+def run(target: str, seconds: int, extra: list[str], sanitized: bool) -> int:
     corpus = HERE / "corpus" / target
     crashes = HERE / "crashes" / target
     crashes.mkdir(parents=True, exist_ok=True)
     n = seed(target, corpus)
-    print(f"fuzz: {target} for {seconds} s from {n} inputs in {corpus}", flush=True)
+    print(f"fuzz: {target} for {seconds} s{' (sanitized)' if sanitized else ''} from {n} inputs in {corpus}",
+          flush=True)
     cmd = [sys.executable, "-m", f"fuzz.{target}", str(corpus), f"-max_total_time={seconds}",
            f"-artifact_prefix={crashes}/", "-timeout=20", "-rss_limit_mb=2048", "-print_final_stats=1", *extra]
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")])))
-    return subprocess.run(cmd, env=env, cwd=HERE.parent).returncode
+    if sanitized:
+        env = build.sanitized_env()
+    else:
+        path = os.pathsep.join(filter(None, [str(HERE.parent), os.environ.get("PYTHONPATH")]))
+        env = dict(os.environ, PYTHONPATH=path)
+    cwd = build.BUILD if sanitized else HERE.parent      # python -m puts it first on sys.path: its aiomb is imported
+    return subprocess.run(cmd, env=env, cwd=cwd).returncode
 
 
 def main(argv=None) -> int:
@@ -52,13 +59,15 @@ def main(argv=None) -> int:
     parser.add_argument("targets", nargs="*", metavar="TARGET",
                         help=f"targets to run (default: all of {', '.join(TARGETS)})")
     parser.add_argument("--seconds", type=int, default=60, help="time per target (default 60)")
-    parser.add_argument("extra", nargs=argparse.REMAINDER, help="after --: libFuzzer options")
-    args = parser.parse_args(argv)
-    extra = args.extra[1:] if args.extra[:1] == ["--"] else args.extra
+    parser.add_argument("--sanitized", action="store_true",
+                        help="use the build of python -m fuzz.build (coverage of the core, ASan, UBSan)")
+    argv = sys.argv[1:] if argv is None else argv
+    extra = argv[argv.index("--") + 1:] if "--" in argv else []      # libFuzzer's options
+    args = parser.parse_args(argv[:len(argv) - len(extra)])
     unknown = set(args.targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown target {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")
-    failed = [t for t in args.targets or TARGETS if run(t, args.seconds, extra) != 0]
+    failed = [t for t in args.targets or TARGETS if run(t, args.seconds, extra, args.sanitized) != 0]
     if failed:
         print(f"fuzz: {', '.join(failed)} failed: see fuzz/crashes/", file=sys.stderr)
         return 1

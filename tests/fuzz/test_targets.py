@@ -1,0 +1,50 @@
+"""The fuzz targets (fuzz/) without libFuzzer: each takes its seeds made from the corpus, and the
+reassembly target's model catches a reassembly that differs from it."""
+
+import pytest
+
+from fuzz import capture_reader, frame_parser, reassembly, seeds
+from fuzz.run import TARGETS
+
+MODULES = {"capture_reader": capture_reader, "frame_parser": frame_parser, "reassembly": reassembly}
+
+
+@pytest.mark.parametrize("target", sorted(TARGETS))
+def test_each_target_takes_its_seeds(target):
+    inputs = TARGETS[target]()
+    assert len(inputs) >= len(seeds.captures())     # at least one seed from each capture
+    for data in inputs:
+        MODULES[target].TestOneInput(data)
+
+
+def test_a_capture_seed_holds_records_and_the_gzip_one_ends_in_a_capture_error():
+    inputs = seeds.capture_seeds()
+    assert all(len(data) > 24 for data in inputs)
+    assert sum(data[:2] == b"\x1f\x8b" for data in inputs) == 1
+
+
+def test_the_reassembly_input_format_round_trips():
+    steps = [("data", -16, 1024, 3), ("ack", 500, 0, 0), ("data", 65519, 0, 0)]
+    assert reassembly.decode(reassembly.encode(steps, policy=4, isn=2**32 - 1, batch=7)) == \
+        ("old_linux", 2**32 - 1, 8, steps)
+
+
+CONFLICTS = [("data", 100, 10, 1), ("data", 100, 10, 0), ("data", 0, 100, 0)]   # two copies held, then the hole
+
+
+@pytest.mark.parametrize("policy", range(len(reassembly.POLICIES)))
+def test_the_model_agrees_with_the_engine_on_conflicting_copies(policy):
+    reassembly.TestOneInput(reassembly.encode(CONFLICTS, policy=policy))
+
+
+def test_the_reassembly_target_catches_a_stream_that_differs_from_the_model(monkeypatch):
+    rule = reassembly.new_bytes_win
+    monkeypatch.setattr(reassembly, "new_bytes_win", lambda policy, *segments: rule("last", *segments))
+    with pytest.raises(AssertionError, match="reassembly differs from the model"):
+        reassembly.TestOneInput(reassembly.encode(CONFLICTS, policy=0))
+
+
+def test_the_reassembly_target_catches_a_wrong_gap(monkeypatch):
+    monkeypatch.setattr(reassembly.Model, "finish", lambda self: None)     # holes at the end not reported
+    with pytest.raises(AssertionError, match="reassembly differs from the model"):
+        reassembly.TestOneInput(reassembly.encode([("data", 10, 5, 0)]))
