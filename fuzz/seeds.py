@@ -13,7 +13,7 @@ from pathlib import Path
 from aiomb.testing import write_pcapng
 
 ROOT = Path(__file__).resolve().parent.parent
-MAX_CAPTURE_SEED = 64 << 10     # a capture seed is the capture's first records up to this size
+MAX_CAPTURE_SEED = 16 << 10     # a capture seed is the capture's first records up to this size
 MAX_FRAMES = 64                 # frames of a frame-parser seed
 
 
