@@ -25,6 +25,7 @@ TARGETS = {
     "frame_parser": seeds.frame_seeds,
     "reassembly": seeds.reassembly_seeds,
 }
+MAX_LEN = {"capture_reader": 1 << 16, "frame_parser": 1 << 14, "reassembly": 6 + 5 * 128}    # largest inputs worth it
 
 
 def seed(target: str, corpus: Path) -> int:
@@ -44,7 +45,8 @@ def run(target: str, seconds: int, extra: list[str], sanitized: bool) -> int:
     print(f"fuzz: {target} for {seconds} s{' (sanitized)' if sanitized else ''} from {n} inputs in {corpus}",
           flush=True)
     cmd = [sys.executable, "-m", f"fuzz.{target}", str(corpus), f"-max_total_time={seconds}",
-           f"-artifact_prefix={crashes}/", "-timeout=20", "-rss_limit_mb=2048", "-print_final_stats=1", *extra]
+           f"-artifact_prefix={crashes}/", f"-max_len={MAX_LEN[target]}", "-timeout=20", "-rss_limit_mb=2048",
+           "-print_final_stats=1", *extra]
     if sanitized:
         env = build.sanitized_env()
     else:
