@@ -17,10 +17,11 @@ def test_each_target_takes_its_seeds(target):
         MODULES[target].TestOneInput(data)
 
 
-def test_a_capture_seed_holds_records_and_the_gzip_one_ends_in_a_capture_error():
-    inputs = seeds.capture_seeds()
-    assert all(len(data) > 24 for data in inputs)
-    assert sum(data[:2] == b"\x1f\x8b" for data in inputs) == 1
+def test_the_capture_seeds_are_pcap_pcapng_and_one_gzip():
+    magics = [data[:4] for data in seeds.capture_seeds()]
+    assert magics.count(b"\n\r\r\n") == len(seeds.captures())        # each capture as pcapng too
+    assert sum(m[:2] == b"\x1f\x8b" for m in magics) == 1
+    assert all(m in (b"\xd4\xc3\xb2\xa1", b"\xa1\xb2\xc3\xd4", b"\n\r\r\n") or m[:2] == b"\x1f\x8b" for m in magics)
 
 
 def test_the_reassembly_input_format_round_trips():
