@@ -4,17 +4,18 @@ against a model.
 Input: the overlap policy (one byte), the client's ISN (4 bytes: sequence numbers wrap), the
 batch size (one byte: segments of one batch are referenced in the frames, not copied), then
 steps of 5 bytes: a kind (even: a client segment whose bytes are of variant ``kind >> 1``, so
-that retransmissions agree at variant 0 and conflict otherwise; odd: a server ACK), a stream
-offset (2 bytes, less 16: a segment may start before the ISN) and a length (2 bytes, at most
-MAX_SEGMENT; none for an ACK). A handshake comes first; the steps go through a pcap and the
-capture reader in batches; ``finish()`` ends the flow.
+that retransmissions agree at variant 0 and conflict otherwise; 1 mod 4: a server ACK; 3 mod 4:
+a client segment with FIN, of variant ``kind >> 2``), a stream offset (2 bytes, less 16: a
+segment may start before the ISN) and a length (2 bytes, at most MAX_SEGMENT; none for an ACK).
+A handshake comes first; the steps go through a pcap and the capture reader in batches;
+``finish()`` ends the flow.
 
 The model (:class:`Model`) keeps one entry per byte: bytes in order never change, bytes held out
 of order are replaced when the policy's rule (Suricata's target-based rules, as in reasm.pxi)
 says the new segment wins; a server ACK past a hole declares the hole lost (GAP) up to the
 bytes the client sent, and a segment arriving beyond a hole already ACKed does too; at the end
-every hole before held bytes is a GAP. The engine's NEW_DATA bytes and GAP ranges must be
-exactly the model's.
+every hole before held bytes, and before the client's first FIN, is a GAP. The engine's
+NEW_DATA bytes and GAP ranges must be exactly the model's.
 """
 
 import functools
@@ -62,10 +63,10 @@ def segment(src: tuple[str, int], dst: tuple[str, int], seq: int, ack: int, flag
 
 
 def encode(steps: list[tuple[str, int, int, int]], *, policy: int = 0, isn: int = 1000, batch: int = 8) -> bytes:
-    """A target input of steps ("data", offset, length, variant) and ("ack", offset, 0, 0)."""
+    """A target input of steps ("data" or "fin", offset, length, variant) and ("ack", offset, 0, 0)."""
     out = [struct.pack("!BIB", policy, isn % 2**32, batch)]
     for what, off, n, variant in steps[:MAX_STEPS]:
-        kind = 1 if what == "ack" else variant << 1
+        kind = {"ack": 1, "fin": variant << 2 | 3}.get(what, variant << 1)
         out.append(struct.pack("!BHH", kind, off + BEFORE_ISN, n))
     return b"".join(out)
 
@@ -77,8 +78,10 @@ def decode(data: bytes) -> tuple[str, int, int, list[tuple[str, int, int, int]]]
     steps = []
     for i in range(6, min(len(data) - 4, 6 + 5 * MAX_STEPS), 5):
         kind, off, n = struct.unpack_from("!BHH", data, i)
-        if kind & 1:
+        if kind & 3 == 1:
             steps.append(("ack", off - BEFORE_ISN, 0, 0))
+        elif kind & 3 == 3:
+            steps.append(("fin", off - BEFORE_ISN, n % (MAX_SEGMENT + 1), kind >> 2))
         else:
             steps.append(("data", off - BEFORE_ISN, n % (MAX_SEGMENT + 1), kind >> 1))
     return POLICIES[policy % len(POLICIES)], isn, 1 + batch % 32, steps
@@ -105,7 +108,8 @@ class Model:
         self.next_off = 0           # bytes before it are in order (delivered or lost)
         self.held = {}              # offset -> [byte, start, end of the segment that brought it]
         self.acked = 0              # the highest ACK seen from the peer
-        self.sent_end = 0           # the end of the highest byte the side sent
+        self.sent_end = 0           # the end of the side's sequence space used (its FIN counts)
+        self.fin = None             # the offset of the side's first FIN
         self.out = []               # ("data", offset, bytes) and ("gap", offset, length)
 
     def deliver(self, off: int, data: bytes) -> None:
@@ -135,9 +139,11 @@ class Model:
                 break
             self.skip(target)
 
-    def segment(self, off: int, data: bytes) -> None:
+    def segment(self, off: int, data: bytes, fin: bool = False) -> None:
         end = off + len(data)
-        self.sent_end = max(self.sent_end, end)
+        self.sent_end = max(self.sent_end, end + fin)
+        if fin and self.fin is None:
+            self.fin = end
         if off < 0:
             data, off = data[-off:], 0
         if not data:
@@ -158,11 +164,13 @@ class Model:
 
     def ack(self, off: int) -> None:
         self.acked = max(self.acked, off)
-        self.lost_to(min(off, self.sent_end))
+        self.lost_to(min(off, self.sent_end - (self.fin is not None)))
 
     def finish(self) -> None:
         while self.held:
             self.skip(min(self.held))
+        if self.fin is not None and self.fin > self.next_off:
+            self.skip(self.fin)
 
 
 def frames(isn: int, steps) -> list[tuple[float, bytes]]:
@@ -175,7 +183,8 @@ def frames(isn: int, steps) -> list[tuple[float, bytes]]:
         if what == "ack":
             out.append((ts, segment(SERVER, CLIENT, SERVER_ISN + 1, isn + 1 + off, 0x10)))
         else:
-            out.append((ts, segment(CLIENT, SERVER, isn + 1 + off, SERVER_ISN + 1, 0x18, payload(off, n, variant))))
+            flags = 0x19 if what == "fin" else 0x18
+            out.append((ts, segment(CLIENT, SERVER, isn + 1 + off, SERVER_ISN + 1, flags, payload(off, n, variant))))
     return out
 
 
@@ -217,7 +226,7 @@ def model_stream(policy: str, steps) -> list[tuple]:
         if what == "ack":
             model.ack(off)
         else:
-            model.segment(off, payload(off, n, variant))
+            model.segment(off, payload(off, n, variant), what == "fin")
     model.finish()
     return model.out
 
@@ -238,7 +247,7 @@ def summary(stream: list[tuple]) -> list[tuple]:
 
 def tcp_conversations(linktype: int, captured: list[tuple[float, bytes]]) -> list[list[tuple]]:
     """The steps of each TCP connection of a capture that starts with a SYN: the client's data
-    segments (variant 0, at most MAX_SEGMENT bytes) and the server's ACKs, at offsets from the
+    segments and FINs (variant 0, at most MAX_SEGMENT bytes) and the server's ACKs, at offsets from the
     client's ISN that the input format can hold."""
     engine = aiomb.Engine()
     seen = []
@@ -261,8 +270,8 @@ def tcp_conversations(linktype: int, captured: list[tuple[float, bytes]]) -> lis
         rel = ((seq if src == client else ack) - isn - 1 + 2**31) % 2**32 - 2**31
         if not -BEFORE_ISN <= rel <= 0xFFFF - BEFORE_ISN:
             continue
-        if src == client and n:
-            steps.append(("data", rel, min(n, MAX_SEGMENT), 0))
+        if src == client and (n or flags & 0x01):
+            steps.append(("fin" if flags & 0x01 else "data", rel, min(n, MAX_SEGMENT), 0))
         elif src != client and flags & 0x10:
             steps.append(("ack", rel, 0, 0))
     return [steps[:MAX_STEPS] for _, _, steps in conversations.values() if any(s[0] == "data" for s in steps)]

@@ -25,7 +25,7 @@ def test_the_capture_seeds_are_pcap_pcapng_and_one_gzip():
 
 
 def test_the_reassembly_input_format_round_trips():
-    steps = [("data", -16, 1024, 3), ("ack", 500, 0, 0), ("data", 65519, 0, 0)]
+    steps = [("data", -16, 1024, 3), ("ack", 500, 0, 0), ("fin", 600, 7, 2), ("data", 65519, 0, 0)]
     assert reassembly.decode(reassembly.encode(steps, policy=4, isn=2**32 - 1, batch=7)) == \
         ("old_linux", 2**32 - 1, 8, steps)
 
@@ -43,6 +43,12 @@ def test_the_reassembly_target_catches_a_stream_that_differs_from_the_model(monk
     monkeypatch.setattr(reassembly, "new_bytes_win", lambda policy, *segments: rule("last", *segments))
     with pytest.raises(AssertionError, match="reassembly differs from the model"):
         reassembly.TestOneInput(reassembly.encode(CONFLICTS, policy=0))
+
+
+def test_the_model_agrees_with_the_engine_on_a_hole_before_the_fin():
+    reassembly.TestOneInput(reassembly.encode([("data", 0, 5, 0), ("fin", 10, 5, 0)]))
+    assert reassembly.model_stream("first", [("data", 0, 5, 0), ("fin", 10, 5, 0)]) == \
+        [("data", 0, reassembly.payload(0, 5, 0)), ("gap", 5, 5), ("data", 10, reassembly.payload(10, 5, 0))]
 
 
 def test_the_reassembly_target_catches_a_wrong_gap(monkeypatch):
