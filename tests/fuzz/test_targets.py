@@ -1,6 +1,8 @@
 """The fuzz targets (fuzz/) without libFuzzer: each takes its seeds made from the corpus, and the
 reassembly target's model catches a reassembly that differs from it."""
 
+import base64
+
 import pytest
 
 from fuzz import capture_reader, frame_parser, reassembly, seeds
@@ -55,3 +57,15 @@ def test_the_reassembly_target_catches_a_wrong_gap(monkeypatch):
     monkeypatch.setattr(reassembly.Model, "finish", lambda self: None)     # holes at the end not reported
     with pytest.raises(AssertionError, match="reassembly differs from the model"):
         reassembly.TestOneInput(reassembly.encode([("data", 10, 5, 0)]))
+
+
+REGRESSIONS = {     # inputs that once failed (base64 of libFuzzer's crash files), with what was wrong
+    "reassembly": [
+        "MM87AABfX2MAAAABAA==",     # a bare FIN past bytes never seen: no GAP (the side had no stream)
+    ],
+}
+
+
+@pytest.mark.parametrize(("target", "data"), [(t, d) for t, inputs in REGRESSIONS.items() for d in inputs])
+def test_inputs_that_once_failed(target, data):
+    MODULES[target].TestOneInput(base64.b64decode(data))
