@@ -33,6 +33,7 @@ from aiomb.testing import TcpConversation, internet_checksum, write_pcap
 POLICIES = ("first", "last", "bsd", "linux", "old_linux", "solaris")
 MAX_SEGMENT = 1024
 MAX_STEPS = 128
+HEADER, STEP = 6, 5         # bytes of the input's header and of each step
 BEFORE_ISN = 16
 CLIENT, SERVER = ("10.0.0.1", 40000), ("10.0.0.2", 80)
 SERVER_ISN = 5000
@@ -73,10 +74,10 @@ def encode(steps: list[tuple[str, int, int, int]], *, policy: int = 0, isn: int 
 
 def decode(data: bytes) -> tuple[str, int, int, list[tuple[str, int, int, int]]]:
     """(policy, ISN, batch size, steps) of a target input."""
-    data = data.ljust(6, b"\0")
+    data = data.ljust(HEADER, b"\0")
     policy, isn, batch = struct.unpack_from("!BIB", data)
     steps = []
-    for i in range(6, min(len(data) - 4, 6 + 5 * MAX_STEPS), 5):
+    for i in range(HEADER, min(len(data) - STEP + 1, HEADER + STEP * MAX_STEPS), STEP):
         kind, off, n = struct.unpack_from("!BHH", data, i)
         if kind & 3 == 1:
             steps.append(("ack", off - BEFORE_ISN, 0, 0))

@@ -17,7 +17,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from fuzz import build, seeds
+from fuzz import build, reassembly, seeds
 
 HERE = Path(__file__).resolve().parent
 TARGETS = {
@@ -25,7 +25,8 @@ TARGETS = {
     "frame_parser": seeds.frame_seeds,
     "reassembly": seeds.reassembly_seeds,
 }
-MAX_LEN = {"capture_reader": 1 << 16, "frame_parser": 1 << 14, "reassembly": 6 + 5 * 128}    # largest inputs worth it
+MAX_LEN = {"capture_reader": 1 << 16, "frame_parser": 1 << 14,         # the largest inputs worth trying
+           "reassembly": reassembly.HEADER + reassembly.STEP * reassembly.MAX_STEPS}
 
 
 def seed(target: str, corpus: Path) -> int:
