@@ -25,8 +25,11 @@ TARGETS = {
     "frame_parser": seeds.frame_seeds,
     "reassembly": seeds.reassembly_seeds,
 }
-MAX_LEN = {"capture_reader": 1 << 16, "frame_parser": 1 << 14,         # the largest inputs worth trying
-           "reassembly": reassembly.HEADER + reassembly.STEP * reassembly.MAX_STEPS}
+OPTIONS = {         # libFuzzer's options per target: the largest inputs worth trying; reassembly inputs
+    "capture_reader": ["-max_len=65536"],           # are small, so they may reach it from the start
+    "frame_parser": ["-max_len=16384"],
+    "reassembly": [f"-max_len={reassembly.HEADER + reassembly.STEP * reassembly.MAX_STEPS}", "-len_control=0"],
+}
 
 
 def seed(target: str, corpus: Path) -> int:
@@ -46,7 +49,7 @@ def run(target: str, seconds: int, extra: list[str], sanitized: bool) -> int:
     print(f"fuzz: {target} for {seconds} s{' (sanitized)' if sanitized else ''} from {n} inputs in {corpus}",
           flush=True)
     cmd = [sys.executable, "-m", f"fuzz.{target}", str(corpus), f"-max_total_time={seconds}",
-           f"-artifact_prefix={crashes}/", f"-max_len={MAX_LEN[target]}", "-timeout=20", "-rss_limit_mb=2048",
+           f"-artifact_prefix={crashes}/", *OPTIONS[target], "-timeout=20", "-rss_limit_mb=2048",
            "-print_final_stats=1", *extra]
     if sanitized:
         env = build.sanitized_env()
