@@ -771,8 +771,9 @@ cdef void streams_end_batch(Engine eng) noexcept:
 
 
 cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) except -1:
-    """The receiver phase of a packet from ``side``: its payload into the sender's stream; its
-    ACK may reveal a gap in the receiver's."""
+    """The receiver phase of a packet from ``side``: its payload into the sender's stream (a
+    FIN past bytes never seen makes that stream, to report them at its close); its ACK may
+    reveal a gap in the receiver's."""
     cdef flow_t *f = &eng.tab.flows[slot]
     cdef side_t *s = &f.side[side]
     cdef side_t *r = &f.side[1 - side]
@@ -792,6 +793,9 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
                 if st == NULL:
                     return 0
             stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen, not pk.reassembled)
+    elif (pk.flags & TH_FIN) and s.stream == NULL and (s.flags & SF_FIN_SEEN) and (s.flags & SF_SEQ_KNOWN) \
+            and <int32_t>(s.fin_seq - (s.isn + 1)) > 0:
+        stream_new(eng, s)      # a FIN past bytes never seen: the stream reports the hole when it closes
     if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
         return 0
     f = &eng.tab.flows[slot]

@@ -696,3 +696,28 @@ def test_a_few_values_kept_from_each_batch_keep_their_bytes(tmp_path):
     for ev in kept:
         stream = streams[ev.key.client_port][ev.side]
         assert ev.value == stream[ev.offset:ev.offset + ev.length]
+
+
+@pytest.mark.parametrize("data", [b"", b"abc"])
+def test_a_fin_past_bytes_never_seen_ends_the_stream_with_a_gap(data):
+    # found by fuzz/reassembly.py: a side that sent no payload had no stream, so the hole
+    # before its FIN went unreported (and uncounted in ``missed``), unlike a side with payload
+    engine = aiomb.Engine(reassembly=True)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(STREAM)
+    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80), client_isn=1000)
+    c.handshake()
+    frames = [f for _, f in c.frames]
+    if data:
+        frames.append(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1001, ack=5001, flags="PA", payload=data))
+    frames.append(tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1101, ack=5001, flags="FA"))
+    flows = []
+    engine.add_handler(EventKind.CONN_START, lambda packet: flows.append(packet.flow))
+    for i, frame in enumerate(frames):
+        engine.feed(frame, 1.0 + i / 1000)
+    engine.finish()
+    events = [(ev.kind, ev.side, ev.offset, ev.length) for ev in d.drain(sub)]
+    gap = [(EventKind.GAP, Side.CLIENT, len(data), 100 - len(data))]
+    assert events == ([(EventKind.NEW_DATA, Side.CLIENT, 0, len(data))] if data else []) + gap
+    assert flows[0].statistics().client.missed == 100 - len(data)
+    assert engine.statistics().stream_memory == 0
