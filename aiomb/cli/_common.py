@@ -4,6 +4,7 @@ Layer: cli (top).
 """
 
 import os
+import stat
 
 
 class UsageError(Exception):
@@ -21,6 +22,18 @@ def check_capture(path: str) -> None:
         raise UsageError(f"capture file not found: {path}")
     if os.path.isdir(path):
         raise UsageError(f"{path} is a directory; give a .pcap or .pcapng file")
+
+
+def check_workers(workers: int, path: str | None, *, live: bool) -> None:
+    """Raise UsageError unless ``--workers`` can be used: at least 1; more than 1 only on a
+    capture that is a regular file (each worker reads it), never on a live port."""
+    if workers < 1:
+        raise UsageError(f"--workers {workers}: give a number of worker processes, at least 1")
+    if workers > 1 and live:
+        raise UsageError("--workers is for capture files; on a live port one engine reads it")
+    if workers > 1 and not stat.S_ISREG(os.stat(path).st_mode):
+        raise UsageError(f"--workers {workers}: {path} is not a regular file; each worker reads "
+                         "the capture, so save it to a file first (or drop --workers)")
 
 
 def parse_queues(text: str | None, option: str = "--queues"):

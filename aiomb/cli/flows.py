@@ -7,9 +7,7 @@ SIGTERM and SIGHUP end the run cleanly: the open flows are written with reason `
 a live port is detached, and the exit status is 128 + the signal's number.
 """
 
-import os
 import signal
-import stat
 import sys
 import time
 
@@ -20,7 +18,7 @@ from .._zeek import ConnLog, community_ids
 from ..flows._filter import FilterError, compile_filter
 from ..flows._types import EndReason
 from ..io._capture import capture
-from ._common import UsageError, add_port_options, check_capture, endpoint, live_port
+from ._common import UsageError, add_port_options, check_capture, check_workers, endpoint, live_port
 
 CHUNK = 1024                    # records formatted at once
 TABLE_COLUMNS = ("flow", "proto", "client", "server", "pkts c/s", "ip bytes c/s", "states", "end")
@@ -235,21 +233,16 @@ def cmd_flows(args) -> int:
         raise UsageError(f"--hash adds fields to jsonl and csv; --format {args.format} has no place for them")
     if args.community_id and args.format == "table":
         raise UsageError("--community-id adds a field to jsonl, csv, zeek and zeek-json; not to the table")
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: give a number of worker processes, at least 1")
     if args.iface is not None:
         if args.duration is None or not args.duration > 0:
             raise UsageError("--iface needs --duration SECONDS (how long to watch)")
-        if args.workers > 1:
-            raise UsageError("--workers is for capture files; on a live port one engine reads it")
+        check_workers(args.workers, None, live=True)
         source = live_port(args)
     else:
         if args.duration is not None:
             raise UsageError("--duration is for live ports (--iface)")
         check_capture(args.capture)
-        if args.workers > 1 and not stat.S_ISREG(os.stat(args.capture).st_mode):
-            raise UsageError(f"--workers {args.workers}: {args.capture} is not a regular file; each worker reads "
-                             "the capture, so save it to a file first (or drop --workers)")
+        check_workers(args.workers, args.capture, live=False)
         source = capture(args.capture)
     bar = Progress()
     live = args.iface is not None

@@ -10,14 +10,13 @@ on a capture it is cancelled; a synchronous program gets KeyboardInterrupt.
 import importlib.util
 import os
 import signal
-import stat
 import sys
 import threading
 
 from .._errors import CaptureError, PortError
 from .._workers import become_worker
 from ..io._capture import capture
-from ._common import UsageError, add_port_options, check_capture, live_port, sole
+from ._common import UsageError, add_port_options, check_capture, check_workers, live_port, sole
 
 
 def load_app(path: str, argv=()):
@@ -93,16 +92,10 @@ def cmd_run(args) -> int:
         raise UsageError("give one source: --pcap CAPTURE or --iface IF")
     if args.iface is None and (args.inline or args.duration is not None or args.queues):
         raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
-    if args.workers < 1:
-        raise UsageError(f"--workers {args.workers}: give a number of worker processes, at least 1")
     if args.pcap is not None:
         check_capture(args.pcap)
+    check_workers(args.workers, args.pcap, live=args.iface is not None)
     if args.workers > 1:
-        if args.iface is not None:
-            raise UsageError("--workers is for captures (--pcap); on a live port one engine reads it")
-        if not stat.S_ISREG(os.stat(args.pcap).st_mode):
-            raise UsageError(f"--workers {args.workers}: {args.pcap} is not a regular file; each worker reads "
-                             "the capture, so save it to a file first (or drop --workers)")
         if not os.path.isfile(args.app):
             raise UsageError(f"middlebox module not found: {args.app}")
         return run_workers(args)
