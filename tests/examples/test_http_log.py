@@ -5,6 +5,7 @@ and a scripted conversation with pipelining, HEAD, chunked bodies, 1xx and a bod
 import json
 import pathlib
 import re
+import shutil
 import subprocess
 import sys
 
@@ -160,3 +161,42 @@ def test_a_bad_filter_exits_2_naming_it():
                            str(SV / "bug-814/input.pcap"), "--", "--filter", "tcp prt 80"],
                           cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and "--filter 'tcp prt 80'" in proc.stderr and proc.stdout == ""
+
+
+def tshark_http(pcap) -> tuple[dict, dict]:
+    """Wireshark's HTTP dissection of a capture: per client port, the requests (method, URI, Host)
+    and the responses (status code, Content-Length header or None), in stream order."""
+    out = subprocess.run(["tshark", "-r", str(pcap), "-Y", "http.request || http.response", "-T", "fields",
+                          "-e", "tcp.srcport", "-e", "tcp.dstport", "-e", "http.request.method",
+                          "-e", "http.request.uri", "-e", "http.host", "-e", "http.response.code",
+                          "-e", "http.content_length_header", "-E", "occurrence=f"],
+                         capture_output=True, text=True, check=True, timeout=120).stdout
+    requests, responses = {}, {}
+    for line in out.splitlines():
+        sport, dport, method, uri, host, code, length = line.split("\t")
+        if method:
+            requests.setdefault(int(sport), []).append((method, uri, host or None))
+        elif code and not code.startswith("1"):
+            responses.setdefault(int(dport), []).append((int(code), int(length) if length else None))
+    return requests, responses
+
+
+@pytest.mark.skipif(shutil.which("tshark") is None, reason="tshark is not installed (apt install tshark)")
+@pytest.mark.parametrize("pcap, midstream", HTTP_CAPTURES + [
+    ("suricata-verify/tests/filestore-v2.1-forced/suricata-update-pdf.pcap", False)],
+    ids=lambda p: str(p).rsplit("/", 1)[-1])
+def test_transactions_match_tshark(pcap, midstream):
+    """Every request (method, URI, Host) and response (status, Content-Length) Wireshark's HTTP
+    dissector finds, http_log logs, flow by flow and in order."""
+    requests, responses = tshark_http(DATA / pcap)
+    txs = records(DATA / pcap, midstream)
+    ports = {tx["client_port"] for tx in txs}
+    assert ports == set(requests)
+    for port in ports:
+        mine = [tx for tx in txs if tx["client_port"] == port]
+        assert [(tx["method"], tx["uri"], tx["host"]) for tx in mine] == requests[port]
+        answered = [tx for tx in mine if tx["status"] is not None]
+        assert [tx["status"] for tx in answered] == [code for code, _ in responses.get(port, [])]
+        for tx, (_, length) in zip(answered, responses.get(port, [])):
+            if tx["body"] == "content-length":
+                assert tx["response_bytes"] == length
