@@ -1354,6 +1354,11 @@ cdef class Engine:
             return
         self.not_running("Engine.close()")
         self.drop_all()
+        max_flows = self.tab.max_flows
+        flowtab_free(&self.tab)             # its memory goes now, not when the engine is collected (an
+        flowtab_init(&self.tab, max_flows, self.vlan_in_key)    # engine and its emitter form a cycle)
+        if self.conn_history:
+            flowtab_keep_conns(&self.tab)
         free(self.fin_order)
         self.fin_order = NULL
         self.resume_batch = None
