@@ -8,6 +8,7 @@ on a capture it is cancelled; a synchronous program gets KeyboardInterrupt.
 """
 
 import importlib.util
+import io
 import os
 import signal
 import sys
@@ -115,7 +116,10 @@ def run_workers(args) -> int:
             status = 1
             try:
                 become_worker(index, args.workers)
-                sys.stdout.reconfigure(line_buffering=True)     # whole lines: the workers share the output
+                # whole lines, one write each (even under python -u): the workers share the output
+                sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False)),
+                                              encoding=sys.stdout.encoding, errors=sys.stdout.errors,
+                                              line_buffering=True)
                 status = run_one(args)
             except UsageError as exc:
                 print(f"aiomb: error: {exc}", file=sys.stderr)
