@@ -22,6 +22,12 @@ FIELDS = tuple(name for name, _, _ in RECORD_FIELDS)
 
 HASHES = ("sha256", "md5", "sha1")
 
+CAPTURE_BLOCK = 1 << 18
+"""The capture block size of a record run (``aiomb flows``, :func:`read_flows`): a block stays in
+the processor's cache from the copy to the parse. Measured on the 3M-packet benchmark capture,
+whole process: 10% faster than the 1 MiB default, 3% than 128 KiB; a Trio stack, which pays more per
+batch (a block's end cuts a batch short), gained nothing from it, so the default stays."""
+
 
 def hash_fields(hashes) -> tuple:
     """The extra field names of stream hashes: client_sha256, server_sha256, ..."""
@@ -158,7 +164,7 @@ def read_flows(source, filter=None, *, workers: int = 1, **options) -> "FlowTabl
         run = ShardedRun(source, workers, filter=filter, **options)
     else:
         if isinstance(source, str) or hasattr(source, "__fspath__"):
-            source = capture(source)
+            source = capture(source, chunk_size=CAPTURE_BLOCK)
         run = FlowRun(source, filter=filter, **options)
     table = FlowRecords()
     for records in run:

@@ -22,7 +22,7 @@ import traceback
 
 from ._core import FlowRecords
 from ._errors import CaptureError
-from ._records import FlowRun
+from ._records import CAPTURE_BLOCK, FlowRun
 from .flows._stats import EngineStatistics, MalformedCounts
 from .flows._types import EndReason
 from .io._capture import capture
@@ -75,7 +75,7 @@ def _worker(conn, index: int, count: int, path: str, options: dict) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
     try:
-        run = FlowRun(capture(path), shard=(index, count), every_batch=True, **options)
+        run = FlowRun(capture(path, chunk_size=CAPTURE_BLOCK), shard=(index, count), every_batch=True, **options)
 
         stop_at = None                  # (packet number, reason): where every worker stops
 

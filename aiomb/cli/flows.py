@@ -12,7 +12,7 @@ import sys
 import time
 
 from .._errors import CaptureError, ExportError, PortError
-from .._records import FIELDS, HASHES, FlowRun, hash_fields
+from .._records import CAPTURE_BLOCK, FIELDS, HASHES, FlowRun, hash_fields
 from .._workers import ShardedRun, WorkerError
 from .._zeek import ConnLog, community_ids
 from ..flows._filter import FilterError, compile_filter
@@ -243,7 +243,7 @@ def cmd_flows(args) -> int:
             raise UsageError("--duration is for live ports (--iface)")
         check_capture(args.capture)
         check_workers(args.workers, args.capture, live=False)
-        source = capture(args.capture)
+        source = capture(args.capture, chunk_size=CAPTURE_BLOCK)
     bar = Progress()
     live = args.iface is not None
     deadline = None
