@@ -15,6 +15,7 @@ worker (``max_flows`` and the stream memory are each worker's): with evictions t
 """
 
 import array
+import bisect
 import os
 import signal
 import time
@@ -236,7 +237,7 @@ class ShardedRun:
             out.extend(part)
         new = []
         for ids in created:
-            k = _count_upto(ids, reached)
+            k = bisect.bisect_right(ids, reached)    # the ids at most ``reached`` (rising)
             new.extend(ids[:k])
             del ids[:k]
         new.sort()
@@ -283,14 +284,3 @@ class ShardedRun:
                 values[name] = sum(vals)
         return type(first)(**values)
 
-
-def _count_upto(ids: array.array, limit: int) -> int:
-    """How many of the rising ``ids`` are at most ``limit``."""
-    lo, hi = 0, len(ids)
-    while lo < hi:
-        mid = (lo + hi) >> 1
-        if ids[mid] <= limit:
-            lo = mid + 1
-        else:
-            hi = mid
-    return lo
