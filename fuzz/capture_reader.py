@@ -7,11 +7,11 @@ across fills so that the reader's frame blocks are reused and copied out under t
 """
 
 import io
-import sys
 
 import aiomb
 from aiomb import CaptureError, EventKind
 from aiomb._core import CaptureReader
+from fuzz import fuzz_main
 
 KEPT_VALUES = 32        # NEW_DATA values held while the reader goes on
 
@@ -53,13 +53,5 @@ def TestOneInput(data: bytes) -> None:
     engine.close()
 
 
-def main() -> None:
-    import atheris
-
-    print(f"fuzz: {__name__} on {aiomb._core.__file__}", flush=True)
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz_main(TestOneInput)

@@ -8,9 +8,9 @@ or stream memory may be left.
 """
 
 import struct
-import sys
 
 import aiomb
+from fuzz import fuzz_main
 
 LINKTYPES = (1, 101, 113, 276, 0, 108, 228, 229)      # Ethernet, raw IP, SLL, SLL2, BSD loopback (2), IPv4, IPv6
 
@@ -62,13 +62,5 @@ def TestOneInput(data: bytes) -> None:
     engine.close()
 
 
-def main() -> None:
-    import atheris
-
-    print(f"fuzz: {__name__} on {aiomb._core.__file__}", flush=True)
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz_main(TestOneInput)

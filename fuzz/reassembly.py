@@ -23,12 +23,12 @@ import hashlib
 import io
 import socket
 import struct
-import sys
 
 import aiomb
 from aiomb import EventKind
 from aiomb._core import CaptureReader
 from aiomb.testing import TcpConversation, internet_checksum, write_pcap
+from fuzz import fuzz_main
 
 POLICIES = ("first", "last", "bsd", "linux", "old_linux", "solaris")
 MAX_SEGMENT = 1024
@@ -278,13 +278,5 @@ def tcp_conversations(linktype: int, captured: list[tuple[float, bytes]]) -> lis
     return [steps[:MAX_STEPS] for _, _, steps in conversations.values() if any(s[0] == "data" for s in steps)]
 
 
-def main() -> None:
-    import atheris
-
-    print(f"fuzz: {__name__} on {aiomb._core.__file__}", flush=True)
-    atheris.Setup(sys.argv, TestOneInput)
-    atheris.Fuzz()
-
-
 if __name__ == "__main__":
-    main()
+    fuzz_main(TestOneInput)
