@@ -30,6 +30,7 @@ include "_cy/tcp.pxi"
 include "_cy/reasm.pxi"
 include "_cy/timers.pxi"
 include "_cy/engine.pxi"
+include "_cy/shards.pxi"
 
 cdef class FlowInbox
 cdef class Dispatcher

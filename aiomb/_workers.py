@@ -1,14 +1,17 @@
 """Flow records of one capture from several shared-nothing engines, one per process.
 
-Layer: shells (beside _records, on the same :class:`FlowRun`). Each worker process reads the
-whole capture and runs its own engine made with ``shard=(index, count)``: every packet moves
-its clock (so flows time out at the same packets as in one engine), but it tracks only the flows
-whose key hashes to its shard (a symmetric hash: both directions of a flow go to one worker).
-A worker names each flow by its first packet's number in the capture, and marks each record
-with where its flow left the table (``order``). The parent merges the workers' records in that
-order, up to the packet every worker has passed, and numbers the flows 1, 2, ... by their first
-packets: the same records, in the same order, as one engine writes. Limits hold per
-worker (``max_flows`` and the stream memory are each worker's): with evictions the answers differ.
+Layer: shells (beside _records, on the same :class:`FlowRun`). One reader process reads the
+capture and hands its frames to N worker processes through a :class:`ShardRing` in shared
+memory, each frame marked with the shard whose engine tracks its flow (a symmetric hash: both
+directions of a flow go to one worker; fragments and frames that are not TCP or UDP go to
+every worker). Each worker runs its own engine made with ``shard=(index, count)`` on every
+frame: another shard's frame comes as a clock tick (it counts and moves the clock, so flows
+time out at the same packets as in one engine), its own with their bytes. A worker names each
+flow by its first packet's number in the capture, and marks each record with where its flow
+left the table (``order``). The parent merges the workers' records in that order, up to the
+packet every worker has passed, and numbers the flows 1, 2, ... by their first packets: the
+same records, in the same order, as one engine writes. Limits hold per worker (``max_flows``
+and the stream memory are each worker's): with evictions the answers differ.
 
 ``aiomb run APP --workers N`` forks N processes that each run the app on a shard of the capture:
 :func:`worker` tells an app which one it is, and the stacks it opens take that shard.
@@ -16,12 +19,11 @@ worker (``max_flows`` and the stream memory are each worker's): with evictions t
 
 import array
 import bisect
-import os
 import signal
 import time
 import traceback
 
-from ._core import FlowRecords
+from ._core import FlowRecords, FrameBatch, ShardRing
 from ._errors import CaptureError
 from ._records import CAPTURE_BLOCK, FlowRun
 from .flows._stats import EngineStatistics, MalformedCounts
@@ -69,27 +71,75 @@ def shard_option(engine_options: dict) -> dict:
     return engine_options
 
 
-def _worker(conn, index: int, count: int, path: str, options: dict) -> None:
-    """A worker's life: run the capture through a shard engine, sending each batch's records
-    (with the flows it created and how far it got) to the parent, then its statistics."""
+def _quiet_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def _reader(conn, ring: ShardRing, source, batch_size: int) -> None:
+    """The reader's life: the capture's frames into the ring, batch by batch, then its end (the
+    end of the file, a stop the parent asked for, or a damaged record: reported here)."""
+    _quiet_signals()
     try:
-        run = FlowRun(capture(path, chunk_size=CAPTURE_BLOCK), shard=(index, count), every_batch=True, **options)
+        batch = FrameBatch(batch_size)
+        while True:
+            reason = ring.stop_requested
+            if reason:
+                ring.end(reason)
+                break
+            try:
+                count = source.read(batch)
+            except CaptureError as exc:
+                conn.send(("capture-error", exc.detail, exc.offset, exc.path))
+                ring.end(int(EndReason.END_OF_CAPTURE), error=True)
+                break
+            if count is None:
+                ring.end(int(EndReason.END_OF_CAPTURE))
+                break
+            if not ring.send(batch):
+                break                   # aborted: a worker failed
+        conn.send(("done", None))
+    except BaseException:
+        conn.send(("failed", traceback.format_exc()))
+    finally:
+        source.close()
+        conn.close()
 
-        stop_at = None                  # (packet number, reason): where every worker stops
 
-        def stop_if_asked(source) -> None:
-            nonlocal stop_at
-            if stop_at is None and conn.poll():     # asked to stop: say where we are, learn where all stop
-                conn.recv()
-                conn.send(("stopping", engine.packets))
-                stop_at = conn.recv()
-            if stop_at is not None and engine.packets >= stop_at[0]:
-                run.stop(EndReason(stop_at[1]))
+class _RingSource:
+    """A worker's share of the ring as a FlowRun source: every frame, another shard's without
+    its bytes; at the end the run stops with the reason the reader posted."""
 
-        run.progress = stop_if_asked
+    live = False
+
+    def __init__(self, ring: ShardRing, index: int):
+        self.ring = ring
+        self.index = index
+        self.run = None
+
+    def open(self) -> None:
+        pass
+
+    def read(self, batch):
+        count = self.ring.receive(self.index, batch)
+        if count is None:
+            if self.ring.ended_by_error:        # FlowRun keeps the open flows open, as in one engine
+                raise CaptureError("the capture is damaged (the reader reports where)")
+            self.run.stop(EndReason(self.ring.end_reason))
+        return count
+
+    def close(self) -> None:
+        self.ring.close(self.index)
+
+
+def _worker(conn, ring: ShardRing, index: int, count: int, options: dict) -> None:
+    """A worker's life: its share of the ring through a shard engine, sending each batch's
+    records (with the flows it created and how far it got) to the parent, then its statistics."""
+    _quiet_signals()
+    try:
+        source = _RingSource(ring, index)
+        run = source.run = FlowRun(source, shard=(index, count), every_batch=True, **options)
         engine = run.engine
         held, batches = FlowRecords(), 0
         try:
@@ -100,8 +150,8 @@ def _worker(conn, index: int, count: int, path: str, options: dict) -> None:
                     conn.send(("records", engine.packets, bytes(memoryview(held)),
                                engine.take_created().tobytes(), run.digests(held) if run.hashes else None))
                     held, batches = FlowRecords(), 0
-        except CaptureError as exc:
-            conn.send(("capture-error", exc.detail, exc.offset, exc.path))
+        except CaptureError:
+            pass                        # the reader reports it
         conn.send(("records", END, bytes(memoryview(held)), engine.take_created().tobytes(),
                    run.digests(held) if run.hashes else None))
         conn.send(("done", run.statistics()))
@@ -112,15 +162,16 @@ def _worker(conn, index: int, count: int, path: str, options: dict) -> None:
 
 
 class ShardedRun:
-    """A capture's flow records from ``workers`` engines in as many processes, merged: the
-    interface of :class:`FlowRun` (iterate for record batches, ``stop()``, ``digests()``,
-    ``statistics()``, ``elapsed``), and the same records in the same order as one engine's.
-    ``options`` are FlowRun's and the engine's. Layer: shells; blocks while it reads."""
+    """A capture's flow records from ``workers`` engines in as many processes, fed by one reader
+    process, merged: the interface of :class:`FlowRun` (iterate for record batches, ``stop()``,
+    ``digests()``, ``statistics()``, ``elapsed``), and the same records in the same order as one
+    engine's. ``source`` is a capture's path (a named pipe too: it is read once). ``options``
+    are FlowRun's and the engine's. Layer: shells; blocks while it reads."""
 
-    def __init__(self, path, workers: int, *, progress=None, **options):
+    def __init__(self, source, workers: int, *, progress=None, **options):
         if not isinstance(workers, int) or isinstance(workers, bool) or not 2 <= workers <= 1024:
             raise ValueError(f"workers must be an int from 2 to 1024 (1: use FlowRun), got {workers!r}")
-        self.path = os.fspath(path)
+        self.source = source
         self.workers = workers
         self.options = options
         self.hashes = tuple(options.get("hashes", ()))
@@ -128,32 +179,47 @@ class ShardedRun:
         self.reason = None
         self.opened = False
         self.started = self.elapsed = None
+        self._ring = None
         self._stats: list = []
         self._digests: dict = {}        # flow number -> its row's digests, until digests() takes them
         self._conns: list = []
         self._procs: list = []
 
     def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
-        """End the run soon; the open flows end with ``reason``. Every worker stops after the same
-        packet (the furthest any of them had reached when asked; they read in the same batches),
-        so the records are those of one engine stopped there. Safe in a signal handler."""
+        """End the run soon; the open flows end with ``reason``. The reader ends the input after
+        the batch at hand, so every worker stops after the same packet: the records are those of
+        one engine stopped there. Safe in a signal handler."""
         if self.reason is None:
             self.reason = reason
+            if self._ring is not None:
+                self._ring.request_stop(int(reason))
+
+    def _fork(self, ctx, target, *args) -> None:
+        parent, child = ctx.Pipe()
+        proc = ctx.Process(target=target, args=(child, *args), name=f"aiomb-{target.__name__[1:]}", daemon=True)
+        proc.start()
+        child.close()
+        self._conns.append(parent)
+        self._procs.append(proc)
 
     def _start(self) -> None:
         import multiprocessing
 
-        with open(self.path, "rb"):         # a missing or unreadable file fails here, once
-            pass
-        ctx = multiprocessing.get_context("fork")
-        for index in range(self.workers):
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_worker, args=(child, index, self.workers, self.path, self.options),
-                               name=f"aiomb-worker-{index}", daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
+        source = capture(self.source, chunk_size=CAPTURE_BLOCK)
+        source.open()                   # a missing or damaged file fails here, once
+        try:
+            batch_size = self.options.get("batch_size", 2048)
+            self._ring = ShardRing(self.workers, slot_frames=batch_size,
+                                   vlan_in_key=bool(self.options.get("vlan_in_key", False)),
+                                   checksums=self.options.get("checksums", "ignore"))
+            if self.reason is not None:
+                self._ring.request_stop(int(self.reason))
+            ctx = multiprocessing.get_context("fork")
+            for index in range(self.workers):
+                self._fork(ctx, _worker, self._ring, index, self.workers, self.options)
+            self._fork(ctx, _reader, self._ring, source, batch_size)
+        finally:
+            source.close()              # the reader has its own
         self.opened = True
 
     def __iter__(self):
@@ -168,30 +234,17 @@ class ShardedRun:
         reached = [0] * count           # the packet number each worker has passed
         numbered = array.array("Q")     # the ids of every flow created up to the merge point, rising
         error = failure = None
-        live = {conn: i for i, conn in enumerate(self._conns)}
-        stopping = None                 # once stop() was called: where each worker was when asked
-        decided = False
+        live = {conn: i for i, conn in enumerate(self._conns)}         # the workers, then the reader
         try:
             while live:
-                if self.reason is not None and stopping is None:
-                    stopping = {}
-                    for conn in live:
-                        conn.send("stop")
-                if stopping is not None and not decided and all(c in stopping for c in live):
-                    # every worker stops after the same packet; if one has read the whole input,
-                    # the others read it all too (the flows end as at its end)
-                    at = END if END in reached else max(stopping.values(), default=0)
-                    for conn in stopping:
-                        if conn in live:
-                            conn.send((at, int(self.reason)))
-                    decided = True
                 for conn in multiprocessing.connection.wait(list(live), timeout=0.25):
                     i = live[conn]
+                    who = "the reader" if i == count else f"worker {i}"
                     try:
                         msg = conn.recv()
                     except (EOFError, OSError):     # gone, maybe in the middle of a message
                         del live[conn]
-                        failure = failure or f"worker {i} ended without a word (killed?)"
+                        failure = failure or f"{who} ended without a word (killed?)"
                         continue
                     if msg[0] == "records":
                         _, reached[i], rows, ids, row_digests = msg
@@ -199,17 +252,17 @@ class ShardedRun:
                         created[i].frombytes(ids)
                         if row_digests is not None:
                             digests[i].extend(row_digests)
-                    elif msg[0] == "stopping":
-                        stopping[conn] = msg[1]
                     elif msg[0] == "capture-error":
                         error = CaptureError(msg[1], offset=msg[2], path=msg[3])
                     elif msg[0] == "done":
-                        self._stats.append(msg[1])
+                        if i < count:
+                            self._stats.append(msg[1])
                         del live[conn]
                     else:
-                        failure = msg[1]
+                        failure = f"{who} failed:\n{msg[1]}"
                         del live[conn]
                 if failure is not None:
+                    self._ring.abort()
                     break
                 if self.progress is not None:
                     self.progress(self)
@@ -252,6 +305,8 @@ class ShardedRun:
 
     def _finish(self) -> None:
         self.elapsed = time.monotonic() - self.started
+        if self._ring is not None:
+            self._ring.abort()          # a worker or the reader still waiting leaves
         for conn in self._conns:
             conn.close()
         for proc in self._procs:

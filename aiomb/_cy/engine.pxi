@@ -1235,7 +1235,8 @@ cdef class Engine:
         if it wants the clock to reach it: what is due by then fires, as it would before that
         frame), or, with ``paused`` set, the frame before which the events logged reached
         ``max_event_memory``: deliver them (a dispatcher), then call ``process(batch, i)`` with
-        the same batch (anything else raises RuntimeError until then)."""
+        the same batch (anything else raises RuntimeError until then). A frame with no bytes
+        (another shard's, from a :class:`ShardRing`) counts as a packet and moves the clock."""
         cdef int i = start
         cdef int64_t limit
         self.not_running("Engine.process()")
@@ -1257,8 +1258,13 @@ cdef class Engine:
                         self.resume_batch = batch
                         self.resume_at = i
                         break
-                    batch.verdict[i] = <uint8_t>self.process_frame(
-                        batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
+                    if batch.data[i] == NULL:       # another shard's frame (ShardRing): a clock tick
+                        self.n_packets += 1
+                        self.n_bytes += batch.wirelen[i] if batch.wirelen[i] > batch.caplen[i] else batch.caplen[i]
+                        batch.verdict[i] = VERDICT_FORWARD
+                    else:
+                        batch.verdict[i] = <uint8_t>self.process_frame(
+                            batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
                     i += 1
                 streams_flush(self)
             finally:

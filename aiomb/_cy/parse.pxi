@@ -201,6 +201,8 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
     if fo & 0x3fff:
         if pk.proto != 6 and pk.proto != 17:
             return P_OTHER
+        if frags == NULL:
+            return P_HELD
         r = frag_input(frags, pk, pk.proto, rd16(p + 4), (fo & 0x1fff) * 8, p + ihl, avail - ihl,
                        fo & 0x2000, ihl, done, reason)
         if r != P_OK:
@@ -251,6 +253,8 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
             return r
         pk.proto = nh
         return parse_l4(pk, fh + 8 + hl, avail - 40 - skip - 8 - hl, reason)
+    if frags == NULL:
+        return P_HELD
     r = frag_input(frags, pk, fnh, rd32(fh + 4), fo & 0xfff8, fh + 8, avail - 40 - skip - 8, fo & 1,
                    40 + skip, done, reason)
     if r != P_OK:
@@ -266,7 +270,7 @@ cdef int parse_packet(pkt_t *pk, uint16_t linktype, fragtab_t *frags, frag_t **d
                       int *reason) noexcept nogil:
     """Parse the frame in ``pk``: P_OK with its fields filled in (``done`` set when it completed
     a fragmented datagram), else what it is (P_NOT_IP, P_OTHER, P_HELD, or P_MALFORMED with
-    ``reason`` set)."""
+    ``reason`` set). With no fragment table (``frags`` NULL), a fragment is P_HELD, untouched."""
     cdef uint32_t off
     cdef uint16_t et
     cdef int r = parse_link(pk, linktype, &off, &et, reason)

@@ -242,7 +242,7 @@ def cmd_flows(args) -> int:
         if args.duration is not None:
             raise UsageError("--duration is for live ports (--iface)")
         check_capture(args.capture)
-        check_workers(args.workers, args.capture, live=False)
+        check_workers(args.workers, args.capture, live=False, each_reads=False)
         source = capture(args.capture, chunk_size=CAPTURE_BLOCK)
     bar = Progress()
     live = args.iface is not None
@@ -340,8 +340,8 @@ def add_parser(sub) -> None:
                    help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
     f.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
     f.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N engines in N processes, each tracking the flows that hash to it (a capture "
-                        "file only); the records are the same as with one")
+                   help="run N engines in N processes, each tracking the flows that hash to it, fed by "
+                        "one reader (a capture only); the records are the same as with one")
     add_port_options(f, inline=False)
     f.add_argument("--duration", metavar="SECONDS", type=float,
                    help="with --iface: watch for this long, then print the flows")

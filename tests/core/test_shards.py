@@ -8,8 +8,9 @@ import random
 import pytest
 
 import aiomb
-from aiomb import FlowRecords
-from aiomb.testing import TcpConversation, ipv4_fragments, udp_frame
+from aiomb import FlowRecords, FrameBatch
+from aiomb._core import CaptureReader, ShardRing
+from aiomb.testing import TcpConversation, ipv4_fragments, udp_frame, write_pcap
 
 OPTIONS = dict(midstream=True, reassembly=True, tcp_syn_timeout=2.0, tcp_established_timeout=3.0,
                tcp_closed_timeout=1.0, udp_timeout=2.0)
@@ -172,3 +173,77 @@ def test_split_takes_the_rows_that_left_before_a_point():
     assert bytes(memoryview(joined)) == bytes(memoryview(rows))
     rest = len(copy)
     assert len(copy.split(2 * len(frames) + 4)) == rest and len(copy) == 0
+
+
+def ring_run(tmp_path, frames, count):
+    """The frames through a ShardRing to ``count`` shard engines, all in this process (a
+    worker's place in the ring is its index): each engine's records and ids, as run() gives."""
+    path = tmp_path / "ring.pcap"
+    write_pcap(path, frames)
+    ring = ShardRing(count, slot_frames=64)
+    engines = [aiomb.Engine(shard=(k, count), **OPTIONS) for k in range(count)]
+    parts = [(engine, FlowRecords(), array.array("Q")) for engine in engines]
+    batch, mine = FrameBatch(64), [FrameBatch(64) for _ in range(count)]
+    for engine in engines:
+        engine.keep_records()
+
+    def deliver():
+        for k, (engine, rows, ids) in enumerate(parts):
+            got = ring.receive(k, mine[k])
+            if got is None:
+                return False
+            assert got == mine[k].count == batch.count        # every frame: another shard's as a tick
+            engine.process(mine[k])
+            rows.extend(engine.take_records())
+            ids.extend(engine.take_created())
+        return True
+
+    with CaptureReader(path) as reader:
+        while reader.fill(batch):
+            assert ring.send(batch)
+            assert deliver()
+    assert ring.end(int(aiomb.EndReason.END_OF_CAPTURE))
+    assert not deliver()
+    assert ring.end_reason == aiomb.EndReason.END_OF_CAPTURE and not ring.ended_by_error
+    for k, (engine, rows, _) in enumerate(parts):
+        ring.close(k)
+        engine.finish()
+        rows.extend(engine.take_records())
+    return parts
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_ring_feeds_shard_engines_the_records_of_one(tmp_path, count):
+    """One reader classifies each frame as the engines do (fragments, a frame that is not IP
+    and a malformed one to every shard): the shards' records merge into one engine's, every
+    shard counts every packet, and each TCP/UDP packet is processed by one shard only."""
+    big = udp_frame("10.3.0.1", "10.3.0.2", 7000, 7001, b"f" * 3000)
+    frames = traffic() + [(9.5, f) for f in ipv4_fragments(big, fragment_size=1000)]
+    frames += [(9.6, b"\xff" * 12 + b"\x88\xcc" + b"\0" * 50), (9.7, udp_frame("10.0.0.1", "10.0.0.2", 1, 2)[:30])]
+    parts = ring_run(tmp_path, frames, count)
+    one, rows, _ = run(frames)
+    assert bytes(memoryview(merge(parts))) == bytes(memoryview(rows))
+    stats = [engine.statistics() for engine, _, _ in parts]
+    whole = one.statistics()
+    assert all((s.packets, s.non_ip, s.fragments_reassembled, sum(s.malformed.values()))
+               == (whole.packets, 1, 1, 1) for s in stats)
+    assert sum(s.tcp_packets for s in stats) == whole.tcp_packets
+    assert sum(s.udp_packets for s in stats) == whole.udp_packets
+    assert sum(s.flows_created for s in stats) == whole.flows_created
+
+
+def test_a_ring_stops_aborts_and_refuses_misuse():
+    ring = ShardRing(2, slot_frames=16)
+    assert ring.stop_requested == 0
+    ring.request_stop(int(aiomb.EndReason.INTERRUPTED))
+    ring.request_stop(int(aiomb.EndReason.END_OF_CAPTURE))         # the first reason stays
+    assert ring.stop_requested == aiomb.EndReason.INTERRUPTED
+    with pytest.raises(ValueError, match="worker index 2"):
+        ring.receive(2, FrameBatch(16))
+    with pytest.raises(ValueError, match="holds 8 frames"):
+        ring.receive(0, FrameBatch(8))
+    with pytest.raises(ValueError, match="workers must be"):
+        ShardRing(0)
+    ring.abort()
+    with pytest.raises(RuntimeError, match="aborted"):
+        ring.receive(0, FrameBatch(16))

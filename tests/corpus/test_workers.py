@@ -8,6 +8,7 @@ import pathlib
 import signal
 import subprocess
 import sys
+import threading
 
 import attrs
 import pytest
@@ -169,12 +170,23 @@ def test_misuse_is_refused_with_the_fix(tmp_path):
     path = busy_capture(tmp_path / "busy.pcap", flows=10)
     proc = flows(path, workers=0, check=False)
     assert proc.returncode == 2 and b"--workers 0" in proc.stderr
-    fifo = tmp_path / "fifo"
-    os.mkfifo(fifo)
-    proc = flows(fifo, workers=2, check=False)
-    assert proc.returncode == 2 and b"regular file" in proc.stderr
     with pytest.raises(ValueError, match="workers must be"):
         ShardedRun(path, 1)
+
+
+def test_a_capture_from_a_pipe_is_read_once_for_every_worker(tmp_path):
+    """One reader feeds the workers, so a named pipe will do for aiomb flows (not for aiomb run,
+    whose workers each read the capture)."""
+    path = busy_capture(tmp_path / "busy.pcap")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_bytes(path.read_bytes()))
+    writer.start()
+    piped = flows(fifo, "--format", "jsonl", workers=2)
+    writer.join(timeout=60)
+    assert piped.stdout == flows(path, "--format", "jsonl").stdout
+    refused = aiomb_run(DEMO / "flow_monitor.py", "--pcap", fifo, "--workers", "2", check=False)
+    assert refused.returncode == 2 and b"regular file" in refused.stderr
 
 
 def test_a_worker_killed_is_reported(long_capture):
@@ -183,6 +195,15 @@ def test_a_worker_killed_is_reported(long_capture):
         for n, _ in enumerate(run):
             if n == 0:
                 os.kill(run._procs[1].pid, signal.SIGKILL)
+
+
+def test_the_reader_killed_is_reported(long_capture):
+    run = ShardedRun(long_capture, 2, midstream=True)
+    with pytest.raises(WorkerError, match="the reader ended without a word"):
+        for n, _ in enumerate(run):
+            if n == 0:
+                os.kill(run._procs[-1].pid, signal.SIGKILL)
+    assert not any(proc.is_alive() for proc in run._procs)
 
 
 def test_read_flows_with_workers_gives_the_same_table(tmp_path):
