@@ -199,6 +199,7 @@ class XskSet:
     zerocopy: bool
     closed: bool
     stamped: int
+    prefixed: bool
     def __init__(self, frame_size: int = 2048, frames: int = 4096) -> None: ...
     def add(self, ifindex: int, queue: int, *, rx: bool = True, tx: bool = False,
             zerocopy: bool | None = None) -> int: ...

@@ -88,6 +88,7 @@ cdef class XskSet:
     cdef uint64_t *taddr
     cdef int16_t *tsock
     cdef readonly uint64_t stamped      # frames that carried the XDP program's timestamp
+    cdef public bint prefixed           # the stamp comes in front of each frame (aiomb.io._bpf.stamp_mode)
     cdef int bcount
     cdef int bcap
     cdef int rr
@@ -412,11 +413,31 @@ cdef class XskSet:
         self.stamped += 1
         return <int64_t>t + mono_to_real
 
+    cdef inline int64_t unprefix(self, uint64_t *addr, uint32_t *length, int64_t now_ns,
+                                 int64_t mono_to_real) noexcept nogil:
+        """The arrival time from the stamp in front of the frame, which it then skips; else now."""
+        cdef const uint8_t *m = self.umem + addr[0]
+        cdef uint32_t magic, zero
+        cdef uint64_t t
+        if length[0] < META_LEN:
+            return now_ns
+        memcpy(&magic, m, 4)
+        memcpy(&zero, m + 4, 4)
+        if magic != META_MAGIC or zero != 0:
+            return now_ns
+        memcpy(&t, m + 8, 8)
+        memset(<uint8_t *>m, 0, 4)              # never read again when the frame's memory is reused
+        addr[0] += META_LEN
+        length[0] -= META_LEN
+        self.stamped += 1
+        return <int64_t>t + mono_to_real
+
     def receive(self, FrameBatch batch, int64_t now_ns, int64_t mono_to_real=0):
         """Take waiting frames into ``batch`` (at most its capacity); returns their number.
 
         Each frame's timestamp is its arrival time as stamped by aiomb's XDP program
-        (CLOCK_MONOTONIC ns, plus ``mono_to_real``), or ``now_ns`` when unstamped; the frames of
+        (CLOCK_MONOTONIC ns, plus ``mono_to_real``; with ``prefixed``, the stamp in front of the
+        frame is taken off), or ``now_ns`` when unstamped; the frames of
         several queues are merged in time order. Frames stay owned by the batch until
         ``apply(batch)``; the frames of a previous receive not yet applied are recycled first.
         Never blocks.
@@ -425,6 +446,8 @@ cdef class XskSet:
         cdef uint32_t prod, take, j, limit
         cdef xring_t *r
         cdef const xdp_desc *d
+        cdef uint64_t addr
+        cdef uint32_t length
         cdef int run_start[MAX_XSKS]
         cdef int run_end[MAX_XSKS]
         if self.closed:
@@ -448,15 +471,20 @@ cdef class XskSet:
                 run_start[nruns] = n
             for j in range(take):
                 d = &(<const xdp_desc *>r.desc)[(r.local + j) & r.mask]
-                batch.data[n] = self.umem + d.addr
-                batch.caplen[n] = d.len
-                batch.wirelen[n] = d.len
-                batch.ts[n] = self.stamp(d.addr, now_ns, mono_to_real)
+                addr = d.addr
+                length = d.len
+                if self.prefixed:
+                    batch.ts[n] = self.unprefix(&addr, &length, now_ns, mono_to_real)
+                else:
+                    batch.ts[n] = self.stamp(addr, now_ns, mono_to_real)
+                batch.data[n] = self.umem + addr
+                batch.caplen[n] = length
+                batch.wirelen[n] = length
                 batch.linktype[n] = LT_ETHERNET
                 batch.verdict[n] = VERDICT_FORWARD
-                self.baddr[n] = d.addr
+                self.baddr[n] = addr
                 self.bsock[n] = s
-                self.n_rx_bytes[s] += d.len
+                self.n_rx_bytes[s] += length
                 n += 1
             if take:
                 run_end[nruns] = n

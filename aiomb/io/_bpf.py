@@ -302,8 +302,9 @@ def prog_name_by_id(prog_id: int) -> str | None:
 
 
 def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, flags: int = 0,
-                  batch_size: int = 0, ctx: bytes | None = None) -> tuple[int, int]:
+                  batch_size: int = 0, ctx: bytes | None = None, output: bytearray | None = None) -> tuple[int, int]:
     """Run a program on ``data`` (BPF_PROG_TEST_RUN); returns (return value, ns per run).
+    ``output`` (a bytearray) receives the frame as the program left it.
 
     With ``flags=BPF_F_TEST_XDP_LIVE_FRAMES`` an XDP program's XDP_TX/XDP_REDIRECT verdicts
     really send the frame ``repeat`` times (a fast packet generator); ``ctx`` is an xdp_md
@@ -311,7 +312,8 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, flags: int = 0,
     """
     din = ctypes.create_string_buffer(data, len(data))
     a = _attr()
-    _put(a, "<IIIIQQ", 0, prog_fd, 0, len(data), 0, _addr(din), 0)
+    dout = ctypes.create_string_buffer(len(data) + 4096) if output is not None else None
+    _put(a, "<IIIIQQ", 0, prog_fd, 0, len(data), len(dout) if dout else 0, _addr(din), _addr(dout) if dout else 0)
     _put(a, "<II", 32, repeat, 0)
     if ctx is not None:
         cbuf = ctypes.create_string_buffer(ctx, len(ctx))
@@ -320,6 +322,8 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, flags: int = 0,
     bpf(BPF_PROG_TEST_RUN, a, "running a BPF program (BPF_PROG_TEST_RUN)")
     retval, = struct.unpack_from("<I", a, 4)
     duration, = struct.unpack_from("<I", a, 36)
+    if output is not None:
+        output[:] = dout.raw[:struct.unpack_from("<I", a, 12)[0]]
     return retval, duration
 
 
@@ -328,23 +332,51 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, flags: int = 0,
 PROGRAM_NAME = "aiomb_xsk"
 
 
-BPF_FUNC_KTIME_GET_NS, BPF_FUNC_XDP_ADJUST_META = 5, 54
-META_MAGIC = 0x6d6f6961          # "aiom", little-endian, first word of aiomb's 16-byte metadata
+BPF_FUNC_KTIME_GET_NS, BPF_FUNC_XDP_ADJUST_HEAD, BPF_FUNC_XDP_ADJUST_META = 5, 44, 54
+META_MAGIC = 0x6d6f6961          # "aiom", little-endian, first word of aiomb's 16-byte stamp
 META_LEN = 16                    # u32 magic, u32 zero, u64 CLOCK_MONOTONIC ns at XDP time
+STAMP_META, STAMP_HEAD = "meta", "head"
+
+_stamp_mode = None
 
 
-def xsk_redirect_program(xsks_map_fd: int, prefilter=None, bypass_ifindex: int = 0) -> bytes:
+def stamp_mode() -> str:
+    """Where aiomb's XDP program puts each frame's 16-byte stamp on this kernel: ``"meta"``, in
+    the XDP metadata just before the frame (``bpf_xdp_adjust_meta``), or ``"head"``, in front of
+    the frame itself (``bpf_xdp_adjust_head``; the receiver takes it off), where the kernel does
+    not let XDP programs call ``bpf_xdp_adjust_meta`` (seen on a 6.18 kernel: "program of this
+    type cannot use helper bpf_xdp_adjust_meta#54"). Probed once per process."""
+    global _stamp_mode
+    if _stamp_mode is None:
+        a = Asm().mov(6, 1).mov(1, 6).mov(2, imm=-META_LEN).call(BPF_FUNC_XDP_ADJUST_META)
+        try:
+            os.close(prog_load(BPF_PROG_TYPE_XDP, a.mov(0, imm=XDP_PASS).exit().code(), name="aiomb_probe"))
+            _stamp_mode = STAMP_META
+        except BpfError as exc:
+            if "adjust_meta" not in (exc.log or ""):
+                raise
+            _stamp_mode = STAMP_HEAD
+    return _stamp_mode
+
+
+def xsk_redirect_program(xsks_map_fd: int, prefilter=None, bypass_ifindex: int = 0, stamp: str | None = None) -> bytes:
     """Stamp the frame, then ``return bpf_redirect_map(&xsks, ctx->rx_queue_index, XDP_PASS);``
 
-    The stamp is 16 bytes of XDP metadata just before the frame (``META_MAGIC``, 0, and
-    ``bpf_ktime_get_ns()``), so receivers get each frame's arrival time and can merge the frames
-    of several queues in order. Frames of a queue with a bound socket go to it; all others (no
-    socket, or the process is gone) go on to the kernel's stack (which ignores the metadata).
+    The stamp is 16 bytes (``META_MAGIC``, 0, and ``bpf_ktime_get_ns()``), so receivers get each
+    frame's arrival time and can merge the frames of several queues in order. ``stamp`` (default
+    :func:`stamp_mode`) says where: ``"meta"``, as XDP metadata just before the frame; ``"head"``,
+    in front of the frame, taken off again when the frame goes to the kernel's stack. Frames of
+    a queue with a bound socket go to it; all others (no socket, or the process is gone) go on
+    to the kernel's stack (which ignores the metadata).
 
     With a ``prefilter`` (:class:`aiomb.io.Prefilter`) the frames it rejects never reach the
     sockets: they go on to the kernel (XDP_PASS), or, with ``bypass_ifindex`` (inline ports),
     straight out of that interface (``bpf_redirect``).
     """
+    stamp = stamp or stamp_mode()
+    if stamp not in (STAMP_META, STAMP_HEAD):
+        raise ValueError(f"stamp must be {STAMP_META!r} or {STAMP_HEAD!r}, got {stamp!r}")
+    head = stamp == STAMP_HEAD
     a = Asm()
     a.mov(6, 1)                                 # r6 = ctx
     if prefilter is not None:
@@ -356,13 +388,19 @@ def xsk_redirect_program(xsks_map_fd: int, prefilter=None, bypass_ifindex: int =
             a.mov(0, imm=XDP_PASS)
         a.exit()
         a.label("accept")
+    a.mov(8, imm=0)                             # r8 = 1 once the stamp is in front of the frame
     a.call(BPF_FUNC_KTIME_GET_NS)
     a.mov(7, 0)                                 # r7 = now (ns, CLOCK_MONOTONIC)
     a.mov(1, 6).mov(2, imm=-META_LEN)
-    a.call(BPF_FUNC_XDP_ADJUST_META)            # room for the metadata before data
+    a.call(BPF_FUNC_XDP_ADJUST_HEAD if head else BPF_FUNC_XDP_ADJUST_META)     # room for the stamp
     a.jmp("jne", 0, "redirect", imm=0)
-    a.ldx(4, 2, 6, XDP_MD_DATA_META)            # r2 = ctx->data_meta
-    a.ldx(4, 3, 6, XDP_MD_DATA)                 # r3 = ctx->data
+    if head:
+        a.mov(8, imm=1)
+        a.ldx(4, 2, 6, XDP_MD_DATA)             # r2 = ctx->data (the stamp's room)
+        a.ldx(4, 3, 6, XDP_MD_DATA_END)         # r3 = ctx->data_end
+    else:
+        a.ldx(4, 2, 6, XDP_MD_DATA_META)        # r2 = ctx->data_meta
+        a.ldx(4, 3, 6, XDP_MD_DATA)             # r3 = ctx->data
     a.mov(4, 2).alu64("add", 4, imm=META_LEN)
     a.jmp("jgt", 4, "redirect", src=3)          # the verifier's bounds check
     a.st(4, 2, 0, META_MAGIC)
@@ -373,6 +411,12 @@ def xsk_redirect_program(xsks_map_fd: int, prefilter=None, bypass_ifindex: int =
     a.ld_map_fd(1, xsks_map_fd)                 # r1 = &xsks
     a.mov(3, imm=XDP_PASS)                      # r3 = default action when the slot is empty
     a.call(BPF_FUNC_REDIRECT_MAP)
+    if head:                                    # to the kernel: the frame as it came
+        a.jmp("jne", 0, "done", imm=XDP_PASS)
+        a.jmp("jeq", 8, "done", imm=0)
+        a.mov(1, 6).mov(2, imm=META_LEN).call(BPF_FUNC_XDP_ADJUST_HEAD)
+        a.mov(0, imm=XDP_PASS)
+        a.label("done")
     a.exit()
     return a.code()
 

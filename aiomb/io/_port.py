@@ -205,6 +205,7 @@ class Port:
                 # bind first: a queue still used by a running aiomb refuses the bind (EBUSY),
                 # and its program must then be left alone; a killed one's sockets are gone
                 self._xs = XskSet(self.frame_size, self.frames)
+                self._xs.prefixed = _bpf.stamp_mode() == _bpf.STAMP_HEAD
                 for p in self._ports:
                     for q in p.queues:
                         p.sockets.append(self._bind(p, q))

@@ -53,6 +53,30 @@ def test_program_loads_named_and_passes_without_sockets():
         os.close(xsks)
 
 
+@pytest.mark.parametrize("stamp", [_bpf.STAMP_META, _bpf.STAMP_HEAD])
+def test_a_frame_for_the_kernel_leaves_as_it_came(stamp):
+    """Either way of stamping (the kernel's choice: stamp_mode()), a frame with no socket to go
+    to reaches the kernel unchanged: a stamp put in front of it is taken off again."""
+    _, xsks = _bpf.load_xsk_program(1)
+    code = _bpf.xsk_redirect_program(xsks, stamp=stamp)
+    if stamp == _bpf.STAMP_META and _bpf.stamp_mode() != stamp:     # why stamp_mode() chose "head"
+        with pytest.raises(_bpf.BpfError, match="adjust_meta"):
+            _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, code, name="aiomb_xsk")
+        os.close(xsks)
+        return
+    prog = _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, code, name="aiomb_xsk")
+    try:
+        frame = bytes(range(12)) + b"\x08\x00" + bytes(range(100))
+        out = bytearray()
+        assert _bpf.prog_test_run(prog, frame, output=out)[0] == _bpf.XDP_PASS
+        assert out == frame
+    finally:
+        os.close(prog)
+        os.close(xsks)
+    with pytest.raises(ValueError, match="stamp must be"):
+        _bpf.xsk_redirect_program(xsks, stamp="tail")
+
+
 def test_verifier_log_in_error():
     with pytest.raises(_bpf.BpfError, match="verifier log") as info:
         _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, _bpf.Asm().mov(0, imm=1).code(), name="aiomb_bad")
