@@ -1258,6 +1258,8 @@ cdef class Engine:
                         self.resume_batch = batch
                         self.resume_at = i
                         break
+                    if i + PREFETCH_AHEAD < batch.count and batch.data[i + PREFETCH_AHEAD] != NULL:
+                        prefetch(batch.data[i + PREFETCH_AHEAD])
                     if batch.data[i] == NULL:       # another shard's frame (ShardRing): a clock tick
                         self.n_packets += 1
                         self.n_bytes += batch.wirelen[i] if batch.wirelen[i] > batch.caplen[i] else batch.caplen[i]
