@@ -40,6 +40,8 @@ SAME_IN_EVERY_WORKER = ("packets", "bytes", "non_ip", "other_protocol", "malform
                         "fragments_expired", "fragments_evicted", "fragment_overlaps", "max_stream_memory",
                         "max_flows", "max_event_memory")
 LARGEST = ("stream_memory_peak", "stream_buffer_peak", "event_memory_peak")
+LIMITS = ("max_fragment_memory", "max_stream_memory", "max_flows", "max_event_memory")
+READY_TIMEOUT = 30.0    # seconds the live workers have to open their ports
 
 
 class WorkerError(RuntimeError):
@@ -324,18 +326,213 @@ class ShardedRun:
         counters of what every worker reads alike (packets, malformed, fragments) once."""
         if not self._stats:
             raise RuntimeError("statistics() comes after the run")
-        first = self._stats[0]
-        values = {}
-        for field in EngineStatistics.__attrs_attrs__:
-            name = field.name
-            vals = [getattr(s, name) for s in self._stats]
-            if name in SAME_IN_EVERY_WORKER:
-                values[name] = vals[0]
-            elif name in LARGEST:
-                values[name] = max(vals)
-            elif isinstance(vals[0], MalformedCounts):
-                values[name] = vals[0]
-            else:
-                values[name] = sum(vals)
-        return type(first)(**values)
+        return merge_statistics(self._stats, same=SAME_IN_EVERY_WORKER)
 
+
+def merge_statistics(stats: list, *, same=LIMITS) -> EngineStatistics:
+    """Several engines' statistics as one's: the fields named in ``same`` taken from the first
+    (each engine's limits, or what every engine counts alike), the peaks the largest, the rest
+    (malformed packets reason by reason) summed."""
+    values = {}
+    for field in EngineStatistics.__attrs_attrs__:
+        name = field.name
+        vals = [getattr(s, name) for s in stats]
+        if name in same:
+            values[name] = vals[0]
+        elif name in LARGEST:
+            values[name] = max(vals)
+        elif isinstance(vals[0], MalformedCounts):
+            total: dict = {}
+            for counts in vals:
+                for reason, n in counts.items():
+                    total[reason] = total.get(reason, 0) + n
+            values[name] = MalformedCounts(total)
+        else:
+            values[name] = sum(vals)
+    return type(stats[0])(**values)
+
+
+def _port_worker(conn, iface: str, netns: str | None, port_options: dict, options: dict) -> None:
+    """A live worker's life: its veth's frames through its own engine, sending each batch of
+    records to the parent; ready once its port is open; stops when the parent says so."""
+    from .io._port import Port
+
+    _quiet_signals()
+    try:
+        source = Port(iface, mode="native", netns=netns, **port_options)
+        run = FlowRun(source, **options)
+        ready = False
+
+        def progress(_source) -> None:
+            nonlocal ready
+            if not ready:
+                conn.send(("ready",))
+                ready = True
+            if conn.poll():
+                run.stop(EndReason(conn.recv()))
+
+        run.progress = progress
+        for records in run:
+            conn.send(("records", bytes(memoryview(records)), run.digests(records) if run.hashes else None))
+        conn.send(("done", run.statistics(), source.statistics()))
+    except BaseException:
+        conn.send(("failed", traceback.format_exc()))
+    finally:
+        conn.close()
+
+
+class FanoutRun:
+    """A live interface's flow records from ``workers`` engines in as many processes: the
+    interface of :class:`FlowRun` (iterate for record batches as flows end, ``stop()``,
+    ``digests()``, ``statistics()``, ``port_statistics()``, ``elapsed``, ``opened``).
+
+    aiomb's steering program on ``iface`` sends each frame to one worker by its IP address
+    pair (:class:`aiomb.io._fanout.Fanout`), so each flow, both directions, lives in one
+    worker's engine. Records are passed on as they arrive, their flows numbered 1, 2, ... in
+    that order. ``port_options``: ``mode``, ``netns``, ``force``, ``prefilter`` (as
+    :func:`aiomb.port`), ``frames``, ``frame_size`` (each worker's). Passive only. Layer:
+    shells; blocks while it runs.
+    """
+
+    def __init__(self, iface: str, workers: int, *, progress=None, mode: str = "skb", netns: str | None = None,
+                 force: bool = False, prefilter=None, frames: int = 4096, frame_size: int = 2048, **options):
+        from .io._fanout import Fanout
+
+        self.fanout = Fanout(iface, workers, mode=mode, netns=netns, force=force, prefilter=prefilter)
+        self.iface = iface
+        self.workers = workers
+        self.netns = netns
+        self.port_options = dict(frames=frames, frame_size=frame_size)
+        self.options = options
+        self.hashes = tuple(options.get("hashes", ()))
+        self.progress = progress
+        self.reason = None
+        self.opened = False
+        self.started = self.elapsed = None
+        self._stats: list = []
+        self._ports: list = [None] * workers      # each worker's port statistics, once it is done
+        self._digests: dict = {}
+        self._conns: list = []
+        self._procs: list = []
+
+    def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
+        """End the run soon: the steering stops, then every worker ends its open flows with
+        ``reason``. Safe in a signal handler."""
+        if self.reason is None:
+            self.reason = reason
+
+    def _start(self) -> None:
+        import multiprocessing
+        import multiprocessing.connection
+
+        self.fanout.open()
+        ctx = multiprocessing.get_context("fork")
+        for iface in self.fanout.worker_ifaces:
+            parent, child = ctx.Pipe()
+            proc = ctx.Process(target=_port_worker, args=(child, iface, self.netns, self.port_options, self.options),
+                               name="aiomb-port-worker", daemon=True)
+            proc.start()
+            child.close()
+            self._conns.append(parent)
+            self._procs.append(proc)
+        waiting = set(self._conns)
+        deadline = time.monotonic() + READY_TIMEOUT
+        while waiting:
+            left = deadline - time.monotonic()
+            if left <= 0:
+                raise WorkerError(f"the workers did not open their ports within {READY_TIMEOUT:.0f} s")
+            for conn in multiprocessing.connection.wait(list(waiting), timeout=min(left, 0.25)):
+                i = self._conns.index(conn)
+                try:
+                    msg = conn.recv()
+                except (EOFError, OSError):
+                    raise WorkerError(f"worker {i} ended without a word (killed?)") from None
+                if msg[0] == "failed":
+                    raise WorkerError(f"worker {i} failed:\n{msg[1]}")
+                waiting.discard(conn)
+        self.fanout.attach()
+        self.opened = True
+
+    def __iter__(self):
+        import multiprocessing.connection
+
+        self.started = time.monotonic()
+        failure = None
+        numbered = 0
+        try:
+            self._start()
+            live = {conn: i for i, conn in enumerate(self._conns)}
+            stopping = False
+            while live:
+                if self.reason is not None and not stopping:
+                    stopping = True
+                    self.fanout.detach()        # no new frames; then every worker ends its flows
+                    for conn in live:
+                        conn.send(int(self.reason))
+                for conn in multiprocessing.connection.wait(list(live), timeout=0.25):
+                    i = live[conn]
+                    try:
+                        msg = conn.recv()
+                    except (EOFError, OSError):
+                        del live[conn]
+                        failure = failure or f"worker {i} ended without a word (killed?)"
+                        continue
+                    if msg[0] == "records":
+                        rows = FlowRecords.frombytes(msg[1])
+                        rows.number_from(numbered + 1)
+                        numbered += len(rows)
+                        if msg[2] is not None:
+                            self._digests.update(zip(rows.ids(), msg[2]))
+                        yield rows
+                    elif msg[0] == "done":
+                        self._stats.append(msg[1])
+                        self._ports[i] = msg[2]
+                        del live[conn]
+                    else:
+                        failure = f"worker {i} failed:\n{msg[1]}"
+                        del live[conn]
+                if failure is not None:
+                    break
+                if self.progress is not None:
+                    self.progress(self)
+        finally:
+            self._finish()
+        if failure is not None:
+            raise WorkerError(failure)
+
+    def _finish(self) -> None:
+        self.elapsed = time.monotonic() - self.started
+        try:
+            self.fanout.close()
+        finally:
+            for conn in self._conns:
+                conn.close()
+            for proc in self._procs:
+                proc.join(timeout=5)
+                if proc.is_alive():
+                    proc.kill()
+                    proc.join()
+
+    def digests(self, records: FlowRecords) -> list:
+        """Each row's hex digests (client then server, per hash name), as FlowRun's."""
+        return [self._digests.pop(n) for n in records.ids()]
+
+    def statistics(self) -> EngineStatistics:
+        """The workers' statistics as one engine's (each frame reached one worker: summed)."""
+        if not self._stats:
+            raise RuntimeError("statistics() comes after the run")
+        return merge_statistics(self._stats)
+
+    def port_statistics(self):
+        """The workers' ports as one: frames received and dropped summed, every queue listed
+        (worker 0's first)."""
+        from .io._port import PortStatistics
+
+        if None in self._ports:
+            raise RuntimeError("port_statistics() comes after the run")
+        sums = {f: sum(getattr(p, f) for p in self._ports) for f in (
+            "received", "received_bytes", "ring_drops", "fill_ring_empty", "forwarded", "dropped_by_verdict",
+            "tx_dropped")}
+        return PortStatistics(interfaces=(self.iface,), mode=self.fanout.mode,
+                              zerocopy=all(p.zerocopy for p in self._ports), inline=False, open=False,
+                              queues=tuple(q for p in self._ports for q in p.queues), **sums)

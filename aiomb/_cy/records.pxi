@@ -556,6 +556,15 @@ cdef class FlowRecords:
                 raise ValueError(f"flow id {v} is not among the created flows")
             self.rows[i].id = lo + 1
 
+    def number_from(self, uint64_t first):
+        """Renumber the rows' flows ``first``, ``first + 1``, ... in row order (the records of
+        engines that each numbered their own flows, merged as they come)."""
+        cdef Py_ssize_t i
+        if self.views:
+            raise BufferError("the records are being read through a buffer")
+        for i in range(self.n):
+            self.rows[i].id = first + i
+
     def ids(self):
         """The rows' flow numbers (a list)."""
         return [self.rows[i].id for i in range(self.n)]

@@ -24,15 +24,19 @@ def check_capture(path: str) -> None:
         raise UsageError(f"{path} is a directory; give a .pcap or .pcapng file")
 
 
-def check_workers(workers: int, path: str | None, *, live: bool, each_reads: bool = True) -> None:
-    """Raise UsageError unless ``--workers`` can be used: at least 1; more than 1 only on a
-    capture, never on a live port; a regular file when ``each_reads`` (each worker reads it;
-    with one reader feeding the workers, a pipe will do)."""
+def check_workers(workers: int, path: str | None, *, live: bool, each_reads: bool = True,
+                  fanout: bool = False) -> None:
+    """Raise UsageError unless ``--workers`` can be used: at least 1; more than 1 on a live port
+    only with ``fanout`` (aiomb flows steers its frames to the workers); on a capture, a regular
+    file when ``each_reads`` (each worker reads it; with one reader feeding them, a pipe will do)."""
     if workers < 1:
         raise UsageError(f"--workers {workers}: give a number of worker processes, at least 1")
-    if workers > 1 and live:
-        raise UsageError("--workers is for capture files; on a live port one engine reads it")
-    if workers > 1 and each_reads and not stat.S_ISREG(os.stat(path).st_mode):
+    if workers > 1 and live and not fanout:
+        raise UsageError("--workers is for capture files here; on a live port use `aiomb flows --iface IF "
+                         "--workers N`, or one engine")
+    if workers > 1024:
+        raise UsageError(f"--workers {workers}: at most 1024")
+    if workers > 1 and not live and each_reads and not stat.S_ISREG(os.stat(path).st_mode):
         raise UsageError(f"--workers {workers}: {path} is not a regular file; each worker reads "
                          "the capture, so save it to a file first (or drop --workers)")
 

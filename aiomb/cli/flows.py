@@ -13,7 +13,7 @@ import time
 
 from .._errors import CaptureError, ExportError, PortError
 from .._records import CAPTURE_BLOCK, FIELDS, HASHES, FlowRun, hash_fields
-from .._workers import ShardedRun, WorkerError
+from .._workers import FanoutRun, ShardedRun, WorkerError
 from .._zeek import ConnLog, community_ids
 from ..flows._filter import FilterError, compile_filter
 from ..flows._types import EndReason
@@ -236,7 +236,10 @@ def cmd_flows(args) -> int:
     if args.iface is not None:
         if args.duration is None or not args.duration > 0:
             raise UsageError("--iface needs --duration SECONDS (how long to watch)")
-        check_workers(args.workers, None, live=True)
+        check_workers(args.workers, None, live=True, fanout=True)
+        if args.workers > 1 and args.queues is not None:
+            raise UsageError("--queues does not go with --workers: the workers' steering program takes "
+                             "every queue of the interface")
         source = live_port(args)
     else:
         if args.duration is not None:
@@ -256,7 +259,10 @@ def cmd_flows(args) -> int:
 
     options = dict(filter=args.filter, hashes=hashes, midstream=not args.no_midstream, vlan_in_key=args.vlan,
                    overlap_policy=args.policy, conn_history=args.format in ZEEK_FORMATS)
-    if args.workers > 1:
+    if args.workers > 1 and live:
+        run = FanoutRun(args.iface, args.workers, progress=progress, mode=args.mode, netns=args.netns,
+                        force=args.force, prefilter=source.prefilter, **options)
+    elif args.workers > 1:
         bar.enabled = False
         run = ShardedRun(args.capture, args.workers, **options)
     else:
@@ -291,11 +297,12 @@ def cmd_flows(args) -> int:
         bar.draw(*source.progress(), final=True)
     if writer is not None:
         writer.close()
-    if live and run.opened:
-        st = source.statistics()
+    lost = args.workers > 1 and isinstance(error, (WorkerError, PortError))    # no workers' figures
+    if live and run.opened and not lost:
+        st = run.port_statistics() if args.workers > 1 else source.statistics()
         print(f"aiomb: {args.iface}: {st.received} frames received, {st.ring_drops} dropped by "
               f"the ring", file=sys.stderr)
-    if args.stats:
+    if args.stats and not lost:
         print(stats_line(run, flows), file=sys.stderr)
     if exporter is not None:
         st = exporter.statistics()
@@ -340,8 +347,9 @@ def add_parser(sub) -> None:
                    help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
     f.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
     f.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N engines in N processes, each tracking the flows that hash to it, fed by "
-                        "one reader (a capture only); the records are the same as with one")
+                   help="run N engines in N processes, each tracking the flows that hash to it: fed by one "
+                        "reader (a capture; the records are the same as with one) or by aiomb's XDP "
+                        "steering program (--iface)")
     add_port_options(f, inline=False)
     f.add_argument("--duration", metavar="SECONDS", type=float,
                    help="with --iface: watch for this long, then print the flows")

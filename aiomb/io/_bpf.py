@@ -32,7 +32,7 @@ BPF_PSEUDO_MAP_FD = 1
 
 BPF_MAP_CREATE, BPF_MAP_LOOKUP_ELEM, BPF_MAP_UPDATE_ELEM, BPF_MAP_DELETE_ELEM = 0, 1, 2, 3
 BPF_PROG_LOAD, BPF_PROG_TEST_RUN, BPF_PROG_GET_FD_BY_ID, BPF_OBJ_GET_INFO_BY_FD = 5, 10, 13, 15
-BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_XSKMAP = 1, 2, 17
+BPF_MAP_TYPE_HASH, BPF_MAP_TYPE_ARRAY, BPF_MAP_TYPE_DEVMAP, BPF_MAP_TYPE_XSKMAP = 1, 2, 14, 17
 BPF_PROG_TYPE_XDP = 6
 BPF_XDP = 37                       # expected attach type of XDP programs
 BPF_F_TEST_XDP_LIVE_FRAMES = 1 << 1
@@ -330,6 +330,8 @@ def prog_test_run(prog_fd: int, data: bytes, *, repeat: int = 1, flags: int = 0,
 # ---- aiomb's XDP program ---------------------------------------------------------------------
 
 PROGRAM_NAME = "aiomb_xsk"
+STEER_NAME = "aiomb_steer"
+PROGRAM_NAMES = (PROGRAM_NAME, STEER_NAME)     # aiomb's programs (a stale one may be replaced)
 
 
 BPF_FUNC_KTIME_GET_NS, BPF_FUNC_XDP_ADJUST_HEAD, BPF_FUNC_XDP_ADJUST_META = 5, 44, 54
@@ -436,3 +438,107 @@ def load_xsk_program(max_queues: int, prefilter=None, bypass_ifindex: int = 0) -
 def xsk_map_set(map_fd: int, queue: int, sock_fd: int) -> None:
     """Point slot ``queue`` of an XSKMAP at the AF_XDP socket ``sock_fd``."""
     map_update(map_fd, struct.pack("<I", queue), struct.pack("<I", sock_fd))
+
+
+# ---- the workers' steering program -----------------------------------------------------------
+
+def _u32(value: int) -> int:
+    """A 32-bit constant as the signed immediate an instruction holds."""
+    return value - (1 << 32) if value >= 1 << 31 else value
+
+
+def _mix32(a: Asm, reg: int, tmp: int) -> None:
+    """reg = a 32-bit avalanche of reg (x ^= x >> 16; x *= 0x45d9f3b, twice; x ^= x >> 16)."""
+    for _ in range(2):
+        a.mov(tmp, reg).alu32("rsh", tmp, imm=16).alu32("xor", reg, tmp)
+        a.alu32("mul", reg, imm=0x45d9f3b)
+    a.mov(tmp, reg).alu32("rsh", tmp, imm=16).alu32("xor", reg, tmp)
+
+
+def steering_program(devmap_fd: int, count: int, prefilter=None) -> bytes:
+    """Send each frame to one of ``count`` workers: ``bpf_redirect_map(&workers, k, XDP_PASS)``.
+
+    ``k`` is a symmetric hash of the frame's IP address pair (the same for both directions:
+    mix(src) + mix(dst), each IPv6 address folded to 32 bits first), scaled to ``count``: every
+    packet between two hosts, fragments included, reaches one worker. Frames that are not IP
+    (after up to two VLAN tags) go to worker 0. With a ``prefilter``, the frames it rejects go
+    on to the kernel (XDP_PASS). Registers: r6 ctx, r7 data, r8 data_end, r9 the network
+    header's offset, r4 the hash.
+    """
+    if not 1 <= count <= 1024:
+        raise ValueError(f"count must be from 1 to 1024, got {count}")
+    a = Asm()
+    a.mov(6, 1)
+    if prefilter is not None:
+        prefilter.emit(a, accept="s_accept", reject="s_reject")
+        a.label("s_reject")
+        a.mov(0, imm=XDP_PASS)
+        a.exit()
+        a.label("s_accept")
+    a.mov(4, imm=0)                             # not IP: worker 0
+    a.ldx(4, 7, 6, XDP_MD_DATA)
+    a.ldx(4, 8, 6, XDP_MD_DATA_END)
+    a.mov(9, imm=14)
+    a.mov(2, 7).alu64("add", 2, imm=14)
+    a.jmp("jgt", 2, "s_pick", src=8)
+    a.ldx(2, 3, 7, 12)                          # r3 = ethertype (network order, as loaded)
+    for level in range(2):                      # VLAN tags (802.1Q, 802.1ad, old QinQ)
+        for tpid in (0x8100, 0x88a8, 0x9100):
+            a.jmp("jeq", 3, f"s_tag{level}", imm=int.from_bytes(tpid.to_bytes(2, "big"), "little"))
+        a.jmp("ja", 0, f"s_vlan{level}")
+        a.label(f"s_tag{level}")
+        a.mov(2, 7).alu64("add", 2, imm=18 + 4 * level)
+        a.jmp("jgt", 2, "s_pick", src=8)
+        a.ldx(2, 3, 7, 16 + 4 * level)
+        a.mov(9, imm=18 + 4 * level)
+        a.label(f"s_vlan{level}")
+    a.jmp("jeq", 3, "s_ipv4", imm=0x0008)
+    a.jmp("jeq", 3, "s_ipv6", imm=0xdd86)
+    a.jmp("ja", 0, "s_pick")
+    for family, length, addr_words in (("s_ipv4", 20, ((12,), (16,))),
+                                        ("s_ipv6", 40, ((8, 12, 16, 20), (24, 28, 32, 36)))):
+        a.label(family)
+        a.mov(2, 7).alu64("add", 2, 9)
+        a.mov(3, 2).alu64("add", 3, imm=length)
+        a.jmp("jgt", 3, "s_pick", src=8)
+        for k, words in enumerate(addr_words):  # r5 = one address folded to 32 bits, mixed
+            a.ldx(4, 5, 2, words[0])
+            for off in words[1:]:
+                a.ldx(4, 0, 2, off).alu32("xor", 5, 0)
+            _mix32(a, 5, 0)
+            if k == 0:
+                a.mov(4, 5)
+            else:
+                a.alu32("add", 4, 5)
+        a.jmp("ja", 0, "s_pick")
+    a.label("s_pick")                           # k = hash * count >> 32
+    a.alu64("mul", 4, imm=count).alu64("rsh", 4, imm=32)
+    a.mov(2, 4)
+    a.ld_map_fd(1, devmap_fd)
+    a.mov(3, imm=XDP_PASS)
+    a.call(BPF_FUNC_REDIRECT_MAP)
+    a.exit()
+    return a.code()
+
+
+def steering_hash(frame: bytes, count: int) -> int:
+    """The worker :func:`steering_program` sends ``frame`` to (for tests and tools)."""
+    def mix(x: int) -> int:
+        for _ in range(2):
+            x = ((x ^ (x >> 16)) * 0x45d9f3b) & 0xffffffff
+        return x ^ (x >> 16)
+
+    off, ethertype = 14, frame[12:14]
+    for level in range(2):
+        if ethertype in (b"\x81\x00", b"\x88\xa8", b"\x91\x00") and len(frame) >= 18 + 4 * level:
+            ethertype, off = frame[16 + 4 * level:18 + 4 * level], 18 + 4 * level
+    words = {b"\x08\x00": ((12,), (16,)), b"\x86\xdd": ((8, 12, 16, 20), (24, 28, 32, 36))}.get(ethertype)
+    if words is None or len(frame) < off + (20 if ethertype == b"\x08\x00" else 40):
+        return 0
+    h = 0
+    for addr in words:
+        folded = 0
+        for w in addr:
+            folded ^= int.from_bytes(frame[off + w:off + w + 4], "little")
+        h = (h + mix(folded)) & 0xffffffff
+    return (h * count) >> 32

@@ -4,9 +4,9 @@ Layer: io. Synchronous and blocking (one netlink round trip each); from Trio cal
 ``trio.to_thread.run_sync``, because pyroute2's synchronous IPRoute runs an asyncio loop of its
 own and fails inside a running one (a Jupyter cell, Trio guest mode).
 
-aiomb's program is named ``aiomb_xsk`` (see :mod:`aiomb.io._bpf`), so that one left attached by
-a killed process is recognised as stale and replaced, while anyone else's is refused unless the
-caller forces it.
+aiomb's programs are named ``aiomb_xsk`` and ``aiomb_steer`` (see :mod:`aiomb.io._bpf`), so that
+one left attached by a killed process is recognised as stale and replaced, while anyone else's
+is refused unless the caller forces it.
 """
 
 import contextlib
@@ -51,7 +51,7 @@ class XdpState:
     @property
     def ours(self) -> bool:
         """True when the attached program is aiomb's (maybe a stale one)."""
-        return self.name == _bpf.PROGRAM_NAME
+        return self.name in _bpf.PROGRAM_NAMES
 
     def prog_in(self, mode: str) -> int:
         """The id of the program attached in ``mode`` (0 when none)."""

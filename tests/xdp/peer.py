@@ -3,7 +3,7 @@
     peer.py server IP PORT            TCP: per connection read (up, down) lengths, read `up`
                                       bytes, send `down` bytes, close; prints one JSON line
                                       per connection (lengths, upload_ok, the peer's address)
-    peer.py client IP PORT UP DOWN [TIMEOUT]
+    peer.py client IP PORT UP DOWN [TIMEOUT [SOURCE_IP]]
                                       TCP: one transfer; prints JSON {ok, up_sha256, down_ok, ...}
     peer.py udp IP PORT COUNT SIZE    UDP: send COUNT datagrams of SIZE bytes; prints JSON
     peer.py udp-sink IP PORT          UDP: count datagrams (prints ready, then a JSON line per 1 s idle)
@@ -68,11 +68,12 @@ def server(ip, port):
         threading.Thread(target=serve_one, args=(conn, peer), daemon=True).start()
 
 
-def client(ip, port, up, down, timeout="10"):
+def client(ip, port, up, down, timeout="10", source=None):
     up, down = int(up), int(down)
     result = {"up": up, "down": down}
     try:
-        s = socket.create_connection((ip, int(port)), timeout=float(timeout))
+        s = socket.create_connection((ip, int(port)), timeout=float(timeout),
+                                     source_address=(source, 0) if source else None)
         result["local_port"] = s.getsockname()[1]
         with s:
             s.sendall(struct.pack("!QQ", up, down) + pattern(up, 1))

@@ -211,3 +211,29 @@ def test_prefilter_values():
         Prefilter(ports=range(100))
     with pytest.raises(ValueError):
         Prefilter(networks=["10.0.0.300/8"])
+
+
+def test_the_steering_program_sends_both_directions_to_the_worker_its_hash_names():
+    """steering_hash() (Python) is the program's choice, judged by the kernel: with only worker
+    k's slot of the DEVMAP filled, the program redirects exactly the frames it steers to k."""
+    count = 3
+    pairs = [("10.0.0.1", "10.0.0.2"), ("192.168.7.9", "8.8.8.8"), ("fd00::1", "fd00::2:3"),
+             ("2001:db8::7", "2001:db8:1::9"), ("10.9.8.7", "10.1.2.3")]
+    frames = []
+    for src, dst in pairs:
+        frames += [tcp_frame(src, dst, 1234, 80), tcp_frame(dst, src, 80, 1234),
+                   udp_frame(src, dst, 53, 5353, vlan=[7]), udp_frame(dst, src, 5353, 53, vlan=[7, 9])]
+    frames.append(b"\xff" * 12 + b"\x08\x06" + bytes(28))             # ARP: worker 0
+    chosen = [_bpf.steering_hash(f, count) for f in frames]
+    assert all(chosen[i] == chosen[i + 1] == chosen[i + 2] == chosen[i + 3] for i in range(0, 4 * len(pairs), 4))
+    assert set(chosen) == {0, 1, 2} and chosen[-1] == 0
+    for k in range(count):
+        devmap = _bpf.map_create(_bpf.BPF_MAP_TYPE_DEVMAP, 4, 4, count, name="aiomb_workers")
+        _bpf.map_update(devmap, k.to_bytes(4, "little"), (1).to_bytes(4, "little"))     # lo
+        prog = _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, _bpf.steering_program(devmap, count), name=_bpf.STEER_NAME)
+        try:
+            got = [_bpf.prog_test_run(prog, f)[0] for f in frames]
+        finally:
+            os.close(prog)
+            os.close(devmap)
+        assert got == [_bpf.XDP_REDIRECT if c == k else _bpf.XDP_PASS for c in chosen]

@@ -1,0 +1,123 @@
+"""Live workers: ``aiomb flows --iface IF --workers N``. aiomb's steering program on the
+interface sends each frame, by its IP address pair, into one worker's veth pair; each worker
+reads its own with AF_XDP. Real connections from several client addresses through a mirror tap:
+every connection is reported once, both directions counted by one engine, and the frames are
+spread over the workers as the steering hash says."""
+
+import json
+import subprocess
+import sys
+
+from pyroute2 import IPRoute
+
+from aiomb import EndReason
+from aiomb._workers import FanoutRun
+from aiomb.io import _bpf
+from aiomb.testing import tcp_frame
+
+from .lab import PEER, attached, sh, wait_for
+from .test_cli_live import AIOMB, REPO
+
+LEFT_IP, RIGHT_IP = "10.205.0.1", "10.205.0.2"
+CLIENTS = [f"10.205.0.{10 + k}" for k in range(8)]
+
+
+def hosts(lab):
+    """left <-> right with eight more client addresses on the left, mirrored to a monitor
+    interface in a namespace of its own; a transfer server on the right."""
+    watch = lab.netns("w")
+    left, a, right, b, n = lab.tapped_pair(f"{LEFT_IP}/24", f"{RIGHT_IP}/24", mon_ns=watch)
+    for ip in CLIENTS:
+        lab.address(left, a, f"{ip}/24")
+        lab.neighbour(right, b, ip, lab.mac(a, left))
+    lab.server(right, RIGHT_IP, 5001)
+    return left, watch, n
+
+
+def transfer(ns, source, up=3000, down=40000):
+    proc = subprocess.run(["ip", "netns", "exec", ns, sys.executable, PEER, "client", RIGHT_IP, "5001",
+                           str(up), str(down), "5", source], capture_output=True, text=True, timeout=60)
+    result = json.loads(proc.stdout)
+    assert result["ok"], result
+    return result
+
+
+def steered_to(ip: str, count: int) -> int:
+    frame = tcp_frame(ip, RIGHT_IP, 40000, 5001)
+    return _bpf.steering_hash(frame, count)
+
+
+def veths(ns):
+    with IPRoute(netns=ns) as ipr:
+        return [link.get_attr("IFLA_IFNAME") for link in ipr.get_links()
+                if (link.get_attr("IFLA_IFNAME") or "").startswith("amb")]
+
+
+def test_the_flows_of_two_workers_on_a_live_interface(lab):
+    assert {steered_to(ip, 2) for ip in CLIENTS} == {0, 1}         # both workers get connections
+    left, watch, n = hosts(lab)
+    proc = lab.spawn([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "6", "--workers", "2",
+                      "--format", "jsonl", "--stats"], cwd=REPO, stdout=subprocess.PIPE,
+                     stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: attached(watch, n) == _bpf.STEER_NAME, what="the steering program to attach")
+    assert len(veths(watch)) == 4
+    results = {ip: transfer(left, ip) for ip in CLIENTS}
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    records = [json.loads(line) for line in out.splitlines()]
+    assert sorted(r["flow"] for r in records) == list(range(1, len(records) + 1))
+    mine = {(r["client_ip"], r["client_port"]): r for r in records if r["server_port"] == 5001}
+    assert len(mine) == len(CLIENTS)
+    for ip, result in results.items():
+        rec = mine[(ip, result["local_port"])]           # one engine saw both directions
+        assert (rec["end_reason"], rec["client_state"], rec["server_state"]) == ("fin", "CLOSED", "TIME_WAIT")
+        assert (rec["client_payload_bytes"], rec["server_payload_bytes"]) == (3016, 40000)
+        assert rec["client_bytes"] == 3016 and rec["server_bytes"] == 40000
+    assert f"aiomb: {n}: " in err and "0 dropped by the ring" in err
+    assert f" {len(records)} flows" in err
+    assert attached(watch, n) is None and veths(watch) == []
+
+
+def test_each_worker_reads_the_frames_steered_to_it(lab):
+    left, watch, n = hosts(lab)
+    run = FanoutRun(n, 2, netns=watch, midstream=False)
+    rows = []
+
+    def progress(r):
+        if not done and attached(watch, n) == _bpf.STEER_NAME:
+            for ip in CLIENTS:
+                results.append(transfer(left, ip, 100, 100))
+            done.append(True)
+            r.stop(EndReason.END_OF_CAPTURE)
+
+    done, results = [], []
+    run.progress = progress
+    for batch in run:
+        rows += [batch[i] for i in range(len(batch))]
+    assert {(r["client_ip"], r["server_port"]) for r in rows} == {(ip, 5001) for ip in CLIENTS}
+    per_worker = [q.received for q in run.port_statistics().queues]
+    expected = [sum(1 for ip in CLIENTS if steered_to(ip, 2) == k) for k in range(2)]
+    frames = sum(r["client_packets"] + r["server_packets"] for r in rows)
+    assert sum(per_worker) == frames and all(per_worker) and len(per_worker) == 2
+    by_worker = [sum(r["client_packets"] + r["server_packets"] for r in rows
+                     if steered_to(r["client_ip"], 2) == k) for k in range(2)]
+    assert per_worker == by_worker and [bool(k) for k in expected] == [True, True]
+    stats = run.statistics()
+    assert stats.flows_created == len(CLIENTS) and stats.tcp_packets == frames
+    assert attached(watch, n) is None and veths(watch) == []
+
+
+def test_a_stale_fanout_is_replaced_and_misuse_refused(lab):
+    left, watch, n = hosts(lab)
+    stale = "amb3fffff-0"                   # a pid that cannot run (above pid_max)
+    sh("ip", "link", "add", stale + "a", "type", "veth", "peer", "name", stale + "b", netns=watch)
+    proc = subprocess.run([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "1", "--workers", "2",
+                           "--format", "jsonl"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert veths(watch) == [] and attached(watch, n) is None
+    bad = subprocess.run([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "1", "--workers", "2",
+                          "--queues", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert bad.returncode == 2 and "--queues does not go with --workers" in bad.stderr
+    run_live = subprocess.run([*AIOMB, "run", "examples/flow_monitor.py", "--iface", n, "--netns", watch,
+                               "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert run_live.returncode == 2 and "aiomb flows --iface IF --workers N" in run_live.stderr
