@@ -13,8 +13,9 @@ packet every worker has passed, and numbers the flows 1, 2, ... by their first p
 same records, in the same order, as one engine writes. Limits hold per worker (``max_flows``
 and the stream memory are each worker's): with evictions the answers differ.
 
-``aiomb run APP --workers N`` forks N processes that each run the app on a shard of the capture:
-:func:`worker` tells an app which one it is, and the stacks it opens take that shard.
+``aiomb run APP --workers N`` forks a reader and N processes that each run the app on a shard of
+the capture, fed through a ring too (:func:`worker_source`): :func:`worker` tells an app which
+one it is, and the stacks it opens take that shard.
 """
 
 import array
@@ -49,6 +50,7 @@ class WorkerError(RuntimeError):
 
 
 _current = (0, 1)
+_ring = None            # this worker's ShardRing (aiomb run --workers on a capture)
 
 
 def worker() -> tuple[int, int]:
@@ -60,10 +62,17 @@ def worker() -> tuple[int, int]:
     return _current
 
 
-def become_worker(index: int, count: int) -> None:
-    """Make this (forked) process worker ``index`` of ``count``."""
-    global _current
+def become_worker(index: int, count: int, ring: ShardRing | None = None) -> None:
+    """Make this (forked) process worker ``index`` of ``count``, reading its share of a capture
+    from ``ring`` (see :func:`worker_source`)."""
+    global _current, _ring
     _current = (index, count)
+    _ring = ring
+
+
+def worker_source(path=None) -> "RingSource | None":
+    """This worker's share of the capture the reader reads (``aiomb run --workers``), or None."""
+    return None if _ring is None else RingSource(_ring, _current[0], path=path)
 
 
 def shard_option(engine_options: dict) -> dict:
@@ -79,7 +88,7 @@ def _quiet_signals() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
-def _reader(conn, ring: ShardRing, source, batch_size: int) -> None:
+def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
     """The reader's life: the capture's frames into the ring, batch by batch, then its end (the
     end of the file, a stop the parent asked for, or a damaged record: reported here)."""
     _quiet_signals()
@@ -109,16 +118,23 @@ def _reader(conn, ring: ShardRing, source, batch_size: int) -> None:
         conn.close()
 
 
-class _RingSource:
-    """A worker's share of the ring as a FlowRun source: every frame, another shard's without
-    its bytes; at the end the run stops with the reason the reader posted."""
+class RingSource:
+    """A worker's share of a capture that one reader process reads into a :class:`ShardRing`:
+    the source interface of :func:`aiomb.capture` (``read``, ``receive``, ``close``...); every
+    frame, another shard's as a clock tick. At the end, ``on_end`` (if given) is called with the
+    reason the reader posted (the end of the file, or the stop the parent asked for); a damaged
+    capture raises CaptureError there (the reader reports where). Layer: shells."""
 
     live = False
 
-    def __init__(self, ring: ShardRing, index: int):
+    def __init__(self, ring: ShardRing, index: int, *, path=None, on_end=None):
         self.ring = ring
         self.index = index
-        self.run = None
+        self.path = path
+        self.on_end = on_end
+
+    def __repr__(self) -> str:
+        return f"<worker {self.index} of {self.ring.workers}: {self.path or 'a capture'}>"
 
     def open(self) -> None:
         pass
@@ -126,10 +142,24 @@ class _RingSource:
     def read(self, batch):
         count = self.ring.receive(self.index, batch)
         if count is None:
-            if self.ring.ended_by_error:        # FlowRun keeps the open flows open, as in one engine
+            if self.ring.ended_by_error:        # as FlowRun at a damaged file: open flows stay open
                 raise CaptureError("the capture is damaged (the reader reports where)")
-            self.run.stop(EndReason(self.ring.end_reason))
+            if self.on_end is not None:
+                self.on_end(EndReason(self.ring.end_reason))
         return count
+
+    async def receive(self, batch):
+        """``read()`` for the Trio stack: a checkpoint, then the next frames (None at the end)."""
+        import trio
+
+        await trio.lowlevel.checkpoint()
+        return self.read(batch)
+
+    def apply(self, batch) -> None:
+        """Verdicts do not apply to a capture."""
+
+    def progress(self) -> tuple[int, int]:
+        return (0, 0)
 
     def close(self) -> None:
         self.ring.close(self.index)
@@ -140,8 +170,9 @@ def _worker(conn, ring: ShardRing, index: int, count: int, options: dict) -> Non
     records (with the flows it created and how far it got) to the parent, then its statistics."""
     _quiet_signals()
     try:
-        source = _RingSource(ring, index)
-        run = source.run = FlowRun(source, shard=(index, count), every_batch=True, **options)
+        source = RingSource(ring, index)
+        run = FlowRun(source, shard=(index, count), every_batch=True, **options)
+        source.on_end = run.stop
         engine = run.engine
         held, batches = FlowRecords(), 0
         try:
@@ -198,7 +229,7 @@ class ShardedRun:
 
     def _fork(self, ctx, target, *args) -> None:
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=target, args=(child, *args), name=f"aiomb-{target.__name__[1:]}", daemon=True)
+        proc = ctx.Process(target=target, args=(child, *args), name=f"aiomb-{target.__name__.strip('_')}", daemon=True)
         proc.start()
         child.close()
         self._conns.append(parent)
@@ -219,7 +250,7 @@ class ShardedRun:
             ctx = multiprocessing.get_context("fork")
             for index in range(self.workers):
                 self._fork(ctx, _worker, self._ring, index, self.workers, self.options)
-            self._fork(ctx, _reader, self._ring, source, batch_size)
+            self._fork(ctx, reader_main, self._ring, source, batch_size)
         finally:
             source.close()              # the reader has its own
         self.opened = True

@@ -14,6 +14,9 @@
 # sets (stop: end the input after the batch at hand; abort: a process failed, everyone leaves).
 # Every wait times out every 0.2 s to look at the flags and at its parent (an orphan leaves).
 
+from cpython.exc cimport PyErr_CheckSignals
+
+
 cdef extern from *:
     """
     #include <semaphore.h>
@@ -69,6 +72,7 @@ ctypedef struct ring_worker_t:
     sem_t ready                 # slots posted to the worker
     uint64_t next               # the next slot it reads
     int holding                 # it still reads slot next - 1
+    int pos                     # the frames of that slot it has taken
 
 ctypedef struct ring_head_t:
     sem_t free                  # slots free for the reader
@@ -96,6 +100,11 @@ cdef uint16_t frame_shard(const uint8_t *data, uint32_t caplen, uint32_t wirelen
     return <uint16_t>((<uint64_t>key_hash(&pk, vlan_in_key) * count) >> 32)
 
 
+cdef int check_signals() except -1 with gil:
+    """Run the Python signal handlers due (one raising ends a ring wait: Ctrl-C)."""
+    return PyErr_CheckSignals()
+
+
 @cython.final
 cdef class ShardRing:
     """Frames of one input from a reader process to ``workers`` shard engines in other
@@ -103,8 +112,9 @@ cdef class ShardRing:
 
     Reader: ``send(batch)`` classifies and posts a batch (False once aborted), ``end(reason,
     error)`` posts the end; ``stop_requested`` is the reason the parent asked for (0: none).
-    Worker: ``receive(index, batch)`` fills ``batch`` with the next slot's frames (another shard's
-    as clock ticks: data NULL) and returns their count, or None at the end (``end_reason``,
+    Worker: ``receive(index, batch)`` fills ``batch`` with the next frames of its slot, or of the
+    next slot (another shard's as clock ticks: data NULL; a batch smaller than a slot takes it in
+    pieces) and returns their count, or None at the end (``end_reason``,
     ``ended_by_error``), ``close(index)`` when it leaves. Parent: ``request_stop(reason)``,
     ``abort()``. Layer: core.
     """
@@ -270,44 +280,52 @@ cdef class ShardRing:
                 sem_post(&self.head.free)
 
     def receive(self, int index, FrameBatch batch):
-        """Worker ``index``: release the slot received last, wait for the next one and fill
-        ``batch`` with its frames (another shard's with no bytes: ``data`` NULL, a clock tick).
-        Returns the count, or None at the end of the input. Raises RuntimeError when the ring
-        was aborted."""
+        """Worker ``index``: fill ``batch`` with the next frames of the slot at hand, or release
+        it and wait for the next one (another shard's frames with no bytes: ``data`` NULL, a clock
+        tick). Returns the count, or None at the end of the input. Raises RuntimeError when the
+        ring was aborted; a signal's handler raising while it waits (Ctrl-C) ends the wait."""
         cdef ring_slot_t *slot
         cdef ring_frame_t *fr
         cdef ring_worker_t *w
         cdef uint8_t *src
-        cdef int i, k, got = 1
+        cdef int i, j, k, n, got = 1
         if not 0 <= index < self.workers:
             raise ValueError(f"worker index {index} out of range(0, {self.workers})")
-        if batch.capacity < self.slot_frames:
-            raise ValueError(f"the batch holds {batch.capacity} frames, a slot up to {self.slot_frames}")
         batch.count = 0
         batch.writable = False
         batch.block = None              # values made from these frames are copied at once
         w = &self.wk[index]
         with nogil:
-            self.release(index)
-            while not aiomb_sem_wait_ms(&w.ready, RING_WAIT_MS):
-                if self.gone():
-                    got = 0
-                    break
+            k = (w.next - 1) % RING_SLOTS
+            if not w.holding or w.pos >= self.slots[k].count:
+                self.release(index)
+                while not aiomb_sem_wait_ms(&w.ready, RING_WAIT_MS):
+                    if self.gone():
+                        got = 0
+                        break
+                    check_signals()
+                if got:
+                    k = w.next % RING_SLOTS
+                    w.next += 1
+                    w.holding = 1
+                    w.pos = 0
             if got:
-                k = w.next % RING_SLOTS
-                w.next += 1
-                w.holding = 1
                 slot = &self.slots[k]
                 fr = self.frames + <size_t>k * self.slot_frames
                 src = self.data + <size_t>k * self.slot_bytes
-                for i in range(slot.count):
-                    batch.data[i] = src + fr[i].off if fr[i].shard == index or fr[i].shard == SHARD_ALL else NULL
-                    batch.caplen[i] = fr[i].caplen
-                    batch.wirelen[i] = fr[i].wirelen
-                    batch.ts[i] = fr[i].ts
-                    batch.linktype[i] = fr[i].linktype
+                n = slot.count - w.pos
+                if n > batch.capacity:
+                    n = batch.capacity
+                for i in range(n):
+                    j = w.pos + i
+                    batch.data[i] = src + fr[j].off if fr[j].shard == index or fr[j].shard == SHARD_ALL else NULL
+                    batch.caplen[i] = fr[j].caplen
+                    batch.wirelen[i] = fr[j].wirelen
+                    batch.ts[i] = fr[j].ts
+                    batch.linktype[i] = fr[j].linktype
                     batch.verdict[i] = 0
-                batch.count = slot.count
+                w.pos += n
+                batch.count = n
         if not got:
             raise RuntimeError("the shard ring was aborted (another process failed)")
         if slot.flags & RING_END:

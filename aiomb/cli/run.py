@@ -15,7 +15,8 @@ import sys
 import threading
 
 from .._errors import CaptureError, PortError
-from .._workers import become_worker
+from .._workers import become_worker, worker_source
+from ..flows._types import EndReason
 from ..io._capture import capture
 from ._common import UsageError, add_port_options, check_capture, check_workers, live_port, sole
 
@@ -95,7 +96,7 @@ def cmd_run(args) -> int:
         raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
     if args.pcap is not None:
         check_capture(args.pcap)
-    check_workers(args.workers, args.pcap, live=args.iface is not None)
+    check_workers(args.workers, args.pcap, live=args.iface is not None, each_reads=False)
     if args.workers > 1:
         if not os.path.isfile(args.app):
             raise UsageError(f"middlebox module not found: {args.app}")
@@ -104,18 +105,38 @@ def cmd_run(args) -> int:
 
 
 def run_workers(args) -> int:
-    """Fork ``args.workers`` processes, each running the app on its shard of the capture
-    (``aiomb.worker()``); SIGINT, SIGTERM and SIGHUP are passed on to them. The exit status is the
-    first worker's that is not 0, else 0."""
+    """Fork a reader and ``args.workers`` processes, each running the app on its shard of the
+    capture (``aiomb.worker()``), which the reader hands them through a ShardRing; SIGINT, SIGTERM
+    and SIGHUP are passed on to the workers (and end the reader's input). The exit status is the
+    first worker's that is not 0, else 1 for a damaged capture, else 0."""
+    import multiprocessing
+
+    from .._core import ShardRing
+    from .._records import CAPTURE_BLOCK
+    from .._workers import reader_main
+
+    try:
+        source = capture(args.pcap, chunk_size=CAPTURE_BLOCK)
+        source.open()                   # a damaged header fails here, once
+    except CaptureError as exc:
+        print(f"aiomb: error: {exc}", file=sys.stderr)
+        return 1
+    ring = ShardRing(args.workers, vlan_in_key=args.vlan)
+    news, mine = multiprocessing.Pipe(duplex=False)
     sys.stdout.flush()
     sys.stderr.flush()
+    reader = multiprocessing.get_context("fork").Process(target=reader_main, args=(mine, ring, source, 2048),
+                                                         name="aiomb-reader", daemon=True)
+    reader.start()
+    mine.close()
+    source.close()                      # the reader has its own
     pids = []
     for index in range(args.workers):
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
-                become_worker(index, args.workers)
+                become_worker(index, args.workers, ring)
                 # whole lines, one write each (even under python -u): the workers share the output
                 sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False)),
                                               encoding=sys.stdout.encoding, errors=sys.stdout.errors,
@@ -141,14 +162,41 @@ def run_workers(args) -> int:
             except ProcessLookupError:
                 pass
 
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
+    def forward_and_stop(signum, frame) -> None:
+        ring.request_stop(int(EndReason.INTERRUPTED))
+        forward(signum, frame)
+
+    previous = {s: signal.signal(s, forward_and_stop) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
-        statuses = [os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]) for pid in pids]
+        statuses = []
+        for pid in pids:
+            statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+            if statuses[-1]:
+                ring.abort()            # the reader and the other workers must not wait for it
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
+        ring.abort()                    # every worker is gone: the reader leaves
+        reader.join()
+    damaged = None
+    while news.poll():
+        try:
+            msg = news.recv()
+        except EOFError:                # the reader said all it had to say
+            break
+        if msg[0] == "capture-error":
+            damaged = CaptureError(msg[1], offset=msg[2], path=msg[3])
+        elif msg[0] == "failed":
+            print(f"aiomb: error: the reader failed:\n{msg[1]}", file=sys.stderr)
+            damaged = damaged or True
     failed = [s if s >= 0 else 128 - s for s in statuses if s]
-    return failed[0] if failed else 0
+    if failed:
+        return failed[0]
+    if damaged is not None:
+        if damaged is not True:
+            print(f"aiomb: error: {damaged}", file=sys.stderr)
+        return 1
+    return 0
 
 
 def run_one(args) -> int:
@@ -157,7 +205,7 @@ def run_one(args) -> int:
     if args.iface is not None:
         source = live_port(args, inline=args.inline)
     else:
-        source = capture(args.pcap)
+        source = worker_source(args.pcap) or capture(args.pcap)
     try:
         if hasattr(module, "main"):
             return run_main(module.main, source, args.duration)
