@@ -20,6 +20,7 @@ one it is, and the stacks it opens take that shard.
 
 import array
 import bisect
+import os
 import signal
 import time
 import traceback
@@ -51,6 +52,7 @@ class WorkerError(RuntimeError):
 
 _current = (0, 1)
 _ring = None            # this worker's ShardRing (aiomb run --workers on a capture)
+_steered = False        # this worker's frames come from the steering program (aiomb run --workers --iface)
 
 
 def worker() -> tuple[int, int]:
@@ -62,12 +64,14 @@ def worker() -> tuple[int, int]:
     return _current
 
 
-def become_worker(index: int, count: int, ring: ShardRing | None = None) -> None:
-    """Make this (forked) process worker ``index`` of ``count``, reading its share of a capture
-    from ``ring`` (see :func:`worker_source`)."""
-    global _current, _ring
+def become_worker(index: int, count: int, ring: ShardRing | None = None, *, steered: bool = False) -> None:
+    """Make this (forked) process worker ``index`` of ``count``: reading its share of a capture
+    from ``ring`` (see :func:`worker_source`; its stacks take the shard), or, ``steered``, a live
+    port's frames that aiomb's steering program sent it (its stacks track all they get)."""
+    global _current, _ring, _steered
     _current = (index, count)
     _ring = ring
+    _steered = steered
 
 
 def worker_source(path=None) -> "RingSource | None":
@@ -76,8 +80,9 @@ def worker_source(path=None) -> "RingSource | None":
 
 
 def shard_option(engine_options: dict) -> dict:
-    """The engine options with this worker's shard, unless they name one."""
-    if _current[1] > 1 and "shard" not in engine_options:
+    """The engine options with this worker's shard, unless they name one (or the worker's
+    frames were steered to it: they are all its own)."""
+    if _current[1] > 1 and not _steered and "shard" not in engine_options:
         return {**engine_options, "shard": _current}
     return engine_options
 
@@ -94,6 +99,7 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
     _quiet_signals()
     try:
         batch = FrameBatch(batch_size)
+        gather = os.path.isfile(source.path)        # a pipe's next frames may be long in coming
         while True:
             reason = ring.stop_requested
             if reason:
@@ -108,7 +114,7 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
             if count is None:
                 ring.end(int(EndReason.END_OF_CAPTURE))
                 break
-            if not ring.send(batch):
+            if not ring.send(batch, gather):
                 break                   # aborted: a worker failed
         conn.send(("done", None))
     except BaseException:

@@ -51,6 +51,8 @@ cdef enum:
     SHARD_ALL = 0xffff          # a frame every shard processes
     RING_SLOTS = 4
     RING_WAIT_MS = 200
+    GATHER_FRAMES = 1536        # a gathering slot is posted once it holds this many frames
+    GATHER_BYTES = 1 << 20      # or bytes (it stays in the processors' caches)
     RING_END = 1                # the input ends after the slot's frames
     RING_ERROR = 2              # ... at a damaged capture (the reader reports it)
 
@@ -133,6 +135,8 @@ cdef class ShardRing:
     cdef bint verify
     cdef int parent                 # the process that made the ring (an orphan leaves)
     cdef uint64_t next_send         # the reader's next slot
+    cdef bint filling               # the reader holds slot next_send, partly filled (gathering)
+    cdef size_t filled              # bytes in it
     cdef readonly int end_reason
     cdef readonly bint ended_by_error
 
@@ -205,36 +209,58 @@ cdef class ShardRing:
                 return 0
         return 1
 
-    cdef void post(self, ring_slot_t *slot) noexcept nogil:
+    cdef void post(self) noexcept nogil:
+        """Hand the slot being filled to every worker."""
         cdef int i
-        slot.pending = self.workers
+        self.slots[self.next_send % RING_SLOTS].pending = self.workers
         self.next_send += 1
+        self.filling = 0
         for i in range(self.workers):
             sem_post(&self.wk[i].ready)
 
-    def send(self, FrameBatch batch):
-        """Classify the batch's frames, copy them into the next free slot (waiting for one) and
-        post it to every worker. False when the ring was aborted."""
+    cdef int start_slot(self) noexcept nogil:
+        """Wait for the next slot and start filling it; 0 when aborted."""
+        cdef ring_slot_t *slot
+        if not self.take_slot():
+            return 0
+        slot = &self.slots[self.next_send % RING_SLOTS]
+        slot.count = 0
+        slot.flags = 0
+        slot.reason = 0
+        self.filled = 0
+        self.filling = 1
+        return 1
+
+    def send(self, FrameBatch batch, bint gather=False):
+        """Classify the batch's frames and copy them into the slot being filled (waiting for a
+        free one), then post it to every worker. With ``gather`` the slot waits for more batches
+        until it holds 1536 frames or 1 MiB (fewer hand-overs; ``end()`` posts what waits): for
+        a file, not for a pipe whose next frames may be long in coming. False when the ring was
+        aborted."""
         cdef ring_slot_t *slot
         cdef ring_frame_t *fr
         cdef uint8_t *dst
-        cdef size_t used = 0
+        cdef size_t size = 0
         cdef int i, k
         cdef uint32_t n
-        cdef bint ok
+        cdef bint ok = 1
         if batch.count > self.slot_frames:
             raise ValueError(f"a batch of {batch.count} frames does not fit a slot of {self.slot_frames}")
         for i in range(batch.count):
-            used += batch.caplen[i]
-        if used > self.slot_bytes:
-            raise ValueError(f"a batch of {used} bytes does not fit a slot of {self.slot_bytes}")
-        used = 0
+            size += batch.caplen[i]
+        if size > self.slot_bytes:
+            raise ValueError(f"a batch of {size} bytes does not fit a slot of {self.slot_bytes}")
         with nogil:
-            ok = self.take_slot()
+            if self.filling:
+                slot = &self.slots[self.next_send % RING_SLOTS]
+                if slot.count + batch.count > self.slot_frames or self.filled + size > self.slot_bytes:
+                    self.post()
+            if not self.filling and not self.start_slot():
+                ok = 0
             if ok:
                 k = self.next_send % RING_SLOTS
                 slot = &self.slots[k]
-                fr = self.frames + <size_t>k * self.slot_frames
+                fr = self.frames + <size_t>k * self.slot_frames + slot.count
                 dst = self.data + <size_t>k * self.slot_bytes
                 for i in range(batch.count):
                     n = batch.caplen[i]
@@ -244,13 +270,12 @@ cdef class ShardRing:
                     fr[i].linktype = batch.linktype[i]
                     fr[i].shard = frame_shard(batch.data[i], n, batch.wirelen[i], batch.linktype[i],
                                               self.workers, self.vlan_in_key, self.verify)
-                    fr[i].off = <uint32_t>used
-                    memcpy(dst + used, batch.data[i], n)
-                    used += n
-                slot.count = batch.count
-                slot.flags = 0
-                slot.reason = 0
-                self.post(slot)
+                    fr[i].off = <uint32_t>self.filled
+                    memcpy(dst + self.filled, batch.data[i], n)
+                    self.filled += n
+                slot.count += batch.count
+                if not gather or slot.count >= GATHER_FRAMES or self.filled >= GATHER_BYTES:
+                    self.post()
         return ok
 
     def end(self, int reason, bint error=False):
@@ -259,13 +284,14 @@ cdef class ShardRing:
         cdef ring_slot_t *slot
         cdef bint ok
         with nogil:
-            ok = self.take_slot()
+            if self.filling:
+                self.post()             # the frames gathered come first
+            ok = self.start_slot()
             if ok:
                 slot = &self.slots[self.next_send % RING_SLOTS]
-                slot.count = 0
                 slot.flags = RING_END | (RING_ERROR if error else 0)
                 slot.reason = reason
-                self.post(slot)
+                self.post()
         return ok
 
     # ---- a worker -----------------------------------------------------------------------------

@@ -13,12 +13,13 @@ import os
 import signal
 import sys
 import threading
+import time
 
 from .._errors import CaptureError, PortError
-from .._workers import become_worker, worker_source
+from .._workers import READY_TIMEOUT, become_worker, worker_source
 from ..flows._types import EndReason
 from ..io._capture import capture
-from ._common import UsageError, add_port_options, check_capture, check_workers, live_port, sole
+from ._common import UsageError, add_port_options, check_capture, check_workers, live_port, parse_prefilter, sole
 
 
 def load_app(path: str, argv=()):
@@ -96,12 +97,118 @@ def cmd_run(args) -> int:
         raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
     if args.pcap is not None:
         check_capture(args.pcap)
-    check_workers(args.workers, args.pcap, live=args.iface is not None, each_reads=False)
+    check_workers(args.workers, args.pcap, live=args.iface is not None, each_reads=False, fanout=True)
     if args.workers > 1:
         if not os.path.isfile(args.app):
             raise UsageError(f"middlebox module not found: {args.app}")
+        if args.iface is not None:
+            if args.inline or args.queues:
+                raise UsageError("--workers on a live port is passive and takes every queue: drop --inline "
+                                 "and --queues (or --workers)")
+            return run_port_workers(args)
         return run_workers(args)
     return run_one(args)
+
+
+def fork_workers(args, become, source=None) -> list:
+    """Fork ``args.workers`` processes, each ``become(index)``, then running the app (on
+    ``source(index)`` if given); returns their pids."""
+    sys.stdout.flush()
+    sys.stderr.flush()
+    pids = []
+    for index in range(args.workers):
+        pid = os.fork()
+        if pid == 0:
+            status = 1
+            try:
+                become(index)
+                # whole lines, one write each (even under python -u): the workers share the output
+                sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False)),
+                                              encoding=sys.stdout.encoding, errors=sys.stdout.errors,
+                                              line_buffering=True)
+                status = run_one(args, source(index) if source is not None else None)
+            except UsageError as exc:
+                print(f"aiomb: error: {exc}", file=sys.stderr)
+                status = 2
+            except BaseException:                               # a worker's failure is its own
+                import traceback
+
+                traceback.print_exc()
+            finally:
+                sys.stdout.flush()
+                sys.stderr.flush()
+                os._exit(status)
+        pids.append(pid)
+    return pids
+
+
+def forwarder(pids, first=None):
+    """A signal handler passing the signal on to the workers (after ``first()``, if given)."""
+    def forward(signum, frame) -> None:
+        if first is not None:
+            first()
+        for pid in pids:
+            try:
+                os.kill(pid, signum)
+            except ProcessLookupError:
+                pass
+
+    return forward
+
+
+def wait_workers(pids, on_failure) -> list:
+    """Wait for every worker; ``on_failure()`` once one exits with a status other than 0.
+    Returns their exit statuses (128 + N for a signal N)."""
+    statuses = []
+    for pid in pids:
+        statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
+        if statuses[-1]:
+            on_failure()
+    return [s if s >= 0 else 128 - s for s in statuses]
+
+
+def run_port_workers(args) -> int:
+    """Run the app in ``args.workers`` processes on a live port, each on the frames aiomb's
+    steering program sends it (its own veth pair and port); the steering starts once every
+    worker's port is open and stops when they are all done. Signals are passed on to them."""
+    from ..io import _bpf, _xdp
+    from ..io._fanout import Fanout
+    from ..io._port import port
+
+    if os.geteuid() != 0:
+        raise UsageError("live ports (--iface) need root (AF_XDP sockets and XDP programs)")
+    fan = Fanout(args.iface, args.workers, mode=args.mode, netns=args.netns, force=args.force,
+                 prefilter=parse_prefilter(args))
+    try:
+        fan.open()
+    except PortError as exc:
+        print(f"aiomb: error: {exc}", file=sys.stderr)
+        return 1
+    try:
+        pids = fork_workers(args, lambda index: become_worker(index, args.workers, steered=True),
+                            lambda index: port(fan.worker_ifaces[index], mode="native", netns=args.netns))
+        forward = forwarder(pids)
+        previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
+        try:
+            deadline = time.monotonic() + READY_TIMEOUT
+            with _xdp.in_netns(args.netns), _xdp.IPRoute() as ipr:
+                ends = [_xdp.ifindex(ipr, name) for name in fan.worker_ifaces]
+                while any(_xdp.query(ipr, i).name != _bpf.PROGRAM_NAME for i in ends):
+                    if time.monotonic() > deadline or any(
+                            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) for pid in pids):
+                        forward(signal.SIGTERM, None)
+                        break
+                    time.sleep(0.02)
+                else:
+                    fan.attach()
+            statuses = wait_workers(pids, fan.detach)
+        finally:
+            for s, h in previous.items():
+                signal.signal(s, h)
+    finally:
+        fan.close()
+    failed = [s for s in statuses if s]
+    return failed[0] if failed else 0
 
 
 def run_workers(args) -> int:
@@ -130,49 +237,11 @@ def run_workers(args) -> int:
     reader.start()
     mine.close()
     source.close()                      # the reader has its own
-    pids = []
-    for index in range(args.workers):
-        pid = os.fork()
-        if pid == 0:
-            status = 1
-            try:
-                become_worker(index, args.workers, ring)
-                # whole lines, one write each (even under python -u): the workers share the output
-                sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False)),
-                                              encoding=sys.stdout.encoding, errors=sys.stdout.errors,
-                                              line_buffering=True)
-                status = run_one(args)
-            except UsageError as exc:
-                print(f"aiomb: error: {exc}", file=sys.stderr)
-                status = 2
-            except BaseException:                               # a worker's failure is its own
-                import traceback
-
-                traceback.print_exc()
-            finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
-        pids.append(pid)
-
-    def forward(signum, frame) -> None:
-        for pid in pids:
-            try:
-                os.kill(pid, signum)
-            except ProcessLookupError:
-                pass
-
-    def forward_and_stop(signum, frame) -> None:
-        ring.request_stop(int(EndReason.INTERRUPTED))
-        forward(signum, frame)
-
-    previous = {s: signal.signal(s, forward_and_stop) for s in (signal.SIGINT, *STOP_SIGNALS)}
+    pids = fork_workers(args, lambda index: become_worker(index, args.workers, ring))
+    forward = forwarder(pids, lambda: ring.request_stop(int(EndReason.INTERRUPTED)))
+    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
-        statuses = []
-        for pid in pids:
-            statuses.append(os.waitstatus_to_exitcode(os.waitpid(pid, 0)[1]))
-            if statuses[-1]:
-                ring.abort()            # the reader and the other workers must not wait for it
+        statuses = wait_workers(pids, ring.abort)   # the reader and the others must not wait for it
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
@@ -189,7 +258,7 @@ def run_workers(args) -> int:
         elif msg[0] == "failed":
             print(f"aiomb: error: the reader failed:\n{msg[1]}", file=sys.stderr)
             damaged = damaged or True
-    failed = [s if s >= 0 else 128 - s for s in statuses if s]
+    failed = [s for s in statuses if s]
     if failed:
         return failed[0]
     if damaged is not None:
@@ -199,10 +268,13 @@ def run_workers(args) -> int:
     return 0
 
 
-def run_one(args) -> int:
-    """Run the app in this process (one worker, or the whole capture or port)."""
+def run_one(args, source=None) -> int:
+    """Run the app in this process (one worker, or the whole capture or port) on ``source``,
+    by default the one the arguments name."""
     module = load_app(args.app, getattr(args, "app_args", ()))
-    if args.iface is not None:
+    if source is not None:
+        pass
+    elif args.iface is not None:
         source = live_port(args, inline=args.inline)
     else:
         source = worker_source(args.pcap) or capture(args.pcap)

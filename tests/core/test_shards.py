@@ -249,3 +249,45 @@ def test_a_ring_stops_aborts_and_refuses_misuse():
     ring.abort()
     with pytest.raises(RuntimeError, match="aborted"):
         ring.receive(0, FrameBatch(16))
+
+
+def test_gathered_batches_reach_the_workers_in_fewer_slots(tmp_path):
+    """With ``gather`` (a capture file) the reader fills a slot with several batches before it
+    posts it; the workers, here threads, get the same frames in fewer pieces, and the same
+    records."""
+    import threading
+
+    path = tmp_path / "ring.pcap"
+    write_pcap(path, traffic(seed=11, flows=120))
+    ring = ShardRing(2, slot_frames=256)
+    parts = [(aiomb.Engine(shard=(k, 2), **OPTIONS), FlowRecords(), array.array("Q")) for k in range(2)]
+    pieces = [0, 0]
+
+    def work(k):
+        engine, rows, ids = parts[k]
+        engine.keep_records()
+        batch = FrameBatch(256)
+        while ring.receive(k, batch) is not None:
+            pieces[k] += 1
+            engine.process(batch)
+            rows.extend(engine.take_records())
+            ids.extend(engine.take_created())
+        ring.close(k)
+        engine.finish()
+        rows.extend(engine.take_records())
+
+    workers = [threading.Thread(target=work, args=(k,)) for k in range(2)]
+    for t in workers:
+        t.start()
+    sent = 0
+    with CaptureReader(path) as reader:
+        batch = FrameBatch(16)
+        while reader.fill(batch):
+            assert ring.send(batch, gather=True)
+            sent += 1
+    assert ring.end(int(aiomb.EndReason.END_OF_CAPTURE))
+    for t in workers:
+        t.join(timeout=30)
+    _, rows, _ = run(traffic(seed=11, flows=120))
+    assert bytes(memoryview(merge(parts))) == bytes(memoryview(rows))
+    assert pieces[0] == pieces[1] and sent >= 8 * pieces[0] > 0          # 16 batches of 16 to a slot

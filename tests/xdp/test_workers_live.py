@@ -107,6 +107,27 @@ def test_each_worker_reads_the_frames_steered_to_it(lab):
     assert attached(watch, n) is None and veths(watch) == []
 
 
+def test_an_app_on_two_steered_workers(lab):
+    """aiomb run APP --iface IF --workers 2: each worker runs the app on the frames steered to
+    it (its stacks track all they get): every connection starts and ends once, in one worker,
+    and the workers' summaries add up."""
+    left, watch, n = hosts(lab)
+    proc = lab.spawn([*AIOMB, "run", "examples/flow_monitor.py", "--iface", n, "--netns", watch, "--duration", "6",
+                      "--workers", "2"], cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    wait_for(lambda: attached(watch, n) == _bpf.STEER_NAME, what="the steering program to attach")
+    results = {ip: transfer(left, ip, 500, 500) for ip in CLIENTS}
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    lines = out.splitlines()
+    for ip, result in results.items():
+        key = f"tcp {ip}:{result['local_port']} -> {RIGHT_IP}:5001"
+        assert sum(1 for line in lines if f" start  {key}" in line) == 1, key
+        assert sum(1 for line in lines if f" end    {key}  fin" in line) == 1, key
+    summaries = [line for line in lines if " flows: " in line]
+    assert len(summaries) == 2 and sum(int(line.split()[0]) for line in summaries) == len(CLIENTS)
+    assert attached(watch, n) is None and veths(watch) == []
+
+
 def test_a_stale_fanout_is_replaced_and_misuse_refused(lab):
     left, watch, n = hosts(lab)
     stale = "amb3fffff-0"                   # a pid that cannot run (above pid_max)
@@ -118,6 +139,7 @@ def test_a_stale_fanout_is_replaced_and_misuse_refused(lab):
     bad = subprocess.run([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "1", "--workers", "2",
                           "--queues", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--queues does not go with --workers" in bad.stderr
-    run_live = subprocess.run([*AIOMB, "run", "examples/flow_monitor.py", "--iface", n, "--netns", watch,
-                               "--workers", "2"], cwd=REPO, capture_output=True, text=True, timeout=60)
-    assert run_live.returncode == 2 and "aiomb flows --iface IF --workers N" in run_live.stderr
+    run_queues = subprocess.run([*AIOMB, "run", "examples/flow_monitor.py", "--iface", n, "--netns", watch,
+                                 "--workers", "2", "--queues", "0"], cwd=REPO, capture_output=True, text=True,
+                                timeout=60)
+    assert run_queues.returncode == 2 and "drop --inline and --queues" in run_queues.stderr
