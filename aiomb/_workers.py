@@ -43,7 +43,6 @@ SAME_IN_EVERY_WORKER = ("packets", "bytes", "non_ip", "other_protocol", "malform
                         "max_flows", "max_event_memory")
 LARGEST = ("stream_memory_peak", "stream_buffer_peak", "event_memory_peak")
 LIMITS = ("max_fragment_memory", "max_stream_memory", "max_flows", "max_event_memory")
-READY_TIMEOUT = 30.0    # seconds the live workers have to open their ports
 
 
 class WorkerError(RuntimeError):
@@ -87,7 +86,7 @@ def shard_option(engine_options: dict) -> dict:
     return engine_options
 
 
-def _quiet_signals() -> None:
+def quiet_signals() -> None:
     signal.signal(signal.SIGINT, signal.SIG_IGN)       # the parent decides when to stop
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
@@ -96,7 +95,7 @@ def _quiet_signals() -> None:
 def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
     """The reader's life: the capture's frames into the ring, batch by batch, then its end (the
     end of the file, a stop the parent asked for, or a damaged record: reported here)."""
-    _quiet_signals()
+    quiet_signals()
     try:
         batch = FrameBatch(batch_size)
         gather = os.path.isfile(source.path)        # a pipe's next frames may be long in coming
@@ -174,7 +173,7 @@ class RingSource:
 def _worker(conn, ring: ShardRing, index: int, count: int, options: dict) -> None:
     """A worker's life: its share of the ring through a shard engine, sending each batch's
     records (with the flows it created and how far it got) to the parent, then its statistics."""
-    _quiet_signals()
+    quiet_signals()
     try:
         source = RingSource(ring, index)
         run = FlowRun(source, shard=(index, count), every_batch=True, **options)
@@ -200,17 +199,14 @@ def _worker(conn, ring: ShardRing, index: int, count: int, options: dict) -> Non
         conn.close()
 
 
-class ShardedRun:
-    """A capture's flow records from ``workers`` engines in as many processes, fed by one reader
-    process, merged: the interface of :class:`FlowRun` (iterate for record batches, ``stop()``,
-    ``digests()``, ``statistics()``, ``elapsed``), and the same records in the same order as one
-    engine's. ``source`` is a capture's path (a named pipe too: it is read once). ``options``
-    are FlowRun's and the engine's. Layer: shells; blocks while it reads."""
+class WorkerGroup:
+    """Worker processes with a pipe each (forked): what ShardedRun and FanoutRun share, the
+    flow-record interface of :class:`FlowRun` (``stop()``, ``digests()``, ``statistics()``,
+    ``elapsed``, ``opened``) and the forking and joining. Layer: shells."""
 
-    def __init__(self, source, workers: int, *, progress=None, **options):
+    def __init__(self, workers: int, *, progress=None, **options):
         if not isinstance(workers, int) or isinstance(workers, bool) or not 2 <= workers <= 1024:
             raise ValueError(f"workers must be an int from 2 to 1024 (1: use FlowRun), got {workers!r}")
-        self.source = source
         self.workers = workers
         self.options = options
         self.hashes = tuple(options.get("hashes", ()))
@@ -218,20 +214,15 @@ class ShardedRun:
         self.reason = None
         self.opened = False
         self.started = self.elapsed = None
-        self._ring = None
         self._stats: list = []
         self._digests: dict = {}        # flow number -> its row's digests, until digests() takes them
         self._conns: list = []
         self._procs: list = []
 
     def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
-        """End the run soon; the open flows end with ``reason``. The reader ends the input after
-        the batch at hand, so every worker stops after the same packet: the records are those of
-        one engine stopped there. Safe in a signal handler."""
+        """End the run soon; the open flows end with ``reason``. Safe in a signal handler."""
         if self.reason is None:
             self.reason = reason
-            if self._ring is not None:
-                self._ring.request_stop(int(reason))
 
     def _fork(self, ctx, target, *args) -> None:
         parent, child = ctx.Pipe()
@@ -240,6 +231,50 @@ class ShardedRun:
         child.close()
         self._conns.append(parent)
         self._procs.append(proc)
+
+    def _join(self) -> None:
+        """Close the pipes and wait for the processes (killing one that does not end)."""
+        for conn in self._conns:
+            conn.close()
+        for proc in self._procs:
+            proc.join(timeout=5)
+            if proc.is_alive():
+                proc.kill()
+                proc.join()
+
+    def digests(self, records: FlowRecords) -> list:
+        """Each row's hex digests (client then server, per hash name), as FlowRun's."""
+        return [self._digests.pop(n) for n in records.ids()]
+
+    def statistics(self) -> EngineStatistics:
+        """The workers' statistics as one engine's (see :func:`merge_statistics`)."""
+        if not self._stats:
+            raise RuntimeError("statistics() comes after the run")
+        return merge_statistics(self._stats, same=self.SAME)
+
+
+class ShardedRun(WorkerGroup):
+    """A capture's flow records from ``workers`` engines in as many processes, fed by one reader
+    process, merged: the interface of :class:`FlowRun` (iterate for record batches, ``stop()``,
+    ``digests()``, ``statistics()``, ``elapsed``), and the same records in the same order as one
+    engine's. ``source`` is a capture's path (a named pipe too: it is read once). ``options``
+    are FlowRun's and the engine's. Layer: shells; blocks while it reads."""
+
+    SAME = SAME_IN_EVERY_WORKER     # what every worker counts alike: taken once
+
+    def __init__(self, source, workers: int, *, progress=None, **options):
+        super().__init__(workers, progress=progress, **options)
+        self.source = source
+        self._ring = None
+
+    def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
+        """End the run soon; the open flows end with ``reason``. The reader ends the input after
+        the batch at hand, so every worker stops after the same packet: the records are those of
+        one engine stopped there. Safe in a signal handler."""
+        if self.reason is None:
+            super().stop(reason)
+            if self._ring is not None:
+                self._ring.request_stop(int(reason))
 
     def _start(self) -> None:
         import multiprocessing
@@ -346,24 +381,7 @@ class ShardedRun:
         self.elapsed = time.monotonic() - self.started
         if self._ring is not None:
             self._ring.abort()          # a worker or the reader still waiting leaves
-        for conn in self._conns:
-            conn.close()
-        for proc in self._procs:
-            proc.join(timeout=5)
-            if proc.is_alive():
-                proc.kill()
-                proc.join()
-
-    def digests(self, records: FlowRecords) -> list:
-        """Each row's hex digests (client then server, per hash name), as FlowRun's."""
-        return [self._digests.pop(n) for n in records.ids()]
-
-    def statistics(self) -> EngineStatistics:
-        """The workers' statistics as one engine's: flow and TCP/UDP counters summed, the
-        counters of what every worker reads alike (packets, malformed, fragments) once."""
-        if not self._stats:
-            raise RuntimeError("statistics() comes after the run")
-        return merge_statistics(self._stats, same=SAME_IN_EVERY_WORKER)
+        self._join()
 
 
 def merge_statistics(stats: list, *, same=LIMITS) -> EngineStatistics:
@@ -387,189 +405,3 @@ def merge_statistics(stats: list, *, same=LIMITS) -> EngineStatistics:
         else:
             values[name] = sum(vals)
     return type(stats[0])(**values)
-
-
-def _port_worker(conn, iface: str, netns: str | None, port_options: dict, options: dict) -> None:
-    """A live worker's life: its veth's frames through its own engine, sending each batch of
-    records to the parent; ready once its port is open; stops when the parent says so."""
-    from .io._port import Port
-
-    _quiet_signals()
-    try:
-        source = Port(iface, mode="native", netns=netns, **port_options)
-        run = FlowRun(source, **options)
-        ready = False
-
-        def progress(_source) -> None:
-            nonlocal ready
-            if not ready:
-                conn.send(("ready",))
-                ready = True
-            if conn.poll():
-                run.stop(EndReason(conn.recv()))
-
-        run.progress = progress
-        for records in run:
-            conn.send(("records", bytes(memoryview(records)), run.digests(records) if run.hashes else None))
-        conn.send(("done", run.statistics(), source.statistics()))
-    except BaseException:
-        conn.send(("failed", traceback.format_exc()))
-    finally:
-        conn.close()
-
-
-class FanoutRun:
-    """A live interface's flow records from ``workers`` engines in as many processes: the
-    interface of :class:`FlowRun` (iterate for record batches as flows end, ``stop()``,
-    ``digests()``, ``statistics()``, ``port_statistics()``, ``elapsed``, ``opened``).
-
-    aiomb's steering program on ``iface`` sends each frame to one worker by its IP address
-    pair (:class:`aiomb.io._fanout.Fanout`), so each flow, both directions, lives in one
-    worker's engine. Records are passed on as they arrive, their flows numbered 1, 2, ... in
-    that order. ``port_options``: ``mode``, ``netns``, ``force``, ``prefilter`` (as
-    :func:`aiomb.port`), ``frames``, ``frame_size`` (each worker's). Passive only. Layer:
-    shells; blocks while it runs.
-    """
-
-    def __init__(self, iface: str, workers: int, *, progress=None, mode: str = "skb", netns: str | None = None,
-                 force: bool = False, prefilter=None, frames: int = 4096, frame_size: int = 2048, **options):
-        from .io._fanout import Fanout
-
-        self.fanout = Fanout(iface, workers, mode=mode, netns=netns, force=force, prefilter=prefilter)
-        self.iface = iface
-        self.workers = workers
-        self.netns = netns
-        self.port_options = dict(frames=frames, frame_size=frame_size)
-        self.options = options
-        self.hashes = tuple(options.get("hashes", ()))
-        self.progress = progress
-        self.reason = None
-        self.opened = False
-        self.started = self.elapsed = None
-        self._stats: list = []
-        self._ports: list = [None] * workers      # each worker's port statistics, once it is done
-        self._digests: dict = {}
-        self._conns: list = []
-        self._procs: list = []
-
-    def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
-        """End the run soon: the steering stops, then every worker ends its open flows with
-        ``reason``. Safe in a signal handler."""
-        if self.reason is None:
-            self.reason = reason
-
-    def _start(self) -> None:
-        import multiprocessing
-        import multiprocessing.connection
-
-        self.fanout.open()
-        ctx = multiprocessing.get_context("fork")
-        for iface in self.fanout.worker_ifaces:
-            parent, child = ctx.Pipe()
-            proc = ctx.Process(target=_port_worker, args=(child, iface, self.netns, self.port_options, self.options),
-                               name="aiomb-port-worker", daemon=True)
-            proc.start()
-            child.close()
-            self._conns.append(parent)
-            self._procs.append(proc)
-        waiting = set(self._conns)
-        deadline = time.monotonic() + READY_TIMEOUT
-        while waiting:
-            left = deadline - time.monotonic()
-            if left <= 0:
-                raise WorkerError(f"the workers did not open their ports within {READY_TIMEOUT:.0f} s")
-            for conn in multiprocessing.connection.wait(list(waiting), timeout=min(left, 0.25)):
-                i = self._conns.index(conn)
-                try:
-                    msg = conn.recv()
-                except (EOFError, OSError):
-                    raise WorkerError(f"worker {i} ended without a word (killed?)") from None
-                if msg[0] == "failed":
-                    raise WorkerError(f"worker {i} failed:\n{msg[1]}")
-                waiting.discard(conn)
-        self.fanout.attach()
-        self.opened = True
-
-    def __iter__(self):
-        import multiprocessing.connection
-
-        self.started = time.monotonic()
-        failure = None
-        numbered = 0
-        try:
-            self._start()
-            live = {conn: i for i, conn in enumerate(self._conns)}
-            stopping = False
-            while live:
-                if self.reason is not None and not stopping:
-                    stopping = True
-                    self.fanout.detach()        # no new frames; then every worker ends its flows
-                    for conn in live:
-                        conn.send(int(self.reason))
-                for conn in multiprocessing.connection.wait(list(live), timeout=0.25):
-                    i = live[conn]
-                    try:
-                        msg = conn.recv()
-                    except (EOFError, OSError):
-                        del live[conn]
-                        failure = failure or f"worker {i} ended without a word (killed?)"
-                        continue
-                    if msg[0] == "records":
-                        rows = FlowRecords.frombytes(msg[1])
-                        rows.number_from(numbered + 1)
-                        numbered += len(rows)
-                        if msg[2] is not None:
-                            self._digests.update(zip(rows.ids(), msg[2]))
-                        yield rows
-                    elif msg[0] == "done":
-                        self._stats.append(msg[1])
-                        self._ports[i] = msg[2]
-                        del live[conn]
-                    else:
-                        failure = f"worker {i} failed:\n{msg[1]}"
-                        del live[conn]
-                if failure is not None:
-                    break
-                if self.progress is not None:
-                    self.progress(self)
-        finally:
-            self._finish()
-        if failure is not None:
-            raise WorkerError(failure)
-
-    def _finish(self) -> None:
-        self.elapsed = time.monotonic() - self.started
-        try:
-            self.fanout.close()
-        finally:
-            for conn in self._conns:
-                conn.close()
-            for proc in self._procs:
-                proc.join(timeout=5)
-                if proc.is_alive():
-                    proc.kill()
-                    proc.join()
-
-    def digests(self, records: FlowRecords) -> list:
-        """Each row's hex digests (client then server, per hash name), as FlowRun's."""
-        return [self._digests.pop(n) for n in records.ids()]
-
-    def statistics(self) -> EngineStatistics:
-        """The workers' statistics as one engine's (each frame reached one worker: summed)."""
-        if not self._stats:
-            raise RuntimeError("statistics() comes after the run")
-        return merge_statistics(self._stats)
-
-    def port_statistics(self):
-        """The workers' ports as one: frames received and dropped summed, every queue listed
-        (worker 0's first)."""
-        from .io._port import PortStatistics
-
-        if None in self._ports:
-            raise RuntimeError("port_statistics() comes after the run")
-        sums = {f: sum(getattr(p, f) for p in self._ports) for f in (
-            "received", "received_bytes", "ring_drops", "fill_ring_empty", "forwarded", "dropped_by_verdict",
-            "tx_dropped")}
-        return PortStatistics(interfaces=(self.iface,), mode=self.fanout.mode,
-                              zerocopy=all(p.zerocopy for p in self._ports), inline=False, open=False,
-                              queues=tuple(q for p in self._ports for q in p.queues), **sums)

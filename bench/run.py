@@ -31,6 +31,8 @@ NIDS_COLLECT = "libnids (collect)"
 NIDS_NO_COLLECT = "libnids (no-collect)"
 FLOWS_JSONL = "aiomb flows (jsonl)"
 FLOWS_WORKERS = "aiomb flows (jsonl, --workers 2)"
+REASSEMBLY = "aiomb (reassembly)"
+REASSEMBLY_WORKERS = "aiomb (reassembly, --workers 2)"
 TABLE = "aiomb read_flows().to_pandas()"
 NFSTREAM = "nfstream to_pandas()"
 SUBSCRIPTION = "aiomb (subscription, bytes read)"
@@ -127,8 +129,7 @@ def tools(nids, capture, nfstream_python=None):
         ("aiomb", [python, str(BENCH / "aiomb_flows.py"), str(capture)]),
         ("aiomb (no subscriber)",
          [python, str(BENCH / "aiomb_flows.py"), "--no-subscriber", str(capture)]),
-        ("aiomb (reassembly)",
-         [python, str(BENCH / "aiomb_flows.py"), "--reassemble", str(capture)]),
+        (REASSEMBLY, [python, str(BENCH / "aiomb_flows.py"), "--reassemble", str(capture)]),
         ("aiomb (reassembly, bytes read)",
          [python, str(BENCH / "aiomb_flows.py"), "--reassemble", "--read-bytes", str(capture)]),
         (SUBSCRIPTION, [python, str(BENCH / "aiomb_perflow.py"), "--way", "subscription", str(capture)]),
@@ -142,6 +143,18 @@ def tools(nids, capture, nfstream_python=None):
         (NFSTREAM, [nfstream_python or python, str(BENCH / "nfstream_table.py"), str(capture)]),
     ]
     return rows
+
+
+def combine_workers(results):
+    """Workers' counts as one run's: events and bytes summed, packets as each counts them all,
+    the slowest worker's seconds."""
+    out = dict(results[0])
+    for key in ("events", "client_bytes", "server_bytes"):
+        out[key] = sum(r[key] for r in results)
+    out["seconds"] = max(r["seconds"] for r in results)
+    out["workers"] = len(results)
+    del out["worker"]
+    return out
 
 
 def measure_once(cmd, timeout):
@@ -169,6 +182,8 @@ def measure_once(cmd, timeout):
         if not lines:
             return {"unavailable": "run printed nothing"}
         result = json.loads(lines[-1])
+        if "worker" in result:          # an aiomb run --workers app: a line per worker, added up
+            result = combine_workers([json.loads(line) for line in lines])
     if "unavailable" not in result:
         result["process_seconds"] = round(elapsed, 6)
         if peak:
@@ -320,12 +335,12 @@ def epoll_line(results):
             f"{mine['process_seconds'] / theirs['process_seconds']:.2f}x the time (target <= 1.10x)")
 
 
-def workers_line(results):
-    """aiomb flows with two worker processes against one engine, whole processes."""
-    one, two = results.get(FLOWS_JSONL, {}), results.get(FLOWS_WORKERS, {})
+def workers_line(results, single, double, what):
+    """Row ``double`` (two worker processes) against row ``single`` (one engine), whole processes."""
+    one, two = results.get(single, {}), results.get(double, {})
     if "process_seconds" not in one or "process_seconds" not in two:
-        return "aiomb flows --workers 2: not run"
-    return (f"aiomb flows --workers 2 vs one engine (reassembly on in both): {two['process_seconds']:.3f} s vs "
+        return f"{what} --workers 2: not run"
+    return (f"{what} --workers 2 vs one engine (reassembly on in both): {two['process_seconds']:.3f} s vs "
             f"{one['process_seconds']:.3f} s: {one['process_seconds'] / two['process_seconds']:.2f}x "
             f"(target >= 1.7x on 2 cores)")
 
@@ -335,12 +350,18 @@ def scale_run(args, nids, base):
     ratio there, and how aiomb flows' peak memory grew (target <= 1.2x: records stream out)."""
     path, capture = ensure_capture(args.workdir, args.flows * args.scale, args.seed)
     print(f"\n{args.scale}x capture: {path}: {capture['packets']} packets, {capture['flows']} flows", flush=True)
-    rows = [(FLOWS_JSONL, flows_command(path)), (FLOWS_WORKERS, flows_command(path, "--workers", "2"))]
+    app = [sys.executable, "-m", "aiomb", "run", str(BENCH / "reassembly_app.py"), "--pcap", str(path),
+           "--workers", "2"]
+    rows = [(FLOWS_JSONL, flows_command(path)), (FLOWS_WORKERS, flows_command(path, "--workers", "2")),
+            (REASSEMBLY, [sys.executable, str(BENCH / "aiomb_flows.py"), "--reassemble", str(path)]),
+            (REASSEMBLY_WORKERS, app)]
     if nids is not None:
         rows.insert(0, (NIDS_COLLECT, [str(nids), str(path)]))
     results = measure_all(rows, args.repeat, args.timeout, path)
     print(table(results))
-    print(workers_line(results))
+    print("counts vs generator:\n" + "\n".join(checks(results, capture)))
+    print(workers_line(results, FLOWS_JSONL, FLOWS_WORKERS, "aiomb flows"))
+    print(workers_line(results, REASSEMBLY, REASSEMBLY_WORKERS, "reassembly (aiomb run app)"))
     small, large = base.get(FLOWS_JSONL, {}), results.get(FLOWS_JSONL, {})
     if "peak_mib" in small and "peak_mib" in large:
         print(f"aiomb flows peak memory: {small['peak_mib']:.1f} MiB on {small['packets']} packets, "

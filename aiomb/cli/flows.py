@@ -13,7 +13,7 @@ import time
 
 from .._errors import CaptureError, ExportError, PortError
 from .._records import CAPTURE_BLOCK, FIELDS, HASHES, FlowRun, hash_fields
-from .._workers import FanoutRun, ShardedRun, WorkerError
+from .._workers import ShardedRun, WorkerError
 from .._zeek import ConnLog, community_ids
 from ..flows._filter import FilterError, compile_filter
 from ..flows._types import EndReason
@@ -260,6 +260,8 @@ def cmd_flows(args) -> int:
     options = dict(filter=args.filter, hashes=hashes, midstream=not args.no_midstream, vlan_in_key=args.vlan,
                    overlap_policy=args.policy, conn_history=args.format in ZEEK_FORMATS)
     if args.workers > 1 and live:
+        from .._live_workers import FanoutRun
+
         run = FanoutRun(args.iface, args.workers, progress=progress, mode=args.mode, netns=args.netns,
                         force=args.force, prefilter=source.prefilter, **options)
     elif args.workers > 1:

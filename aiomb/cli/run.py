@@ -16,7 +16,7 @@ import threading
 import time
 
 from .._errors import CaptureError, PortError
-from .._workers import READY_TIMEOUT, become_worker, worker_source
+from .._workers import become_worker, worker_source
 from ..flows._types import EndReason
 from ..io._capture import capture
 from ._common import UsageError, add_port_options, check_capture, check_workers, live_port, parse_prefilter, sole
@@ -171,6 +171,7 @@ def run_port_workers(args) -> int:
     """Run the app in ``args.workers`` processes on a live port, each on the frames aiomb's
     steering program sends it (its own veth pair and port); the steering starts once every
     worker's port is open and stops when they are all done. Signals are passed on to them."""
+    from .._live_workers import READY_TIMEOUT
     from ..io import _bpf, _xdp
     from ..io._fanout import Fanout
     from ..io._port import port

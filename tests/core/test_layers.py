@@ -31,7 +31,7 @@ LAYERS = {
     "aiomb._core": 3, "aiomb._cy": 3,
     "aiomb.io": 4,
     "aiomb._stack": 5, "aiomb._perflow": 5, "aiomb._epoll": 5, "aiomb._records": 5, "aiomb._zeek": 5,
-    "aiomb._workers": 5, "aiomb._ipfix": 5,
+    "aiomb._workers": 5, "aiomb._live_workers": 5, "aiomb._ipfix": 5,
     "aiomb.cli": 6, "aiomb.__main__": 6, "aiomb.notebook": 6,
     "aiomb": 7,
 }

@@ -11,7 +11,7 @@ import sys
 from pyroute2 import IPRoute
 
 from aiomb import EndReason
-from aiomb._workers import FanoutRun
+from aiomb._live_workers import FanoutRun
 from aiomb.io import _bpf
 from aiomb.testing import tcp_frame
 
