@@ -11,6 +11,7 @@ import time
 import traceback
 
 from ._core import FlowRecords
+from ._errors import PortError
 from ._records import FlowRun
 from ._workers import LIMITS, WorkerError, WorkerGroup, quiet_signals
 from .flows._types import EndReason
@@ -41,10 +42,19 @@ def _port_worker(conn, iface: str, netns: str | None, port_options: dict, option
         for records in run:
             conn.send(("records", bytes(memoryview(records)), run.digests(records) if run.hashes else None))
         conn.send(("done", run.statistics(), source.statistics()))
+    except PortError as exc:                # said as it is, as one port's error would be
+        conn.send(("port-error", str(exc)))
     except BaseException:
         conn.send(("failed", traceback.format_exc()))
     finally:
         conn.close()
+
+
+def failed(index: int, msg: tuple) -> Exception:
+    """What a worker's failure message raises: its port's error as it is, else a WorkerError."""
+    if msg[0] == "port-error":
+        return PortError(msg[1])
+    return WorkerError(f"worker {index} failed:\n{msg[1]}")
 
 
 class FanoutRun(WorkerGroup):
@@ -91,8 +101,8 @@ class FanoutRun(WorkerGroup):
                     msg = conn.recv()
                 except (EOFError, OSError):
                     raise WorkerError(f"worker {i} ended without a word (killed?)") from None
-                if msg[0] == "failed":
-                    raise WorkerError(f"worker {i} failed:\n{msg[1]}")
+                if msg[0] != "ready":
+                    raise failed(i, msg)
                 waiting.discard(conn)
         self.fanout.attach()
         self.opened = True
@@ -119,7 +129,7 @@ class FanoutRun(WorkerGroup):
                         msg = conn.recv()
                     except (EOFError, OSError):
                         del live[conn]
-                        failure = failure or f"worker {i} ended without a word (killed?)"
+                        failure = failure or WorkerError(f"worker {i} ended without a word (killed?)")
                         continue
                     if msg[0] == "records":
                         rows = FlowRecords.frombytes(msg[1])
@@ -133,7 +143,7 @@ class FanoutRun(WorkerGroup):
                         self._ports[i] = msg[2]
                         del live[conn]
                     else:
-                        failure = f"worker {i} failed:\n{msg[1]}"
+                        failure = failed(i, msg)
                         del live[conn]
                 if failure is not None:
                     break
@@ -142,7 +152,7 @@ class FanoutRun(WorkerGroup):
         finally:
             self._finish()
         if failure is not None:
-            raise WorkerError(failure)
+            raise failure
 
     def _finish(self) -> None:
         self.elapsed = time.monotonic() - self.started

@@ -13,7 +13,9 @@ included, reaches one worker; frames that are not IP go to worker 0. Passive onl
 The veth pairs are named ``amb<pid>-<k>a``/``b`` (hex) after the process that made them;
 closing detaches the program and deletes them. A run killed before it could close leaves them
 (and its program, which then sends every frame into veths nobody reads): the next Fanout on
-the interface replaces the program and deletes the pairs of makers that are gone.
+the interface replaces the program and deletes the pairs of makers that are gone. The veths
+take the interface's MTU, and native XDP on a veth takes about 3500 bytes at most: an interface
+with jumbo frames is refused when the pairs are made, with the fix.
 """
 
 import os
@@ -83,6 +85,7 @@ class Fanout:
                     ends += [a, b]
                 for name in ends:
                     ipr.link("set", index=_xdp.ifindex(ipr, name), mtu=mtu, state="up")
+                self._check_mtu(ipr, mtu)
                 self._map_fd = _bpf.map_create(_bpf.BPF_MAP_TYPE_DEVMAP, 4, 4, self.workers, name="aiomb_workers")
                 for k, (a, _) in enumerate(self.pairs):      # ifindexes of this namespace
                     _bpf.map_update(self._map_fd, k.to_bytes(4, "little"), _xdp.ifindex(ipr, a).to_bytes(4, "little"))
@@ -99,6 +102,23 @@ class Fanout:
         except BaseException:
             self.close()
             raise
+
+    def _check_mtu(self, ipr, mtu: int) -> None:
+        """Attach a do-nothing program natively to a worker's veth, as its port will: a veth
+        refuses native XDP above about 3500 bytes of MTU (4 KiB pages), so jumbo frames are
+        refused here, with the fix, rather than in every worker."""
+        prog = _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, _bpf.Asm().mov(0, imm=_bpf.XDP_PASS).exit().code(),
+                              name="aiomb_probe")
+        index = _xdp.ifindex(ipr, self.pairs[0][1])
+        try:
+            _xdp.attach(ipr, index, prog, "native", ifname=self.pairs[0][1])
+            _xdp.detach(ipr, index, "native")
+        except PortError:
+            raise PortError(f"{self.iface}: its MTU ({mtu}) is more than native XDP on a veth takes (about "
+                            "3500 bytes with 4 KiB pages), and the workers read their frames through veth "
+                            "pairs: lower the MTU to use --workers, or run one engine") from None
+        finally:
+            os.close(prog)
 
     def _remove_stale(self, ipr) -> None:
         """Delete the veth pairs of earlier runs whose process is gone."""

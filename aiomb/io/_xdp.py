@@ -162,6 +162,10 @@ def attach(ipr: IPRoute, index: int, prog_fd: int, mode: str, *, ifname: str = "
         if exc.code == 95:
             raise PortError(f"{what}: the driver does not support XDP in {mode} mode; "
                             "use mode='skb'") from None
+        if exc.code == 34:
+            mtu = ipr.get_links(index)[0].get_attr("IFLA_MTU")
+            raise PortError(f"{what}: its MTU ({mtu}) is more than the driver's XDP takes in {mode} mode "
+                            "(a veth: about 3500 bytes with 4 KiB pages); lower the MTU, or use mode='skb'") from None
         raise PortError(f"{what}: attaching the XDP program in {mode} mode failed: "
                         f"{exc.args[1] if len(exc.args) > 1 else exc}") from None
 

@@ -136,6 +136,16 @@ def test_a_stale_fanout_is_replaced_and_misuse_refused(lab):
                            "--format", "jsonl"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert proc.returncode == 0, proc.stderr
     assert veths(watch) == [] and attached(watch, n) is None
+    sh("ip", "link", "set", n, "mtu", "9000", netns=watch)          # jumbo frames: refused with the fix
+    sh("ip", "link", "set", lab.name("m"), "mtu", "9000", netns=left)  # (a veth checks its peer's MTU)
+    jumbo = subprocess.run([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "1", "--workers", "2"],
+                           cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert jumbo.returncode == 1 and f"{n}: its MTU (9000) is more than native XDP on a veth takes" in jumbo.stderr
+    assert veths(watch) == [] and attached(watch, n) is None
+    single = subprocess.run([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "1", "--mode", "native"],
+                            cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert single.returncode == 1 and "its MTU (9000) is more than the driver's XDP takes in native mode" \
+        in single.stderr
     bad = subprocess.run([*AIOMB, "flows", "--iface", n, "--netns", watch, "--duration", "1", "--workers", "2",
                           "--queues", "0"], cwd=REPO, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and "--queues does not go with --workers" in bad.stderr
