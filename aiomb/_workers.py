@@ -56,10 +56,11 @@ _steered = False        # this worker's frames come from the steering program (a
 
 def worker() -> tuple[int, int]:
     """This process's place among the workers of ``aiomb run --workers N``: ``(index, N)``;
-    ``(0, 1)`` in a program of its own. Its stacks (``open_stack``, ``aiomb.monitor``) track only
-    the flows of shard ``index`` (each flow lives in exactly one worker); statistics and results
-    are the worker's own: merge them across workers yourself (e.g. each writes its results
-    tagged with its index, and you add them up after the run)."""
+    ``(0, 1)`` in a program of its own. On a capture its stacks (``open_stack``, ``aiomb.monitor``)
+    track only the flows of shard ``index``; on a live port the steering program sends it only
+    its flows' frames: each flow lives in exactly one worker. Statistics and results are the
+    worker's own: merge them across workers yourself (e.g. each writes its results tagged with
+    its index, and you add them up after the run)."""
     return _current
 
 
