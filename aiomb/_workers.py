@@ -45,6 +45,11 @@ LARGEST = ("stream_memory_peak", "stream_buffer_peak", "event_memory_peak")
 LIMITS = ("max_fragment_memory", "max_stream_memory", "max_flows", "max_event_memory")
 
 
+class DamagedElsewhere(CaptureError):
+    """A worker's input ended at a damaged capture, which the process reading it reports (with
+    the offset): the worker ends its run as at the damage and says nothing itself."""
+
+
 class WorkerError(RuntimeError):
     """A worker process failed; the message carries its traceback."""
 
@@ -149,7 +154,7 @@ class RingSource:
         count = self.ring.receive(self.index, batch)
         if count is None:
             if self.ring.ended_by_error:        # as FlowRun at a damaged file: open flows stay open
-                raise CaptureError("the capture is damaged (the reader reports where)")
+                raise DamagedElsewhere("the capture is damaged (the reader reports where)", path=self.path)
             if self.on_end is not None:
                 self.on_end(EndReason(self.ring.end_reason))
         return count

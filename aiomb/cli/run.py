@@ -16,7 +16,7 @@ import threading
 import time
 
 from .._errors import CaptureError, PortError
-from .._workers import become_worker, worker_source
+from .._workers import DamagedElsewhere, become_worker, worker_source
 from ..flows._types import EndReason
 from ..io._capture import capture
 from ._common import UsageError, add_port_options, check_capture, check_workers, live_port, parse_prefilter, sole
@@ -259,14 +259,10 @@ def run_workers(args) -> int:
         elif msg[0] == "failed":
             print(f"aiomb: error: the reader failed:\n{msg[1]}", file=sys.stderr)
             damaged = damaged or True
+    if isinstance(damaged, CaptureError):
+        print(f"aiomb: error: {damaged}", file=sys.stderr)
     failed = [s for s in statuses if s]
-    if failed:
-        return failed[0]
-    if damaged is not None:
-        if damaged is not True:
-            print(f"aiomb: error: {damaged}", file=sys.stderr)
-        return 1
-    return 0
+    return failed[0] if failed else 1 if damaged is not None else 0
 
 
 def run_one(args, source=None) -> int:
@@ -291,6 +287,8 @@ def run_one(args, source=None) -> int:
             raise sole(group) from None
         if signum is not None:
             return 128 + signum
+    except DamagedElsewhere:
+        return 1                        # the reader says where
     except (CaptureError, PortError) as exc:
         print(f"aiomb: error: {exc}", file=sys.stderr)
         return 1

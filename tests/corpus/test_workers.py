@@ -122,6 +122,10 @@ def test_a_damaged_capture_ends_alike(tmp_path):
     many = flows(cut, "--format", "jsonl", workers=2, check=False)
     assert one.returncode == 1 and b"truncated record" in one.stderr
     assert (many.returncode, many.stdout, many.stderr) == (one.returncode, one.stdout, one.stderr)
+    app_one = aiomb_run(DEMO / "flow_monitor.py", "--pcap", cut, check=False)
+    app_many = aiomb_run(DEMO / "flow_monitor.py", "--pcap", cut, "--workers", "2", check=False)
+    assert app_one.returncode == app_many.returncode == 1
+    assert app_many.stderr == app_one.stderr and app_one.stderr.count(b"truncated record") == 1   # said once
 
 
 @pytest.fixture(scope="module")
