@@ -1,10 +1,11 @@
 # One reader, N engines: the frames of one input handed to shard engines in other processes.
 #
 # A ShardRing is shared memory made before the processes fork (the same address in each): a
-# ring of slots, each one batch of frames (their bytes packed, a descriptor per frame naming
-# the shard it belongs to). The reader classifies each frame as the engines would (the parse
-# and the symmetric flow hash; fragments, malformed and other frames go to every shard), copies
-# the batch into the next free slot and posts it to every worker. A worker fills its FrameBatch
+# ring of slots, each one or more batches of frames (their bytes packed, a descriptor per frame
+# naming the shard it belongs to). The reader classifies each frame as the engines would (the
+# parse and the symmetric flow hash; fragments, malformed and other frames go to every shard),
+# copies the batch into the slot being filled and posts the slot to every worker (at once, or
+# once it has gathered 1536 frames or 1 MiB). A worker fills its FrameBatch
 # from the slot: its own frames and the shared ones with their bytes, another shard's frames as
 # clock ticks (no bytes: the engine counts them and moves its clock, so flows time out at the
 # same packets as in one engine). A slot is free again once every worker has processed it.
@@ -112,8 +113,8 @@ cdef class ShardRing:
     """Frames of one input from a reader process to ``workers`` shard engines in other
     processes, through shared memory (make it before forking; see the top of shards.pxi).
 
-    Reader: ``send(batch)`` classifies and posts a batch (False once aborted), ``end(reason,
-    error)`` posts the end; ``stop_requested`` is the reason the parent asked for (0: none).
+    Reader: ``send(batch, gather)`` classifies a batch into the slot being filled and posts it
+    (False once aborted), ``end(reason, error)`` posts what waits, then the end; ``stop_requested`` is the reason the parent asked for (0: none).
     Worker: ``receive(index, batch)`` fills ``batch`` with the next frames of its slot, or of the
     next slot (another shard's as clock ticks: data NULL; a batch smaller than a slot takes it in
     pieces) and returns their count, or None at the end (``end_reason``,
