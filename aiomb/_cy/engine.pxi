@@ -772,8 +772,7 @@ cdef class Engine:
             self.xlat_slot = -1
             if self.xt.count:
                 self.translate_in(pk)
-            if self.shard_count > 1 and (<uint64_t>key_hash(pk, self.vlan_in_key) * self.shard_count) >> 32 \
-                    != self.shard_index:
+            if self.shard_count > 1 and shard_of(pk, self.vlan_in_key, self.shard_count) != self.shard_index:
                 pass                        # another shard's flow
             elif pk.proto == 6:
                 self.n_tcp += 1

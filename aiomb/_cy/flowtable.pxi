@@ -41,6 +41,12 @@ cdef inline uint32_t key_hash(const pkt_t *pk, bint vlan_in_key) noexcept nogil:
     return <uint32_t>(mix64(h) >> 32)
 
 
+cdef inline uint32_t shard_of(const pkt_t *pk, bint vlan_in_key, uint32_t count) noexcept nogil:
+    """The shard (of ``count``) whose engine tracks the packet's flow: the high bits of the
+    symmetric key hash, so both directions land in one shard (Engine(shard=), ShardRing)."""
+    return <uint32_t>((<uint64_t>key_hash(pk, vlan_in_key) * count) >> 32)
+
+
 cdef int flowtab_init(flowtab_t *t, uint32_t max_flows, bint vlan_in_key) except -1:
     cdef int i
     memset(t, 0, sizeof(flowtab_t))

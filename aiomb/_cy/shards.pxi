@@ -5,10 +5,10 @@
 # naming the shard it belongs to). The reader classifies each frame as the engines would (the
 # parse and the symmetric flow hash; fragments, malformed and other frames go to every shard),
 # copies the batch into the slot being filled and posts the slot to every worker (at once, or
-# once it has gathered 1536 frames or 1 MiB). A worker fills its FrameBatch
-# from the slot: its own frames and the shared ones with their bytes, another shard's frames as
-# clock ticks (no bytes: the engine counts them and moves its clock, so flows time out at the
-# same packets as in one engine). A slot is free again once every worker has processed it.
+# once it has gathered 1536 frames or 1 MiB). A worker fills its FrameBatch from the slot: its
+# own frames and the shared ones with their bytes, another shard's frames as clock ticks (no
+# bytes: the engine counts them and moves its clock, so flows time out at the same packets as
+# in one engine). A slot is free again once every worker has processed it.
 #
 # Synchronisation: process-shared POSIX semaphores (futexes: no system call while nobody
 # waits) in the ring, a per-slot count of the workers still reading it, and flags the parent
@@ -100,7 +100,7 @@ cdef uint16_t frame_shard(const uint8_t *data, uint32_t caplen, uint32_t wirelen
         return SHARD_ALL
     if verify and not checksums_ok(&pk):
         return SHARD_ALL
-    return <uint16_t>((<uint64_t>key_hash(&pk, vlan_in_key) * count) >> 32)
+    return <uint16_t>shard_of(&pk, vlan_in_key, count)
 
 
 cdef int check_signals() except -1 with gil:
@@ -114,12 +114,12 @@ cdef class ShardRing:
     processes, through shared memory (make it before forking; see the top of shards.pxi).
 
     Reader: ``send(batch, gather)`` classifies a batch into the slot being filled and posts it
-    (False once aborted), ``end(reason, error)`` posts what waits, then the end; ``stop_requested`` is the reason the parent asked for (0: none).
-    Worker: ``receive(index, batch)`` fills ``batch`` with the next frames of its slot, or of the
-    next slot (another shard's as clock ticks: data NULL; a batch smaller than a slot takes it in
-    pieces) and returns their count, or None at the end (``end_reason``,
-    ``ended_by_error``), ``close(index)`` when it leaves. Parent: ``request_stop(reason)``,
-    ``abort()``. Layer: core.
+    (False once aborted), ``end(reason, error)`` posts what waits, then the end;
+    ``stop_requested`` is the reason the parent asked for (0: none). Worker: ``receive(index,
+    batch)`` fills ``batch`` with the next frames of its slot, or of the next slot (another
+    shard's as clock ticks: data NULL; a batch smaller than a slot takes it in pieces) and
+    returns their count, or None at the end (``end_reason``, ``ended_by_error``); ``close(index)``
+    when it leaves. Parent: ``request_stop(reason)``, ``abort()``. Layer: core.
     """
 
     cdef uint8_t *mem

@@ -440,12 +440,39 @@ def xsk_map_set(map_fd: int, queue: int, sock_fd: int) -> None:
     map_update(map_fd, struct.pack("<I", queue), struct.pack("<I", sock_fd))
 
 
+# ---- frame parsing shared by aiomb's programs --------------------------------------------------
+
+VLAN_TPIDS = (0x8100, 0x88a8, 0x9100)       # 802.1Q, 802.1ad, old QinQ
+
+
+def htons(v: int) -> int:
+    """A 16-bit constant as a little-endian load of its network-order bytes gives it."""
+    return ((v & 0xff) << 8) | (v >> 8)
+
+
+def emit_network_header(a: Asm, *, fail: str, tag: str) -> None:
+    """Find the network header after Ethernet and up to two VLAN tags. r6 holds ctx; sets r7 =
+    data, r8 = data_end, r9 = the header's offset, r3 = its ethertype (network order, as loaded);
+    jumps to ``fail`` when the frame ends first. Uses r2; its labels start with ``tag``."""
+    a.ldx(4, 7, 6, XDP_MD_DATA)
+    a.ldx(4, 8, 6, XDP_MD_DATA_END)
+    a.mov(9, imm=14)
+    a.mov(2, 7).alu64("add", 2, imm=14)
+    a.jmp("jgt", 2, fail, src=8)
+    a.ldx(2, 3, 7, 12)
+    for level in range(2):
+        for tpid in VLAN_TPIDS:
+            a.jmp("jeq", 3, f"{tag}tag{level}", imm=htons(tpid))
+        a.jmp("ja", 0, f"{tag}vlan{level}")
+        a.label(f"{tag}tag{level}")
+        a.mov(2, 7).alu64("add", 2, imm=18 + 4 * level)
+        a.jmp("jgt", 2, fail, src=8)
+        a.ldx(2, 3, 7, 16 + 4 * level)
+        a.mov(9, imm=18 + 4 * level)
+        a.label(f"{tag}vlan{level}")
+
+
 # ---- the workers' steering program -----------------------------------------------------------
-
-def _u32(value: int) -> int:
-    """A 32-bit constant as the signed immediate an instruction holds."""
-    return value - (1 << 32) if value >= 1 << 31 else value
-
 
 def _mix32(a: Asm, reg: int, tmp: int) -> None:
     """reg = a 32-bit avalanche of reg (x ^= x >> 16; x *= 0x45d9f3b, twice; x ^= x >> 16)."""
@@ -476,24 +503,9 @@ def steering_program(devmap_fd: int, count: int, prefilter=None) -> bytes:
         a.exit()
         a.label("s_accept")
     a.mov(4, imm=0)                             # not IP: worker 0
-    a.ldx(4, 7, 6, XDP_MD_DATA)
-    a.ldx(4, 8, 6, XDP_MD_DATA_END)
-    a.mov(9, imm=14)
-    a.mov(2, 7).alu64("add", 2, imm=14)
-    a.jmp("jgt", 2, "s_pick", src=8)
-    a.ldx(2, 3, 7, 12)                          # r3 = ethertype (network order, as loaded)
-    for level in range(2):                      # VLAN tags (802.1Q, 802.1ad, old QinQ)
-        for tpid in (0x8100, 0x88a8, 0x9100):
-            a.jmp("jeq", 3, f"s_tag{level}", imm=int.from_bytes(tpid.to_bytes(2, "big"), "little"))
-        a.jmp("ja", 0, f"s_vlan{level}")
-        a.label(f"s_tag{level}")
-        a.mov(2, 7).alu64("add", 2, imm=18 + 4 * level)
-        a.jmp("jgt", 2, "s_pick", src=8)
-        a.ldx(2, 3, 7, 16 + 4 * level)
-        a.mov(9, imm=18 + 4 * level)
-        a.label(f"s_vlan{level}")
-    a.jmp("jeq", 3, "s_ipv4", imm=0x0008)
-    a.jmp("jeq", 3, "s_ipv6", imm=0xdd86)
+    emit_network_header(a, fail="s_pick", tag="s_")
+    a.jmp("jeq", 3, "s_ipv4", imm=htons(0x0800))
+    a.jmp("jeq", 3, "s_ipv6", imm=htons(0x86dd))
     a.jmp("ja", 0, "s_pick")
     for family, length, addr_words in (("s_ipv4", 20, ((12,), (16,))),
                                         ("s_ipv6", 40, ((8, 12, 16, 20), (24, 28, 32, 36)))):
@@ -529,8 +541,9 @@ def steering_hash(frame: bytes, count: int) -> int:
         return x ^ (x >> 16)
 
     off, ethertype = 14, frame[12:14]
+    tpids = [t.to_bytes(2, "big") for t in VLAN_TPIDS]
     for level in range(2):
-        if ethertype in (b"\x81\x00", b"\x88\xa8", b"\x91\x00") and len(frame) >= 18 + 4 * level:
+        if ethertype in tpids and len(frame) >= 18 + 4 * level:
             ethertype, off = frame[16 + 4 * level:18 + 4 * level], 18 + 4 * level
     words = {b"\x08\x00": ((12,), (16,)), b"\x86\xdd": ((8, 12, 16, 20), (24, 28, 32, 36))}.get(ethertype)
     if words is None or len(frame) < off + (20 if ethertype == b"\x08\x00" else 40):

@@ -12,13 +12,11 @@ import ipaddress
 
 import attrs
 
+from ._bpf import emit_network_header, htons
+
 PROTOCOL_NAMES = {"icmp": 1, "tcp": 6, "udp": 17, "icmpv6": 58, "sctp": 132}
 IPV6_EXTENSIONS = (0, 43, 44, 50, 51, 60, 135, 139, 140)
 MAX_ENTRIES = 64          # per criterion: each one is a compare in the program
-
-
-def _htons(v: int) -> int:
-    return ((v & 0xff) << 8) | (v >> 8)
 
 
 def _protocols(value) -> frozenset:
@@ -69,25 +67,9 @@ class Prefilter:
         """Emit the filter: r6 holds ctx; jumps to ``accept`` or ``reject``; uses r0-r5, r7-r9."""
         nets4 = [n for n in self.networks if n.version == 4]
         nets6 = [n for n in self.networks if n.version == 6]
-        a.ldx(4, 7, 6, 0)                       # r7 = data
-        a.ldx(4, 8, 6, 4)                       # r8 = data_end
-        a.mov(9, imm=14)                        # r9 = offset of the network header
-        a.mov(2, 7).alu64("add", 2, imm=14)
-        a.jmp("jgt", 2, reject, src=8)
-        a.ldx(2, 3, 7, 12)                      # r3 = ethertype (network order, as loaded)
-        for level in range(2):                  # VLAN tags (802.1Q, 802.1ad, old QinQ)
-            done = f"_vlan{level}"
-            for tpid in (0x8100, 0x88a8, 0x9100):
-                a.jmp("jeq", 3, f"_tag{level}", imm=_htons(tpid))
-            a.jmp("ja", 0, done)
-            a.label(f"_tag{level}")
-            a.mov(2, 7).alu64("add", 2, imm=18 + 4 * level)
-            a.jmp("jgt", 2, reject, src=8)
-            a.ldx(2, 3, 7, 16 + 4 * level)
-            a.mov(9, imm=18 + 4 * level)
-            a.label(done)
-        a.jmp("jeq", 3, "_ipv4", imm=_htons(0x0800))
-        a.jmp("jeq", 3, "_ipv6", imm=_htons(0x86dd))
+        emit_network_header(a, fail=reject, tag="_")
+        a.jmp("jeq", 3, "_ipv4", imm=htons(0x0800))
+        a.jmp("jeq", 3, "_ipv6", imm=htons(0x86dd))
         a.jmp("ja", 0, reject)
 
         # IPv4: r2 = header, r4 = protocol
@@ -112,7 +94,7 @@ class Prefilter:
             self._protocol_check(a, reject)
             if self.ports:
                 a.ldx(2, 5, 2, 6)                   # flags and fragment offset
-                a.jmp("jset", 5, accept, imm=_htons(0x3fff))
+                a.jmp("jset", 5, accept, imm=htons(0x3fff))
                 a.ldx(1, 5, 2, 0)
                 a.alu64("and", 5, imm=0x0f).alu64("lsh", 5, imm=2)
                 a.alu64("add", 2, 5)                # r2 = transport header
@@ -172,6 +154,6 @@ class Prefilter:
         a.ldx(2, 5, 2, 0)                       # source port
         a.ldx(2, 0, 2, 2)                       # destination port
         for p in sorted(self.ports):
-            a.jmp("jeq", 5, accept, imm=_htons(p))
-            a.jmp("jeq", 0, accept, imm=_htons(p))
+            a.jmp("jeq", 5, accept, imm=htons(p))
+            a.jmp("jeq", 0, accept, imm=htons(p))
         a.jmp("ja", 0, reject)
