@@ -4,7 +4,6 @@ Layer: cli (top).
 """
 
 import os
-import stat
 
 
 class UsageError(Exception):
@@ -24,21 +23,13 @@ def check_capture(path: str) -> None:
         raise UsageError(f"{path} is a directory; give a .pcap or .pcapng file")
 
 
-def check_workers(workers: int, path: str | None, *, live: bool, each_reads: bool = True,
-                  fanout: bool = False) -> None:
-    """Raise UsageError unless ``--workers`` can be used: at least 1; more than 1 on a live port
-    only with ``fanout`` (aiomb flows steers its frames to the workers); on a capture, a regular
-    file when ``each_reads`` (each worker reads it; with one reader feeding them, a pipe will do)."""
+def check_workers(workers: int) -> None:
+    """Raise UsageError unless ``--workers`` is a number of processes aiomb can run: 1 to 1024
+    (a capture, file or pipe, is read once for all of them; a live port is steered to them)."""
     if workers < 1:
         raise UsageError(f"--workers {workers}: give a number of worker processes, at least 1")
-    if workers > 1 and live and not fanout:
-        raise UsageError("--workers is for capture files here; on a live port use `aiomb flows --iface IF "
-                         "--workers N`, or one engine")
     if workers > 1024:
         raise UsageError(f"--workers {workers}: at most 1024")
-    if workers > 1 and not live and each_reads and not stat.S_ISREG(os.stat(path).st_mode):
-        raise UsageError(f"--workers {workers}: {path} is not a regular file; each worker reads "
-                         "the capture, so save it to a file first (or drop --workers)")
 
 
 def parse_queues(text: str | None, option: str = "--queues"):

@@ -236,7 +236,7 @@ def cmd_flows(args) -> int:
     if args.iface is not None:
         if args.duration is None or not args.duration > 0:
             raise UsageError("--iface needs --duration SECONDS (how long to watch)")
-        check_workers(args.workers, None, live=True, fanout=True)
+        check_workers(args.workers)
         if args.workers > 1 and args.queues is not None:
             raise UsageError("--queues does not go with --workers: the workers' steering program takes "
                              "every queue of the interface")
@@ -245,7 +245,7 @@ def cmd_flows(args) -> int:
         if args.duration is not None:
             raise UsageError("--duration is for live ports (--iface)")
         check_capture(args.capture)
-        check_workers(args.workers, args.capture, live=False, each_reads=False)
+        check_workers(args.workers)
         source = capture(args.capture, chunk_size=CAPTURE_BLOCK)
     bar = Progress()
     live = args.iface is not None

@@ -97,7 +97,7 @@ def cmd_run(args) -> int:
         raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
     if args.pcap is not None:
         check_capture(args.pcap)
-    check_workers(args.workers, args.pcap, live=args.iface is not None, each_reads=False, fanout=True)
+    check_workers(args.workers)
     if args.workers > 1:
         if not os.path.isfile(args.app):
             raise UsageError(f"middlebox module not found: {args.app}")
@@ -269,11 +269,9 @@ def run_one(args, source=None) -> int:
     """Run the app in this process (one worker, or the whole capture or port) on ``source``,
     by default the one the arguments name."""
     module = load_app(args.app, getattr(args, "app_args", ()))
-    if source is not None:
-        pass
-    elif args.iface is not None:
+    if source is None and args.iface is not None:
         source = live_port(args, inline=args.inline)
-    else:
+    elif source is None:
         source = worker_source(args.pcap) or capture(args.pcap)
     try:
         if hasattr(module, "main"):

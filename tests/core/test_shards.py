@@ -175,14 +175,15 @@ def test_split_takes_the_rows_that_left_before_a_point():
     assert len(copy.split(2 * len(frames) + 4)) == rest and len(copy) == 0
 
 
-def ring_run(tmp_path, frames, count, worker_batch=64):
-    """The frames through a ShardRing to ``count`` shard engines, all in this process (a
-    worker's place in the ring is its index): each engine's records and ids, as run() gives.
-    A worker batch smaller than a slot takes the slot in pieces."""
+def ring_run(tmp_path, frames, count, worker_batch=64, sharded=True):
+    """The frames through a ShardRing to ``count`` shard engines (``sharded``; else engines that
+    track whatever has bytes), all in this process (a worker's place in the ring is its index):
+    each engine's records and ids, as run() gives. A worker batch smaller than a slot takes the
+    slot in pieces."""
     path = tmp_path / "ring.pcap"
     write_pcap(path, frames)
     ring = ShardRing(count, slot_frames=64)
-    engines = [aiomb.Engine(shard=(k, count), **OPTIONS) for k in range(count)]
+    engines = [aiomb.Engine(shard=(k, count) if sharded else None, **OPTIONS) for k in range(count)]
     parts = [(engine, FlowRecords(), array.array("Q")) for engine in engines]
     batch, mine = FrameBatch(64), [FrameBatch(worker_batch) for _ in range(count)]
     for engine in engines:
@@ -199,7 +200,8 @@ def ring_run(tmp_path, frames, count, worker_batch=64):
                 taken += got
                 engine.process(mine[k])
                 rows.extend(engine.take_records())
-                ids.extend(engine.take_created())
+                if sharded:
+                    ids.extend(engine.take_created())
         return True
 
     with CaptureReader(path) as reader:
@@ -234,6 +236,11 @@ def test_a_ring_feeds_shard_engines_the_records_of_one(tmp_path, count, worker_b
     assert sum(s.tcp_packets for s in stats) == whole.tcp_packets
     assert sum(s.udp_packets for s in stats) == whole.udp_packets
     assert sum(s.flows_created for s in stats) == whole.flows_created
+    # engines that track whatever has bytes: a TCP packet's bytes reach only its shard's worker
+    # (the others get a tick), so the TCP counts still add up to one engine's
+    blind = [engine.statistics() for engine, _, _ in ring_run(tmp_path, frames, count, worker_batch, sharded=False)]
+    assert all(s.packets == whole.packets for s in blind)
+    assert sum(s.tcp_packets for s in blind) == whole.tcp_packets
 
 
 def test_a_ring_stops_aborts_and_refuses_misuse():
