@@ -34,6 +34,7 @@ from ._errors import StreamGap as StreamGap
 from ._records import FlowRun as FlowRun
 from ._records import FlowTable as FlowTable
 from ._records import read_flows as read_flows
+from ._run_workers import run_workers as run_workers
 from ._workers import worker as worker
 from .events import ALL_BUILTIN as ALL_BUILTIN
 from .events import CustomEvent as CustomEvent
@@ -97,7 +98,7 @@ __all__ = [
     "Prefilter", "Proto",
     "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
     "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict", "WINDOW",
-    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port", "worker",
+    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port", "run_workers", "worker",
 ]
 
 

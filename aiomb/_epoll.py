@@ -26,7 +26,7 @@ from ._errors import AiombError
 from ._workers import shard_option
 from .events._kinds import EventKind, split_kinds
 from .flows._filter import compile_filter
-from .flows._types import Hook, Side
+from .flows._types import Hook, Side, end_reason
 
 EVENT_BITS = -1 << EVENT_SHIFT              # every aiomb event kind's bit
 _IN, _RDHUP, _HUP, _ERR = select.EPOLLIN, select.EPOLLRDHUP, select.EPOLLHUP, select.EPOLLERR
@@ -193,7 +193,7 @@ class _Driver:
     def end(self) -> None:
         """The source has ended: every open flow ends. When their events reach
         max_event_memory, the rest end at the next step, after the program has read those."""
-        self.finished = self.engine.finish()
+        self.finished = self.engine.finish(end_reason(self.source))
         self.deliver()
 
     def timer(self, delay, interval, flow: FlowSocket | None) -> TimerSocket:

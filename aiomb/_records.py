@@ -15,7 +15,7 @@ from ._core import RECORD_FIELDS, RECORD_LAYOUT, RECORD_SIZE, Dispatcher, Engine
 from ._errors import CaptureError
 from .events._kinds import EventKind
 from .flows._filter import compile_filter
-from .flows._types import EndReason
+from .flows._types import EndReason, end_reason
 
 FIELDS = tuple(name for name, _, _ in RECORD_FIELDS)
 """The record fields, in the order ``aiomb flows`` prints them (its JSON keys, CSV columns)."""
@@ -106,7 +106,7 @@ class FlowRun:
                 if len(records):
                     yield records
                 raise error
-            while not engine.finish(self.reason or EndReason.END_OF_CAPTURE):
+            while not engine.finish(self.reason or end_reason(source)):
                 self._hash()
             records = self._take()
             if len(records):

@@ -23,7 +23,7 @@ from .events._kinds import EventKind, split_kinds
 from .flows._filter import compile_filter
 from .flows._html import fields_table
 from .flows._stats import EngineStatistics
-from .flows._types import Side
+from .flows._types import Side, end_reason
 
 CATCH_UP_TURNS = 3      # scheduling turns the pump gives consumers still busy with a batch
 CHECK_EVERY = 64        # events of a batch between two cancellation checks of an `async for`
@@ -539,7 +539,7 @@ class Stack:
                         await self._let_consumers_catch_up()
             await self._deliver()
             await self._let_consumers_catch_up()
-        while not engine.finish():
+        while not engine.finish(end_reason(source)):
             await self._deliver_piece()
         await self._deliver()
         for sub in list(self._subs.values()):
@@ -561,6 +561,11 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
     here as itself. A source with ``aopen()``/``aclose()`` is opened and closed through them
     (a live port runs netlink there in a worker thread). Layer: io/_stack.
     """
+    if "workers" in engine_options:
+        raise TypeError("open_stack() runs one engine in this Trio loop and has no workers= option: to run your "
+                        "code on N cores, call aiomb.run_workers(fn, capture_path, workers=N) outside trio.run "
+                        "(fn opens no stack: it is given one per worker), or run your module under "
+                        "`aiomb run APP --workers N`")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
         raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
     if not isinstance(max_batches, int) or max_batches < 1:

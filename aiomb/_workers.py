@@ -98,10 +98,56 @@ def quiet_signals() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
+class ReadingStopped(Exception):
+    """The parent asked the reader to stop while it waited for a pipe's next bytes."""
+
+
+_waiting = False        # the reader waits in read(2): SIGUSR1 breaks the wait
+
+
+def _stop_waiting(signum, frame) -> None:
+    if _waiting:
+        raise ReadingStopped
+
+
+def _read(source, batch):
+    """The source's next frames; raises ReadingStopped when SIGUSR1 came while it waited."""
+    global _waiting
+    _waiting = True
+    try:
+        return source.read(batch)
+    finally:
+        _waiting = False
+
+
+def fork_reader(start) -> None:
+    """Call ``start()``, which forks the reader, with SIGUSR1 blocked: the reader keeps it
+    blocked until its handler is in place (an early stop_reader() cannot kill it)."""
+    old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
+    try:
+        start()
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, old)
+
+
+def stop_reader(ring: ShardRing, pid: int | None, reason: int) -> None:
+    """Ask the reader (process ``pid``) to end the input after the batch at hand, the open flows
+    with ``reason``; SIGUSR1 breaks a read waiting for a quiet pipe. Safe in a signal handler."""
+    ring.request_stop(reason)
+    if pid is not None:
+        try:
+            os.kill(pid, signal.SIGUSR1)
+        except ProcessLookupError:
+            pass
+
+
 def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
     """The reader's life: the capture's frames into the ring, batch by batch, then its end (the
-    end of the file, a stop the parent asked for, or a damaged record: reported here)."""
+    end of the file, a stop the parent asked for, or a damaged record: reported here). Forked
+    by :func:`fork_reader`, stopped by :func:`stop_reader`."""
     quiet_signals()
+    signal.signal(signal.SIGUSR1, _stop_waiting)
+    signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     try:
         batch = FrameBatch(batch_size)
         gather = os.path.isfile(source.path)        # a pipe's next frames may be long in coming
@@ -111,7 +157,9 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
                 ring.end(reason)
                 break
             try:
-                count = source.read(batch)
+                count = _read(source, batch)
+            except ReadingStopped:
+                continue                # the stop is in the ring: ended at the top
             except CaptureError as exc:
                 conn.send(("capture-error", exc.detail, exc.offset, exc.path))
                 ring.end(int(EndReason.END_OF_CAPTURE), error=True)
@@ -132,17 +180,18 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
 class RingSource:
     """A worker's share of a capture that one reader process reads into a :class:`ShardRing`:
     the source interface of :func:`aiomb.capture` (``read``, ``receive``, ``close``...); every
-    frame, another shard's as a clock tick. At the end, ``on_end`` (if given) is called with the
-    reason the reader posted (the end of the file, or the stop the parent asked for); a damaged
-    capture raises CaptureError there (the reader reports where). Layer: shells."""
+    frame, another shard's as a clock tick. At the end, ``end_reason`` is the reason the reader
+    posted (the end of the file, or the stop the parent asked for: INTERRUPTED), with which the
+    shells (FlowRun, the stack, monitors) end the open flows; a damaged capture raises
+    CaptureError there (the reader reports where). Layer: shells."""
 
     live = False
 
-    def __init__(self, ring: ShardRing, index: int, *, path=None, on_end=None):
+    def __init__(self, ring: ShardRing, index: int, *, path=None):
         self.ring = ring
         self.index = index
         self.path = path
-        self.on_end = on_end
+        self.end_reason = None
 
     def __repr__(self) -> str:
         return f"<worker {self.index} of {self.ring.workers}: {self.path or 'a capture'}>"
@@ -155,8 +204,7 @@ class RingSource:
         if count is None:
             if self.ring.ended_by_error:        # as FlowRun at a damaged file: open flows stay open
                 raise DamagedElsewhere("the capture is damaged (the reader reports where)", path=self.path)
-            if self.on_end is not None:
-                self.on_end(EndReason(self.ring.end_reason))
+            self.end_reason = EndReason(self.ring.end_reason)
         return count
 
     async def receive(self, batch):
@@ -181,9 +229,7 @@ def _worker(conn, ring: ShardRing, index: int, count: int, options: dict) -> Non
     records (with the flows it created and how far it got) to the parent, then its statistics."""
     quiet_signals()
     try:
-        source = RingSource(ring, index)
-        run = FlowRun(source, shard=(index, count), every_batch=True, **options)
-        source.on_end = run.stop
+        run = FlowRun(RingSource(ring, index), shard=(index, count), every_batch=True, **options)
         engine = run.engine
         held, batches = FlowRecords(), 0
         try:
@@ -272,6 +318,7 @@ class ShardedRun(WorkerGroup):
         super().__init__(workers, progress=progress, **options)
         self.source = source
         self._ring = None
+        self._reader_pid = None
 
     def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
         """End the run soon; the open flows end with ``reason``. The reader ends the input after
@@ -280,7 +327,7 @@ class ShardedRun(WorkerGroup):
         if self.reason is None:
             super().stop(reason)
             if self._ring is not None:
-                self._ring.request_stop(int(reason))
+                stop_reader(self._ring, self._reader_pid, int(reason))
 
     def _start(self) -> None:
         import multiprocessing
@@ -297,7 +344,8 @@ class ShardedRun(WorkerGroup):
             ctx = multiprocessing.get_context("fork")
             for index in range(self.workers):
                 self._fork(ctx, _worker, self._ring, index, self.workers, self.options)
-            self._fork(ctx, reader_main, self._ring, source, batch_size)
+            fork_reader(lambda: self._fork(ctx, reader_main, self._ring, source, batch_size))
+            self._reader_pid = self._procs[-1].pid
         finally:
             source.close()              # the reader has its own
         self.opened = True
@@ -388,6 +436,7 @@ class ShardedRun(WorkerGroup):
         if self._ring is not None:
             self._ring.abort()          # a worker or the reader still waiting leaves
         self._join()
+        self._reader_pid = None
 
 
 def merge_statistics(stats: list, *, same=LIMITS) -> EngineStatistics:

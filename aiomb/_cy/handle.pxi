@@ -302,13 +302,15 @@ cdef class Flow:
         """Stop monitoring one side's stream (or both, with ``side=None``) at once; frees it.
 
         Raises FlowEnded once the flow has left the table (an ended flow lingering there has
-        what it holds freed).
+        what it holds freed). A UDP flow has no stream: nothing to stop.
         """
         cdef stream_t *st
+        cdef flow_t *f
         self._in_table("stop()")
+        f = &self._engine.tab.flows[self._slot]
         sides = (Side.CLIENT, Side.SERVER) if side is None else (Side(side),)
         for sd in sides:
-            st = self._stream(sd, self._engine.tab.flows[self._slot].status == FS_OPEN)
+            st = self._stream(sd, f.status == FS_OPEN and f.proto == 6)
             if st != NULL:
                 self._unbuffer(st)
                 st.buffering = 0

@@ -221,7 +221,7 @@ def run_workers(args) -> int:
 
     from .._core import ShardRing
     from .._records import CAPTURE_BLOCK
-    from .._workers import reader_main
+    from .._workers import fork_reader, reader_main, stop_reader
 
     try:
         source = capture(args.pcap, chunk_size=CAPTURE_BLOCK)
@@ -235,11 +235,11 @@ def run_workers(args) -> int:
     sys.stderr.flush()
     reader = multiprocessing.get_context("fork").Process(target=reader_main, args=(mine, ring, source, 2048),
                                                          name="aiomb-reader", daemon=True)
-    reader.start()
+    fork_reader(reader.start)
     mine.close()
     source.close()                      # the reader has its own
     pids = fork_workers(args, lambda index: become_worker(index, args.workers, ring))
-    forward = forwarder(pids, lambda: ring.request_stop(int(EndReason.INTERRUPTED)))
+    forward = forwarder(pids, lambda: stop_reader(ring, reader.pid, int(EndReason.INTERRUPTED)))
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         statuses = wait_workers(pids, ring.abort)   # the reader and the others must not wait for it

@@ -69,6 +69,13 @@ class EndReason(enum.IntEnum):
         return self.name.lower()
 
 
+def end_reason(source) -> EndReason:
+    """The reason the flows still open end with once ``source``'s input is over: the source's
+    own ``end_reason`` if it has one (a worker's share of a capture the parent stopped:
+    INTERRUPTED), else END_OF_CAPTURE."""
+    return getattr(source, "end_reason", None) or EndReason.END_OF_CAPTURE
+
+
 class Hook(enum.IntEnum):
     """Where in a packet's processing an inline handler runs (DESIGN.md section 2)."""
 

@@ -206,6 +206,21 @@ def test_a_flow_socket_reads_like_a_socket(tmp_path):
     mon.close()
 
 
+
+def test_a_udp_flow_socket_closes_while_its_flow_is_open(tmp_path):
+    """A UDP flow has no stream to stop: closing its socket (and stopping its flow) just works."""
+    mon = aiomb.monitor(aiomb.capture(write(tmp_path, chatter(1.0, 5))), udp=True, batch_size=1)
+    while not mon._ready & IN:
+        assert mon.step()
+    (sock,) = accept_all(mon)
+    assert sock.end_reason is None and sock.flow.key.proto == aiomb.Proto.UDP
+    sock.flow.stop()
+    sock.close()
+    with pytest.raises(OSError) as info:
+        sock.recv(1, Side.CLIENT)
+    assert info.value.errno == errno.EBADF
+    mon.close()
+
 def test_a_hole_raises_stream_gap_once_then_reading_goes_on(tmp_path):
     c = talk(parts=(b"VERY",))
     c.send("client", b"GOOD")

@@ -20,7 +20,7 @@ PUBLIC = {
     "Prefilter", "Proto",
     "REJECTED", "RETRANSMIT", "RST", "STATE_CHANGE", "SYN_ACK", "Side", "SideStatistics", "Stack", "StackStatistics",
     "StreamGap", "Subscription", "TIMER", "TcpState", "TimerSocket", "UDP_END", "UDP_START", "Verdict", "WINDOW",
-    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port", "worker",
+    "capture", "define_event", "epoll", "event_mask", "monitor", "open_stack", "port", "run_workers", "worker",
 }
 
 # the layer of each part: a module may import from its own layer and the layers below
@@ -31,7 +31,7 @@ LAYERS = {
     "aiomb._core": 3, "aiomb._cy": 3,
     "aiomb.io": 4,
     "aiomb._stack": 5, "aiomb._perflow": 5, "aiomb._epoll": 5, "aiomb._records": 5, "aiomb._zeek": 5,
-    "aiomb._workers": 5, "aiomb._live_workers": 5, "aiomb._ipfix": 5,
+    "aiomb._workers": 5, "aiomb._run_workers": 5, "aiomb._live_workers": 5, "aiomb._ipfix": 5,
     "aiomb.cli": 6, "aiomb.__main__": 6, "aiomb.notebook": 6,
     "aiomb": 7,
 }

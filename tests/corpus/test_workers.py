@@ -9,6 +9,7 @@ import signal
 import subprocess
 import sys
 import threading
+import time
 
 import attrs
 import pytest
@@ -201,6 +202,31 @@ def test_a_capture_from_a_pipe_is_read_once_for_every_worker(tmp_path):
     two = through_fifo(tmp_path, demo, lambda fifo: aiomb_run(DEMO / "flow_monitor.py", "--pcap", fifo,
                                                               "--workers", "2")).stdout.decode().splitlines()
     assert sorted(line for line in two if " flows: " not in line) == sorted(one[:-1])
+
+
+@pytest.mark.parametrize("command", ["flows", "run"])
+def test_a_signal_ends_a_quiet_pipe_at_once(tmp_path, command):
+    """The reader waits for a pipe's next bytes that do not come: SIGTERM still ends the run at
+    once, the open flows ending ``interrupted`` (before, it waited for the writer to close)."""
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    conversation = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80), start_ts=1.0)
+    conversation.handshake()
+    conversation.send("client", b"hello")
+    write_pcap(tmp_path / "open.pcap", conversation.frames)
+    argv = (["flows", str(fifo), "--format", "jsonl"] if command == "flows" else
+            ["run", str(DEMO / "flow_monitor.py"), "--pcap", str(fifo)])
+    with subprocess.Popen([sys.executable, "-m", "aiomb", *argv, "--workers", "2"],
+                          stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        with open(fifo, "wb") as writer:
+            writer.write((tmp_path / "open.pcap").read_bytes())
+            writer.flush()
+            time.sleep(1.0)                     # the reader has the frames and waits for more
+            proc.send_signal(signal.SIGTERM)
+            out, err = proc.communicate(timeout=10)     # the writer is still open
+    assert proc.returncode == 128 + signal.SIGTERM, err.decode()
+    if command == "flows":
+        assert [json.loads(line)["end_reason"] for line in out.splitlines()] == ["interrupted"]
 
 
 def test_a_worker_killed_is_reported(long_capture):
