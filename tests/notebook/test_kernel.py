@@ -145,3 +145,27 @@ def test_progress_shows_in_the_starting_cell(kernel):
     assert [d["text/plain"] for d in out.displays] == ["demo.pcapng:   0.0% (0 of 8,184 bytes), 0 packets"]
     kernel.run("await h7.wait()\ndel sys.modules['ipywidgets']")
     assert value(kernel, "h7._progress._shown") == 8184
+
+
+def test_run_workers_from_a_cell(kernel):
+    """A cell runs its own function on two workers (forked from the kernel) and merges what they
+    returned; the kernel goes on afterwards."""
+    kernel.run(f"""
+import collections
+import aiomb
+
+async def end_reasons(stack):
+    counts = collections.Counter()
+    async with stack.subscribe(aiomb.CONN_END, aiomb.UDP_END) as events:
+        async for ev in events:
+            counts[str(ev.reason)] += 1
+    return aiomb.worker(), counts
+
+per_worker = aiomb.run_workers(end_reasons, {DEMO!r}, workers=2)""")
+    assert value(kernel, "[place for place, _ in per_worker]") == [[0, 2], [1, 2]]
+    assert value(kernel, "dict(sum((c for _, c in per_worker), collections.Counter()))") == \
+        {"fin": 4, "rst": 2, "end_of_capture": 1}
+    with pytest.raises(CellError) as info:
+        kernel.run(f"aiomb.run_workers(lambda source: 1 / 0, {DEMO!r}, workers=2)")
+    assert info.value.ename == "ZeroDivisionError"
+    assert value(kernel, "1 + 1") == 2
