@@ -1,71 +1,97 @@
-"""A program of your own on N cores: :func:`run_workers` runs a function on each shard of a capture.
+"""A program of your own on N cores: :func:`run_workers` runs a function on each shard of a
+capture (fed by a reader through a ShardRing) or of a live port (fed by aiomb's steering
+program through a veth pair per worker).
 
-Layer: shells (beside :mod:`aiomb._workers`, on its reader, ring and worker processes). The
-workers are forked before Trio starts in any of them (a process cannot fork inside a running
-Trio loop: the child would share its epoll and wakeup descriptors), which is why this is a
-function called outside ``trio.run`` and not an option of ``open_stack``. Each worker runs the
-function on its share of the capture and sends back what it returned; merging the results is
-the caller's (nothing is shared between workers).
+Layer: shells (beside :mod:`aiomb._workers` and :mod:`aiomb._live_workers`, on their reader,
+ring, steering and worker processes). The workers are forked before Trio starts in any of them
+(a process cannot fork inside a running Trio loop: the child would share its epoll and wakeup
+descriptors), which is why this is a function called outside ``trio.run`` and not an option of
+``open_stack``. Each worker runs the function on its share and sends back what it returned;
+merging the results is the caller's (nothing is shared between workers).
 """
 
 import inspect
 import os
 import pickle
 import signal
+import threading
+import time
 import traceback
 
 from ._core import ShardRing
-from ._errors import CaptureError
+from ._errors import CaptureError, PortError
 from ._records import CAPTURE_BLOCK
-from ._workers import (DamagedElsewhere, RingSource, WorkerError, WorkerGroup, become_worker, fork_reader, reader_main,
-                       stop_reader)
+from ._workers import (DamagedElsewhere, RingSource, WorkerError, WorkerGroup, become_worker, fork_stoppable,
+                       reader_main, stop_reader)
 from .flows._types import EndReason
 from .io._capture import CaptureSource, capture
+from .io._fanout import Fanout
+from .io._port import Port
 
 
 RING_OPTIONS = {"vlan_in_key", "checksums"}     # how the reader keys flows, as the engines do
 
 
-def run_workers(fn, source, *, workers: int, batch_size: int = 2048, **engine_options) -> list:
-    """Run ``fn`` on ``workers`` shards of a capture, each in a process of its own, and return
-    what each returned, in worker order (``results[i]`` from worker ``i``).
+def run_workers(fn, source, *, workers: int, duration: float | None = None, batch_size: int = 2048,
+                **engine_options) -> list:
+    """Run ``fn`` on ``workers`` shards of a capture or a live port, each in a process of its
+    own, and return what each returned, in worker order (``results[i]`` from worker ``i``).
 
     ``source`` is a capture's path (or :func:`aiomb.capture` of one; a named pipe will do: it is
-    read once). One reader process reads it and hands each worker the frames of the flows that
-    hash to it (both directions of a flow alike: each flow is seen by exactly one worker).
+    read once): one reader process reads it and hands each worker the frames of the flows that
+    hash to it (both directions of a flow alike: each flow is seen by exactly one worker). Or a
+    passive :func:`aiomb.port` for ``duration`` seconds: aiomb's steering program sends each
+    worker the frames of its flows (by IP address pair, see README "Many cores").
     ``fn`` is either ``async def fn(stack)``, run under Trio on a stack opened on the worker's
     share (``open_stack(share, **engine_options)``; the worker ends once ``fn`` has returned and
     the stack has processed its whole share), or ``def fn(source)``, called with the share itself
     (an epoll loop, :func:`aiomb.monitor`, an :class:`aiomb.Engine` of your own). Inside,
-    :func:`aiomb.worker` gives ``(index, workers)``. What ``fn`` returns must pickle. The
-    reader keys flows as the engines do: ``vlan_in_key`` and ``checksums`` go to it too (with
-    ``def fn(source)``, only these, and give your engine the same).
+    :func:`aiomb.worker` gives ``(index, workers)``. What ``fn`` returns must pickle. A
+    capture's reader keys flows as the engines do: ``vlan_in_key`` and ``checksums`` go to it
+    too (with ``def fn(source)`` on a capture, only these, and give your engine the same).
 
     Call it outside ``trio.run`` (it forks). An exception in a worker stops every worker and is
     raised here with the worker's traceback as a note (a :class:`WorkerError` if it does not
     pickle); a damaged capture raises :class:`aiomb.CaptureError` with its offset. Ctrl-C
-    (KeyboardInterrupt) ends the input after the batch at hand, waits for the workers to
-    finish on what they got (their open flows end ``interrupted``), then is raised.
+    (KeyboardInterrupt) ends the input (a capture's after the batch at hand, a port's at once),
+    waits for the workers to finish on what they got, then is raised.
     """
     if not callable(fn):
         raise TypeError(f"run_workers() runs a function on each shard: give async def fn(stack) or "
                         f"def fn(source), not {fn!r}")
-    path = source.path if isinstance(source, CaptureSource) else source
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"run_workers() shards a capture: give its path or aiomb.capture(path), not {source!r} "
-                        "(for a live port run your module under `aiomb run APP --iface IF --workers N`)")
     if not isinstance(workers, int) or isinstance(workers, bool) or not 1 <= workers <= 1024:
         raise ValueError(f"workers must be an int from 1 to 1024, got {workers!r}")
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
         raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
+    stack_program = inspect.iscoroutinefunction(fn)
+    if isinstance(source, Port):
+        if source.inline is not None or source.queues is not None:
+            raise ValueError("run_workers() on a live port is passive and takes every queue: give aiomb.port(IF) "
+                             "without inline= and queues= (the steering program runs on every queue)")
+        if duration is None or not duration > 0:
+            raise ValueError(f"run_workers() on a live port runs for duration= seconds (> 0), got {duration!r}")
+        if engine_options and not stack_program:
+            raise TypeError(f"engine options ({', '.join(sorted(engine_options))}) are for a stack program "
+                            "(async def fn(stack)); def fn(source) makes its own engine")
+        _outside_trio()
+        if workers == 1:
+            return [_call(fn, source, engine_options, duration)]
+        group = PortGroup(source, workers, fn=fn, engine_options=engine_options)
+        return group.run(deadline=time.monotonic() + duration)
+    path = source.path if isinstance(source, CaptureSource) else source
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"run_workers() shards a capture or a live port: give a capture's path, aiomb.capture(path) "
+                        f"or aiomb.port(IF), not {source!r}")
+    if duration is not None:
+        raise ValueError("duration= is for a live port; a capture runs to its end")
     extra = set(engine_options) - RING_OPTIONS
-    if extra and not inspect.iscoroutinefunction(fn):
+    if extra and not stack_program:
         raise TypeError(f"engine options ({', '.join(sorted(extra))}) are for a stack program (async def fn(stack)); "
                         "def fn(source) makes its own engine (only vlan_in_key and checksums go with it)")
     _outside_trio()
     if workers == 1:                    # no reader, no fork: the whole capture, here
         return [_call(fn, capture(path), engine_options)]
-    group = ProgramGroup(os.fspath(path), workers, fn=fn, batch_size=batch_size, engine_options=engine_options)
+    group = CaptureGroup(os.fspath(path), workers, fn=fn, batch_size=batch_size, engine_options=engine_options)
     return group.run()
 
 
@@ -81,44 +107,55 @@ def _outside_trio() -> None:
 
 
 class ProgramGroup(WorkerGroup):
-    """The reader and worker processes of one :func:`run_workers` call. Layer: shells."""
+    """The processes of one :func:`run_workers` call and what they send back: the subclasses make
+    the workers' shares and stop them. Layer: shells."""
 
-    def __init__(self, path: str, workers: int, *, fn, batch_size: int, engine_options: dict):
+    def __init__(self, workers: int, *, fn, engine_options: dict):
         super().__init__(workers)
-        self.path = path
         self.fn = fn
-        self.batch_size = batch_size
         self.engine_options = engine_options
-        self.ring = None
 
-    def run(self) -> list:
+    def _start(self) -> None:
+        """Fork the workers (and whatever feeds them)."""
+        raise NotImplementedError
+
+    def _stop(self) -> None:
+        """End the workers' input (Ctrl-C, the duration): they finish on what they got."""
+        raise NotImplementedError
+
+    def _abort(self) -> None:
+        """A process failed: the others leave."""
+        raise NotImplementedError
+
+    def _fork_workers(self, share) -> None:
+        """Fork the workers, each running ``fn`` on ``share(index)``."""
         import multiprocessing
+
+        ctx = multiprocessing.get_context("fork")
+        for index in range(self.workers):
+            self._fork(ctx, _program_worker, index, self.fn, self.engine_options, share)
+
+    def run(self, deadline: float | None = None) -> list:
+        """Start, then gather each worker's result until all have sent theirs; at ``deadline``
+        (time.monotonic()) or Ctrl-C, the input ends first."""
         import multiprocessing.connection
 
-        source = capture(self.path, chunk_size=CAPTURE_BLOCK)
-        source.open()                   # a missing or damaged file fails here, once
-        try:
-            self.ring = ShardRing(self.workers, slot_frames=self.batch_size,
-                                  vlan_in_key=bool(self.engine_options.get("vlan_in_key", False)),
-                                  checksums=self.engine_options.get("checksums", "ignore"))
-            ctx = multiprocessing.get_context("fork")
-            for index in range(self.workers):
-                self._fork(ctx, _program_worker, self.ring, index, self.workers, self.fn, self.engine_options)
-            fork_reader(lambda: self._fork(ctx, reader_main, self.ring, source, self.batch_size))
-        finally:
-            source.close()              # the reader has its own
         results = [None] * self.workers
         damaged = failure = None
-        interrupted = False
-        live = {conn: i for i, conn in enumerate(self._conns)}     # the workers, then the reader
+        interrupted = stopped = False
         try:
+            self._start()
+            live = {conn: i for i, conn in enumerate(self._conns)}     # the workers, then a reader
             while live:
+                timeout = None if deadline is None or stopped else max(deadline - time.monotonic(), 0.0)
                 try:
-                    ready = multiprocessing.connection.wait(list(live))
+                    ready = multiprocessing.connection.wait(list(live), timeout)
                 except KeyboardInterrupt:
                     interrupted = True
-                    stop_reader(self.ring, self._procs[-1].pid, int(EndReason.INTERRUPTED))
-                    continue
+                    ready = []
+                if (interrupted or (deadline is not None and time.monotonic() >= deadline)) and not stopped:
+                    stopped = True
+                    self._stop()
                 for conn in ready:
                     i = live.pop(conn)
                     who = "the reader" if i == self.workers else f"worker {i}"
@@ -137,10 +174,9 @@ class ProgramGroup(WorkerGroup):
                     elif msg[0] == "failed":
                         failure = failure or WorkerError(f"{who} failed:\n{msg[1]}")
                 if failure is not None:
-                    self.ring.abort()
                     break
         finally:
-            self.ring.abort()           # a worker or the reader still waiting leaves
+            self._abort()               # a process still waiting leaves
             self._join()
         if failure is not None:
             raise failure
@@ -149,6 +185,86 @@ class ProgramGroup(WorkerGroup):
         if interrupted:
             raise KeyboardInterrupt
         return results
+
+
+class CaptureGroup(ProgramGroup):
+    """:func:`run_workers` on a capture: a reader feeds the workers through a ShardRing."""
+
+    def __init__(self, path: str, workers: int, *, fn, batch_size: int, engine_options: dict):
+        super().__init__(workers, fn=fn, engine_options=engine_options)
+        self.path = path
+        self.batch_size = batch_size
+        self.ring = None
+
+    def _start(self) -> None:
+        import multiprocessing
+
+        source = capture(self.path, chunk_size=CAPTURE_BLOCK)
+        source.open()                   # a missing or damaged file fails here, once
+        try:
+            self.ring = ShardRing(self.workers, slot_frames=self.batch_size,
+                                  vlan_in_key=bool(self.engine_options.get("vlan_in_key", False)),
+                                  checksums=self.engine_options.get("checksums", "ignore"))
+            self._fork_workers(self._share)
+            ctx = multiprocessing.get_context("fork")
+            fork_stoppable(lambda: self._fork(ctx, reader_main, self.ring, source, self.batch_size))
+        finally:
+            source.close()              # the reader has its own
+
+    def _share(self, index: int) -> RingSource:
+        become_worker(index, self.workers, self.ring)
+        return RingSource(self.ring, index, path=self.path)
+
+    def _stop(self) -> None:
+        stop_reader(self.ring, self._procs[-1].pid, int(EndReason.INTERRUPTED))
+
+    def _abort(self) -> None:
+        if self.ring is not None:
+            self.ring.abort()
+
+
+class PortGroup(ProgramGroup):
+    """:func:`run_workers` on a live port: aiomb's steering program sends each worker its flows'
+    frames through a veth pair of its own (:class:`aiomb.io._fanout.Fanout`)."""
+
+    def __init__(self, port: Port, workers: int, *, fn, engine_options: dict):
+        super().__init__(workers, fn=fn, engine_options=engine_options)
+        self.port = port
+        self.fanout = Fanout(port.iface, workers, mode=port.mode, netns=port.netns, force=port.force,
+                             prefilter=port.prefilter)
+
+    def _start(self) -> None:
+        from ._live_workers import READY_TIMEOUT
+
+        self.fanout.open()
+        fork_stoppable(lambda: self._fork_workers(self._share))     # SIGUSR1 ends a worker's input
+        if not self.fanout.attach_when_ready(lambda: not all(p.is_alive() for p in self._procs), READY_TIMEOUT):
+            self._stop()                # a worker failed (its message says why) or none came in time
+            if all(p.is_alive() for p in self._procs):
+                raise PortError(f"{self.port.iface}: the workers did not open their ports within "
+                                f"{READY_TIMEOUT:.0f} s")
+
+    def _share(self, index: int) -> Port:
+        become_worker(index, self.workers, steered=True)
+        share = Port(self.fanout.worker_ifaces[index], mode="native", netns=self.port.netns,
+                     frame_size=self.port.frame_size, frames=self.port.frames, tick=self.port.tick)
+        signal.signal(signal.SIGUSR1, lambda signum, frame: share.stop())
+        signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
+        return share
+
+    def _stop(self) -> None:
+        self.fanout.detach()            # no new frames; then every worker ends its flows
+        for proc in self._procs:
+            try:
+                os.kill(proc.pid, signal.SIGUSR1)
+            except ProcessLookupError:
+                pass
+
+    def _abort(self) -> None:
+        try:
+            self._stop()
+        finally:
+            self.fanout.close()
 
 
 def _worker_exception(who: str, pickled: bytes | None, text: str) -> BaseException:
@@ -164,12 +280,11 @@ def _worker_exception(who: str, pickled: bytes | None, text: str) -> BaseExcepti
     return exc
 
 
-def _program_worker(conn, ring: ShardRing, index: int, count: int, fn, engine_options: dict) -> None:
-    """A worker's life: ``fn`` on its share of the ring; what it returned (or raised) to the parent."""
+def _program_worker(conn, index: int, fn, engine_options: dict, share) -> None:
+    """A worker's life: ``fn`` on ``share(index)``; what it returned (or raised) to the parent."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # the parent ends the input instead
-    become_worker(index, count, ring)
     try:
-        result = _call(fn, RingSource(ring, index), engine_options)
+        result = _call(fn, share(index), engine_options)
         try:
             conn.send(("result", result))
         except Exception as exc:
@@ -188,17 +303,26 @@ def _program_worker(conn, ring: ShardRing, index: int, count: int, fn, engine_op
         conn.close()
 
 
-def _call(fn, source, engine_options: dict):
+def _call(fn, source, engine_options: dict, duration: float | None = None):
     """What ``fn`` returns run on ``source``: under Trio on a stack (a coroutine function), or
-    called with the source."""
-    if inspect.iscoroutinefunction(fn):
-        import trio
-
-        return trio.run(_stack_program, fn, source, engine_options)
+    called with the source; a live source is stopped after ``duration`` seconds."""
+    stopper = None
+    if duration is not None:
+        stopper = threading.Timer(duration, source.stop)
+        stopper.daemon = True
+        stopper.start()
     try:
-        return fn(source)
+        if inspect.iscoroutinefunction(fn):
+            import trio
+
+            return trio.run(_stack_program, fn, source, engine_options)
+        try:
+            return fn(source)
+        finally:
+            source.close()
     finally:
-        source.close()
+        if stopper is not None:
+            stopper.cancel()
 
 
 async def _stack_program(fn, source, engine_options: dict):

@@ -120,9 +120,10 @@ def _read(source, batch):
         _waiting = False
 
 
-def fork_reader(start) -> None:
-    """Call ``start()``, which forks the reader, with SIGUSR1 blocked: the reader keeps it
-    blocked until its handler is in place (an early stop_reader() cannot kill it)."""
+def fork_stoppable(start) -> None:
+    """Call ``start()``, which forks processes that SIGUSR1 stops (the reader, a live worker),
+    with SIGUSR1 blocked: a child keeps it blocked until its handler is in place (an early
+    stop cannot kill it)."""
     old = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGUSR1})
     try:
         start()
@@ -144,7 +145,7 @@ def stop_reader(ring: ShardRing, pid: int | None, reason: int) -> None:
 def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
     """The reader's life: the capture's frames into the ring, batch by batch, then its end (the
     end of the file, a stop the parent asked for, or a damaged record: reported here). Forked
-    by :func:`fork_reader`, stopped by :func:`stop_reader`."""
+    by :func:`fork_stoppable`, stopped by :func:`stop_reader`."""
     quiet_signals()
     signal.signal(signal.SIGUSR1, _stop_waiting)
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
@@ -344,7 +345,7 @@ class ShardedRun(WorkerGroup):
             ctx = multiprocessing.get_context("fork")
             for index in range(self.workers):
                 self._fork(ctx, _worker, self._ring, index, self.workers, self.options)
-            fork_reader(lambda: self._fork(ctx, reader_main, self._ring, source, batch_size))
+            fork_stoppable(lambda: self._fork(ctx, reader_main, self._ring, source, batch_size))
             self._reader_pid = self._procs[-1].pid
         finally:
             source.close()              # the reader has its own

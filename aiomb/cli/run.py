@@ -13,7 +13,6 @@ import os
 import signal
 import sys
 import threading
-import time
 
 from .._errors import CaptureError, PortError
 from .._workers import DamagedElsewhere, become_worker, worker_source
@@ -172,7 +171,6 @@ def run_port_workers(args) -> int:
     steering program sends it (its own veth pair and port); the steering starts once every
     worker's port is open and stops when they are all done. Signals are passed on to them."""
     from .._live_workers import READY_TIMEOUT
-    from ..io import _bpf, _xdp
     from ..io._fanout import Fanout
     from ..io._port import port
 
@@ -191,17 +189,10 @@ def run_port_workers(args) -> int:
         forward = forwarder(pids)
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
         try:
-            deadline = time.monotonic() + READY_TIMEOUT
-            with _xdp.in_netns(args.netns), _xdp.IPRoute() as ipr:
-                ends = [_xdp.ifindex(ipr, name) for name in fan.worker_ifaces]
-                while any(_xdp.query(ipr, i).name != _bpf.PROGRAM_NAME for i in ends):
-                    if time.monotonic() > deadline or any(
-                            os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) for pid in pids):
-                        forward(signal.SIGTERM, None)
-                        break
-                    time.sleep(0.02)
-                else:
-                    fan.attach()
+            if not fan.attach_when_ready(
+                    lambda: any(os.waitid(os.P_PID, pid, os.WEXITED | os.WNOHANG | os.WNOWAIT) for pid in pids),
+                    READY_TIMEOUT):
+                forward(signal.SIGTERM, None)
             statuses = wait_workers(pids, fan.detach)
         finally:
             for s, h in previous.items():
@@ -221,7 +212,7 @@ def run_workers(args) -> int:
 
     from .._core import ShardRing
     from .._records import CAPTURE_BLOCK
-    from .._workers import fork_reader, reader_main, stop_reader
+    from .._workers import fork_stoppable, reader_main, stop_reader
 
     try:
         source = capture(args.pcap, chunk_size=CAPTURE_BLOCK)
@@ -235,7 +226,7 @@ def run_workers(args) -> int:
     sys.stderr.flush()
     reader = multiprocessing.get_context("fork").Process(target=reader_main, args=(mine, ring, source, 2048),
                                                          name="aiomb-reader", daemon=True)
-    fork_reader(reader.start)
+    fork_stoppable(reader.start)
     mine.close()
     source.close()                      # the reader has its own
     pids = fork_workers(args, lambda index: become_worker(index, args.workers, ring))

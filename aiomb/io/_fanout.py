@@ -20,6 +20,7 @@ with jumbo frames is refused when the pairs are made, with the fix.
 
 import os
 import re
+import time
 
 from .._errors import PortError
 from . import _bpf, _xdp
@@ -137,6 +138,20 @@ class Fanout:
             _xdp.clear(ipr, self._index, ifname=self.iface, force=self.force)
             _xdp.attach(ipr, self._index, self._prog_fd, self.mode, ifname=self.iface)
         self._attached = True
+
+    def attach_when_ready(self, gone, timeout: float) -> bool:
+        """Start steering once every worker's port is open (aiomb's program on its veth); False,
+        attaching nothing, once ``gone()`` says a worker ended first or ``timeout`` seconds
+        passed."""
+        deadline = time.monotonic() + timeout
+        with _xdp.in_netns(self.netns), _xdp.IPRoute() as ipr:
+            ends = [_xdp.ifindex(ipr, name) for name in self.worker_ifaces]
+            while any(_xdp.query(ipr, i).name != _bpf.PROGRAM_NAME for i in ends):
+                if time.monotonic() > deadline or gone():
+                    return False
+                time.sleep(0.02)
+        self.attach()
+        return True
 
     def detach(self) -> None:
         """Stop steering (if the program is still ours); idempotent."""

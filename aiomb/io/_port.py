@@ -134,6 +134,11 @@ class Port:
         ns = f", netns={self.netns!r}" if self.netns else ""
         return f"port({self.iface!r}{via}, mode={self.mode!r}{ns})"
 
+    @property
+    def queues(self) -> list | None:
+        """The RX queues asked for (None: every queue of the interface)."""
+        return self._queues
+
     # ---- opening and closing --------------------------------------------------------------
 
     async def aopen(self) -> None:

@@ -144,8 +144,18 @@ def test_misuse_is_refused_with_the_fix(tmp_path):
         aiomb.run_workers(ended_flows, path, workers=0)
     with pytest.raises(TypeError, match="give async def fn"):
         aiomb.run_workers(None, path, workers=2)
-    with pytest.raises(TypeError, match="aiomb run APP --iface IF --workers N"):
+    with pytest.raises(TypeError, match=r"give a capture's path, aiomb.capture\(path\) or aiomb.port\(IF\)"):
         aiomb.run_workers(ended_flows, object(), workers=2)
+    with pytest.raises(ValueError, match="duration= is for a live port"):
+        aiomb.run_workers(ended_flows, path, workers=2, duration=5)
+    with pytest.raises(ValueError, match="runs for duration= seconds"):
+        aiomb.run_workers(ended_flows, aiomb.port("lo"), workers=2)
+    with pytest.raises(ValueError, match="without inline= and queues="):
+        aiomb.run_workers(ended_flows, aiomb.port("lo", inline="lo2"), workers=2, duration=1)
+    with pytest.raises(ValueError, match="without inline= and queues="):
+        aiomb.run_workers(ended_flows, aiomb.port("lo", queues=[0]), workers=2, duration=1)
+    with pytest.raises(TypeError, match=r"def fn\(source\) makes its own engine$"):
+        aiomb.run_workers(accepted_flows, aiomb.port("lo"), workers=2, duration=1, vlan_in_key=True)
     with pytest.raises(TypeError, match="only vlan_in_key and checksums"):
         aiomb.run_workers(accepted_flows, path, workers=2, midstream=True)
     with pytest.raises(aiomb.CaptureError, match="no such capture file"):

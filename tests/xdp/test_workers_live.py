@@ -7,9 +7,11 @@ spread over the workers as the steering hash says."""
 import json
 import subprocess
 import sys
+import threading
 
 from pyroute2 import IPRoute
 
+import aiomb
 from aiomb import EndReason
 from aiomb._live_workers import FanoutRun
 from aiomb.io import _bpf
@@ -153,3 +155,40 @@ def test_a_stale_fanout_is_replaced_and_misuse_refused(lab):
                                  "--workers", "2", "--queues", "0"], cwd=REPO, capture_output=True, text=True,
                                 timeout=60)
     assert run_queues.returncode == 2 and "drop --inline and --queues" in run_queues.stderr
+
+
+async def connection_ends(stack):
+    """Each TCP connection's end as a stack program in a worker sees it."""
+    ends = []
+    async with stack.subscribe(aiomb.CONN_END) as events:
+        async for ev in events:
+            key = ev.key
+            ends.append((str(key.client_ip), key.client_port, key.server_port, ev.reason.name,
+                         ev.stats.server.payload_bytes))
+    return aiomb.worker(), ends
+
+
+def test_run_workers_on_a_live_interface(lab):
+    """aiomb.run_workers(fn, aiomb.port(IF), workers=2, duration=S): each worker's stack gets
+    the flows steered to it, every connection ends once, and the steering and veths are gone
+    afterwards."""
+    left, watch, n = hosts(lab)
+    results = {}
+
+    def traffic():
+        wait_for(lambda: attached(watch, n) == _bpf.STEER_NAME, what="the steering program to attach")
+        results.update({ip: transfer(left, ip, 700, 7000) for ip in CLIENTS})
+
+    driver = threading.Thread(target=traffic)
+    driver.start()
+    try:
+        per_worker = aiomb.run_workers(connection_ends, aiomb.port(n, netns=watch), workers=2, duration=6)
+    finally:
+        driver.join(timeout=60)
+    assert [place for place, _ in per_worker] == [(0, 2), (1, 2)]
+    ends = [end for _, rows in per_worker for end in rows if end[2] == 5001]
+    assert sorted((ip, port) for ip, port, *_ in ends) == sorted((ip, r["local_port"]) for ip, r in results.items())
+    assert {(reason, payload) for *_, reason, payload in ends} == {("FIN", 7000)}
+    for k, (_, rows) in enumerate(per_worker):
+        assert {ip for ip, *_ in rows} == {ip for ip in CLIENTS if steered_to(ip, 2) == k}
+    assert attached(watch, n) is None and veths(watch) == []
