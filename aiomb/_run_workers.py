@@ -21,13 +21,20 @@ import traceback
 from ._core import ShardRing
 from ._errors import CaptureError, PortError
 from ._records import CAPTURE_BLOCK
-from ._workers import (DamagedElsewhere, RingSource, WorkerError, WorkerGroup, become_worker, fork_stoppable,
-                       reader_main, stop_reader)
+from ._workers import (
+    DamagedElsewhere,
+    RingSource,
+    WorkerError,
+    WorkerGroup,
+    become_worker,
+    fork_stoppable,
+    reader_main,
+    stop_reader,
+)
 from .flows._types import EndReason
 from .io._capture import CaptureSource, capture
 from .io._fanout import Fanout
 from .io._port import Port
-
 
 RING_OPTIONS = {"vlan_in_key", "checksums"}     # how the reader keys flows, as the engines do
 
