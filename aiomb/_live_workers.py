@@ -21,12 +21,11 @@ from .io._port import Port, PortStatistics
 READY_TIMEOUT = 30.0    # seconds the live workers have to open their ports
 
 
-def _port_worker(conn, iface: str, netns: str | None, port_options: dict, options: dict) -> None:
+def _port_worker(conn, source: Port, options: dict) -> None:
     """A live worker's life: its veth's frames through its own engine, sending each batch of
     records to the parent; ready once its port is open; stops when the parent says so."""
     quiet_signals()
     try:
-        source = Port(iface, mode="native", netns=netns, **port_options)
         run = FlowRun(source, **options)
         ready = False
 
@@ -77,7 +76,6 @@ class FanoutRun(WorkerGroup):
         super().__init__(workers, progress=progress, **options)
         self.fanout = Fanout(iface, workers, mode=mode, netns=netns, force=force, prefilter=prefilter)
         self.iface = iface
-        self.netns = netns
         self.port_options = dict(frames=frames, frame_size=frame_size)
         self._ports: list = [None] * workers      # each worker's port statistics, once it is done
 
@@ -87,8 +85,8 @@ class FanoutRun(WorkerGroup):
 
         self.fanout.open()
         ctx = multiprocessing.get_context("fork")
-        for iface in self.fanout.worker_ifaces:
-            self._fork(ctx, _port_worker, iface, self.netns, self.port_options, self.options)
+        for index in range(self.workers):
+            self._fork(ctx, _port_worker, self.fanout.worker_port(index, **self.port_options), self.options)
         waiting = set(self._conns)
         deadline = time.monotonic() + READY_TIMEOUT
         while waiting:

@@ -47,8 +47,9 @@ def run_workers(fn, source, *, workers: int, duration: float | None = None, batc
     ``source`` is a capture's path (or :func:`aiomb.capture` of one; a named pipe will do: it is
     read once): one reader process reads it and hands each worker the frames of the flows that
     hash to it (both directions of a flow alike: each flow is seen by exactly one worker). Or a
-    passive :func:`aiomb.port` for ``duration`` seconds: aiomb's steering program sends each
-    worker the frames of its flows (by IP address pair, see README "Many cores").
+    live :func:`aiomb.port` for ``duration`` seconds, passive or inline: aiomb's steering
+    program sends each worker the frames of its flows (by IP address pair, see README "Many
+    cores"), and inline each worker forwards them (or its handlers drop them).
     ``fn`` is either ``async def fn(stack)``, run under Trio on a stack opened on the worker's
     share (``open_stack(share, **engine_options)``; the worker ends once ``fn`` has returned and
     the stack has processed its whole share), or ``def fn(source)``, called with the share itself
@@ -72,9 +73,9 @@ def run_workers(fn, source, *, workers: int, duration: float | None = None, batc
         raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
     stack_program = inspect.iscoroutinefunction(fn)
     if isinstance(source, Port):
-        if source.inline is not None or source.queues is not None:
-            raise ValueError("run_workers() on a live port is passive and takes every queue: give aiomb.port(IF) "
-                             "without inline= and queues= (the steering program runs on every queue)")
+        if source.queues is not None:
+            raise ValueError("run_workers() on a live port takes every queue (the steering program runs on each): "
+                             "give aiomb.port(IF) without queues=")
         if duration is None or not duration > 0:
             raise ValueError(f"run_workers() on a live port runs for duration= seconds (> 0), got {duration!r}")
         if engine_options and not stack_program:
@@ -237,8 +238,8 @@ class PortGroup(ProgramGroup):
     def __init__(self, port: Port, workers: int, *, fn, engine_options: dict):
         super().__init__(workers, fn=fn, engine_options=engine_options)
         self.port = port
-        self.fanout = Fanout(port.iface, workers, mode=port.mode, netns=port.netns, force=port.force,
-                             prefilter=port.prefilter)
+        self.fanout = Fanout(port.iface, workers, inline=port.inline, mode=port.mode, netns=port.netns,
+                             force=port.force, prefilter=port.prefilter)
 
     def _start(self) -> None:
         from ._live_workers import READY_TIMEOUT
@@ -253,8 +254,8 @@ class PortGroup(ProgramGroup):
 
     def _share(self, index: int) -> Port:
         become_worker(index, self.workers, steered=True)
-        share = Port(self.fanout.worker_ifaces[index], mode="native", netns=self.port.netns,
-                     frame_size=self.port.frame_size, frames=self.port.frames, tick=self.port.tick)
+        share = self.fanout.worker_port(index, frame_size=self.port.frame_size, frames=self.port.frames,
+                                        tick=self.port.tick)
         signal.signal(signal.SIGUSR1, lambda signum, frame: share.stop())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         return share

@@ -101,9 +101,9 @@ def cmd_run(args) -> int:
         if not os.path.isfile(args.app):
             raise UsageError(f"middlebox module not found: {args.app}")
         if args.iface is not None:
-            if args.inline or args.queues:
-                raise UsageError("--workers on a live port is passive and takes every queue: drop --inline "
-                                 "and --queues (or --workers)")
+            if args.queues:
+                raise UsageError("--workers on a live port takes every queue (the steering program runs on "
+                                 "each): drop --queues (or --workers)")
             return run_port_workers(args)
         return run_workers(args)
     return run_one(args)
@@ -168,15 +168,15 @@ def wait_workers(pids, on_failure) -> list:
 
 def run_port_workers(args) -> int:
     """Run the app in ``args.workers`` processes on a live port, each on the frames aiomb's
-    steering program sends it (its own veth pair and port); the steering starts once every
-    worker's port is open and stops when they are all done. Signals are passed on to them."""
+    steering program sends it (its own veth pair and port; inline, two joined); the steering
+    starts once every worker's port is open and stops when they are all done. Signals are
+    passed on to them."""
     from .._live_workers import READY_TIMEOUT
     from ..io._fanout import Fanout
-    from ..io._port import port
 
     if os.geteuid() != 0:
         raise UsageError("live ports (--iface) need root (AF_XDP sockets and XDP programs)")
-    fan = Fanout(args.iface, args.workers, mode=args.mode, netns=args.netns, force=args.force,
+    fan = Fanout(args.iface, args.workers, inline=args.inline, mode=args.mode, netns=args.netns, force=args.force,
                  prefilter=parse_prefilter(args))
     try:
         fan.open()
@@ -185,7 +185,7 @@ def run_port_workers(args) -> int:
         return 1
     try:
         pids = fork_workers(args, lambda index: become_worker(index, args.workers, steered=True),
-                            lambda index: port(fan.worker_ifaces[index], mode="native", netns=args.netns))
+                            fan.worker_port)
         forward = forwarder(pids)
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
         try:
@@ -331,6 +331,7 @@ def add_parser(sub) -> None:
     r.add_argument("--midstream", action="store_true", help="pick up flows without a handshake")
     r.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
     r.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run the app in N processes, each on the flows that hash to it (a capture file); "
-                        "aiomb.worker() tells each which it is")
+                   help="run the app in N processes, each on the flows that hash to it (a capture, or a live "
+                        "port through aiomb's steering program, passive or --inline); aiomb.worker() tells each "
+                        "which it is")
     r.set_defaults(func=cmd_run)

@@ -482,14 +482,15 @@ def _mix32(a: Asm, reg: int, tmp: int) -> None:
     a.mov(tmp, reg).alu32("rsh", tmp, imm=16).alu32("xor", reg, tmp)
 
 
-def steering_program(devmap_fd: int, count: int, prefilter=None) -> bytes:
+def steering_program(devmap_fd: int, count: int, prefilter=None, bypass_ifindex: int = 0) -> bytes:
     """Send each frame to one of ``count`` workers: ``bpf_redirect_map(&workers, k, XDP_PASS)``.
 
     ``k`` is a symmetric hash of the frame's IP address pair (the same for both directions:
     mix(src) + mix(dst), each IPv6 address folded to 32 bits first), scaled to ``count``: every
     packet between two hosts, fragments included, reaches one worker. Frames that are not IP
     (after up to two VLAN tags) go to worker 0. With a ``prefilter``, the frames it rejects go
-    on to the kernel (XDP_PASS). Registers: r6 ctx, r7 data, r8 data_end, r9 the network
+    on to the kernel (XDP_PASS), or, with ``bypass_ifindex`` (inline workers), straight out of
+    that interface (``bpf_redirect``). Registers: r6 ctx, r7 data, r8 data_end, r9 the network
     header's offset, r4 the hash.
     """
     if not 1 <= count <= 1024:
@@ -499,7 +500,10 @@ def steering_program(devmap_fd: int, count: int, prefilter=None) -> bytes:
     if prefilter is not None:
         prefilter.emit(a, accept="s_accept", reject="s_reject")
         a.label("s_reject")
-        a.mov(0, imm=XDP_PASS)
+        if bypass_ifindex:
+            a.mov(1, imm=bypass_ifindex).mov(2, imm=0).call(BPF_FUNC_REDIRECT)
+        else:
+            a.mov(0, imm=XDP_PASS)
         a.exit()
         a.label("s_accept")
     a.mov(4, imm=0)                             # not IP: worker 0
@@ -531,6 +535,12 @@ def steering_program(devmap_fd: int, count: int, prefilter=None) -> bytes:
     a.call(BPF_FUNC_REDIRECT_MAP)
     a.exit()
     return a.code()
+
+
+def forward_program(ifindex: int) -> bytes:
+    """``return bpf_redirect(ifindex, 0);``: every frame straight out of that interface (an
+    inline worker's frames, from the far end of its veth, out to the wire)."""
+    return Asm().mov(1, imm=ifindex).mov(2, imm=0).call(BPF_FUNC_REDIRECT).exit().code()
 
 
 def steering_hash(frame: bytes, count: int) -> int:
