@@ -117,3 +117,26 @@ def test_aiomb_run_inline_workers(lab):
     summaries = [line for line in lines if " flows: " in line]
     assert len(summaries) == 2
     assert attached(mid, x) is None and attached(mid, y) is None and veths(mid) == []
+
+
+def test_frames_the_prefilter_rejects_bypass_the_workers(lab):
+    """With a pre-filter taking only port 5001, the steering programs send port 5002's frames
+    straight out of the other interface: no worker sees them, so its handler cannot drop them."""
+    client, mid, x, y = topology(lab)
+    results = {}
+
+    def traffic():
+        wait_for(lambda: attached(mid, x) == attached(mid, y) == _bpf.STEER_NAME, what="the steering programs")
+        results.update({port: transfer(client, CLIENTS[0], port) for port in (5001, 5002)})
+
+    driver = threading.Thread(target=traffic)
+    driver.start()
+    try:
+        per_worker = aiomb.run_workers(guard_5002, aiomb.port(x, inline=y, netns=mid, prefilter={"ports": [5001]}),
+                                       workers=2, duration=6)
+    finally:
+        driver.join(timeout=90)
+    assert results[5001]["ok"] and results[5002]["ok"], results
+    ends = [end for _, rows, _ in per_worker for end in rows]
+    assert [(ip, port) for ip, _, port, *_ in ends] == [(CLIENTS[0], 5001)]
+    assert sum(dropped for *_, dropped in per_worker) == 0
