@@ -33,8 +33,6 @@ from ._workers import (
 )
 from .flows._types import EndReason
 from .io._capture import CaptureSource, capture
-from .io._fanout import Fanout
-from .io._port import Port
 
 RING_OPTIONS = {"vlan_in_key", "checksums"}     # how the reader keys flows, as the engines do
 
@@ -72,7 +70,11 @@ def run_workers(fn, source, *, workers: int, duration: float | None = None, batc
     if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
         raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
     stack_program = inspect.iscoroutinefunction(fn)
-    if isinstance(source, Port):
+    if getattr(source, "live", False):  # a live port (pyroute2 is imported for ports only)
+        from .io._port import Port
+
+        if not isinstance(source, Port):
+            raise TypeError(f"run_workers() takes aiomb.port(IF) as a live source, not {source!r}")
         if source.queues is not None:
             raise ValueError("run_workers() on a live port takes every queue (the steering program runs on each): "
                              "give aiomb.port(IF) without queues=")
@@ -235,7 +237,9 @@ class PortGroup(ProgramGroup):
     """:func:`run_workers` on a live port: aiomb's steering program sends each worker its flows'
     frames through a veth pair of its own (:class:`aiomb.io._fanout.Fanout`)."""
 
-    def __init__(self, port: Port, workers: int, *, fn, engine_options: dict):
+    def __init__(self, port, workers: int, *, fn, engine_options: dict):
+        from .io._fanout import Fanout
+
         super().__init__(workers, fn=fn, engine_options=engine_options)
         self.port = port
         self.fanout = Fanout(port.iface, workers, inline=port.inline, mode=port.mode, netns=port.netns,
@@ -252,7 +256,7 @@ class PortGroup(ProgramGroup):
                 raise PortError(f"{self.port.iface}: the workers did not open their ports within "
                                 f"{READY_TIMEOUT:.0f} s")
 
-    def _share(self, index: int) -> Port:
+    def _share(self, index: int):
         become_worker(index, self.workers, steered=True)
         share = self.fanout.worker_port(index, frame_size=self.port.frame_size, frames=self.port.frames,
                                         tick=self.port.tick)
