@@ -14,6 +14,7 @@ import inspect
 import os
 import pickle
 import signal
+import sys
 import threading
 import time
 import traceback
@@ -106,11 +107,8 @@ def run_workers(fn, source, *, workers: int, duration: float | None = None, batc
 
 
 def _outside_trio() -> None:
-    try:
-        import trio
-    except ImportError:                 # no Trio at all: not inside it either
-        return
-    if trio.lowlevel.in_trio_run():
+    trio = sys.modules.get("trio")      # not imported: not inside it either
+    if trio is not None and trio.lowlevel.in_trio_run():
         raise RuntimeError("run_workers() forks its workers, which a running Trio loop does not survive: "
                            "call it outside trio.run (e.g. at the top of your program, or in a Jupyter cell "
                            "as a plain call), and open the stacks in the function it runs")

@@ -222,3 +222,13 @@ def test_the_readme_example_runs_as_written(tmp_path):
     proc = subprocess.run([sys.executable, str(script)], cwd=repo, capture_output=True, timeout=120)
     assert proc.returncode == 0, proc.stderr.decode()
     assert proc.stdout.decode().rstrip().endswith("Counter({'fin': 4, 'rst': 2, 'end_of_capture': 1})")
+
+
+def test_a_synchronous_program_on_workers_needs_neither_trio_nor_pyroute2(tmp_path):
+    path = busy_capture(tmp_path / "busy.pcap", flows=20)
+    program = ("import sys, aiomb\n"
+               f"assert aiomb.run_workers(lambda source: aiomb.worker(), {str(path)!r}, workers=2) == [(0, 2), (1, 2)]\n"
+               "print(sorted(m for m in sys.modules if m.split('.')[0] in ('trio', 'pyroute2')))\n")
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "[]\n"
