@@ -482,12 +482,47 @@ def _mix32(a: Asm, reg: int, tmp: int) -> None:
     a.mov(tmp, reg).alu32("rsh", tmp, imm=16).alu32("xor", reg, tmp)
 
 
+ICMP_ERRORS = {"s_ipv4": (1, (3, 4, 5, 11, 12)), "s_ipv6": (58, (1, 2, 3, 4))}   # protocol, error types
+
+
+def _emit_quoted_header(a: Asm, family: str) -> None:
+    """If the packet at r9 is an ICMP error quoting a whole IP header of its own family, move r9
+    to the quoted header (its address pair is the flow's); else leave it. Uses r0-r3."""
+    proto, types = ICMP_ERRORS[family]
+    keep = f"{family}_addresses"
+    a.mov(2, 7).alu64("add", 2, 9)
+    a.mov(3, 2).alu64("add", 3, imm=20 if family == "s_ipv4" else 40)
+    a.jmp("jgt", 3, keep, src=8)
+    if family == "s_ipv4":
+        a.ldx(1, 0, 2, 9).jmp("jne", 0, keep, imm=proto)
+        a.ldx(2, 0, 2, 6).jmp("jset", 0, keep, imm=0xff1f)     # a later fragment: no ICMP header
+        a.ldx(1, 1, 2, 0).alu64("and", 1, imm=0xf).alu64("lsh", 1, imm=2)
+        a.jmp("jlt", 1, keep, imm=20)
+        inner, version = 20, 4
+    else:
+        a.ldx(1, 0, 2, 6).jmp("jne", 0, keep, imm=proto)       # no extension header before it
+        a.mov(1, imm=40)
+        inner, version = 40, 6
+    a.alu64("add", 2, 1)                        # r2: the ICMP header, r1: the IP header's length
+    a.mov(3, 2).alu64("add", 3, imm=8 + inner)
+    a.jmp("jgt", 3, keep, src=8)
+    a.ldx(1, 0, 2, 0)
+    for t in types:
+        a.jmp("jeq", 0, f"{family}_error", imm=t)
+    a.jmp("ja", 0, keep)
+    a.label(f"{family}_error")
+    a.ldx(1, 0, 2, 8).alu64("rsh", 0, imm=4).jmp("jne", 0, keep, imm=version)
+    a.alu64("add", 9, 1).alu64("add", 9, imm=8)
+
+
 def steering_program(devmap_fd: int, count: int, prefilter=None, bypass_ifindex: int = 0) -> bytes:
     """Send each frame to one of ``count`` workers: ``bpf_redirect_map(&workers, k, XDP_PASS)``.
 
     ``k`` is a symmetric hash of the frame's IP address pair (the same for both directions:
     mix(src) + mix(dst), each IPv6 address folded to 32 bits first), scaled to ``count``: every
-    packet between two hosts, fragments included, reaches one worker. Frames that are not IP
+    packet between two hosts, fragments included, reaches one worker. An ICMP error (ICMPv4
+    types 3, 4, 5, 11, 12; ICMPv6 1 to 4) is hashed by the address pair of the packet it quotes,
+    so that a router's error reaches the worker of the flow it is about. Frames that are not IP
     (after up to two VLAN tags) go to worker 0. With a ``prefilter``, the frames it rejects go
     on to the kernel (XDP_PASS), or, with ``bypass_ifindex`` (inline workers), straight out of
     that interface (``bpf_redirect``). Registers: r6 ctx, r7 data, r8 data_end, r9 the network
@@ -514,6 +549,8 @@ def steering_program(devmap_fd: int, count: int, prefilter=None, bypass_ifindex:
     for family, length, addr_words in (("s_ipv4", 20, ((12,), (16,))),
                                         ("s_ipv6", 40, ((8, 12, 16, 20), (24, 28, 32, 36)))):
         a.label(family)
+        _emit_quoted_header(a, family)
+        a.label(f"{family}_addresses")
         a.mov(2, 7).alu64("add", 2, 9)
         a.mov(3, 2).alu64("add", 3, imm=length)
         a.jmp("jgt", 3, "s_pick", src=8)
@@ -543,6 +580,22 @@ def forward_program(ifindex: int) -> bytes:
     return Asm().mov(1, imm=ifindex).mov(2, imm=0).call(BPF_FUNC_REDIRECT).exit().code()
 
 
+def _quoted_header(frame: bytes, off: int, ipv4: bool) -> int:
+    """Where the steering program reads the address pair: the header an ICMP error at ``off``
+    quotes (see :func:`_emit_quoted_header`), else ``off``."""
+    if ipv4:
+        if frame[off + 9] != 1 or (frame[off + 6] & 0x1f) or frame[off + 7] or (frame[off] & 0xf) * 4 < 20:
+            return off
+        icmp, inner, version, types = off + (frame[off] & 0xf) * 4, 20, 4, ICMP_ERRORS["s_ipv4"][1]
+    else:
+        if frame[off + 6] != 58:
+            return off
+        icmp, inner, version, types = off + 40, 40, 6, ICMP_ERRORS["s_ipv6"][1]
+    if len(frame) < icmp + 8 + inner or frame[icmp] not in types or frame[icmp + 8] >> 4 != version:
+        return off
+    return icmp + 8
+
+
 def steering_hash(frame: bytes, count: int) -> int:
     """The worker :func:`steering_program` sends ``frame`` to (for tests and tools)."""
     def mix(x: int) -> int:
@@ -558,6 +611,7 @@ def steering_hash(frame: bytes, count: int) -> int:
     words = {b"\x08\x00": ((12,), (16,)), b"\x86\xdd": ((8, 12, 16, 20), (24, 28, 32, 36))}.get(ethertype)
     if words is None or len(frame) < off + (20 if ethertype == b"\x08\x00" else 40):
         return 0
+    off = _quoted_header(frame, off, ethertype == b"\x08\x00")
     h = 0
     for addr in words:
         folded = 0

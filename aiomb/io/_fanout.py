@@ -8,7 +8,8 @@ steering program (``aiomb_steer``) to the interface. It hashes each frame's IP a
 the same for both directions, and redirects the frame into worker k's veth
 (``bpf_redirect_map`` on a DEVMAP); worker k reads the far end with its own port (AF_XDP,
 native XDP on the veth, :meth:`Fanout.worker_port`). Every packet between two hosts, fragments
-included, reaches one worker; frames that are not IP go to worker 0.
+included, reaches one worker, and an ICMP error the worker of the flow it quotes; frames that
+are not IP go to worker 0.
 
 Inline (``inline=IF2``): each worker has a second pair, fed by the same steering on IF2, and
 its port joins its two far ends inline. What it sends out of one far end comes out of the near

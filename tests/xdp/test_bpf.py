@@ -1,5 +1,6 @@
 """The eBPF assembler, the bpf(2) loader and XDP attach/detach with pyroute2, on a real kernel."""
 
+import ipaddress
 import os
 import socket
 import struct
@@ -230,13 +231,58 @@ def test_the_steering_program_sends_both_directions_to_the_worker_its_hash_names
     chosen = [_bpf.steering_hash(f, count) for f in frames]
     assert all(chosen[i] == chosen[i + 1] == chosen[i + 2] == chosen[i + 3] for i in range(0, 4 * len(pairs), 4))
     assert set(chosen) == {0, 1, 2} and chosen[-1] == 0
+    assert steered_by_kernel(frames, count) == chosen
+
+
+def steered_by_kernel(frames, count):
+    """The worker the loaded steering program sends each frame to: with only worker k's slot
+    of the DEVMAP filled, it redirects exactly the frames it steers to k."""
+    chosen = [None] * len(frames)
     for k in range(count):
         devmap = _bpf.map_create(_bpf.BPF_MAP_TYPE_DEVMAP, 4, 4, count, name="aiomb_workers")
         _bpf.map_update(devmap, k.to_bytes(4, "little"), (1).to_bytes(4, "little"))     # lo
         prog = _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, _bpf.steering_program(devmap, count), name=_bpf.STEER_NAME)
         try:
-            got = [_bpf.prog_test_run(prog, f)[0] for f in frames]
+            for i, frame in enumerate(frames):
+                if _bpf.prog_test_run(prog, frame)[0] == _bpf.XDP_REDIRECT:
+                    assert chosen[i] is None
+                    chosen[i] = k
         finally:
             os.close(prog)
             os.close(devmap)
-        assert got == [_bpf.XDP_REDIRECT if c == k else _bpf.XDP_PASS for c in chosen]
+    return chosen
+
+
+def quoting(router, frame, *, type, keep=28, vlan=()):
+    """An ICMP error from ``router`` about ``frame`` (Ethernet), quoting its first ``keep`` bytes
+    of IP packet, sent back to the frame's sender."""
+    packet = frame[14:]
+    src = str(ipaddress.ip_address(packet[12:16] if packet[0] >> 4 == 4 else packet[8:24]))
+    return icmp_frame(router, src, type=type, payload=bytes(4) + packet[:keep], vlan=vlan)
+
+
+def test_an_icmp_error_goes_to_the_worker_of_the_flow_it_quotes():
+    """A router's ICMP error (its own address pair with the client) is steered by the packet it
+    quotes: to the flow's worker, in the kernel as in steering_hash()."""
+    count = 3
+    flows = [tcp_frame(f"10.0.{i}.1", "10.9.9.9", 40000 + i, 80) for i in range(6)] + \
+            [udp_frame(f"fd00::{i + 1:x}", "fd00::ff", 5000 + i, 53) for i in range(6)]
+    errors = []
+    for frame in flows:
+        v4 = frame[14] >> 4 == 4
+        router = "192.0.2.254" if v4 else "2001:db8::fe"
+        for t in ((3, 11, 12, 4, 5) if v4 else (1, 2, 3, 4)):
+            errors.append((frame, quoting(router, frame, type=t, keep=28 if v4 else 48)))
+    errors.append((flows[0], quoting("192.0.2.254", flows[0], type=3, vlan=[7, 9])))
+    want = [_bpf.steering_hash(flow, count) for flow, _ in errors]
+    assert set(want) == {0, 1, 2}
+    assert [_bpf.steering_hash(error, count) for _, error in errors] == want
+    # what is not an error quoting a whole header of its family is steered by its own pair
+    outer = [icmp_frame("192.0.2.254", "10.0.0.1", type=8, payload=bytes(4) + flows[0][14:42]),   # echo
+             quoting("192.0.2.254", flows[0], type=3, keep=19),                                   # quote cut short
+             icmp_frame("192.0.2.254", "10.0.0.1", type=3, payload=bytes(4) + flows[6][14:62])]    # IPv6 inside
+    for frame in outer:
+        assert _bpf.steering_hash(frame, count) == _bpf.steering_hash(
+            tcp_frame("192.0.2.254", "10.0.0.1", 1, 1), count)
+    frames = [error for _, error in errors] + outer
+    assert steered_by_kernel(frames, count) == [_bpf.steering_hash(f, count) for f in frames]
