@@ -18,10 +18,9 @@ import sys
 import threading
 import time
 import traceback
+from functools import partial
 
-from ._core import ShardRing
 from ._errors import CaptureError, PortError
-from ._records import CAPTURE_BLOCK
 from ._workers import (
     DamagedElsewhere,
     RingSource,
@@ -29,7 +28,6 @@ from ._workers import (
     WorkerGroup,
     become_worker,
     fork_stoppable,
-    reader_main,
     stop_reader,
 )
 from .flows._types import EndReason
@@ -135,11 +133,8 @@ class ProgramGroup(WorkerGroup):
         """A process failed: the others leave."""
         raise NotImplementedError
 
-    def _fork_workers(self, share) -> None:
+    def _fork_workers(self, share, ctx) -> None:
         """Fork the workers, each running ``fn`` on ``share(index)``."""
-        import multiprocessing
-
-        ctx = multiprocessing.get_context("fork")
         for index in range(self.workers):
             self._fork(ctx, _program_worker, index, self.fn, self.engine_options, share)
 
@@ -205,23 +200,14 @@ class CaptureGroup(ProgramGroup):
         self.ring = None
 
     def _start(self) -> None:
-        import multiprocessing
+        def share(ring, index: int) -> RingSource:
+            become_worker(index, self.workers, ring)
+            return RingSource(ring, index, path=self.path)
 
-        source = capture(self.path, chunk_size=CAPTURE_BLOCK)
-        source.open()                   # a missing or damaged file fails here, once
-        try:
-            self.ring = ShardRing(self.workers, slot_frames=self.batch_size,
-                                  vlan_in_key=bool(self.engine_options.get("vlan_in_key", False)),
-                                  checksums=self.engine_options.get("checksums", "ignore"))
-            self._fork_workers(self._share)
-            ctx = multiprocessing.get_context("fork")
-            fork_stoppable(lambda: self._fork(ctx, reader_main, self.ring, source, self.batch_size))
-        finally:
-            source.close()              # the reader has its own
-
-    def _share(self, index: int) -> RingSource:
-        become_worker(index, self.workers, self.ring)
-        return RingSource(self.ring, index, path=self.path)
+        self.ring = self._fork_ring(self.path, lambda ring, ctx: self._fork_workers(partial(share, ring), ctx),
+                                    batch_size=self.batch_size,
+                                    vlan_in_key=bool(self.engine_options.get("vlan_in_key", False)),
+                                    checksums=self.engine_options.get("checksums", "ignore"))
 
     def _stop(self) -> None:
         stop_reader(self.ring, self._procs[-1].pid, int(EndReason.INTERRUPTED))
@@ -244,10 +230,13 @@ class PortGroup(ProgramGroup):
                              force=port.force, prefilter=port.prefilter)
 
     def _start(self) -> None:
+        import multiprocessing
+
         from ._live_workers import READY_TIMEOUT
 
         self.fanout.open()
-        fork_stoppable(lambda: self._fork_workers(self._share))     # SIGUSR1 ends a worker's input
+        ctx = multiprocessing.get_context("fork")
+        fork_stoppable(lambda: self._fork_workers(self._share, ctx))    # SIGUSR1 ends a worker's input
         if not self.fanout.attach_when_ready(lambda: not all(p.is_alive() for p in self._procs), READY_TIMEOUT):
             self._stop()                # a worker failed (its message says why) or none came in time
             if all(p.is_alive() for p in self._procs):

@@ -285,6 +285,23 @@ class WorkerGroup:
         self._conns.append(parent)
         self._procs.append(proc)
 
+    def _fork_ring(self, path, fork_workers, *, batch_size: int, vlan_in_key: bool, checksums: str) -> ShardRing:
+        """Open the capture at ``path`` (a missing or damaged file fails here, once), make the
+        ring, call ``fork_workers(ring, ctx)``, then fork the reader: the last process, stopped
+        by :func:`stop_reader`. Returns the ring."""
+        import multiprocessing
+
+        source = capture(path, chunk_size=CAPTURE_BLOCK)
+        source.open()
+        try:
+            ring = ShardRing(self.workers, slot_frames=batch_size, vlan_in_key=vlan_in_key, checksums=checksums)
+            ctx = multiprocessing.get_context("fork")
+            fork_workers(ring, ctx)
+            fork_stoppable(lambda: self._fork(ctx, reader_main, ring, source, batch_size))
+        finally:
+            source.close()              # the reader has its own
+        return ring
+
     def _join(self) -> None:
         """Close the pipes and wait for the processes (killing one that does not end)."""
         for conn in self._conns:
@@ -331,24 +348,16 @@ class ShardedRun(WorkerGroup):
                 stop_reader(self._ring, self._reader_pid, int(reason))
 
     def _start(self) -> None:
-        import multiprocessing
-
-        source = capture(self.source, chunk_size=CAPTURE_BLOCK)
-        source.open()                   # a missing or damaged file fails here, once
-        try:
-            batch_size = self.options.get("batch_size", 2048)
-            self._ring = ShardRing(self.workers, slot_frames=batch_size,
-                                   vlan_in_key=bool(self.options.get("vlan_in_key", False)),
-                                   checksums=self.options.get("checksums", "ignore"))
-            if self.reason is not None:
-                self._ring.request_stop(int(self.reason))
-            ctx = multiprocessing.get_context("fork")
+        def fork_workers(ring, ctx) -> None:
             for index in range(self.workers):
-                self._fork(ctx, _worker, self._ring, index, self.workers, self.options)
-            fork_stoppable(lambda: self._fork(ctx, reader_main, self._ring, source, batch_size))
-            self._reader_pid = self._procs[-1].pid
-        finally:
-            source.close()              # the reader has its own
+                self._fork(ctx, _worker, ring, index, self.workers, self.options)
+
+        self._ring = self._fork_ring(self.source, fork_workers, batch_size=self.options.get("batch_size", 2048),
+                                     vlan_in_key=bool(self.options.get("vlan_in_key", False)),
+                                     checksums=self.options.get("checksums", "ignore"))
+        self._reader_pid = self._procs[-1].pid
+        if self.reason is not None:     # stopped while it started
+            stop_reader(self._ring, self._reader_pid, int(self.reason))
         self.opened = True
 
     def __iter__(self):
