@@ -28,6 +28,7 @@ from ._workers import (
     WorkerGroup,
     become_worker,
     fork_stoppable,
+    ring_damage,
     stop_reader,
 )
 from .flows._types import EndReason
@@ -133,6 +134,10 @@ class ProgramGroup(WorkerGroup):
         """A process failed: the others leave."""
         raise NotImplementedError
 
+    def _damage(self) -> CaptureError | None:
+        """After the run: the damage found in the input, if any."""
+        return None
+
     def _fork_workers(self, share, ctx) -> None:
         """Fork the workers, each running ``fn`` on ``share(index)``."""
         for index in range(self.workers):
@@ -144,7 +149,7 @@ class ProgramGroup(WorkerGroup):
         import multiprocessing.connection
 
         results = [None] * self.workers
-        damaged = failure = None
+        failure = None
         interrupted = stopped = False
         try:
             self._start()
@@ -169,9 +174,6 @@ class ProgramGroup(WorkerGroup):
                         continue
                     if msg[0] == "result":
                         results[i] = msg[1]
-                    elif msg[0] == "capture-error":
-                        damaged = CaptureError(msg[1], offset=msg[2], path=msg[3])
-                        live[conn] = i          # its "done" follows
                     elif msg[0] == "raised":
                         failure = failure or _worker_exception(who, msg[1], msg[2])
                     elif msg[0] == "failed":
@@ -183,6 +185,7 @@ class ProgramGroup(WorkerGroup):
             self._join()
         if failure is not None:
             raise failure
+        damaged = self._damage()
         if damaged is not None:
             raise damaged
         if interrupted:
@@ -191,7 +194,8 @@ class ProgramGroup(WorkerGroup):
 
 
 class CaptureGroup(ProgramGroup):
-    """:func:`run_workers` on a capture: a reader feeds the workers through a ShardRing."""
+    """:func:`run_workers` on a capture: the workers take its frames from a ShardRing (which
+    they fill themselves from a classic pcap file, else a reader process does)."""
 
     def __init__(self, path: str, workers: int, *, fn, batch_size: int, engine_options: dict):
         super().__init__(workers, fn=fn, engine_options=engine_options)
@@ -210,7 +214,10 @@ class CaptureGroup(ProgramGroup):
                                     checksums=self.engine_options.get("checksums", "ignore"))
 
     def _stop(self) -> None:
-        stop_reader(self.ring, self._procs[-1].pid, int(EndReason.INTERRUPTED))
+        stop_reader(self.ring, self.reader_pid, int(EndReason.INTERRUPTED))
+
+    def _damage(self) -> CaptureError | None:
+        return ring_damage(self.ring, self.path)
 
     def _abort(self) -> None:
         if self.ring is not None:
@@ -290,7 +297,7 @@ def _program_worker(conn, index: int, fn, engine_options: dict, share) -> None:
             conn.send(("failed", f"its result {type(result).__name__} does not pickle ({exc}): return plain "
                                  "data (numbers, strings, lists, dicts, FlowRecords)"))
     except DamagedElsewhere:
-        conn.send(("result", None))     # the reader reports the damage
+        conn.send(("result", None))     # the parent reports the damage
     except BaseException as exc:
         text = traceback.format_exc()
         try:

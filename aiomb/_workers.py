@@ -1,20 +1,21 @@
 """Flow records of one capture from several shared-nothing engines, one per process.
 
-Layer: shells (beside _records, on the same :class:`FlowRun`). One reader process reads the
-capture and hands its frames to N worker processes through a :class:`ShardRing` in shared
-memory, each frame marked with the shard whose engine tracks its flow (a symmetric hash: both
-directions of a flow go to one worker; fragments and frames that are not TCP or UDP go to
-every worker). Each worker runs its own engine made with ``shard=(index, count)`` on every
-frame: another shard's frame comes as a clock tick (it counts and moves the clock, so flows
-time out at the same packets as in one engine), its own with their bytes. A worker names each
-flow by its first packet's number in the capture, and marks each record with where its flow
-left the table (``order``). The parent merges the workers' records in that order, up to the
-packet every worker has passed, and numbers the flows 1, 2, ... by their first packets: the
-same records, in the same order, as one engine writes. Limits hold per worker (``max_flows``
-and the stream memory are each worker's): with evictions the answers differ.
+Layer: shells (beside _records, on the same :class:`FlowRun`). N worker processes take the
+capture's frames from a :class:`ShardRing` in shared memory, each frame marked with the shard
+whose engine tracks its flow (a symmetric hash: both directions of a flow go to one worker;
+fragments and frames that are not TCP or UDP go to every worker). A classic pcap file on disk
+the workers read themselves, block by block in turn; anything else (pcapng, gzip, a named pipe)
+one reader process reads into the ring. Each worker runs its own engine made with
+``shard=(index, count)`` on every frame: another shard's frame comes as a clock tick (it counts
+and moves the clock, so flows time out at the same packets as in one engine), its own with their
+bytes. A worker names each flow by its first packet's number in the capture, and marks each
+record with where its flow left the table (``order``). The parent merges the workers' records in
+that order, up to the packet every worker has passed, and numbers the flows 1, 2, ... by their
+first packets: the same records, in the same order, as one engine writes. Limits hold per worker
+(``max_flows`` and the stream memory are each worker's): with evictions the answers differ.
 
-``aiomb run APP --workers N`` forks a reader and N processes that each run the app on a shard of
-the capture, fed through a ring too (:func:`worker_source`): :func:`worker` tells an app which
+``aiomb run APP --workers N`` forks N processes that each run the app on a shard of the
+capture, fed through a ring too (:func:`worker_source`): :func:`worker` tells an app which
 one it is, and the stacks it opens take that shard.
 """
 
@@ -162,8 +163,7 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
             except ReadingStopped:
                 continue                # the stop is in the ring: ended at the top
             except CaptureError as exc:
-                conn.send(("capture-error", exc.detail, exc.offset, exc.path))
-                ring.end(int(EndReason.END_OF_CAPTURE), error=True)
+                ring.end(int(EndReason.END_OF_CAPTURE), damage=exc)     # the parent reports it
                 break
             if count is None:
                 ring.end(int(EndReason.END_OF_CAPTURE))
@@ -179,12 +179,12 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
 
 
 class RingSource:
-    """A worker's share of a capture that one reader process reads into a :class:`ShardRing`:
-    the source interface of :func:`aiomb.capture` (``read``, ``receive``, ``close``...); every
-    frame, another shard's as a clock tick. At the end, ``end_reason`` is the reason the reader
-    posted (the end of the file, or the stop the parent asked for: INTERRUPTED), with which the
-    shells (FlowRun, the stack, monitors) end the open flows; a damaged capture raises
-    CaptureError there (the reader reports where). Layer: shells."""
+    """A worker's share of a capture that comes through a :class:`ShardRing`: the source
+    interface of :func:`aiomb.capture` (``read``, ``receive``, ``close``...); every frame,
+    another shard's as a clock tick. At the end, ``end_reason`` is the reason the ring posted
+    (the end of the file, or the stop the parent asked for: INTERRUPTED), with which the shells
+    (FlowRun, the stack, monitors) end the open flows; a damaged capture raises
+    DamagedElsewhere there (the parent reports where, from the ring). Layer: shells."""
 
     live = False
 
@@ -204,7 +204,7 @@ class RingSource:
         count = self.ring.receive(self.index, batch)
         if count is None:
             if self.ring.ended_by_error:        # as FlowRun at a damaged file: open flows stay open
-                raise DamagedElsewhere("the capture is damaged (the reader reports where)", path=self.path)
+                raise DamagedElsewhere("the capture is damaged (the parent reports where)", path=self.path)
             self.end_reason = EndReason(self.ring.end_reason)
         return count
 
@@ -242,7 +242,7 @@ def _worker(conn, ring: ShardRing, index: int, count: int, options: dict) -> Non
                                engine.take_created().tobytes(), run.digests(held) if run.hashes else None))
                     held, batches = FlowRecords(), 0
         except CaptureError:
-            pass                        # the reader reports it
+            pass                        # the parent reports it
         conn.send(("records", END, bytes(memoryview(held)), engine.take_created().tobytes(),
                    run.digests(held) if run.hashes else None))
         conn.send(("done", run.statistics()))
@@ -270,6 +270,7 @@ class WorkerGroup:
         self._stats: list = []
         self._digests: dict = {}        # flow number -> its row's digests, until digests() takes them
         self._conns: list = []
+        self.reader_pid = None          # the reader process of a ring, if it has one
         self._procs: list = []
 
     def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
@@ -287,19 +288,26 @@ class WorkerGroup:
 
     def _fork_ring(self, path, fork_workers, *, batch_size: int, vlan_in_key: bool, checksums: str) -> ShardRing:
         """Open the capture at ``path`` (a missing or damaged file fails here, once), make the
-        ring, call ``fork_workers(ring, ctx)``, then fork the reader: the last process, stopped
-        by :func:`stop_reader`. Returns the ring."""
+        ring, call ``fork_workers(ring, ctx)``. A classic pcap file on disk the workers read
+        themselves; anything else a reader process reads, forked last (``reader_pid``, stopped
+        by :func:`stop_reader`). Returns the ring; after the run, a damaged capture is the ring's
+        (:func:`ring_damage`)."""
         import multiprocessing
 
         source = capture(path, chunk_size=CAPTURE_BLOCK)
         source.open()
         try:
-            ring = ShardRing(self.workers, slot_frames=batch_size, vlan_in_key=vlan_in_key, checksums=checksums)
             ctx = multiprocessing.get_context("fork")
-            fork_workers(ring, ctx)
-            fork_stoppable(lambda: self._fork(ctx, reader_main, ring, source, batch_size))
+            if ShardRing.workers_read(source.reader):
+                ring = ShardRing(self.workers, vlan_in_key=vlan_in_key, checksums=checksums, capture=source.reader)
+                fork_workers(ring, ctx)
+            else:
+                ring = ShardRing(self.workers, slot_frames=batch_size, vlan_in_key=vlan_in_key, checksums=checksums)
+                fork_workers(ring, ctx)
+                fork_stoppable(lambda: self._fork(ctx, reader_main, ring, source, batch_size))
+                self.reader_pid = self._procs[-1].pid
         finally:
-            source.close()              # the reader has its own
+            source.close()              # the workers and the reader have their own
         return ring
 
     def _join(self) -> None:
@@ -324,11 +332,12 @@ class WorkerGroup:
 
 
 class ShardedRun(WorkerGroup):
-    """A capture's flow records from ``workers`` engines in as many processes, fed by one reader
-    process, merged: the interface of :class:`FlowRun` (iterate for record batches, ``stop()``,
-    ``digests()``, ``statistics()``, ``elapsed``), and the same records in the same order as one
-    engine's. ``source`` is a capture's path (a named pipe too: it is read once). ``options``
-    are FlowRun's and the engine's. Layer: shells; blocks while it reads."""
+    """A capture's flow records from ``workers`` engines in as many processes, fed through a
+    ShardRing (see the top of the module), merged: the interface of :class:`FlowRun` (iterate
+    for record batches, ``stop()``, ``digests()``, ``statistics()``, ``elapsed``), and the same
+    records in the same order as one engine's. ``source`` is a capture's path (a named pipe too:
+    it is read once). ``options`` are FlowRun's and the engine's. Layer: shells; blocks while it
+    reads."""
 
     SAME = SAME_IN_EVERY_WORKER     # what every worker counts alike: taken once
 
@@ -336,16 +345,15 @@ class ShardedRun(WorkerGroup):
         super().__init__(workers, progress=progress, **options)
         self.source = source
         self._ring = None
-        self._reader_pid = None
 
     def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
-        """End the run soon; the open flows end with ``reason``. The reader ends the input after
-        the batch at hand, so every worker stops after the same packet: the records are those of
-        one engine stopped there. Safe in a signal handler."""
+        """End the run soon; the open flows end with ``reason``. The input ends after the batch
+        (a reader's) or the blocks read ahead (the workers'), so every worker stops after the same
+        packet: the records are those of one engine stopped there. Safe in a signal handler."""
         if self.reason is None:
             super().stop(reason)
             if self._ring is not None:
-                stop_reader(self._ring, self._reader_pid, int(reason))
+                stop_reader(self._ring, self.reader_pid, int(reason))
 
     def _start(self) -> None:
         def fork_workers(ring, ctx) -> None:
@@ -355,9 +363,8 @@ class ShardedRun(WorkerGroup):
         self._ring = self._fork_ring(self.source, fork_workers, batch_size=self.options.get("batch_size", 2048),
                                      vlan_in_key=bool(self.options.get("vlan_in_key", False)),
                                      checksums=self.options.get("checksums", "ignore"))
-        self._reader_pid = self._procs[-1].pid
         if self.reason is not None:     # stopped while it started
-            stop_reader(self._ring, self._reader_pid, int(self.reason))
+            stop_reader(self._ring, self.reader_pid, int(self.reason))
         self.opened = True
 
     def __iter__(self):
@@ -371,8 +378,8 @@ class ShardedRun(WorkerGroup):
         created = [array.array("Q") for _ in range(count)]
         reached = [0] * count           # the packet number each worker has passed
         numbered = array.array("Q")     # the ids of every flow created up to the merge point, rising
-        error = failure = None
-        live = {conn: i for i, conn in enumerate(self._conns)}         # the workers, then the reader
+        failure = None
+        live = {conn: i for i, conn in enumerate(self._conns)}         # the workers, then a reader
         try:
             while live:
                 for conn in multiprocessing.connection.wait(list(live), timeout=0.25):
@@ -390,8 +397,6 @@ class ShardedRun(WorkerGroup):
                         created[i].frombytes(ids)
                         if row_digests is not None:
                             digests[i].extend(row_digests)
-                    elif msg[0] == "capture-error":
-                        error = CaptureError(msg[1], offset=msg[2], path=msg[3])
                     elif msg[0] == "done":
                         if i < count:
                             self._stats.append(msg[1])
@@ -411,8 +416,9 @@ class ShardedRun(WorkerGroup):
             self._finish()
         if failure is not None:
             raise WorkerError(failure)
-        if error is not None:
-            raise error
+        damage = ring_damage(self._ring, self.source)
+        if damage is not None:
+            raise damage
 
     def _merge(self, pending, digests, created, numbered, reached: int) -> FlowRecords:
         """The records every worker has written up to packet ``reached``, in one engine's order
@@ -446,7 +452,13 @@ class ShardedRun(WorkerGroup):
         if self._ring is not None:
             self._ring.abort()          # a worker or the reader still waiting leaves
         self._join()
-        self._reader_pid = None
+        self.reader_pid = None
+
+
+def ring_damage(ring: ShardRing | None, path) -> CaptureError | None:
+    """The damage the ring's capture (at ``path``) was found to have, as one engine reports it."""
+    damage = None if ring is None else ring.damage
+    return None if damage is None else CaptureError(damage[0], offset=damage[1], path=os.fspath(path))
 
 
 def merge_statistics(stats: list, *, same=LIMITS) -> EngineStatistics:

@@ -191,6 +191,35 @@ cdef class FrameBatch:
         return self.ts[i] * 1e-9
 
 
+cdef enum:
+    PCAP_SHORT_HEADER = 1       # what is wrong with a pcap record (pcap_problem words it)
+    PCAP_CAPLEN = 2
+    PCAP_FRACTION = 3
+    PCAP_SHORT_RECORD = 4
+
+
+cdef inline int pcap_header_check(uint32_t caplen, uint32_t frac, bint nanos) noexcept nogil:
+    """0 for a pcap record header that can be read, else what is wrong with it."""
+    if caplen > MAX_SNAP:
+        return PCAP_CAPLEN
+    if frac >= (1000000000 if nanos else 1000000):
+        return PCAP_FRACTION
+    return 0
+
+
+cdef str pcap_problem(int what, uint32_t caplen, uint32_t frac, uint64_t have):
+    """A damaged pcap record in words: ``what`` from pcap_header_check or PCAP_SHORT_*, ``have``
+    the bytes left of the header (PCAP_SHORT_HEADER) or after it (PCAP_SHORT_RECORD). The
+    capture reader and the shard ring's workers say it alike."""
+    if what == PCAP_SHORT_HEADER:
+        return f"truncated record header ({have} of 16 bytes)"
+    if what == PCAP_CAPLEN:
+        return f"corrupt record header: captured length {caplen} exceeds {MAX_SNAP}"
+    if what == PCAP_FRACTION:
+        return f"corrupt record header: sub-second field {frac} out of range"
+    return f"truncated record: header says {caplen} bytes, file ends after {have}"
+
+
 cdef inline uint16_t g16(const uint8_t *p, bint swap) noexcept nogil:
     return ((<uint16_t>p[0] << 8) | p[1]) if swap else ((<uint16_t>p[1] << 8) | p[0])
 
@@ -448,7 +477,7 @@ cdef class CaptureReader:
                 return 0
             if r == 0:
                 if self.length - self.pos:
-                    raise self.error(f"truncated record header ({self.length - self.pos} of 16 bytes)",
+                    raise self.error(pcap_problem(PCAP_SHORT_HEADER, 0, 0, self.length - self.pos),
                                      self.base + self.pos)
                 return 0
             h = self.p + self.pos
@@ -456,18 +485,15 @@ cdef class CaptureReader:
             frac = g32(h + 4, self.swap)
             caplen = g32(h + 8, self.swap)
             wirelen = g32(h + 12, self.swap)
-            if caplen > MAX_SNAP:
-                raise self.error(f"corrupt record header: captured length {caplen} exceeds {MAX_SNAP}",
-                                 self.base + self.pos)
-            if frac >= (1000000000 if self.nanos else 1000000):
-                raise self.error(f"corrupt record header: sub-second field {frac} out of range",
-                                 self.base + self.pos)
+            r = pcap_header_check(caplen, frac, self.nanos)
+            if r:
+                raise self.error(pcap_problem(r, caplen, frac, 0), self.base + self.pos)
             r = self.compact_for(batch, 16 + caplen)
             if r == 2:
                 return 0
             if r == 0:
-                raise self.error(f"truncated record: header says {caplen} bytes, file ends after "
-                                 f"{self.length - self.pos - 16}", self.base + self.pos)
+                raise self.error(pcap_problem(PCAP_SHORT_RECORD, caplen, frac, self.length - self.pos - 16),
+                                 self.base + self.pos)
             h = self.p + self.pos
             batch.data[batch.count] = h + 16
             batch.caplen[batch.count] = caplen

@@ -204,15 +204,16 @@ def run_port_workers(args) -> int:
 
 
 def run_workers(args) -> int:
-    """Fork a reader and ``args.workers`` processes, each running the app on its shard of the
-    capture (``aiomb.worker()``), which the reader hands them through a ShardRing; SIGINT, SIGTERM
-    and SIGHUP are passed on to the workers (and end the reader's input). The exit status is the
-    first worker's that is not 0, else 1 for a damaged capture, else 0."""
+    """Fork ``args.workers`` processes, each running the app on its shard of the capture
+    (``aiomb.worker()``), handed to them through a ShardRing, which they fill themselves from a
+    classic pcap file (else a reader process, forked first, does); SIGINT, SIGTERM and SIGHUP are
+    passed on to the workers (and end the input). The exit status is the first worker's that is
+    not 0, else 1 for a damaged capture, else 0."""
     import multiprocessing
 
     from .._core import ShardRing
     from .._records import CAPTURE_BLOCK
-    from .._workers import fork_stoppable, reader_main, stop_reader
+    from .._workers import fork_stoppable, reader_main, ring_damage, stop_reader
 
     try:
         source = capture(args.pcap, chunk_size=CAPTURE_BLOCK)
@@ -220,40 +221,44 @@ def run_workers(args) -> int:
     except CaptureError as exc:
         print(f"aiomb: error: {exc}", file=sys.stderr)
         return 1
-    ring = ShardRing(args.workers, vlan_in_key=args.vlan)
-    news, mine = multiprocessing.Pipe(duplex=False)
     sys.stdout.flush()
     sys.stderr.flush()
-    reader = multiprocessing.get_context("fork").Process(target=reader_main, args=(mine, ring, source, 2048),
-                                                         name="aiomb-reader", daemon=True)
-    fork_stoppable(reader.start)
-    mine.close()
-    source.close()                      # the reader has its own
+    reader = None
+    if ShardRing.workers_read(source.reader):
+        ring = ShardRing(args.workers, vlan_in_key=args.vlan, capture=source.reader)
+    else:
+        ring = ShardRing(args.workers, vlan_in_key=args.vlan)
+        news, mine = multiprocessing.Pipe(duplex=False)
+        reader = multiprocessing.get_context("fork").Process(target=reader_main, args=(mine, ring, source, 2048),
+                                                             name="aiomb-reader", daemon=True)
+        fork_stoppable(reader.start)
+        mine.close()
+    source.close()                      # the workers and the reader have their own
     pids = fork_workers(args, lambda index: become_worker(index, args.workers, ring))
-    forward = forwarder(pids, lambda: stop_reader(ring, reader.pid, int(EndReason.INTERRUPTED)))
+    forward = forwarder(pids, lambda: stop_reader(ring, reader and reader.pid, int(EndReason.INTERRUPTED)))
     previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         statuses = wait_workers(pids, ring.abort)   # the reader and the others must not wait for it
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
-        ring.abort()                    # every worker is gone: the reader leaves
-        reader.join()
-    damaged = None
-    while news.poll():
+        ring.abort()                    # every worker is gone: a reader leaves
+        if reader is not None:
+            reader.join()
+    failed = [s for s in statuses if s]
+    reader_failed = False
+    while reader is not None and news.poll():
         try:
             msg = news.recv()
         except EOFError:                # the reader said all it had to say
             break
-        if msg[0] == "capture-error":
-            damaged = CaptureError(msg[1], offset=msg[2], path=msg[3])
-        elif msg[0] == "failed":
+        if msg[0] == "failed":
             print(f"aiomb: error: the reader failed:\n{msg[1]}", file=sys.stderr)
-            damaged = damaged or True
-    if isinstance(damaged, CaptureError):
+            reader_failed = True
+    damaged = ring_damage(ring, args.pcap)
+    if damaged is not None:
         print(f"aiomb: error: {damaged}", file=sys.stderr)
-    failed = [s for s in statuses if s]
-    return failed[0] if failed else 1 if damaged is not None else 0
+    return failed[0] if failed else 1 if damaged is not None or reader_failed else 0
 
 
 def run_one(args, source=None) -> int:

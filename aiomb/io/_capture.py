@@ -40,6 +40,11 @@ class CaptureSource:
         self._reader = CaptureReader(self.path, chunk_size=self._chunk_size)
         self._size = os.path.getsize(self.path)
 
+    @property
+    def reader(self) -> CaptureReader | None:
+        """The open file's :class:`CaptureReader` (None until ``open()``)."""
+        return self._reader
+
     def __enter__(self) -> "CaptureSource":
         self.open()
         return self

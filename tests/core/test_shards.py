@@ -298,3 +298,184 @@ def test_gathered_batches_reach_the_workers_in_fewer_slots(tmp_path):
     _, rows, _ = run(traffic(seed=11, flows=120))
     assert bytes(memoryview(merge(parts))) == bytes(memoryview(rows))
     assert pieces[0] == pieces[1] and sent >= 8 * pieces[0] > 0          # 16 batches of 16 to a slot
+
+
+BLOCK = ShardRing.block_size
+
+
+def bulky_traffic(seed, *, at_boundaries=False, datagrams=120):
+    """About 4 blocks of traffic (with 120 ``datagrams``): the flows of traffic(), UDP datagrams of up to 60 KB and
+    frames that are not IP of up to 200 KB (records that straddle a block's end, some wider
+    than a quarter of a block). ``at_boundaries``: a filler frame before each block's end puts
+    the next record exactly at the block's start."""
+    rng = random.Random(seed)
+    frames = traffic(seed=seed, flows=80)
+    for i in range(datagrams):
+        ts = round(rng.uniform(1.0, 9.0), 1)
+        frames.append((ts, udp_frame(f"10.5.{i // 250}.{i % 250}", "10.6.0.1", 6000 + i, 7000,
+                                     bytes(rng.randrange(60000)))))
+        if i % 12 == 0:
+            frames.append((ts, b"\xff" * 12 + b"\x88\xcc" + bytes(rng.randrange(200000))))
+    frames.sort(key=lambda f: f[0])
+    if not at_boundaries:
+        return frames
+    out, offset = [], 24
+    for ts, frame in frames:
+        end = offset + 16 + len(frame)
+        boundary = (offset - 24) // BLOCK * BLOCK + BLOCK + 24
+        if offset < boundary < end and boundary - offset - 16 >= 14:
+            out.append((ts, b"\xff" * 12 + b"\x88\xcc" + bytes(boundary - offset - 30)))
+            offset = boundary
+            end = offset + 16 + len(frame)
+        out.append((ts, frame))
+        offset = end
+    return out
+
+
+def read_by_workers(path, count, *, stop_at=None):
+    """The capture through a ShardRing its ``count`` workers (threads) read themselves: each
+    worker's engine and records, how many frames each took, and the ring. ``stop_at``: the
+    parent asks for a stop once worker 0 has taken that many frames."""
+    import threading
+
+    with CaptureReader(path) as reader:
+        assert ShardRing.workers_read(reader)
+        ring = ShardRing(count, capture=reader)
+    assert ring.workers_reading
+    parts = [(aiomb.Engine(shard=(k, count), **OPTIONS), FlowRecords(), array.array("Q")) for k in range(count)]
+    taken = [0] * count
+    failures = []
+
+    def work(k):
+        engine, rows, ids = parts[k]
+        engine.keep_records()
+        batch = FrameBatch(512)
+        try:
+            while (got := ring.receive(k, batch)) is not None:
+                taken[k] += got
+                engine.process(batch)
+                rows.extend(engine.take_records())
+                ids.extend(engine.take_created())
+                if k == 0 and stop_at is not None and taken[0] >= stop_at:
+                    ring.request_stop(int(aiomb.EndReason.INTERRUPTED))
+            ring.close(k)
+            engine.finish(aiomb.EndReason(ring.end_reason) if not ring.ended_by_error else
+                          aiomb.EndReason.END_OF_CAPTURE)
+            rows.extend(engine.take_records())
+        except BaseException as exc:        # the test thread reports it
+            failures.append(exc)
+            ring.abort()
+
+    threads = [threading.Thread(target=work, args=(k,)) for k in range(count)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=60)
+    assert not failures, failures
+    return parts, taken, ring
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("layout", [dict(), dict(byteorder="big", nanosecond=True), dict(at_boundaries=True)])
+def test_workers_reading_a_pcap_file_give_one_engines_records(tmp_path, count, layout):
+    """The workers read the file's blocks in turn, each record in the block it starts in (one
+    straddling a block's end, one at its very start, big- or little-endian, micro- or
+    nanoseconds): the shards' records merge into one engine's."""
+    layout = dict(layout)
+    at_boundaries = layout.pop("at_boundaries", False)
+    frames = bulky_traffic(3, at_boundaries=at_boundaries)
+    path = tmp_path / "bulky.pcap"
+    write_pcap(path, frames, **layout)
+    size = path.stat().st_size
+    assert size > 3 * BLOCK
+    if at_boundaries:
+        starts, offset = set(), 24
+        for _, frame in frames:
+            starts.add(offset)
+            offset += 16 + len(frame)
+        assert {24 + k * BLOCK for k in range(1, size // BLOCK)} <= starts
+    parts, taken, ring = read_by_workers(path, count)
+    _, rows, _ = run(frames)
+    assert bytes(memoryview(merge(parts))) == bytes(memoryview(rows))
+    assert taken == [len(frames)] * count               # every frame: its own, or a tick
+    assert ring.end_reason == aiomb.EndReason.END_OF_CAPTURE and not ring.ended_by_error
+    assert ring.damage is None
+
+
+def damaged(path, tmp_path, how):
+    """A copy of the capture at ``path`` damaged ``how``, past its second block."""
+    data = bytearray(path.read_bytes())
+    offset = 24
+    while offset < 2 * BLOCK + 1000:                    # the first record past 2 blocks and a bit
+        offset += 16 + int.from_bytes(data[offset + 8:offset + 12], "little")
+    if how == "caplen":
+        data[offset + 8:offset + 12] = (300000).to_bytes(4, "little")
+    elif how == "fraction":
+        data[offset + 4:offset + 8] = (1000000).to_bytes(4, "little")
+    elif how == "short header":
+        del data[offset + 7:]
+    else:
+        del data[offset + 40:]
+    out = tmp_path / f"damaged-{how.replace(' ', '-')}.pcap"
+    out.write_bytes(bytes(data))
+    return out
+
+
+@pytest.mark.parametrize("how", ["caplen", "fraction", "short header", "short record"])
+def test_workers_reading_a_damaged_file_end_where_one_reader_does(tmp_path, how):
+    """Damage past the second block: the workers end there with what came before, and the
+    ring holds the capture reader's own words and offset for the parent to report."""
+    whole = tmp_path / "bulky.pcap"
+    write_pcap(whole, bulky_traffic(4))
+    path = damaged(whole, tmp_path, how)
+    good = []
+    with CaptureReader(path) as reader:
+        batch = FrameBatch(64)
+        with pytest.raises(aiomb.CaptureError) as err:
+            while reader.fill(batch):
+                good += [(batch.ts_at(i), None) for i in range(batch.count)]
+    parts, taken, ring = read_by_workers(path, 2)
+    assert ring.ended_by_error and ring.end_reason == aiomb.EndReason.END_OF_CAPTURE
+    assert ring.damage == (err.value.detail, err.value.offset)
+    assert taken == [len(good)] * 2
+
+
+def test_a_stop_ends_every_reading_worker_after_the_same_block(tmp_path):
+    path = tmp_path / "bulky.pcap"
+    frames = bulky_traffic(5, datagrams=600)           # more blocks than the workers read ahead
+    write_pcap(path, frames)
+    assert path.stat().st_size > 12 * BLOCK
+    parts, taken, ring = read_by_workers(path, 2, stop_at=10)
+    assert ring.end_reason == aiomb.EndReason.INTERRUPTED and ring.damage is None
+    assert taken[0] == taken[1] < len(frames)
+    assert [engine.statistics().packets for engine, _, _ in parts] == taken
+
+
+def test_only_a_classic_pcap_file_on_disk_is_read_by_the_workers(tmp_path):
+    import gzip
+    import os
+
+    from aiomb.testing import write_pcapng
+
+    frames = traffic()
+    write_pcapng(tmp_path / "a.pcapng", frames)
+    write_pcap(tmp_path / "a.pcap", frames)
+    (tmp_path / "a.pcap.gz").write_bytes(gzip.compress((tmp_path / "a.pcap").read_bytes()))
+    for name in ("a.pcapng", "a.pcap.gz"):
+        with CaptureReader(tmp_path / name) as reader:
+            assert not ShardRing.workers_read(reader)
+            with pytest.raises(ValueError, match="classic pcap file on disk"):
+                ShardRing(2, capture=reader)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    fd = os.open(fifo, os.O_RDWR)           # a writer, so that opening it to read does not block
+    try:
+        os.write(fd, (tmp_path / "a.pcap").read_bytes()[:24])
+        with CaptureReader(fifo) as reader:
+            assert not ShardRing.workers_read(reader)
+    finally:
+        os.close(fd)
+    with CaptureReader(tmp_path / "a.pcap") as reader:
+        ring = ShardRing(2, capture=reader)
+    with pytest.raises(RuntimeError, match="no reader"):
+        ring.send(FrameBatch(4))

@@ -2,6 +2,7 @@
 byte, in the same order, whatever the capture, the format and the options; statistics sum up;
 interruption, damaged captures and misuse behave as with one engine."""
 
+import gzip
 import json
 import os
 import pathlib
@@ -237,8 +238,12 @@ def test_a_worker_killed_is_reported(long_capture):
                 os.kill(run._procs[1].pid, signal.SIGKILL)
 
 
-def test_the_reader_killed_is_reported(long_capture):
-    run = ShardedRun(long_capture, 2, midstream=True)
+def test_the_reader_killed_is_reported(long_capture, tmp_path):
+    """A compressed capture comes through a reader process (the workers read a plain pcap file
+    themselves)."""
+    packed = tmp_path / "long.pcap.gz"
+    packed.write_bytes(gzip.compress(long_capture.read_bytes(), compresslevel=1))
+    run = ShardedRun(packed, 2, midstream=True)
     with pytest.raises(WorkerError, match="the reader ended without a word"):
         for n, _ in enumerate(run):
             if n == 0:
