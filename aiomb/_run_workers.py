@@ -27,6 +27,7 @@ from ._workers import (
     WorkerError,
     WorkerGroup,
     become_worker,
+    finish_share,
     fork_stoppable,
     ring_damage,
     stop_reader,
@@ -296,6 +297,7 @@ def _program_worker(conn, index: int, fn, engine_options: dict, share) -> None:
         except Exception as exc:
             conn.send(("failed", f"its result {type(result).__name__} does not pickle ({exc}): return plain "
                                  "data (numbers, strings, lists, dicts, FlowRecords)"))
+        finish_share()                  # fn may have stopped reading before the end: the others go on
     except DamagedElsewhere:
         conn.send(("result", None))     # the parent reports the damage
     except BaseException as exc:

@@ -85,6 +85,22 @@ def worker_source(path=None) -> "RingSource | None":
     return None if _ring is None else RingSource(_ring, _current[0], path=path)
 
 
+def finish_share() -> None:
+    """In a worker of a capture (:func:`worker_source`) whose program returned: take the rest of
+    its share without processing it, so that the other workers go on to the end (every slot
+    waits for every worker, and the workers read the file's blocks in turn). At once when the
+    share has ended; a ring aborted (a process failed) ends it too."""
+    if _ring is None:
+        return
+    batch = FrameBatch(2048)
+    try:
+        while _ring.receive(_current[0], batch) is not None:
+            pass
+    except RuntimeError:                # aborted: everyone leaves
+        pass
+    _ring.close(_current[0])
+
+
 def shard_option(engine_options: dict) -> dict:
     """The engine options with this worker's shard, unless they name one (or the worker's
     frames were steered to it: they are all its own)."""

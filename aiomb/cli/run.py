@@ -15,7 +15,7 @@ import sys
 import threading
 
 from .._errors import CaptureError, PortError
-from .._workers import DamagedElsewhere, become_worker, worker_source
+from .._workers import DamagedElsewhere, become_worker, finish_share, worker_source
 from ..flows._types import EndReason
 from ..io._capture import capture
 from ._common import UsageError, add_port_options, check_capture, check_workers, live_port, parse_prefilter, sole
@@ -126,6 +126,8 @@ def fork_workers(args, become, source=None) -> list:
                                               encoding=sys.stdout.encoding, errors=sys.stdout.errors,
                                               line_buffering=True)
                 status = run_one(args, source(index) if source is not None else None)
+                if status == 0:
+                    finish_share()      # the app may have stopped reading before the end: the others go on
             except UsageError as exc:
                 print(f"aiomb: error: {exc}", file=sys.stderr)
                 status = 2

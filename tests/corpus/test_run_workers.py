@@ -3,6 +3,7 @@ capture, each in a process of its own: every flow is seen by exactly one worker,
 engine sees of it; results come back in worker order; failures, damage, Ctrl-C and misuse are
 reported precisely."""
 
+import gzip
 import os
 import pathlib
 import re
@@ -17,6 +18,7 @@ import pytest
 import trio
 
 import aiomb
+import aiomb.testing
 from aiomb._workers import WorkerError
 
 from .test_workers import busy_capture, corpus_captures
@@ -82,6 +84,45 @@ def test_a_synchronous_program_gets_its_share(tmp_path):
     assert [place for place, _ in parts] == [(0, 2), (1, 2)]
     assert sorted(parts[0][1] + parts[1][1]) == sorted(whole) and len(whole) >= 120   # UDP tuples reused
     assert not set(parts[0][1]) & set(parts[1][1])
+
+
+EARLY = """
+import sys
+
+import aiomb
+
+
+def frames_unless_worker_1(source):
+    if aiomb.worker()[0] == 1:
+        return "stopped"
+    batch, count = aiomb.FrameBatch(2048), 0
+    while (got := source.read(batch)) is not None:
+        count += got
+    return count
+
+
+print(aiomb.run_workers(frames_unless_worker_1, sys.argv[1], workers=2))
+"""
+
+
+@pytest.mark.parametrize("packed", [False, True])
+def test_a_worker_that_stops_reading_early_lets_the_others_finish(tmp_path, packed):
+    """Worker 1 returns without reading: it takes the rest of its share unread, so worker 0 (which
+    needs its place in every slot and, on a plain pcap file, the blocks it reads) gets every
+    frame. A gzip file comes through a reader process: the same. (A process of its own: a
+    regression would hang, and fails here at the timeout.)"""
+    frames = [(1.0 + i / 100, aiomb.testing.udp_frame(f"10.0.{i // 250}.{i % 250}", "10.1.0.1", 1000 + i, 53,
+                                                     bytes(1400))) for i in range(6000)]
+    path = tmp_path / "many.pcap"                   # more blocks than the workers read ahead, more
+    aiomb.testing.write_pcap(path, frames)          # slots than a reader fills
+    if packed:
+        path = tmp_path / "many.pcap.gz"
+        path.write_bytes(gzip.compress((tmp_path / "many.pcap").read_bytes(), compresslevel=1))
+    script = tmp_path / "early.py"
+    script.write_text(EARLY)
+    proc = subprocess.run([sys.executable, str(script), str(path)], capture_output=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr.decode()
+    assert proc.stdout.decode().strip() == f"[{len(frames)}, 'stopped']"
 
 
 def test_a_named_pipe_is_read_once(tmp_path):

@@ -16,6 +16,7 @@ import attrs
 import pytest
 
 import aiomb
+from aiomb._core import CaptureReader, FrameBatch
 from aiomb._errors import CaptureError
 from aiomb._records import FlowRun
 from aiomb._workers import ShardedRun, WorkerError
@@ -312,3 +313,20 @@ def test_aiomb_run_workers_epoll_program_and_misuse(tmp_path):
     assert bad.returncode == 2 and b"--workers 0" in bad.stderr
     missing = aiomb_run(tmp_path / "nope.py", "--pcap", capture_file, "--workers", "2", check=False)
     assert missing.returncode == 2 and b"not found" in missing.stderr
+
+
+def test_aiomb_run_worker_whose_app_returns_early_lets_the_others_finish(long_capture, tmp_path):
+    """An app's main(source) that returns at once in worker 1: the worker takes the rest of its
+    share unread, and worker 0 reads every frame (its own and the others' as ticks)."""
+    app = tmp_path / "early.py"
+    app.write_text("import aiomb\n\n\ndef main(source):\n"
+                   "    if aiomb.worker()[0] == 1:\n        return\n"
+                   "    batch, count = aiomb.FrameBatch(2048), 0\n"
+                   "    while (got := source.read(batch)) is not None:\n        count += got\n"
+                   "    print(count)\n")
+    with CaptureReader(long_capture) as reader:
+        batch, frames = FrameBatch(4096), 0
+        while got := reader.fill(batch):
+            frames += got
+    proc = aiomb_run(app, "--pcap", long_capture, "--workers", "2")
+    assert proc.stdout.decode().split() == [str(frames)]
