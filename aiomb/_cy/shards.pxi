@@ -9,7 +9,7 @@
 # slots:
 #
 # - The workers themselves, for a classic pcap file on disk (``capture=``): the file is cut
-#   into blocks of 512 KiB, block i is read by worker i mod N (pread, straight into slot i mod
+#   into blocks of 1 MiB, block i is read by worker i mod N (pread, straight into slot i mod
 #   slots) and holds the records that start in it. Where a block's first record starts is known
 #   once the block before has been walked (record headers only), so the reading runs in
 #   parallel and only that walk is in sequence: each worker reads a block ahead while the
