@@ -106,6 +106,7 @@ ctypedef struct ring_worker_t:
     uint64_t produce            # workers reading: the next block it reads
     int holding                 # it still reads slot next - 1
     int pos                     # the frames of that slot it has taken
+    int ended                   # it has taken the end of the input
 
 ctypedef struct ring_head_t:
     int stop                    # the parent asks to end the input (the reason, > 0)
@@ -555,12 +556,15 @@ cdef class ShardRing:
         batch.writable = False
         batch.block = None              # values made from these frames are copied at once
         w = &self.wk[index]
+        if w.ended:                     # again (after close(), too)
+            return None
         while True:
             k = (w.next - 1) % self.nslots
             slot = &self.slots[k]
             if w.holding and w.pos >= slot.count and slot.flags & RING_END:
                 self.end_reason = slot.reason
                 self.ended_by_error = (slot.flags & RING_ERROR) != 0
+                w.ended = 1
                 return None
             if not w.holding or w.pos >= slot.count:
                 self.release(index)

@@ -213,6 +213,7 @@ def ring_run(tmp_path, frames, count, worker_batch=64, sharded=True):
     assert ring.end_reason == aiomb.EndReason.END_OF_CAPTURE and not ring.ended_by_error
     for k, (engine, rows, _) in enumerate(parts):
         ring.close(k)
+        assert ring.receive(k, mine[k]) is None         # the end stays the end, closed or not
         engine.finish()
         rows.extend(engine.take_records())
     return parts
