@@ -60,8 +60,9 @@ def run_workers(fn, source, *, workers: int, duration: float | None = None, batc
     Call it outside ``trio.run`` (it forks). An exception in a worker stops every worker and is
     raised here with the worker's traceback as a note (a :class:`WorkerError` if it does not
     pickle); a damaged capture raises :class:`aiomb.CaptureError` with its offset. Ctrl-C
-    (KeyboardInterrupt) ends the input (a capture's after the batch at hand, a port's at once),
-    waits for the workers to finish on what they got, then is raised.
+    (KeyboardInterrupt) ends the input (a capture's after the frames already read, at the same
+    packet in every worker; a port's at once), waits for the workers to finish on what they got,
+    then is raised.
     """
     if not callable(fn):
         raise TypeError(f"run_workers() runs a function on each shard: give async def fn(stack) or "
