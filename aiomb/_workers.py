@@ -47,8 +47,8 @@ LIMITS = ("max_fragment_memory", "max_stream_memory", "max_flows", "max_event_me
 
 
 class DamagedElsewhere(CaptureError):
-    """A worker's input ended at a damaged capture, which the process reading it reports (with
-    the offset): the worker ends its run as at the damage and says nothing itself."""
+    """A worker's input ended at a damaged capture, which the parent reports once (the words and
+    offset are in the ring): the worker ends its run as at the damage and says nothing itself."""
 
 
 class WorkerError(RuntimeError):
