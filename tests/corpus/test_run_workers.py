@@ -68,6 +68,34 @@ def test_each_flow_ends_in_exactly_one_worker_as_in_one_engine(path):
     assert len(merged(two)) == len(set(merged(two)))
 
 
+async def ends_and_malformed(stack):
+    """The flows' ends, and the packets the worker's engine counted malformed."""
+    place, ends = await ended_flows(stack)
+    return place, ends, sum(stack.engine.statistics().malformed.values())
+
+
+def test_verified_checksums_go_with_the_workers(tmp_path):
+    """checksums="verify": a frame with a bad checksum goes to every worker (each counts it
+    malformed, as one engine does), and the flows end as in one engine."""
+    path = busy_capture(tmp_path / "busy.pcap", flows=200)
+    data = bytearray(path.read_bytes())
+    offset, spoilt = 24, 0
+    while offset < len(data):
+        caplen = int.from_bytes(data[offset + 8:offset + 12], "little")
+        if caplen > 60 and (offset // 7) % 9 == 0:
+            data[offset + 16 + caplen - 1] ^= 0xFF              # the payload's last byte: the TCP/UDP sum fails
+            spoilt += 1
+        offset += 16 + caplen
+    bad = tmp_path / "bad-sums.pcap"
+    bad.write_bytes(bytes(data))
+    one = aiomb.run_workers(ends_and_malformed, bad, workers=1, midstream=True, checksums="verify")
+    two = aiomb.run_workers(ends_and_malformed, bad, workers=2, midstream=True, checksums="verify")
+    assert spoilt > 20 and one[0][2] > 20
+    assert [malformed for _, _, malformed in two] == [one[0][2]] * 2
+    assert sorted(e for _, ends, _ in two for e in ends) == sorted(one[0][1])
+    assert sorted(one[0][1]) != merged(aiomb.run_workers(ended_flows, bad, workers=1, midstream=True))
+
+
 def test_results_come_back_in_worker_order_and_split_the_flows(tmp_path):
     path = busy_capture(tmp_path / "busy.pcap")
     one = merged(aiomb.run_workers(ended_flows, path, workers=1, midstream=True))
