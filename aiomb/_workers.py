@@ -148,9 +148,19 @@ def fork_stoppable(start) -> None:
         signal.pthread_sigmask(signal.SIG_SETMASK, old)
 
 
+def ring_for(source, workers: int, *, batch_size: int, vlan_in_key: bool, checksums: str = "ignore") -> ShardRing:
+    """The ring for an open capture ``source``: its workers read a classic pcap file on disk
+    themselves, anything else is for a reader process to feed (``ring.workers_reading`` says
+    which; ``batch_size``: the frames of the reader's batches)."""
+    if ShardRing.workers_read(source.reader):
+        return ShardRing(workers, vlan_in_key=vlan_in_key, checksums=checksums, capture=source.reader)
+    return ShardRing(workers, slot_frames=batch_size, vlan_in_key=vlan_in_key, checksums=checksums)
+
+
 def stop_reader(ring: ShardRing, pid: int | None, reason: int) -> None:
-    """Ask the reader (process ``pid``) to end the input after the batch at hand, the open flows
-    with ``reason``; SIGUSR1 breaks a read waiting for a quiet pipe. Safe in a signal handler."""
+    """End the ring's input after the batch (or the blocks) at hand, the open flows with
+    ``reason``; SIGUSR1 breaks the wait of a reader process ``pid`` (None: the workers read) for
+    a quiet pipe. Safe in a signal handler."""
     ring.request_stop(reason)
     if pid is not None:
         try:
@@ -314,12 +324,9 @@ class WorkerGroup:
         source.open()
         try:
             ctx = multiprocessing.get_context("fork")
-            if ShardRing.workers_read(source.reader):
-                ring = ShardRing(self.workers, vlan_in_key=vlan_in_key, checksums=checksums, capture=source.reader)
-                fork_workers(ring, ctx)
-            else:
-                ring = ShardRing(self.workers, slot_frames=batch_size, vlan_in_key=vlan_in_key, checksums=checksums)
-                fork_workers(ring, ctx)
+            ring = ring_for(source, self.workers, batch_size=batch_size, vlan_in_key=vlan_in_key, checksums=checksums)
+            fork_workers(ring, ctx)
+            if not ring.workers_reading:
                 fork_stoppable(lambda: self._fork(ctx, reader_main, ring, source, batch_size))
                 self.reader_pid = self._procs[-1].pid
         finally:

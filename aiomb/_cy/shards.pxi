@@ -268,11 +268,14 @@ cdef class ShardRing:
         """Everyone must leave: the ring was aborted, or its maker died."""
         return aiomb_load_int(&self.head.abort) != 0 or (getpid() != self.parent and getppid() != self.parent)
 
-    cdef int wait(self, sem_t *s) noexcept nogil:
-        """Wait for ``s``; 0 when the ring was aborted (or its maker died)."""
+    cdef int wait(self, sem_t *s, bint signals=False) except -1 nogil:
+        """Wait for ``s``; 0 when the ring was aborted (or its maker died). With ``signals`` the
+        Python signal handlers due run while it waits (one raising ends the wait: Ctrl-C)."""
         while not aiomb_sem_wait_ms(s, RING_WAIT_MS):
             if self.gone():
                 return 0
+            if signals:
+                check_signals()
         return 1
 
     cdef void post(self, int k) noexcept nogil:
@@ -317,6 +320,11 @@ cdef class ShardRing:
         """The reason the parent asked the input to end with (0: not asked)."""
         return aiomb_load_int(&self.head.stop)
 
+    cdef int check_reader(self) except -1:
+        if self.fd >= 0:
+            raise RuntimeError("the workers read this ring's capture themselves: there is no reader")
+        return 0
+
     cdef void post_sent(self) noexcept nogil:
         """Hand the slot being filled to every worker."""
         self.post(self.next_send % self.nslots)
@@ -348,8 +356,7 @@ cdef class ShardRing:
         cdef int i, k
         cdef uint32_t n
         cdef bint ok = 1
-        if self.fd >= 0:
-            raise RuntimeError("the workers read this ring's capture themselves: there is no reader")
+        self.check_reader()
         if batch.count > self.slot_frames:
             raise ValueError(f"a batch of {batch.count} frames does not fit a slot of {self.slot_frames}")
         for i in range(batch.count):
@@ -390,6 +397,7 @@ cdef class ShardRing:
         its words and offset for the parent). False when the ring was aborted."""
         cdef ring_slot_t *slot
         cdef bint ok
+        self.check_reader()
         if damage is not None:
             self.note_damage(damage.detail, damage.offset or 0)
         with nogil:
@@ -514,9 +522,9 @@ cdef class ShardRing:
             self.post(k)
         return 1
 
-    cdef int produce_ahead(self, ring_worker_t *w, int index) except -1:
-        """Worker ``index`` reads its blocks from the one the workers take next, while their
-        slots are free: it waits for the next one only if it is its own."""
+    cdef int produce_ahead(self, ring_worker_t *w) except -1:
+        """The worker ``w`` reads its blocks from the one the workers take next, while their slots
+        are free: it waits for the next one only if it is its own."""
         cdef int r
         while w.produce < w.next + <uint64_t>self.nslots:
             r = self.produce(w.produce, w.produce == w.next)
@@ -549,7 +557,7 @@ cdef class ShardRing:
         cdef ring_frame_t *fr
         cdef ring_worker_t *w
         cdef uint8_t *src
-        cdef int i, j, k, n, got = 1
+        cdef int i, j, k, n, got
         if not 0 <= index < self.workers:
             raise ValueError(f"worker index {index} out of range(0, {self.workers})")
         batch.count = 0
@@ -569,14 +577,10 @@ cdef class ShardRing:
             if not w.holding or w.pos >= slot.count:
                 self.release(index)
                 if self.fd >= 0:
-                    self.produce_ahead(w, index)
+                    self.produce_ahead(w)
                 k = w.next % self.nslots
                 with nogil:
-                    while not aiomb_sem_wait_ms(&self.ready[<size_t>index * self.nslots + k], RING_WAIT_MS):
-                        if self.gone():
-                            got = 0
-                            break
-                        check_signals()
+                    got = self.wait(&self.ready[<size_t>index * self.nslots + k], True)
                 if not got:
                     raise RuntimeError("the shard ring was aborted (another process failed)")
                 w.next += 1

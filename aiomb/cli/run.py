@@ -213,9 +213,8 @@ def run_workers(args) -> int:
     not 0, else 1 for a damaged capture, else 0."""
     import multiprocessing
 
-    from .._core import ShardRing
     from .._records import CAPTURE_BLOCK
-    from .._workers import fork_stoppable, reader_main, ring_damage, stop_reader
+    from .._workers import fork_stoppable, reader_main, ring_damage, ring_for, stop_reader
 
     try:
         source = capture(args.pcap, chunk_size=CAPTURE_BLOCK)
@@ -226,10 +225,8 @@ def run_workers(args) -> int:
     sys.stdout.flush()
     sys.stderr.flush()
     reader = None
-    if ShardRing.workers_read(source.reader):
-        ring = ShardRing(args.workers, vlan_in_key=args.vlan, capture=source.reader)
-    else:
-        ring = ShardRing(args.workers, vlan_in_key=args.vlan)
+    ring = ring_for(source, args.workers, batch_size=2048, vlan_in_key=args.vlan)
+    if not ring.workers_reading:
         news, mine = multiprocessing.Pipe(duplex=False)
         reader = multiprocessing.get_context("fork").Process(target=reader_main, args=(mine, ring, source, 2048),
                                                              name="aiomb-reader", daemon=True)

@@ -480,3 +480,5 @@ def test_only_a_classic_pcap_file_on_disk_is_read_by_the_workers(tmp_path):
         ring = ShardRing(2, capture=reader)
     with pytest.raises(RuntimeError, match="no reader"):
         ring.send(FrameBatch(4))
+    with pytest.raises(RuntimeError, match="no reader"):
+        ring.end(int(aiomb.EndReason.END_OF_CAPTURE))
