@@ -249,14 +249,16 @@ def test_ctrl_c_ends_the_input_and_the_workers_finish_on_what_they_got(tmp_path)
     os.mkfifo(fifo)
     program = tmp_path / "program.py"
     program.write_text(textwrap.dedent(f"""
-        import sys, aiomb
+        import os, sys, aiomb
 
         async def ends(stack):
             reasons = []
             async with stack.subscribe(aiomb.CONN_END) as events:
                 async for ev in events:
                     reasons.append(ev.reason.name)
-            print(aiomb.worker()[0], ",".join(sorted(set(reasons))), flush=True)
+            # one write for the whole line: the two workers share the pipe (and print() writes
+            # its pieces one by one when Python runs unbuffered)
+            os.write(1, f"{{aiomb.worker()[0]}} {{','.join(sorted(set(reasons)))}}\\n".encode())
 
         print("started", flush=True)
         try:
