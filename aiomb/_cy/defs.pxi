@@ -309,10 +309,12 @@ ctypedef struct side_t:
 
 
 ctypedef struct flow_t:
-    # laid out to take 232 bytes (with the 4-byte hash bucket: 236 per tracked flow): mind the padding
+    # laid out to take 240 bytes (with the 4-byte hash bucket: 244 per tracked flow): mind the padding
     uint64_t id
     int64_t first_ts
-    int64_t last_ts
+    int64_t last_ts         # its last packet's stamp
+    int64_t active_ts       # the clock at its last packet: its idle time counts from here (so each
+                            # timeout class's list, in order of last activity, is in order of this)
     side_t side[2]
     uint8_t client_ip[16]
     uint8_t server_ip[16]

@@ -653,6 +653,7 @@ cdef class Engine:
             self.next_id += 1
         f.first_ts = pk.ts
         f.last_ts = pk.ts
+        f.active_ts = self.now
         self.n_created += 1
         f.policy = <uint8_t>self.policy
         f.mbox_mask = ALL_MBOXES
@@ -732,7 +733,7 @@ cdef class Engine:
         if victim < 0:
             for c in range(N_TCLASS):
                 cand = self.tab.lru_head[c]
-                if cand >= 0 and (victim < 0 or self.tab.flows[cand].last_ts < self.tab.flows[victim].last_ts):
+                if cand >= 0 and (victim < 0 or self.tab.flows[cand].active_ts < self.tab.flows[victim].active_ts):
                     victim = cand
         if victim < 0:
             return 0
@@ -916,7 +917,7 @@ cdef class Engine:
             if self.reassembling and not (fl & (TH_RST | TH_SYN)):
                 stream_receive(self, slot, side, pk)      # bytes sent after the close still count
             self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
-            lru_touch(&self.tab, slot, TC_TCP_CLOSED)
+            lru_touch(&self.tab, slot, TC_TCP_CLOSED, self.now)
             return 0
         # the sender's update, then the sender hook
         if fl & TH_RST:
@@ -951,7 +952,7 @@ cdef class Engine:
         self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
         f = &self.tab.flows[slot]
         lru_touch(&self.tab, slot, TC_TCP_CLOSED if f.status == FS_CLOSED else
-                  (TC_TCP_ESTABLISHED if f.fflags & FF_ESTABLISHED else TC_TCP_OPENING))
+                  (TC_TCP_ESTABLISHED if f.fflags & FF_ESTABLISHED else TC_TCP_OPENING), self.now)
         return 0
 
     cdef int udp_packet(self, pkt_t *pk) except -1:
@@ -985,26 +986,29 @@ cdef class Engine:
             self.em.fire(B_UDP_START, slot, side, HOOK_SENDER, 0, 0)
         self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
         self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
-        lru_touch(&self.tab, slot, TC_UDP)
+        lru_touch(&self.tab, slot, TC_UDP, self.now)
         return 0
 
     # ---- time -----------------------------------------------------------------------------
 
     cdef inline bint flows_due(self) noexcept:
-        """Whether a flow has been idle past its timeout at ``now`` (the oldest of each class)."""
+        """Whether a flow has been idle past its timeout at ``now``, counted from the clock at
+        its last packet (the head of each class's list has been idle longest)."""
         cdef int c
         cdef int32_t i
         for c in range(N_TCLASS):
             i = self.tab.lru_head[c]
-            if i >= 0 and self.now - self.tab.flows[i].last_ts >= self.timeouts[c]:
+            if i >= 0 and self.now - self.tab.flows[i].active_ts >= self.timeouts[c]:
                 return True
         return False
 
     cdef int expire_flows(self) except -1:
-        """End (and take out) every flow idle past its timeout at ``now``: class by class, each
-        class's in the order of their last packet's time, then of their ids (creation); their
-        records leave as before the next packet (see remove_flow). 0 when the log has no room
-        for the next one's events (it and those after it stay due), 1 when done."""
+        """End (and take out) every flow idle past its timeout at ``now`` (counted from the clock
+        at its last packet, so which flows end depends on no other flow: a shard ends each where
+        one engine does): class by class, each class's in the order of their last packet's
+        stamp, then of their ids (creation); their records leave as before the next packet (see
+        remove_flow). 0 when the log has no room for the next one's events (it and those after
+        it stay due), 1 when done."""
         cdef int c
         cdef int32_t i
         cdef uint32_t n, j
@@ -1012,7 +1016,7 @@ cdef class Engine:
         for c in range(N_TCLASS):
             n = 0
             i = self.tab.lru_head[c]
-            while i >= 0 and self.now - self.tab.flows[i].last_ts >= self.timeouts[c]:
+            while i >= 0 and self.now - self.tab.flows[i].active_ts >= self.timeouts[c]:
                 if n == self.idle_cap:
                     self.grow_idle()
                 self.idle[n].last_ts = self.tab.flows[i].last_ts

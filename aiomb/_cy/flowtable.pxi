@@ -183,8 +183,10 @@ cdef inline void lru_append(flowtab_t *t, int32_t i, uint8_t tclass) noexcept no
     t.lru_tail[tclass] = i
 
 
-cdef inline void lru_touch(flowtab_t *t, int32_t i, uint8_t tclass) noexcept nogil:
-    """Move an entry to the tail of its (possibly new) timeout class list."""
+cdef inline void lru_touch(flowtab_t *t, int32_t i, uint8_t tclass, int64_t now) noexcept nogil:
+    """A packet of the entry at clock ``now``: move it to the tail of its (possibly new) timeout
+    class list."""
+    t.flows[i].active_ts = now
     if t.lru_tail[tclass] == i:
         return
     lru_unlink(t, i)

@@ -53,6 +53,33 @@ def test_idle_timeouts_depend_on_state_and_protocol():
     assert engine.statistics().flows_timed_out == 3
 
 
+def test_idle_time_counts_from_the_clock_at_a_flows_last_packet():
+    """A packet stamped before the clock (the latest time seen) is as recent as the clock: its
+    flow stays its whole timeout from there, and its record keeps the stamp. Eviction takes the
+    flow idle longest by the same measure."""
+    engine = aiomb.Engine(udp_timeout=10)
+    engine.keep_records()
+    a = udp_frame("10.0.0.1", "10.0.0.2", 1, 2, b"a")
+    b = udp_frame("10.0.0.3", "10.0.0.4", 3, 4, b"b")
+    engine.feed(b, 100.0)
+    engine.feed(a, 40.0)            # late by 60 s: the clock stays at 100
+    engine.feed(b, 101.0)
+    engine.expire(109.9)
+    assert len(engine.flows()) == 2
+    engine.expire(110.0)
+    rows = engine.take_records()
+    assert [(rows[i]["client_port"], rows[i]["last_ts"], rows[i]["end_reason"]) for i in range(len(rows))] == [
+        (1, 40.0, "timeout")]
+    small = aiomb.Engine(max_flows=2)
+    small.keep_records()
+    small.feed(syn(1), 100.0)
+    small.feed(a, 101.0)
+    small.feed(a, 50.0)             # late, but at clock 101: a is more recent than the SYN
+    small.feed(b, 101.5)
+    rows = small.take_records()
+    assert [(rows[i]["client_port"], rows[i]["end_reason"]) for i in range(len(rows))] == [(1025, "evicted")]
+
+
 def test_closed_flows_linger_then_leave_silently():
     engine = aiomb.Engine(tcp_closed_timeout=5)
     d = aiomb.Dispatcher(engine)
