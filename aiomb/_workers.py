@@ -21,6 +21,7 @@ one it is, and the stacks it opens take that shard.
 
 import array
 import bisect
+import collections
 import os
 import signal
 import time
@@ -396,7 +397,7 @@ class ShardedRun(WorkerGroup):
         self.started = time.monotonic()
         self._start()
         count = self.workers
-        pending = [FlowRecords() for _ in range(count)]
+        pending = [collections.deque() for _ in range(count)]       # each worker's record batches, in order
         digests: list = [[] for _ in range(count)]      # each pending row's digests
         created = [array.array("Q") for _ in range(count)]
         reached = [0] * count           # the packet number each worker has passed
@@ -416,7 +417,8 @@ class ShardedRun(WorkerGroup):
                         continue
                     if msg[0] == "records":
                         _, reached[i], rows, ids, row_digests = msg
-                        pending[i].extend(FlowRecords.frombytes(rows))
+                        if rows:
+                            pending[i].append(FlowRecords.frombytes(rows))
                         created[i].frombytes(ids)
                         if row_digests is not None:
                             digests[i].extend(row_digests)
@@ -449,12 +451,16 @@ class ShardedRun(WorkerGroup):
         limit = (reached + 1) << 1
         out = FlowRecords()
         by_id = {}                      # the digests of the rows taken, by their workers' ids
-        for i, rows in enumerate(pending):
-            part = rows.split(limit)
-            if self.hashes:
-                by_id.update(zip(part.ids(), digests[i][:len(part)]))
-                del digests[i][:len(part)]
-            out.extend(part)
+        for i, batches in enumerate(pending):
+            while batches:              # whole batches, then the head of the one that reaches past
+                part = batches[0].split(limit)
+                if self.hashes:
+                    by_id.update(zip(part.ids(), digests[i][:len(part)]))
+                    del digests[i][:len(part)]
+                out.extend(part)
+                if len(batches[0]):
+                    break
+                batches.popleft()
         new = []
         for ids in created:
             k = bisect.bisect_right(ids, reached)    # the ids at most ``reached`` (rising)

@@ -349,9 +349,10 @@ def add_parser(sub) -> None:
                    help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
     f.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
     f.add_argument("--workers", type=int, default=1, metavar="N",
-                   help="run N engines in N processes, each tracking the flows that hash to it: fed by one "
-                        "reader (a capture; the records are the same as with one) or by aiomb's XDP "
-                        "steering program (--iface)")
+                   help="run N engines in N processes, each tracking the flows that hash to it: a capture "
+                        "(a pcap file the workers read themselves, anything else through one reader; the "
+                        "records are the same as with one) or a live port, through aiomb's XDP steering "
+                        "program (--iface)")
     add_port_options(f, inline=False)
     f.add_argument("--duration", metavar="SECONDS", type=float,
                    help="with --iface: watch for this long, then print the flows")
