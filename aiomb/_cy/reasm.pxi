@@ -321,12 +321,15 @@ cdef int compare_inorder(Engine eng, int32_t slot, int side, int hook, stream_t 
                          const uint8_t *data, uint64_t cend, uint64_t end) except -1:
     """A segment [off, end) covers in-order bytes [off, cend): compare them with the copy we have,
     in one piece whether it is still held or already consumed (into the history, while OVERLAP
-    is wanted), so that the answer does not depend on when bytes were delivered. A conflict is
+    is wanted), so that the answer does not depend on when bytes were delivered: the window
+    counts back from the end of the bytes in order, not from what was delivered. A conflict is
     an OVERLAP, never a change: bytes in order are the receiver's already (queued for its
     application), whatever the policy, which decides between copies held out of order. Bytes
-    consumed before the history begins are counted as unchecked."""
+    before the window (or before the history begins) are counted as unchecked."""
     cdef bint history = st.buffering and eng.rx.overlap_window and eng.em.wants(EV_OVERLAP)
     cdef uint64_t lo = st.buf_off - st.hist_len if history else st.buf_off
+    if history and st.next_off - lo > eng.rx.overlap_window:
+        lo = st.next_off - eng.rx.overlap_window
     cdef uint64_t a = off if off > lo else lo
     cdef uint64_t mid
     cdef uint8_t *held

@@ -6,7 +6,7 @@ import pytest
 
 import aiomb
 from aiomb import EventKind, Side
-from aiomb.testing import TcpConversation, tcp_frame
+from aiomb.testing import TcpConversation, tcp_frame, write_pcap
 
 CLIENT = Side.CLIENT
 
@@ -86,6 +86,33 @@ def test_bytes_older_than_the_window_are_counted_unchecked():
     assert engine.overlap_window == 4096
     with pytest.raises(ValueError, match="overlap_window"):
         aiomb.Engine(overlap_window=-1)
+
+
+@pytest.mark.parametrize("one_batch", [False, True])
+def test_the_window_counts_back_from_the_bytes_in_order_whatever_was_delivered(tmp_path, one_batch):
+    """Bytes further back than ``overlap_window`` from the end of the bytes in order are
+    unchecked, whether they were delivered (a batch a frame) or are still held (one batch)."""
+    c = TcpConversation()
+    c.handshake()
+    first = bytes(range(256)) * 40                  # 10240 bytes
+    for i in range(0, len(first), 1024):
+        c.send("client", first[i:i + 1024])
+    resend(c, b"X" * 1024, len(first))               # the first KiB again, other bytes
+    resend(c, b"Y" * 1024, 1024)                     # the last KiB again, other bytes
+    engine, d, sub = engine_with(EventKind.OVERLAP, overlap_window=4096)
+    if one_batch:
+        path = tmp_path / "resent.pcap"
+        write_pcap(path, c.frames)
+        batch = aiomb.FrameBatch(len(c.frames))
+        with aiomb.capture(path) as source:
+            assert source.read(batch) == len(c.frames)
+        engine.process(batch)
+    else:
+        feed(engine, c.frames)
+    engine.finish()
+    events = d.drain(sub)
+    assert [(e.offset, e.length) for e in events if e.kind is EventKind.OVERLAP] == [(len(first) - 1024, 1024)]
+    assert events[-1].stats.client.unchecked_bytes == 1024
 
 
 def test_out_of_order_segments_and_zero_window_probes_are_counted():
