@@ -16,9 +16,11 @@ from aiomb import TcpState
 from aiomb._records import FlowTable
 from aiomb.cli._common import UsageError
 from aiomb.cli.flows import parse_collector
+from aiomb.testing import write_pcap
 
 from ..conftest import REPO, corpus_path
 from ..core.test_records import conversations, run
+from ..core.test_shards import traffic
 from .ipfix_reader import REVERSE, Collector
 
 PEN = 32473
@@ -250,24 +252,32 @@ def aiomb_flows(*args):
                           text=True, timeout=120)
 
 
-def test_the_command_exports_over_tcp_beside_its_json_lines():
-    capture = REPO / "examples/captures/demo.pcapng"
-    with socket.create_server(("127.0.0.1", 0)) as server:
+def export_over_tcp(capture, tmp_path, *args):
+    """``aiomb flows CAPTURE --format jsonl --ipfix tcp://...`` to a collector in the test: its
+    exit status, stderr, JSON-lines rows and what the collector decoded."""
+    with socket.create_server(("127.0.0.1", 0)) as server, open(tmp_path / "rows.jsonl", "w+") as out:
         server.settimeout(60)
         port = server.getsockname()[1]
         proc = subprocess.Popen([sys.executable, "-m", "aiomb", "flows", capture, "--format", "jsonl",
-                                 "--ipfix", f"tcp://127.0.0.1:{port}", "--ipfix-domain", "42", "--stats"],
-                                cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                 "--ipfix", f"tcp://127.0.0.1:{port}", *args],
+                                cwd=REPO, stdout=out, stderr=subprocess.PIPE, text=True)
         conn, _ = server.accept()
         with conn:
             data = b""
             while chunk := conn.recv(1 << 20):
                 data += chunk
-        out, err = proc.communicate(timeout=60)
-    assert proc.returncode == 0, err
-    rows = [json.loads(line) for line in out.splitlines()]
+        _, err = proc.communicate(timeout=60)
+        out.seek(0)
+        rows = [json.loads(line) for line in out]
     collector = Collector()
     collector.feed_stream(data)
+    return proc.returncode, err, rows, collector, port
+
+
+def test_the_command_exports_over_tcp_beside_its_json_lines(tmp_path):
+    code, err, rows, collector, port = export_over_tcp(REPO / "examples/captures/demo.pcapng", tmp_path,
+                                                       "--ipfix-domain", "42", "--stats")
+    assert code == 0, err
     assert {m.domain for m in collector.messages} == {42}
     assert f"IPFIX to 127.0.0.1:{port} (tcp, domain 42): {len(rows)} records in" in err
     got = {rec[0, 148]: rec for rec in collector.records}
@@ -277,6 +287,26 @@ def test_the_command_exports_over_tcp_beside_its_json_lines():
         assert (rec[0, 2], rec[0, 1], rec[REVERSE, 2], rec[REVERSE, 1]) == (
             r["client_packets"], r["client_ip_bytes"], r["server_packets"], r["server_ip_bytes"])
         assert (rec[0, 154], rec[0, 155]) == (round(r["first_ts"] * 1e6), round(r["last_ts"] * 1e6))
+
+
+@pytest.mark.parametrize("name", ["generated.pcap", "echo-connections.pcap.gz"])
+def test_workers_export_the_records_of_one_engine(tmp_path, name):
+    """With --workers 2 (reading a pcap file themselves, or fed by a reader from a gzip) the
+    collector gets one engine's records: every element of every flow (messages group records by
+    template, IPv4 and IPv6, as batches come, so their order in the stream may differ)."""
+    if name == "generated.pcap":
+        capture = tmp_path / name
+        write_pcap(capture, traffic(flows=200))
+    else:
+        capture = corpus_path() / "bench" / name
+    one = export_over_tcp(capture, tmp_path)
+    two = export_over_tcp(capture, tmp_path, "--workers", "2")
+    assert one[0] == two[0] == 0, (one[1], two[1])
+    assert two[2] == one[2] and len(one[2]) >= 200
+    by_flow = [sorted(c.records, key=lambda rec: rec[0, 148]) for c in (one[3], two[3])]
+    assert by_flow[1] == by_flow[0] and len(by_flow[0]) == len(one[2])
+    families = {rec.get((0, 8)) is None for rec in by_flow[0]}     # an IPv4 source address, or not
+    assert families == ({True, False} if name == "generated.pcap" else {False})
 
 
 def test_the_command_ends_when_its_tcp_collector_goes_away():
