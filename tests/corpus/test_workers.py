@@ -24,6 +24,7 @@ from aiomb.io._capture import capture
 from aiomb.testing import TcpConversation, udp_frame, write_pcap
 
 from ..conftest import corpus_path
+from ..core.test_shards import unordered
 
 
 def corpus_captures():
@@ -38,9 +39,10 @@ def flows(path, *options, workers=1, check=True):
     return proc
 
 
-def busy_capture(path, flows=400, seed=3):
+def busy_capture(path, flows=400, seed=3, *, stamps_go_back=False):
     """Many interleaved flows on coarse timestamps (ties), some closed, some idle past the
-    default UDP timeout, a tuple reused, and flows open at the end."""
+    default UDP timeout, a tuple reused, and flows open at the end; with ``stamps_go_back``, some
+    stamps out of order (see test_shards.unordered)."""
     frames = []
     for i in range(flows):
         start = 1.0 + (i % 37) * 2.5
@@ -60,7 +62,7 @@ def busy_capture(path, flows=400, seed=3):
             c.ack("client")
         frames += [(round(ts, 1), frame) for ts, frame in c.frames]
     frames.sort(key=lambda f: f[0])
-    write_pcap(path, frames)
+    write_pcap(path, unordered(frames, seed) if stamps_go_back else frames)
     return path
 
 
@@ -95,6 +97,17 @@ def test_every_format_and_option_gives_the_same_output(tmp_path, options):
     assert len(one) > 300
     assert output(flows(path, *options, workers=2)) == one
     assert output(flows(path, *options, workers=4)) == one
+
+
+def test_a_capture_whose_stamps_go_back_gives_one_engines_records(tmp_path):
+    """Stamps out of order, with timeouts short enough for flows to leave all along."""
+    path = busy_capture(tmp_path / "unordered.pcap", stamps_go_back=True)
+    timeouts = dict(tcp_syn_timeout=2.0, tcp_established_timeout=3.0, tcp_closed_timeout=1.0, udp_timeout=2.0)
+    one = records(FlowRun(capture(path), midstream=True, **timeouts))
+    rows = [json.loads(line) for line in one.splitlines()]
+    assert len(rows) > 300 and any(r["last_ts"] < r["first_ts"] for r in rows)
+    for workers in (2, 3):
+        assert records(ShardedRun(path, workers, midstream=True, **timeouts)) == one, workers
 
 
 def output(proc) -> list[bytes]:
