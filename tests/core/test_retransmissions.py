@@ -69,27 +69,8 @@ def test_a_conflict_is_found_after_the_first_copy_was_delivered(window, found):
     assert (st.overlap_conflicts, st.overlap_conflict_bytes) == ((1, 4) if found else (0, 0))
 
 
-def test_bytes_older_than_the_window_are_counted_unchecked():
-    c = TcpConversation()
-    c.handshake()
-    first = bytes(range(256)) * 40                  # 10240 bytes
-    for i in range(0, len(first), 1024):
-        c.send("client", first[i:i + 1024])
-    resend(c, b"X" * 1024, len(first))               # the first KiB again, other bytes
-    resend(c, b"Y" * 1024, 1024)                     # the last KiB again, other bytes
-    engine, d, sub = engine_with(EventKind.OVERLAP, overlap_window=4096)
-    feed(engine, c.frames)
-    engine.finish()
-    events = d.drain(sub)
-    assert [(e.offset, e.length) for e in events if e.kind is EventKind.OVERLAP] == [(len(first) - 1024, 1024)]
-    assert events[-1].stats.client.unchecked_bytes == 1024
-    assert engine.overlap_window == 4096
-    with pytest.raises(ValueError, match="overlap_window"):
-        aiomb.Engine(overlap_window=-1)
-
-
 @pytest.mark.parametrize("one_batch", [False, True])
-def test_the_window_counts_back_from_the_bytes_in_order_whatever_was_delivered(tmp_path, one_batch):
+def test_bytes_older_than_the_window_are_counted_unchecked(tmp_path, one_batch):
     """Bytes further back than ``overlap_window`` from the end of the bytes in order are
     unchecked, whether they were delivered (a batch a frame) or are still held (one batch)."""
     c = TcpConversation()
@@ -113,6 +94,9 @@ def test_the_window_counts_back_from_the_bytes_in_order_whatever_was_delivered(t
     events = d.drain(sub)
     assert [(e.offset, e.length) for e in events if e.kind is EventKind.OVERLAP] == [(len(first) - 1024, 1024)]
     assert events[-1].stats.client.unchecked_bytes == 1024
+    assert engine.overlap_window == 4096
+    with pytest.raises(ValueError, match="overlap_window"):
+        aiomb.Engine(overlap_window=-1)
 
 
 def test_out_of_order_segments_and_zero_window_probes_are_counted():
