@@ -25,6 +25,7 @@ ctypedef struct frag_t:
     uint32_t ident
     uint32_t total          # payload length once the last fragment is seen, else 0
     uint32_t units_have
+    uint32_t high           # the end of the furthest fragment taken in
     uint32_t cap            # bytes of data (a multiple of FRAG_GRAIN); the bitmap has cap // 64
     uint32_t nfrags         # fragments taken in
     uint32_t hash
@@ -202,6 +203,7 @@ cdef frag_t *fragtab_get(fragtab_t *t, uint8_t family, uint8_t proto, const uint
     e.first_ts = t.clock
     e.total = 0
     e.units_have = 0
+    e.high = 0
     e.nfrags = 0
     e.hdrlen = 0
     e.hash = h
@@ -255,7 +257,7 @@ cdef int frag_add(fragtab_t *t, frag_t *e, uint32_t offset, const uint8_t *p, ui
     if end > FRAG_MAX_PAYLOAD or (more and (n & 7)) or (n == 0 and more):
         return -1
     if not more:
-        if e.total and e.total != end:
+        if (e.total and e.total != end) or e.high > end:    # bytes past the end: Linux drops it all
             return -1
         e.total = end
     elif e.total and end > e.total:
@@ -264,6 +266,8 @@ cdef int frag_add(fragtab_t *t, frag_t *e, uint32_t offset, const uint8_t *p, ui
         return -1
     if offset == 0:
         e.hdrlen = <uint16_t>hdrlen
+    if end > e.high:
+        e.high = end
     u0 = offset >> 3
     u1 = (end + 7) >> 3
     for u in range(u0, u1):

@@ -120,6 +120,28 @@ def test_packet_time_stepping_back_does_not_revive_or_reorder():
     assert engine.statistics().fragments_held == 1
 
 
+@pytest.mark.parametrize("src, dst", [("10.0.0.1", "10.0.0.2"), ("2001:db8::1", "2001:db8::2")])
+@pytest.mark.parametrize("last_first", [False, True])
+def test_a_fragment_past_the_datagrams_end_drops_the_datagram(src, dst, last_first):
+    """A fragment reaching past the end the last fragment gives: the datagram is dropped (as Linux
+    does), never completed, and the units past its end never stand in for a hole in it."""
+    def pieces(size):                  # a UDP datagram in 8-byte fragments, identification 7
+        if ":" in src:
+            return ipv6_fragments(udp_frame(src, dst, 1000, 53, bytes([size]) * size), fragment_size=8,
+                                  identification=7)
+        return ipv4_fragments(udp_frame(src, dst, 1000, 53, bytes([size]) * size, ip_id=7), fragment_size=8)
+    short, long = pieces(24), pieces(56)         # 32 and 64 bytes: 4 and 8 fragments
+    beyond = long[6]                             # bytes [48, 56), more to come
+    hole = [short[0], short[1], short[3], beyond] if last_first else [short[0], short[1], beyond, short[3]]
+    engine, _ = run([(1.0, f) for f in hole], kinds=EventKind.ERROR)
+    st = engine.statistics()
+    assert (st.fragments_reassembled, st.udp_packets, st.malformed) == (0, 0, {"bad_fragment": 1})
+    for frame in short:
+        engine.feed(frame, 2.0)
+    st = engine.statistics()
+    assert (st.fragments_reassembled, st.udp_packets, st.fragments_held) == (1, 1, 0)
+
+
 def test_datagrams_differ_by_every_field_of_the_key():
     engine = aiomb.Engine()
     firsts = [datagram(1)[0], datagram(2)[0], datagram(1, src="10.0.0.3")[0], datagram(1, dst="10.0.0.4")[0],
