@@ -905,12 +905,10 @@ cdef class Engine:
         if created:
             self.em.fire(B_CONN_START, slot, side, HOOK_SENDER, 0, 0)
         if bad_echo_to_syn(f, side, pk):
-            self.n_rejected += 1        # counted as the flow's packet, and nothing else
-            self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
-            if self.em.wants(EV_REJECTED):
-                self.em.emit(B_REJECTED, slot, side, HOOK_SENDER, 0, 0, -1, -1, "bad_timestamp_echo")
-            self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
-            return 0
+            return self.reject(slot, side, "bad_timestamp_echo")
+        if syn and syn_in_connection(f, side, pk):
+            count_flags(s, pk)
+            return self.reject(slot, side, "syn_in_connection")
         if f.status == FS_CLOSED:
             count_flags(&self.tab.flows[slot].side[side], pk)
             self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
@@ -953,6 +951,15 @@ cdef class Engine:
         f = &self.tab.flows[slot]
         lru_touch(&self.tab, slot, TC_TCP_CLOSED if f.status == FS_CLOSED else
                   (TC_TCP_ESTABLISHED if f.fflags & FF_ESTABLISHED else TC_TCP_OPENING), self.now)
+        return 0
+
+    cdef int reject(self, int32_t slot, int side, str reason) except -1:
+        """A TCP packet its receiver would drop: counted as the flow's packet, and nothing else."""
+        self.n_rejected += 1
+        self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
+        if self.em.wants(EV_REJECTED):
+            self.em.emit(B_REJECTED, slot, side, HOOK_SENDER, 0, 0, -1, -1, reason)
+        self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
         return 0
 
     cdef int udp_packet(self, pkt_t *pk) except -1:

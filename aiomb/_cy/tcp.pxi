@@ -17,6 +17,8 @@
 #                                   (rst_ignored, rst_out_of_window) and changes nothing.
 #   a reply to a side in SYN_SENT   (ACK, RST or FIN) that echoes a timestamp other than the SYN's:
 #                                   rejected (REJECTED, "bad_timestamp_echo"): it changes nothing
+#   SYN or SYN-ACK with a new ISN   rejected (REJECTED, "syn_in_connection"): it changes nothing
+#   to a synchronized receiver      (counted among the side's SYNs)
 #   SYN when both sides are closed  a new connection reuses the tuple: the flow ends (REUSED,
 #   or closing (CLOSING_STATES)     unless it had ended) and a new flow starts with this SYN;
 #                                   only a duplicate of the ended flow's own SYN, while it
@@ -151,6 +153,16 @@ cdef inline bint bad_echo_to_syn(const flow_t *f, int side, const pkt_t *pk) noe
     if not (pk.flags & (TH_ACK | TH_RST | TH_FIN)) or not pk.has_ts or pk.ts_ecr == 0:
         return 0
     return pk.ts_ecr != r.last_ack
+
+cdef inline bint syn_in_connection(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
+    """A SYN or SYN-ACK with a new ISN to a receiver in a synchronized state: the receiver
+    answers it with a challenge ACK and drops it (RFC 5961 section 4, Linux; Suricata drops it
+    too), so it must change nothing: taking its ISN would move the sender's sequence space and
+    make the rest of its stream look retransmitted. (A SYN after both sides closed is a new
+    connection: see reuses, checked before.)"""
+    cdef const side_t *s = &f.side[side]
+    return SYNCHRONIZED[f.side[1 - side].state] and not ((s.flags & SF_SYN_SEEN) and pk.seq == s.isn)
+
 
 cdef void count_flags(side_t *s, const pkt_t *pk) noexcept:
     """Count a packet's SYN / SYN-ACK / FIN / RST (saturating), without changing any state."""

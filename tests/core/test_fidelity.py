@@ -11,8 +11,8 @@ from aiomb.testing import TcpConversation, ipv4_fragments, ipv6_fragments, tcp_f
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
 
 
-def engine_and_events(kinds):
-    engine = aiomb.Engine()
+def engine_and_events(kinds, **options):
+    engine = aiomb.Engine(**options)
     d = aiomb.Dispatcher(engine)
     return engine, d, d.subscribe(kinds)
 
@@ -280,6 +280,45 @@ def test_a_reset_outside_the_window_is_ignored_as_linux_does():
         (2.1, client_segment(c, b"still here"))]
     data, ends, st = client_stream(frames)
     assert (data, ends, st.rst_out_of_window) == (b"still here", [aiomb.EndReason.END_OF_CAPTURE], 1)
+
+
+@pytest.mark.parametrize("midstream", [False, True])
+def test_a_syn_with_a_new_isn_on_an_open_connection_is_rejected_and_the_streams_go_on(midstream):
+    """RFC 5961 section 4: a receiver in a synchronized state answers a SYN (or SYN-ACK), whatever
+    its sequence number, with a challenge ACK and drops it. Taking its ISN would move the sender's
+    sequence space and make the rest of its stream retransmissions (hidden, no GAP)."""
+    c = established()
+    c.send("client", b"first ")
+    c.ack("server")
+    if midstream:
+        del c.frames[:3]
+    c.frames.append((1.5, tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=77777, flags="S",
+                                    options=tcp_options(wscale=9))))
+    c.frames.append((1.6, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=88888, ack=77778, flags="SA")))
+    c.send("client", b"GET /secret")
+    c.ack("server")
+    c.send("server", b"200 OK")
+    c.ack("client")
+    c.fin("client")
+    c.fin("server")
+    c.ack("client")
+    engine, d, sub = engine_and_events(EventKind.REJECTED | EventKind.NEW_DATA | EventKind.GAP
+                                       | EventKind.RETRANSMIT | EventKind.WINDOW | EventKind.CONN_END,
+                                       midstream=midstream)
+    feed(engine, c.frames)
+    engine.finish()
+    events = d.drain(sub)
+    assert [(e.kind, e.side, e.reason if e.kind is EventKind.CONN_END else e.value) for e in events] == [
+        (EventKind.NEW_DATA, CLIENT, b"first "),
+        (EventKind.REJECTED, CLIENT, "syn_in_connection"),
+        (EventKind.REJECTED, SERVER, "syn_in_connection"),
+        (EventKind.NEW_DATA, CLIENT, b"GET /secret"),
+        (EventKind.NEW_DATA, SERVER, b"200 OK"),
+        (EventKind.CONN_END, CLIENT, aiomb.EndReason.FIN),
+    ]
+    stats = events[-1].stats                    # the rejected SYN and SYN-ACK were seen all the same
+    assert (stats.client.syn, stats.server.synack, engine.statistics().rejected) == \
+        ((1, 1) if midstream else (2, 2)) + (2,)
 
 
 @pytest.mark.parametrize("family", ["10.0.0.", "fd00::"])
