@@ -119,14 +119,13 @@ cdef enum:
     MAL_BAD_IPV6_EXTENSION = 5
     MAL_TRUNCATED_TCP = 6
     MAL_BAD_TCP_HEADER_LENGTH = 7
-    MAL_BAD_TCP_OPTION = 8
-    MAL_TRUNCATED_UDP = 9
-    MAL_BAD_UDP_LENGTH = 10
-    MAL_BAD_FRAGMENT = 11
-    MAL_UNKNOWN_LINKTYPE = 12
-    MAL_BAD_TCP_FLAGS = 13
-    MAL_BAD_CHECKSUM = 14
-    N_MALFORMED = 15
+    MAL_TRUNCATED_UDP = 8
+    MAL_BAD_UDP_LENGTH = 9
+    MAL_BAD_FRAGMENT = 10
+    MAL_UNKNOWN_LINKTYPE = 11
+    MAL_BAD_TCP_FLAGS = 12
+    MAL_BAD_CHECKSUM = 13
+    N_MALFORMED = 14
 
 # Link types (pcap LINKTYPE_*)
 cdef enum:
@@ -201,6 +200,7 @@ ctypedef struct pkt_t:
     uint8_t has_ts
     uint32_t ts_val
     uint32_t ts_ecr
+    uint8_t bad_options     # its TCP options end at a malformed one (read up to it, as Linux does)
     uint8_t reassembled     # 1: rebuilt from IP fragments
 
 

@@ -13,7 +13,7 @@ from aiomb.flows._stats import EngineStatistics, MalformedCounts
 MALFORMED_REASONS = (
     "truncated_l2", "truncated_ip", "bad_ip_version", "bad_ip_header_length",
     "bad_ip_total_length", "bad_ipv6_extension", "truncated_tcp", "bad_tcp_header_length",
-    "bad_tcp_option", "truncated_udp", "bad_udp_length", "bad_fragment", "unknown_linktype",
+    "truncated_udp", "bad_udp_length", "bad_fragment", "unknown_linktype",
     "bad_tcp_flags", "bad_checksum",
 )
 
@@ -128,6 +128,7 @@ cdef class Engine:
     cdef uint64_t side_packets[2]       # packets and payload bytes of tracked flows, by the sender's side
     cdef uint64_t side_payload[2]
     cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped, n_rejected
+    cdef uint64_t n_bad_options     # TCP packets taken whose options end at a malformed one
     cdef uint64_t malformed[N_MALFORMED]
     cdef Emitter em
     cdef list mbox_filters          # each middlebox's filter (None: every flow)
@@ -777,6 +778,7 @@ cdef class Engine:
                 pass                        # another shard's flow
             elif pk.proto == 6:
                 self.n_tcp += 1
+                self.n_bad_options += pk.bad_options
                 self.tcp_packet(pk)
             else:
                 self.n_udp += 1
@@ -1397,6 +1399,7 @@ cdef class Engine:
             orphans=self.n_orphans, flows_active=self.tab.count, flows_created=self.n_created,
             flows_ended=self.n_ended, flows_timed_out=self.n_timed_out, flows_evicted=self.n_evicted,
             max_flows=self.tab.max_flows, rst_out_of_window=self.n_rst_oow,
+            bad_tcp_options=self.n_bad_options,
             fragments_held=self.frags.held, fragments_received=self.frags.received,
             fragment_memory=self.frags.memory, max_fragment_memory=self.frags.max_memory,
             fragments_reassembled=self.frags.reassembled,

@@ -67,22 +67,28 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
     return P_OK
 
 
-cdef int parse_tcp_options(pkt_t *pk, const uint8_t *o, uint32_t n) noexcept nogil:
-    """Decode MSS, window scale, SACK-permitted and timestamps; returns 0, or -1 if malformed."""
+cdef void parse_tcp_options(pkt_t *pk, const uint8_t *o, uint32_t n) noexcept nogil:
+    """Decode MSS, window scale, SACK-permitted and timestamps as Linux's tcp_parse_options does:
+    an option of the wrong size for its kind is skipped; at a kind byte with no length, a length
+    below 2 or one running past the header the reading stops, the options before it kept, and
+    ``bad_options`` is set. The endpoint takes such a segment, so the engine must too: dropping
+    it would hide its bytes, FIN or RST from the middlebox."""
     cdef uint32_t i = 0
     cdef uint8_t kind, ln
     while i < n:
         kind = o[i]
         if kind == 0:
-            return 0
+            return
         if kind == 1:
             i += 1
             continue
         if i + 1 >= n:
-            return -1
+            pk.bad_options = 1
+            return
         ln = o[i + 1]
         if ln < 2 or i + ln > n:
-            return -1
+            pk.bad_options = 1
+            return
         if kind == 2 and ln == 4:
             pk.mss = rd16(o + i + 2)
         elif kind == 3 and ln == 3:
@@ -94,7 +100,6 @@ cdef int parse_tcp_options(pkt_t *pk, const uint8_t *o, uint32_t n) noexcept nog
             pk.ts_val = rd32(o + i + 2)
             pk.ts_ecr = rd32(o + i + 6)
         i += ln
-    return 0
 
 
 cdef int parse_l4(pkt_t *pk, const uint8_t *p, uint32_t n, int *reason) noexcept nogil:
@@ -121,9 +126,8 @@ cdef int parse_l4(pkt_t *pk, const uint8_t *p, uint32_t n, int *reason) noexcept
         if (pk.flags & TH_SYN) and (pk.flags & (TH_RST | TH_FIN)) == (TH_RST | TH_FIN):
             reason[0] = MAL_BAD_TCP_FLAGS
             return P_MALFORMED
-        if hl > 20 and parse_tcp_options(pk, p + 20, hl - 20) < 0:
-            reason[0] = MAL_BAD_TCP_OPTION
-            return P_MALFORMED
+        if hl > 20:
+            parse_tcp_options(pk, p + 20, hl - 20)
         return P_OK
     if pk.proto == 17:
         if n < 8:

@@ -119,7 +119,10 @@ class EngineStatistics:
     """The core's counters: packets, flows, and every reason a packet was not tracked.
 
     ``malformed`` maps a reason (e.g. ``"truncated_tcp"``) to a count (a read-only
-    :class:`MalformedCounts`); only reasons seen appear. ``fragments_held`` counts the fragments
+    :class:`MalformedCounts`); only reasons seen appear. ``bad_tcp_options`` counts the TCP
+    packets taken although their option list ends at a malformed option (a kind byte with no
+    length, a length of 0 or 1, or one running past the header): as Linux does, the options before
+    it are read and the packet is processed, not dropped. ``fragments_held`` counts the fragments
     of the datagrams in reassembly now (``fragments_received`` every fragment taken in), and
     ``fragment_memory`` the bytes their buffers take (at most ``max_fragment_memory``).
     ``stream_memory_peak`` is the most ``stream_memory`` ever reached, ``stream_buffer_peak``
@@ -163,6 +166,7 @@ class EngineStatistics:
     buffer_overruns: int = 0
     sequence_jumps: int = 0
     rejected: int = 0           # packets their receiver would drop (REJECTED events), which changed nothing
+    bad_tcp_options: int = 0    # TCP packets taken whose option list ends at a malformed option
     fragments_received: int = 0
     fragment_memory: int = 0
     max_fragment_memory: int = 0

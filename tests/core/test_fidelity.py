@@ -321,6 +321,53 @@ def test_a_syn_with_a_new_isn_on_an_open_connection_is_rejected_and_the_streams_
         ((1, 1) if midstream else (2, 2)) + (2,)
 
 
+# Option lists that end at a malformed option: Linux's tcp_parse_options stops there (an option
+# length below 2 is a "silly option", one past the header a partial option) and takes the segment.
+BAD_OPTION_LISTS = {
+    "length 0": b"\x22\x00",
+    "length 1": b"\x22\x01",
+    "past the header": b"\x08\x28",               # a 40-byte timestamp option in 4 bytes of options
+    "lone kind byte": b"\x01\x01\x01\x05",        # a SACK kind with no length byte after it
+}
+
+
+@pytest.mark.parametrize("options", BAD_OPTION_LISTS.values(), ids=BAD_OPTION_LISTS)
+def test_data_behind_a_malformed_option_list_reaches_the_stream_as_linux_takes_it(options):
+    c = established()
+    c.send("client", b"GET / HTTP/1.1\r\n")
+    frames = list(c.frames) + [(2.0, client_segment(c, b"X-Evil: 1\r\n", options=options))]
+    c.client_seq += len(b"X-Evil: 1\r\n")
+    c.frames.clear()
+    c.send("client", b"Host: x\r\n\r\n")
+    c.ack("server")                                   # the server ACKs it all: it took the segment
+    frames += [(2.1 + i * 0.01, f) for i, (_, f) in enumerate(c.frames)]
+    for checksums in ("ignore", "verify"):
+        data, _, st = client_stream(frames, checksums=checksums)
+        assert data == b"GET / HTTP/1.1\r\nX-Evil: 1\r\nHost: x\r\n\r\n", checksums
+        assert (st.malformed, st.bad_tcp_options) == ({}, 1), checksums
+
+
+@pytest.mark.parametrize("options", BAD_OPTION_LISTS.values(), ids=BAD_OPTION_LISTS)
+def test_a_fin_or_reset_behind_a_malformed_option_list_ends_the_flow_as_linux_takes_it(options):
+    for flags, answer in (("FA", [(EventKind.FIN, CLIENT, None), (EventKind.FIN, SERVER, None),
+                                  (EventKind.CONN_END, CLIENT, aiomb.EndReason.FIN)]),
+                          ("RA", [(EventKind.RST, CLIENT, None), (EventKind.CONN_END, CLIENT, aiomb.EndReason.RST)])):
+        c = established()
+        frames = list(c.frames) + [(2.0, client_segment(c, b"", flags=flags, options=options))]
+        if flags == "FA":
+            c.client_seq += 1
+            c.frames.clear()
+            c.fin("server")
+            c.ack("client")
+            frames += [(2.1 + i * 0.01, f) for i, (_, f) in enumerate(c.frames)]
+        engine, d, sub = engine_and_events(EventKind.FIN | EventKind.RST | EventKind.CONN_END)
+        feed(engine, frames)
+        engine.finish()
+        assert [(e.kind, e.side, e.reason) for e in d.drain(sub)] == answer, flags
+        st = engine.statistics()
+        assert (st.malformed, st.bad_tcp_options) == ({}, 1), flags
+
+
 @pytest.mark.parametrize("family", ["10.0.0.", "fd00::"])
 def test_inline_handlers_see_each_packets_ttl_to_spot_injections(family):
     c = TcpConversation(client=(family + "1", 40000), server=(family + "2", 80))

@@ -15,6 +15,7 @@ from aiomb.testing import (
     sll2_frame,
     sll_frame,
     tcp_frame,
+    tcp_options,
     udp_frame,
 )
 
@@ -153,11 +154,31 @@ def test_malformed_reasons():
         mutate(frame)
         engine, _ = run([(1.0, bytes(frame))])
         assert engine.statistics().malformed == {reason: 1}, reason
-    bad_opt = tcp_frame("10.0.0.1", "10.0.0.2", 1, 2, flags="S", options=b"\x02\x09\x00\x00")
-    assert run([(1.0, bad_opt)])[0].statistics().malformed == {"bad_tcp_option": 1}
     bad_udp = bytearray(udp_frame("10.0.0.1", "10.0.0.2", 1, 2, b"abc"))
     bad_udp[14 + 20 + 5] = 200
     assert run([(1.0, bytes(bad_udp))])[0].statistics().malformed == {"bad_udp_length": 1}
+
+
+def test_options_before_a_malformed_one_count_and_the_segment_is_taken():
+    """Linux's tcp_parse_options stops at an option of length 0 or 1, one running past the header
+    or a lone kind byte, keeping the options before it, and takes the segment; an option of the
+    wrong size for its kind is skipped alone."""
+    for bad in (b"\x22\x00", b"\x22\x01", b"\x02\x09", b"\x01\x01\x01\x02"):
+        c = TcpConversation()
+        c.syn(options=tcp_options(wscale=7) + bad)
+        c.syn_ack(options=tcp_options(wscale=2))
+        c.ack("client")
+        engine, events = run(c.frames)
+        assert ("ESTABLISHED", "CLIENT") in events, bad
+        assert one_flow(engine).statistics().client.wscale == 7, bad
+        st = engine.statistics()
+        assert (st.malformed, st.bad_tcp_options, st.tcp_packets) == ({}, 1, 3), bad
+    c = TcpConversation()
+    c.syn(options=b"\x03\x04\x09\x00" + tcp_options(wscale=5))     # a 4-byte window scale, then a good one
+    c.syn_ack(options=tcp_options(wscale=2))
+    engine, _ = run(c.frames)
+    assert one_flow(engine).statistics().client.wscale == 5
+    assert engine.statistics().bad_tcp_options == 0
 
 
 def test_error_events_name_the_reason():

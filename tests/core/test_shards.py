@@ -10,7 +10,7 @@ import pytest
 import aiomb
 from aiomb import FlowRecords, FrameBatch
 from aiomb._core import CaptureReader, ShardRing
-from aiomb.testing import TcpConversation, ipv4_fragments, udp_frame, write_pcap
+from aiomb.testing import TcpConversation, ipv4_fragments, tcp_frame, udp_frame, write_pcap
 
 OPTIONS = dict(midstream=True, reassembly=True, tcp_syn_timeout=2.0, tcp_established_timeout=3.0,
                tcp_closed_timeout=1.0, udp_timeout=2.0)
@@ -274,6 +274,26 @@ def test_a_ring_feeds_shard_engines_the_records_of_one(tmp_path, count, worker_b
     blind = [engine.statistics() for engine, _, _ in ring_run(tmp_path, frames, count, worker_batch, sharded=False)]
     assert all(s.packets == whole.packets for s in blind)
     assert sum(s.tcp_packets for s in blind) == whole.tcp_packets
+
+
+def test_a_segment_whose_option_list_ends_badly_reaches_its_flows_shard_only(tmp_path):
+    """The reader classifies as the engines parse: a segment whose option list ends at a malformed
+    option is taken (Linux takes it), so it goes to its flow's shard, not to every shard as a
+    malformed packet, and its bytes reach the stream once."""
+    c = TcpConversation(("10.5.0.1", 40000), ("10.5.0.2", 80), start_ts=9.5)
+    c.handshake()
+    c.frames.append((9.6, tcp_frame("10.5.0.1", "10.5.0.2", 40000, 80, seq=c.client_seq, ack=c.server_seq,
+                                    flags="PA", payload=b"hidden?", options=b"\x22\x00")))
+    c.client_seq += 7
+    c.fin("client")
+    frames = traffic(flows=10) + c.frames
+    parts = ring_run(tmp_path, frames, 2)
+    one, rows, _ = run(frames)
+    assert bytes(memoryview(merge(parts))) == bytes(memoryview(rows))
+    stats = [engine.statistics() for engine, _, _ in parts]
+    assert [s.malformed for s in stats] == [{}, {}]
+    assert sorted(s.bad_tcp_options for s in stats) == [0, 1] and one.statistics().bad_tcp_options == 1
+    assert sum(s.client_payload_bytes for s in stats) == one.statistics().client_payload_bytes
 
 
 def test_a_ring_stops_aborts_and_refuses_misuse():
