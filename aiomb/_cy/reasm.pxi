@@ -441,11 +441,13 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
     if st.buffering:
         if side_bytes(st) + n > eng.rx.max_buffer and held_bytes(st):
             stream_deliver(eng, slot, side)
-            if side_bytes(st) + n > eng.rx.max_buffer:
+            if side_bytes(st) + n > eng.rx.max_buffer and held_bytes(st):
                 eng.rx.overruns += 1
                 if eng.em.wants(EV_BUFFER_OVERRUN):
                     report(eng, B_BUFFER_OVERRUN, slot, side, HOOK_NONE, st.buf_off, held_bytes(st), "buffer")
                 stream_consume(eng, st, held_bytes(st))
+        if side_bytes(st) + n > eng.rx.max_buffer:
+            return deliver_through(eng, slot, side, st, data, n)
         eng.rx.pending += n
         if can_ref and st.buf_len == 0 and not st.manual and ref_add(eng, st, data, n) == 0:
             st.next_off += n
@@ -466,6 +468,35 @@ cdef int append_inorder(Engine eng, int32_t slot, int side, stream_t *st, const 
         st.buf_off = st.next_off
     st.bytes += n
     return mark_dirty(eng, slot, side)
+
+
+cdef int deliver_through(Engine eng, int32_t slot, int side, stream_t *st, const uint8_t *data,
+                         uint32_t n) except -1:
+    """In-order bytes with no room beside what the side holds out of order (the retransmission
+    that fills the hole before them, say), nothing being held in order: as a full in-order
+    buffer is, they are delivered early rather than lost: at once, in their own NEW_DATA, never
+    held. A side that keeps its bytes (held, or partly consumed by a NEW_DATA handler) cannot
+    keep these: counted, BUFFER_OVERRUN, as when a full buffer drops what such a side kept."""
+    cdef uint64_t start
+    stream_deliver(eng, slot, side)         # what came before them goes out first
+    start = st.next_off
+    st.next_off += n
+    st.bytes += n
+    st.delivered_off = st.next_off
+    if eng.rx.overlap_window and eng.em.wants(EV_OVERLAP):
+        hist_add(eng, st, start, data, n)   # consumed at once: later copies are compared with them
+    st.buf_off = st.next_off
+    st.consumed_in_call = 0
+    if eng.em.wants(EV_NEW_DATA):
+        report(eng, B_NEW_DATA, slot, side, HOOK_NONE, start, n, data[:n])
+        st = eng.tab.flows[slot].side[side].stream
+        if st == NULL:
+            return 0
+    if st.manual or st.consumed_in_call:
+        eng.rx.overruns += 1
+        if eng.em.wants(EV_BUFFER_OVERRUN):
+            report(eng, B_BUFFER_OVERRUN, slot, side, HOOK_NONE, start, n, "buffer")
+    return 0
 
 
 cdef int ref_add(Engine eng, stream_t *st, const uint8_t *data, uint32_t n) noexcept:
@@ -531,6 +562,29 @@ cdef int stream_skip(Engine eng, int32_t slot, int side, int hook, stream_t *st,
     return drain_ooo(eng, slot, side, st)
 
 
+cdef int stream_fill(Engine eng, int32_t slot, int side, int hook, stream_t *st, uint64_t off,
+                     const uint8_t *data, uint32_t n, bint can_ref) except -1:
+    """Take bytes from the next expected byte (off) while segments are held out of order: the
+    retransmission that fills the hole before them, say. They are in order, as the endpoint
+    took them, so the out-of-order limits do not apply to them. The held copies they overlap
+    (all beyond off) are settled by the policy first, while they are still held; then each
+    piece between them is appended, and the held segments that now follow drain after it."""
+    cdef uint64_t end = off + n, pos = off, cend
+    cdef uint32_t k
+    cdef seg_t *cur = st.ooo
+    while cur != NULL and cur.off < end:
+        cend = cur.off + cur.length if cur.off + cur.length < end else end
+        resolve_overlap(eng, slot, side, hook, st, cur.data, cur.off, data + (cur.off - off),
+                        <uint32_t>(cend - cur.off), 1, off, end, cur.src_off, cur.src_end)
+        cur = cur.next
+    while pos < end:
+        k = <uint32_t>((st.ooo.off if st.ooo != NULL and st.ooo.off < end else end) - pos)
+        append_inorder(eng, slot, side, st, data + (pos - off), k, can_ref)
+        drain_ooo(eng, slot, side, st)
+        pos = st.next_off
+    return 0
+
+
 cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *st, int64_t soff,
                         const uint8_t *data, uint32_t n, bint can_ref) except -1:
     """Take one segment's payload at stream offset soff into the side's stream."""
@@ -572,7 +626,9 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
         data += skip
         n -= skip
         off = st.next_off
-    # cut the rest into pieces around the held out-of-order segments
+    if off == st.next_off:
+        return stream_fill(eng, slot, side, hook, st, off, data, n, can_ref)
+    # out of order: cut it into pieces around the held out-of-order segments
     s0 = off
     pos = off
     link = &st.ooo
@@ -605,9 +661,8 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
         if eng.em.wants(EV_RETRANSMIT):
             report(eng, B_RETRANSMIT, slot, side, hook, off, n, None)
         return 0
-    if s0 > st.next_off:
-        st.ooo_segments += 1
-    return drain_ooo(eng, slot, side, st)
+    st.ooo_segments += 1                # ahead of a hole: it drains when the hole is filled
+    return 0
 
 
 cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off, bint reset) except -1:

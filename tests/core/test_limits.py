@@ -3,6 +3,7 @@ are never exceeded, not even between checks; what they refuse is counted (BUFFER
 
 import io
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -77,6 +78,65 @@ def test_a_held_side_is_bounded_with_its_out_of_order_bytes():
         assert engine.statistics().stream_buffer_peak <= 65536
     overruns = [e for e in d.drain(sub) if e.kind is EventKind.BUFFER_OVERRUN]
     assert overruns and engine.statistics().buffer_overruns == sum(e.count for e in overruns)
+
+
+# a lost segment [0, 100), then out-of-order segments up to max_ooo_segments, then what fills the hole
+FILLS = {
+    "the lost segment again": ([(100, 100), (200, 100), (300, 100)], [(0, 100)]),
+    "in two halves": ([(100, 100), (200, 100), (300, 100)], [(0, 50), (50, 50)]),
+    "starting before the next byte": ([(100, 100), (200, 100), (300, 100)], [(0, 30), (20, 80)]),
+    "reaching over the held ones": ([(100, 100), (200, 100), (300, 100)], [(0, 450)]),
+    "over holes between the held ones": ([(100, 100), (300, 100), (500, 100)], [(0, 700)]),
+}
+
+
+@pytest.mark.parametrize("batch_size", [1, 64])
+@pytest.mark.parametrize("case", sorted(FILLS))
+def test_bytes_that_fill_the_hole_are_in_order_whatever_is_held_out_of_order(case, batch_size):
+    # the held segments take every out-of-order slot; the retransmission needs none: its bytes
+    # are in order (the endpoint queued them), and the held ones then follow in order
+    held, fill = FILLS[case]
+    end = max(off + n for off, n in held + fill)
+    engine = aiomb.Engine(max_ooo_segments=len(held))
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(KINDS | EventKind.RETRANSMIT)
+    events = []
+    feed_batches(engine, conversation_frames(40000, held + fill, acks=[end]), batch_size,
+                 lambda: events.extend(d.drain(sub)))
+    engine.finish()
+    events += d.drain(sub)
+    assert {e.kind for e in events} == {EventKind.NEW_DATA}
+    assert b"".join(e.value for e in events) == bytes(i % 251 for i in range(end))
+    assert engine.statistics().buffer_overruns == 0
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_bytes_that_fill_the_hole_are_delivered_early_when_held_ones_fill_max_buffer(hold):
+    # 45 segments held out of order take 45 * 1448 = 65,160 of the side's 65,536 bytes: the
+    # 1,400 that fill the hole do not fit beside them, so they go out at once, as a full
+    # in-order buffer does; a held side cannot keep them (BUFFER_OVERRUN), but nothing is lost
+    engine = aiomb.Engine(max_buffer=65536)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(KINDS)
+    frames = conversation_frames(40000, [(1400 * k, 1400) for k in range(1, 46)] + [(0, 1400)],
+                                 acks=[46 * 1400])
+    for ts, f in frames[:3]:
+        engine.feed(f, ts)
+    if hold:
+        engine.flows()[0].hold(Side.CLIENT)
+    for ts, f in frames[3:]:
+        engine.feed(f, ts)
+        assert engine.statistics().stream_buffer_peak <= 65536
+    engine.finish()
+    events = d.drain(sub)
+    assert b"".join(e.value for e in events if e.kind is EventKind.NEW_DATA) == \
+        bytes(i % 251 for i in range(46 * 1400))
+    assert [(e.offset, e.length) for e in events if e.kind is EventKind.NEW_DATA][:2] == \
+        [(0, 1400), (1400, 45 * 1400)]
+    overruns = [(e.offset, e.length, e.value) for e in events if e.kind is EventKind.BUFFER_OVERRUN]
+    assert overruns == ([(0, 1400, "buffer")] if hold else [])
+    assert engine.statistics().buffer_overruns == len(overruns)
+    assert not [e for e in events if e.kind is EventKind.GAP]
 
 
 def test_limits_refuse_segments_then_streams_and_count_each_refusal():

@@ -417,6 +417,19 @@ def test_overlap_policy_table(policy, case):
     assert [e.kind for e in events].count(EventKind.OVERLAP) == 1
 
 
+@pytest.mark.parametrize("policy", sorted(NEW_WINS) + sorted(ALIASES))
+def test_a_segment_partly_in_order_settles_held_copies_by_the_policy(policy):
+    # ".." in order, "HHHH" held at 4..8 in the one out-of-order slot, then a segment from 1 to
+    # 10: its bytes from 2 are in order (no slot needed), and it starts before the held copy
+    family = ALIASES.get(policy, policy)
+    events, engine = run_stream([(0, b".."), (4, b"HHHH"), (1, b"." + b"n" * 8)], policy=policy,
+                                max_ooo_segments=1)
+    held = b"nnnn" if "starts before" in NEW_WINS[family] else b"HHHH"
+    assert stream_of(events) == b"..nn" + held + b"nn"
+    assert [e.kind for e in events if e.kind is not EventKind.NEW_DATA] == [EventKind.OVERLAP]
+    assert engine.statistics().buffer_overruns == 0
+
+
 def test_policy_per_server_network_and_per_flow():
     policies = {"10.0.0.0/24": "last"}
     events, _ = run_stream([(4, b"GOOD"), (4, b"EVIL"), (0, b"head")], host_policies=policies)
