@@ -271,12 +271,14 @@ ctypedef struct stream_t:
     uint64_t undelivered    # captured bytes a RST left behind a hole nobody ACKed (never delivered)
     uint64_t rexmit_bytes   # payload bytes of the segments counted in rexmits
     uint64_t unchecked      # bytes received again too long after to be compared (older than hist)
+    uint64_t after_fin      # payload bytes sent at or past the side's FIN (its receiver ignores them)
     uint32_t segments       # data segments (with payload) the side sent
     uint32_t rexmits        # segments carrying only bytes already seen
     uint32_t ooo_segments   # data segments that arrived ahead of a hole
     uint32_t zw_probes      # zero-window probes (one byte at the right edge of a closed window)
     uint32_t beyond_window  # data segments past the right edge of the receiver's advertised window
     uint32_t overlaps       # overlap conflicts (events)
+    uint32_t keep_alives    # one byte re-sent below the next sequence number, already ACKed
     uint8_t dirty           # in the engine's NEW_DATA list for this batch
     uint8_t buffering       # 0: track ranges and counters only
     uint8_t manual          # bytes stay until consume() is called

@@ -828,6 +828,15 @@ cdef void streams_end_batch(Engine eng) noexcept:
     eng.rx.n_refs = 0
 
 
+cdef inline bint keep_alive(const stream_t *st, int64_t soff, const side_t *r, const pkt_t *pk) noexcept nogil:
+    """One byte re-sent at the last byte of the stream in order, which the peer has ACKed, without
+    SYN, FIN or RST: a keep-alive (RFC 9293 3.8.4; Windows sends a byte of garbage), which the
+    receiver drops as old: neither a data segment nor a retransmission, its byte compared with
+    nothing."""
+    return pk.paylen == 1 and not (pk.flags & (TH_SYN | TH_FIN | TH_RST)) and soff + 1 == <int64_t>st.next_off \
+        and (r.flags & SF_ACK_KNOWN) and seq_ge(r.last_ack, pk.seq + 1)
+
+
 cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) except -1:
     """The receiver phase of a packet from ``side``: its payload into the sender's stream (a
     FIN past bytes never seen makes that stream, to report them at its close); its ACK may
@@ -837,6 +846,9 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
     cdef side_t *r = &f.side[1 - side]
     cdef stream_t *st
     cdef int64_t soff, ack_off, end_off, target
+    cdef uint32_t n = pk.paylen
+    if n and (s.flags & SF_FIN_SEEN) and seq_gt(pk.seq + n, s.fin_seq):
+        n = s.fin_seq - pk.seq if seq_gt(s.fin_seq, pk.seq) else 0     # the receiver ignores text past the FIN
     if pk.paylen and ((s.flags & SF_SEQ_KNOWN) or (s.flags & SF_SYN_SEEN)):
         st = s.stream if s.stream != NULL else stream_new(eng, s)
         if st == NULL:
@@ -844,13 +856,19 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
         else:
             stream_rebase(st, s)
             soff = stream_offset(st, pk.seq) + (1 if pk.flags & TH_SYN else 0)
-            st.segments += 1
-            if r.flags & SF_ACK_KNOWN:
+            if keep_alive(st, soff, r, pk):
+                st.keep_alives += 1
+                n = 0
+            else:
+                st.segments += 1
+                st.after_fin += pk.paylen - n
+            if n and r.flags & SF_ACK_KNOWN:
                 window_check(eng, slot, side, st, soff, r, pk, (s.flags & SF_SYN_SEEN) and (r.flags & SF_SYN_SEEN))
                 st = eng.tab.flows[slot].side[side].stream
                 if st == NULL:
                     return 0
-            stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, pk.paylen, not pk.reassembled)
+            if n:
+                stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, n, not pk.reassembled)
     elif (pk.flags & TH_FIN) and s.stream == NULL and (s.flags & SF_FIN_SEEN) and (s.flags & SF_SEQ_KNOWN) \
             and <int32_t>(s.fin_seq - (s.isn + 1)) > 0:
         stream_new(eng, s)      # a FIN past bytes never seen: the stream reports the hole when it closes
@@ -871,9 +889,9 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
     ack_off = stream_offset(st, pk.ack)
     if ack_off > <int64_t>st.acked_off:
         st.acked_off = ack_off   # remembered beyond the bytes captured: a later segment below it came after a lost one
-    end_off = stream_offset(st, r.next_seq) - (1 if (r.flags & SF_FIN_SEEN) else 0)
+    end_off = stream_offset(st, r.fin_seq if (r.flags & SF_FIN_SEEN) else r.next_seq)
     if ack_off > end_off:
-        ack_off = end_off        # holes are known up to the bytes seen from the peer
+        ack_off = end_off        # holes are known up to the bytes seen from the peer (its stream ends at its FIN)
     if ack_off > <int64_t>st.next_off:
         stream_lost_to(eng, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>ack_off)
     return 0

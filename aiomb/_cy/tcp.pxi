@@ -35,8 +35,9 @@
 #
 # The flow is ESTABLISHED (the event, once) when both sides are synchronized (ESTABLISHED or a
 # later state). It ends with reason FIN when both sides sent a FIN and both are in TIME_WAIT or
-# CLOSED. A RST is acceptable when it falls in the receiver's window (from its last ACK, at
-# least one byte wide); to a side in SYN_SENT only when it ACKs that side's SYN (RFC 793).
+# CLOSED. A RST is acceptable at the sender's next sequence number, or when it falls in the
+# receiver's window (from its last ACK, at least one byte wide, at the largest scale when the
+# scale is unknown); to a side in SYN_SENT only when it ACKs that side's SYN (RFC 793).
 
 cdef enum:
     KEEP = 0xff             # in a transition table: the state does not change
@@ -178,14 +179,22 @@ cdef void count_flags(side_t *s, const pkt_t *pk) noexcept:
 
 
 cdef bint rst_acceptable(const flow_t *f, int side, const pkt_t *pk) noexcept:
-    """Whether the receiver of a RST from ``side`` would accept it (see the rules above)."""
+    """Whether the receiver of a RST from ``side`` would accept it (see the rules above). One at
+    the byte the receiver expects next (the sender's next, RFC 5961's RCV.NXT when the capture
+    lost nothing) always is, however far past the receiver's last ACK's window that lies. A
+    window whose scale is unknown (a SYN not seen) is taken at the largest scale."""
+    cdef const side_t *s = &f.side[side]
     cdef const side_t *r = &f.side[1 - side]
-    cdef uint32_t wnd
+    cdef uint64_t wnd
     if r.state == ST_SYN_SENT and (r.flags & SF_SYN_SEEN):
         return (pk.flags & TH_ACK) != 0 and acks_syn(r, pk.ack)
+    if (s.flags & SF_SEQ_KNOWN) and pk.seq == s.next_seq:
+        return 1
     if (r.flags & SF_ACK_KNOWN):
         wnd = r.window if r.window > 0 else 1
-        return seq_ge(pk.seq, r.last_ack) and seq_gt(r.last_ack + wnd, pk.seq)
+        if not ((s.flags & SF_SYN_SEEN) and (r.flags & SF_SYN_SEEN)):
+            wnd = wnd << 14 if wnd << 14 < 0x7fffffff else 0x7fffffff
+        return seq_ge(pk.seq, r.last_ack) and <uint64_t>(pk.seq - r.last_ack) < wnd
     return 1
 
 

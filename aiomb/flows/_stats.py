@@ -59,7 +59,10 @@ class SideStatistics:
     the receiver's advertised window: WINDOW events), overlap conflicts (their bytes compared
     while held, and after delivery within the engine's ``overlap_window`` while OVERLAP is
     wanted; ``unchecked_bytes`` came again after that), ``undelivered_bytes`` (captured, but left
-    behind a hole nobody ACKed when a RST ended the flow: never delivered), ``next_offset``.
+    behind a hole nobody ACKed when a RST ended the flow: never delivered), ``after_fin_bytes``
+    (payload sent at or past the side's FIN, which its receiver ignores: not in the stream),
+    ``keep_alives`` (one byte re-sent just below the next sequence number, already ACKed: neither
+    a data segment nor a retransmission), ``next_offset``.
     """
 
     packets: int
@@ -88,6 +91,8 @@ class SideStatistics:
     zero_window_probes: int = 0
     beyond_window: int = 0
     unchecked_bytes: int = 0
+    after_fin_bytes: int = 0
+    keep_alives: int = 0
     undelivered_bytes: int = 0
 
     def _repr_html_(self) -> str:

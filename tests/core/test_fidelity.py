@@ -271,6 +271,13 @@ def test_documented_differences_from_linux():
         (2.1, client_segment(c, b"old?", seq_offset=4, options=tcp_options(timestamps=(10, 1))))]
     data, _, _ = client_stream(frames)
     assert data == b"new.old?"
+    # a RST in the window but past the next expected byte: aiomb ends the flow (a capture that lost
+    # bytes cannot tell the receiver's next byte for sure); Linux sends a challenge ACK and goes on
+    c = established()
+    frames = list(c.frames) + [(2.0, client_segment(c, b"", flags="R", seq_offset=1000)),
+                               (2.1, client_segment(c, b"after"))]
+    data, ends, st = client_stream(frames)
+    assert (data, ends, st.rst_out_of_window) == (b"after", [aiomb.EndReason.RST], 0)
 
 
 def test_a_reset_outside_the_window_is_ignored_as_linux_does():
@@ -280,6 +287,69 @@ def test_a_reset_outside_the_window_is_ignored_as_linux_does():
         (2.1, client_segment(c, b"still here"))]
     data, ends, st = client_stream(frames)
     assert (data, ends, st.rst_out_of_window) == (b"still here", [aiomb.EndReason.END_OF_CAPTURE], 1)
+
+
+def test_a_reset_at_the_next_byte_the_receiver_expects_is_taken_beyond_its_last_acks_window():
+    """RFC 5961 section 3.2: a RST exactly at RCV.NXT resets, however far that is past the
+    receiver's last ACK: a full window of bytes it has not ACKed yet, or a window whose scale a flow
+    picked up mid-stream does not know."""
+    c = TcpConversation()
+    c.syn()
+    c.frames.append((1.001, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=5000, ack=c.client_isn + 1,
+                                      flags="SA", window=1000)))
+    c.server_seq = 5001
+    c.ack("client")
+    c.send("client", b"y" * 1000)               # the server's whole window, not ACKed yet
+    c.rst("client")
+    data, ends, st = client_stream(c.frames)
+    assert (data, ends, st.rst_out_of_window) == (b"y" * 1000, [aiomb.EndReason.RST], 0)
+    midstream = [                                # the window field 100 is 12,800 bytes (scale 7)
+        (1.0, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=900000, ack=100000, flags="A", window=100)),
+        (1.1, tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=100000, ack=900000, flags="PA", payload=b"x" * 1000)),
+        (1.2, tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=101000, ack=900000, flags="R"))]
+    data, ends, st = client_stream(midstream, midstream=True)
+    assert (data, ends, st.rst_out_of_window) == (b"x" * 1000, [aiomb.EndReason.RST], 0)
+
+
+def test_a_keep_alive_with_a_byte_is_neither_a_retransmission_nor_a_conflict():
+    """A keep-alive re-sends the last byte its peer ACKed (Windows sends one byte of garbage, Linux
+    none): the receiver drops it as old, so it is counted as a keep-alive, not as a retransmitted
+    or conflicting segment. A byte not ACKed yet is a retransmission as before."""
+    c = established()
+    c.send("client", b"hello")
+    c.ack("server")
+    c.send("client", b"\x00", flags="A", seq_offset=-1, advance=False)
+    c.send("client", b"", flags="A", seq_offset=-1, advance=False)
+    c.send("client", b"world")
+    c.send("client", b"\x00", flags="A", seq_offset=-1, advance=False)     # 'd' is not ACKed yet
+    engine, d, sub = engine_and_events(EventKind.RETRANSMIT | EventKind.OVERLAP | EventKind.CONN_END,
+                                       reassembly=True)
+    feed(engine, c.frames)
+    engine.finish()
+    events = d.drain(sub)
+    assert [(e.kind, e.offset) for e in events] == [(EventKind.OVERLAP, 9), (EventKind.RETRANSMIT, 9),
+                                                    (EventKind.CONN_END, None)]
+    client = events[-1].stats.client
+    assert (client.keep_alives, client.retransmits, client.overlap_conflicts) == (1, 1, 1)
+
+
+@pytest.mark.parametrize("seq_offset", [0, -1])
+def test_bytes_sent_past_a_fin_are_not_the_stream_as_linux_ignores_them(seq_offset):
+    """Once the peer's FIN is in, Linux ignores segment text at or past it (CLOSE_WAIT, LAST_ACK:
+    RFC 9293 3.10.7.4, eighth step): the stream ends at the FIN, with no hole for the FIN's own
+    sequence number."""
+    c = established()
+    c.send("client", b"AAAA")
+    c.fin("client")
+    c.ack("server")
+    c.send("client", b"BBBB", seq_offset=seq_offset)      # past the FIN, or at it
+    c.ack("server")
+    engine, d, sub = engine_and_events(EventKind.NEW_DATA | EventKind.GAP | EventKind.CONN_END, reassembly=True)
+    feed(engine, c.frames)
+    engine.finish()
+    events = d.drain(sub)
+    assert [(e.kind, e.value) for e in events] == [(EventKind.NEW_DATA, b"AAAA"), (EventKind.CONN_END, None)]
+    assert (events[-1].stats.client.after_fin_bytes, events[-1].stats.client.missed) == (4, 0)
 
 
 @pytest.mark.parametrize("midstream", [False, True])
