@@ -5,6 +5,7 @@ pair); flow sockets read like sockets; timeouts count packet time on captures; t
 import asyncio
 import errno
 import gc
+import os
 import select
 import socket
 import weakref
@@ -16,6 +17,7 @@ from aiomb import Side
 from aiomb.testing import TcpConversation, tcp_frame, udp_frame, write_pcap
 
 IN, ET, ONESHOT, HUP, RDHUP = select.EPOLLIN, select.EPOLLET, select.EPOLLONESHOT, select.EPOLLHUP, select.EPOLLRDHUP
+EXCLUSIVE = select.EPOLLEXCLUSIVE
 
 
 def write(tmp_path, frames, name="c.pcap"):
@@ -102,6 +104,71 @@ def test_misuse_raises_what_select_epoll_raises(tmp_path):
     finally:
         a.close()
         b.close()
+        mon.close()
+
+
+class BadFileno:
+    """An object whose fileno() gives no descriptor."""
+
+    def fileno(self):
+        return "3"
+
+
+MASKS = [-1, -2, 2**32 - 1, EXCLUSIVE | IN, EXCLUSIVE | IN | ET | HUP | select.EPOLLERR | select.EPOLLOUT,
+         EXCLUSIVE | ONESHOT, EXCLUSIVE | RDHUP, EXCLUSIVE | select.EPOLLPRI, ~EXCLUSIVE, 0, 1 << 40, -(1 << 32),
+         None, 1.0, "1"]
+
+
+def test_closed_sockets_non_descriptors_and_bad_masks_raise_what_select_epoll_raises(tmp_path):
+    """Side by side with a pipe: a socket closed while watched is a closed descriptor (EBADF),
+    what has no descriptor is a TypeError, and a mask is refused (EINVAL) where the kernel
+    refuses it: EPOLLEXCLUSIVE in modify(), or beside bits other than IN, OUT, ERR, HUP, WAKEUP
+    and ET. select.epoll drops the bits above the low 32 (aiomb's event kinds): they change nothing."""
+    mon, sock = first_flow(write(tmp_path, talk().frames))
+    ours, theirs = aiomb.epoll(), select.epoll()
+    timers = [mon.timer(10.0) for _ in MASKS]
+    r, w = os.pipe()
+    closed, _ = os.pipe()
+    ours.register(sock, IN)
+    theirs.register(r, IN)
+    ours.register(timers[0], IN)
+    theirs.register(closed, IN)
+    timers[0].close()                   # closing drops it from the epoll, as close(2) does
+    os.close(closed)
+
+    def same(call, target, real):
+        got, want = outcome(call, ours, target), outcome(call, theirs, real)
+        assert (got and got[:2]) == (want and want[:2]), (got, want)
+        return got or (None, None, "accepted")
+
+    try:
+        for name, call in {"modify": lambda ep, t: ep.modify(t, IN), "unregister": lambda ep, t: ep.unregister(t),
+                           "register": lambda ep, t: ep.register(t, IN),
+                           "modify exclusive": lambda ep, t: ep.modify(t, EXCLUSIVE | IN)}.items():
+            assert same(call, timers[0], closed)[1] == errno.EBADF, name
+        for target in (None, BadFileno(), object(), 1.5):
+            for call in (lambda ep, t: ep.register(t, IN), lambda ep, t: ep.modify(t, IN),
+                         lambda ep, t: ep.unregister(t), lambda ep, t: ep.register(t)):
+                assert same(call, target, target)[0] is TypeError
+        for mask, timer in zip(MASKS, timers[1:] + [mon.timer(10.0)]):
+            if same(lambda ep, t, mask=mask: ep.register(t, mask), timer, w)[0] is None:    # accepted by both
+                ours.unregister(timer)
+                theirs.unregister(w)
+            same(lambda ep, t, mask=mask: ep.modify(t, mask), sock, r)
+        # EPOLLEXCLUSIVE in modify() is refused before the descriptor is looked up
+        assert same(lambda ep, t: ep.modify(t, EXCLUSIVE | IN), mon, w)[1] == errno.EINVAL
+        with pytest.raises(OSError, match="EPOLLEXCLUSIVE is taken by register.. only, beside EPOLLIN, EPOLLOUT, "
+                                          "EPOLLERR, EPOLLHUP, EPOLLWAKEUP and EPOLLET"):
+            ours.register(mon, EXCLUSIVE | RDHUP)
+        ours.close()
+        theirs.close()
+        # the arguments are checked before the epoll object is
+        assert same(lambda ep, t: ep.register(t, IN), None, None)[0] is TypeError
+        assert same(lambda ep, t: ep.register(t, None), sock, r)[0] is TypeError
+        assert same(lambda ep, t: ep.register(t, -1), sock, r)[0] is ValueError
+    finally:
+        os.close(r)
+        os.close(w)
         mon.close()
 
 
