@@ -163,6 +163,17 @@ cdef class MonitorCore(SocketCore):
             self.ready_lo &= ~R_IN
         return sock
 
+    def _drop_pending(self):
+        """The monitor closes: the flows no one accepted will never be (as a listening socket's
+        backlog): their sockets close and stop being filled; their flows go on for the others."""
+        cdef FlowSocketCore sock
+        for sock in self.pending[self.head:]:
+            self.dispatcher.forget_socket(sock)
+            sock._mark_closed()
+        self.pending = []
+        self.head = 0
+        self.ready_lo &= ~R_IN
+
     def _listen(self, Dispatcher dispatcher, int acceptor):
         """Take the flows a dispatcher's acceptor accepts as flow sockets (of ``_socket_class``)."""
         self.dispatcher = dispatcher

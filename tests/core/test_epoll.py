@@ -8,6 +8,7 @@ import gc
 import os
 import select
 import socket
+import time
 import weakref
 
 import pytest
@@ -322,6 +323,93 @@ def test_event_kinds_in_masks_queue_their_events(tmp_path):
     assert [e.kind for e in sock.events()] == [aiomb.RETRANSMIT]
     assert not sock._ready & want
     mon.close()
+
+
+class LiveCapture:
+    """A capture read the way a live port is: a batch at each read, with no end (0 once the
+    frames are out), the time of the last frame as its clock, a descriptor to wait on until
+    close()."""
+
+    live = True
+    tick = 0.01
+
+    def __init__(self, path):
+        self._capture = aiomb.capture(path)
+        self._fd = -1
+        self._now = 0.0
+
+    def open(self):
+        self._capture.open()
+        self._fd = os.eventfd(1)        # readable: frames wait
+
+    def wait_fds(self):
+        return [self._fd] if self._fd >= 0 else []
+
+    def read(self, batch, timeout=None):
+        count = self._capture.read(batch)
+        if not count:
+            return 0
+        self._now = batch.last_ts
+        return count
+
+    def apply(self, batch):
+        pass
+
+    def now(self):
+        return self._now
+
+    def close(self):
+        self._capture.close()
+        os.close(self._fd)
+        self._fd = -1
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["capture", "live"])
+def test_flow_sockets_end_when_the_last_monitor_closes_their_source(tmp_path, live):
+    """Closing a monitor leaves its flow sockets going while another monitor keeps the source
+    open; closing the last one closes the source, so nothing can feed the flows any more: they
+    end (EPOLLHUP, end_reason INTERRUPTED, their figures), their timers with them, what they
+    queued stays readable, and poll() has nothing more to wait for."""
+    path = write(tmp_path, talk(parts=(b"abc", b"def", b"ghi")).frames + chatter(5.0, 3))
+    mon = aiomb.monitor((LiveCapture if live else aiomb.capture)(path), batch_size=1)
+    other = mon.monitor("udp", udp=True)
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    ep.poll()
+    sock = mon.accept()
+    timer = sock.timer(100.0)
+    ep.register(sock, IN | RDHUP | ET)
+    ep.register(timer, IN)
+    ep.unregister(mon)
+    mon.close()
+    assert ep.poll(5.0) == [(sock.fileno(), IN)]                    # fed on by the other monitor's source
+    assert sock.recv(100, Side.CLIENT) == b"abc"
+    assert ep.poll(5.0) == [(sock.fileno(), IN)]
+    other.close()
+    assert sock.end_reason is aiomb.EndReason.INTERRUPTED and sock.stats.client.packets == 4     # to "def"
+    assert sorted(ep.poll(5.0)) == [(sock.fileno(), IN | HUP), (timer.fileno(), HUP)]
+    assert sock.recv(100, Side.CLIENT) == b"def"
+    assert sock.recv(100, Side.CLIENT) == b""
+    ep.unregister(timer)
+    started = time.monotonic()
+    assert ep.poll(5.0) == []                                       # at once: nothing more can come
+    assert time.monotonic() - started < 1.0
+    ep.unregister(sock)
+    assert ep.poll(5.0) == []
+    ep.close()
+
+
+def test_a_closed_monitor_makes_no_other(tmp_path):
+    """accept(), timer() and monitor() need the monitor open (EBADF), whether or not another
+    monitor keeps its source open."""
+    mon = aiomb.monitor(aiomb.capture(write(tmp_path, chatter(1.0, 3))))
+    other = mon.monitor("udp")
+    for closing in (mon, other):
+        closing.close()
+        for call in (closing.accept, lambda m=closing: m.timer(1.0), lambda m=closing: m.monitor("port 80")):
+            with pytest.raises(OSError, match="is closed") as info:
+                call()
+            assert info.value.errno == errno.EBADF
 
 
 # -- timeouts and timers: the stack's clock -------------------------------------------------
