@@ -560,6 +560,15 @@ class Stack:
         self.finished.set()
 
 
+def check_stack_options(*, batch_size: int = 2048, max_batches: int = 16) -> None:
+    """ValueError for a ``batch_size`` or ``max_batches`` :func:`open_stack` cannot take (its
+    defaults here), for callers that refuse them before opening it (aiomb.notebook.start)."""
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
+        raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
+    if not isinstance(max_batches, int) or max_batches < 1:
+        raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
+
+
 @asynccontextmanager
 async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                      **engine_options) -> AsyncIterator[Stack]:
@@ -577,10 +586,7 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                         "code on N cores, call aiomb.run_workers(fn, capture_path, workers=N) outside trio.run "
                         "(fn opens no stack: it is given one per worker), or run your module under "
                         "`aiomb run APP --workers N`")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
-        raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
-    if not isinstance(max_batches, int) or max_batches < 1:
-        raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
+    check_stack_options(batch_size=batch_size, max_batches=max_batches)
     engine = Engine(**shard_option(engine_options))
     aopen = getattr(source, "aopen", None)
     if aopen is not None:
