@@ -26,7 +26,7 @@ from ._errors import AiombError
 from ._workers import shard_option
 from .events._kinds import EventKind, split_kinds
 from .flows._filter import compile_filter
-from .flows._types import Hook, Side, end_reason
+from .flows._types import EndReason, Hook, Side, end_reason
 
 EVENT_BITS = -1 << EVENT_SHIFT              # every aiomb event kind's bit
 _IN, _RDHUP, _HUP, _ERR = select.EPOLLIN, select.EPOLLRDHUP, select.EPOLLHUP, select.EPOLLERR
@@ -263,10 +263,21 @@ class _Driver:
                 mon._set(_HUP)
 
     def close(self) -> None:
+        """Close the source (its last monitor closes). Nothing can feed its open flows any more:
+        they end now, INTERRUPTED (those a source that had ended was ending, as it ends them),
+        so that their flow sockets report EPOLLHUP and no poll() waits for them."""
         if self.opened:
             self.opened = False
-            self.engine.close()
-            self.source.close()
+            try:
+                if not self.finished:
+                    reason = end_reason(self.source) if self.ending else EndReason.INTERRUPTED
+                    while not self.engine.finish(reason):
+                        self.dispatcher.dispatch()      # stopped at max_event_memory: the sockets take a piece
+                    self.finished = True
+                    self.deliver()
+            finally:
+                self.engine.close()
+                self.source.close()
 
 
 class MonitorSocket(MonitorCore):
@@ -367,7 +378,8 @@ class MonitorSocket(MonitorCore):
     def monitor(self, filter=None, *, udp: bool = False, sides: str = "both", last_packets: bool = False,
                 events=()) -> "MonitorSocket":
         """Another monitor socket on the same source, with a filter of its own. Before the first
-        packet only (a middlebox of the engine each)."""
+        packet only (a middlebox of the engine each); OSError (EBADF) once this one is closed."""
+        self._check_open()
         return MonitorSocket(self._driver, filter, udp=udp, sides=sides, last_packets=last_packets,
                              kinds=events)
 
@@ -385,10 +397,13 @@ class MonitorSocket(MonitorCore):
         return self._driver.step(wait)
 
     def close(self) -> None:
-        """Close this monitor; the source closes with its last monitor (a port detaches)."""
+        """Close this monitor; the source closes with its last monitor (a port detaches). The
+        flow sockets it gave go on while another monitor keeps the source open; with the
+        source they end (EPOLLHUP, ``end_reason`` INTERRUPTED). Flows not accepted are dropped."""
         if self.closed:
             return
         self._mark_closed()
+        self._drop_pending()
         self._driver.dispatcher.close_acceptor(self._acc)
         if self._error_sub is not None:
             self._driver.dispatcher.unsubscribe(self._error_sub)
@@ -437,12 +452,13 @@ class Epoll(InterestList):
     poll (its frames do not wait for the program); a capture waits for the program: when nothing
     is ready, poll reads the captures of the registered sockets a batch at a time until something
     is, or the timeout passes: on captures the timeout is counted in packet time (a capture is replayed as
-    fast as it is read), with a live port or real descriptors in wall time. At the end of every
-    capture, with nothing else to wait for, it returns [] at once. Level-triggered by default;
-    EPOLLET and EPOLLONESHOT as epoll's. ``fileno()`` is a real epoll descriptor, readable while
-    events are pending or a capture has more to read, so that the object nests in
-    ``select.epoll``, asyncio (``loop.add_reader``) or Trio (``wait_readable``): whoever sees it
-    readable calls ``poll(0)``, which drives the sources one batch (never blocks).
+    fast as it is read), with a live port or real descriptors in wall time. Once every source
+    has ended (a capture's end, its last monitor closed), with nothing else to wait for, it
+    returns [] at once. Level-triggered by default; EPOLLET and EPOLLONESHOT as epoll's.
+    ``fileno()`` is a real epoll descriptor, readable while events are pending or a capture has
+    more to read, so that the object nests in ``select.epoll``, asyncio (``loop.add_reader``) or
+    Trio (``wait_readable``): whoever sees it readable calls ``poll(0)``, which drives the
+    sources one batch (never blocks).
     ``register``/``modify``/``unregister`` and the readiness rules are the core's
     (:class:`InterestList`); this class adds the descriptors and the waiting.
     """
@@ -535,7 +551,7 @@ class Epoll(InterestList):
             raise ValueError(f"maxevents must be greater than 0, got {maxevents}")
         block = timeout is None or timeout < 0
         drivers = self._drivers()
-        wall = bool(self._real_fds) or any(d.live for d in drivers)
+        wall = bool(self._real_fds) or any(d.live and not d.finished for d in drivers)
         started = time.monotonic()
         deadlines = {}                  # a capture's poll deadline, in its packet time
         if timeout == 0 and not wall:   # poll(0): one step of each capture, for outer loops

@@ -250,8 +250,11 @@ class Middlebox:
 
         ``packet`` is a live :class:`~aiomb.PacketView` (valid during the call). ``hook``
         (:class:`~aiomb.Hook`) restricts where it runs; only sender-hook handlers may drop.
-        Returns a token for :meth:`remove`.
+        Returns a token for :meth:`remove`. Raises RuntimeError once the source has ended.
         """
+        if self._stack.finished.is_set():
+            raise RuntimeError("the stack's source has ended: an inline handler added now would never run; add "
+                               "handlers before it finishes")
         return self._stack.engine.add_handler(kind, handler, middlebox=self.index, hook=hook)
 
     def remove(self, token) -> None:
@@ -299,8 +302,16 @@ class Stack:
         is created, before its ``CONN_START``/``UDP_START``).
 
         Raises ValueError for a duplicate name or a bad filter (FilterError), RuntimeError once
-        packets have been processed.
+        packets have been processed or the source has ended.
         """
+        if self.finished.is_set():
+            raise RuntimeError("the stack's source has ended: a middlebox added now would see no packet; add "
+                               "middleboxes before the source starts")
+        packets = self.engine.statistics().packets
+        if packets:                     # even with no flow in the table: it would miss the flows before it
+            raise RuntimeError(f"stack.middlebox() after {packets} packet{'s' if packets > 1 else ''}: add "
+                               "middleboxes before the source starts (before stack.start(), stack.run() or "
+                               "iterating a subscription), so that they see every flow")
         if any(m.name == name for m in self._middleboxes):
             raise ValueError(f"a middlebox named {name!r} already exists; choose another name")
         flt = filter if callable(getattr(filter, "matches", None)) else compile_filter(filter)
@@ -549,6 +560,15 @@ class Stack:
         self.finished.set()
 
 
+def check_stack_options(*, batch_size: int = 2048, max_batches: int = 16) -> None:
+    """ValueError for a ``batch_size`` or ``max_batches`` :func:`open_stack` cannot take (its
+    defaults here), for callers that refuse them before opening it (aiomb.notebook.start)."""
+    if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
+        raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
+    if not isinstance(max_batches, int) or max_batches < 1:
+        raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
+
+
 @asynccontextmanager
 async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                      **engine_options) -> AsyncIterator[Stack]:
@@ -566,10 +586,7 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                         "code on N cores, call aiomb.run_workers(fn, capture_path, workers=N) outside trio.run "
                         "(fn opens no stack: it is given one per worker), or run your module under "
                         "`aiomb run APP --workers N`")
-    if not isinstance(batch_size, int) or not 1 <= batch_size <= 1 << 16:
-        raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
-    if not isinstance(max_batches, int) or max_batches < 1:
-        raise ValueError(f"max_batches must be a positive int, got {max_batches!r}")
+    check_stack_options(batch_size=batch_size, max_batches=max_batches)
     engine = Engine(**shard_option(engine_options))
     aopen = getattr(source, "aopen", None)
     if aopen is not None:

@@ -23,7 +23,7 @@ import trio
 
 from ._core import Engine, FlowRecords
 from ._records import FlowTable
-from ._stack import StackStatistics, open_stack
+from ._stack import StackStatistics, check_stack_options, open_stack
 from .events._kinds import EventKind, split_kinds
 from .flows._html import cell, fields_table, table, text
 from .flows._types import EndReason
@@ -591,6 +591,7 @@ def start(source, *, setup=None, run=None, events=DEFAULT_EVENTS, recent: int = 
                                  or not math.isfinite(interval) or interval <= 0):
         raise ValueError(f"interval must be a positive number of seconds or None, got {interval!r}")
     stack_options = {k: options.pop(k) for k in _STACK_OPTIONS if k in options}
+    check_stack_options(**stack_options)    # here, in the calling cell, not at `await h.wait()`
     options.setdefault("reassembly", True)
     Engine(**options).close()        # bad engine options raise here, in the calling cell
     handle = BackgroundStack(source, loop=loop, setup=setup, run=run, events=events, recent=recent,

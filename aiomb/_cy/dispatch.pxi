@@ -87,6 +87,8 @@ cdef class Dispatcher:
     cdef bint acc_open[MAX_ACCEPTORS]
     cdef list acc_pending
     cdef list acc_monitors                   # a MonitorCore making flow sockets, or None
+    cdef dict serving                        # a closed acceptor's number -> [its inboxes left, kinds, middlebox]
+    cdef bint serving_changed                # an entry went: the wants shrink at the next update
     cdef dict inboxes                        # flow id -> [FlowInbox, ...]
     cdef uint64_t *slot_ids                  # the same lists by flow-table entry (no lookup per event):
     cdef PyObject **slot_lists               # the flow id there, and its list (the dict holds it)
@@ -105,6 +107,7 @@ cdef class Dispatcher:
         self.sub_lists = []
         self.acc_pending = []
         self.acc_monitors = []
+        self.serving = {}
         self.inboxes = {}
         self.ready = []
 
@@ -253,8 +256,19 @@ cdef class Dispatcher:
         self.update_wants()
 
     def close_acceptor(self, acc):
-        """Accept no more flows; the inboxes already made go on receiving."""
+        """Accept no more flows; the inboxes already made go on receiving their kinds (logged
+        for the acceptor's middlebox until the last of them has gone)."""
         cdef int i = self.check_acc(acc)
+        cdef FlowInbox ib
+        cdef Py_ssize_t left = 0
+        if self.engine.em.log.n:
+            self.dispatch()         # the ends logged meanwhile take their inboxes first
+        for lst in self.inboxes.values():
+            for ib in <list>lst:
+                if ib.acceptor == acc:
+                    left += 1
+        if left:        # its kinds stay logged for its middlebox's flows until its last inbox goes
+            self.serving[acc] = [left, self.acc_mask[i], self.acc_mbox[i]]
         if self.acc_filter[i]:
             self.engine.release_filter(__builtin_ctzll(self.acc_filter[i]))
         self.acc_open[i] = False
@@ -269,11 +283,29 @@ cdef class Dispatcher:
         lst = self.inboxes.get(inbox.flow_id)
         if lst is not None and inbox in lst:
             lst.remove(inbox)
+            if self.serving:
+                self.inbox_gone(inbox)
             if not lst:
                 self.drop_inboxes(inbox.flow_id, inbox.slot)
+            if self.serving_changed:
+                self.update_wants()
+
+    cdef int inbox_gone(self, FlowInbox ib) except -1:
+        """One inbox fewer for its acceptor: the last of a closed acceptor's takes its wants."""
+        entry = self.serving.get(ib.acceptor)
+        if entry is not None:
+            entry[0] -= 1
+            if not entry[0]:
+                del self.serving[ib.acceptor]
+                self.serving_changed = True
+        return 0
 
     cdef int drop_inboxes(self, uint64_t flow_id, int32_t slot) except -1:
-        del self.inboxes[flow_id]
+        cdef FlowInbox ib
+        lst = self.inboxes.pop(flow_id)
+        if self.serving:
+            for ib in <list>lst:
+                self.inbox_gone(ib)
         if 0 <= slot < <int32_t>self.nslots and self.slot_ids[slot] == flow_id:
             self.slot_ids[slot] = 0
             self.slot_lists[slot] = NULL
@@ -337,6 +369,9 @@ cdef class Dispatcher:
                               self.acc_mbox[i], self.acc_filter[i]))
         if self.inboxes:
             wants.append((EV_CONN_END | EV_UDP_END, ALL_MBOXES, 0))
+        for _, mask, mbox in self.serving.values():     # its filter went with it: the middlebox's flows
+            wants.append((mask, mbox, 0))
+        self.serving_changed = False
         self.engine.em.log_handles = any(self.acc_open[i] for i in range(self.nacc))
         self.engine.em.want_logged(self, wants)
         return 0
@@ -388,7 +423,7 @@ cdef class Dispatcher:
         finally:
             log.clear()
             self.events_delivered += delivered
-        if had_inboxes != (len(self.inboxes) > 0):
+        if had_inboxes != (len(self.inboxes) > 0) or self.serving_changed:
             self.update_wants()
         return delivered
 

@@ -11,6 +11,7 @@
 from aiomb._errors import StreamGap
 
 import errno as _errno
+import operator as _operator
 import os as _sock_os
 
 cdef uint32_t R_IN = 0x001          # select.EPOLLIN and friends (a test pins them to select's)
@@ -19,6 +20,10 @@ cdef uint32_t R_HUP = 0x010
 cdef uint32_t R_RDHUP = 0x2000
 cdef uint32_t R_ONESHOT = 1u << 30
 cdef uint32_t R_ET = 1u << 31
+cdef uint32_t R_EXCLUSIVE = 1u << 28
+# what the kernel takes beside EPOLLEXCLUSIVE (fs/eventpoll.c's EPOLLEXCLUSIVE_OK_BITS: IN, OUT,
+# ERR, HUP, WAKEUP, ET); any other bit with it is EINVAL
+cdef uint32_t R_EXCLUSIVE_OK = R_IN | 0x004 | R_ERR | R_HUP | (1u << 29) | R_ET | R_EXCLUSIVE
 READINESS_BITS = {"EPOLLIN": R_IN, "EPOLLERR": R_ERR, "EPOLLHUP": R_HUP, "EPOLLRDHUP": R_RDHUP,
                   "EPOLLONESHOT": R_ONESHOT, "EPOLLET": R_ET}
 EVENT_SHIFT = 32                    # an event kind of bit k is readiness bit 32 + k
@@ -42,6 +47,18 @@ cdef object mask_value(uint32_t lo, uint64_t kinds):
     if kinds == 0:
         return lo
     return ((<object>kinds) << EVENT_SHIFT) | lo
+
+
+cdef int check_exclusive(object eventmask, bint modify) except -1:
+    """OSError (EINVAL) where epoll_ctl(2) refuses EPOLLEXCLUSIVE: in a modify, or beside bits
+    other than EPOLLEXCLUSIVE_OK_BITS. Only the low 32 bits are the kernel's: select.epoll drops
+    the others (here aiomb's event kinds)."""
+    cdef uint32_t lo = eventmask & 0xFFFFFFFF
+    if lo & R_EXCLUSIVE and (modify or lo & ~R_EXCLUSIVE_OK):
+        raise OSError(_errno.EINVAL, f"{_sock_os.strerror(_errno.EINVAL)}: EPOLLEXCLUSIVE is taken by register() "
+                      "only, beside EPOLLIN, EPOLLOUT, EPOLLERR, EPOLLHUP, EPOLLWAKEUP and EPOLLET (as by "
+                      f"epoll_ctl(2)); got {lo:#x}{' in modify()' if modify else ''}")
+    return 0
 
 
 cdef class SocketCore:
@@ -145,6 +162,17 @@ cdef class MonitorCore(SocketCore):
             self.head = 0
             self.ready_lo &= ~R_IN
         return sock
+
+    def _drop_pending(self):
+        """The monitor closes: the flows no one accepted will never be (as a listening socket's
+        backlog): their sockets close and stop being filled; their flows go on for the others."""
+        cdef FlowSocketCore sock
+        for sock in self.pending[self.head:]:
+            self.dispatcher.forget_socket(sock)
+            sock._mark_closed()
+        self.pending = []
+        self.head = 0
+        self.ready_lo &= ~R_IN
 
     def _listen(self, Dispatcher dispatcher, int acceptor):
         """Take the flows a dispatcher's acceptor accepts as flow sockets (of ``_socket_class``)."""
@@ -510,31 +538,42 @@ cdef class InterestList:
             raise ValueError("I/O operation on closed epoll object")
 
     cdef object resolve(self, object fd_or_obj):
-        """(number, socket or None) of what register() and friends were given."""
+        """(number, socket or None) of what register() and friends were given; TypeError and
+        ValueError as select.epoll's."""
         if isinstance(fd_or_obj, SocketCore):
             return (<SocketCore>fd_or_obj).fd_obj, fd_or_obj
-        fd = fd_or_obj if isinstance(fd_or_obj, int) else fd_or_obj.fileno()
-        if not isinstance(fd, int):
-            raise TypeError(f"argument must be an int, or have a fileno() method, not {type(fd_or_obj).__name__}")
+        if isinstance(fd_or_obj, int):
+            fd = fd_or_obj
+        else:
+            fileno = getattr(fd_or_obj, "fileno", None)
+            if fileno is None:
+                raise TypeError(f"argument must be an int, or have a fileno() method, not "
+                                f"{type(fd_or_obj).__name__}")
+            fd = fileno()
+            if not isinstance(fd, int):
+                raise TypeError(f"fileno() returned a non-integer ({type(fd).__name__})")
         if fd < 0:
             raise ValueError(f"file descriptor cannot be a negative integer ({fd})")
         return fd, socket_of(fd)
 
     def register(self, fd, eventmask=R_IN | 0x002 | 0x004):
-        """Watch an aiomb socket (or a real descriptor) for ``eventmask``; FileExistsError if it
-        is watched already."""
+        """Watch an aiomb socket (or a real descriptor) for ``eventmask``. Raises as
+        select.epoll: FileExistsError if it is watched already, OSError EBADF once it is closed,
+        EINVAL for EPOLLEXCLUSIVE beside a bit epoll_ctl(2) refuses with it, TypeError for what
+        is no descriptor or no int mask."""
         cdef SocketCore sock
         cdef Registration reg
-        self._check()
         num, obj = self.resolve(fd)
+        eventmask = _operator.index(eventmask)
+        self._check()
         if obj is None:
             self._register_real(num, eventmask)
             return
         sock = <SocketCore>obj
+        sock._check_open()          # then what the kernel checks, in its order
+        check_exclusive(eventmask, False)
         if num in self.regs:
             raise FileExistsError(_errno.EEXIST, _sock_os.strerror(_errno.EEXIST))
-        if sock._closed:
-            raise OSError(_errno.EBADF, f"{sock!r} is closed")
         reg = Registration.__new__(Registration)
         reg.sock = sock
         reg.il = self
@@ -551,13 +590,18 @@ cdef class InterestList:
         self.wake_if_ready(reg)
 
     def modify(self, fd, eventmask):
-        """Change what a watched socket is watched for (and re-arm a one-shot one)."""
+        """Change what a watched socket is watched for (and re-arm a one-shot one). Raises as
+        select.epoll: FileNotFoundError if it is not watched, OSError EBADF once it is closed,
+        EINVAL for EPOLLEXCLUSIVE (register() only)."""
         cdef Registration reg
-        self._check()
         num, obj = self.resolve(fd)
+        eventmask = _operator.index(eventmask)
+        self._check()
         if obj is None:
             self._modify_real(num, eventmask)
             return
+        (<SocketCore>obj)._check_open()
+        check_exclusive(eventmask, True)
         reg = self.regs.get(num)
         if reg is None:
             raise FileNotFoundError(_errno.ENOENT, _sock_os.strerror(_errno.ENOENT))
@@ -566,12 +610,14 @@ cdef class InterestList:
         self.wake_if_ready(reg)
 
     def unregister(self, fd):
-        """Stop watching a socket or descriptor; FileNotFoundError if it was not watched."""
-        self._check()
+        """Stop watching a socket or descriptor; FileNotFoundError if it was not watched,
+        OSError EBADF once it is closed (as select.epoll)."""
         num, obj = self.resolve(fd)
+        self._check()
         if obj is None:
             self._unregister_real(num)
             return
+        (<SocketCore>obj)._check_open()
         if num not in self.regs:
             raise FileNotFoundError(_errno.ENOENT, _sock_os.strerror(_errno.ENOENT))
         self.drop(num)

@@ -196,6 +196,27 @@ def test_a_forgotten_inbox_receives_nothing_more():
     assert d.ready_inboxes() == [] and len(inbox) == 0
 
 
+def test_the_inboxes_of_a_closed_acceptor_go_on_receiving_their_kinds():
+    """close_acceptor() accepts no more flows; those it accepted still get their kinds, not only
+    their ends, which are logged until the last of its inboxes has gone (ended or forgotten)."""
+    engine = aiomb.Engine()
+    d = aiomb.Dispatcher(engine)
+    acc = d.listen(EventKind.NEW_DATA, filter=FlowFilter("tcp"))
+    frames = sorted(conversation() + conversation(("10.0.0.3", 40001), start_ts=1.0005))
+    feed(engine, frames[:6])                         # both handshakes
+    kept, forgotten = d.accept(acc)
+    d.close_acceptor(acc)
+    d.forget(forgotten)
+    feed(engine, frames[6:])
+    assert d.ready_inboxes() == [kept]
+    assert [(e.kind, e.value) for e in kept.take()[:2]] == [(EventKind.NEW_DATA, b"GET /"),
+                                                            (EventKind.NEW_DATA, b"200")]
+    assert kept.ended and len(forgotten) == 0
+    feed(engine, conversation(("10.0.0.5", 40002), start_ts=5.0))
+    assert len(engine.log) == 0                      # its inboxes have gone: nothing is logged for it
+    assert d.ready_inboxes() == []
+
+
 def test_flows_that_take_turns_in_one_table_entry_within_a_batch_keep_their_own_inboxes():
     engine = aiomb.Engine(max_flows=1)                # each new flow evicts the last from the one entry
     d = aiomb.Dispatcher(engine)

@@ -5,8 +5,10 @@ pair); flow sockets read like sockets; timeouts count packet time on captures; t
 import asyncio
 import errno
 import gc
+import os
 import select
 import socket
+import time
 import weakref
 
 import pytest
@@ -16,6 +18,7 @@ from aiomb import Side
 from aiomb.testing import TcpConversation, tcp_frame, udp_frame, write_pcap
 
 IN, ET, ONESHOT, HUP, RDHUP = select.EPOLLIN, select.EPOLLET, select.EPOLLONESHOT, select.EPOLLHUP, select.EPOLLRDHUP
+EXCLUSIVE = select.EPOLLEXCLUSIVE
 
 
 def write(tmp_path, frames, name="c.pcap"):
@@ -102,6 +105,71 @@ def test_misuse_raises_what_select_epoll_raises(tmp_path):
     finally:
         a.close()
         b.close()
+        mon.close()
+
+
+class BadFileno:
+    """An object whose fileno() gives no descriptor."""
+
+    def fileno(self):
+        return "3"
+
+
+MASKS = [-1, -2, 2**32 - 1, EXCLUSIVE | IN, EXCLUSIVE | IN | ET | HUP | select.EPOLLERR | select.EPOLLOUT,
+         EXCLUSIVE | ONESHOT, EXCLUSIVE | RDHUP, EXCLUSIVE | select.EPOLLPRI, ~EXCLUSIVE, 0, 1 << 40, -(1 << 32),
+         None, 1.0, "1"]
+
+
+def test_closed_sockets_non_descriptors_and_bad_masks_raise_what_select_epoll_raises(tmp_path):
+    """Side by side with a pipe: a socket closed while watched is a closed descriptor (EBADF),
+    what has no descriptor is a TypeError, and a mask is refused (EINVAL) where the kernel
+    refuses it: EPOLLEXCLUSIVE in modify(), or beside bits other than IN, OUT, ERR, HUP, WAKEUP
+    and ET. select.epoll drops the bits above the low 32 (aiomb's event kinds): they change nothing."""
+    mon, sock = first_flow(write(tmp_path, talk().frames))
+    ours, theirs = aiomb.epoll(), select.epoll()
+    timers = [mon.timer(10.0) for _ in MASKS]
+    r, w = os.pipe()
+    closed, _ = os.pipe()
+    ours.register(sock, IN)
+    theirs.register(r, IN)
+    ours.register(timers[0], IN)
+    theirs.register(closed, IN)
+    timers[0].close()                   # closing drops it from the epoll, as close(2) does
+    os.close(closed)
+
+    def same(call, target, real):
+        got, want = outcome(call, ours, target), outcome(call, theirs, real)
+        assert (got and got[:2]) == (want and want[:2]), (got, want)
+        return got or (None, None, "accepted")
+
+    try:
+        for name, call in {"modify": lambda ep, t: ep.modify(t, IN), "unregister": lambda ep, t: ep.unregister(t),
+                           "register": lambda ep, t: ep.register(t, IN),
+                           "modify exclusive": lambda ep, t: ep.modify(t, EXCLUSIVE | IN)}.items():
+            assert same(call, timers[0], closed)[1] == errno.EBADF, name
+        for target in (None, BadFileno(), object(), 1.5):
+            for call in (lambda ep, t: ep.register(t, IN), lambda ep, t: ep.modify(t, IN),
+                         lambda ep, t: ep.unregister(t), lambda ep, t: ep.register(t)):
+                assert same(call, target, target)[0] is TypeError
+        for mask, timer in zip(MASKS, timers[1:] + [mon.timer(10.0)]):
+            if same(lambda ep, t, mask=mask: ep.register(t, mask), timer, w)[0] is None:    # accepted by both
+                ours.unregister(timer)
+                theirs.unregister(w)
+            same(lambda ep, t, mask=mask: ep.modify(t, mask), sock, r)
+        # EPOLLEXCLUSIVE in modify() is refused before the descriptor is looked up
+        assert same(lambda ep, t: ep.modify(t, EXCLUSIVE | IN), mon, w)[1] == errno.EINVAL
+        with pytest.raises(OSError, match="EPOLLEXCLUSIVE is taken by register.. only, beside EPOLLIN, EPOLLOUT, "
+                                          "EPOLLERR, EPOLLHUP, EPOLLWAKEUP and EPOLLET"):
+            ours.register(mon, EXCLUSIVE | RDHUP)
+        ours.close()
+        theirs.close()
+        # the arguments are checked before the epoll object is
+        assert same(lambda ep, t: ep.register(t, IN), None, None)[0] is TypeError
+        assert same(lambda ep, t: ep.register(t, None), sock, r)[0] is TypeError
+        assert same(lambda ep, t: ep.register(t, -1), sock, r)[0] is ValueError
+    finally:
+        os.close(r)
+        os.close(w)
         mon.close()
 
 
@@ -255,6 +323,93 @@ def test_event_kinds_in_masks_queue_their_events(tmp_path):
     assert [e.kind for e in sock.events()] == [aiomb.RETRANSMIT]
     assert not sock._ready & want
     mon.close()
+
+
+class LiveCapture:
+    """A capture read the way a live port is: a batch at each read, with no end (0 once the
+    frames are out), the time of the last frame as its clock, a descriptor to wait on until
+    close()."""
+
+    live = True
+    tick = 0.01
+
+    def __init__(self, path):
+        self._capture = aiomb.capture(path)
+        self._fd = -1
+        self._now = 0.0
+
+    def open(self):
+        self._capture.open()
+        self._fd = os.eventfd(1)        # readable: frames wait
+
+    def wait_fds(self):
+        return [self._fd] if self._fd >= 0 else []
+
+    def read(self, batch, timeout=None):
+        count = self._capture.read(batch)
+        if not count:
+            return 0
+        self._now = batch.last_ts
+        return count
+
+    def apply(self, batch):
+        pass
+
+    def now(self):
+        return self._now
+
+    def close(self):
+        self._capture.close()
+        os.close(self._fd)
+        self._fd = -1
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["capture", "live"])
+def test_flow_sockets_end_when_the_last_monitor_closes_their_source(tmp_path, live):
+    """Closing a monitor leaves its flow sockets going while another monitor keeps the source
+    open; closing the last one closes the source, so nothing can feed the flows any more: they
+    end (EPOLLHUP, end_reason INTERRUPTED, their figures), their timers with them, what they
+    queued stays readable, and poll() has nothing more to wait for."""
+    path = write(tmp_path, talk(parts=(b"abc", b"def", b"ghi")).frames + chatter(5.0, 3))
+    mon = aiomb.monitor((LiveCapture if live else aiomb.capture)(path), batch_size=1)
+    other = mon.monitor("udp", udp=True)
+    ep = aiomb.epoll()
+    ep.register(mon, IN)
+    ep.poll()
+    sock = mon.accept()
+    timer = sock.timer(100.0)
+    ep.register(sock, IN | RDHUP | ET)
+    ep.register(timer, IN)
+    ep.unregister(mon)
+    mon.close()
+    assert ep.poll(5.0) == [(sock.fileno(), IN)]                    # fed on by the other monitor's source
+    assert sock.recv(100, Side.CLIENT) == b"abc"
+    assert ep.poll(5.0) == [(sock.fileno(), IN)]
+    other.close()
+    assert sock.end_reason is aiomb.EndReason.INTERRUPTED and sock.stats.client.packets == 4     # to "def"
+    assert sorted(ep.poll(5.0)) == [(sock.fileno(), IN | HUP), (timer.fileno(), HUP)]
+    assert sock.recv(100, Side.CLIENT) == b"def"
+    assert sock.recv(100, Side.CLIENT) == b""
+    ep.unregister(timer)
+    started = time.monotonic()
+    assert ep.poll(5.0) == []                                       # at once: nothing more can come
+    assert time.monotonic() - started < 1.0
+    ep.unregister(sock)
+    assert ep.poll(5.0) == []
+    ep.close()
+
+
+def test_a_closed_monitor_makes_no_other(tmp_path):
+    """accept(), timer() and monitor() need the monitor open (EBADF), whether or not another
+    monitor keeps its source open."""
+    mon = aiomb.monitor(aiomb.capture(write(tmp_path, chatter(1.0, 3))))
+    other = mon.monitor("udp")
+    for closing in (mon, other):
+        closing.close()
+        for call in (closing.accept, lambda m=closing: m.timer(1.0), lambda m=closing: m.monitor("port 80")):
+            with pytest.raises(OSError, match="is closed") as info:
+                call()
+            assert info.value.errno == errno.EBADF
 
 
 # -- timeouts and timers: the stack's clock -------------------------------------------------

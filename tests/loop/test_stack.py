@@ -27,7 +27,7 @@ from aiomb import (
     open_stack,
 )
 from aiomb.io._capture import CaptureSource
-from aiomb.testing import TcpConversation, udp_frame, write_pcap, write_pcapng
+from aiomb.testing import TcpConversation, tcp_frame, udp_frame, write_pcap, write_pcapng
 
 WRITERS = {"pcap": write_pcap, "pcapng": write_pcapng}
 
@@ -749,6 +749,32 @@ async def test_duplicate_middlebox_name_and_bad_filter(tmp_path):
         with pytest.raises(ValueError):
             stack.middlebox("c", filter="tcp port")
         await stack.run()
+
+
+async def test_middleboxes_and_inline_handlers_added_too_late_are_refused(tmp_path):
+    """A middlebox joins the chain before the first packet (even one that made no flow: an
+    orphan); after the source has ended, no middlebox nor inline handler would ever see a packet."""
+    orphan = tcp_frame("10.0.0.9", "10.0.0.2", 40009, 80, seq=1, ack=1, flags="A")    # no SYN: no flow
+    path = tmp_path / "late.pcap"
+    write_pcap(path, [(0.5, orphan)] + full_conversation(("10.0.0.1", 40001), ("10.0.0.2", 80), start_ts=1.0).frames)
+    async with open_stack(aiomb.capture(path), batch_size=1) as stack:
+        async with stack.subscribe(aiomb.ORPHAN) as sub:
+            await sub.receive_batch()
+            assert not stack.flows()
+            with pytest.raises(RuntimeError, match=r"^stack.middlebox\(\) after 1 packet: add middleboxes before the "
+                                                   r"source starts \(before stack.start\(\), stack.run\(\) or "
+                                                   r"iterating a subscription\), so that they see every flow$"):
+                stack.middlebox("late")
+        await stack.run()
+        for call in (lambda: stack.middlebox("later"), lambda: stack.middlebox("later", filter="port 80")):
+            with pytest.raises(RuntimeError, match=r"^the stack's source has ended: a middlebox added now would "
+                                                   r"see no packet; add middleboxes before the source starts"):
+                call()
+        for call in (lambda: stack.on(PACKET_IN, print), lambda: stack.middleboxes[0].on(CONN_END, print)):
+            with pytest.raises(RuntimeError, match=r"^the stack's source has ended: an inline handler added now "
+                                                   r"would never run; add handlers before it finishes$"):
+                call()
+        assert [mb.name for mb in stack.middleboxes] == ["default"]
 
 
 # -- 8. custom events -------------------------------------------------------------------

@@ -62,6 +62,8 @@ def test_misuse_is_refused_in_the_calling_cell():
             (dict(recent=-1), ValueError, "recent must be a non-negative int, got -1"),
             (dict(interval=0), ValueError, "interval must be a positive number of seconds or None, got 0"),
             (dict(interval=float("nan")), ValueError, "interval must be a positive number of seconds or None, got nan"),
+            (dict(batch_size=0), ValueError, "batch_size must be an int from 1 to 65536, got 0"),
+            (dict(max_batches=0), ValueError, "max_batches must be a positive int, got 0"),
             (dict(max_flows=-5), ValueError, None),
             (dict(no_such_option=1), TypeError, None),
         ]
