@@ -29,7 +29,7 @@ import traceback
 
 from ._core import FlowRecords, FrameBatch, ShardRing
 from ._errors import CaptureError
-from ._records import CAPTURE_BLOCK, FlowRun
+from ._records import CAPTURE_BLOCK, FlowRun, ReadingStopped, break_read, read_breakable
 from .flows._stats import EngineStatistics, MalformedCounts
 from .flows._types import EndReason
 from .io._capture import capture
@@ -116,28 +116,6 @@ def quiet_signals() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
-class ReadingStopped(Exception):
-    """The parent asked the reader to stop while it waited for a pipe's next bytes."""
-
-
-_waiting = False        # the reader waits in read(2): SIGUSR1 breaks the wait
-
-
-def _stop_waiting(signum, frame) -> None:
-    if _waiting:
-        raise ReadingStopped
-
-
-def _read(source, batch):
-    """The source's next frames; raises ReadingStopped when SIGUSR1 came while it waited."""
-    global _waiting
-    _waiting = True
-    try:
-        return source.read(batch)
-    finally:
-        _waiting = False
-
-
 def fork_stoppable(start) -> None:
     """Call ``start()``, which forks processes that SIGUSR1 stops (the reader, a live worker),
     with SIGUSR1 blocked: a child keeps it blocked until its handler is in place (an early
@@ -175,7 +153,7 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
     end of the file, a stop the parent asked for, or a damaged record: reported here). Forked
     by :func:`fork_stoppable`, stopped by :func:`stop_reader`."""
     quiet_signals()
-    signal.signal(signal.SIGUSR1, _stop_waiting)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: break_read())      # see stop_reader
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     try:
         batch = FrameBatch(batch_size)
@@ -186,7 +164,7 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
                 ring.end(reason)
                 break
             try:
-                count = _read(source, batch)
+                count = read_breakable(source, batch)
             except ReadingStopped:
                 continue                # the stop is in the ring: ended at the top
             except CaptureError as exc:
