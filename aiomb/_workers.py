@@ -36,6 +36,7 @@ from .io._capture import capture
 
 SEND_EVERY = 8          # batches of records a worker gathers before it sends them (and how far it got)
 SEND_ROWS = 4096        # or rows
+IDLE_MS = 10            # or its input has had nothing for this long (a pipe's writer pauses)
 END = 1 << 62           # how far a worker got once it has read its whole input
 
 # Statistics every worker counts alike (each reads every packet); the rest are summed.
@@ -193,10 +194,11 @@ class RingSource:
 
     live = False
 
-    def __init__(self, ring: ShardRing, index: int, *, path=None):
+    def __init__(self, ring: ShardRing, index: int, *, path=None, idle=None):
         self.ring = ring
         self.index = index
         self.path = path
+        self.idle = idle                # called when the input pauses, before the read waits on
         self.end_reason = None
 
     def __repr__(self) -> str:
@@ -206,7 +208,10 @@ class RingSource:
         pass
 
     def read(self, batch):
-        count = self.ring.receive(self.index, batch)
+        count = self.ring.receive(self.index, batch, -1 if self.idle is None else IDLE_MS)
+        if count == 0:                  # nothing for IDLE_MS
+            self.idle()
+            count = self.ring.receive(self.index, batch)
         if count is None:
             if self.ring.ended_by_error:        # as FlowRun at a damaged file: open flows stay open
                 raise DamagedElsewhere("the capture is damaged (the parent reports where)", path=self.path)
@@ -231,25 +236,37 @@ class RingSource:
 
 
 def _worker(conn, ring: ShardRing, index: int, count: int, options: dict) -> None:
-    """A worker's life: its share of the ring through a shard engine, sending each batch's
-    records (with the flows it created and how far it got) to the parent, then its statistics."""
+    """A worker's life: its share of the ring through a shard engine, sending its records (with
+    the flows it created and how far it got) to the parent every few batches, and whenever its
+    input pauses, then its statistics."""
     quiet_signals()
     try:
-        run = FlowRun(RingSource(ring, index), shard=(index, count), every_batch=True, **options)
+        held, batches, reported = FlowRecords(), 0, 0
+
+        def send(reached: int) -> None:
+            nonlocal held, batches, reported
+            conn.send(("records", reached, bytes(memoryview(held)), engine.take_created().tobytes(),
+                       run.digests(held) if run.hashes else None))
+            held, batches, reported = FlowRecords(), 0, reached
+
+        def idle() -> None:
+            # Every record of what the worker has processed has been handed over by the run: the
+            # parent, which merges up to the packet every worker has passed, can write the flows
+            # that ended now rather than when more input comes.
+            if len(held) or engine.packets != reported:
+                send(engine.packets)
+
+        run = FlowRun(RingSource(ring, index, idle=idle), shard=(index, count), every_batch=True, **options)
         engine = run.engine
-        held, batches = FlowRecords(), 0
         try:
             for records in run:
                 held.extend(records)
                 batches += 1
                 if batches >= SEND_EVERY or len(held) >= SEND_ROWS:
-                    conn.send(("records", engine.packets, bytes(memoryview(held)),
-                               engine.take_created().tobytes(), run.digests(held) if run.hashes else None))
-                    held, batches = FlowRecords(), 0
+                    send(engine.packets)
         except CaptureError:
             pass                        # the parent reports it
-        conn.send(("records", END, bytes(memoryview(held)), engine.take_created().tobytes(),
-                   run.digests(held) if run.hashes else None))
+        send(END)
         conn.send(("done", run.statistics()))
     except BaseException:                   # everything goes to the parent
         conn.send(("failed", traceback.format_exc()))
