@@ -9,6 +9,7 @@ those batches over as flows end (``aiomb flows`` streams them, as Zeek writes co
 
 import hashlib
 import html
+import threading
 import time
 
 from ._core import RECORD_FIELDS, RECORD_LAYOUT, RECORD_SIZE, Dispatcher, Engine, FlowRecords, FrameBatch
@@ -27,6 +28,34 @@ CAPTURE_BLOCK = 1 << 18
 the processor's cache from the copy to the parse. Measured on the 3M-packet benchmark capture,
 whole process: 10% faster than the 1 MiB default, 3% than 128 KiB; a Trio stack, which pays more per
 batch (a block's end cuts a batch short), gained nothing from it, so the default stays."""
+
+
+class ReadingStopped(Exception):
+    """Raised by :func:`break_read` (from a signal handler) into a :func:`read_breakable` that
+    waits for a pipe's next bytes."""
+
+
+_reading = threading.local()    # .waiting: this thread is in read_breakable()
+
+
+def read_breakable(source, batch):
+    """``source.read(batch)``, which a signal handler can end with :func:`break_read` while it
+    waits (a quiet pipe): then it raises ReadingStopped and the frames of that read are left
+    out. Needed because a read(2) that a signal interrupts is retried once the handler returns
+    (PEP 475), unless the handler raises."""
+    _reading.waiting = True
+    try:
+        return source.read(batch)
+    finally:
+        _reading.waiting = False
+
+
+def break_read() -> None:
+    """From a signal handler, last: end the :func:`read_breakable` the thread is in (raises
+    ReadingStopped into it, once); nothing when it is not in one."""
+    if getattr(_reading, "waiting", False):
+        _reading.waiting = False
+        raise ReadingStopped
 
 
 def hash_fields(hashes) -> tuple:
@@ -71,7 +100,9 @@ class FlowRun:
             self._sub = self._dispatcher.subscribe([EventKind.NEW_DATA], filter=self.filter)
 
     def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
-        """End the run after the batch at hand; the open flows end with ``reason``."""
+        """End the run after the batch at hand; the open flows end with ``reason``. A signal
+        handler that calls it then calls :func:`break_read`, so that a capture from a quiet pipe
+        stops without waiting for its next bytes."""
         self.reason = reason
 
     def __iter__(self):
@@ -84,7 +115,9 @@ class FlowRun:
         try:
             while self.reason is None:
                 try:
-                    count = source.read(batch, 0.25) if live else source.read(batch)
+                    count = source.read(batch, 0.25) if live else read_breakable(source, batch)
+                except ReadingStopped:          # stopped (see stop()) while a pipe had nothing more
+                    continue
                 except CaptureError as exc:     # a damaged file: the flows seen so far end here
                     error = exc
                     break

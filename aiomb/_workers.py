@@ -29,13 +29,14 @@ import traceback
 
 from ._core import FlowRecords, FrameBatch, ShardRing
 from ._errors import CaptureError
-from ._records import CAPTURE_BLOCK, FlowRun
+from ._records import CAPTURE_BLOCK, FlowRun, ReadingStopped, break_read, read_breakable
 from .flows._stats import EngineStatistics, MalformedCounts
 from .flows._types import EndReason
 from .io._capture import capture
 
 SEND_EVERY = 8          # batches of records a worker gathers before it sends them (and how far it got)
 SEND_ROWS = 4096        # or rows
+IDLE_MS = 10            # or its input has had nothing for this long (a pipe's writer pauses)
 END = 1 << 62           # how far a worker got once it has read its whole input
 
 # Statistics every worker counts alike (each reads every packet); the rest are summed.
@@ -116,28 +117,6 @@ def quiet_signals() -> None:
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
 
 
-class ReadingStopped(Exception):
-    """The parent asked the reader to stop while it waited for a pipe's next bytes."""
-
-
-_waiting = False        # the reader waits in read(2): SIGUSR1 breaks the wait
-
-
-def _stop_waiting(signum, frame) -> None:
-    if _waiting:
-        raise ReadingStopped
-
-
-def _read(source, batch):
-    """The source's next frames; raises ReadingStopped when SIGUSR1 came while it waited."""
-    global _waiting
-    _waiting = True
-    try:
-        return source.read(batch)
-    finally:
-        _waiting = False
-
-
 def fork_stoppable(start) -> None:
     """Call ``start()``, which forks processes that SIGUSR1 stops (the reader, a live worker),
     with SIGUSR1 blocked: a child keeps it blocked until its handler is in place (an early
@@ -175,7 +154,7 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
     end of the file, a stop the parent asked for, or a damaged record: reported here). Forked
     by :func:`fork_stoppable`, stopped by :func:`stop_reader`."""
     quiet_signals()
-    signal.signal(signal.SIGUSR1, _stop_waiting)
+    signal.signal(signal.SIGUSR1, lambda signum, frame: break_read())      # see stop_reader
     signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
     try:
         batch = FrameBatch(batch_size)
@@ -186,7 +165,7 @@ def reader_main(conn, ring: ShardRing, source, batch_size: int) -> None:
                 ring.end(reason)
                 break
             try:
-                count = _read(source, batch)
+                count = read_breakable(source, batch)
             except ReadingStopped:
                 continue                # the stop is in the ring: ended at the top
             except CaptureError as exc:
@@ -215,10 +194,11 @@ class RingSource:
 
     live = False
 
-    def __init__(self, ring: ShardRing, index: int, *, path=None):
+    def __init__(self, ring: ShardRing, index: int, *, path=None, idle=None):
         self.ring = ring
         self.index = index
         self.path = path
+        self.idle = idle                # called when the input pauses, before the read waits on
         self.end_reason = None
 
     def __repr__(self) -> str:
@@ -228,7 +208,10 @@ class RingSource:
         pass
 
     def read(self, batch):
-        count = self.ring.receive(self.index, batch)
+        count = self.ring.receive(self.index, batch, -1 if self.idle is None else IDLE_MS)
+        if count == 0:                  # nothing for IDLE_MS
+            self.idle()
+            count = self.ring.receive(self.index, batch)
         if count is None:
             if self.ring.ended_by_error:        # as FlowRun at a damaged file: open flows stay open
                 raise DamagedElsewhere("the capture is damaged (the parent reports where)", path=self.path)
@@ -253,25 +236,37 @@ class RingSource:
 
 
 def _worker(conn, ring: ShardRing, index: int, count: int, options: dict) -> None:
-    """A worker's life: its share of the ring through a shard engine, sending each batch's
-    records (with the flows it created and how far it got) to the parent, then its statistics."""
+    """A worker's life: its share of the ring through a shard engine, sending its records (with
+    the flows it created and how far it got) to the parent every few batches, and whenever its
+    input pauses, then its statistics."""
     quiet_signals()
     try:
-        run = FlowRun(RingSource(ring, index), shard=(index, count), every_batch=True, **options)
+        held, batches, reported = FlowRecords(), 0, 0
+
+        def send(reached: int) -> None:
+            nonlocal held, batches, reported
+            conn.send(("records", reached, bytes(memoryview(held)), engine.take_created().tobytes(),
+                       run.digests(held) if run.hashes else None))
+            held, batches, reported = FlowRecords(), 0, reached
+
+        def idle() -> None:
+            # Every record of what the worker has processed has been handed over by the run: the
+            # parent, which merges up to the packet every worker has passed, can write the flows
+            # that ended now rather than when more input comes.
+            if len(held) or engine.packets != reported:
+                send(engine.packets)
+
+        run = FlowRun(RingSource(ring, index, idle=idle), shard=(index, count), every_batch=True, **options)
         engine = run.engine
-        held, batches = FlowRecords(), 0
         try:
             for records in run:
                 held.extend(records)
                 batches += 1
                 if batches >= SEND_EVERY or len(held) >= SEND_ROWS:
-                    conn.send(("records", engine.packets, bytes(memoryview(held)),
-                               engine.take_created().tobytes(), run.digests(held) if run.hashes else None))
-                    held, batches = FlowRecords(), 0
+                    send(engine.packets)
         except CaptureError:
             pass                        # the parent reports it
-        conn.send(("records", END, bytes(memoryview(held)), engine.take_created().tobytes(),
-                   run.digests(held) if run.hashes else None))
+        send(END)
         conn.send(("done", run.statistics()))
     except BaseException:                   # everything goes to the parent
         conn.send(("failed", traceback.format_exc()))

@@ -268,15 +268,23 @@ cdef class ShardRing:
         """Everyone must leave: the ring was aborted, or its maker died."""
         return aiomb_load_int(&self.head.abort) != 0 or (getpid() != self.parent and getppid() != self.parent)
 
-    cdef int wait(self, sem_t *s, bint signals=False) except -1 nogil:
-        """Wait for ``s``; 0 when the ring was aborted (or its maker died). With ``signals`` the
-        Python signal handlers due run while it waits (one raising ends the wait: Ctrl-C)."""
-        while not aiomb_sem_wait_ms(s, RING_WAIT_MS):
+    cdef int wait(self, sem_t *s, bint signals=False, long limit_ms=-1) except -1 nogil:
+        """Wait for ``s``: 1 once it came, 0 when the ring was aborted (or its maker died), 2
+        when ``limit_ms`` (if >= 0) passed without it. With ``signals`` the Python signal
+        handlers due run while it waits (one raising ends the wait: Ctrl-C)."""
+        cdef long step
+        while True:
+            step = RING_WAIT_MS if limit_ms < 0 or limit_ms > RING_WAIT_MS else limit_ms
+            if aiomb_sem_wait_ms(s, step):
+                return 1
             if self.gone():
                 return 0
             if signals:
                 check_signals()
-        return 1
+            if limit_ms >= 0:
+                limit_ms -= step
+                if limit_ms <= 0:
+                    return 2
 
     cdef void post(self, int k) noexcept nogil:
         """Slot ``k`` is ready for every worker."""
@@ -548,11 +556,13 @@ cdef class ShardRing:
             if aiomb_sub_fetch(&self.slots[k].pending) == 0:
                 sem_post(&self.slots[k].free)
 
-    def receive(self, int index, FrameBatch batch):
+    def receive(self, int index, FrameBatch batch, long idle_ms=-1):
         """Worker ``index``: fill ``batch`` with the next frames of the slot at hand, or release
         it and wait for the next one (another shard's frames with no bytes: ``data`` NULL, a clock
-        tick). Returns the count, or None at the end of the input. Raises RuntimeError when the
-        ring was aborted; a signal's handler raising while it waits (Ctrl-C) ends the wait."""
+        tick). Returns the count, or None at the end of the input; 0 when ``idle_ms`` (if >= 0)
+        passed with no next slot (the input pauses: call again to wait on). Raises RuntimeError
+        when the ring was aborted; a signal's handler raising while it waits (Ctrl-C) ends the
+        wait."""
         cdef ring_slot_t *slot
         cdef ring_frame_t *fr
         cdef ring_worker_t *w
@@ -580,9 +590,11 @@ cdef class ShardRing:
                     self.produce_ahead(w)
                 k = w.next % self.nslots
                 with nogil:
-                    got = self.wait(&self.ready[<size_t>index * self.nslots + k], True)
+                    got = self.wait(&self.ready[<size_t>index * self.nslots + k], True, idle_ms)
                 if not got:
                     raise RuntimeError("the shard ring was aborted (another process failed)")
+                if got == 2:            # released, not holding: the next call waits for slot k again
+                    return 0
                 w.next += 1
                 w.holding = 1
                 w.pos = 0

@@ -12,7 +12,7 @@ import sys
 import time
 
 from .._errors import CaptureError, ExportError, PortError
-from .._records import CAPTURE_BLOCK, FIELDS, HASHES, FlowRun, hash_fields
+from .._records import CAPTURE_BLOCK, FIELDS, HASHES, FlowRun, break_read, hash_fields
 from .._workers import ShardedRun, WorkerError
 from .._zeek import ConnLog, community_ids
 from ..flows._filter import FilterError, compile_filter
@@ -277,6 +277,7 @@ def cmd_flows(args) -> int:
     def interrupted(signum, frame) -> None:
         caught.append(signum)
         run.stop(EndReason.INTERRUPTED)
+        break_read()        # one engine waiting for a quiet pipe's next bytes stops at once
 
     handlers = {s: signal.signal(s, interrupted) for s in (signal.SIGINT, signal.SIGTERM, signal.SIGHUP)}
     flows, error = 0, None

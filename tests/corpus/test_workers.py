@@ -6,6 +6,7 @@ import gzip
 import json
 import os
 import pathlib
+import select
 import signal
 import subprocess
 import sys
@@ -217,6 +218,60 @@ def test_a_capture_from_a_pipe_is_read_once_for_every_worker(tmp_path):
     two = through_fifo(tmp_path, demo, lambda fifo: aiomb_run(DEMO / "flow_monitor.py", "--pcap", fifo,
                                                               "--workers", "2")).stdout.decode().splitlines()
     assert sorted(line for line in two if " flows: " not in line) == sorted(one[:-1])
+
+
+def closed_then_quiet(tmp_path):
+    """Two pieces of a capture, for a pipe: six TCP flows closed, then a UDP packet 100 s later
+    (the closed flows have lingered: one engine writes them there); the rest (records only, no
+    file header) comes after a pause: another UDP flow. Returns (first, rest, the whole file)."""
+    frames = []
+    for i in range(6):                  # different ports: the flows fall to both workers
+        c = TcpConversation((f"10.0.0.{i + 1}", 40000 + i), ("10.0.0.100", 80), start_ts=1.0 + i / 10)
+        c.handshake()
+        c.send("client", b"GET / HTTP/1.0\r\n\r\n")
+        c.send("server", b"HTTP/1.0 200 OK\r\n\r\n")
+        c.fin("client")
+        c.fin("server")
+        c.ack("client")
+        frames += c.frames
+    frames.sort(key=lambda f: f[0])
+    frames.append((101.0, udp_frame("10.1.1.1", "10.1.1.2", 5353, 53, b"q")))
+    write_pcap(tmp_path / "first.pcap", frames)
+    write_pcap(tmp_path / "whole.pcap", frames + [(102.0, udp_frame("10.2.2.1", "10.2.2.2", 5354, 53, b"r"))])
+    first, whole = (tmp_path / "first.pcap").read_bytes(), (tmp_path / "whole.pcap").read_bytes()
+    return first, whole[len(first):], tmp_path / "whole.pcap"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_pipe_s_records_come_as_the_flows_end(tmp_path, workers):
+    """A pipe's writer pauses after flows have ended: their records are written at once, with
+    one engine as with workers (the workers held them back until more input came, as long as
+    the pause lasted); the whole output is one engine's on the whole capture."""
+    first, rest, whole = closed_then_quiet(tmp_path)
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    with subprocess.Popen([sys.executable, "-m", "aiomb", "flows", str(fifo), "--format", "jsonl",
+                           "--workers", str(workers)], stdout=subprocess.PIPE, stderr=subprocess.PIPE) as proc:
+        try:
+            with open(fifo, "wb") as writer:
+                writer.write(first)
+                writer.flush()
+                ended = b""
+                deadline = time.monotonic() + 10
+                while ended.count(b"\n") < 6 and select.select([proc.stdout], [], [],
+                                                                  max(0, deadline - time.monotonic()))[0]:
+                    chunk = os.read(proc.stdout.fileno(), 1 << 16)
+                    if not chunk:
+                        break
+                    ended += chunk
+                writer.write(rest)      # (the writer still open above: the pause)
+            out, err = proc.communicate(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert [json.loads(line)["end_reason"] for line in ended.splitlines()] == ["fin"] * 6, \
+        "the ended flows' records did not come while the pipe paused"
+    assert ended + out == flows(whole, "--format", "jsonl").stdout
 
 
 @pytest.mark.parametrize("command", ["flows", "run"])

@@ -7,6 +7,7 @@ concurrently; each test then checks the result of its own commands.
 
 import concurrent.futures
 import csv
+import fcntl
 import hashlib
 import io
 import json
@@ -17,6 +18,7 @@ import signal
 import struct
 import subprocess
 import sys
+import termios
 import time
 
 import pytest
@@ -344,8 +346,21 @@ def test_truncated_capture(runs, inputs):
 
 
 
-def test_a_signal_ends_the_run_with_the_open_flows_written(tmp_path):
-    """The capture is a pipe that stays open: the run waits on it; SIGTERM ends it cleanly."""
+def drained(pipe, limit=10.0) -> None:
+    """Wait until the reader has taken every byte written into ``pipe`` (a named pipe's write
+    end): then it is in its run, waiting for more."""
+    deadline = time.monotonic() + limit
+    left = bytearray(4)
+    while fcntl.ioctl(pipe.fileno(), termios.FIONREAD, left) == 0 and int.from_bytes(left, sys.byteorder):
+        assert time.monotonic() < deadline, "the reader did not take the capture from the pipe"
+        time.sleep(0.01)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_ends_a_quiet_pipe_at_once(tmp_path, signum):
+    """The capture is a pipe whose writer stays open and quiet (tcpdump -w - with no traffic):
+    the run waits for its next bytes; a signal ends it at once, the open flow written as
+    interrupted (before, it waited for the next bytes or the writer to go)."""
     fifo = tmp_path / "live.pcap"
     os.mkfifo(fifo)
     proc = subprocess.Popen([*PYTHON_M_AIOMB, "flows", fifo, "--format", "jsonl", "--stats"], cwd=REPO,
@@ -358,11 +373,15 @@ def test_a_signal_ends_the_run_with_the_open_flows_written(tmp_path):
     with open(fifo, "wb") as pipe:
         pipe.write(data.getvalue())
         pipe.flush()
-        time.sleep(0.5)                 # the reader takes what the pipe holds, then waits for more
-        proc.send_signal(signal.SIGTERM)
-        time.sleep(0.2)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 128 + signal.SIGTERM, err
+        drained(pipe)
+        proc.send_signal(signum)
+        try:
+            out, err = proc.communicate(timeout=10)     # the writer is still open
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"{signal.Signals(signum).name} did not end the run while the pipe was quiet")
+    assert proc.returncode == 128 + signum, err
     (rec,) = jsonl(out)
     assert (rec["end_reason"], rec["client_packets"], rec["client_bytes"]) == ("interrupted", 3, 18)
     assert err.startswith("aiomb: 4 packets, 1 flows, malformed: none; ")
