@@ -66,7 +66,8 @@ class Subscription:
     """Events of some kinds for one middlebox, delivered a batch at a time.
 
     ``async for ev in sub`` yields events one by one (one await per batch, not per event; a
-    cancellation is noticed within every CHECK_EVERY events of a batch); ``await
+    cancellation is noticed within every CHECK_EVERY events of a batch, and loses no event:
+    iterating again yields the one at which it was noticed); ``await
     sub.receive_batch()`` returns the next whole list; ``receive_batch_nowait()`` raises
     ``trio.WouldBlock`` when nothing is queued. Iteration ends when the source ends. Use as
     ``async with stack.subscribe(...) as sub``; leaving the block unsubscribes, and iterating

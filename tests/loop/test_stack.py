@@ -63,6 +63,15 @@ def rst_flow_key(i: int) -> FlowKey:
                    server_port=80 if i % 2 == 0 else 443)
 
 
+def rst_flow_summaries(n: int) -> list:
+    """What :func:`summary` gives for each event of ``rst_flows(n)``, in order."""
+    expected = []
+    for i in range(n):
+        expected += [(CONN_START, rst_flow_key(i), Side.CLIENT, None),
+                     (CONN_END, rst_flow_key(i), Side.SERVER, EndReason.RST)]
+    return expected
+
+
 def write_rst_flows(tmp_path, n: int, fmt: str = "pcap"):
     path = tmp_path / f"rst{n}.{fmt}"
     WRITERS[fmt](path, rst_flows(n))
@@ -238,11 +247,7 @@ async def test_events_arrive_in_batches_matching_source_batches(tmp_path):
     assert [len(b) for b in batches] == [512] * 19 + [packets - 19 * 512]
     assert all(isinstance(b, list) and b for b in batches)
     flat = [ev for b in batches for ev in b]
-    expected = []
-    for i in range(5000):
-        expected += [(CONN_START, rst_flow_key(i), Side.CLIENT, None),
-                     (CONN_END, rst_flow_key(i), Side.SERVER, EndReason.RST)]
-    assert [summary(ev) for ev in flat] == expected
+    assert [summary(ev) for ev in flat] == rst_flow_summaries(5000)
     assert stats.events_delivered == packets
     assert sub.statistics().events_received == packets
 
@@ -278,6 +283,21 @@ async def test_mixed_receive_batch_then_async_for(tmp_path):
         (CONN_START, rst_flow_key(1), Side.CLIENT, None),
         (CONN_END, rst_flow_key(1), Side.SERVER, EndReason.RST)]
     assert len(first) + len(rest) == 2000
+
+
+async def leave_async_for(sub, how: str, at: int) -> list:
+    """Iterate ``sub`` until the ``at``-th event, then leave the loop by ``how``: "break", or
+    "cancel" (the scope is cancelled there; iteration goes on until it notices). The events seen."""
+    seen = []
+    with trio.CancelScope() as scope:
+        async for ev in sub:
+            seen.append(ev)
+            if len(seen) == at:
+                if how == "break":
+                    break
+                scope.cancel()
+    assert scope.cancelled_caught == (how == "cancel")
+    return seen
 
 
 async def test_a_consumer_that_keeps_up_is_done_with_a_batch_before_the_next_is_read(tmp_path):
@@ -1040,6 +1060,21 @@ async def test_async_for_notices_a_cancellation_within_a_batch(tmp_path):
             assert scope.cancelled_caught
         assert stack.statistics().batches == 1
     assert 1 <= seen <= CHECK_EVERY
+
+
+@pytest.mark.parametrize("batch_size", [65, 100, 1000])
+async def test_a_cancelled_async_for_loses_no_event(tmp_path, batch_size):
+    # the event at which iteration notices the cancellation stays queued: the next `async for`
+    # yields it (with 65 events a batch, it is the batch's last)
+    from aiomb._stack import CHECK_EVERY
+
+    path = write_rst_flows(tmp_path, 500)           # 1000 events
+    async with open_stack(aiomb.capture(path), batch_size=batch_size) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            seen = await leave_async_for(sub, "cancel", 10)
+            after = await collect(sub)
+    assert 10 <= len(seen) <= CHECK_EVERY
+    assert [summary(ev) for ev in seen + after] == rst_flow_summaries(500)
 
 
 async def test_stack_timers_fire_on_packet_time_and_a_flows_ends_with_it(tmp_path):
