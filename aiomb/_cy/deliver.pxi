@@ -108,6 +108,14 @@ cdef class EventStream:
         await self.check()      # may raise (trio.Cancelled): the event is not taken before
         return self._take()
 
+    def take_rest(self):
+        """Remove and return the events of the batch held not yet yielded (a list, empty when
+        there are none); the next ``__anext__`` refills. Does not block."""
+        rest = self.items[self.index:]
+        self.items = NO_EVENTS
+        self.index = 0
+        return rest
+
     async def _next_batch(self):
         items = await self.refill()
         if items is None:

@@ -300,6 +300,43 @@ async def leave_async_for(sub, how: str, at: int) -> list:
     return seen
 
 
+@pytest.mark.parametrize("receive", ["receive_batch", "receive_batch_nowait"])
+@pytest.mark.parametrize(("how", "at"), [("break", 10), ("break", 100), ("cancel", 10)])
+async def test_receive_batch_after_leaving_async_for_gives_the_rest_of_that_batch_first(
+        tmp_path, receive, how, at):
+    # one subscription is one ordered queue, whichever way it is read
+    path = write_rst_flows(tmp_path, 300)          # 600 events, 100 a batch
+    async with open_stack(aiomb.capture(path), batch_size=100) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            seen = await leave_async_for(sub, how, at)
+            if receive == "receive_batch_nowait":
+                await trio.testing.wait_all_tasks_blocked()     # the source has queued more
+                rest = sub.receive_batch_nowait()
+            else:
+                rest = await sub.receive_batch()
+            following = await sub.receive_batch()
+            after = await collect(sub)
+            received = sub.statistics().events_received
+    assert isinstance(rest, list)
+    assert len(rest) == 100 - len(seen) % 100      # the rest of the batch, or the next whole one
+    assert len(following) == 100
+    assert [summary(ev) for ev in seen + rest + following + after] == rst_flow_summaries(300)
+    assert received == 600
+
+
+async def test_receive_batch_is_a_checkpoint_that_leaves_the_rest_of_a_batch_when_cancelled(tmp_path):
+    path = write_rst_flows(tmp_path, 100)          # 200 events, 100 a batch
+    async with open_stack(aiomb.capture(path), batch_size=100) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            seen = await leave_async_for(sub, "break", 10)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await sub.receive_batch()
+            assert scope.cancelled_caught
+            rest = await sub.receive_batch()
+    assert [summary(ev) for ev in seen + rest] == rst_flow_summaries(50)
+
+
 async def test_a_consumer_that_keeps_up_is_done_with_a_batch_before_the_next_is_read(tmp_path):
     # Trio runs ready tasks in random order; the pump gives a busy consumer turns first, so
     # a consumer that never awaits anything else is never more than its batch behind
@@ -938,6 +975,21 @@ async def test_break_out_of_subscription_then_stack_finishes(tmp_path):
     # after close, iterating is the user's mistake: it raises instead of yielding nothing
     with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
         await collect(early)
+
+
+async def test_closing_after_leaving_async_for_mid_batch_drops_the_rest_of_that_batch(tmp_path):
+    path = write_rst_flows(tmp_path, 100)
+    async with open_stack(aiomb.capture(path), batch_size=100) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            async for _ in sub:
+                break
+        got = []
+        with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+            async for ev in sub:
+                got.append(ev)
+        with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+            sub.receive_batch_nowait()
+    assert got == []
 
 
 async def test_closed_subscription_before_start_gets_nothing(tmp_path):
