@@ -71,7 +71,8 @@ class Subscription:
     sub.receive_batch()`` returns a whole list; ``receive_batch_nowait()`` raises
     ``trio.WouldBlock`` when nothing is queued. The subscription is one ordered queue however
     it is read: after a loop left mid-batch (break, cancellation), ``receive_batch()`` first
-    returns the rest of that batch. Iteration ends when the source ends. Use as
+    returns the rest of that batch. Several tasks may read one subscription: each event goes to
+    one of them, as with a Trio channel's receivers. Iteration ends when the source ends. Use as
     ``async with stack.subscribe(...) as sub``; leaving the block unsubscribes, and iterating
     or receiving after that raises ``trio.ClosedResourceError`` (as a closed Trio channel does).
 

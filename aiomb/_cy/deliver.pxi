@@ -56,8 +56,8 @@ cdef class EventStream:
     so that a consumer iterating a long batch still notices cancellation: it must either return
     without yielding or raise (Trio's ``checkpoint_if_cancelled``). The event is taken from the
     batch only once the check has returned, so an exception raised by the check loses nothing:
-    the next ``__anext__`` yields that event. Layer: core (Trio-agnostic); the stack's
-    Subscription builds on it.
+    the next ``__anext__`` yields that event. Several tasks may iterate one stream: each event
+    goes to one of them. Layer: core (Trio-agnostic); the stack's Subscription builds on it.
     """
 
     cdef list items
@@ -120,6 +120,10 @@ cdef class EventStream:
         items = await self.refill()
         if items is None:
             raise StopAsyncIteration
+        if self.index < len(self.items):
+            # another task iterating this stream got a batch while this one waited: both are
+            # kept, that one's rest first
+            items = self.items[self.index:] + items
         self.items = items
         self.index = 1
         self.until_check = self.every

@@ -5,6 +5,7 @@ propagation, middlebox chains, custom events, verdicts and closing subscriptions
 matters through Trio's clock, so the tests that wait use ``autojump_clock``; none sleeps for real.
 """
 
+import collections
 import functools
 import math
 
@@ -335,6 +336,26 @@ async def test_receive_batch_is_a_checkpoint_that_leaves_the_rest_of_a_batch_whe
             assert scope.cancelled_caught
             rest = await sub.receive_batch()
     assert [summary(ev) for ev in seen + rest] == rst_flow_summaries(50)
+
+
+async def test_tasks_iterating_one_subscription_each_get_a_share_of_its_events(tmp_path):
+    # every event goes to exactly one of them, as the items of a Trio channel with several
+    # receivers do; which one gets which is up to Trio's scheduling
+    path = write_rst_flows(tmp_path, 500)
+    got = []
+
+    async def worker(sub):
+        async for ev in sub:
+            got.append(summary(ev))
+            await trio.sleep(0)                    # the other task takes its turn mid-batch
+
+    async with open_stack(aiomb.capture(path), batch_size=20) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker, sub)
+                nursery.start_soon(worker, sub)
+    assert len(got) == 1000
+    assert collections.Counter(got) == collections.Counter(rst_flow_summaries(500))
 
 
 async def test_a_consumer_that_keeps_up_is_done_with_a_batch_before_the_next_is_read(tmp_path):
