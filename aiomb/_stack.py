@@ -66,9 +66,13 @@ class Subscription:
     """Events of some kinds for one middlebox, delivered a batch at a time.
 
     ``async for ev in sub`` yields events one by one (one await per batch, not per event; a
-    cancellation is noticed within every CHECK_EVERY events of a batch); ``await
-    sub.receive_batch()`` returns the next whole list; ``receive_batch_nowait()`` raises
-    ``trio.WouldBlock`` when nothing is queued. Iteration ends when the source ends. Use as
+    cancellation is noticed within every CHECK_EVERY events of a batch, and loses no event:
+    iterating again yields the one at which it was noticed); ``await
+    sub.receive_batch()`` returns a whole list; ``receive_batch_nowait()`` raises
+    ``trio.WouldBlock`` when nothing is queued. The subscription is one ordered queue however
+    it is read: after a loop left mid-batch (break, cancellation), ``receive_batch()`` first
+    returns the rest of that batch. Several tasks may read one subscription: each event goes to
+    one of them, as with a Trio channel's receivers. Iteration ends when the source ends. Use as
     ``async with stack.subscribe(...) as sub``; leaving the block unsubscribes, and iterating
     or receiving after that raises ``trio.ClosedResourceError`` (as a closed Trio channel does).
 
@@ -108,6 +112,7 @@ class Subscription:
         now). Idempotent."""
         if not self._closed:
             self._closed = True
+            self._stream.take_rest()    # what an `async for` left of its batch was queued too
             self._stack._unsubscribe(self)
 
     def __aiter__(self):
@@ -115,7 +120,7 @@ class Subscription:
 
     async def _refill(self):
         try:
-            return await self.receive_batch()
+            return await self._receive()
         except trio.EndOfChannel:
             return None
 
@@ -125,11 +130,23 @@ class Subscription:
             "iterate it inside the block, or subscribe again (a new subscription sees only later events)")
 
     async def receive_batch(self) -> list:
-        """The next batch of events (a non-empty list); raises trio.EndOfChannel at the end,
-        trio.ClosedResourceError once the subscription was closed.
+        """The next batch of events (a non-empty list): the rest of the batch an ``async for``
+        left unfinished, if one did, else the next batch queued; raises trio.EndOfChannel at the
+        end, trio.ClosedResourceError once the subscription was closed.
 
         Starts the stack's source if it has not started yet. Blocks until a batch arrives.
         """
+        # a checkpoint on every path, as a channel's receive() is; a cancellation before the
+        # rest is taken leaves it queued
+        await trio.lowlevel.checkpoint_if_cancelled()
+        rest = self._stream.take_rest()         # empty once closed: close() dropped it
+        if rest:
+            await trio.lowlevel.cancel_shielded_checkpoint()
+            return rest
+        return await self._receive()
+
+    async def _receive(self) -> list:
+        """The next batch from the channel (the stream's refill: it holds no rest then)."""
         if self._closed:
             raise self._closed_error()
         self._stack.start()
@@ -144,10 +161,13 @@ class Subscription:
         return batch
 
     def receive_batch_nowait(self) -> list:
-        """The next queued batch, or raise trio.WouldBlock (trio.EndOfChannel at the end,
-        trio.ClosedResourceError once the subscription was closed)."""
+        """What :meth:`receive_batch` would return without blocking, or raise trio.WouldBlock
+        (trio.EndOfChannel at the end, trio.ClosedResourceError once the subscription was closed)."""
         if self._closed:
             raise self._closed_error()
+        rest = self._stream.take_rest()
+        if rest:
+            return rest
         self._batches_done = self._batches_taken
         batch = self._recv.receive_nowait()
         self._batches_taken += 1

@@ -53,9 +53,11 @@ cdef class EventStream:
 
     ``refill`` is an async callable returning the next non-empty list, or None at the end.
     ``check`` (optional) is an async callable awaited before every ``every``-th event of a batch,
-    so that a consumer iterating a long batch still notices cancellation (Trio's
-    ``checkpoint_if_cancelled``, which does not yield unless cancelled). Layer: core
-    (Trio-agnostic); the stack's Subscription builds on it.
+    so that a consumer iterating a long batch still notices cancellation: it must either return
+    without yielding or raise (Trio's ``checkpoint_if_cancelled``). The event is taken from the
+    batch only once the check has returned, so an exception raised by the check loses nothing:
+    the next ``__anext__`` yields that event. Several tasks may iterate one stream: each event
+    goes to one of them. Layer: core (Trio-agnostic); the stack's Subscription builds on it.
     """
 
     cdef list items
@@ -80,32 +82,48 @@ cdef class EventStream:
     def __aiter__(self):
         return self
 
-    @cython.boundscheck(False)     # indexes come from the core's own enums and bit numbers
-    @cython.wraparound(False)
     def __anext__(self):
-        cdef object item
         if self.index < len(self.items):
-            item = self.items[self.index]
-            self.index += 1
-            if self.index == len(self.items):
-                self.items = NO_EVENTS  # the batch is used up: its events go with the consumer's
             if self.check is not None:
                 self.until_check -= 1
                 if self.until_check == 0:
                     self.until_check = self.every
-                    return self._checked(item)
-            self.ready.value = item
+                    return self._checked()
+            self.ready.value = self._take()
             return self.ready
         return self._next_batch()
 
-    async def _checked(self, item):
-        await self.check()
+    @cython.final
+    @cython.boundscheck(False)     # index < len(items): checked by __anext__, and a check does not
+    @cython.wraparound(False)      # yield unless it raises
+    cdef inline object _take(self):
+        """The next event of the batch held (there must be one)."""
+        cdef object item = self.items[self.index]
+        self.index += 1
+        if self.index == len(self.items):
+            self.items = NO_EVENTS  # the batch is used up: its events go with the consumer's
         return item
+
+    async def _checked(self):
+        await self.check()      # may raise (trio.Cancelled): the event is not taken before
+        return self._take()
+
+    def take_rest(self):
+        """Remove and return the events of the batch held not yet yielded (a list, empty when
+        there are none); the next ``__anext__`` refills. Does not block."""
+        rest = self.items[self.index:]
+        self.items = NO_EVENTS
+        self.index = 0
+        return rest
 
     async def _next_batch(self):
         items = await self.refill()
         if items is None:
             raise StopAsyncIteration
+        if self.index < len(self.items):
+            # another task iterating this stream got a batch while this one waited: both are
+            # kept, that one's rest first
+            items = self.items[self.index:] + items
         self.items = items
         self.index = 1
         self.until_check = self.every

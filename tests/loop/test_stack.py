@@ -5,6 +5,7 @@ propagation, middlebox chains, custom events, verdicts and closing subscriptions
 matters through Trio's clock, so the tests that wait use ``autojump_clock``; none sleeps for real.
 """
 
+import collections
 import functools
 import math
 
@@ -61,6 +62,15 @@ def rst_flow_key(i: int) -> FlowKey:
     ip, port = _client(i)
     return FlowKey(proto=Proto.TCP, client_ip=ip, client_port=port, server_ip="10.0.0.2",
                    server_port=80 if i % 2 == 0 else 443)
+
+
+def rst_flow_summaries(n: int) -> list:
+    """What :func:`summary` gives for each event of ``rst_flows(n)``, in order."""
+    expected = []
+    for i in range(n):
+        expected += [(CONN_START, rst_flow_key(i), Side.CLIENT, None),
+                     (CONN_END, rst_flow_key(i), Side.SERVER, EndReason.RST)]
+    return expected
 
 
 def write_rst_flows(tmp_path, n: int, fmt: str = "pcap"):
@@ -238,11 +248,7 @@ async def test_events_arrive_in_batches_matching_source_batches(tmp_path):
     assert [len(b) for b in batches] == [512] * 19 + [packets - 19 * 512]
     assert all(isinstance(b, list) and b for b in batches)
     flat = [ev for b in batches for ev in b]
-    expected = []
-    for i in range(5000):
-        expected += [(CONN_START, rst_flow_key(i), Side.CLIENT, None),
-                     (CONN_END, rst_flow_key(i), Side.SERVER, EndReason.RST)]
-    assert [summary(ev) for ev in flat] == expected
+    assert [summary(ev) for ev in flat] == rst_flow_summaries(5000)
     assert stats.events_delivered == packets
     assert sub.statistics().events_received == packets
 
@@ -278,6 +284,78 @@ async def test_mixed_receive_batch_then_async_for(tmp_path):
         (CONN_START, rst_flow_key(1), Side.CLIENT, None),
         (CONN_END, rst_flow_key(1), Side.SERVER, EndReason.RST)]
     assert len(first) + len(rest) == 2000
+
+
+async def leave_async_for(sub, how: str, at: int) -> list:
+    """Iterate ``sub`` until the ``at``-th event, then leave the loop by ``how``: "break", or
+    "cancel" (the scope is cancelled there; iteration goes on until it notices). The events seen."""
+    seen = []
+    with trio.CancelScope() as scope:
+        async for ev in sub:
+            seen.append(ev)
+            if len(seen) == at:
+                if how == "break":
+                    break
+                scope.cancel()
+    assert scope.cancelled_caught == (how == "cancel")
+    return seen
+
+
+@pytest.mark.parametrize("receive", ["receive_batch", "receive_batch_nowait"])
+@pytest.mark.parametrize(("how", "at"), [("break", 10), ("break", 100), ("cancel", 10)])
+async def test_receive_batch_after_leaving_async_for_gives_the_rest_of_that_batch_first(
+        tmp_path, receive, how, at):
+    # one subscription is one ordered queue, whichever way it is read
+    path = write_rst_flows(tmp_path, 300)          # 600 events, 100 a batch
+    async with open_stack(aiomb.capture(path), batch_size=100) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            seen = await leave_async_for(sub, how, at)
+            if receive == "receive_batch_nowait":
+                await trio.testing.wait_all_tasks_blocked()     # the source has queued more
+                rest = sub.receive_batch_nowait()
+            else:
+                rest = await sub.receive_batch()
+            following = await sub.receive_batch()
+            after = await collect(sub)
+            received = sub.statistics().events_received
+    assert isinstance(rest, list)
+    assert len(rest) == 100 - len(seen) % 100      # the rest of the batch, or the next whole one
+    assert len(following) == 100
+    assert [summary(ev) for ev in seen + rest + following + after] == rst_flow_summaries(300)
+    assert received == 600
+
+
+async def test_receive_batch_is_a_checkpoint_that_leaves_the_rest_of_a_batch_when_cancelled(tmp_path):
+    path = write_rst_flows(tmp_path, 100)          # 200 events, 100 a batch
+    async with open_stack(aiomb.capture(path), batch_size=100) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            seen = await leave_async_for(sub, "break", 10)
+            with trio.CancelScope() as scope:
+                scope.cancel()
+                await sub.receive_batch()
+            assert scope.cancelled_caught
+            rest = await sub.receive_batch()
+    assert [summary(ev) for ev in seen + rest] == rst_flow_summaries(50)
+
+
+async def test_tasks_iterating_one_subscription_each_get_a_share_of_its_events(tmp_path):
+    # every event goes to exactly one of them, as the items of a Trio channel with several
+    # receivers do; which one gets which is up to Trio's scheduling
+    path = write_rst_flows(tmp_path, 500)
+    got = []
+
+    async def worker(sub):
+        async for ev in sub:
+            got.append(summary(ev))
+            await trio.sleep(0)                    # the other task takes its turn mid-batch
+
+    async with open_stack(aiomb.capture(path), batch_size=20) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            async with trio.open_nursery() as nursery:
+                nursery.start_soon(worker, sub)
+                nursery.start_soon(worker, sub)
+    assert len(got) == 1000
+    assert collections.Counter(got) == collections.Counter(rst_flow_summaries(500))
 
 
 async def test_a_consumer_that_keeps_up_is_done_with_a_batch_before_the_next_is_read(tmp_path):
@@ -946,6 +1024,21 @@ async def test_break_out_of_subscription_then_stack_finishes(tmp_path):
         await collect(early)
 
 
+async def test_closing_after_leaving_async_for_mid_batch_drops_the_rest_of_that_batch(tmp_path):
+    path = write_rst_flows(tmp_path, 100)
+    async with open_stack(aiomb.capture(path), batch_size=100) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            async for _ in sub:
+                break
+        got = []
+        with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+            async for ev in sub:
+                got.append(ev)
+        with pytest.raises(trio.ClosedResourceError, match=CLOSED_MESSAGE):
+            sub.receive_batch_nowait()
+    assert got == []
+
+
 async def test_closed_subscription_before_start_gets_nothing(tmp_path):
     path = write_rst_flows(tmp_path, 100)
     async with open_stack(aiomb.capture(path)) as stack:
@@ -1066,6 +1159,21 @@ async def test_async_for_notices_a_cancellation_within_a_batch(tmp_path):
             assert scope.cancelled_caught
         assert stack.statistics().batches == 1
     assert 1 <= seen <= CHECK_EVERY
+
+
+@pytest.mark.parametrize("batch_size", [65, 100, 1000])
+async def test_a_cancelled_async_for_loses_no_event(tmp_path, batch_size):
+    # the event at which iteration notices the cancellation stays queued: the next `async for`
+    # yields it (with 65 events a batch, it is the batch's last)
+    from aiomb._stack import CHECK_EVERY
+
+    path = write_rst_flows(tmp_path, 500)           # 1000 events
+    async with open_stack(aiomb.capture(path), batch_size=batch_size) as stack:
+        async with stack.subscribe(CONN_START, CONN_END) as sub:
+            seen = await leave_async_for(sub, "cancel", 10)
+            after = await collect(sub)
+    assert 10 <= len(seen) <= CHECK_EVERY
+    assert [summary(ev) for ev in seen + after] == rst_flow_summaries(500)
 
 
 async def test_stack_timers_fire_on_packet_time_and_a_flows_ends_with_it(tmp_path):
