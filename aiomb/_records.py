@@ -15,7 +15,7 @@ import time
 from ._core import RECORD_FIELDS, RECORD_LAYOUT, RECORD_SIZE, Dispatcher, Engine, FlowRecords, FrameBatch
 from ._errors import CaptureError
 from .events._kinds import EventKind
-from .flows._filter import compile_filter
+from .flows._filter import check_vlan_key, compile_filter
 from .flows._types import EndReason, end_reason
 
 FIELDS = tuple(name for name, _, _ in RECORD_FIELDS)
@@ -194,6 +194,8 @@ def read_flows(source, filter=None, *, workers: int = 1, **options) -> "FlowTabl
     if workers != 1:
         if not (isinstance(source, str) or hasattr(source, "__fspath__")):
             raise TypeError(f"read_flows(workers={workers!r}) reads a capture file: give its path, not {source!r}")
+        # here, not only in the workers' engines: their failure would come as a WorkerError
+        check_vlan_key(compile_filter(filter), options.get("vlan_in_key", False))
         run = ShardedRun(source, workers, filter=filter, **options)
     else:
         if isinstance(source, str) or hasattr(source, "__fspath__"):

@@ -22,6 +22,10 @@ CONN_FIELDS = ("ts", "uid", "id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", 
 CONN_TYPES = ("time", "string", "addr", "port", "addr", "port", "enum", "string", "interval", "count", "count",
               "string", "bool", "bool", "count", "string", "count", "count", "count", "count", "set[string]",
               "count")
+# With VLAN tags in the flow key, Zeek (its conn_key vlan_fivetuple framework) logs them in the
+# connection's id, after id.resp_p: the outer VLAN ID and the inner one (QinQ), unset when absent.
+VLAN_FIELDS = ("id.ctx.vlan", "id.ctx.inner_vlan")
+VLAN_AFTER = CONN_FIELDS.index("id.resp_p") + 1
 
 # Zeek's endpoint states (TCP_ENDPOINT_*), as FlowRecords.conn reports them; UDP: 1 active.
 INACTIVE, SYN_SENT, SYN_ACK_SENT, PARTIAL, ESTABLISHED, CLOSED, RESET = range(7)
@@ -93,9 +97,10 @@ def uid(flow_id: int, first_ts: float, client: str, client_port: int) -> str:
     return "C" + "".join(reversed(out)).lstrip("0")
 
 
-def conn_rows(records, *, with_community_id: bool = False):
-    """Each record's conn.log fields (a dict; unset fields absent), in record order. Raises
-    ValueError for records made without ``conn_history``."""
+def conn_rows(records, *, with_community_id: bool = False, with_vlan: bool = False):
+    """Each record's conn.log fields (a dict in log order; unset fields absent), in record order;
+    ``with_vlan``: the VLAN IDs (records made with ``vlan_in_key``). Raises ValueError for
+    records made without ``conn_history``."""
     for i in range(len(records)):
         r = records[i]
         c = records.conn(i)
@@ -106,7 +111,11 @@ def conn_rows(records, *, with_community_id: bool = False):
         proto = r["proto"]
         row = {"ts": r["first_ts"], "uid": uid(r["flow"], r["first_ts"], r["client_ip"], r["client_port"]),
                "id.orig_h": r[f"{o}_ip"], "id.orig_p": r[f"{o}_port"],
-               "id.resp_h": r[f"{p}_ip"], "id.resp_p": r[f"{p}_port"], "proto": proto}
+               "id.resp_h": r[f"{p}_ip"], "id.resp_p": r[f"{p}_port"]}
+        if with_vlan and r["vlan"]:
+            for name, vlan_id in zip(VLAN_FIELDS, r["vlan"].split("/")):
+                row[name] = int(vlan_id)
+        row["proto"] = proto
         duration = c["last_ts"] - r["first_ts"]
         if duration > 0:
             row["duration"] = duration
@@ -128,14 +137,15 @@ def conn_rows(records, *, with_community_id: bool = False):
         yield row
 
 
-def _tsv_line(row: dict, community: bool) -> str:
+def _tsv_line(row: dict, community: bool, vlan: bool) -> str:
     """One conn.log TSV line (addresses, numbers and history letters need no escaping)."""
     if "duration" in row:
         sizes = f"{row['duration']:.6f}\t{row['orig_bytes']}\t{row['resp_bytes']}"
     else:
         sizes = "-\t-\t-"
+    vlans = "".join(f"\t{row.get(name, '-')}" for name in VLAN_FIELDS) if vlan else ""
     line = (f"{row['ts']:.6f}\t{row['uid']}\t{row['id.orig_h']}\t{row['id.orig_p']}\t{row['id.resp_h']}\t"
-            f"{row['id.resp_p']}\t{row['proto']}\t-\t{sizes}\t{row['conn_state']}\t-\t-\t{row['missed_bytes']}\t"
+            f"{row['id.resp_p']}{vlans}\t{row['proto']}\t-\t{sizes}\t{row['conn_state']}\t-\t-\t{row['missed_bytes']}\t"
             f"{row.get('history', '-')}\t{row['orig_pkts']}\t{row['orig_ip_bytes']}\t{row['resp_pkts']}\t"
             f"{row['resp_ip_bytes']}\t-\t{row['ip_proto']}")
     return line + "\t" + row["community_id"] if community else line
@@ -145,15 +155,21 @@ class ConnLog:
     """Writes conn.log text: ``header()``, ``lines(records)`` and ``footer()`` for Zeek's TSV
     (``fmt="zeek"``), or ``lines`` alone for Zeek's JSON lines (``fmt="zeek-json"``). With
     ``community_id``, a ``community_id`` field ends each line (as Zeek's community-id policy
-    script adds it)."""
+    script adds it). With ``vlan`` (records made with ``vlan_in_key``), ``id.ctx.vlan`` and
+    ``id.ctx.inner_vlan`` follow ``id.resp_p``, as Zeek logs them with VLAN IDs in its
+    connection key."""
 
-    def __init__(self, fmt: str, *, community_id: bool = False):
+    def __init__(self, fmt: str, *, community_id: bool = False, vlan: bool = False):
         if fmt not in ("zeek", "zeek-json"):
             raise ValueError(f"fmt must be 'zeek' or 'zeek-json', got {fmt!r}")
         self.fmt = fmt
         self.community_id = community_id
-        self.fields = CONN_FIELDS + (("community_id",) if community_id else ())
-        self.types = CONN_TYPES + (("string",) if community_id else ())
+        self.vlan = vlan
+        vlan_fields, vlan_types = (VLAN_FIELDS, ("int", "int")) if vlan else ((), ())
+        self.fields = (CONN_FIELDS[:VLAN_AFTER] + vlan_fields + CONN_FIELDS[VLAN_AFTER:]
+                       + (("community_id",) if community_id else ()))
+        self.types = (CONN_TYPES[:VLAN_AFTER] + vlan_types + CONN_TYPES[VLAN_AFTER:]
+                      + (("string",) if community_id else ()))
 
     def header(self) -> str:
         if self.fmt != "zeek":
@@ -167,9 +183,9 @@ class ConnLog:
 
     def lines(self, records) -> str:
         out = []
-        for row in conn_rows(records, with_community_id=self.community_id):
+        for row in conn_rows(records, with_community_id=self.community_id, with_vlan=self.vlan):
             if self.fmt == "zeek":
-                out.append(_tsv_line(row, self.community_id))
+                out.append(_tsv_line(row, self.community_id, self.vlan))
             else:
                 if "duration" in row:
                     row["duration"] = round(row["duration"], 6)

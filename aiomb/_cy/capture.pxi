@@ -26,11 +26,14 @@ class _GunzipStream:
 
     Unlike gzip.GzipFile it hands over every byte decompressed before damage or truncation is
     found, then raises OSError on the next read, so the records before the damage are kept.
+    It reads ``raw`` in order only: a pipe will do. ``head``: the stream's first bytes, already
+    read from a pipe (to tell gzip from a capture), which come before the rest of ``raw``.
     """
 
-    def __init__(self, raw, chunk=1 << 16):
+    def __init__(self, raw, chunk=1 << 16, head=b""):
         self.raw = raw
         self.chunk = chunk
+        self.head = head
         self.inflate = _zlib.decompressobj(wbits=31)
         self.pending = b""
         self.failure = None
@@ -53,7 +56,7 @@ class _GunzipStream:
         if self.inflate.eof:
             rest = self.inflate.unused_data
             if not rest:
-                rest = self.raw.read(self.chunk)
+                rest = self.read_raw()
                 if not rest:
                     return None
             if not rest.startswith(b"\x1f\x8b"):
@@ -61,11 +64,18 @@ class _GunzipStream:
                 return b""
             self.inflate = _zlib.decompressobj(wbits=31)
             return self.decompress(rest)
-        data = self.raw.read(self.chunk)
+        data = self.read_raw()
         if not data:
             self.failure = "the gzip stream ends before its end marker (truncated file)"
             return self.inflate.flush()
         return self.decompress(data)
+
+    def read_raw(self):
+        """The next compressed bytes: ``head`` first."""
+        if self.head:
+            data, self.head = self.head, b""
+            return data
+        return self.raw.read(self.chunk)
 
     def decompress(self, data):
         try:
@@ -293,10 +303,9 @@ cdef class CaptureReader:
         else:
             prefix = head
         if head == b"\x1f\x8b":
-            if prefix:
-                raise CaptureError("a gzip stream must be given as a seekable file or a path", path=self.path)
-            self.fh = _GunzipStream(raw)
+            self.fh = _GunzipStream(raw, head=prefix)   # the magic bytes read from a pipe go in first
             self.compressed = True
+            prefix = b""
         else:
             self.fh = raw
         self.read_some = getattr(self.fh, "readinto1", self.fh.readinto)

@@ -8,6 +8,7 @@
 import array as _array
 import numbers as _numbers
 
+from aiomb.flows._filter import check_vlan_key
 from aiomb.flows._stats import EngineStatistics, MalformedCounts
 
 MALFORMED_REASONS = (
@@ -341,12 +342,14 @@ cdef class Engine:
         removed one's index is given again, its place in the chain is the end).
 
         ``filter`` is None or an object with ``matches(key) -> bool``, evaluated once per new
-        flow. Raises ValueError past 32 middleboxes at once, RuntimeError once flows exist.
+        flow. Raises ValueError past 32 middleboxes at once, RuntimeError once flows exist,
+        FilterError for a filter on VLAN IDs without ``vlan_in_key``.
         """
         if self.tab.count:
             raise RuntimeError("add middleboxes before the first packet: flows already exist")
         if filter is not None and not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a middlebox filter needs a matches(key) method, got {filter!r}")
+        check_vlan_key(filter, self.vlan_in_key)
         if -1 in self.mbox_rank:
             index = self.mbox_rank.index(-1)
         elif len(self.mbox_filters) < MAX_MBOXES:
@@ -393,12 +396,14 @@ cdef class Engine:
 
         A filter is evaluated once per new flow, and at once for the flows already in the table.
         An equal filter in use shares its bit (each use counts: give each back with
-        ``release_filter``). Raises ValueError when 32 distinct filters are in use.
+        ``release_filter``). Raises ValueError when 32 distinct filters are in use, FilterError
+        for a filter on VLAN IDs without ``vlan_in_key``.
         """
         cdef uint32_t i
         cdef int n = -1
         if not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a flow filter needs a matches(key) method, got {filter!r}")
+        check_vlan_key(filter, self.vlan_in_key)
         for i, known in enumerate(self.flow_filters):
             if known is not None and (known is filter or known == filter):
                 self.filter_uses[i] += 1

@@ -30,17 +30,16 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv=None) -> int:
     """Entry point of the ``aiomb`` console script and ``python -m aiomb``. Arguments after a
-    ``--`` belong to the middlebox of ``aiomb run`` (its ``sys.argv[1:]``)."""
+    ``--`` belong to the middlebox of ``aiomb run`` (its ``sys.argv[1:]``); for the other
+    commands ``--`` ends the options, as usual (``aiomb flows -- -name.pcap``)."""
     argv = list(sys.argv[1:] if argv is None else argv)
     extra = []
-    if "--" in argv:
+    # the command is the first word that is not an option (aiomb's own take no value)
+    command = next((a for a in argv if not a.startswith("-")), None)
+    if command == "run" and "--" in argv:
         cut = argv.index("--")
         argv, extra = argv[:cut], argv[cut + 1:]
     args = build_parser().parse_args(argv)
-    if extra and args.command != "run":
-        print(f"aiomb: error: arguments after -- are for a middlebox (aiomb run APP.py ... -- OPTIONS), "
-              f"not for aiomb {args.command}", file=sys.stderr)
-        return 2
     args.app_args = extra
     try:
         return args.func(args)

@@ -3,7 +3,9 @@
 Layer: cli (top).
 """
 
+import io
 import os
+import sys
 
 
 class UsageError(Exception):
@@ -15,12 +17,59 @@ def endpoint(ip: str, port: int) -> str:
     return f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
 
 
-def check_capture(path: str) -> None:
-    """Raise UsageError for a capture path that cannot be read at all."""
+def check_capture(path: str) -> str:
+    """The file to open for a capture argument: ``-`` is standard input (``/dev/stdin``, a pipe or
+    a file, gzip-compressed or not). Raises UsageError for one that cannot be read at all."""
+    if path == "-":
+        if os.isatty(0):
+            raise UsageError("- reads the capture from standard input, which is a terminal: pipe a capture "
+                             "in (tcpdump -w - | aiomb flows -) or give its file")
+        return "/dev/stdin"
     if not os.path.exists(path):
         raise UsageError(f"capture file not found: {path}")
     if os.path.isdir(path):
         raise UsageError(f"{path} is a directory; give a .pcap or .pcapng file")
+    return path
+
+
+def stdout_bytes():
+    """The binary stdout the commands write to, buffered. Under ``python -u`` (PYTHONUNBUFFERED)
+    ``sys.stdout.buffer`` is the raw file, whose write() may write only part of its bytes (into a
+    pipe whose reader leaves mid-write) and say so only in its return value, so the rest would be
+    lost and the closed pipe unnoticed; a BufferedWriter writes everything or raises
+    (BrokenPipeError: exit status 141)."""
+    out = sys.stdout.buffer
+    if isinstance(out, io.BufferedIOBase):
+        return out
+    return io.BufferedWriter(io.FileIO(out.fileno(), "wb", closefd=False))
+
+
+# The options that act on a live port only (argparse dest, flag): a capture is read to its end and
+# has no queues, XDP mode, namespace or in-kernel pre-filter. Each defaults to None (or False).
+LIVE_ONLY = (("inline", "--inline"), ("queues", "--queues"), ("mode", "--mode"), ("netns", "--netns"),
+             ("force", "--force"), ("prefilter_protocols", "--prefilter-protocols"),
+             ("prefilter_ports", "--prefilter-ports"), ("prefilter_networks", "--prefilter-networks"),
+             ("duration", "--duration"))
+
+
+def _given(value) -> bool:
+    """Whether an option left at None (or False, for a flag) was given: by identity, as
+    ``--duration 0`` is given and 0 == False."""
+    return value is not None and value is not False
+
+
+def check_live_only(args) -> None:
+    """Raise UsageError naming every live-port option given without ``--iface``. Then fills in
+    the XDP mode left out (``--mode`` defaults to None so that a given ``--mode skb`` is seen)."""
+    if args.iface is None:
+        given = [flag for dest, flag in LIVE_ONLY if _given(getattr(args, dest, None))]
+        if given:
+            names = given[0] if len(given) == 1 else ", ".join(given[:-1]) + " and " + given[-1]
+            raise UsageError(f"{names} {'is' if len(given) == 1 else 'are'} for live ports (--iface IF); a "
+                             "capture has no queues, XDP mode, namespace or pre-filter, and is read to its "
+                             f"end: drop {'it' if len(given) == 1 else 'them'}")
+    if args.mode is None:
+        args.mode = "skb"
 
 
 def check_workers(workers: int) -> None:
@@ -85,7 +134,7 @@ def sole(exc: BaseException) -> BaseException:
 def add_port_options(p, *, inline: bool) -> None:
     p.add_argument("--iface", metavar="IF", help="a live interface (AF_XDP; needs root)")
     p.add_argument("--queues", metavar="Q", help="RX queues to read, e.g. 0,1 or 0-3 (default: all)")
-    p.add_argument("--mode", choices=("skb", "native"), default="skb",
+    p.add_argument("--mode", choices=("skb", "native"),
                    help="XDP mode: skb (generic, any driver; default) or native (the driver's)")
     p.add_argument("--netns", metavar="NS", help="the network namespace the interface is in")
     p.add_argument("--force", action="store_true",

@@ -11,17 +11,28 @@ import signal
 import sys
 import time
 
+from .._core import POLICIES
 from .._errors import CaptureError, ExportError, PortError
 from .._records import CAPTURE_BLOCK, FIELDS, HASHES, FlowRun, break_read, hash_fields
 from .._workers import ShardedRun, WorkerError
 from .._zeek import ConnLog, community_ids
-from ..flows._filter import FilterError, compile_filter
+from ..flows._filter import FilterError, check_vlan_key, compile_filter
 from ..flows._types import EndReason
 from ..io._capture import capture
-from ._common import UsageError, add_port_options, check_capture, check_workers, endpoint, live_port
+from ._common import (
+    UsageError,
+    add_port_options,
+    check_capture,
+    check_live_only,
+    check_workers,
+    endpoint,
+    live_port,
+    stdout_bytes,
+)
 
 CHUNK = 1024                    # records formatted at once
 TABLE_COLUMNS = ("flow", "proto", "client", "server", "pkts c/s", "ip bytes c/s", "states", "end")
+VLAN_TABLE_COLUMNS = TABLE_COLUMNS[:2] + ("vlan",) + TABLE_COLUMNS[2:]
 
 
 class Progress:
@@ -61,8 +72,9 @@ class Writer:
     straight to the output's descriptor. (Measured: a writer thread overlapping that with the
     engine was 4% slower whole process on the 3M-packet benchmark capture, so there is none.)"""
 
-    def __init__(self, fmt: str, out, *, run: FlowRun, sort: bool, community_id: bool = False):
+    def __init__(self, fmt: str, out, *, run: FlowRun, sort: bool, community_id: bool = False, vlan: bool = False):
         self.fmt = fmt
+        self.vlan = vlan
         self.out = out
         self.run = run
         self.sort = sort or fmt == "table"
@@ -70,7 +82,7 @@ class Writer:
         self.community_id = community_id
         self.extra_names = hash_fields(run.hashes) + (("community_id",) if community_id else ())
         self.header = fmt == "csv"
-        self.conn_log = ConnLog(fmt, community_id=community_id) if fmt in ZEEK_FORMATS else None
+        self.conn_log = ConnLog(fmt, community_id=community_id, vlan=vlan) if fmt in ZEEK_FORMATS else None
         if self.conn_log is not None:
             out.write(self.conn_log.header().encode())
         try:
@@ -116,7 +128,7 @@ class Writer:
             return
         extra = self.extra_fields(records)
         if self.fmt == "table":
-            self.out.write(table(records).encode())
+            self.out.write(table(records, vlan=self.vlan).encode())
         elif extra is None and self.fd is not None:     # formatted and written by the core, GIL released
             self.out.flush()
             records.write(self.fd, self.fmt, header=self.header)
@@ -129,19 +141,25 @@ class Writer:
         self.out.flush()
 
 
-def table(records) -> str:
-    """Records as an aligned table (for people)."""
+def table(records, *, vlan: bool = False) -> str:
+    """Records as an aligned table (for people); with ``vlan`` (VLAN tags in the flow key), a
+    column of each flow's VLAN IDs (outermost first, "-" for none), without which flows that
+    differ only there would print as the same row."""
+    columns = VLAN_TABLE_COLUMNS if vlan else TABLE_COLUMNS
     rows = []
     for i in range(len(records)):
         r = records[i]
-        rows.append((str(r["flow"]), r["proto"],
-                     endpoint(r["client_ip"], r["client_port"]), endpoint(r["server_ip"], r["server_port"]),
-                     f"{r['client_packets']}/{r['server_packets']}",
-                     f"{r['client_ip_bytes']}/{r['server_ip_bytes']}",
-                     f"{r['client_state']}/{r['server_state']}" if r["proto"] == "tcp" else "-",
-                     r["end_reason"]))
-    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(TABLE_COLUMNS)]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(TABLE_COLUMNS, widths)).rstrip()]
+        row = [str(r["flow"]), r["proto"],
+               endpoint(r["client_ip"], r["client_port"]), endpoint(r["server_ip"], r["server_port"]),
+               f"{r['client_packets']}/{r['server_packets']}",
+               f"{r['client_ip_bytes']}/{r['server_ip_bytes']}",
+               f"{r['client_state']}/{r['server_state']}" if r["proto"] == "tcp" else "-",
+               r["end_reason"]]
+        if vlan:
+            row.insert(2, r["vlan"] or "-")
+        rows.append(row)
+    widths = [max([len(c)] + [len(row[i]) for row in rows]) for i, c in enumerate(columns)]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(columns, widths)).rstrip()]
     lines += ["  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip() for row in rows]
     return "\n".join(lines) + "\n"
 
@@ -224,8 +242,9 @@ def cmd_flows(args) -> int:
     if args.format is None and (args.hash or args.community_id):
         raise UsageError("--hash and --community-id add fields to printed records, which IPFIX records do not "
                          "carry: add --format jsonl (or csv) to print them beside the export")
+    check_live_only(args)
     try:
-        compile_filter(args.filter)
+        check_vlan_key(compile_filter(args.filter), args.vlan)
     except FilterError as exc:
         raise UsageError(f"bad --filter expression:\n{exc}") from None
     hashes = parse_hashes(args.hash)
@@ -242,9 +261,7 @@ def cmd_flows(args) -> int:
                              "every queue of the interface")
         source = live_port(args)
     else:
-        if args.duration is not None:
-            raise UsageError("--duration is for live ports (--iface)")
-        check_capture(args.capture)
+        args.capture = check_capture(args.capture)
         check_workers(args.workers)
         source = capture(args.capture, chunk_size=CAPTURE_BLOCK)
     bar = Progress()
@@ -271,7 +288,8 @@ def cmd_flows(args) -> int:
         run = FlowRun(source, progress=progress if (live or bar.enabled) else None, **options)
     exporter = open_exporter(args)
     writer = None if args.format is None else \
-        Writer(args.format, sys.stdout.buffer, run=run, sort=args.sort, community_id=args.community_id)
+        Writer(args.format, stdout_bytes(), run=run, sort=args.sort, community_id=args.community_id,
+               vlan=args.vlan)
     caught = []
 
     def interrupted(signum, frame) -> None:
@@ -325,7 +343,7 @@ def cmd_flows(args) -> int:
 
 def add_parser(sub) -> None:
     f = sub.add_parser("flows", help="list the flows of a capture, one record per flow")
-    f.add_argument("capture", nargs="?", help="a .pcap or .pcapng file, optionally .gz")
+    f.add_argument("capture", nargs="?", help="a .pcap or .pcapng file, optionally .gz; - for standard input")
     f.add_argument("--format", choices=("table", "jsonl", "csv") + ZEEK_FORMATS,
                    help="table (aligned, for people; printed at the end; the default without --ipfix); jsonl, csv, "
                         "or Zeek's conn.log as TSV (zeek) or JSON lines (zeek-json), streamed as flows end")
@@ -348,7 +366,7 @@ def add_parser(sub) -> None:
     f.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
     f.add_argument("--no-midstream", action="store_true",
                    help="track only flows whose SYN or SYN-ACK is seen (others are orphans)")
-    f.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
+    f.add_argument("--policy", choices=POLICIES, default="first", help="overlap policy for reassembly (default first)")
     f.add_argument("--workers", type=int, default=1, metavar="N",
                    help="run N engines in N processes, each tracking the flows that hash to it: a capture "
                         "(a pcap file the workers read themselves, anything else through one reader; the "

@@ -18,7 +18,16 @@ from .._errors import CaptureError, PortError
 from .._workers import DamagedElsewhere, become_worker, finish_share, worker_source
 from ..flows._types import EndReason
 from ..io._capture import capture
-from ._common import UsageError, add_port_options, check_capture, check_workers, live_port, parse_prefilter, sole
+from ._common import (
+    UsageError,
+    add_port_options,
+    check_capture,
+    check_live_only,
+    check_workers,
+    live_port,
+    parse_prefilter,
+    sole,
+)
 
 
 def load_app(path: str, argv=()):
@@ -92,10 +101,9 @@ async def run_app(module, source, *, duration: float | None = None, **engine_opt
 def cmd_run(args) -> int:
     if (args.pcap is None) == (args.iface is None):
         raise UsageError("give one source: --pcap CAPTURE or --iface IF")
-    if args.iface is None and (args.inline or args.duration is not None or args.queues):
-        raise UsageError("--inline, --queues and --duration are for live ports (--iface)")
+    check_live_only(args)
     if args.pcap is not None:
-        check_capture(args.pcap)
+        args.pcap = check_capture(args.pcap)
     check_workers(args.workers)
     if args.workers > 1:
         if not os.path.isfile(args.app):
@@ -328,7 +336,7 @@ async def stop_after(source, seconds: float) -> None:
 def add_parser(sub) -> None:
     r = sub.add_parser("run", help="run a middlebox module (APP.py) on a capture or a live port")
     r.add_argument("app", help="a Python file defining setup(stack) and/or async run(stack)")
-    r.add_argument("--pcap", metavar="CAPTURE", help="replay this capture")
+    r.add_argument("--pcap", metavar="CAPTURE", help="replay this capture (- for standard input)")
     add_port_options(r, inline=True)
     r.add_argument("--duration", metavar="SECONDS", type=float,
                    help="with --iface: stop after this long (default: run until Ctrl-C)")

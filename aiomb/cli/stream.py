@@ -3,16 +3,56 @@
 Layer: cli (top). Synchronous: the core and its dispatcher over the capture, no Trio.
 """
 
+import ipaddress
 import sys
 
-from .._core import Dispatcher, Engine, FrameBatch
+from .._core import POLICIES, Dispatcher, Engine, FrameBatch
 from .._errors import CaptureError
 from ..events._kinds import EventKind
 from ..flows._types import Side
 from ..io._capture import capture
-from ._common import UsageError, check_capture, endpoint
+from ._common import UsageError, check_capture, stdout_bytes
 
 GAP_MARK = b"\n[aiomb: %d bytes missing at stream offset %d]\n"
+KEY_FORM = ("give CLIENT_IP:PORT-SERVER_IP:PORT, IPv6 addresses in brackets "
+            "(10.0.0.1:40000-10.0.0.2:80, [2001:db8::1]:40000-[2001:db8::2]:80)")
+
+
+def parse_key(text: str) -> tuple:
+    """``--key CLIENT_IP:PORT-SERVER_IP:PORT`` (IPv6 in brackets) -> (client_ip, client_port,
+    server_ip, server_port), the addresses as ipaddress objects: compared with a flow's, any
+    spelling of an address (upper case, zeros written out) names it. Raises UsageError saying
+    what is wrong and the form expected."""
+    def bad(problem: str):
+        return UsageError(f"bad --key {text!r}: {problem}; {KEY_FORM}")
+
+    ends = text.split("-")
+    if len(ends) != 2:
+        raise bad("not two endpoints joined by one -")
+    out = []
+    for end, role in zip(ends, ("client", "server")):
+        if end.startswith("["):
+            addr, bracket, port = end[1:].partition("]:")
+            if not bracket:
+                raise bad(f"the {role} {end!r}: an IPv6 address in brackets is followed by :PORT")
+        elif end.count(":") > 1:
+            raise bad(f"the {role} {end!r}: an IPv6 address goes in brackets, [ADDRESS]:PORT")
+        else:
+            addr, colon, port = end.partition(":")
+            if not colon:
+                raise bad(f"the {role} {end!r} is not ADDRESS:PORT")
+        try:
+            ip = ipaddress.ip_address(addr)
+        except ValueError:
+            raise bad(f"the {role} address {addr!r} is not an IP address") from None
+        if (ip.version == 6) != end.startswith("["):
+            raise bad(f"the {role} address {addr!r}: IPv6 addresses, and only they, go in brackets")
+        if not (port.isascii() and port.isdigit() and int(port) <= 65535):
+            raise bad(f"the {role} port {port!r} is not a number from 0 to 65535")
+        out += [ip, int(port)]
+    if out[0].version != out[2].version:
+        raise bad("the client and the server are not both IPv4 or both IPv6")
+    return tuple(out)
 
 
 def write_stream(path: str, out, *, flow_id=None, key=None, side=Side.CLIENT, gaps: str = "warn",
@@ -20,13 +60,15 @@ def write_stream(path: str, out, *, flow_id=None, key=None, side=Side.CLIENT, ga
     """Write one flow side's reassembled bytes to ``out`` (a binary file).
 
     The flow is chosen by its number (as ``aiomb flows`` prints it) or by a key string
-    ``"client_ip:port-server_ip:port"`` (the first flow with that key). A hole is left out
+    ``"client_ip:port-server_ip:port"`` (the first flow with that key; raises UsageError for a
+    malformed one, see :func:`parse_key`). A hole is left out
     (``gaps="warn"`` or ``"skip"``), written as NUL bytes (``"fill"``) or as a one-line marker
     (``"mark"``). Returns ({"found": bool, "udp": bool, "written": bytes, "gaps": [(offset,
     length), ...]}, the capture error that ended the run early, or None). Synchronous: the core
     and its dispatcher over the capture, no Trio.
     """
     result = {"found": False, "udp": False, "written": 0, "gaps": []}
+    wanted = parse_key(key) if key is not None else None
     engine = Engine(midstream=midstream, vlan_in_key=vlan_in_key, **engine_options)
     dispatcher = Dispatcher(engine)
     sub = dispatcher.subscribe([EventKind.CONN_START, EventKind.UDP_START, EventKind.NEW_DATA, EventKind.GAP])
@@ -36,7 +78,7 @@ def write_stream(path: str, out, *, flow_id=None, key=None, side=Side.CLIENT, ga
         nonlocal chosen
         for ev in dispatcher.drain(sub):
             if chosen is None and ev.kind in (EventKind.CONN_START, EventKind.UDP_START) \
-                    and key_string(ev.key) == key:
+                    and (ev.key.client_ip, ev.key.client_port, ev.key.server_ip, ev.key.server_port) == wanted:
                 chosen = ev.flow_id
             if ev.flow_id != chosen:
                 continue
@@ -70,19 +112,14 @@ def write_stream(path: str, out, *, flow_id=None, key=None, side=Side.CLIENT, ga
     return result, None
 
 
-def key_string(key) -> str:
-    """``client_ip:port-server_ip:port`` (IPv6 in brackets): how --key names a flow."""
-    return f"{endpoint(str(key.client_ip), key.client_port)}-{endpoint(str(key.server_ip), key.server_port)}"
-
-
 def cmd_stream(args) -> int:
-    check_capture(args.capture)
+    path = check_capture(args.capture)
     if (args.flow is None) == (args.key is None):
         raise UsageError("choose the flow with exactly one of --flow N or --key CLIENT-SERVER")
     which = f"flow {args.flow}" if args.flow is not None else f"flow {args.key}"
-    out = sys.stdout.buffer
+    out = stdout_bytes()
     result, error = write_stream(
-        args.capture, out, flow_id=args.flow, key=args.key,
+        path, out, flow_id=args.flow, key=args.key,
         side=Side.CLIENT if args.side == "client" else Side.SERVER, gaps=args.gaps,
         midstream=not args.no_midstream, vlan_in_key=args.vlan, overlap_policy=args.policy)
     out.flush()
@@ -110,13 +147,13 @@ def cmd_stream(args) -> int:
 
 def add_parser(sub) -> None:
     t = sub.add_parser("stream", help="write one flow side's reassembled bytes to stdout")
-    t.add_argument("capture", help="a .pcap or .pcapng file, optionally .gz")
+    t.add_argument("capture", help="a .pcap or .pcapng file, optionally .gz; - for standard input")
     t.add_argument("--flow", type=int, help="the flow number, as 'aiomb flows' prints it")
     t.add_argument("--key", help="the flow as CLIENT_IP:PORT-SERVER_IP:PORT ([v6]:port)")
     t.add_argument("--side", choices=("client", "server"), default="client")
     t.add_argument("--vlan", action="store_true", help="make VLAN tags part of the flow key")
     t.add_argument("--no-midstream", action="store_true", help="ignore flows without a handshake")
-    t.add_argument("--policy", default="first", help="overlap policy for reassembly (default first)")
+    t.add_argument("--policy", choices=POLICIES, default="first", help="overlap policy for reassembly (default first)")
     t.add_argument("--gaps", choices=("warn", "skip", "fill", "mark"), default="warn",
                    help="bytes never seen: left out with a warning (default), left out silently, "
                         "written as NUL bytes, or as a marker line")

@@ -35,7 +35,7 @@ from typing import Any, NamedTuple
 
 from .._errors import AiombError
 
-__all__ = ["FilterError", "FlowFilter", "compile_filter"]
+__all__ = ["FilterError", "FlowFilter", "check_vlan_key", "compile_filter"]
 
 Predicate = Callable[[Any], bool]
 Network = ipaddress.IPv4Network | ipaddress.IPv6Network
@@ -228,6 +228,7 @@ class _Parser:
         self._index = 0
         self._depth = 0
         self._inherit: _Qualifiers | None = None
+        self.vlan_position: int | None = None     # where the expression first tests VLAN tags
 
     def parse(self) -> Predicate:
         """Parse the whole expression; an empty one matches every flow."""
@@ -431,6 +432,8 @@ class _Parser:
 
     def _parse_vlan(self) -> Predicate:
         """``vlan`` (any tag) or ``vlan N`` (some tag equals N)."""
+        if self.vlan_position is None:
+            self.vlan_position = self._tokens[self._index].position
         self._index += 1
         token = self._peek()
         if token is None or not _is_value(token):
@@ -642,18 +645,25 @@ class FlowFilter:
     does not parse and TypeError if it is not a str. The empty expression matches every flow.
     """
 
-    __slots__ = ("_expression", "_predicate")
+    __slots__ = ("_expression", "_predicate", "_vlan_position")
 
     def __init__(self, expression: str):
         if not isinstance(expression, str):
             raise TypeError(f"filter expression must be a str, not {type(expression).__name__}")
         self._expression = expression
-        self._predicate = _Parser(expression).parse()
+        parser = _Parser(expression)
+        self._predicate = parser.parse()
+        self._vlan_position = parser.vlan_position
 
     @property
     def expression(self) -> str:
         """The expression as written."""
         return self._expression
+
+    @property
+    def vlan_position(self) -> int | None:
+        """Where the expression first tests VLAN tags (``vlan``, ``vlan N``), or None."""
+        return self._vlan_position
 
     def matches(self, key: Any) -> bool:
         """Whether the flow ``key`` passes the filter; never blocks, never raises for a valid key.
@@ -685,3 +695,17 @@ def compile_filter(expression: str | FlowFilter | None) -> FlowFilter | None:
     if isinstance(expression, str) and not expression.strip():
         return None
     return FlowFilter(expression)
+
+
+def check_vlan_key(flow_filter: Any, vlan_in_key: bool) -> None:
+    """Raise :class:`FilterError` when ``flow_filter`` tests VLAN tags and flow keys hold none.
+
+    Without ``vlan_in_key`` one flow gathers its packets from every VLAN they came in on, so its
+    key has no VLAN ID: ``vlan 20`` would match no flow and ``not vlan`` every flow, silently.
+    Filters without ``vlan_position`` (any object with ``matches(key)``) pass. Layer: flows.
+    """
+    position = getattr(flow_filter, "vlan_position", None)
+    if position is not None and not vlan_in_key:
+        raise FilterError("a filter on VLAN IDs needs VLAN tags in the flow key", flow_filter.expression, position,
+                          "without them a flow gathers the packets of every VLAN and has no VLAN ID to test: "
+                          "add --vlan (vlan_in_key=True), or leave the vlan primitive out")

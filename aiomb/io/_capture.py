@@ -77,7 +77,7 @@ class CaptureSource:
         """(bytes read, file size): compressed bytes for a gzip file."""
         if self._reader is None:
             return (0, self._size)
-        if self._reader.compressed:
+        if self._reader.compressed and self._reader.raw_file.seekable():    # a pipe cannot tell()
             return (self._reader.raw_file.tell(), self._size)
         return (self._reader.offset, self._size)
 

@@ -319,6 +319,31 @@ def test_gzip_file_object():
     assert run.frames == [udp(0), udp(1)]
 
 
+class Unseekable(io.RawIOBase):
+    """A pipe's file object: read in order only (seekable() is False, seek() raises)."""
+
+    def __init__(self, data):
+        self.data = io.BytesIO(data)
+
+    def readable(self):
+        return True
+
+    def readinto(self, view):
+        return self.data.readinto(view)
+
+
+@pytest.mark.parametrize("compress", [False, True], ids=["plain", "gzip"])
+def test_a_capture_from_a_pipe_plain_or_gzip(compress):
+    """A pipe cannot be rewound after its first bytes tell gzip from a capture: those bytes go first
+    into the decompressor (or the capture's parse) and the rest follows, in two gzip members too."""
+    data = pcapng_bytes([(1.0, udp(0)), (1.5, udp(1)), (2.0, udp(2))])
+    if compress:
+        data = gzip.compress(data[:100], mtime=0) + gzip.compress(data[100:], mtime=0)
+    run = run_all(Unseekable(data))
+    assert run.reader.compressed == compress
+    assert run.frames == [udp(0), udp(1), udp(2)]
+
+
 # -- batching and chunking ------------------------------------------------------------
 
 

@@ -134,6 +134,25 @@ def test_vlan_collisions(corpus):
         sorted((w["orig_pkts"], w["resp_pkts"]) for w in want)
 
 
+def test_vlan_ids_in_the_key_are_logged_as_zeek_logs_them(corpus):
+    """--vlan: id.ctx.vlan and id.ctx.inner_vlan after id.resp_p, as Zeek's vlan_fivetuple baseline
+    has them (unset without a tag); the same in zeek-json (unset: left out); none without --vlan."""
+    trace = corpus / TRACES / "vlan-collisions.pcap"
+    cut = (corpus / BASELINE / "scripts.policy.frameworks.conn_key.vlan_fivetuple-2/conn.log.cut").read_text()
+    want = sorted((w["id.ctx.vlan"], w["id.ctx.inner_vlan"])
+                  for w in csv.DictReader(io.StringIO(cut.split("\n", 1)[1]), delimiter="\t"))
+    fields, rows = zeek_log(flows(trace, "--vlan", "--community-id"))
+    at = fields.index("id.resp_p") + 1
+    assert fields[at:at + 2] == ["id.ctx.vlan", "id.ctx.inner_vlan"]
+    assert fields[:at] + fields[at + 2:] == [*CONN_FIELDS, "community_id"]
+    assert sorted((r["id.ctx.vlan"], r["id.ctx.inner_vlan"]) for r in rows) == want
+    lines = [json.loads(line) for line in flows(trace, "--vlan", fmt="zeek-json").splitlines()]
+    assert sorted((str(j.get("id.ctx.vlan", "-")), str(j.get("id.ctx.inner_vlan", "-"))) for j in lines) == want
+    assert all(list(j)[5:7] == ["id.resp_p", "id.ctx.vlan"] for j in lines if "id.ctx.vlan" in j)
+    fields, _ = zeek_log(flows(trace))
+    assert fields == list(CONN_FIELDS)
+
+
 def test_zeek_json_matches_the_tsv(corpus):
     """--format zeek-json: the same values as the TSV, numbers as numbers, unset fields left out."""
     trace = corpus / TRACES / "tcp/missing-syn.pcap"
