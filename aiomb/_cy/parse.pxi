@@ -1,4 +1,4 @@
-# Frame parsing: link layer, VLAN/QinQ, IPv4 (options), IPv6 (extension headers), TCP (options)
+# Frame parsing: link layer, VLAN/QinQ, PPPoE, MPLS, IPv4 (options), IPv6 (extension headers), TCP (options)
 # and UDP; IP fragments go to the fragment table (frag.pxi), and a completed datagram is parsed
 # on from its reassembled payload. Pure C: no Python objects are touched.
 
@@ -60,6 +60,22 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
     else:
         reason[0] = MAL_UNKNOWN_LINKTYPE
         return P_MALFORMED
+    if et == 0x8864:                    # a PPPoE session: its 6-byte header, then the PPP protocol
+        if n < off + 8:
+            reason[0] = MAL_TRUNCATED_L2
+            return P_MALFORMED
+        et = rd16(f + off + 6)
+        off += 8
+        et = 0x0800 if et == 0x0021 else (0x86dd if et == 0x0057 else 0)
+    elif et == 0x8847 or et == 0x8848:  # MPLS: the label stack to its bottom entry, then IP by its version
+        while True:
+            if n < off + 5:
+                reason[0] = MAL_TRUNCATED_L2
+                return P_MALFORMED
+            off += 4
+            if f[off - 2] & 1:
+                break
+        et = 0x0800 if (f[off] >> 4) == 4 else (0x86dd if (f[off] >> 4) == 6 else 0)
     if et != 0x0800 and et != 0x86dd:
         return P_NOT_IP
     l3off[0] = off

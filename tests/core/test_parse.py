@@ -1,7 +1,9 @@
 """Sans-I/O parsing: link types, VLAN, IP options, IPv6 extension headers, fragments, bad frames."""
 
 import random
+import struct
 
+import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -9,6 +11,7 @@ import aiomb
 from aiomb import EventKind
 from aiomb.testing import (
     TcpConversation,
+    ethernet_frame,
     icmp_frame,
     ipv4_fragments,
     ipv6_fragments,
@@ -57,6 +60,41 @@ def test_non_ip_and_other_protocols_are_counted_not_tracked():
                           (1.2, icmp_frame("2001:db8::1", "2001:db8::2"))])
     st = engine.statistics()
     assert (st.non_ip, st.other_protocol, st.flows_created, events) == (1, 2, 0, [])
+
+
+def pppoe(packet, protocol):
+    return ethernet_frame(b"\x11\x00\x12\x34" + struct.pack("!HH", len(packet) + 2, protocol) + packet,
+                          ethertype=0x8864)
+
+
+def mpls(packet, labels, *, ethertype=0x8847):
+    stack = b"".join(struct.pack("!I", label << 12 | (i == len(labels) - 1) << 8 | 64)
+                     for i, label in enumerate(labels))
+    return ethernet_frame(stack + packet, ethertype=ethertype)
+
+
+@pytest.mark.parametrize("src, dst, ppp", [("10.0.0.1", "10.0.0.2", 0x0021), ("2001:db8::1", "2001:db8::2", 0x0057)])
+def test_pppoe_sessions_and_mpls_label_stacks_are_looked_through(src, dst, ppp):
+    """As tcpdump, Zeek and Suricata do: PPPoE session frames (PPP's IPv4 or IPv6) and MPLS
+    label stacks (any depth, behind VLAN tags too) carry IP packets, which are tracked; other
+    PPP protocols and an MPLS payload that is not IP are not IP."""
+    c = TcpConversation(client=(src, 40000), server=(dst, 80), ethernet=False)
+    c.handshake()
+    c.send("client", b"through the tunnel")
+    wraps = [lambda p: pppoe(p, ppp), lambda p: mpls(p, [16]), lambda p: mpls(p, [16, 17, 18], ethertype=0x8848)]
+    for wrap in wraps:
+        engine, events = run([(ts, wrap(frame)) for ts, frame in c.frames])
+        st = engine.statistics()
+        assert (st.tcp_packets, st.flows_created, st.non_ip, st.malformed_total) == (4, 1, 0, 0)
+        assert one_flow(engine).statistics().client.payload_bytes == 18
+    tagged = ethernet_frame(struct.pack("!HH", 7, 0x8847) + mpls(c.frames[0][1], [16])[14:], ethertype=0x8100)
+    engine, _ = run([(1.0, tagged)], vlan_in_key=True)
+    assert (engine.statistics().tcp_packets, one_flow(engine).key.vlan) == (1, (7,))
+    not_ip = [pppoe(b"\xc0\x21" + bytes(20), 0xc021), mpls(bytes(20), [16])]     # LCP; a pseudowire's zeroes
+    engine, _ = run([(1.0, f) for f in not_ip])
+    assert (engine.statistics().non_ip, engine.statistics().malformed_total) == (2, 0)
+    engine, _ = run([(1.0, pppoe(b"", 0x0021)[:18]), (1.1, mpls(b"", [16, 17])[:18])])
+    assert engine.statistics().malformed == {"truncated_l2": 2}
 
 
 def test_udp_flow_start_and_end_by_timeout():
