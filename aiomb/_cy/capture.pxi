@@ -278,6 +278,7 @@ cdef class CaptureReader:
     cdef object stream_error    # a damaged compressed stream, raised where the good data ends
     cdef readonly uint64_t records
     cdef readonly bint compressed
+    cdef readonly bint would_block  # the last fill stopped at a non-blocking file with nothing to read now
 
     def __init__(self, source, *, int chunk_size=1 << 20):
         if chunk_size < 4096:
@@ -357,7 +358,8 @@ cdef class CaptureReader:
         return CaptureError(message, offset=offset, path=self.path)
 
     cdef int want(self, size_t n) except -1:
-        """Make n bytes from pos available; returns 1 if they are, 0 at end of file."""
+        """Make n bytes from pos available; returns 1 if they are, 0 at end of file (or, with
+        ``would_block`` set, where a non-blocking file has nothing more now)."""
         cdef size_t have = self.length - self.pos
         cdef size_t size
         if have >= n:
@@ -382,6 +384,9 @@ cdef class CaptureReader:
                 self.eof = True
                 self.stream_error = self.error(f"the compressed stream is damaged ({exc}); the "
                                                "records before this offset were read", self.base + self.length)
+                break
+            if got is None:         # a non-blocking file (a pipe) has nothing now: not its end
+                self.would_block = True
                 break
             if not got:
                 self.eof = True
@@ -440,8 +445,13 @@ cdef class CaptureReader:
         self.pos = 24
 
     def fill(self, FrameBatch batch):
-        """Fill ``batch`` with the next frames; returns how many (0 at the end of the file)."""
+        """Fill ``batch`` with the next frames; returns how many (0 at the end of the file).
+
+        On a non-blocking file (a pipe), it stops where the file has nothing to read now, even
+        within a record, with ``would_block`` set: wait for the file to turn readable, then fill
+        again (0 is then not the end)."""
         batch.count = 0
+        self.would_block = False
         batch.writable = False
         batch.block = None
         if self.pending_error is not None:
@@ -463,8 +473,9 @@ cdef class CaptureReader:
     cdef inline int compact_for(self, FrameBatch batch, size_t n) except -1:
         """Like want(), but never moves bytes that frames already in the batch point into.
 
-        Returns 1 when n bytes are there, 2 to hand the batch over first, 0 at the end of the
-        data; a damaged compressed stream raises its error there instead of 0.
+        Returns 1 when n bytes are there, 2 to hand the batch over first (or when a non-blocking
+        file has nothing more now), 0 at the end of the data; a damaged compressed stream raises
+        its error there instead of 0.
         """
         if self.length - self.pos >= n:
             return 1
@@ -472,6 +483,8 @@ cdef class CaptureReader:
             return 2        # hand the batch over first; the next fill compacts the buffer
         if self.want(n):
             return 1
+        if self.would_block:
+            return 2        # the frames so far; the rest of the record when the file has it
         if self.stream_error is not None:
             raise self.stream_error
         return 0

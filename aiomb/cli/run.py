@@ -2,9 +2,10 @@
 
 Layer: cli (top). A stack program (setup/run) runs under Trio; a synchronous one (main(source))
 runs as it is. SIGINT, SIGTERM and SIGHUP end a run cleanly (a live port is detached, the app's
-``finally`` blocks run) with exit status 128 + the signal's number: a stack program on a live port
-first ends its input (every open flow ends, as at the end of a capture; a second signal cancels),
-on a capture it is cancelled; a synchronous program gets KeyboardInterrupt.
+``finally`` blocks run) with exit status 128 + the signal's number: on SIGTERM or SIGHUP a stack
+program on a live port or a pipe first ends its input (every open flow ends: as at the end of a
+capture on a port, ``interrupted`` on a pipe; a second signal cancels), on a capture file it is
+cancelled, as on SIGINT; a synchronous program gets KeyboardInterrupt.
 """
 
 import importlib.util
@@ -76,7 +77,7 @@ async def run_app(module, source, *, duration: float | None = None, **engine_opt
             async def watch_signals():
                 async for signum in signals:
                     caught.append(signum)
-                    if getattr(source, "live", False) and len(caught) == 1:
+                    if (getattr(source, "live", False) or getattr(source, "pipe", False)) and len(caught) == 1:
                         source.stop()           # every open flow ends; the app sees the ends
                     else:
                         outer.cancel()

@@ -12,14 +12,20 @@ run in a worker thread, and closing is shielded from cancellation).
 """
 
 import os
+import select
+import stat
 
 from .._core import CaptureReader
+from ..flows._types import EndReason
 
 
 class CaptureSource:
     """A pcap or pcapng file (optionally gzip-compressed) replayed as fast as it is consumed.
 
     Reading pauses whenever the stack's consumers fall behind (backpressure); nothing is dropped.
+    A pipe (``tcpdump -w - | ...``, a named pipe; any file that is not a regular file) is read
+    as its bytes come: ``pipe`` is True once it is open, the Trio stack waits for its next bytes
+    in the Trio loop (other tasks, timers and cancellation go on meanwhile), and ``stop()`` ends it.
     """
 
     live = False
@@ -31,6 +37,10 @@ class CaptureSource:
         self._chunk_size = chunk_size
         self._reader: CaptureReader | None = None
         self._size = 0
+        self.pipe = False
+        self.end_reason = None          # set by stop(): the open flows end with it
+        self._poll = None               # a pipe's poll object, for read()
+        self._waiting = None            # the cancel scope of a receive() waiting for a pipe's bytes
 
     def __repr__(self) -> str:
         return f"capture({self.path!r})"
@@ -39,6 +49,15 @@ class CaptureSource:
         """Open the file and check its header; raises CaptureError naming the problem."""
         self._reader = CaptureReader(self.path, chunk_size=self._chunk_size)
         self._size = os.path.getsize(self.path)
+        fd = self._reader.raw_file.fileno()
+        self.pipe = not stat.S_ISREG(os.fstat(fd).st_mode)
+        if self.pipe:
+            # A pipe's writer may be quiet for long: a read(2) waiting for it would hold the Trio
+            # loop (timers, other tasks, cancellation, signals). Reads do not wait: receive() waits
+            # for the pipe in the loop, read() in poll(2). A regular file reads as before.
+            os.set_blocking(fd, False)
+            self._poll = select.poll()
+            self._poll.register(fd, select.POLLIN)
 
     @property
     def reader(self) -> CaptureReader | None:
@@ -55,20 +74,49 @@ class CaptureSource:
     def read(self, batch) -> int | None:
         """Fill ``batch`` with the next frames; returns how many, None at the end of the file.
 
-        Blocks on file reads only; raises CaptureError where the file is damaged (what came
-        before was returned). Use the source in ``with`` (or ``open()`` it) first.
+        Blocks on file reads, and on a pipe until its next bytes come; None once stopped. Raises
+        CaptureError where the file is damaged (what came before was returned). Use the source
+        in ``with`` (or ``open()`` it) first.
         """
-        if self._reader is None:
-            raise RuntimeError("the capture source is not open: use it in a with block, call open(), "
-                               "or give it to aiomb.open_stack()")
-        return self._reader.fill(batch) or None
+        reader = self._open_reader()
+        if self.end_reason is not None:
+            return None
+        count = reader.fill(batch)
+        while not count and reader.would_block:
+            self._poll.poll()
+            count = reader.fill(batch)
+        return count or None
 
     async def receive(self, batch) -> int | None:
-        """``read()`` for the Trio stack: a checkpoint, then the next frames (None at the end)."""
+        """``read()`` for the Trio stack: a checkpoint, then the next frames (None at the end,
+        or once stopped). On a pipe it waits for the next bytes in the Trio loop (cancellable;
+        ``stop()`` ends the wait); a regular file is read in the loop's thread."""
         import trio
 
         await trio.lowlevel.checkpoint()
-        return self.read(batch)
+        reader = self._open_reader()
+        while self.end_reason is None:
+            count = reader.fill(batch)
+            if count or not reader.would_block:
+                return count or None
+            with trio.CancelScope() as self._waiting:
+                await trio.lowlevel.wait_readable(reader.raw_file.fileno())
+            self._waiting = None
+        return None
+
+    def stop(self, reason: EndReason = EndReason.INTERRUPTED) -> None:
+        """End the input: the next ``receive()`` or ``read()`` returns None (a ``receive()``
+        waiting for a pipe's bytes returns it now), so the stack ends the open flows with
+        ``reason``. Does not block; call it from the Trio thread."""
+        self.end_reason = reason
+        if self._waiting is not None:
+            self._waiting.cancel()
+
+    def _open_reader(self) -> CaptureReader:
+        if self._reader is None:
+            raise RuntimeError("the capture source is not open: use it in a with block, call open(), "
+                               "or give it to aiomb.open_stack()")
+        return self._reader
 
     def apply(self, batch) -> None:
         """Verdicts do not apply to a capture (there is no wire to forward to)."""

@@ -13,6 +13,7 @@ import io
 import json
 import os
 import pathlib
+import select
 import shutil
 import signal
 import struct
@@ -385,6 +386,52 @@ def test_a_signal_ends_a_quiet_pipe_at_once(tmp_path, signum):
     (rec,) = jsonl(out)
     assert (rec["end_reason"], rec["client_packets"], rec["client_bytes"]) == ("interrupted", 3, 18)
     assert err.startswith("aiomb: 4 packets, 1 flows, malformed: none; ")
+
+
+FLOW_APP = """
+import aiomb
+
+async def run(stack):
+    async with stack.subscribe(aiomb.CONN_START, aiomb.CONN_END) as events:
+        async for ev in events:
+            print("start" if ev.kind == aiomb.CONN_START else f"end {ev.reason} {ev.stats.client.packets}",
+                  flush=True)
+    print("done", flush=True)
+"""
+
+
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
+def test_a_signal_ends_aiomb_run_on_a_quiet_pipe_at_once(tmp_path, signum):
+    """`aiomb run APP --pcap FIFO`, the writer open and quiet: the stack waits for the pipe's
+    next bytes with its Trio loop running, so a signal acts at once. SIGTERM and SIGHUP end the
+    input (the open flow ends interrupted, the app sees it and returns), Ctrl-C cancels (before,
+    each waited for the next bytes or the writer to go, and the flow ended end_of_capture)."""
+    app = tmp_path / "app.py"
+    app.write_text(FLOW_APP)
+    fifo = tmp_path / "live.pcap"
+    os.mkfifo(fifo)
+    proc = subprocess.Popen([*PYTHON_M_AIOMB, "run", str(app), "--pcap", str(fifo)], cwd=REPO,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80))
+    c.handshake()
+    c.send("client", b"GET / HTTP/1.0\r\n\r\n")
+    data = io.BytesIO()
+    write_pcap(data, c.frames)
+    with open(fifo, "wb") as pipe:
+        pipe.write(data.getvalue())
+        pipe.flush()
+        # the app has the flow's start: the signal receiver is installed and the source reads on
+        ready = select.select([proc.stdout], [], [], 10)[0] and proc.stdout.readline()
+        proc.send_signal(signum)
+        try:
+            out, err = proc.communicate(timeout=10)     # the writer is still open
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.communicate()
+            pytest.fail(f"{signal.Signals(signum).name} did not end the run while the pipe was quiet")
+    assert ready == "start\n", err
+    assert proc.returncode == 128 + signum, err
+    assert out == ("" if signum == signal.SIGINT else "end interrupted 3\ndone\n")
 
 
 STACK_APP = """

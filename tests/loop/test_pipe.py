@@ -1,0 +1,187 @@
+"""A capture read from a pipe whose writer is quiet (``tcpdump -w - | ...``, a named pipe).
+
+Under Trio the source waits for the pipe's next bytes without holding the loop: other tasks,
+Trio's clock, cancellation and ``stop()`` go on; a synchronous ``read()`` waits as before.
+The writer is the test's own: it holds the named pipe open (read-write, so opening the source
+does not wait for it) and writes only when told. A watchdog thread closes it after WATCHDOG
+seconds, so that a source that blocks the loop fails a test (``rescued``) instead of hanging it.
+"""
+
+import io
+import os
+import threading
+
+import trio
+import trio.testing
+
+import aiomb
+from aiomb import CONN_END, CONN_START, EndReason, open_stack
+from aiomb.testing import TcpConversation, write_pcap
+
+WATCHDOG = 10.0
+
+
+def pcap_bytes(frames) -> bytes:
+    data = io.BytesIO()
+    write_pcap(data, frames)
+    return data.getvalue()
+
+
+def conversation():
+    """A whole connection, and the length of the pcap's header and first four records (the
+    handshake and the request): what the writer gives before it goes quiet."""
+    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80))
+    c.handshake()
+    c.send("client", b"GET / HTTP/1.0\r\n\r\n")
+    first = len(pcap_bytes(c.frames))
+    c.send("server", b"HTTP/1.0 200 OK\r\n\r\n")
+    c.fin("server")
+    c.fin("client")
+    c.ack("server")
+    return pcap_bytes(c.frames), first
+
+
+class QuietWriter:
+    """The write end of a named pipe made at ``path``, which has had ``head`` written."""
+
+    def __init__(self, path, head: bytes):
+        os.mkfifo(path)
+        self.fd = os.open(path, os.O_RDWR)
+        self.rescued = False
+        self._lock = threading.Lock()
+        os.write(self.fd, head)
+        self._watchdog = threading.Timer(WATCHDOG, self._rescue)
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _rescue(self) -> None:
+        self.rescued = True
+        self.close()
+
+    def feed(self, data: bytes) -> None:
+        """Write ``data`` and close the pipe (its reader then sees the end), unless the watchdog did."""
+        with self._lock:
+            if self.fd >= 0:
+                os.write(self.fd, data)
+        self.close()
+
+    def close(self) -> None:
+        self._watchdog.cancel()
+        with self._lock:
+            if self.fd >= 0:
+                os.close(self.fd)
+                self.fd = -1
+
+
+async def test_trio_s_clock_runs_while_a_pipe_is_quiet(tmp_path, autojump_clock):
+    """The writer stops in the middle of a record: the stack takes the whole records, then the
+    loop goes on (the clock jumps once every task waits), and the rest of the record comes later."""
+    data, first = conversation()
+    path = tmp_path / "live.pcap"
+    writer = QuietWriter(path, data[:first + 10])
+    try:
+        async with open_stack(aiomb.capture(path)) as stack:
+            async with stack.subscribe(CONN_START, CONN_END) as events:
+                stack.start()
+                await trio.sleep(60)
+                assert not writer.rescued, "the source held the Trio loop while the pipe was quiet"
+                assert stack.statistics().packets == 4
+                writer.feed(data[first + 10:])
+                reasons = [ev.reason async for ev in events if ev.kind == CONN_END]
+        assert reasons == [EndReason.FIN]
+        assert stack.statistics().packets == 8
+    finally:
+        writer.close()
+
+
+async def test_other_tasks_run_while_a_pipe_is_quiet(tmp_path):
+    """A consumer handed the flow's start waits until every other task is blocked (the source on
+    the quiet pipe), then writes the rest of the capture."""
+    data, first = conversation()
+    path = tmp_path / "live.pcap"
+    writer = QuietWriter(path, data[:first])
+    kinds = []
+    try:
+        async with open_stack(aiomb.capture(path)) as stack:
+            async with stack.subscribe(CONN_START, CONN_END) as events:
+                async for ev in events:
+                    kinds.append((ev.kind, ev.reason))
+                    if ev.kind == CONN_START:
+                        await trio.testing.wait_all_tasks_blocked()
+                        assert not writer.rescued, "the source held the Trio loop while the pipe was quiet"
+                        writer.feed(data[first:])
+        assert kinds == [(CONN_START, None), (CONN_END, EndReason.FIN)]
+    finally:
+        writer.close()
+
+
+async def test_a_stack_on_a_quiet_pipe_is_cancelled_at_once(tmp_path):
+    data, first = conversation()
+    path = tmp_path / "live.pcap"
+    writer = QuietWriter(path, data[:first])
+    try:
+        with trio.CancelScope() as scope:
+            async with open_stack(aiomb.capture(path)) as stack:
+                stack.start()
+                await trio.testing.wait_all_tasks_blocked()
+                scope.cancel()
+        assert scope.cancelled_caught
+        assert not writer.rescued, "the source held the Trio loop while the pipe was quiet"
+    finally:
+        writer.close()
+
+
+async def test_stop_ends_a_quiet_pipe_s_flows_interrupted(tmp_path):
+    """``stop()`` ends the input while the source waits: the open flow ends ``interrupted``
+    and the subscription finishes, the writer still quiet."""
+    data, first = conversation()
+    path = tmp_path / "live.pcap"
+    writer = QuietWriter(path, data[:first])
+    source = aiomb.capture(path)
+    ends = []
+    try:
+        async with open_stack(source) as stack:
+            async with stack.subscribe(CONN_START, CONN_END) as events:
+                async for ev in events:
+                    if ev.kind == CONN_START:
+                        await trio.testing.wait_all_tasks_blocked()
+                        source.stop()
+                    else:
+                        ends.append((ev.reason, ev.stats.client.packets))
+        assert not writer.rescued, "the source held the Trio loop while the pipe was quiet"
+        assert ends == [(EndReason.INTERRUPTED, 3)]
+    finally:
+        writer.close()
+
+
+def test_read_waits_for_a_quiet_pipe(tmp_path):
+    """The synchronous ``read()`` waits for the pipe's next bytes (the end of a record the writer
+    stopped in) rather than taking a quiet pipe for its end."""
+    data, first = conversation()
+    path = tmp_path / "live.pcap"
+    writer = QuietWriter(path, data[:first + 10])
+    later = threading.Timer(0.1, writer.feed, (data[first + 10:],))
+    counts = []
+    try:
+        with aiomb.capture(path) as source:
+            batch = aiomb.FrameBatch(64)
+            later.start()
+            while (count := source.read(batch)) is not None:
+                counts.append(count)
+        assert counts[0] == 4 and sum(counts) == 8
+        assert not writer.rescued
+    finally:
+        later.cancel()
+        writer.close()
+
+
+def test_read_after_stop_ends_the_input(tmp_path):
+    data, first = conversation()
+    path = tmp_path / "file.pcap"
+    path.write_bytes(data)
+    with aiomb.capture(path) as source:
+        batch = aiomb.FrameBatch(4)
+        assert source.read(batch) == 4
+        source.stop()
+        assert source.read(batch) is None
+        assert source.end_reason == EndReason.INTERRUPTED
