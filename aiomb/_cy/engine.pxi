@@ -8,7 +8,7 @@
 import array as _array
 import numbers as _numbers
 
-from aiomb.flows._filter import check_vlan_key
+from aiomb.flows._filter import check_vlan_key as _check_vlan_key
 from aiomb.flows._stats import EngineStatistics, MalformedCounts
 
 MALFORMED_REASONS = (
@@ -349,7 +349,7 @@ cdef class Engine:
             raise RuntimeError("add middleboxes before the first packet: flows already exist")
         if filter is not None and not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a middlebox filter needs a matches(key) method, got {filter!r}")
-        check_vlan_key(filter, self.vlan_in_key)
+        _check_vlan_key(filter, self.vlan_in_key)
         if -1 in self.mbox_rank:
             index = self.mbox_rank.index(-1)
         elif len(self.mbox_filters) < MAX_MBOXES:
@@ -403,7 +403,7 @@ cdef class Engine:
         cdef int n = -1
         if not callable(getattr(filter, "matches", None)):
             raise TypeError(f"a flow filter needs a matches(key) method, got {filter!r}")
-        check_vlan_key(filter, self.vlan_in_key)
+        _check_vlan_key(filter, self.vlan_in_key)
         for i, known in enumerate(self.flow_filters):
             if known is not None and (known is filter or known == filter):
                 self.filter_uses[i] += 1

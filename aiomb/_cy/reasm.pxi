@@ -580,6 +580,9 @@ cdef int stream_fill(Engine eng, int32_t slot, int side, int hook, stream_t *st,
     while pos < end:
         k = <uint32_t>((st.ooo.off if st.ooo != NULL and st.ooo.off < end else end) - pos)
         append_inorder(eng, slot, side, st, data + (pos - off), k, can_ref)
+        st = eng.tab.flows[slot].side[side].stream     # an early NEW_DATA's handler may have let it go
+        if st == NULL:
+            return 0
         drain_ooo(eng, slot, side, st)
         pos = st.next_off
     return 0
