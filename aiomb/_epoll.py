@@ -154,7 +154,9 @@ class _Driver:
         self.timer_sub = self.dispatcher.subscribe(EventKind.TIMER)
         self.error_sub = None
         self.batch = FrameBatch(batch_size)
-        self.pos = 0                    # the batch's next frame to process (captures stop at times)
+        self.pos = 0                    # the batch's next frame to process (captures stop at times, a
+                                        # handler's raise leaves the rest for the next step)
+        self.verdicts_due = False       # a live batch is read: its frames wait for their verdicts
         self.monitors: list[MonitorSocket] = []
         self.timers: dict[int, TimerSocket] = {}
         self.finished = False
@@ -210,7 +212,8 @@ class _Driver:
         A live port processes what it received, waiting up to ``wait`` seconds for frames. A
         capture processes up to a batch, stopping at the frame at or after ``until`` (seconds of
         packet time): its clock then reaches ``until`` (what is due fires) and True is returned
-        with ``reached`` set."""
+        with ``reached`` set. An exception from an inline handler propagates once; the next step
+        goes on after the frame it came from (a live batch gets its verdicts after its last frame)."""
         self.reached = False
         if self.finished:
             return False
@@ -219,16 +222,23 @@ class _Driver:
             self.end()
             return not self.finished
         if self.live:
-            count = source.read(self.batch, wait)
-            if count is None:
-                self.ending = True
-                self.end()
-                return not self.finished
-            pos = 0
-            while count and (pos := engine.process(self.batch, pos)) < count:
-                self.deliver()          # stopped at max_event_memory: the frames wait for their verdicts
-            if count:
-                source.apply(self.batch)
+            if not self.verdicts_due:
+                if source.read(self.batch, wait) is None:
+                    self.ending = True
+                    self.end()
+                    return not self.finished
+                self.pos = 0
+                self.verdicts_due = True
+            try:
+                while self.pos < self.batch.count:
+                    self.process()
+                    if self.pos < self.batch.count:
+                        self.deliver()  # stopped at max_event_memory: the frames wait for their verdicts
+            finally:
+                if self.pos == self.batch.count:    # also when the last frame's handler raised
+                    self.verdicts_due = False
+                    if self.pos:
+                        source.apply(self.batch)
             engine.expire(source.now())     # stopped at max_event_memory: the rest is due at the next step
         elif self.fill():
             if not engine.now:          # the clock starts at the first packet: timers set before count from it
@@ -236,11 +246,21 @@ class _Driver:
                     self.deliver()
                     return True
                 until = Epoll._until(self, until)
-            self.pos = engine.process(self.batch, self.pos, until)
+            self.process(until)
             if self.pos < self.batch.count and not engine.paused:
                 self.reached = engine.expire(until)
         self.deliver()
         return not self.finished
+
+    def process(self, until: float | None = None) -> None:
+        """Process the batch from ``pos`` (up to ``until``), moving ``pos`` to where it stopped,
+        also when a handler raised out of it (the engine's ``resume_at``; None: nothing left)."""
+        try:
+            self.pos = self.engine.process(self.batch, self.pos, until)
+        except BaseException:
+            at = self.engine.resume_at
+            self.pos = self.batch.count if at is None else at
+            raise
 
     def deliver(self) -> None:
         d = self.dispatcher

@@ -316,7 +316,8 @@ cdef class Emitter:
         """Raise one event: inline handlers now, then the log, then custom events based on it.
 
         ``slot`` is the flow's entry (-1: none). PACKET_IN fires at both hooks but occurs once
-        (the sender hook's) for the log and for custom events.
+        (the sender hook's) for the log and for custom events. A handler raising leaves the
+        event logged (it occurred) and its custom events unevaluated.
         """
         cdef uint64_t m = (<uint64_t>1) << bit
         cdef uint64_t fm = self.eng.tab.flows[slot].mbox_mask if slot >= 0 else ALL_MBOXES
@@ -324,7 +325,12 @@ cdef class Emitter:
         cdef bint occurrence = bit != B_PACKET_IN or hook != HOOK_RECEIVER
         self.n_events += 1
         if m & self.inline_mask:
-            self.run_handlers(bit, slot, side, hook, a, b, off, length, value, fm)
+            try:
+                self.run_handlers(bit, slot, side, hook, a, b, off, length, value, fm)
+            except BaseException:   # the program goes on after this packet: a flow's start must not be lost
+                if occurrence and in_scope(&self.logged[bit], fm, ff):
+                    self.record(bit, slot, side, a, b, off, length, value)
+                raise
         if occurrence and in_scope(&self.logged[bit], fm, ff):
             self.record(bit, slot, side, a, b, off, length, value)
         if occurrence and (m & self.base_mask):

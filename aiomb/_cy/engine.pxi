@@ -161,8 +161,9 @@ cdef class Engine:
     cdef readonly bint paused       # the last process/expire/finish stopped at max_event_memory
     cdef uint64_t n_pauses
     cdef bint unbounded             # feed(): one packet, whatever the log holds
-    cdef object resume_batch        # the batch process() stopped in at max_event_memory, or None
-    cdef int resume_at
+    cdef object resume_batch        # the batch process() stopped in (max_event_memory, or a raise), or None
+    cdef int resume_pos             # its frame to go on from
+    cdef bint resume_raised         # stopped because an exception left it
     cdef age_t *fin_order           # a finish() under way: the flows, oldest first,
     cdef uint32_t fin_n, fin_pos    # how many, the next one,
     cdef int fin_phase              # 0: ending them, 1: taking them out of the table
@@ -322,6 +323,14 @@ cdef class Engine:
     def event_memory(self):
         """Bytes the events logged and not yet delivered hold now (at most ``max_event_memory``)."""
         return self.em.log.memory
+
+    @property
+    def resume_at(self):
+        """The frame ``process()`` goes on from in the batch it stopped in, or None when no batch
+        is unfinished. It stopped there at ``max_event_memory`` (``paused``), or an exception
+        escaped it (a handler's, raised out of the frame before, which counts as processed; a
+        timer callback's, before this frame): call ``process(batch, resume_at)`` next."""
+        return self.resume_pos if self.resume_batch is not None else None
 
     # ---- registration -------------------------------------------------------------------
 
@@ -545,11 +554,13 @@ cdef class Engine:
         return 0
 
     cdef int check_resumed(self, str what) except -1:
-        """Refuse input while a batch or a finish() stopped at max_event_memory is unfinished."""
+        """Refuse input while a batch (stopped at max_event_memory or by a raise) or a finish()
+        stopped at max_event_memory is unfinished."""
         if self.resume_batch is not None:
-            raise RuntimeError(f"{what} was called while process() had stopped at frame {self.resume_at} of "
-                               "its batch to let the events logged be delivered (max_event_memory); call "
-                               f"process(batch, {self.resume_at}) with that batch first")
+            why = ("when an inline handler, predicate or timer callback raised" if self.resume_raised else
+                   "to let the events logged be delivered (max_event_memory)")
+            raise RuntimeError(f"{what} was called while process() had stopped at frame {self.resume_pos} of "
+                               f"its batch {why}; call process(batch, {self.resume_pos}) with that batch first")
         if self.fin_order != NULL:
             raise RuntimeError(f"{what} was called while finish() had stopped to let the events logged be "
                                "delivered (max_event_memory); call finish() again until it returns True")
@@ -1252,12 +1263,15 @@ cdef class Engine:
         if it wants the clock to reach it: what is due by then fires, as it would before that
         frame), or, with ``paused`` set, the frame before which the events logged reached
         ``max_event_memory``: deliver them (a dispatcher), then call ``process(batch, i)`` with
-        the same batch (anything else raises RuntimeError until then). A frame with no bytes
-        (another shard's, from a :class:`ShardRing`) counts as a packet and moves the clock."""
+        the same batch (anything else raises RuntimeError until then). An exception from an
+        inline handler, predicate or timer callback propagates; when frames are left, ``resume_at``
+        then says where to go on in the same way. A frame with no bytes (another shard's, from
+        a :class:`ShardRing`) counts as a packet and moves the clock."""
         cdef int i = start
         cdef int64_t limit
+        cdef bint in_frame = False
         self.not_running("Engine.process()")
-        if self.resume_batch is not None and batch is self.resume_batch and start == self.resume_at:
+        if self.resume_batch is not None and batch is self.resume_batch and start == self.resume_pos:
             self.resume_batch = None
         self.check_resumed("Engine.process()")
         limit = time_ns(until, "Engine.process()'s until") if until is not None else 0x7fffffffffffffff
@@ -1273,7 +1287,8 @@ cdef class Engine:
                     if not self.room(self.packet_reserve) or not self.advance(batch.ts[i]):
                         self.full()
                         self.resume_batch = batch
-                        self.resume_at = i
+                        self.resume_pos = i
+                        self.resume_raised = False
                         break
                     if i + PREFETCH_AHEAD < batch.count and batch.data[i + PREFETCH_AHEAD] != NULL:
                         prefetch(batch.data[i + PREFETCH_AHEAD])
@@ -1282,8 +1297,10 @@ cdef class Engine:
                         self.n_bytes += batch.wirelen[i] if batch.wirelen[i] > batch.caplen[i] else batch.caplen[i]
                         batch.verdict[i] = VERDICT_FORWARD
                     else:
+                        in_frame = True
                         batch.verdict[i] = <uint8_t>self.process_frame(
                             batch.data[i], batch.caplen[i], batch.wirelen[i], batch.ts[i], batch.linktype[i])
+                        in_frame = False
                     i += 1
                 streams_flush(self)
             finally:
@@ -1291,6 +1308,17 @@ cdef class Engine:
                 self.block = None
             if not self.paused and not self.expire_to(self.now):
                 self.full()
+        except BaseException:
+            if in_frame:    # its flow's state moved before the handler raised: doing it again would
+                batch.verdict[i] = <uint8_t>self.verdict        # count it twice (a SYN as a retransmission)
+                if self.verdict == VERDICT_DROP:
+                    self.n_dropped += 1
+                i += 1
+            if i < batch.count:     # the caller goes on from there, as after a stop at max_event_memory
+                self.resume_batch = batch
+                self.resume_pos = i
+                self.resume_raised = True
+            raise
         finally:
             self.busy = False
         return i

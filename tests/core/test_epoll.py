@@ -399,6 +399,51 @@ def test_flow_sockets_end_when_the_last_monitor_closes_their_source(tmp_path, li
     ep.close()
 
 
+class AppliedCapture(LiveCapture):
+    """A live-like capture that notes how many frames each apply() gave their verdicts."""
+
+    def __init__(self, path):
+        super().__init__(path)
+        self.applied = []
+
+    def apply(self, batch):
+        self.applied.append(batch.count)
+
+
+@pytest.mark.parametrize("live", [False, True], ids=["capture", "live"])
+@pytest.mark.parametrize("at", [2, 3], ids=["mid-batch", "batch-end"])      # flow 2's SYN is frame 1 of 3
+def test_a_program_that_catches_a_handlers_error_from_poll_goes_on_after_that_packet(tmp_path, live, at):
+    """The error reaches the program once; its next poll() goes on after the packet whose
+    handler raised: each packet is processed once, every flow is offered (the flow whose
+    handler raised too), and a live batch gets its verdicts once, after its last frame."""
+    frames = [f for i in range(5) for f in talk(40000 + i, 1.0 + i).frames]
+    raised = []
+
+    def fail_once(view):
+        if view.flow.id == at and not raised:
+            raised.append(view.flow.id)
+            raise ValueError("a middlebox bug")
+    source = (AppliedCapture if live else aiomb.capture)(write(tmp_path, frames))
+    errors, accepted = [], []
+    with aiomb.monitor(source, batch_size=3) as mon, aiomb.epoll() as ep:
+        mon.engine.add_handler(aiomb.CONN_START, fail_once)
+        ep.register(mon, IN)
+        for _ in range(100):
+            try:
+                ready = ep.poll(0)
+            except ValueError as exc:
+                errors.append(exc)
+                continue
+            accepted += [sock.key.client_port for sock in accept_all(mon)]
+            if any(mask & HUP for _, mask in ready):
+                break
+        assert [str(e) for e in errors] == ["a middlebox bug"] and raised == [at]
+        assert mon.statistics().packets == len(frames)
+        assert sorted(accepted) == list(range(40000, 40005))
+        if live:
+            assert sum(source.applied) == len(frames)
+
+
 def test_a_closed_monitor_makes_no_other(tmp_path):
     """accept(), timer() and monitor() need the monitor open (EBADF), whether or not another
     monitor keeps its source open."""

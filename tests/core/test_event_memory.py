@@ -127,6 +127,11 @@ def run(capture, batch_size, kinds=KINDS, **options):
     return (events, runs, overruns), engine.statistics(), max(held)
 
 
+def fill(batch, frames):
+    with CaptureReader(io.BytesIO(pcap(frames))) as reader:
+        return reader.fill(batch)
+
+
 def bounded(**options):
     """The tightest bound these limits allow."""
     return aiomb.Engine(**LIMITS, **options).min_event_memory
@@ -241,6 +246,49 @@ def test_input_waits_until_a_stopped_batch_or_finish_is_done():
     while not engine.finish():
         n += len(d.drain(sub))
     assert n + len(d.drain(sub)) == 3000
+
+
+def test_a_handler_raising_out_of_a_batch_leaves_it_to_go_on_after_that_frame():
+    engine = aiomb.Engine()
+    d = aiomb.Dispatcher(engine)
+    starts = d.subscribe(EventKind.CONN_START)
+    retransmits = d.subscribe(EventKind.RETRANSMIT)
+    raised = []
+
+    def fail_once(view):        # at flow 2's SYN (frame 3), after its flow was made
+        if view.flow.id == 2 and not raised:
+            raised.append(2)
+            raise ValueError("a middlebox bug")
+    token = engine.add_handler(EventKind.CONN_START, fail_once)
+    batch = aiomb.FrameBatch(64)
+    count = fill(batch, [f for i in range(5) for f in handshake(i, 1.0 + i)])
+    with pytest.raises(ValueError, match="a middlebox bug"):
+        engine.process(batch)
+    assert not engine.paused and engine.resume_at == 4 and engine.statistics().packets == 4
+    for call in (lambda: engine.process(batch, 3), lambda: engine.process(aiomb.FrameBatch(4)),
+                 lambda: engine.expire(100.0), engine.finish):
+        with pytest.raises(RuntimeError, match=r"stopped at frame 4 of its batch when an inline handler, "
+                                               r"predicate or timer callback raised; call process\(batch, 4\)"):
+            call()
+    assert engine.process(batch, 4) == count and engine.resume_at is None
+    assert engine.statistics().packets == count == 15
+    assert [ev.flow_id for ev in d.drain(starts)] == [1, 2, 3, 4, 5] and not d.drain(retransmits)
+    engine.remove_handler(token)
+
+    # a timer's callback raises before a frame: that frame is the one to go on from
+    engine.set_timer(at=7.5, callback=lambda view: 1 / 0)
+    count = fill(batch, [f for i in range(5, 8) for f in handshake(i, 2.0 + i)])
+    with pytest.raises(ZeroDivisionError):
+        engine.process(batch)
+    assert engine.resume_at == 3 and engine.statistics().packets == 15 + 3
+    assert engine.process(batch, 3) == count and engine.statistics().packets == 15 + 9
+
+    # at the batch's last frame: the batch is done, other input is taken
+    engine.add_handler(EventKind.CONN_START, lambda view: 1 / 0)
+    fill(batch, handshake(9, 20.0)[:1])
+    with pytest.raises(ZeroDivisionError):
+        engine.process(batch)
+    assert engine.resume_at is None and engine.finish()
 
 
 def test_max_event_memory_is_at_least_what_one_packet_can_raise():
