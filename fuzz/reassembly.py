@@ -13,8 +13,9 @@ A handshake comes first; the steps go through a pcap and the capture reader in b
 The model (:class:`Model`) keeps one entry per byte: bytes in order never change, bytes held out
 of order are replaced when the policy's rule (Suricata's target-based rules, as in reasm.pxi)
 says the new segment wins; a server ACK past a hole declares the hole lost (GAP) up to the
-bytes the client sent, and a segment arriving beyond a hole already ACKed does too; at the end
-every hole before held bytes, and before the client's first FIN, is a GAP. The engine's
+bytes the client sent (up to its first FIN), and a segment arriving beyond a hole already ACKed
+does too; bytes at or past the client's first FIN are not its stream (its receiver ignores them);
+at the end every hole before held bytes, and before that FIN, is a GAP. The engine's
 NEW_DATA bytes and GAP ranges must be exactly the model's.
 """
 
@@ -145,6 +146,9 @@ class Model:
         self.sent_end = max(self.sent_end, end + fin)
         if fin and self.fin is None:
             self.fin = end
+        if self.fin is not None and end > self.fin:
+            data = data[:max(self.fin - off, 0)]
+            end = off + len(data)
         if off < 0:
             data, off = data[-off:], 0
         if not data:
@@ -165,7 +169,7 @@ class Model:
 
     def ack(self, off: int) -> None:
         self.acked = max(self.acked, off)
-        self.lost_to(min(off, self.sent_end - (self.fin is not None)))
+        self.lost_to(min(off, self.sent_end if self.fin is None else self.fin))
 
     def finish(self) -> None:
         while self.held:
