@@ -325,6 +325,10 @@ def cmd_flows(args) -> int:
               f"the ring", file=sys.stderr)
     if args.stats and not lost:
         print(stats_line(run, flows), file=sys.stderr)
+    unread = run.statistics().malformed.get("unknown_linktype", 0) if run.opened and not lost else 0
+    if unread:
+        print(f"aiomb: warning: {unread} frames of a link type aiomb does not read were counted and skipped "
+              "(it reads Ethernet, raw IP, Linux SLL/SLL2 and BSD loopback)", file=sys.stderr)
     if exporter is not None:
         st = exporter.statistics()
         if args.stats:

@@ -357,6 +357,19 @@ def drained(pipe, limit=10.0) -> None:
         time.sleep(0.01)
 
 
+def test_frames_of_a_link_type_it_does_not_read_are_named_on_stderr(tmp_path):
+    """A capture of another link type gives no flow: a warning says why (it is not an error:
+    a pcapng may mix interfaces, and the frames aiomb reads still count)."""
+    frames = [(1.0, tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S"))] * 3
+    write_pcap(tmp_path / "lt147.pcap", frames, linktype=147)
+    write_pcap(tmp_path / "eth.pcap", frames)
+    other = run([*PYTHON_M_AIOMB, "flows", tmp_path / "lt147.pcap", "--format", "csv"])
+    assert other.returncode == 0
+    assert "warning: 3 frames of a link type aiomb does not read" in other.stderr
+    assert "Ethernet" in other.stderr
+    assert run([*PYTHON_M_AIOMB, "flows", tmp_path / "eth.pcap", "--format", "csv"]).stderr == ""
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_ends_a_quiet_pipe_at_once(tmp_path, signum):
     """The capture is a pipe whose writer stays open and quiet (tcpdump -w - with no traffic):
