@@ -91,7 +91,10 @@ def test_run_workers_inline_forward_and_drop_per_worker(lab):
     assert [place for place, *_ in per_worker] == [(0, 2), (1, 2)]
     ends = [end for _, rows, _ in per_worker for end in rows if end[2] == 5001]
     assert sorted((ip, port) for ip, port, *_ in ends) == sorted((ip, r["local_port"]) for ip, r in allowed.items())
-    assert {(reason, payload) for *_, reason, payload in ends} == {("FIN", 30000)}
+    assert {reason for *_, reason, _ in ends} == {"FIN"}
+    # every byte went through; payload_bytes counts a retransmitted segment's bytes again (a loaded
+    # machine's TCP retransmits now and then)
+    assert all(payload >= 30000 for *_, payload in ends), ends
     for k, (_, rows, dropped) in enumerate(per_worker):
         assert {ip for ip, *_ in rows} == {ip for ip in CLIENTS if steered_to(ip, 2) == k}
         assert dropped >= sum(1 for ip in CLIENTS if steered_to(ip, 2) == k)     # each blocked SYN at least
