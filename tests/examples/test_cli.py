@@ -370,6 +370,16 @@ def test_frames_of_a_link_type_it_does_not_read_are_named_on_stderr(tmp_path):
     assert run([*PYTHON_M_AIOMB, "flows", tmp_path / "eth.pcap", "--format", "csv"]).stderr == ""
 
 
+def open_flow_pcap() -> bytes:
+    """A pcap of one connection left open: its handshake and a request (4 packets, 18 bytes)."""
+    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80))
+    c.handshake()
+    c.send("client", b"GET / HTTP/1.0\r\n\r\n")
+    data = io.BytesIO()
+    write_pcap(data, c.frames)
+    return data.getvalue()
+
+
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM, signal.SIGHUP], ids=lambda s: s.name)
 def test_a_signal_ends_a_quiet_pipe_at_once(tmp_path, signum):
     """The capture is a pipe whose writer stays open and quiet (tcpdump -w - with no traffic):
@@ -379,13 +389,8 @@ def test_a_signal_ends_a_quiet_pipe_at_once(tmp_path, signum):
     os.mkfifo(fifo)
     proc = subprocess.Popen([*PYTHON_M_AIOMB, "flows", fifo, "--format", "jsonl", "--stats"], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80))
-    c.handshake()
-    c.send("client", b"GET / HTTP/1.0\r\n\r\n")
-    data = io.BytesIO()
-    write_pcap(data, c.frames)
     with open(fifo, "wb") as pipe:
-        pipe.write(data.getvalue())
+        pipe.write(open_flow_pcap())
         pipe.flush()
         drained(pipe)
         proc.send_signal(signum)
@@ -425,13 +430,8 @@ def test_a_signal_ends_aiomb_run_on_a_quiet_pipe_at_once(tmp_path, signum):
     os.mkfifo(fifo)
     proc = subprocess.Popen([*PYTHON_M_AIOMB, "run", str(app), "--pcap", str(fifo)], cwd=REPO,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-    c = TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80))
-    c.handshake()
-    c.send("client", b"GET / HTTP/1.0\r\n\r\n")
-    data = io.BytesIO()
-    write_pcap(data, c.frames)
     with open(fifo, "wb") as pipe:
-        pipe.write(data.getvalue())
+        pipe.write(open_flow_pcap())
         pipe.flush()
         # the app has the flow's start: the signal receiver is installed and the source reads on
         ready = select.select([proc.stdout], [], [], 10)[0] and proc.stdout.readline()
