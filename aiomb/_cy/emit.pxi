@@ -442,10 +442,18 @@ cdef class Emitter:
         return 0
 
     cdef int call(self, object fn, int bit, int32_t slot, object value) except -1:
-        """Run ``fn(view)`` for an occurrence without a packet (a timer's callback)."""
+        """Run ``fn(view)`` for an occurrence without a packet (a timer's callback). When it
+        raises, the occurrence is logged all the same (it occurred), as after an inline handler;
+        the caller raises its event only when it returns."""
         cdef PacketView pv = self.set_view(bit, slot, -1, HOOK_NONE, 0, 0, -1, -1, value)
+        cdef uint64_t fm = self.eng.tab.flows[slot].mbox_mask if slot >= 0 else ALL_MBOXES
+        cdef uint32_t ff = self.eng.tab.flows[slot].filter_mask if slot >= 0 else ALL_FILTERS
         try:
             fn(pv)
+        except BaseException:
+            if in_scope(&self.logged[bit], fm, ff):
+                self.record(bit, slot, -1, 0, 0, -1, -1, value)
+            raise
         finally:
             self.let_go(pv)
         return 0

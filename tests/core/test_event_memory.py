@@ -275,12 +275,15 @@ def test_a_handler_raising_out_of_a_batch_leaves_it_to_go_on_after_that_frame():
     assert [ev.flow_id for ev in d.drain(starts)] == [1, 2, 3, 4, 5] and not d.drain(retransmits)
     engine.remove_handler(token)
 
-    # a timer's callback raises before a frame: that frame is the one to go on from
-    engine.set_timer(at=7.5, callback=lambda view: 1 / 0)
+    # a timer's callback raises before a frame: that frame is the one to go on from, and the
+    # timer's event is logged (it fired), as an inline handler's
+    timers = d.subscribe(EventKind.TIMER)
+    timer_id = engine.set_timer(at=7.5, callback=lambda view: 1 / 0)
     count = fill(batch, [f for i in range(5, 8) for f in handshake(i, 2.0 + i)])
     with pytest.raises(ZeroDivisionError):
         engine.process(batch)
     assert engine.resume_at == 3 and engine.statistics().packets == 15 + 3
+    assert [ev.value for ev in d.drain(timers)] == [(timer_id, 1)]
     assert engine.process(batch, 3) == count and engine.statistics().packets == 15 + 9
 
     # at the batch's last frame: the batch is done, other input is taken
