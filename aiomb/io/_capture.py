@@ -46,11 +46,44 @@ class CaptureSource:
         return f"capture({self.path!r})"
 
     def open(self) -> None:
-        """Open the file and check its header; raises CaptureError naming the problem."""
-        self._reader = CaptureReader(self.path, chunk_size=self._chunk_size)
-        self._size = os.path.getsize(self.path)
-        fd = self._reader.raw_file.fileno()
-        self.pipe = not stat.S_ISREG(os.fstat(fd).st_mode)
+        """Open the file and check its header; raises CaptureError naming the problem. A named
+        pipe's open waits for its writer (see ``aopen()``)."""
+        self._take(CaptureReader(self.path, chunk_size=self._chunk_size))
+
+    async def aopen(self) -> None:
+        """``open()`` for the Trio stack: a named pipe no one writes yet is opened at once and
+        the stack waits for its writer's first bytes in the Trio loop (cancellable; ``stop()``
+        ends the wait, and the input with it), then reads the capture's header as they come."""
+        import trio
+
+        try:
+            fifo = stat.S_ISFIFO(os.stat(self.path).st_mode)
+        except OSError:
+            fifo = False                # open() names what is wrong
+        if not fifo:
+            self.open()
+            return
+        self.pipe = True                # a signal now stops it as a pipe (aiomb run)
+        raw = open(self.path, "rb", buffering=0, opener=lambda path, flags: os.open(path, flags | os.O_NONBLOCK))
+        try:
+            with trio.CancelScope() as self._waiting:
+                await trio.lowlevel.wait_readable(raw.fileno())     # bytes, or a writer came and left
+            self._waiting = None
+            if self.end_reason is not None:
+                raw.close()
+                return
+            os.set_blocking(raw.fileno(), True)
+            self._take(CaptureReader(raw, chunk_size=self._chunk_size))
+        except BaseException:
+            raw.close()
+            raise
+
+    def _take(self, reader: CaptureReader) -> None:
+        self._reader = reader
+        fd = reader.raw_file.fileno()
+        st = os.fstat(fd)
+        self._size = st.st_size
+        self.pipe = not stat.S_ISREG(st.st_mode)
         if self.pipe:
             # A pipe's writer may be quiet for long: a read(2) waiting for it would hold the Trio
             # loop (timers, other tasks, cancellation, signals). Reads do not wait: receive() waits
@@ -94,6 +127,8 @@ class CaptureSource:
         import trio
 
         await trio.lowlevel.checkpoint()
+        if self.end_reason is not None:     # stopped, maybe before a named pipe's writer came
+            return None
         reader = self._open_reader()
         while self.end_reason is None:
             count = reader.fill(batch)

@@ -11,6 +11,7 @@ import io
 import os
 import threading
 
+import pytest
 import trio
 import trio.testing
 
@@ -185,3 +186,88 @@ def test_read_after_stop_ends_the_input(tmp_path):
         source.stop()
         assert source.read(batch) is None
         assert source.end_reason == EndReason.INTERRUPTED
+
+
+class LateWriter:
+    """A named pipe made at ``path`` that no one writes yet: ``write(data)`` opens it for
+    writing, writes and closes. A watchdog thread does that with the whole ``data`` after
+    WATCHDOG seconds (``rescued``), so that a source whose open() waits for a writer in the
+    Trio thread fails a test instead of hanging it."""
+
+    def __init__(self, path, data: bytes):
+        os.mkfifo(path)
+        self.path = path
+        self.rescued = False
+        self._written = threading.Event()
+        self._watchdog = threading.Timer(WATCHDOG, self._rescue, (data,))
+        self._watchdog.daemon = True
+        self._watchdog.start()
+
+    def _rescue(self, data: bytes) -> None:
+        if not self._written.is_set():
+            self.rescued = True
+            self.write(data)
+
+    def write(self, data: bytes) -> None:
+        self._written.set()
+        fd = os.open(self.path, os.O_WRONLY)
+        try:
+            os.write(fd, data)
+        finally:
+            os.close(fd)
+
+    def close(self) -> None:
+        self._watchdog.cancel()
+
+
+async def test_a_stack_waits_for_a_named_pipe_s_writer_in_the_loop(tmp_path):
+    """Opening a named pipe no one writes yet does not hold the Trio loop: the stack opens it
+    when the writer comes, and reads the whole capture."""
+    data, _ = conversation()
+    path = tmp_path / "fifo.pcap"
+    writer = LateWriter(path, data)
+    kinds = []
+    try:
+        async with trio.open_nursery() as nursery:
+            async def run():
+                async with open_stack(aiomb.capture(path)) as stack:
+                    async with stack.subscribe(CONN_START, CONN_END) as events:
+                        async for ev in events:
+                            kinds.append((ev.kind, ev.reason))
+            nursery.start_soon(run)
+            await trio.testing.wait_all_tasks_blocked()
+            assert not writer.rescued, "opening the named pipe held the Trio loop until its writer came"
+            await trio.to_thread.run_sync(writer.write, data)
+        assert kinds == [(CONN_START, None), (CONN_END, EndReason.FIN)]
+    finally:
+        writer.close()
+
+
+async def test_a_stack_waiting_for_a_named_pipe_s_writer_is_cancelled_or_stopped_at_once(tmp_path):
+    data, _ = conversation()
+    path = tmp_path / "fifo.pcap"
+    writer = LateWriter(path, data)
+    try:
+        with trio.CancelScope() as scope:
+            async with trio.open_nursery() as nursery:
+                async def cancel_when_blocked():
+                    await trio.testing.wait_all_tasks_blocked()
+                    scope.cancel()
+                nursery.start_soon(cancel_when_blocked)
+                async with open_stack(aiomb.capture(path)):
+                    pytest.fail("the stack opened without a writer")
+        assert scope.cancelled_caught and not writer.rescued
+
+        source = aiomb.capture(path)
+        packets = []
+        async with trio.open_nursery() as nursery:
+            async def run():
+                async with open_stack(source) as stack:
+                    await stack.run()
+                    packets.append(stack.statistics().engine.packets)
+            nursery.start_soon(run)
+            await trio.testing.wait_all_tasks_blocked()
+            source.stop()           # as `aiomb run` on SIGTERM: the input ends, here before it began
+        assert packets == [0] and not writer.rescued
+    finally:
+        writer.close()
