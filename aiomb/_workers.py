@@ -37,6 +37,7 @@ from .io._capture import capture
 SEND_EVERY = 8          # batches of records a worker gathers before it sends them (and how far it got)
 SEND_ROWS = 4096        # or rows
 IDLE_MS = 10            # or its input has had nothing for this long (a pipe's writer pauses)
+WAIT_MS = 100           # a Trio stack's wait for a paused input, in a thread: how long before it looks at cancellation
 END = 1 << 62           # how far a worker got once it has read its whole input
 
 # Statistics every worker counts alike (each reads every packet); the rest are summed.
@@ -212,18 +213,27 @@ class RingSource:
         if count == 0:                  # nothing for IDLE_MS
             self.idle()
             count = self.ring.receive(self.index, batch)
+        return self._ended(count)
+
+    async def receive(self, batch):
+        """``read()`` for the Trio stack: a checkpoint, then the next frames (None at the end).
+        When the ring has had nothing for IDLE_MS (a reader's pipe is quiet), the wait goes on in
+        a worker thread, WAIT_MS at a time, so that the Trio loop runs meanwhile (other tasks,
+        timers, cancellation)."""
+        import trio
+
+        await trio.lowlevel.checkpoint()
+        count = self.ring.receive(self.index, batch, IDLE_MS)
+        while count == 0:
+            count = await trio.to_thread.run_sync(self.ring.receive, self.index, batch, WAIT_MS)
+        return self._ended(count)
+
+    def _ended(self, count):
         if count is None:
             if self.ring.ended_by_error:        # as FlowRun at a damaged file: open flows stay open
                 raise DamagedElsewhere("the capture is damaged (the parent reports where)", path=self.path)
             self.end_reason = EndReason(self.ring.end_reason)
         return count
-
-    async def receive(self, batch):
-        """``read()`` for the Trio stack: a checkpoint, then the next frames (None at the end)."""
-        import trio
-
-        await trio.lowlevel.checkpoint()
-        return self.read(batch)
 
     def apply(self, batch) -> None:
         """Verdicts do not apply to a capture."""

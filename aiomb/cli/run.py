@@ -140,6 +140,8 @@ def fork_workers(args, become, source=None) -> list:
             except UsageError as exc:
                 print(f"aiomb: error: {exc}", file=sys.stderr)
                 status = 2
+            except KeyboardInterrupt:                           # Ctrl-C passed on: as aiomb's own
+                status = 130
             except BaseException:                               # a worker's failure is its own
                 import traceback
 
@@ -152,11 +154,9 @@ def fork_workers(args, become, source=None) -> list:
     return pids
 
 
-def forwarder(pids, first=None):
-    """A signal handler passing the signal on to the workers (after ``first()``, if given)."""
+def forwarder(pids):
+    """A signal handler passing the signal on to the workers."""
     def forward(signum, frame) -> None:
-        if first is not None:
-            first()
         for pid in pids:
             try:
                 os.kill(pid, signum)
@@ -217,9 +217,11 @@ def run_port_workers(args) -> int:
 def run_workers(args) -> int:
     """Fork ``args.workers`` processes, each running the app on its shard of the capture
     (``aiomb.worker()``), handed to them through a ShardRing, which they fill themselves from a
-    classic pcap file (else a reader process, forked first, does); SIGINT, SIGTERM and SIGHUP are
-    passed on to the workers (and end the input). The exit status is the first worker's that is
-    not 0, else 1 for a damaged capture, else 0."""
+    classic pcap file (else a reader process, forked first, does). SIGINT, SIGTERM and SIGHUP
+    are passed on to the workers (their apps are cancelled), except a first SIGTERM or SIGHUP on
+    a pipe, which ends the input: as with one engine, the apps see their open flows end
+    ``interrupted``. The exit status is the first worker's that is not 0, else 1 for a damaged
+    capture, else 128 + the signal, else 0."""
     import multiprocessing
 
     from .._records import CAPTURE_BLOCK
@@ -243,8 +245,17 @@ def run_workers(args) -> int:
         mine.close()
     source.close()                      # the workers and the reader have their own
     pids = fork_workers(args, lambda index: become_worker(index, args.workers, ring))
-    forward = forwarder(pids, lambda: stop_reader(ring, reader and reader.pid, int(EndReason.INTERRUPTED)))
-    previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
+    forward = forwarder(pids)
+    caught = []
+
+    def on_signal(signum, frame) -> None:
+        caught.append(signum)
+        if source.pipe and signum in STOP_SIGNALS and len(caught) == 1:
+            stop_reader(ring, reader and reader.pid, int(EndReason.INTERRUPTED))
+        else:
+            forward(signum, frame)      # the reader is stopped once the workers are gone
+
+    previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
         statuses = wait_workers(pids, ring.abort)   # the reader and the others must not wait for it
     finally:
@@ -252,6 +263,7 @@ def run_workers(args) -> int:
             signal.signal(s, h)
         ring.abort()                    # every worker is gone: a reader leaves
         if reader is not None:
+            stop_reader(ring, reader.pid, int(EndReason.INTERRUPTED))  # even from a quiet pipe
             reader.join()
     failed = [s for s in statuses if s]
     reader_failed = False
@@ -266,7 +278,9 @@ def run_workers(args) -> int:
     damaged = ring_damage(ring, args.pcap)
     if damaged is not None:
         print(f"aiomb: error: {damaged}", file=sys.stderr)
-    return failed[0] if failed else 1 if damaged is not None or reader_failed else 0
+    if failed or damaged is not None or reader_failed:
+        return failed[0] if failed else 1
+    return 128 + caught[0] if caught else 0
 
 
 def run_one(args, source=None) -> int:

@@ -4,6 +4,7 @@ engine sees of it; results come back in worker order; failures, damage, Ctrl-C a
 reported precisely."""
 
 import gzip
+import io
 import os
 import pathlib
 import re
@@ -169,6 +170,57 @@ def test_a_named_pipe_is_read_once(tmp_path):
     finally:
         os.waitpid(pid, 0)
     assert merged(through_pipe) == merged(aiomb.run_workers(ended_flows, path, workers=1, midstream=True))
+
+
+async def tick_while_quiet(stack):
+    """When a task sleeping half a second woke, and when the worker's flow ended (None: not its flow)."""
+    times = {}
+    async with trio.open_nursery() as nursery:
+        async def tick():
+            await trio.sleep(0.5)
+            times["tick"] = time.monotonic()
+        nursery.start_soon(tick)
+        async with stack.subscribe(aiomb.CONN_END) as events:
+            async for _ in events:
+                times["end"] = time.monotonic()
+    return times.get("tick"), times.get("end")
+
+
+def test_a_workers_trio_loop_goes_on_while_a_pipe_is_quiet(tmp_path):
+    """The writer gives the flow's handshake, then is quiet for 3 s: each worker's other tasks
+    run meanwhile (the stack waits for the ring outside the Trio loop)."""
+    c = aiomb.testing.TcpConversation(("10.0.0.1", 40000), ("10.0.0.2", 80))
+    c.handshake()
+    head = len(c.frames)
+    c.fin("client")
+    c.fin("server")
+    c.ack("client")
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    pid = os.fork()
+    if pid == 0:
+        try:
+            with open(fifo, "wb", buffering=0) as out:
+                aiomb.testing.write_pcap(out, c.frames[:head])
+                time.sleep(3)
+                out.write(pcap_records(c.frames[head:]))
+        finally:
+            os._exit(0)
+    try:
+        results = aiomb.run_workers(tick_while_quiet, fifo, workers=2)
+    finally:
+        os.waitpid(pid, 0)
+    ends = [end for _, end in results if end is not None]
+    assert len(ends) == 1
+    for tick, _ in results:
+        assert tick is not None and tick < ends[0] - 1.5, "a worker's Trio loop stopped while the pipe was quiet"
+
+
+def pcap_records(frames) -> bytes:
+    """The records of a pcap of ``frames``, without the file's header."""
+    data = io.BytesIO()
+    aiomb.testing.write_pcap(data, frames)
+    return data.getvalue()[24:]
 
 
 class Refused(Exception):
