@@ -9,6 +9,7 @@ those batches over as flows end (``aiomb flows`` streams them, as Zeek writes co
 
 import hashlib
 import html
+import os
 import threading
 import time
 
@@ -64,7 +65,8 @@ def hash_fields(hashes) -> tuple:
 
 
 class FlowRun:
-    """One source run through one engine for its flow records, synchronously (no Trio).
+    """One source (a capture's path, :func:`aiomb.capture` or :func:`aiomb.port`) run through one
+    engine for its flow records, synchronously (no Trio).
 
     Iterating yields :class:`aiomb.FlowRecords` batches as flows leave the table (closed and
     lingered, timed out, evicted; the rest at the end of the source); ``stop()`` (from a signal
@@ -78,9 +80,15 @@ class FlowRun:
 
     def __init__(self, source, *, filter=None, hashes=(), batch_size: int = 2048, progress=None,
                  every_batch: bool = False, **engine_options):
+        from .io._capture import capture
+
         for name in hashes:
             if name not in HASHES:
                 raise ValueError(f"unknown hash {name!r}: choose from {', '.join(HASHES)}")
+        if isinstance(source, (str, os.PathLike)):
+            source = capture(source, chunk_size=CAPTURE_BLOCK)
+        elif not hasattr(source, "read"):
+            raise TypeError(f"FlowRun() reads a capture's path, aiomb.capture(...) or aiomb.port(...), not {source!r}")
         self.source = source
         self.filter = compile_filter(filter)
         self.hashes = tuple(hashes)
@@ -188,7 +196,6 @@ def read_flows(source, filter=None, *, workers: int = 1, **options) -> "FlowTabl
     engine (``midstream`` is on, as for ``aiomb flows``). ``workers`` > 1 (a capture file's
     path): that many engines in as many processes, the same table. Synchronous; blocks."""
     from ._workers import ShardedRun
-    from .io._capture import capture
 
     options.setdefault("midstream", True)
     if workers != 1:
@@ -198,8 +205,6 @@ def read_flows(source, filter=None, *, workers: int = 1, **options) -> "FlowTabl
         check_vlan_key(compile_filter(filter), options.get("vlan_in_key", False))
         run = ShardedRun(source, workers, filter=filter, **options)
     else:
-        if isinstance(source, str) or hasattr(source, "__fspath__"):
-            source = capture(source, chunk_size=CAPTURE_BLOCK)
         run = FlowRun(source, filter=filter, **options)
     table = FlowRecords()
     for records in run:

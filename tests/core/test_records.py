@@ -12,7 +12,7 @@ import pytest
 import aiomb
 from aiomb import EndReason, EventKind, FlowFilter
 from aiomb._records import FIELDS, FlowTable, record_dtype
-from aiomb.testing import TcpConversation, udp_frame
+from aiomb.testing import TcpConversation, udp_frame, write_pcap
 
 
 def conversations():
@@ -135,6 +135,18 @@ def test_flows_are_written_as_they_leave_the_table():
     assert len(engine.take_records()) == 0
     with pytest.raises(ValueError, match="END_OF_CAPTURE or INTERRUPTED"):
         aiomb.Engine().finish(EndReason.RST)
+
+
+def test_a_flow_run_takes_a_capture_path_or_a_source(tmp_path):
+    path = tmp_path / "flows.pcap"
+    write_pcap(path, conversations(), nanosecond=True)
+    by_path = [r for records in aiomb.FlowRun(path, midstream=True) for r in records]
+    by_str = [r for records in aiomb.FlowRun(str(path), midstream=True) for r in records]
+    by_source = [r for records in aiomb.FlowRun(aiomb.capture(path), midstream=True) for r in records]
+    assert len(by_path) == 5 and by_path == by_str == by_source
+    with pytest.raises(TypeError, match=r"FlowRun\(\) reads a capture's path, aiomb.capture\(\.\.\.\) or "
+                                        r"aiomb.port\(\.\.\.\), not 42"):
+        aiomb.FlowRun(42)
 
 
 def test_records_only_of_the_flows_a_filter_accepts():
