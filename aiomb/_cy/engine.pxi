@@ -930,9 +930,10 @@ cdef class Engine:
         if f.status == FS_CLOSED:
             count_flags(&self.tab.flows[slot].side[side], pk)
             self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
-            if self.reassembling and not (fl & (TH_RST | TH_SYN)):
-                stream_receive(self, slot, side, pk)      # bytes sent after the close still count
-            self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
+            if self.verdict != VERDICT_DROP:
+                if self.reassembling and not (fl & (TH_RST | TH_SYN)):
+                    stream_receive(self, slot, side, pk)      # bytes sent after the close still count
+                self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
             lru_touch(&self.tab, slot, TC_TCP_CLOSED, self.now)
             return 0
         # the sender's update, then the sender hook
@@ -957,15 +958,17 @@ cdef class Engine:
         if not (fl & TH_RST):           # a RST's window field means nothing (often 0)
             s.window = <uint32_t>pk.win << (s.wscale if (s.wscale != 0xff and r.wscale != 0xff and not syn) else 0)
         self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
-        # the receiver's update, then the receiver hook
-        if self.reassembling and (not (fl & TH_RST) or rst_ok and self.rx.rst_payload):
-            stream_receive(self, slot, side, pk)
-        if rst_ok:
-            set_state(self, slot, rs, ST_CLOSED, HOOK_RECEIVER)
-            self.end_flow(slot, side, HOOK_RECEIVER, END_RST)
-        elif tcp_receiver(self, slot, side, pk):
-            self.end_flow(slot, side, HOOK_RECEIVER, END_FIN)
-        self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
+        # the receiver's update, then the receiver hook: unless a handler at the sender hook
+        # dropped the packet, which then never reaches its receiver
+        if self.verdict != VERDICT_DROP:
+            if self.reassembling and (not (fl & TH_RST) or rst_ok and self.rx.rst_payload):
+                stream_receive(self, slot, side, pk)
+            if rst_ok:
+                set_state(self, slot, rs, ST_CLOSED, HOOK_RECEIVER)
+                self.end_flow(slot, side, HOOK_RECEIVER, END_RST)
+            elif tcp_receiver(self, slot, side, pk):
+                self.end_flow(slot, side, HOOK_RECEIVER, END_FIN)
+            self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
         f = &self.tab.flows[slot]
         lru_touch(&self.tab, slot, TC_TCP_CLOSED if f.status == FS_CLOSED else
                   (TC_TCP_ESTABLISHED if f.fflags & FF_ESTABLISHED else TC_TCP_OPENING), self.now)
@@ -1010,7 +1013,8 @@ cdef class Engine:
         if created:
             self.em.fire(B_UDP_START, slot, side, HOOK_SENDER, 0, 0)
         self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
-        self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
+        if self.verdict != VERDICT_DROP:
+            self.em.fire(B_PACKET_IN, slot, side, HOOK_RECEIVER, 0, 0)
         lru_touch(&self.tab, slot, TC_UDP, self.now)
         return 0
 

@@ -388,3 +388,36 @@ def test_a_syn_while_the_connection_is_open_is_not_a_new_flow():
     c.frames.append((2.0, tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=5555, flags="S")))
     engine, events = run(c.frames)
     assert events.count(("CONN_START", "CLIENT")) == 1
+
+
+def test_a_packet_dropped_at_the_sender_hook_never_reaches_its_receiver():
+    """An IPS drops a data segment once and every RST: the receiver's stream gets the segment's
+    bytes from the retransmission (new to it: NEW_DATA, no RETRANSMIT), and the dropped RST ends
+    nothing (only its sender's side closes); the receiver hook does not run for either."""
+    c = conv()
+    c.handshake()
+    c.send("client", b"GOOD ")
+    c.send("client", b"EVIL ")
+    c.rst("server")
+    c.send("client", b"EVIL ", advance=False, seq_offset=-5)
+    c.send("client", b"MORE")
+    engine = aiomb.Engine(reassembly=True)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(aiomb.ALL_BUILTIN & ~EventKind.PACKET_IN & ~EventKind.STATE_CHANGE)
+    dropped, received = [], []
+
+    def ips(packet):
+        if packet.payload == b"EVIL " and not dropped or packet.tcp_flags & 0x04:
+            dropped.append(packet.payload)
+            packet.drop()
+    engine.add_handler(EventKind.PACKET_IN, ips, hook=aiomb.Hook.SENDER)
+    engine.add_handler(EventKind.PACKET_IN, lambda packet: received.append(packet.payload), hook=aiomb.Hook.RECEIVER)
+    for ts, frame in c.frames:
+        engine.feed(frame, ts)
+    events = [(ev.kind.name, ev.value) for ev in d.drain(sub)]
+    assert events == [("CONN_START", None), ("SYN_ACK", None), ("ESTABLISHED", None), ("NEW_DATA", b"GOOD "),
+                      ("RST", None), ("NEW_DATA", b"EVIL "), ("NEW_DATA", b"MORE")]
+    assert dropped == [b"EVIL ", b""] and engine.statistics().dropped_by_verdict == 2
+    assert received == [b"", b"", b"", b"GOOD ", b"EVIL ", b"MORE"]
+    (flow,) = engine.flows()
+    assert (flow.client_state, flow.server_state) == (TcpState.ESTABLISHED, TcpState.CLOSED)
