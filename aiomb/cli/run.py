@@ -257,7 +257,9 @@ def run_workers(args) -> int:
 
     previous = {s: signal.signal(s, on_signal) for s in (signal.SIGINT, *STOP_SIGNALS)}
     try:
-        statuses = wait_workers(pids, ring.abort)   # the reader and the others must not wait for it
+        # a failed worker's share is no one's: the reader and the others must not wait for it (after
+        # a signal passed on, each worker ends on its own, and an abort would be a second error)
+        statuses = wait_workers(pids, lambda: None if caught else ring.abort())
     finally:
         for s, h in previous.items():
             signal.signal(s, h)
