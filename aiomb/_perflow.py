@@ -537,6 +537,7 @@ class PerFlow:
         finally:
             self._queue.clear()
             self.done.set()
+            self._stack._settle()
         if self._error is not None:
             raise self._error                       # a coroutine's error (errors="raise"), as itself
 
@@ -576,6 +577,7 @@ class PerFlow:
                     failed = True
                     if self.errors == "raise" and self._error is None:
                         self._error = exc           # the first one fails the stack; later ones are logged
+                        self._stack._fail(exc)      # stack.run() raises it
                         self._nursery.cancel_scope.cancel()
                     else:
                         _log.exception("per-flow coroutine %s failed on flow %s; no longer handling that flow",

@@ -304,6 +304,8 @@ class Stack:
         self._timers: dict[int, StackTimer] = {}
         self._timer_sub = self._dispatcher.subscribe(EventKind.TIMER)
         self.finished = trio.Event()
+        self._settled = trio.Event()                 # run() may return (or raise _error)
+        self._error = None                           # the per-flow exception that failed the stack
         self._batches = 0
         self._pauses = 0
         self._taken = trio.lowlevel.ParkingLot()     # a consumer took a batch
@@ -362,7 +364,7 @@ class Stack:
         missed); each holds at most ``max_chunks`` chunks (then the source waits for a handler
         that is behind; see :mod:`aiomb._perflow`). Handlers run in a nursery of the stack's,
         with no limit and not cancelled at their flow's end: an exception cancels the stack and
-        reaches the caller of open_stack. Call before the source starts. Raises ValueError when
+        reaches the caller of :meth:`run` and of open_stack. Call before the source starts. Raises ValueError when
         the stack does not buffer stream bytes (``buffering=False``).
         """
         if gaps not in ("raise", "mark"):
@@ -454,11 +456,29 @@ class Stack:
 
     async def run(self) -> None:
         """Start the source; wait until it has ended, every event was handed over and every
-        per-flow coroutine (:meth:`serve`, :meth:`spawn_per_flow`) has returned."""
+        per-flow coroutine (:meth:`serve`, :meth:`spawn_per_flow`) has returned.
+
+        Raises the exception of a per-flow coroutine that failed the stack (``serve``, or
+        ``errors="raise"``) as itself, as soon as it fails (the stack is cancelled; leaving
+        ``open_stack`` raises it too). Blocks.
+        """
         self.start()
-        await self.finished.wait()
-        for group in self._per_flow:
-            await group.done.wait()
+        if self._error is None:
+            await self._settled.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _settle(self) -> None:
+        """Wake run() once the source has ended and every per-flow group is done, or a coroutine failed the stack."""
+        if self._error is not None or (self.finished.is_set()
+                                       and all(group.done.is_set() for group in self._per_flow)):
+            self._settled.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        """A per-flow coroutine failed the stack: run() raises ``exc`` (the first one)."""
+        if self._error is None:
+            self._error = exc
+            self._settle()
 
     def flows(self) -> list:
         """Live handles of the flows in the table now, oldest first."""
@@ -578,6 +598,7 @@ class Stack:
         for timer in self._timers.values():
             timer._end()
         self.finished.set()
+        self._settle()
 
 
 def check_stack_options(*, batch_size: int = 2048, max_batches: int = 16) -> None:
@@ -622,9 +643,10 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                 yield stack
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            if len(group.exceptions) != 1:
+            errors = list({id(exc): exc for exc in group.exceptions}.values())
+            if len(errors) != 1:
                 raise
-            raise group.exceptions[0] from None     # the nursery's group, one level only
+            raise errors[0] from None   # the nursery's group, one level only (run() raised a coroutine's error too)
     finally:
         engine.close()
         aclose = getattr(source, "aclose", None)

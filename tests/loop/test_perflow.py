@@ -221,6 +221,33 @@ async def test_errors_raise_fails_the_stack_with_the_exception_itself(tmp_path):
             await stack.run()
 
 
+@pytest.mark.parametrize("late", [False, True])
+@pytest.mark.parametrize("api", ["spawn_per_flow", "serve"])
+async def test_run_raises_the_error_of_a_coroutine_that_fails_the_stack(tmp_path, api, late):
+    after_run = []
+
+    async def handle(flow):             # late: at the flow's end, in the capture's last batch
+        await (flow.ended() if late else flow.wait(ESTABLISHED))
+        raise KeyError("bad flow")
+
+    async def handler(flow, client, server):
+        await client.receive()
+        if late:
+            await stack.finished.wait()     # serve's handlers outlive their flow
+        raise KeyError("bad flow")
+
+    with pytest.raises(KeyError, match="bad flow"):
+        async with aiomb.open_stack(capture_of(tmp_path, open_flows(1))) as stack:
+            if api == "serve":
+                stack.serve(handler)
+            else:
+                stack.spawn_per_flow(handle, errors="raise")
+            with pytest.raises(KeyError, match="bad flow"):
+                await stack.run()               # not a normal return, nor trio.Cancelled
+            after_run.append("ran")
+    assert after_run == ["ran"]
+
+
 # -- the flow's end and the stack's exit ------------------------------------------------------
 
 
