@@ -8,8 +8,8 @@ the send blocks and the source is not read (a capture pauses; nothing is lost). 
 that decides who gets which event is in the dispatcher; this module only moves lists.
 """
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import attrs
 import trio
@@ -152,7 +152,8 @@ class Subscription:
         self._stack.start()
         self._batches_done = self._batches_taken
         try:
-            batch = await self._recv.receive()
+            with self._stack._blocking():
+                batch = await self._recv.receive()
         except trio.ClosedResourceError:
             raise self._closed_error() from None        # closed by another task while this one waited
         self._batches_taken += 1
@@ -211,7 +212,8 @@ class StackTimer:
             self._stack.start()
             self._waiting = True
             try:
-                await self._fired.wait()
+                with self._stack._blocking():
+                    await self._fired.wait()
             finally:
                 self._waiting = False
             self._fired = trio.Event()
@@ -309,6 +311,8 @@ class Stack:
         self._batches = 0
         self._pauses = 0
         self._taken = trio.lowlevel.ParkingLot()     # a consumer took a batch
+        self._blocked: set = set()                   # Trio tasks waiting for what only the pump delivers
+        self._progress = None                        # an Event the pump waits on for a per-flow reader
 
     def __repr__(self) -> str:
         return f"<Stack {self.source!r} {len(self._middleboxes)} middlebox(es)>"
@@ -492,6 +496,30 @@ class Stack:
             subscriptions=len(self._subs), finished=self.finished.is_set())
 
     # ---- the pump ---------------------------------------------------------------------
+
+    @contextmanager
+    def _blocking(self) -> Iterator[None]:
+        """Around a wait for what only the pump delivers (a flow's events or bytes, a timer's
+        firing, a subscription's batch): the pump never waits for room in the stream of a
+        per-flow reader inside it, which would wait for the pump in turn (see :mod:`aiomb._perflow`)."""
+        task = trio.lowlevel.current_task()
+        self._blocked.add(task)
+        self._poke()
+        try:
+            yield
+        finally:
+            self._blocked.discard(task)
+
+    def _poke(self) -> None:
+        """Wake the pump if it waits for a per-flow reader: that reader moved."""
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+
+    async def _wait_for_progress(self) -> None:
+        """The pump waits for a per-flow reader to take a chunk, wait for the stack or finish."""
+        self._progress = progress = trio.Event()
+        await progress.wait()
 
     async def _send(self, channel, item) -> None:
         """Hand over one item; a full channel pauses the source (counted)."""
