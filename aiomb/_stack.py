@@ -531,6 +531,8 @@ class Stack:
                 await channel.send(item)
             except trio.BrokenResourceError:
                 pass          # the consumer closed it meanwhile
+            else:             # a cancelled stack whose consumer took the item (a stopped notebook run
+                await trio.lowlevel.checkpoint_if_cancelled()  # drains it) reads nothing more
         except trio.BrokenResourceError:
             pass
 

@@ -410,7 +410,8 @@ class BackgroundStack:
 
     def stop(self) -> None:
         """End the run cleanly: stop reading the source, end the flows still open (reason
-        ``interrupted``; their records stay in :meth:`flows`), close the source (a live port is
+        ``interrupted``; their records stay in :meth:`flows`, their ends are counted and kept in
+        :meth:`recent_events` as every event before them), close the source (a live port is
         detached). Returns at once; ``await h.wait()`` waits until it is done. Idempotent; a run
         that is over is left as it is."""
         if self._done.done() or self._stop_requested:
@@ -491,9 +492,10 @@ class BackgroundStack:
                 if len(group.exceptions) != 1:
                     raise
                 raise group.exceptions[0] from None     # a task's error, as itself
-        if self._inner.cancelled_caught and not stack.finished.is_set():
-            while not engine.finish(EndReason.INTERRUPTED):     # stopped: the open flows get records
-                stack._dispatcher.dispatch()
+        if self._inner.cancelled_caught:
+            self._interrupt(stack, sub)
+        if sub is not None:
+            sub.close()
         if self._series is not None:
             self._series.sample(engine.statistics(), 0)     # the last, partial bin
         self._ended.extend(engine.take_records())
@@ -502,18 +504,40 @@ class BackgroundStack:
         async for fired in ticks:       # the stack stops the capture at each tick: the counters are that moment's
             self._series.sample(engine.statistics(), fired)
 
-    async def _collect(self, sub) -> None:
-        ring, counts = self._recent, self._counts
-        async with sub:
+    def _interrupt(self, stack, sub) -> None:
+        """Stopped: count what the subscription was handed and not taken yet, end the flows still
+        open (reason ``interrupted``, so that they get records) and count their events too."""
+        dispatcher = stack._dispatcher
+        if sub is not None:
             while True:
                 try:
-                    batch = await sub.receive_batch()
-                except trio.EndOfChannel:
-                    return
-                ring.extend(batch)
-                for ev in batch:
-                    kind = ev.kind
-                    counts[kind] = counts.get(kind, 0) + 1
+                    self._count(sub.receive_batch_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+        if stack.finished.is_set():
+            return
+        while True:
+            done = stack.engine.finish(EndReason.INTERRUPTED)
+            dispatcher.dispatch()
+            if sub is not None:
+                self._count(dispatcher.drain(sub._id))
+            if done:
+                return
+
+    def _count(self, batch: list) -> None:
+        counts = self._counts
+        self._recent.extend(batch)
+        for ev in batch:
+            kind = ev.kind
+            counts[kind] = counts.get(kind, 0) + 1
+
+    async def _collect(self, sub) -> None:
+        while True:
+            try:
+                batch = await sub.receive_batch()
+            except trio.EndOfChannel:
+                return
+            self._count(batch)
 
     async def _show_progress(self, scope) -> None:
         with scope:
