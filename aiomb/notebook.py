@@ -42,6 +42,9 @@ PROGRESS_EVERY = 0.25
 
 _STACK_OPTIONS = ("batch_size", "max_batches")
 
+_running = None
+"""The handle whose run is going on in this thread's loop, if any (Trio runs one at a time per thread)."""
+
 
 @attrs.frozen(kw_only=True)
 class RunStatistics:
@@ -547,6 +550,9 @@ class BackgroundStack:
 
     def _finished(self, outcome) -> None:
         """The guest run's done callback (in the loop's thread)."""
+        global _running
+        if _running is self:
+            _running = None
         self._elapsed = time.monotonic() - self._started
         try:
             outcome.unwrap()
@@ -589,7 +595,9 @@ def start(source, *, setup=None, run=None, events=DEFAULT_EVENTS, recent: int = 
 
     Raises RuntimeError when no asyncio loop is running (a plain script: call it from a coroutine
     under ``asyncio.run()`` and ``await h.wait()``, or use ``trio.run`` with
-    :func:`aiomb.open_stack`), TypeError/ValueError for bad arguments or engine options. Errors
+    :func:`aiomb.open_stack`) and while another Trio run is going on in this thread (another handle's:
+    Trio runs one at a time per thread, so ``await h.wait()`` on it first), TypeError/ValueError for
+    bad arguments or engine options. Errors
     of the run itself (the source cannot be opened, a handler raised) are re-raised by ``await
     h.wait()``. Layer: notebook; does not block.
     """
@@ -600,6 +608,14 @@ def start(source, *, setup=None, run=None, events=DEFAULT_EVENTS, recent: int = 
             "aiomb.notebook.start() runs the stack in the background of a running asyncio loop, such as a "
             "Jupyter kernel's, and none is running here. In a script, call it from a coroutine run by "
             "asyncio.run() and `await handle.wait()`, or use trio.run() with aiomb.open_stack()") from None
+    global _running
+    if trio.lowlevel.in_trio_run():
+        what = repr(_running) if _running is not None else "not started by aiomb"
+        raise RuntimeError(
+            f"aiomb.notebook.start(): another Trio run is going on in this thread ({what}): Trio runs one at a time "
+            "per thread, so this one cannot start before it is over. `await h.wait()` on the running handle first "
+            "(after `h.stop()` to end it now), or do both jobs in one run (setup= and run= take several "
+            "subscriptions and coroutines)")
     if isinstance(source, (str, os.PathLike)):
         source = capture(source)
     elif not callable(getattr(source, "receive", None)):
@@ -621,6 +637,7 @@ def start(source, *, setup=None, run=None, events=DEFAULT_EVENTS, recent: int = 
     handle = BackgroundStack(source, loop=loop, setup=setup, run=run, events=events, recent=recent,
                              interval=interval, progress=progress, stack_options=stack_options,
                              engine_options=options)
+    _running = handle
     trio.lowlevel.start_guest_run(
         handle._main, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
         run_sync_soon_not_threadsafe=loop.call_soon, done_callback=handle._finished,

@@ -136,6 +136,21 @@ def test_stop_counts_every_event_up_to_the_stop(tmp_path, after):
     assert sorted(str(ev.reason) for ev in ends) == sorted(reasons)
 
 
+def test_a_second_start_while_a_run_is_going_on_says_what_to_do():
+    async def main():
+        first = aiomb.notebook.start(DEMO, progress=False)
+        with pytest.raises(RuntimeError, match=r"^aiomb\.notebook\.start\(\): another Trio run is going on in this "
+                                               r"thread \(<BackgroundStack .*demo\.pcapng.*\): .*`await h\.wait\(\)`"):
+            aiomb.notebook.start(DEMO, progress=False)
+        await first.wait()
+        second = aiomb.notebook.start(DEMO, progress=False)        # once it is over, another may start
+        await second.wait()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert (first.state, second.state, second.statistics().packets) == ("finished", "finished", 51)
+
+
 def test_html_views_escape_what_they_show():
     counts = aiomb.MalformedCounts({"<script>": 2})
     assert counts._repr_html_() == ('<table><tr><th style="text-align:left">reason</th><th style="text-align:left">'
