@@ -9,9 +9,10 @@ own, at most ``limit`` at once. Nothing here decides who gets which event: the d
 
 Backpressure. A side's queue holds at most ``max_chunks`` items. When it is full the pump waits
 for the coroutine (a capture pauses; counted) while the task that last read that side is busy:
-running, or awaiting anything outside its flow. When no task reads that side, or the reader is
-itself waiting on its flow for something else (another side's bytes, ``wait``, ``ended``,
-``sleep``), waiting would never end, so the bytes the queue cannot take become a hole, counted in
+running, or awaiting something the stack does not deliver (a socket, ``trio.sleep``). When no
+task reads that side, or the reader is itself waiting for the stack (its flow's events or bytes,
+``sleep``, a ``stack.timer``, a subscription's batch, another flow's stream: ``Stack._blocking``),
+waiting would never end, so the bytes the queue cannot take become a hole, counted in
 ``overruns``, that the stream reports where it is (never glued over).
 """
 
@@ -220,8 +221,6 @@ class FlowTask:
         self._seen: dict = {}               # (kind, side or None) -> the first such event
         self._end = None                    # the flow's CONN_END / UDP_END event
         self._waiter = None                 # an Event wait()/ended() wait on (made when one does)
-        self._progress = None               # an Event the pump waits on, set when the coroutine moves
-        self._blocked: set = set()          # tasks waiting in this flow's methods
         self._scope = trio.CancelScope()
         self._state = "queued"
         self._streams = tuple(FlowStream(self, s, group.gaps, group.max_chunks) if s in group.sides else None
@@ -317,13 +316,9 @@ class FlowTask:
         """Sleep ``seconds`` on the stack's clock (packet time on captures). Blocks; the flow's end
         cancels it, as it cancels the coroutine."""
         timer = self._group._stack.timer(seconds)
-        task = trio.lowlevel.current_task()
-        self._blocked.add(task)         # the pump must not wait for a task that waits for the pump
-        self._poke()
         try:
-            await timer.wait()
+            await timer.wait()          # the pump does not wait for a task waiting for it
         finally:
-            self._blocked.discard(task)
             timer.cancel()
 
     @contextlib.contextmanager
@@ -349,13 +344,8 @@ class FlowTask:
         waiter = owner._waiter
         if waiter is None:
             waiter = owner._waiter = trio.Event()
-        task = trio.lowlevel.current_task()
-        self._blocked.add(task)
-        self._poke()
-        try:
+        with self._group._stack._blocking():
             await waiter.wait()
-        finally:
-            self._blocked.discard(task)
 
     def _wake(self, owner) -> None:
         """Wake the tasks waiting on ``owner``; the pump then gives them turns until they wait again."""
@@ -367,14 +357,12 @@ class FlowTask:
                 self._group._behind.add(self)
 
     def _poke(self) -> None:
-        if self._progress is not None:
-            self._progress.set()
-            self._progress = None
+        self._group._stack._poke()
 
     def _may_wait_for(self, stream: FlowStream) -> bool:
-        """Whether the pump may wait for room in ``stream``: its reader is busy, not waiting on the flow."""
+        """Whether the pump may wait for room in ``stream``: its reader is busy, not waiting for the stack."""
         reader = stream._consumer
-        return (self._state == "running" and reader is not None and reader not in self._blocked
+        return (self._state == "running" and reader is not None and reader not in self._group._stack._blocked
                 and inspect.getcoroutinestate(reader.coro) != inspect.CORO_CLOSED)
 
     async def _deliver(self, events: list, ended: bool) -> None:
@@ -432,8 +420,7 @@ class FlowTask:
                 paused = True
                 group._pauses += 1
                 group._stack._pauses += 1
-            self._progress = progress = trio.Event()
-            await progress.wait()
+            await group._stack._wait_for_progress()
             if self._state == "done":
                 return
         stream._items.append(item)
@@ -537,6 +524,7 @@ class PerFlow:
         finally:
             self._queue.clear()
             self.done.set()
+            self._stack._settle()
         if self._error is not None:
             raise self._error                       # a coroutine's error (errors="raise"), as itself
 
@@ -576,6 +564,7 @@ class PerFlow:
                     failed = True
                     if self.errors == "raise" and self._error is None:
                         self._error = exc           # the first one fails the stack; later ones are logged
+                        self._stack._fail(exc)      # stack.run() raises it
                         self._nursery.cancel_scope.cancel()
                     else:
                         _log.exception("per-flow coroutine %s failed on flow %s; no longer handling that flow",

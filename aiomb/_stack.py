@@ -8,8 +8,8 @@ the send blocks and the source is not read (a capture pauses; nothing is lost). 
 that decides who gets which event is in the dispatcher; this module only moves lists.
 """
 
-from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
 
 import attrs
 import trio
@@ -152,7 +152,8 @@ class Subscription:
         self._stack.start()
         self._batches_done = self._batches_taken
         try:
-            batch = await self._recv.receive()
+            with self._stack._blocking():
+                batch = await self._recv.receive()
         except trio.ClosedResourceError:
             raise self._closed_error() from None        # closed by another task while this one waited
         self._batches_taken += 1
@@ -211,7 +212,8 @@ class StackTimer:
             self._stack.start()
             self._waiting = True
             try:
-                await self._fired.wait()
+                with self._stack._blocking():
+                    await self._fired.wait()
             finally:
                 self._waiting = False
             self._fired = trio.Event()
@@ -304,9 +306,13 @@ class Stack:
         self._timers: dict[int, StackTimer] = {}
         self._timer_sub = self._dispatcher.subscribe(EventKind.TIMER)
         self.finished = trio.Event()
+        self._settled = trio.Event()                 # run() may return (or raise _error)
+        self._error = None                           # the per-flow exception that failed the stack
         self._batches = 0
         self._pauses = 0
         self._taken = trio.lowlevel.ParkingLot()     # a consumer took a batch
+        self._blocked: set = set()                   # Trio tasks waiting for what only the pump delivers
+        self._progress = None                        # an Event the pump waits on for a per-flow reader
 
     def __repr__(self) -> str:
         return f"<Stack {self.source!r} {len(self._middleboxes)} middlebox(es)>"
@@ -362,7 +368,7 @@ class Stack:
         missed); each holds at most ``max_chunks`` chunks (then the source waits for a handler
         that is behind; see :mod:`aiomb._perflow`). Handlers run in a nursery of the stack's,
         with no limit and not cancelled at their flow's end: an exception cancels the stack and
-        reaches the caller of open_stack. Call before the source starts. Raises ValueError when
+        reaches the caller of :meth:`run` and of open_stack. Call before the source starts. Raises ValueError when
         the stack does not buffer stream bytes (``buffering=False``).
         """
         if gaps not in ("raise", "mark"):
@@ -454,11 +460,29 @@ class Stack:
 
     async def run(self) -> None:
         """Start the source; wait until it has ended, every event was handed over and every
-        per-flow coroutine (:meth:`serve`, :meth:`spawn_per_flow`) has returned."""
+        per-flow coroutine (:meth:`serve`, :meth:`spawn_per_flow`) has returned.
+
+        Raises the exception of a per-flow coroutine that failed the stack (``serve``, or
+        ``errors="raise"``) as itself, as soon as it fails (the stack is cancelled; leaving
+        ``open_stack`` raises it too). Blocks.
+        """
         self.start()
-        await self.finished.wait()
-        for group in self._per_flow:
-            await group.done.wait()
+        if self._error is None:
+            await self._settled.wait()
+        if self._error is not None:
+            raise self._error
+
+    def _settle(self) -> None:
+        """Wake run() once the source has ended and every per-flow group is done, or a coroutine failed the stack."""
+        if self._error is not None or (self.finished.is_set()
+                                       and all(group.done.is_set() for group in self._per_flow)):
+            self._settled.set()
+
+    def _fail(self, exc: BaseException) -> None:
+        """A per-flow coroutine failed the stack: run() raises ``exc`` (the first one)."""
+        if self._error is None:
+            self._error = exc
+            self._settle()
 
     def flows(self) -> list:
         """Live handles of the flows in the table now, oldest first."""
@@ -473,6 +497,30 @@ class Stack:
 
     # ---- the pump ---------------------------------------------------------------------
 
+    @contextmanager
+    def _blocking(self) -> Iterator[None]:
+        """Around a wait for what only the pump delivers (a flow's events or bytes, a timer's
+        firing, a subscription's batch): the pump never waits for room in the stream of a
+        per-flow reader inside it, which would wait for the pump in turn (see :mod:`aiomb._perflow`)."""
+        task = trio.lowlevel.current_task()
+        self._blocked.add(task)
+        self._poke()
+        try:
+            yield
+        finally:
+            self._blocked.discard(task)
+
+    def _poke(self) -> None:
+        """Wake the pump if it waits for a per-flow reader: that reader moved."""
+        if self._progress is not None:
+            self._progress.set()
+            self._progress = None
+
+    async def _wait_for_progress(self) -> None:
+        """The pump waits for a per-flow reader to take a chunk, wait for the stack or finish."""
+        self._progress = progress = trio.Event()
+        await progress.wait()
+
     async def _send(self, channel, item) -> None:
         """Hand over one item; a full channel pauses the source (counted)."""
         try:
@@ -483,6 +531,8 @@ class Stack:
                 await channel.send(item)
             except trio.BrokenResourceError:
                 pass          # the consumer closed it meanwhile
+            else:             # a cancelled stack whose consumer took the item (a stopped notebook run
+                await trio.lowlevel.checkpoint_if_cancelled()  # drains it) reads nothing more
         except trio.BrokenResourceError:
             pass
 
@@ -578,6 +628,7 @@ class Stack:
         for timer in self._timers.values():
             timer._end()
         self.finished.set()
+        self._settle()
 
 
 def check_stack_options(*, batch_size: int = 2048, max_batches: int = 16) -> None:
@@ -622,9 +673,10 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                 yield stack
                 nursery.cancel_scope.cancel()
         except BaseExceptionGroup as group:
-            if len(group.exceptions) != 1:
+            errors = list({id(exc): exc for exc in group.exceptions}.values())
+            if len(errors) != 1:
                 raise
-            raise group.exceptions[0] from None     # the nursery's group, one level only
+            raise errors[0] from None   # the nursery's group, one level only (run() raised a coroutine's error too)
     finally:
         engine.close()
         aclose = getattr(source, "aclose", None)

@@ -42,6 +42,9 @@ PROGRESS_EVERY = 0.25
 
 _STACK_OPTIONS = ("batch_size", "max_batches")
 
+_running = None
+"""The handle whose run is going on in this thread's loop, if any (Trio runs one at a time per thread)."""
+
 
 @attrs.frozen(kw_only=True)
 class RunStatistics:
@@ -410,7 +413,8 @@ class BackgroundStack:
 
     def stop(self) -> None:
         """End the run cleanly: stop reading the source, end the flows still open (reason
-        ``interrupted``; their records stay in :meth:`flows`), close the source (a live port is
+        ``interrupted``; their records stay in :meth:`flows`, their ends are counted and kept in
+        :meth:`recent_events` as every event before them), close the source (a live port is
         detached). Returns at once; ``await h.wait()`` waits until it is done. Idempotent; a run
         that is over is left as it is."""
         if self._done.done() or self._stop_requested:
@@ -491,9 +495,10 @@ class BackgroundStack:
                 if len(group.exceptions) != 1:
                     raise
                 raise group.exceptions[0] from None     # a task's error, as itself
-        if self._inner.cancelled_caught and not stack.finished.is_set():
-            while not engine.finish(EndReason.INTERRUPTED):     # stopped: the open flows get records
-                stack._dispatcher.dispatch()
+        if self._inner.cancelled_caught:
+            self._interrupt(stack, sub)
+        if sub is not None:
+            sub.close()
         if self._series is not None:
             self._series.sample(engine.statistics(), 0)     # the last, partial bin
         self._ended.extend(engine.take_records())
@@ -502,18 +507,40 @@ class BackgroundStack:
         async for fired in ticks:       # the stack stops the capture at each tick: the counters are that moment's
             self._series.sample(engine.statistics(), fired)
 
-    async def _collect(self, sub) -> None:
-        ring, counts = self._recent, self._counts
-        async with sub:
+    def _interrupt(self, stack, sub) -> None:
+        """Stopped: count what the subscription was handed and not taken yet, end the flows still
+        open (reason ``interrupted``, so that they get records) and count their events too."""
+        dispatcher = stack._dispatcher
+        if sub is not None:
             while True:
                 try:
-                    batch = await sub.receive_batch()
-                except trio.EndOfChannel:
-                    return
-                ring.extend(batch)
-                for ev in batch:
-                    kind = ev.kind
-                    counts[kind] = counts.get(kind, 0) + 1
+                    self._count(sub.receive_batch_nowait())
+                except (trio.WouldBlock, trio.EndOfChannel):
+                    break
+        if stack.finished.is_set():
+            return
+        while True:
+            done = stack.engine.finish(EndReason.INTERRUPTED)
+            dispatcher.dispatch()
+            if sub is not None:
+                self._count(dispatcher.drain(sub._id))
+            if done:
+                return
+
+    def _count(self, batch: list) -> None:
+        counts = self._counts
+        self._recent.extend(batch)
+        for ev in batch:
+            kind = ev.kind
+            counts[kind] = counts.get(kind, 0) + 1
+
+    async def _collect(self, sub) -> None:
+        while True:
+            try:
+                batch = await sub.receive_batch()
+            except trio.EndOfChannel:
+                return
+            self._count(batch)
 
     async def _show_progress(self, scope) -> None:
         with scope:
@@ -523,6 +550,9 @@ class BackgroundStack:
 
     def _finished(self, outcome) -> None:
         """The guest run's done callback (in the loop's thread)."""
+        global _running
+        if _running is self:
+            _running = None
         self._elapsed = time.monotonic() - self._started
         try:
             outcome.unwrap()
@@ -565,7 +595,9 @@ def start(source, *, setup=None, run=None, events=DEFAULT_EVENTS, recent: int = 
 
     Raises RuntimeError when no asyncio loop is running (a plain script: call it from a coroutine
     under ``asyncio.run()`` and ``await h.wait()``, or use ``trio.run`` with
-    :func:`aiomb.open_stack`), TypeError/ValueError for bad arguments or engine options. Errors
+    :func:`aiomb.open_stack`) and while another Trio run is going on in this thread (another handle's:
+    Trio runs one at a time per thread, so ``await h.wait()`` on it first), TypeError/ValueError for
+    bad arguments or engine options. Errors
     of the run itself (the source cannot be opened, a handler raised) are re-raised by ``await
     h.wait()``. Layer: notebook; does not block.
     """
@@ -576,6 +608,14 @@ def start(source, *, setup=None, run=None, events=DEFAULT_EVENTS, recent: int = 
             "aiomb.notebook.start() runs the stack in the background of a running asyncio loop, such as a "
             "Jupyter kernel's, and none is running here. In a script, call it from a coroutine run by "
             "asyncio.run() and `await handle.wait()`, or use trio.run() with aiomb.open_stack()") from None
+    global _running
+    if trio.lowlevel.in_trio_run():
+        what = repr(_running) if _running is not None else "not started by aiomb"
+        raise RuntimeError(
+            f"aiomb.notebook.start(): another Trio run is going on in this thread ({what}): Trio runs one at a time "
+            "per thread, so this one cannot start before it is over. `await h.wait()` on the running handle first "
+            "(after `h.stop()` to end it now), or do both jobs in one run (setup= and run= take several "
+            "subscriptions and coroutines)")
     if isinstance(source, (str, os.PathLike)):
         source = capture(source)
     elif not callable(getattr(source, "receive", None)):
@@ -597,6 +637,7 @@ def start(source, *, setup=None, run=None, events=DEFAULT_EVENTS, recent: int = 
     handle = BackgroundStack(source, loop=loop, setup=setup, run=run, events=events, recent=recent,
                              interval=interval, progress=progress, stack_options=stack_options,
                              engine_options=options)
+    _running = handle
     trio.lowlevel.start_guest_run(
         handle._main, run_sync_soon_threadsafe=loop.call_soon_threadsafe,
         run_sync_soon_not_threadsafe=loop.call_soon, done_callback=handle._finished,

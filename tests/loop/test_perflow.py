@@ -184,6 +184,41 @@ async def test_a_side_nobody_reads_becomes_a_hole_past_its_bound_instead_of_a_de
     assert (per_flow.statistics().overruns, per_flow.statistics().overrun_bytes) == (6, 12)
 
 
+@pytest.mark.parametrize("waits_for", ["a stack timer", "a subscription"])
+async def test_a_reader_waiting_for_the_stack_is_not_waited_for(tmp_path, autojump_clock, waits_for):
+    c = TcpConversation(ts_step=0.1)
+    c.handshake()
+    for i in range(40):
+        c.send("client", b"%02d" % i)
+    c.fin("client")
+    c.fin("server")
+    c.ack("client")
+    got = []
+
+    async def handle(flow):
+        stream = flow.stream(Side.CLIENT)
+        got.append(await stream.receive())
+        if waits_for == "a stack timer":
+            await stack.timer(1.0).wait()           # only the pump fires it
+        else:
+            await sub.receive_batch()               # only the pump fills it
+        try:
+            async for chunk in stream:
+                got.append(chunk)
+        except aiomb.StreamGap as gap:
+            got.append(("gap", gap.offset, gap.length))
+
+    with trio.fail_after(60):                       # the autojump clock: a deadlock fails at once
+        async with aiomb.open_stack(capture_of(tmp_path, c.frames), batch_size=1) as stack:
+            sub = stack.subscribe(aiomb.CONN_END)
+            per_flow = stack.spawn_per_flow(handle, max_chunks=4)
+            await stack.run()
+    stats = per_flow.statistics()
+    assert got[:5] == [b"00", b"01", b"02", b"03", b"04"]        # max_chunks held, then a hole
+    assert got[5][:2] == ("gap", 10) and 0 < got[5][2] <= stats.overrun_bytes
+    assert stats.finished == 1 and stats.pauses == 0
+
+
 # -- exceptions ----------------------------------------------------------------------------
 
 
@@ -219,6 +254,33 @@ async def test_errors_raise_fails_the_stack_with_the_exception_itself(tmp_path):
         async with aiomb.open_stack(capture_of(tmp_path, open_flows(5))) as stack:
             stack.spawn_per_flow(handle, errors="raise")
             await stack.run()
+
+
+@pytest.mark.parametrize("late", [False, True])
+@pytest.mark.parametrize("api", ["spawn_per_flow", "serve"])
+async def test_run_raises_the_error_of_a_coroutine_that_fails_the_stack(tmp_path, api, late):
+    after_run = []
+
+    async def handle(flow):             # late: at the flow's end, in the capture's last batch
+        await (flow.ended() if late else flow.wait(ESTABLISHED))
+        raise KeyError("bad flow")
+
+    async def handler(flow, client, server):
+        await client.receive()
+        if late:
+            await stack.finished.wait()     # serve's handlers outlive their flow
+        raise KeyError("bad flow")
+
+    with pytest.raises(KeyError, match="bad flow"):
+        async with aiomb.open_stack(capture_of(tmp_path, open_flows(1))) as stack:
+            if api == "serve":
+                stack.serve(handler)
+            else:
+                stack.spawn_per_flow(handle, errors="raise")
+            with pytest.raises(KeyError, match="bad flow"):
+                await stack.run()               # not a normal return, nor trio.Cancelled
+            after_run.append("ran")
+    assert after_run == ["ran"]
 
 
 # -- the flow's end and the stack's exit ------------------------------------------------------

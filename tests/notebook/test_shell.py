@@ -10,6 +10,7 @@ import pytest
 
 import aiomb
 import aiomb.notebook
+import aiomb.testing
 from aiomb.flows import _html
 
 from .kernel import REPO
@@ -96,6 +97,58 @@ def test_stop_before_the_first_turn_opens_nothing():
 
     h = asyncio.run(main())
     assert (h.state, len(h.flows()), h.statistics().stack) == ("stopped", 0, None)
+
+
+@pytest.mark.parametrize("after", [300, 1000, 2500])
+def test_stop_counts_every_event_up_to_the_stop(tmp_path, after):
+    frames = []
+    for i in range(200):                # overlapping flows: many are open at any moment
+        c = aiomb.testing.TcpConversation((f"10.1.{i // 250}.{i % 250 + 1}", 1024 + i), start_ts=1.0 + i * 0.05,
+                                               ts_step=0.1)
+        c.handshake()
+        for _ in range(5):
+            c.send("client", b"x")
+            c.ack("server")
+        c.fin("client")
+        c.fin("server")
+        c.ack("client")
+        frames += c.frames
+    path = tmp_path / "many.pcap"
+    aiomb.testing.write_pcap(path, sorted(frames, key=lambda f: f[0]))
+
+    async def main():
+        h = aiomb.notebook.start(str(path), progress=False, batch_size=8, max_batches=1)
+        await h.ready()
+        while h.statistics().packets < after:
+            await asyncio.sleep(0)
+        h.stop()
+        await h.wait()
+        return h
+
+    h = asyncio.run(main())
+    records = list(h.flows())
+    reasons = [str(row["end_reason"]) for row in records]
+    counts = {str(k): n for k, n in h.event_counts().items()}
+    assert h.state == "stopped" and 0 < reasons.count("interrupted") and "open" not in reasons
+    assert counts["CONN_START"] == h.statistics().stack.engine.flows_created == len(records)
+    assert counts["CONN_END"] == len(records)                       # the interrupted ones too
+    ends = [ev for ev in h.recent_events() if ev.kind is aiomb.CONN_END]
+    assert sorted(str(ev.reason) for ev in ends) == sorted(reasons)
+
+
+def test_a_second_start_while_a_run_is_going_on_says_what_to_do():
+    async def main():
+        first = aiomb.notebook.start(DEMO, progress=False)
+        with pytest.raises(RuntimeError, match=r"^aiomb\.notebook\.start\(\): another Trio run is going on in this "
+                                               r"thread \(<BackgroundStack .*demo\.pcapng.*\): .*`await h\.wait\(\)`"):
+            aiomb.notebook.start(DEMO, progress=False)
+        await first.wait()
+        second = aiomb.notebook.start(DEMO, progress=False)        # once it is over, another may start
+        await second.wait()
+        return first, second
+
+    first, second = asyncio.run(main())
+    assert (first.state, second.state, second.statistics().packets) == ("finished", "finished", 51)
 
 
 def test_html_views_escape_what_they_show():
