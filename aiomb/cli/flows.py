@@ -209,7 +209,7 @@ def parse_collector(text: str) -> tuple:
         from .._ipfix import IPFIX_PORT
 
         return transport, host, IPFIX_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UsageError(f"bad --ipfix {text!r}: the port must be a number from 1 to 65535; {example}")
     return transport, host, int(port)
 

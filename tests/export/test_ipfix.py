@@ -240,6 +240,9 @@ def test_collector_addresses(text, parsed):
     ("sctp://h:1", "unknown transport 'sctp'"), ("::1:4739", r"an IPv6 address goes in brackets \(\[ADDR\]:PORT\)"),
     ("[::1", "an IPv6 address goes in brackets, then :PORT"), ("h:0", "the port must be a number from 1 to 65535"),
     ("h:http", "the port must be a number from 1 to 65535"), (":4739", "no host"),
+    ("h:\u00b2", "the port must be a number from 1 to 65535"),       # superscript 2: isdigit(), not int()
+    ("h:\u2460", "the port must be a number from 1 to 65535"),       # circled 1: the same
+    ("h:\u0661", "the port must be a number from 1 to 65535"),       # Arabic-Indic 1: int() reads it as 1
 ])
 def test_bad_collector_addresses_name_the_problem_and_the_form(text, problem):
     with pytest.raises(UsageError, match=rf"bad --ipfix .*: {problem}; give HOST:PORT, udp://HOST:PORT or "
