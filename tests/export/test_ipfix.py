@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 import aiomb
@@ -102,6 +103,34 @@ def test_every_element_of_every_flow_reaches_the_collector(udp_collector):
     assert sorted(rec[0, 148] for rec in collector.records) == sorted(rows)
     for rec in collector.records:
         check_record(rec, rows[rec[0, 148]], times[rec[0, 148]])
+
+
+def test_microsecond_times_leave_the_fraction_s_low_11_bits_zero_and_decode_exactly():
+    """dateTimeMicroseconds (RFC 7011 section 6.1.9): the 11 low-order bits of the NTP fraction
+    are zero, and every microsecond of a second decodes to itself whether a collector truncates
+    (masking with 0xFFFFF800, as YAF/libfixbuf do) or rounds (as ipfix_reader.py does); the
+    nanosecond time is first rounded to the nearest microsecond, halves up."""
+    from aiomb._core import RECORD_SIZE, ipfix_data
+    from aiomb._ipfix import ELEMENTS, _program
+
+    records, _ = run(conversations())
+    row = bytes(memoryview(records))[:RECORD_SIZE]
+    assert records[0]["client_ip"] == "10.0.0.1"            # an IPv4 row
+    start = next(e for e in ELEMENTS if e.number == 154)
+    offset = dict((name, off) for name, _, off in aiomb._core.RECORD_FIELDS)["first_ts"]
+    second = 1_700_000_000
+    chunk = 100_000
+    for first in range(0, 1_000_000, chunk):
+        us = np.arange(first, first + chunk, dtype=np.int64)
+        ns = second * 10 ** 9 + us * 1000 + us % 1000 - 500      # -500 to +499 ns around the microsecond
+        rows = np.tile(np.frombuffer(row, np.uint8), (chunk, 1))
+        rows[:, offset:offset + 8] = ns.astype("<i8").view(np.uint8).reshape(chunk, 8)
+        out = np.frombuffer(ipfix_data(aiomb.FlowRecords.frombytes(rows.tobytes()), 4, _program([start]), 8), ">u8")
+        assert (out >> 32 == second + 2208988800).all()
+        fraction = (out & 0xFFFFFFFF).astype(np.uint64)
+        assert (fraction & 0x7FF == 0).all()
+        assert ((fraction & 0xFFFFF800) * 10 ** 6 >> 32 == us).all()
+        assert ((fraction * 10 ** 6 + 2 ** 31) >> 32 == us).all()
 
 
 def test_udp_messages_fit_the_mtu_and_carry_sequence_numbers_and_templates_again(udp_collector):
