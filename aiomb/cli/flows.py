@@ -310,10 +310,13 @@ def cmd_flows(args) -> int:
     except (CaptureError, PortError, ExportError, WorkerError) as exc:
         error = exc
     finally:
+        if exporter is not None:
+            try:
+                exporter.close()        # over TCP: waits for the collector to read to the end
+            except ExportError as exc:
+                error = error or exc
         for s, h in handlers.items():
             signal.signal(s, h)
-        if exporter is not None:
-            exporter.close()
     if bar.enabled and not live:
         bar.draw(*source.progress(), final=True)
     if writer is not None:
