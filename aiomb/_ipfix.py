@@ -6,12 +6,18 @@ direction as reverse elements, enterprise number 29305), and aiomb's own figures
 reason, stream counters per side) as enterprise-specific elements. The core encodes the data
 records of a whole :class:`aiomb.FlowRecords` batch in C (``ipfix_data``); this module frames them
 into messages and sends them over UDP (messages under the path MTU, templates re-sent
-periodically: RFC 7011 section 8.4) or TCP (one stream, templates once). README "Exporting flows
-(IPFIX)" lists every element.
+periodically: RFC 7011 section 8.4) or TCP (one stream, templates once; a collector that closed
+the connection is seen before each write and at the end). README "Exporting flows (IPFIX)" lists
+every element.
 """
 
+import collections
+import fcntl
+import os
+import select
 import socket
 import struct
+import termios
 import time
 
 import attrs
@@ -169,15 +175,26 @@ class IpfixExporter:
     exports at once; TCP waits for the collector instead. ``clock`` gives the export time (Unix
     seconds).
 
+    A collector sends nothing over TCP, so the connection becoming readable means that it closed
+    it (or reset it): ``send`` looks before each write of up to 16 messages and then raises
+    instead of writing. ``close()`` ends the stream and waits up to ``close_timeout`` seconds
+    (default 1) for the collector to read it to the end and close its side; when it closed or reset the
+    connection before that, or its host still had bytes to take when the wait ended, the records
+    it may not have read are lost and ``close()`` raises. A collector that keeps the connection
+    open after the wait, its host holding every byte, is not an error.
+
     Raises :class:`aiomb.ExportError` when the host does not resolve, when a TCP collector refuses
-    the connection or closes it, when the socket fails; ValueError for a bad option. Over UDP a collector that is not
+    the connection or closes it (saying after how many records sent, and how many of them may be
+    lost), when the socket fails; ValueError for a bad option. Over UDP a collector that is not
     listening only counts in ``statistics().refused``. Layer: shells; ``send`` blocks while the
-    socket's buffer is full. A context manager; ``close()`` closes the socket.
+    socket's buffer is full, ``close()`` up to ``close_timeout`` seconds. A context manager (leaving it
+    on an exception closes the socket without the wait).
     """
 
     def __init__(self, host: str, port: int = IPFIX_PORT, *, transport: str = "udp", domain: int = 0,
                  pen: int = DOCUMENTATION_PEN, mtu: int = 1500, template_interval: float = 60.0,
-                 template_messages: int = 1000, rate: float | None = None, clock=time.time):
+                 template_messages: int = 1000, rate: float | None = None, close_timeout: float = 1.0,
+                 clock=time.time):
         if transport not in ("udp", "tcp"):
             raise ValueError(f"transport must be 'udp' or 'tcp', got {transport!r}")
         if rate is not None and not (rate > 0 and transport == "udp"):
@@ -188,8 +205,12 @@ class IpfixExporter:
             raise ValueError(f"pen must be a private enterprise number (1 to 4294967295, not 29305), got {pen}")
         if not 0 < port < 65536:
             raise ValueError(f"port must be 1 to 65535, got {port}")
+        if not close_timeout >= 0:
+            raise ValueError(f"close_timeout (seconds close() waits for a TCP collector) must be 0 or more, "
+                             f"got {close_timeout}")
         self.host, self.port, self.transport, self.domain, self.pen = host, port, transport, domain, pen
         self.template_interval, self.template_messages, self.clock = template_interval, template_messages, clock
+        self.close_timeout = close_timeout
         self.gap = 1 / rate if rate else 0.0
         self._due = 0.0                     # the time.monotonic() at which the next message may go
         self.where = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
@@ -216,6 +237,8 @@ class IpfixExporter:
             self.message_max = min(mtu, route) - (28 if family == socket.AF_INET else 48)
         else:
             self.message_max = TCP_MESSAGE_MAX
+            self._poll = select.poll()
+            self._poll.register(self.sock, select.POLLIN)
         self.templates = {}
         for fam, tid in ((4, IPV4_TEMPLATE), (6, IPV6_TEMPLATE)):
             elements = template_elements(fam)
@@ -230,16 +253,33 @@ class IpfixExporter:
         self._records = self._messages = self._bytes = self._templates = self._refused = 0
         self._since_templates = 0
         self._templates_at = None
+        # TCP: (bytes, records) sent up to the end of each message the collector's host has not
+        # acknowledged yet (trimmed at each send), the records it holds, and whether the
+        # connection failed (ExportError raised: close() only closes the socket)
+        self._unacked = collections.deque()
+        self._acked_records = 0
+        self._failed = False
 
     def __enter__(self):
         return self
 
-    def __exit__(self, *exc) -> None:
-        self.close()
+    def __exit__(self, kind, value, tb) -> None:
+        if kind is None:
+            self.close()
+        else:
+            self.sock.close()
 
     def close(self) -> None:
-        """Close the socket (a TCP collector sees the end of the stream)."""
-        self.sock.close()
+        """Close the socket. Over TCP, end the stream first and wait up to ``close_timeout`` seconds
+        for the collector to read to its end; raises ExportError when records may be lost (see the
+        class). Closing again does nothing."""
+        if self.sock.fileno() < 0:
+            return
+        try:
+            if self.transport == "tcp" and not self._failed:
+                self._finish()
+        finally:
+            self.sock.close()
 
     def statistics(self) -> ExporterStatistics:
         return ExporterStatistics(records=self._records, messages=self._messages, bytes=self._bytes,
@@ -248,7 +288,7 @@ class IpfixExporter:
     def send(self, records) -> int:
         """Export every row of ``records``; returns how many were sent."""
         now = int(self.clock())
-        out = []                            # (header, data) per message
+        out = []                            # (header, data, data records) per message
         if self._templates_due(now):
             out.extend(self._template_messages(now))
         sent = 0
@@ -262,12 +302,11 @@ class IpfixExporter:
                 n = min(per, rows - start)
                 size = _SET.size + n * length
                 out.append((self._header(size, now) + _SET.pack(tid, size),
-                            data[start * length:(start + n) * length]))
+                            data[start * length:(start + n) * length], n))
                 self.sequence = (self.sequence + n) & 0xFFFFFFFF
                 self._since_templates += 1
                 sent += n
         self._transmit(out)
-        self._records += sent
         return sent
 
     def _templates_due(self, now: int) -> bool:
@@ -291,7 +330,7 @@ class IpfixExporter:
         return out
 
     def _template_message(self, body: bytes, now: int) -> tuple:
-        return self._header(_SET.size + len(body), now) + _SET.pack(TEMPLATE_SET, _SET.size + len(body)), body
+        return self._header(_SET.size + len(body), now) + _SET.pack(TEMPLATE_SET, _SET.size + len(body)), body, 0
 
     def _pace(self) -> None:
         """Wait until the next message may go at ``rate`` messages a second."""
@@ -304,31 +343,101 @@ class IpfixExporter:
         return _HEADER.pack(10, _HEADER.size + set_bytes, now & 0xFFFFFFFF, self.sequence, self.domain)
 
     def _transmit(self, messages) -> None:
-        if not messages:
+        if self.transport == "tcp":
+            self._write(messages)
             return
-        size = sum(len(h) + len(d) for h, d in messages)
         try:
-            if self.transport == "tcp":
-                for start in range(0, len(messages), TCP_WRITE_MESSAGES):
-                    self.sock.sendall(b"".join(b for m in messages[start:start + TCP_WRITE_MESSAGES] for b in m))
-            else:
-                self._send_datagrams(messages)
+            self._send_datagrams(messages)
         except OSError as exc:
-            raise ExportError(f"IPFIX collector {self.where}: the {self.transport.upper()} export failed "
-                              f"({exc.strerror}) after {self._records} records") from None
-        self._messages += len(messages)
-        self._bytes += size
+            raise ExportError(f"IPFIX collector {self.where}: the UDP export failed ({exc.strerror}) after "
+                              f"{self._records} records") from None
+
+    def _count(self, header: bytes, data, records: int) -> None:
+        self._messages += 1
+        self._bytes += len(header) + len(data)
+        self._records += records
 
     def _send_datagrams(self, messages) -> None:
         sendmsg = self.sock.sendmsg
-        for m in messages:
+        for header, data, records in messages:
             if self.gap:
                 self._pace()
             try:
-                sendmsg(m)
+                sendmsg((header, data))
             except ConnectionRefusedError:      # an earlier datagram met a closed port: this one
                 self._refused += 1              # was not sent, and the error is cleared
                 try:
-                    sendmsg(m)
+                    sendmsg((header, data))
                 except ConnectionRefusedError:
                     self._refused += 1
+            self._count(header, data, records)
+
+    def _write(self, messages) -> None:
+        """Write the messages to the TCP stream, up to TCP_WRITE_MESSAGES at a time, each write
+        once the collector is seen not to have closed the connection."""
+        self._unacked_records(self._unacked_bytes())
+        for start in range(0, len(messages), TCP_WRITE_MESSAGES):
+            batch = messages[start:start + TCP_WRITE_MESSAGES]
+            if self._poll.poll(0) and self._ended():
+                raise self._lost("the collector closed the connection", self._unacked_records(self._unacked_bytes()))
+            try:
+                self.sock.sendall(b"".join(b for header, data, _ in batch for b in (header, data)))
+            except OSError as exc:
+                raise self._lost(exc.strerror, self._records) from None
+            for m in batch:
+                self._count(*m)
+                self._unacked.append((self._bytes, self._records))
+
+    def _ended(self) -> bool:
+        """Whether the TCP collector has closed its side of the connection (when it is readable).
+        Raises ExportError when the collector reset it."""
+        try:
+            error = self.sock.getsockopt(socket.SOL_SOCKET, socket.SO_ERROR)
+            if error:
+                raise OSError(error, os.strerror(error))
+            return self.sock.recv(4096, socket.MSG_DONTWAIT) == b""     # (a collector's bytes: dropped)
+        except BlockingIOError:
+            return False
+        except OSError as exc:
+            raise self._lost(exc.strerror, self._records) from None
+
+    def _unacked_bytes(self, fin: int = 0) -> int:
+        """The bytes sent that the collector's host has not acknowledged; ``fin`` is 1 once our end
+        of stream is sent (it counts as one in the socket's queue until acknowledged)."""
+        queued = struct.unpack("i", fcntl.ioctl(self.sock.fileno(), termios.TIOCOUTQ, b"\0" * 4))[0]
+        return max(queued - fin, 0)
+
+    def _unacked_records(self, unacked_bytes: int) -> int:
+        """The records sent in messages not wholly acknowledged, the last ``unacked_bytes`` sent
+        being unacknowledged."""
+        acked = self._bytes - unacked_bytes
+        while self._unacked and self._unacked[0][0] <= acked:
+            self._acked_records = self._unacked.popleft()[1]
+        return self._records - self._acked_records
+
+    def _finish(self) -> None:
+        """End the TCP stream and wait up to ``close_timeout`` seconds for the collector to close its side."""
+        try:
+            self.sock.shutdown(socket.SHUT_WR)
+        except OSError:
+            pass                            # reset already: _ended says so
+        deadline = time.monotonic() + self.close_timeout
+        ended = False
+        while not ended:
+            left = deadline - time.monotonic()
+            if left <= 0 or not self._poll.poll(max(1, int(left * 1000 + 0.5))):
+                break
+            ended = self._ended()
+        unacked = self._unacked_bytes(fin=1)
+        lost = self._unacked_records(unacked)
+        if lost:
+            raise self._lost("the collector closed the connection" if ended else
+                             f"the collector did not take the last {unacked} bytes in {self.close_timeout:g} s", lost)
+
+    def _lost(self, what: str, lost: int) -> ExportError:
+        """The ExportError of a TCP collector that closed or reset the connection (``what``), with
+        ``lost`` of the records sent that it may not have read."""
+        self._failed = True
+        tail = f", of which up to {lost} may be lost" if lost else ""
+        return ExportError(f"IPFIX collector {self.where}: the TCP export failed ({what}) after {self._records} "
+                           f"records{tail}")

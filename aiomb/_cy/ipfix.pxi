@@ -48,10 +48,13 @@ cdef inline void put_be(uint8_t *p, uint64_t v, int n) noexcept nogil:
 
 
 cdef inline uint64_t ntp_us(int64_t ns) noexcept nogil:
-    """An ns Unix time as a 64-bit NTP timestamp rounded to the microsecond (RFC 7011 6.1.9)."""
+    """An ns Unix time as a 64-bit NTP timestamp to the microsecond (RFC 7011 6.1.9): the time
+    rounded to the nearest microsecond, halves up; its fraction of a second in units of 2**-21 s
+    (the 11 low-order bits zero), the first at or after the microsecond. That unit is under half a
+    microsecond, so the value decodes to the microsecond whether a collector truncates or rounds."""
     cdef int64_t us = (ns + 500) // 1000
     cdef uint64_t sec = <uint64_t>(us // 1000000) + NTP_EPOCH_OFFSET
-    cdef uint64_t frac = ((<uint64_t>(us % 1000000) << 32) + 500000) // 1000000
+    cdef uint64_t frac = (((<uint64_t>(us % 1000000) << 21) + 999999) // 1000000) << 11
     return (sec << 32) | frac
 
 

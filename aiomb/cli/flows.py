@@ -209,7 +209,7 @@ def parse_collector(text: str) -> tuple:
         from .._ipfix import IPFIX_PORT
 
         return transport, host, IPFIX_PORT
-    if not port.isdigit() or not 0 < int(port) < 65536:
+    if not (port.isascii() and port.isdigit()) or not 0 < int(port) < 65536:
         raise UsageError(f"bad --ipfix {text!r}: the port must be a number from 1 to 65535; {example}")
     return transport, host, int(port)
 
@@ -310,10 +310,13 @@ def cmd_flows(args) -> int:
     except (CaptureError, PortError, ExportError, WorkerError) as exc:
         error = exc
     finally:
+        if exporter is not None:
+            try:
+                exporter.close()        # over TCP: waits for the collector to read to the end
+            except ExportError as exc:
+                error = error or exc
         for s, h in handlers.items():
             signal.signal(s, h)
-        if exporter is not None:
-            exporter.close()
     if bar.enabled and not live:
         bar.draw(*source.progress(), final=True)
     if writer is not None:

@@ -4,11 +4,14 @@ sequence numbers, template refresh over UDP, one stream over TCP, and the errors
 
 import json
 import re
+import select
 import socket
 import subprocess
 import sys
 import time
+from concurrent.futures import ThreadPoolExecutor
 
+import numpy as np
 import pytest
 
 import aiomb
@@ -104,6 +107,34 @@ def test_every_element_of_every_flow_reaches_the_collector(udp_collector):
         check_record(rec, rows[rec[0, 148]], times[rec[0, 148]])
 
 
+def test_microsecond_times_leave_the_fraction_s_low_11_bits_zero_and_decode_exactly():
+    """dateTimeMicroseconds (RFC 7011 section 6.1.9): the 11 low-order bits of the NTP fraction
+    are zero, and every microsecond of a second decodes to itself whether a collector truncates
+    (masking with 0xFFFFF800, as YAF/libfixbuf do) or rounds (as ipfix_reader.py does); the
+    nanosecond time is first rounded to the nearest microsecond, halves up."""
+    from aiomb._core import RECORD_SIZE, ipfix_data
+    from aiomb._ipfix import ELEMENTS, _program
+
+    records, _ = run(conversations())
+    row = bytes(memoryview(records))[:RECORD_SIZE]
+    assert records[0]["client_ip"] == "10.0.0.1"            # an IPv4 row
+    start = next(e for e in ELEMENTS if e.number == 154)
+    offset = dict((name, off) for name, _, off in aiomb._core.RECORD_FIELDS)["first_ts"]
+    second = 1_700_000_000
+    chunk = 100_000
+    for first in range(0, 1_000_000, chunk):
+        us = np.arange(first, first + chunk, dtype=np.int64)
+        ns = second * 10 ** 9 + us * 1000 + us % 1000 - 500      # -500 to +499 ns around the microsecond
+        rows = np.tile(np.frombuffer(row, np.uint8), (chunk, 1))
+        rows[:, offset:offset + 8] = ns.astype("<i8").view(np.uint8).reshape(chunk, 8)
+        out = np.frombuffer(ipfix_data(aiomb.FlowRecords.frombytes(rows.tobytes()), 4, _program([start]), 8), ">u8")
+        assert (out >> 32 == second + 2208988800).all()
+        fraction = (out & 0xFFFFFFFF).astype(np.uint64)
+        assert (fraction & 0x7FF == 0).all()
+        assert ((fraction & 0xFFFFF800) * 10 ** 6 >> 32 == us).all()
+        assert ((fraction * 10 ** 6 + 2 ** 31) >> 32 == us).all()
+
+
 def test_udp_messages_fit_the_mtu_and_carry_sequence_numbers_and_templates_again(udp_collector):
     records, _ = run(conversations())
     batch = aiomb.FlowRecords()
@@ -162,21 +193,106 @@ def test_tcp_is_one_stream_with_the_templates_once():
     with socket.create_server(("127.0.0.1", 0)) as server:
         server.settimeout(10)
         exporter = aiomb.IpfixExporter(*server.getsockname(), transport="tcp", template_interval=0)
-        conn, _ = server.accept()
-        with exporter, conn:
+        data = tcp_collector(server)
+        with exporter:
             exporter.send(batch)
             exporter.send(records)
-            exporter.close()
-            data = b""
-            while chunk := conn.recv(1 << 20):
-                data += chunk
+            exporter.close()        # waits for the collector to read to the end of the stream
+        assert exporter.statistics().records == 1505
     collector = Collector()
-    collector.feed_stream(data)
+    collector.feed_stream(data.result(timeout=10))
     msgs = collector.messages
     assert [m.template_ids for m in msgs].count([256, 257]) == 1 and msgs[0].template_ids == [256, 257]
     assert len(collector.records) == 1505 and max(m.length for m in msgs) > 1500
     assert all(m.length <= 65535 for m in msgs)
     assert [m.sequence for m in msgs[1:]] == [sum(len(p.records) for p in msgs[:i]) for i in range(1, len(msgs))]
+
+
+def tcp_collector(server, *, stop=None):
+    """A collector in a thread: it accepts a connection on ``server`` and reads it to its end (or
+    ``stop`` bytes), then closes it; a future of the bytes it read."""
+    def read():
+        conn, _ = server.accept()
+        with conn:
+            data = b""
+            while (stop is None or len(data) < stop) and (chunk := conn.recv(1 << 20)):
+                data += chunk
+            return data
+
+    pool = ThreadPoolExecutor(1)
+    future = pool.submit(read)
+    pool.shutdown(wait=False)
+    return future
+
+
+def test_a_tcp_collector_that_already_closed_the_connection_gets_no_record():
+    """A collector that accepts and closes at once (a FIN): the next send exports nothing and
+    says so; close() then raises nothing more."""
+    records, _ = run(conversations())
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        exporter = aiomb.IpfixExporter(*server.getsockname(), transport="tcp")
+        conn, _ = server.accept()
+        conn.close()
+        assert select.select([exporter.sock], [], [], 10)[0]       # its FIN has come
+        with exporter, pytest.raises(aiomb.ExportError, match=rf"^IPFIX collector 127.0.0.1:{server.getsockname()[1]}: "
+                                     r"the TCP export failed \(the collector closed the connection\) after 0 records$"):
+            exporter.send(records)
+        assert exporter.statistics() == aiomb.ExporterStatistics(records=0, messages=0, bytes=0, templates=1,
+                                                                 refused=0)
+        exporter.close()
+
+
+def test_a_tcp_collector_that_closes_with_records_unread_is_an_error_at_close():
+    """Sent records the collector never read (it closed with them unread: a RST) are an
+    ExportError of close(), which names how many may be lost."""
+    records, _ = run(conversations())
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        exporter = aiomb.IpfixExporter(*server.getsockname(), transport="tcp")
+        conn, _ = server.accept()
+        assert exporter.send(records) == 5
+        time.sleep(0.1)                                 # the records are in the collector's socket
+        conn.close()                                    # unread: a RST
+        with pytest.raises(aiomb.ExportError, match=r"the TCP export failed \(Connection reset by peer\) after 5 "
+                                                    r"records, of which up to 5 may be lost$"):
+            exporter.close()
+        exporter.close()                                # closed: nothing more
+
+
+def test_close_waits_a_bounded_time_for_a_tcp_collector_that_keeps_the_connection_open():
+    """Over TCP close() waits up to ``close_timeout`` seconds for the collector's end of stream. One that
+    keeps the connection open but whose host took every byte is not an error; one whose host
+    still had bytes to take at the end of the wait is, naming the records that may be lost."""
+    records, _ = run(conversations())
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        exporter = aiomb.IpfixExporter(*server.getsockname(), transport="tcp", close_timeout=0.3)
+        conn, _ = server.accept()
+        with conn:
+            exporter.send(records)
+            started = time.monotonic()
+            exporter.close()
+            assert 0.3 <= time.monotonic() - started < 2
+    batch = aiomb.FlowRecords()
+    for _ in range(200):
+        batch.extend(records)
+    with socket.socket() as server:
+        server.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)     # the accepted socket's too
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        exporter = aiomb.IpfixExporter(*server.getsockname(), transport="tcp", close_timeout=0.3)
+        conn, _ = server.accept()
+        with conn:
+            exporter.send(batch)                        # more than the collector's buffer, which it never reads
+            with pytest.raises(aiomb.ExportError, match=r"the TCP export failed \(the collector did not take the last "
+                                                        r"\d+ bytes in 0.3 s\) after 1000 records, of which up to "
+                                                        r"\d+ may be lost$") as caught:
+                exporter.close()
+    lost = int(re.search(r"up to (\d+) may be lost", str(caught.value))[1])
+    assert 0 < lost <= 1000          # (a message of up to 64 KiB counts until its host took all of it)
+
+
+def test_close_timeout_must_not_be_negative():
+    with pytest.raises(ValueError, match="close_timeout .* must be 0 or more, got -1"):
+        aiomb.IpfixExporter("127.0.0.1", close_timeout=-1)
 
 
 def free_port(kind=socket.SOCK_STREAM) -> int:
@@ -240,6 +356,9 @@ def test_collector_addresses(text, parsed):
     ("sctp://h:1", "unknown transport 'sctp'"), ("::1:4739", r"an IPv6 address goes in brackets \(\[ADDR\]:PORT\)"),
     ("[::1", "an IPv6 address goes in brackets, then :PORT"), ("h:0", "the port must be a number from 1 to 65535"),
     ("h:http", "the port must be a number from 1 to 65535"), (":4739", "no host"),
+    ("h:\u00b2", "the port must be a number from 1 to 65535"),       # superscript 2: isdigit(), not int()
+    ("h:\u2460", "the port must be a number from 1 to 65535"),       # circled 1: the same
+    ("h:\u0661", "the port must be a number from 1 to 65535"),       # Arabic-Indic 1: int() reads it as 1
 ])
 def test_bad_collector_addresses_name_the_problem_and_the_form(text, problem):
     with pytest.raises(UsageError, match=rf"bad --ipfix .*: {problem}; give HOST:PORT, udp://HOST:PORT or "
@@ -325,6 +444,49 @@ def test_the_command_ends_when_its_tcp_collector_goes_away():
     rows = [json.loads(line) for line in out.splitlines()]
     assert rows and re.search(r"the TCP export failed \((Connection reset by peer|Broken pipe)\) after 0 records",
                               err)      # the records were printed first
+
+
+def test_the_command_ends_when_its_tcp_collector_has_closed_the_connection(tmp_path):
+    """The collector accepts and closes at once (a FIN) before the first records: exit status 1 at
+    the first batch, printed and not exported (no record counted)."""
+    capture = corpus_path() / "bench/echo-connections.pcap.gz"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(60)
+        port = server.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "aiomb", "flows", "-", "--format", "jsonl", "--stats",
+                                 "--ipfix", f"tcp://127.0.0.1:{port}"], cwd=REPO, stdin=subprocess.PIPE,
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        conn, _ = server.accept()
+        conn.close()
+        time.sleep(0.2)                                         # the FIN reaches the command
+        out, err = proc.communicate(capture.read_bytes(), timeout=60)
+    err = err.decode()
+    assert proc.returncode == 1, err
+    assert out.splitlines()                                     # the records of that moment: printed
+    assert f"aiomb: IPFIX to 127.0.0.1:{port} (tcp, domain 0): 0 records in 0 messages, 0 bytes\n" in err
+    assert err.endswith(f"aiomb: error: IPFIX collector 127.0.0.1:{port}: the TCP export failed (the collector "
+                        "closed the connection) after 0 records\n")
+
+
+def test_the_command_ends_in_an_error_when_its_tcp_collector_leaves_records_unread():
+    """The collector takes the records into its socket and closes it without reading them (a RST):
+    the end of the run reports them as possibly lost, exit status 1."""
+    capture = corpus_path() / "bench/echo-connections.pcap.gz"
+    with socket.create_server(("127.0.0.1", 0)) as server:
+        server.settimeout(60)
+        port = server.getsockname()[1]
+        proc = subprocess.Popen([sys.executable, "-m", "aiomb", "flows", capture, "--stats",
+                                 "--ipfix", f"tcp://127.0.0.1:{port}"], cwd=REPO, stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+        conn, _ = server.accept()
+        assert select.select([conn], [], [], 60)[0]
+        time.sleep(0.3)                                         # the records are in its socket
+        conn.close()
+        out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 1 and out == ""
+    assert re.search(rf"IPFIX to 127.0.0.1:{port} \(tcp, domain 0\): (\d+) records in", err)[1] != "0"
+    assert re.search(rf"\naiomb: error: IPFIX collector 127.0.0.1:{port}: the TCP export failed \((Connection reset "
+                     r"by peer|Broken pipe)\) after [1-9]\d* records, of which up to [1-9]\d* may be lost\n$", err), err
 
 
 def test_the_command_without_a_collector():
