@@ -273,6 +273,8 @@ class Middlebox:
         ``packet`` is a live :class:`~aiomb.PacketView` (valid during the call). ``hook``
         (:class:`~aiomb.Hook`) restricts where it runs; only sender-hook handlers may drop.
         Returns a token for :meth:`remove`. Raises RuntimeError once the source has ended.
+        A handler may add and remove handlers: one added first runs for the next event of its
+        kind, one removed before its turn in the event under way is not called.
         """
         if self._stack.finished.is_set():
             raise RuntimeError("the stack's source has ended: an inline handler added now would never run; add "
@@ -280,7 +282,8 @@ class Middlebox:
         return self._stack.engine.add_handler(kind, handler, middlebox=self.index, hook=hook)
 
     def remove(self, token) -> None:
-        """Remove an inline handler added by :meth:`on`."""
+        """Remove an inline handler added by :meth:`on` (not called from then on, even in the
+        event under way). Raises ValueError for a token not registered (any more)."""
         self._stack.engine.remove_handler(token)
 
 

@@ -6,6 +6,11 @@
 # log when a consumer of the log (a dispatcher) wants that kind for that flow, and evaluates the
 # predicates of the custom events based on it. Nothing else calls Python per event: Event values
 # are made from the log by the dispatcher, only for the kinds someone receives.
+#
+# Handlers may add and remove handlers while they run (as DOM event listeners may): a kind's
+# list of handlers is never changed in place, add_handler and remove_handler put a new one in
+# its place, so that a dispatch under way goes on with the list it began with; a handler removed
+# meanwhile is marked, and skipped when its turn comes. No copy per event.
 
 import weakref as _weakref
 
@@ -135,6 +140,24 @@ cdef inline FlowKey flow_key(const flow_t *f, bint with_vlan):
     return key_from_flow(f, with_vlan)
 
 
+@cython.final
+cdef class HandlerToken:
+    """An inline handler as registered: what ``Engine.add_handler`` returns and
+    ``Engine.remove_handler`` takes. Opaque. Layer: core."""
+
+    cdef object kind
+    cdef object handler
+    cdef int bit
+    cdef int middlebox
+    cdef int hook                   # 0: where the event occurs, else a Hook
+    cdef bint removed               # a dispatch that began before its removal skips it
+
+    def __repr__(self):
+        hook = "" if self.hook == 0 else f" hook={Hook(self.hook).name}"
+        gone = " removed" if self.removed else ""
+        return f"<HandlerToken {self.kind.name} middlebox={self.middlebox}{hook} {self.handler!r}{gone}>"
+
+
 ctypedef struct scope_t:
     # the flows some consumers want a kind for: those of the middleboxes in ``mboxes``, and
     # those of the middleboxes in ``fmboxes`` that one of ``filters`` accepts (a superset when
@@ -168,7 +191,8 @@ cdef class Emitter:
     cdef dict custom_bits
     cdef int root_of[MAX_EVENT_BITS]
     cdef list children
-    cdef list handlers
+    cdef list handlers              # per bit, its HandlerTokens in chain order; a list is never
+                                    # changed once here (a dispatch under way may be reading it)
     cdef dict log_wants             # id(consumer) -> (weak ref, [(kind mask, middlebox mask), ...])
     cdef bint stale                 # a consumer has gone: recompute before the next packet
     cdef scope_t interest[MAX_EVENT_BITS]
@@ -226,22 +250,32 @@ cdef class Emitter:
         (<list>self.children[base]).append(bit)
         return bit
 
-    cdef object add_handler(self, object kind, object handler, int middlebox, int hook):
-        cdef int bit = self.bit_for(kind)
-        token = (bit, middlebox, hook, handler)
-        lst = <list>self.handlers[bit]
-        lst.append(token)
-        lst.sort(key=lambda t: self.eng.mbox_rank[t[1]])      # chain order
+    cdef HandlerToken add_handler(self, object kind, object handler, int middlebox, int hook):
+        """Register a handler after those of its middlebox (a new list: see ``handlers``)."""
+        cdef HandlerToken token = HandlerToken.__new__(HandlerToken)
+        token.bit = self.bit_for(kind)
+        token.kind = kind
+        token.handler = handler
+        token.middlebox = middlebox
+        token.hook = hook
+        lst = <list>self.handlers[token.bit] + [token]
+        lst.sort(key=lambda t: self.eng.mbox_rank[(<HandlerToken>t).middlebox])      # chain order
+        self.handlers[token.bit] = lst
         self.recompute()
         return token
 
     cdef int remove_handler(self, object token) except -1:
-        try:
-            (<list>self.handlers[token[0]]).remove(token)
-        except (ValueError, TypeError, IndexError):
-            raise ValueError(f"{token!r} is not a registered handler") from None
-        self.recompute()
-        return 0
+        """Unregister a handler (a new list: see ``handlers``); a dispatch under way skips it."""
+        cdef HandlerToken t
+        if isinstance(token, HandlerToken):
+            t = <HandlerToken>token
+            lst = [other for other in <list>self.handlers[t.bit] if other is not t]
+            if len(lst) < len(<list>self.handlers[t.bit]):
+                t.removed = True
+                self.handlers[t.bit] = lst
+                self.recompute()
+                return 0
+        raise ValueError(f"{token!r} is not a registered handler")
 
     cdef int want_logged(self, object consumer, list wants) except -1:
         """Log the kinds of ``wants`` ([(kind mask, middlebox mask, filter mask), ...]; filter
@@ -284,7 +318,7 @@ cdef class Emitter:
             self.interest[bit] = self.logged[bit]
             for token in <list>self.handlers[bit]:
                 self.inline_mask |= (<uint64_t>1) << bit
-                self.interest[bit].mboxes |= (<uint64_t>1) << <int>token[1]
+                self.interest[bit].mboxes |= (<uint64_t>1) << (<HandlerToken>token).middlebox
         # custom events: a base needs computing when a descendant has an interest
         for bit in range(MAX_EVENT_BITS - 1, FIRST_CUSTOM_BIT - 1, -1):
             if self.kind_objs[bit] is not None:
@@ -417,26 +451,25 @@ cdef class Emitter:
     @cython.wraparound(False)
     cdef int run_handlers(self, int bit, int32_t slot, int side, int hook, int a, int b, int64_t off,
                           int64_t length, object value, uint64_t fm) except -1:
-        """The kind's inline handlers, in chain order (reversed for server-to-client packets)."""
-        cdef list lst = <list>self.handlers[bit]
+        """The kind's inline handlers, in chain order (reversed for server-to-client packets):
+        those registered when it began, less those removed before their turn."""
+        cdef list lst = <list>self.handlers[bit]     # never changed (see ``handlers``); held here
         cdef Py_ssize_t n = len(lst), j, idx
-        cdef int hh
-        cdef tuple t
+        cdef HandlerToken t
         cdef PacketView pv
         for j in range(n):
             idx = n - 1 - j if side == 1 else j
-            t = <tuple>lst[idx]
-            hh = <int>t[2]
-            if hh == 0:
+            t = <HandlerToken>lst[idx]
+            if t.hook == 0:
                 if bit == B_PACKET_IN and hook == HOOK_RECEIVER:
                     continue
-            elif hh != hook:
+            elif t.hook != hook:
                 continue
-            if not (((<uint64_t>1) << <int>t[1]) & fm):
+            if not (((<uint64_t>1) << t.middlebox) & fm) or t.removed:
                 continue
             pv = self.set_view(bit, slot, side, hook, a, b, off, length, value)
             try:
-                t[3](pv)
+                t.handler(pv)
             finally:
                 self.let_go(pv)
         return 0

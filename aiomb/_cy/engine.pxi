@@ -385,7 +385,7 @@ cdef class Engine:
             raise ValueError("the default middlebox (0) stays for as long as its engine")
         self.check_middlebox(index)
         bit = (<uint64_t>1) << index
-        if any(token[1] == index for lst in self.em.handlers for token in lst):
+        if any((<HandlerToken>token).middlebox == index for lst in self.em.handlers for token in lst):
             raise RuntimeError(f"middlebox {index} still has inline handlers; remove them first")
         for ref, wants in self.em.log_wants.values():
             if ref() is not None and any(mb != ALL_MBOXES and mb & bit for _, mb, _ in wants):
@@ -570,7 +570,12 @@ cdef class Engine:
         """Run ``handler(packet_view)`` inline whenever ``kind`` fires for an accepted flow.
 
         ``hook`` None runs it where the event occurs; Hook.SENDER / Hook.RECEIVER restrict it
-        (PACKET_IN occurs at both). Returns a token for ``remove_handler``.
+        (PACKET_IN occurs at both). Returns a :class:`HandlerToken` for ``remove_handler``.
+
+        Handlers may add and remove handlers: an event's dispatch (a kind firing at a hook) runs
+        the handlers registered when it began, in chain order (reversed for server-to-client
+        packets), each once, except those removed before their turn; one added meanwhile first
+        runs for the next event of its kind.
         """
         self.check_middlebox(middlebox)
         if not callable(handler):
@@ -578,7 +583,8 @@ cdef class Engine:
         return self.em.add_handler(kind, handler, middlebox, 0 if hook is None else int(Hook(hook)))
 
     def remove_handler(self, token):
-        """Remove a handler added by ``add_handler``."""
+        """Remove a handler added by ``add_handler`` (not called from then on, even in the event
+        being dispatched). Raises ValueError for a token that is not registered (any more)."""
         self.em.remove_handler(token)
 
     # ---- handles --------------------------------------------------------------------------
