@@ -15,7 +15,8 @@ MALFORMED_REASONS = (
     "truncated_l2", "truncated_ip", "bad_ip_version", "bad_ip_header_length",
     "bad_ip_total_length", "bad_ipv6_extension", "truncated_tcp", "bad_tcp_header_length",
     "truncated_udp", "bad_udp_length", "bad_fragment", "unknown_linktype",
-    "bad_tcp_flags", "bad_checksum",
+    "bad_tcp_flags", "bad_checksum", "bad_ip_options", "ip_source_route",
+    "ipv6_hop_by_hop_not_first", "bad_ipv6_options", "ipv6_routing_header",
 )
 
 # ERROR event values for a limit's drop, indexed by the LIM_* numbers
@@ -776,6 +777,7 @@ cdef class Engine:
         pk.wirelen = wirelen if wirelen > caplen else caplen
         pk.ts = ts
         pk.wscale = -1
+        pk.verify_checksums = self.verify_checksums
         self.verdict = VERDICT_FORWARD
         self.n_packets += 1
         self.n_bytes += pk.wirelen
