@@ -43,7 +43,8 @@ END = 1 << 62           # how far a worker got once it has read its whole input
 # Statistics every worker counts alike (each reads every packet); the rest are summed.
 SAME_IN_EVERY_WORKER = ("packets", "bytes", "non_ip", "other_protocol", "malformed", "fragments_held",
                         "fragments_received", "fragment_memory", "max_fragment_memory", "fragments_reassembled",
-                        "fragments_expired", "fragments_evicted", "fragment_overlaps", "max_stream_memory",
+                        "fragments_expired", "fragments_evicted", "fragment_overlaps",
+                        "fragment_duplicates", "max_stream_memory",
                         "max_flows", "max_event_memory")
 LARGEST = ("stream_memory_peak", "stream_buffer_peak", "event_memory_peak")
 LIMITS = ("max_fragment_memory", "max_stream_memory", "max_flows", "max_event_memory")

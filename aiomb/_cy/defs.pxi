@@ -125,7 +125,12 @@ cdef enum:
     MAL_UNKNOWN_LINKTYPE = 11
     MAL_BAD_TCP_FLAGS = 12
     MAL_BAD_CHECKSUM = 13
-    N_MALFORMED = 14
+    MAL_BAD_IP_OPTIONS = 14             # an IPv4 option list Linux's ip_options_compile rejects
+    MAL_IP_SOURCE_ROUTE = 15            # LSRR/SSRR: dropped by Linux (accept_source_route 0)
+    MAL_IPV6_HOP_BY_HOP_NOT_FIRST = 16
+    MAL_BAD_IPV6_OPTIONS = 17           # hop-by-hop or destination options Linux's ip6_parse_tlv drops
+    MAL_IPV6_ROUTING_HEADER = 18        # a routing header Linux drops (segments left, types 2 to 4)
+    N_MALFORMED = 19
 
 # Link types (pcap LINKTYPE_*)
 cdef enum:
@@ -202,6 +207,7 @@ ctypedef struct pkt_t:
     uint32_t ts_ecr
     uint8_t bad_options     # its TCP options end at a malformed one (read up to it, as Linux does)
     uint8_t reassembled     # 1: rebuilt from IP fragments
+    uint8_t verify_checksums    # set before parsing: check each IPv4 header's checksum, fragments' too
 
 
 cdef enum:

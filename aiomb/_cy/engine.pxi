@@ -15,7 +15,8 @@ MALFORMED_REASONS = (
     "truncated_l2", "truncated_ip", "bad_ip_version", "bad_ip_header_length",
     "bad_ip_total_length", "bad_ipv6_extension", "truncated_tcp", "bad_tcp_header_length",
     "truncated_udp", "bad_udp_length", "bad_fragment", "unknown_linktype",
-    "bad_tcp_flags", "bad_checksum",
+    "bad_tcp_flags", "bad_checksum", "bad_ip_options", "ip_source_route",
+    "ipv6_hop_by_hop_not_first", "bad_ipv6_options", "ipv6_routing_header",
 )
 
 # ERROR event values for a limit's drop, indexed by the LIM_* numbers
@@ -782,6 +783,7 @@ cdef class Engine:
         pk.wirelen = wirelen if wirelen > caplen else caplen
         pk.ts = ts
         pk.wscale = -1
+        pk.verify_checksums = self.verify_checksums
         self.verdict = VERDICT_FORWARD
         self.n_packets += 1
         self.n_bytes += pk.wirelen
@@ -1447,7 +1449,8 @@ cdef class Engine:
             fragment_memory=self.frags.memory, max_fragment_memory=self.frags.max_memory,
             fragments_reassembled=self.frags.reassembled,
             fragments_expired=self.frags.expired, fragments_evicted=self.frags.evicted,
-            fragment_overlaps=self.frags.overlaps, dropped_by_verdict=self.n_dropped,
+            fragment_overlaps=self.frags.overlaps, fragment_duplicates=self.frags.duplicates,
+            dropped_by_verdict=self.n_dropped,
             events=self.em.n_events, stream_memory=self.rx.memory,
             max_stream_memory=self.rx.max_memory, buffer_overruns=self.rx.overruns,
             stream_memory_peak=self.rx.memory_peak, stream_buffer_peak=self.rx.buffer_peak,

@@ -1,19 +1,29 @@
 # IP fragment reassembly (IPv4 and IPv6), bounded: at most max_datagrams in progress, each at
 # most 65535 bytes, all of their buffers within max_memory bytes, each expired after a timeout of
-# packet time. Overlaps: first copy wins.
+# packet time. Overlaps as Linux's inet_frag_queue_insert (since FragmentSmack; RFC 5722 for
+# IPv6): a fragment that overlaps bytes held drops its datagram, unless it lies within one run of
+# held fragments (fragments that came in order, each starting where the one before ended): that
+# duplicate is ignored.
 #
 # Datagrams in progress live in a fixed array of entries, found through chained hash buckets
 # keyed by (family, protocol, source, destination, identification), and kept on an age list
 # (oldest first: the order of their first fragments), so that a fragment costs O(1) however many
 # datagrams are held, and timeouts and evictions take the list's head. A datagram's buffer grows
-# with the fragments that come (its bitmap of 8-byte units with it); what is allocated is what is
-# counted against max_memory.
+# with the fragments that come (its two bitmaps of 8-byte units with it); what is allocated is what
+# is counted against max_memory.
 
 cdef enum:
     FRAG_MAX_PAYLOAD = 65535
-    FRAG_GRAIN = 512            # buffers grow in multiples of 512 bytes (their bitmaps by 1 byte per 64)
+    FRAG_GRAIN = 512            # buffers grow in multiples of 512 bytes (their bitmaps by 2 bytes per 64)
     FRAG_MAX_CAP = 65536        # the largest buffer (FRAG_MAX_PAYLOAD rounded up to the grain)
-    FRAG_MIN_MEMORY = FRAG_MAX_CAP + FRAG_MAX_CAP // 64     # one datagram of the largest size
+    FRAG_MIN_MEMORY = FRAG_MAX_CAP + FRAG_MAX_CAP // 32     # one datagram of the largest size
+
+cdef enum:                      # what frag_add did with a fragment
+    FA_INVALID = -1             # a bad fragment, or no memory: the datagram is dropped
+    FA_HELD = 0
+    FA_DONE = 1                 # it completed the datagram
+    FA_DUPLICATE = 2            # within a run of held fragments: ignored
+    FA_OVERLAP = 3              # overlapping bytes held otherwise: the datagram is dropped
 
 cdef enum:
     FE_FREE = 0
@@ -26,7 +36,7 @@ ctypedef struct frag_t:
     uint32_t total          # payload length once the last fragment is seen, else 0
     uint32_t units_have
     uint32_t high           # the end of the furthest fragment taken in
-    uint32_t cap            # bytes of data (a multiple of FRAG_GRAIN); the bitmap has cap // 64
+    uint32_t cap            # bytes of data (a multiple of FRAG_GRAIN); each bitmap has cap // 64
     uint32_t nfrags         # fragments taken in
     uint32_t hash
     int32_t hnext           # next entry in the bucket's chain, or in the free list
@@ -39,7 +49,8 @@ ctypedef struct frag_t:
     uint8_t src[16]
     uint8_t dst[16]
     uint8_t *data           # the reassembled transport header and payload
-    uint8_t *bitmap         # one bit per 8-byte unit of data
+    uint8_t *bitmap         # one bit per 8-byte unit of data: held
+    uint8_t *runs           # one bit per 8-byte unit: a run of fragments starts there
 
 ctypedef struct fragtab_t:
     frag_t *slots
@@ -61,7 +72,8 @@ ctypedef struct fragtab_t:
     uint64_t reassembled    # datagrams completed
     uint64_t expired        # datagrams dropped by timeout
     uint64_t evicted        # datagrams dropped to make room (entries or memory)
-    uint64_t overlaps       # fragments that overlapped bytes already held
+    uint64_t overlaps       # datagrams dropped for a fragment overlapping bytes held
+    uint64_t duplicates     # fragments ignored: within a run of fragments held
     uint64_t new_expired    # drops not yet reported (ERROR events)
     uint64_t new_evicted
 
@@ -92,6 +104,7 @@ cdef void fragtab_free(fragtab_t *t) noexcept nogil:
         for i in range(t.fresh):
             free(t.slots[i].data)
             free(t.slots[i].bitmap)
+            free(t.slots[i].runs)
     free(t.slots)
     free(t.buckets)
     t.slots = NULL
@@ -130,11 +143,13 @@ cdef void frag_unlink(fragtab_t *t, int32_t i) noexcept nogil:
 
 cdef void frag_release(fragtab_t *t, frag_t *e) noexcept nogil:
     """Give a complete (or unlinked) datagram's buffers and entry back."""
-    t.memory -= e.cap + e.cap // 64
+    t.memory -= e.cap + e.cap // 32
     free(e.data)
     free(e.bitmap)
+    free(e.runs)
     e.data = NULL
     e.bitmap = NULL
+    e.runs = NULL
     e.cap = 0
     e.state = FE_FREE
     e.hnext = t.free_head
@@ -229,7 +244,7 @@ cdef int frag_reserve(fragtab_t *t, frag_t *e, uint32_t end) noexcept nogil:
         return 0
     if e.total == 0 and cap < 2 * e.cap:      # length unknown: double, to copy less often
         cap = 2 * e.cap if 2 * e.cap < <uint32_t>FRAG_MAX_CAP else FRAG_MAX_CAP
-    grow = (cap + cap // 64) - (e.cap + e.cap // 64)
+    grow = (cap + cap // 32) - (e.cap + e.cap // 32)
     while t.memory + grow > t.max_memory and t.count > 1:
         frag_evict_oldest(t, <int32_t>(e - t.slots))
     if t.memory + grow > t.max_memory:
@@ -243,6 +258,11 @@ cdef int frag_reserve(fragtab_t *t, frag_t *e, uint32_t end) noexcept nogil:
         return -1
     memset(p + e.cap // 64, 0, (cap - e.cap) // 64)
     e.bitmap = p
+    p = <uint8_t *>realloc(e.runs, cap // 64)
+    if p == NULL:
+        return -1
+    memset(p + e.cap // 64, 0, (cap - e.cap) // 64)
+    e.runs = p
     t.memory += grow
     e.cap = cap
     return 0
@@ -250,51 +270,55 @@ cdef int frag_reserve(fragtab_t *t, frag_t *e, uint32_t end) noexcept nogil:
 
 cdef int frag_add(fragtab_t *t, frag_t *e, uint32_t offset, const uint8_t *p, uint32_t n,
                   bint more, uint32_t hdrlen) noexcept nogil:
-    """Add one fragment's payload; returns 1 when the datagram is complete, 0 if not, -1 if invalid
-    or there is no memory for it."""
-    cdef uint32_t end = offset + n, u, u0, u1, i
-    cdef bint overlapped = 0
+    """Add one fragment's payload; returns an FA_* value (the caller drops the datagram on
+    FA_INVALID and FA_OVERLAP)."""
+    cdef uint32_t end = offset + n, u, u0, u1, ucap, i, held = 0
+    cdef bint split = 0
     if end > FRAG_MAX_PAYLOAD or (more and (n & 7)) or (n == 0 and more):
-        return -1
+        return FA_INVALID
     if not more:
         if (e.total and e.total != end) or e.high > end:    # bytes past the end: Linux drops it all
-            return -1
+            return FA_INVALID
         e.total = end
     elif e.total and end > e.total:
-        return -1
-    if frag_reserve(t, e, end) < 0:
-        return -1
-    if offset == 0:
-        e.hdrlen = <uint16_t>hdrlen
-    if end > e.high:
-        e.high = end
+        return FA_INVALID
     u0 = offset >> 3
     u1 = (end + 7) >> 3
-    for u in range(u0, u1):
+    ucap = e.cap >> 3
+    for u in range(u0, u1 if u1 < ucap else ucap):
         if e.bitmap[u >> 3] & (1 << (u & 7)):
-            overlapped = 1
-            continue
+            held += 1
+        if u > u0 and e.runs[u >> 3] & (1 << (u & 7)):
+            split = 1
+    if held:
+        return FA_DUPLICATE if held == u1 - u0 and not split else FA_OVERLAP
+    if frag_reserve(t, e, end) < 0:
+        return FA_INVALID
+    if offset == 0:
+        e.hdrlen = <uint16_t>hdrlen
+    if not (e.nfrags and offset == e.high):     # not at the end of the furthest: a run starts
+        e.runs[u0 >> 3] |= (1 << (u0 & 7))
+    if end > e.high:
+        e.high = end
+    for u in range(u0, u1):
         e.bitmap[u >> 3] |= (1 << (u & 7))
-        e.units_have += 1
-        i = u << 3
-        memcpy(e.data + i, p + (i - offset), (end - i) if end - i < 8 else 8)
+    e.units_have += u1 - u0
+    memcpy(e.data + offset, p, n)
     e.nfrags += 1
     t.held += 1
     t.received += 1
-    if overlapped:
-        t.overlaps += 1
     if e.total and e.units_have == (e.total + 7) >> 3 and (e.bitmap[0] & 1):
-        return 1
-    return 0
+        return FA_DONE
+    return FA_HELD
 
 
 cdef int frag_input(fragtab_t *t, pkt_t *pk, uint8_t proto, uint32_t ident, uint32_t offset,
                     const uint8_t *p, uint32_t n, bint more, uint32_t hdrlen, frag_t **done,
                     int *reason) noexcept nogil:
-    """Hold one fragment of ``pk``'s datagram: P_HELD until the datagram is complete, then P_OK
-    with ``done`` set (its payload in done.data, out of the table; the caller parses on and gives
-    it back with frag_release), or P_MALFORMED (a bad fragment, or no memory: the datagram is
-    dropped)."""
+    """Hold one fragment of ``pk``'s datagram: P_HELD until the datagram is complete (a duplicate
+    is ignored), then P_OK with ``done`` set (its payload in done.data, out of the table; the
+    caller parses on and gives it back with frag_release), or P_MALFORMED (a bad fragment, an
+    overlapping one, or no memory: the datagram is dropped; its later fragments start anew)."""
     cdef frag_t *e = fragtab_get(t, pk.family, proto, pk.src, pk.dst, ident, pk.ts)
     cdef int r
     cdef int32_t i
@@ -303,11 +327,13 @@ cdef int frag_input(fragtab_t *t, pkt_t *pk, uint8_t proto, uint32_t ident, uint
         return P_MALFORMED
     i = <int32_t>(e - t.slots)
     r = frag_add(t, e, offset, p, n, more, hdrlen)
-    if r < 0:
+    if r == FA_INVALID or r == FA_OVERLAP:
         frag_drop(t, i)
+        t.overlaps += r == FA_OVERLAP
         reason[0] = MAL_BAD_FRAGMENT
         return P_MALFORMED
-    if r == 0:
+    if r != FA_DONE:
+        t.duplicates += r == FA_DUPLICATE
         return P_HELD
     frag_unlink(t, i)
     e.state = FE_DONE

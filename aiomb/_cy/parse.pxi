@@ -3,6 +3,23 @@
 # on from its reassembled payload. Pure C: no Python objects are touched.
 
 
+cdef inline uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t acc) noexcept nogil:
+    """Add 16-bit big-endian words of p[:n] (an odd last byte padded with zero) to ``acc``."""
+    cdef uint32_t i = 0
+    while i + 1 < n:
+        acc += (<uint32_t>p[i] << 8) | p[i + 1]
+        i += 2
+    if n & 1:
+        acc += <uint32_t>p[n - 1] << 8
+    return acc
+
+
+cdef inline uint16_t fold16(uint32_t acc) noexcept nogil:
+    while acc >> 16:
+        acc = (acc & 0xffff) + (acc >> 16)
+    return <uint16_t>acc
+
+
 cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *ethertype, int *reason) noexcept nogil:
     """Find the network header: returns P_OK with l3off/ethertype set, or P_NOT_IP / P_MALFORMED."""
     cdef const uint8_t *f = pk.frame
@@ -150,9 +167,12 @@ cdef int parse_l4(pkt_t *pk, const uint8_t *p, uint32_t n, int *reason) noexcept
             reason[0] = MAL_TRUNCATED_UDP
             return P_MALFORMED
         ulen = rd16(p + 4)
+        if ulen == 0 and pk.family == 6:
+            ulen = n                    # as Linux's udp6 takes it: all of the payload (a jumbogram's rule)
         if ulen < 8 or ulen > n:
             reason[0] = MAL_BAD_UDP_LENGTH
             return P_MALFORMED
+        pk.l4len = ulen                 # the datagram; bytes after it are not its (Linux trims them)
         pk.sport = rd16(p)
         pk.dport = rd16(p + 2)
         pk.payload = p + 8
@@ -165,11 +185,62 @@ cdef inline bint ipv6_ext(uint8_t nh) noexcept nogil:
     return nh == 0 or nh == 43 or nh == 60 or nh == 51 or nh == 135 or nh == 139 or nh == 140
 
 
-cdef int walk_ipv6_ext(pkt_t *pk, uint8_t nh, const uint8_t *p, uint32_t n, uint32_t *skip,
+cdef bint ipv6_options_ok(const uint8_t *h, uint32_t hl, bint hop_by_hop) noexcept nogil:
+    """Whether Linux's ip6_parse_tlv takes the options of a hop-by-hop or destination options
+    header (h, hl bytes): each option within the header, at most 7 bytes of padding in a row,
+    PadN bytes all zero, at most 8 other options (max_hbh_opts_cnt, max_dst_opts_cnt); an option
+    Linux does not know whose type's two high bits say discard (01, 10, 11) drops the packet.
+    Known: a hop-by-hop router alert, which must be 4 bytes long. The jumbo payload option (0xc2)
+    counts as unknown: Linux drops it when the IPv6 payload length is not 0, and a packet whose
+    payload length is 0 never gets here."""
+    cdef uint32_t i = 2, ln, j, pad = 0, count = 0
+    cdef uint8_t kind
+    while i < hl:
+        kind = h[i]
+        if kind == 0:                   # Pad1
+            pad += 1
+            if pad > 7:
+                return 0
+            i += 1
+            continue
+        if i + 2 > hl:
+            return 0
+        ln = h[i + 1] + 2
+        if i + ln > hl:
+            return 0
+        if kind == 1:                   # PadN
+            pad += ln
+            if pad > 7:
+                return 0
+            for j in range(i + 2, i + ln):
+                if h[j]:
+                    return 0
+        else:
+            count += 1
+            if count > 8:
+                return 0
+            if hop_by_hop and kind == 5:
+                if ln != 4:
+                    return 0
+            elif kind & 0xc0:
+                return 0
+            pad = 0
+        i += ln
+    return 1
+
+
+cdef int walk_ipv6_ext(pkt_t *pk, uint8_t nh, const uint8_t *p, uint32_t n, bint first, uint32_t *skip,
                        uint8_t *last_nh, int *reason) noexcept nogil:
-    """Skip IPv6 extension headers starting with type nh; stops at a fragment header or L4."""
+    """Skip IPv6 extension headers starting with type nh (``first``: right after the IPv6 header);
+    stops at a fragment header or L4. Headers Linux drops are malformed (RFC 8200 section 4): a
+    hop-by-hop header anywhere but first, options ipv6_options_ok refuses, a routing header with
+    segments left (Linux forwards it or drops it, RFC 5095) or of type 2, 3 or 4 (mobile IPv6,
+    RPL, segment routing: dropped unless configured)."""
     cdef uint32_t off = 0, hl
     while ipv6_ext(nh):
+        if nh == 0 and (off or not first):
+            reason[0] = MAL_IPV6_HOP_BY_HOP_NOT_FIRST
+            return P_MALFORMED
         if off + 8 > n:
             reason[0] = MAL_BAD_IPV6_EXTENSION
             return P_MALFORMED
@@ -177,10 +248,72 @@ cdef int walk_ipv6_ext(pkt_t *pk, uint8_t nh, const uint8_t *p, uint32_t n, uint
         if off + hl > n:
             reason[0] = MAL_BAD_IPV6_EXTENSION
             return P_MALFORMED
+        if (nh == 0 or nh == 60) and not ipv6_options_ok(p + off, hl, nh == 0):
+            reason[0] = MAL_BAD_IPV6_OPTIONS
+            return P_MALFORMED
+        if nh == 43 and (p[off + 3] or 2 <= p[off + 2] <= 4):
+            reason[0] = MAL_IPV6_ROUTING_HEADER
+            return P_MALFORMED
         nh = p[off]
         off += hl
     skip[0] = off
     last_nh[0] = nh
+    return P_OK
+
+
+cdef int check_ipv4_options(const uint8_t *o, uint32_t n, int *reason) noexcept nogil:
+    """Check an IPv4 header's options (o, n bytes) as Linux's ip_options_compile and
+    ip_rcv_options do on receive: P_OK, or P_MALFORMED with MAL_BAD_IP_OPTIONS for a list it
+    rejects (an option with no length byte, a length below 2 or past the header; a source route,
+    record route or timestamp too short, its pointer too low or no room at it, or twice; a full
+    timestamp whose overflow count is at 15; a router alert shorter than 4 bytes), or
+    MAL_IP_SOURCE_ROUTE for a loose or strict source route (Linux drops it: accept_source_route
+    is 0 by default)."""
+    cdef uint32_t i = 0, ln, ptr
+    cdef uint8_t kind, flag
+    cdef bint srr = 0, rr = 0, ts = 0
+    while i < n:
+        kind = o[i]
+        if kind == 0:                   # end of the list
+            break
+        if kind == 1:                   # no operation
+            i += 1
+            continue
+        if i + 2 > n:
+            reason[0] = MAL_BAD_IP_OPTIONS
+            return P_MALFORMED
+        ln = o[i + 1]
+        if ln < 2 or i + ln > n:
+            reason[0] = MAL_BAD_IP_OPTIONS
+            return P_MALFORMED
+        ptr = o[i + 2] if ln > 2 else 0
+        if kind == 131 or kind == 137:  # loose, strict source route
+            if srr or ln < 3 or ptr < 4:
+                reason[0] = MAL_BAD_IP_OPTIONS
+                return P_MALFORMED
+            srr = 1
+        elif kind == 7:                 # record route
+            if rr or ln < 3 or ptr < 4 or (ptr <= ln and ptr + 3 > ln):
+                reason[0] = MAL_BAD_IP_OPTIONS
+                return P_MALFORMED
+            rr = 1
+        elif kind == 68:                # timestamp
+            if ts or ln < 4 or ptr < 5:
+                reason[0] = MAL_BAD_IP_OPTIONS
+                return P_MALFORMED
+            flag = o[i + 3] & 15
+            if (ptr <= ln and (ptr + 3 > ln or ((flag == 1 or flag == 3) and ptr + 7 > ln))) \
+                    or (ptr > ln and flag != 3 and o[i + 3] >> 4 == 15):
+                reason[0] = MAL_BAD_IP_OPTIONS
+                return P_MALFORMED
+            ts = 1
+        elif kind == 148 and ln < 4:    # router alert
+            reason[0] = MAL_BAD_IP_OPTIONS
+            return P_MALFORMED
+        i += ln
+    if srr:
+        reason[0] = MAL_IP_SOURCE_ROUTE
+        return P_MALFORMED
     return P_OK
 
 
@@ -201,6 +334,9 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
     if ihl > n:
         reason[0] = MAL_TRUNCATED_IP
         return P_MALFORMED
+    if pk.verify_checksums and fold16(sum16(p, ihl, 0)) != 0xffff:
+        reason[0] = MAL_BAD_CHECKSUM    # Linux's ip_rcv drops it, a fragment before reassembly too
+        return P_MALFORMED
     tot = rd16(p + 2)
     if tot < ihl:
         reason[0] = MAL_BAD_IP_TOTAL_LENGTH
@@ -217,6 +353,10 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
     memcpy(pk.dst, p + 16, 4)
     pk.proto = p[9]
     pk.ip_len = tot
+    if ihl > 20:
+        r = check_ipv4_options(p + 20, ihl - 20, reason)
+        if r != P_OK:
+            return r
     fo = rd16(p + 6)
     if fo & 0x3fff:
         if pk.proto != 6 and pk.proto != 17:
@@ -255,7 +395,7 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
     memcpy(pk.src, p + 8, 16)
     memcpy(pk.dst, p + 24, 16)
     pk.ip_len = tot
-    r = walk_ipv6_ext(pk, p[6], p + 40, avail - 40, &skip, &nh, reason)
+    r = walk_ipv6_ext(pk, p[6], p + 40, avail - 40, 1, &skip, &nh, reason)
     if r != P_OK:
         return r
     if nh != 44:
@@ -268,7 +408,7 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
     fnh = fh[0]
     fo = rd16(fh + 2)
     if (fo & 0xfff9) == 0:     # atomic fragment: just skip the header
-        r = walk_ipv6_ext(pk, fnh, fh + 8, avail - 40 - skip - 8, &hl, &nh, reason)
+        r = walk_ipv6_ext(pk, fnh, fh + 8, avail - 40 - skip - 8, 0, &hl, &nh, reason)
         if r != P_OK:
             return r
         pk.proto = nh
@@ -279,7 +419,7 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
                    40 + skip, done, reason)
     if r != P_OK:
         return r
-    r = walk_ipv6_ext(pk, done[0].proto, done[0].data, done[0].total, &hl, &nh, reason)
+    r = walk_ipv6_ext(pk, done[0].proto, done[0].data, done[0].total, 0, &hl, &nh, reason)
     if r != P_OK:
         return r
     pk.proto = nh
@@ -302,32 +442,13 @@ cdef int parse_packet(pkt_t *pk, uint16_t linktype, fragtab_t *frags, frag_t **d
     return parse_ipv6(pk, pk.frame + off, pk.caplen - off, frags, done, reason)
 
 
-cdef inline uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t acc) noexcept nogil:
-    """Add 16-bit big-endian words of p[:n] (an odd last byte padded with zero) to ``acc``."""
-    cdef uint32_t i = 0
-    while i + 1 < n:
-        acc += (<uint32_t>p[i] << 8) | p[i + 1]
-        i += 2
-    if n & 1:
-        acc += <uint32_t>p[n - 1] << 8
-    return acc
-
-
-cdef inline uint16_t fold16(uint32_t acc) noexcept nogil:
-    while acc >> 16:
-        acc = (acc & 0xffff) + (acc >> 16)
-    return <uint16_t>acc
-
-
 cdef bint checksums_ok(const pkt_t *pk) noexcept nogil:
-    """Whether a parsed packet's IPv4 header and TCP/UDP checksums are right (RFC 1071). A frame
-    the capture cut short cannot be checked: it passes; so does an IPv4 UDP checksum of 0 (none)."""
-    cdef const uint8_t *ip = pk.frame + pk.l3_off
+    """Whether a parsed packet's TCP/UDP checksum is right (RFC 1071), over the UDP length for
+    UDP; parsing checked the IPv4 header's (``verify_checksums``). A frame the capture cut short
+    cannot be checked: it passes; so does an IPv4 UDP checksum of 0 (none)."""
     cdef uint32_t acc
     if pk.caplen < pk.wirelen:
         return 1
-    if pk.family == 4 and fold16(sum16(ip, (ip[0] & 15) * 4, 0)) != 0xffff:
-        return 0
     if pk.proto == 17 and pk.family == 4 and rd16(pk.l4 + 6) == 0:
         return 1
     acc = sum16(pk.src, 4 if pk.family == 4 else 16, 0)

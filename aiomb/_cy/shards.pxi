@@ -130,6 +130,7 @@ cdef uint16_t frame_shard(const uint8_t *data, uint32_t caplen, uint32_t wirelen
     pk.caplen = caplen
     pk.wirelen = wirelen if wirelen > caplen else caplen
     pk.wscale = -1
+    pk.verify_checksums = verify
     if parse_packet(&pk, linktype, NULL, NULL, &reason) != P_OK:
         return SHARD_ALL
     if verify and not checksums_ok(&pk):

@@ -130,6 +130,10 @@ class EngineStatistics:
     it are read and the packet is processed, not dropped. ``fragments_held`` counts the fragments
     of the datagrams in reassembly now (``fragments_received`` every fragment taken in), and
     ``fragment_memory`` the bytes their buffers take (at most ``max_fragment_memory``).
+    As Linux does, a fragment that overlaps bytes held drops its datagram (``fragment_overlaps``
+    counts them; the fragment is malformed, ``"bad_fragment"``), and one within a run of held
+    fragments (fragments that came in order, each starting where the one before ended; an exact
+    copy is) is ignored (``fragment_duplicates``).
     ``stream_memory_peak`` is the most ``stream_memory`` ever reached, ``stream_buffer_peak``
     the most bytes one stream side ever held (at most ``max_buffer``). ``client_packets``,
     ``server_packets``, ``client_payload_bytes`` and ``server_payload_bytes`` add up the tracked
@@ -173,6 +177,7 @@ class EngineStatistics:
     rejected: int = 0           # packets their receiver would drop (REJECTED events), which changed nothing
     bad_tcp_options: int = 0    # TCP packets taken whose option list ends at a malformed option
     fragments_received: int = 0
+    fragment_duplicates: int = 0    # fragments ignored: within a run of fragments held
     fragment_memory: int = 0
     max_fragment_memory: int = 0
     stream_memory_peak: int = 0

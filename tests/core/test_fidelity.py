@@ -2,11 +2,22 @@
 
 Each test crafts the situation frame by frame and asserts exact events and counters."""
 
+import struct
+
 import pytest
 
 import aiomb
 from aiomb import EventKind, Side
-from aiomb.testing import TcpConversation, ipv4_fragments, ipv6_fragments, tcp_frame, tcp_options, udp_frame
+from aiomb.testing import (
+    TcpConversation,
+    ethernet_frame,
+    internet_checksum,
+    ipv4_fragments,
+    ipv6_fragments,
+    tcp_frame,
+    tcp_options,
+    udp_frame,
+)
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
 
@@ -449,3 +460,241 @@ def test_inline_handlers_see_each_packets_ttl_to_spot_injections(family):
     engine.add_handler(EventKind.PACKET_IN, lambda packet: ttls.append(packet.ttl), hook=aiomb.Hook.SENDER)
     feed(engine, c.frames)
     assert ttls == [64, 64, 64, 1]
+
+
+# -- 6. the IP layer: what Linux drops before TCP or UDP sees it ---------------------------
+
+
+def injected_then_real(c, evil, good):
+    """The flow's frames, an injected segment (``evil``: the client's next bytes, "EVIL"), then
+    the real one (``good``: "GOOD") at the same sequence number: the client stream says which
+    copy was taken."""
+    return list(c.frames) + [(2.0, evil), (2.1, good)]
+
+
+def ipv6_ext(nh, body):
+    assert (len(body) + 2) % 8 == 0
+    return bytes([nh, (len(body) + 2) // 8 - 1]) + body
+
+
+def with_ipv6_chain(frame, first_nh, chain):
+    """An Ethernet IPv6 frame with ``chain`` put between its IPv6 header and its upper layer."""
+    ip = bytearray(frame[14:54])
+    ip[6] = first_nh
+    struct.pack_into("!H", ip, 4, len(frame) - 54 + len(chain))
+    return ethernet_frame(bytes(ip) + chain + frame[54:], ethertype=0x86DD)
+
+
+PAD4 = b"\x01\x04\x00\x00\x00\x00"
+IPV6_CHAINS = {                         # (first next header, chain, the reason Linux drops it or None)
+    "hop-by-hop after destination options": (60, ipv6_ext(0, PAD4) + ipv6_ext(6, PAD4), "ipv6_hop_by_hop_not_first"),
+    "two hop-by-hop headers": (0, ipv6_ext(0, PAD4) + ipv6_ext(6, PAD4), "ipv6_hop_by_hop_not_first"),
+    "hop-by-hop after an atomic fragment header": (44, bytes([0, 0, 0, 0, 0, 0, 0, 1]) + ipv6_ext(6, PAD4),
+                                                   "ipv6_hop_by_hop_not_first"),
+    "unknown option, action 10 (discard)": (60, ipv6_ext(6, b"\x80\x04" + bytes(4)), "bad_ipv6_options"),
+    "unknown option, action 01 (discard)": (0, ipv6_ext(6, b"\x40\x04" + bytes(4)), "bad_ipv6_options"),
+    "unknown option, action 11 (discard)": (60, ipv6_ext(6, b"\xc9\x04" + bytes(4)), "bad_ipv6_options"),
+    "jumbo payload with a payload length": (0, ipv6_ext(6, b"\xc2\x04\x00\x01\x00\x00"), "bad_ipv6_options"),
+    "router alert of 4 bytes": (0, ipv6_ext(6, b"\x05\x04" + bytes(4)), "bad_ipv6_options"),
+    "option past its header": (60, ipv6_ext(6, b"\x1e\x10" + bytes(4)), "bad_ipv6_options"),
+    "option length byte past its header": (60, ipv6_ext(6, bytes(5) + b"\x1e"), "bad_ipv6_options"),
+    "PadN with a non-zero byte": (60, ipv6_ext(6, b"\x01\x04\x00\x00\x07\x00"), "bad_ipv6_options"),
+    "8 bytes of padding in a row": (60, ipv6_ext(6, bytes(8) + b"\x1e\x04" + bytes(4)), "bad_ipv6_options"),
+    "9 options": (60, ipv6_ext(6, b"\x1e\x00" * 9 + b"\x01\x02\x00\x00"), "bad_ipv6_options"),
+    "routing type 0, segments left 1": (43, bytes([6, 2, 0, 1]) + bytes(20), "ipv6_routing_header"),
+    "routing type 253, segments left 1": (43, bytes([6, 0, 253, 1]) + bytes(4), "ipv6_routing_header"),
+    "routing type 2 (mobile IPv6)": (43, bytes([6, 2, 2, 0]) + bytes(20), "ipv6_routing_header"),
+    "routing type 4 (segment routing)": (43, bytes([6, 2, 4, 0]) + bytes(20), "ipv6_routing_header"),
+    "PadN only": (60, ipv6_ext(6, PAD4), None),
+    "7 Pad1s, then an option": (60, ipv6_ext(6, bytes(7) + b"\x1e\x05" + bytes(5)), None),
+    "unknown option, action 00 (skip), 8 of them": (60, ipv6_ext(6, b"\x1e\x00" * 8 + b"\x01\x04" + bytes(4)), None),
+    "router alert": (0, ipv6_ext(60, b"\x05\x02\x00\x00\x01\x00") + ipv6_ext(6, PAD4), None),
+    "routing type 0, segments left 0": (43, bytes([6, 2, 0, 0]) + bytes(20), None),
+    "routing type 253, segments left 0, then destination options": (43, bytes([60, 0, 253, 0]) + bytes(4)
+                                                                     + ipv6_ext(6, PAD4), None),
+}
+
+
+@pytest.mark.parametrize("case", IPV6_CHAINS.values(), ids=IPV6_CHAINS)
+def test_ipv6_extension_headers_linux_drops_are_malformed(case):
+    """RFC 8200 as Linux applies it: a hop-by-hop header only first; options whose type says
+    discard (and Linux does not know), badly sized or overrunning ones, more than 7 bytes of
+    padding in a row, non-zero PadN, more than 8 options; a routing header with segments left
+    or of a type Linux drops by default (2, 3, 4)."""
+    first_nh, chain, reason = case
+    c = established(client=("fd00::1", 40000), server=("fd00::2", 80))
+    evil, good = (tcp_frame("fd00::1", "fd00::2", 40000, 80, seq=c.client_seq, ack=c.server_seq, flags="PA",
+                            payload=payload) for payload in (b"EVIL", b"GOOD"))
+    frames = injected_then_real(c, with_ipv6_chain(evil, first_nh, chain), good)
+    for checksums in ("ignore", "verify"):
+        data, _, st = client_stream(frames, checksums=checksums)
+        assert (data, st.malformed) == ((b"GOOD", {reason: 1}) if reason else (b"EVIL", {})), checksums
+
+
+def test_ipv6_extension_headers_after_the_fragment_header_are_checked_too():
+    c = established(client=("fd00::1", 40000), server=("fd00::2", 80))
+    c.send("client", b"A" * 100)
+    data = c.frames.pop()[1]
+    bad = with_ipv6_chain(data, 60, ipv6_ext(6, b"\x80\x04" + bytes(4)))
+    frames = list(c.frames) + [(2.0 + i / 100, f) for i, f in enumerate(ipv6_fragments(bad, fragment_size=48))]
+    data, _, st = client_stream(frames)
+    assert (data, st.malformed, st.fragments_reassembled) == (b"", {"bad_ipv6_options": 1}, 1)
+
+
+IPV4_OPTIONS = {                        # options (padded with EOL to 4 bytes), the reason Linux drops it or None
+    "length past the header": (b"\x07\x0c\x04", "bad_ip_options"),
+    "length 1": (b"\x88\x01", "bad_ip_options"),
+    "a lone kind byte": (b"\x01\x01\x01\x88", "bad_ip_options"),
+    "timestamp of 2 bytes": (b"\x44\x02", "bad_ip_options"),
+    "timestamp pointer below 5": (b"\x44\x08\x04\x00" + bytes(4), "bad_ip_options"),
+    "timestamp with addresses, no room for one": (b"\x44\x08\x05\x01" + bytes(4), "bad_ip_options"),
+    "full timestamp, overflow 15": (b"\x44\x08\x09\xf0" + bytes(4), "bad_ip_options"),
+    "two timestamps": (b"\x44\x04\x05\x00" * 2, "bad_ip_options"),
+    "record route pointer below 4": (b"\x07\x07\x03" + bytes(4), "bad_ip_options"),
+    "record route, no room for the address": (b"\x07\x05\x04\x00\x00", "bad_ip_options"),
+    "two record routes": (b"\x07\x03\x04" * 2, "bad_ip_options"),
+    "router alert of 2 bytes": (b"\x94\x02", "bad_ip_options"),
+    "loose source route of 2 bytes": (b"\x83\x02", "bad_ip_options"),
+    "loose source route": (b"\x83\x07\x04\x0a\x00\x00\x02", "ip_source_route"),
+    "strict source route": (b"\x89\x07\x04\x0a\x00\x00\x02", "ip_source_route"),
+    "NOPs and EOL": (b"\x01\x01\x00\x07", None),
+    "router alert": (b"\x94\x04\x00\x00", None),
+    "timestamp": (b"\x44\x0c\x05\x00" + bytes(8), None),
+    "full timestamp, overflow 14": (b"\x44\x08\x09\xe0" + bytes(4), None),
+    "record route": (b"\x07\x07\x04" + bytes(4), None),
+    "stream id and an unknown option": (b"\x88\x04\x00\x01\x9e\x04\x00\x00", None),
+}
+
+
+@pytest.mark.parametrize("case", IPV4_OPTIONS.values(), ids=IPV4_OPTIONS)
+def test_ipv4_options_linux_drops_are_malformed(case):
+    """Linux's ip_options_compile rejects a malformed option list (and the packet); ip_rcv_options
+    drops a source-routed packet (accept_source_route is 0 by default)."""
+    options, reason = case
+    c = established()
+    frames = injected_then_real(c, client_segment(c, b"EVIL", ip_options=options), client_segment(c, b"GOOD"))
+    for checksums in ("ignore", "verify"):
+        data, _, st = client_stream(frames, checksums=checksums)
+        assert (data, st.malformed) == ((b"GOOD", {reason: 1}) if reason else (b"EVIL", {})), checksums
+
+
+def test_each_ipv4_fragments_options_are_checked():
+    c = established()
+    evil = client_segment(c, b"EVIL" * 10, ip_options=b"\x44\x02")   # not copied: only in the first
+    first, *rest = ipv4_fragments(evil, fragment_size=24)
+    data, _, st = client_stream(list(c.frames) + [(2.0, first)] + [(2.1, f) for f in rest])
+    assert (data, st.malformed, st.fragments_held) == (b"", {"bad_ip_options": 1}, len(rest))
+    evil = client_segment(c, b"EVIL" * 10, ip_options=b"\x83\x07\x04\x0a\x00\x00\x02")   # copied
+    frames = ipv4_fragments(evil, fragment_size=24)
+    data, _, st = client_stream(list(c.frames) + [(2.0, f) for f in frames])
+    assert (data, st.malformed, st.fragments_held) == (b"", {"ip_source_route": len(frames)}, 0)
+
+
+def ipv4_fragment(frame, start, end, *, data=None, ip_id=77):
+    """The fragment of an unfragmented Ethernet IPv4 ``frame`` holding bytes ``start:end`` of its
+    payload (or ``data`` in their place), datagram ``ip_id``."""
+    ip = frame[14:]
+    ihl = (ip[0] & 15) * 4
+    payload = ip[ihl:]
+    chunk = payload[start:end] if data is None else data
+    header = bytearray(ip[:ihl])
+    struct.pack_into("!HHHBBH", header, 2, ihl + len(chunk), ip_id, (end < len(payload)) << 13 | start // 8,
+                     ip[8], ip[9], 0)
+    struct.pack_into("!H", header, 10, internet_checksum(bytes(header)))
+    return frame[:14] + bytes(header) + chunk
+
+
+def test_verified_checksums_cover_each_fragments_ip_header():
+    c = established()
+    evil = client_segment(c, b"EVIL" * 4)
+    first = bytearray(ipv4_fragment(evil, 0, 24))
+    first[14 + 10] ^= 1                                  # its IP header checksum: Linux's ip_rcv drops it
+    good = client_segment(c, b"GOOD" * 4)
+    frames = list(c.frames) + [(2.0, bytes(first)), (2.1, ipv4_fragment(evil, 24, 36)),
+                               (2.2, ipv4_fragment(good, 0, 24, ip_id=78)),
+                               (2.3, ipv4_fragment(good, 24, 36, ip_id=78))]
+    data, _, st = client_stream(frames, checksums="verify")
+    assert (data, st.malformed, st.fragments_reassembled) == (b"GOOD" * 4, {"bad_checksum": 1}, 1)
+    data, _, st = client_stream(frames)
+    assert (data, st.malformed, st.fragments_reassembled) == (b"EVIL" * 4, {}, 2)
+
+
+def fragmented_stream(pieces):
+    """The client stream of a flow whose next segment (40 bytes, "A"*40) comes as IPv4 fragments:
+    ``pieces`` are (start, end, byte) of its IP payload (20 bytes of TCP header, then the data),
+    in the order sent, a byte given for pieces whose data is replaced."""
+    c = established()
+    segment = client_segment(c, b"A" * 40)
+    frames = list(c.frames)
+    for i, (start, end, fill) in enumerate(pieces):
+        frames.append((2.0 + i / 100, ipv4_fragment(segment, start, end, data=fill and fill * (end - start))))
+    return client_stream(frames)
+
+
+def test_an_overlapping_fragment_drops_its_datagram_as_linux_does():
+    """Linux (since FragmentSmack, RFC 5722 for IPv6) drops a datagram when a fragment overlaps
+    bytes held; a fragment within one run of held fragments (a duplicate) is ignored."""
+    data, _, st = fragmented_stream([(0, 24, None), (16, 40, b"E"), (40, 60, None)])
+    assert (data, st.malformed, st.fragment_overlaps, st.fragments_held) == (b"", {"bad_fragment": 1}, 1, 1)
+    data, _, st = fragmented_stream([(0, 24, None), (16, 40, b"E"), (0, 24, None), (24, 60, None)])
+    assert (data, st.fragments_reassembled) == (b"A" * 40, 1)               # sent again: a new datagram
+    data, _, st = fragmented_stream([(0, 24, None), (0, 24, b"E"), (24, 60, None)])
+    assert (data, st.malformed, st.fragment_overlaps, st.fragment_duplicates, st.fragments_received) \
+        == (b"A" * 40, {}, 0, 1, 2)
+    # in order, [0, 24) and [24, 48) are one run: [8, 40) within it is a duplicate
+    data, _, st = fragmented_stream([(0, 24, None), (24, 48, None), (8, 40, b"E"), (48, 60, None)])
+    assert (data, st.malformed, st.fragment_overlaps, st.fragment_duplicates) == (b"A" * 40, {}, 0, 1)
+    # [24, 48) then [0, 24) are two runs: [8, 40) spans both, an overlap
+    data, _, st = fragmented_stream([(24, 48, None), (0, 24, None), (8, 40, b"E"), (48, 60, None)])
+    assert (data, st.malformed, st.fragment_overlaps) == (b"", {"bad_fragment": 1}, 1)
+
+
+def test_an_overlapping_ipv6_fragment_drops_its_datagram():
+    c = established(client=("fd00::1", 40000), server=("fd00::2", 80))
+    evil = tcp_frame("fd00::1", "fd00::2", 40000, 80, seq=c.client_seq, ack=c.server_seq, flags="PA",
+                     payload=b"E" * 100)
+    c.send("client", b"A" * 100)
+    frags = ipv6_fragments(c.frames.pop()[1], fragment_size=48)
+    longer = ipv6_fragments(evil, fragment_size=64)[0]
+    frames = list(c.frames) + [(2.0, frags[0]), (2.1, longer)] + [(2.2, f) for f in frags[1:]]
+    data, _, st = client_stream(frames)
+    assert (data, st.malformed, st.fragment_overlaps) == (b"", {"bad_fragment": 1}, 1)
+
+
+def udp_with_length(src, dst, payload, udp_length):
+    """A UDP frame whose UDP length field says ``udp_length`` (its checksum over that many bytes)."""
+    frame = bytearray(udp_frame(src, dst, 5000, 53, payload))
+    l4 = 14 + (20 if "." in src else 40)
+    struct.pack_into("!HH", frame, l4 + 4, udp_length, 0)
+    covered = udp_length or len(frame) - l4
+    family = 4 if "." in src else 6
+    ip = frame[14:]
+    addresses = ip[12:20] if family == 4 else ip[8:40]
+    pseudo = addresses + (struct.pack("!BBH", 0, 17, covered) if family == 4 else struct.pack("!IxxxB", covered, 17))
+    struct.pack_into("!H", frame, l4 + 6, internet_checksum(bytes(pseudo) + bytes(frame[l4:l4 + covered])) or 0xFFFF)
+    return bytes(frame)
+
+
+@pytest.mark.parametrize("src, dst", [("10.0.0.1", "10.0.0.2"), ("fd00::1", "fd00::2")])
+def test_a_udp_datagram_is_its_udp_length_as_linux_trims_it(src, dst):
+    """Linux trims a UDP datagram to its UDP length and checks the checksum over that; an IPv6
+    UDP length of 0 means the whole IP payload (udp6's jumbogram rule)."""
+    cases = [(udp_with_length(src, dst, b"x" * 20, 18), 10)]
+    if ":" in src:
+        cases.append((udp_with_length(src, dst, b"x" * 20, 0), 20))
+    for frame, size in cases:
+        for checksums in ("ignore", "verify"):
+            engine = aiomb.Engine(checksums=checksums)
+            engine.feed(frame, 1.0)
+            st = engine.statistics()
+            assert (st.malformed, st.udp_packets) == ({}, 1), checksums
+            (flow,) = engine.flows()
+            assert flow.statistics().client.payload_bytes == size, checksums
+    corrupt = bytearray(cases[0][0])
+    corrupt[-11] ^= 1                                     # within the UDP length
+    engine = aiomb.Engine(checksums="verify")
+    engine.feed(bytes(corrupt), 1.0)
+    corrupt = bytearray(cases[0][0])
+    corrupt[-1] ^= 1                                      # past it: not the datagram's
+    engine.feed(bytes(corrupt), 1.1)
+    assert engine.statistics().malformed == {"bad_checksum": 1}

@@ -11,7 +11,7 @@ from aiomb.testing import ipv4_fragments, ipv6_fragments, udp_frame
 
 from .events_helpers import run
 
-ONE_DATAGRAM = 65536 + 1024         # the smallest max_fragment_memory: one datagram of the largest size
+ONE_DATAGRAM = 65536 + 2048         # the smallest max_fragment_memory: one datagram of the largest size
 
 
 def datagram(i, size=2000, *, src="10.0.0.1", dst="10.0.0.2"):
@@ -43,10 +43,10 @@ def test_held_counts_the_fragments_of_incomplete_datagrams_now():
 
 def test_memory_is_what_the_buffers_take_and_is_given_back():
     engine = aiomb.Engine()
-    first = datagram(1)[0]                       # 1480 bytes at offset 0: a 1536-byte buffer, 24 bytes of bitmap
+    first = datagram(1)[0]                       # 1480 bytes at offset 0: a 1536-byte buffer, 2 x 24 bytes of bitmaps
     engine.feed(first, 1.0)
-    assert engine.statistics().fragment_memory == 1536 + 24
-    engine.feed(datagram(1)[1], 1.0)             # 2008 bytes in all, length known: 2048 + 32
+    assert engine.statistics().fragment_memory == 1536 + 48
+    engine.feed(datagram(1)[1], 1.0)             # 2008 bytes in all, length known: 2048 + 64
     st = engine.statistics()
     assert (st.fragment_memory, st.fragments_reassembled, st.max_fragment_memory) == (0, 1, 16 << 20)
     engine.feed(first, 2.0)
@@ -58,15 +58,15 @@ def test_the_last_fragment_first_sizes_the_buffer_once():
     engine = aiomb.Engine()
     frags = datagram(1, 20000)
     engine.feed(frags[-1], 1.0)
-    assert engine.statistics().fragment_memory == 20480 + 320
+    assert engine.statistics().fragment_memory == 20480 + 640
 
 
 def test_memory_limit_evicts_the_oldest_and_says_so():
-    # each first fragment takes 1560 bytes: 42 fit in one datagram's worth of memory
+    # each first fragment takes 1584 bytes: 42 fit in one datagram's worth of memory
     frames = [(1.0 + i / 1000, datagram(i)[0]) for i in range(50)]
     engine, events = run(frames, kinds=EventKind.ERROR, max_fragment_memory=ONE_DATAGRAM)
     st = engine.statistics()
-    assert (st.fragments_evicted, st.fragments_held, st.fragment_memory) == (8, 42, 42 * 1560)
+    assert (st.fragments_evicted, st.fragments_held, st.fragment_memory) == (8, 42, 42 * 1584)
     assert events == [("ERROR", None, "fragment_evicted")] * 8
     engine.feed(datagram(0)[1], 2.0)             # the oldest went: its second half starts over
     engine.feed(datagram(49)[1], 2.0)            # the newest stayed: complete
@@ -184,7 +184,8 @@ def test_memory_and_entries_never_exceed_their_limits(picks, max_fragments):
         assert st.fragment_memory <= ONE_DATAGRAM
         assert st.fragments_held <= st.fragments_received
     st = engine.statistics()
-    assert st.udp_packets + st.fragments_received - st.fragments_reassembled + st.malformed_total == len(picks)
+    assert st.udp_packets + st.fragments_received + st.fragment_duplicates - st.fragments_reassembled \
+        + st.malformed_total == len(picks)
     engine.expire(1e6)
     st = engine.statistics()
     assert (st.fragments_held, st.fragment_memory) == (0, 0)
@@ -192,6 +193,6 @@ def test_memory_and_entries_never_exceed_their_limits(picks, max_fragments):
 
 def test_max_fragment_memory_is_checked():
     for bad in (ONE_DATAGRAM - 1, 1 << 41, 2.5, True):
-        with pytest.raises(ValueError, match="max_fragment_memory must be an int from 66560"):
+        with pytest.raises(ValueError, match="max_fragment_memory must be an int from 67584"):
             aiomb.Engine(max_fragment_memory=bad)
     assert aiomb.Engine(max_fragment_memory=ONE_DATAGRAM).statistics().max_fragment_memory == ONE_DATAGRAM

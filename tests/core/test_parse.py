@@ -154,12 +154,13 @@ def test_incomplete_fragments_expire_and_are_bounded():
     assert engine.statistics().fragments_evicted == 6
 
 
-def test_overlapping_fragment_keeps_the_first_copy():
+def test_a_duplicate_fragment_is_ignored():
     d = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S", payload=b"G" * 64)
     frags = ipv4_fragments(d, fragment_size=40)
-    dup = bytearray(frags[0])
-    engine, _ = run([(1.0, frags[0]), (1.1, bytes(dup))] + [(1.2, f) for f in frags[1:]])
-    assert engine.statistics().fragment_overlaps == 1
+    engine, _ = run([(1.0, frags[0]), (1.1, frags[0])] + [(1.2, f) for f in frags[1:]])
+    st = engine.statistics()
+    assert (st.fragment_overlaps, st.fragment_duplicates, st.fragments_received, st.fragments_reassembled) \
+        == (0, 1, len(frags), 1)
     assert one_flow(engine).statistics().client.payload_bytes == 64
 
 
