@@ -531,6 +531,18 @@ def test_ipv6_extension_headers_linux_drops_are_malformed(case):
         assert (data, st.malformed) == ((b"GOOD", {reason: 1}) if reason else (b"EVIL", {})), checksums
 
 
+@pytest.mark.parametrize("nh", [135, 139, 140], ids=["mobility", "HIP", "shim6"])
+def test_a_segment_behind_a_header_linux_does_not_take_is_not_the_flows(nh):
+    """Linux has no upper-layer handler for the mobility (135; its payload is "no next header"),
+    HIP (139) and shim6 (140) headers: the packet is dropped there, and what follows them never
+    reaches TCP. aiomb stops at them too: another protocol, not the flow's segment."""
+    c = established(client=("fd00::1", 40000), server=("fd00::2", 80))
+    evil, good = (tcp_frame("fd00::1", "fd00::2", 40000, 80, seq=c.client_seq, ack=c.server_seq, flags="PA",
+                            payload=payload) for payload in (b"EVIL", b"GOOD"))
+    data, _, st = client_stream(injected_then_real(c, with_ipv6_chain(evil, nh, ipv6_ext(6, PAD4)), good))
+    assert (data, st.other_protocol, st.malformed) == (b"GOOD", 1, {})
+
+
 def test_ipv6_extension_headers_after_the_fragment_header_are_checked_too():
     c = established(client=("fd00::1", 40000), server=("fd00::2", 80))
     c.send("client", b"A" * 100)
