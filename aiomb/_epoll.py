@@ -51,7 +51,7 @@ class FlowSocket(FlowSocketCore):
     ``recv(bufsize, side)`` consumes the side's reassembled bytes (b"" at its end; a hole raises
     :class:`aiomb.StreamGap` once, then reading goes on after it; nothing ready yet raises
     BlockingIOError); ``peek``/``ppeek`` look without consuming. Readiness: EPOLLIN while bytes
-    (or a hole) wait, EPOLLRDHUP once a side sent its FIN, EPOLLHUP once the flow ended
+    (or a hole) wait, EPOLLRDHUP once a side's FIN took effect, EPOLLHUP once the flow ended
     (``end_reason``, ``stats``), EPOLLERR while a limit dropped bytes (the BUFFER_OVERRUN events
     in ``events()``), and an event kind's bit while events of it wait in ``events()``.
     The queues and readiness live in the core (filled as the dispatcher routes each batch);

@@ -13,10 +13,13 @@ A handshake comes first; the steps go through a pcap and the capture reader in b
 The model (:class:`Model`) keeps one entry per byte: bytes in order never change, bytes held out
 of order are replaced when the policy's rule (Suricata's target-based rules, as in reasm.pxi)
 says the new segment wins; a server ACK past a hole declares the hole lost (GAP) up to the
-bytes the client sent (up to its first FIN), and a segment arriving beyond a hole already ACKed
-does too; bytes at or past the client's first FIN are not its stream (its receiver ignores them);
-at the end every hole before held bytes, and before that FIN, is a GAP. The engine's
-NEW_DATA bytes and GAP ranges must be exactly the model's.
+bytes the client sent (up to its FIN), and a segment arriving beyond a hole already ACKed does
+too. A FIN is taken where Linux takes it: one below the bytes in order (or below an ACK past it)
+is ignored; one ahead of them is held (the nearer of two), taken when the bytes in order reach it
+or the server ACKs the bytes up to it or the FIN (a GAP first), dropped once they or an ACK pass
+it. Bytes at or past the FIN taken are not the client's stream (its receiver ignores them, and
+drops those it held); at the end every hole before held bytes, and before the FIN taken or held,
+is a GAP. The engine's NEW_DATA bytes and GAP ranges must be exactly the model's.
 """
 
 import functools
@@ -111,7 +114,8 @@ class Model:
         self.held = {}              # offset -> [byte, start, end of the segment that brought it]
         self.acked = 0              # the highest ACK seen from the peer
         self.sent_end = 0           # the end of the side's sequence space used (its FIN counts)
-        self.fin = None             # the offset of the side's first FIN
+        self.fin = None             # the offset of the side's FIN taken
+        self.held_fin = None        # the offset of a FIN ahead of the bytes in order, waiting for them
         self.out = []               # ("data", offset, bytes) and ("gap", offset, length)
 
     def deliver(self, off: int, data: bytes) -> None:
@@ -141,11 +145,35 @@ class Model:
                 break
             self.skip(target)
 
+    def take_fin(self, at: int) -> None:
+        """The FIN at ``at`` takes effect: the bytes held past it go."""
+        self.fin, self.held_fin = at, None
+        self.held = {o: piece for o, piece in self.held.items() if o < at}
+
+    def settle(self) -> None:
+        """A held FIN the bytes in order (or the server's ACK) reached is taken; one they passed goes."""
+        at = self.held_fin
+        if at is None:
+            return
+        if self.next_off < at <= self.acked <= at + 1:
+            self.lost_to(at)
+        if self.next_off == at and self.acked <= at + 1:
+            self.take_fin(at)
+        elif self.next_off > at or self.acked > at + 1:
+            self.held_fin = None
+
     def segment(self, off: int, data: bytes, fin: bool = False) -> None:
         end = off + len(data)
         self.sent_end = max(self.sent_end, end + fin)
-        if fin and self.fin is None:
-            self.fin = end
+        if fin and self.fin is None and not (end < self.next_off or self.acked > end + 1):
+            if off <= self.next_off:
+                self.take_fin(end)
+            elif self.held_fin is None or end < self.held_fin:
+                self.held_fin = end
+        self.receive(off, end, data)
+        self.settle()
+
+    def receive(self, off: int, end: int, data: bytes) -> None:
         if self.fin is not None and end > self.fin:
             data = data[:max(self.fin - off, 0)]
             end = off + len(data)
@@ -169,13 +197,18 @@ class Model:
 
     def ack(self, off: int) -> None:
         self.acked = max(self.acked, off)
-        self.lost_to(min(off, self.sent_end if self.fin is None else self.fin))
+        end = self.sent_end if self.fin is None else self.fin
+        if self.held_fin is not None and off == self.held_fin + 1:
+            end = self.held_fin             # the ACK of the held FIN: no byte at its place
+        self.lost_to(min(off, end))
+        self.settle()
 
     def finish(self) -> None:
         while self.held:
             self.skip(min(self.held))
-        if self.fin is not None and self.fin > self.next_off:
-            self.skip(self.fin)
+        fin = self.fin if self.fin is not None else self.held_fin
+        if fin is not None and fin > self.next_off:
+            self.skip(fin)
 
 
 def frames(isn: int, steps) -> list[tuple[float, bytes]]:

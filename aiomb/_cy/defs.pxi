@@ -228,9 +228,10 @@ cdef enum:
 cdef enum:
     SF_SEQ_KNOWN = 1        # the side's sequence space is known (a SYN, or mid-stream data)
     SF_ACK_KNOWN = 2        # the side has sent an ACK
-    SF_FIN_SEEN = 4
+    SF_FIN_SEEN = 4         # the side's FIN took effect (at fin_seq): its receiver reached it
     SF_SYN_SEEN = 8
     SF_SYN_TS = 16          # its SYN offered timestamps (TSval kept in last_ack until it ACKs)
+    SF_FIN_HELD = 32        # a FIN (at fin_seq) ahead of the bytes in order waits for them (tcp.pxi)
 
 
 cdef inline void bump8(uint8_t *counter) noexcept nogil:
@@ -278,6 +279,7 @@ ctypedef struct stream_t:
     uint64_t rexmit_bytes   # payload bytes of the segments counted in rexmits
     uint64_t unchecked      # bytes received again too long after to be compared (older than hist)
     uint64_t after_fin      # payload bytes sent at or past the side's FIN (its receiver ignores them)
+    uint32_t fin_ignored    # FINs that never took effect (below the bytes in order, passed by them, ...)
     uint32_t segments       # data segments (with payload) the side sent
     uint32_t rexmits        # segments carrying only bytes already seen
     uint32_t ooo_segments   # data segments that arrived ahead of a hole
@@ -304,7 +306,7 @@ ctypedef struct side_t:
     uint32_t last_ack       # highest acknowledgement sent (SF_ACK_KNOWN); before the side's first
                             # ACK, the TSval of its SYN when that offered timestamps (SF_SYN_TS)
     uint32_t window         # last advertised window, scaled
-    uint32_t fin_seq        # sequence number of the FIN
+    uint32_t fin_seq        # sequence number of the FIN (taken, or held: SF_FIN_SEEN, SF_FIN_HELD)
     uint32_t retransmits
     uint8_t syn             # packet counters by flag, saturating at 255
     uint8_t synack

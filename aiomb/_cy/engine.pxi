@@ -971,6 +971,9 @@ cdef class Engine:
         if self.verdict != VERDICT_DROP:
             if self.reassembling and (not (fl & TH_RST) or rst_ok and self.rx.rst_payload):
                 stream_receive(self, slot, side, pk)
+                f = &self.tab.flows[slot]
+                if (f.side[0].flags | f.side[1].flags) & SF_FIN_HELD:
+                    fins_settle(self, slot)
             if rst_ok:
                 set_state(self, slot, rs, ST_CLOSED, HOOK_RECEIVER)
                 self.end_flow(slot, side, HOOK_RECEIVER, END_RST)

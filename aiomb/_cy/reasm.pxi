@@ -841,9 +841,9 @@ cdef inline bint keep_alive(const stream_t *st, int64_t soff, const side_t *r, c
 
 
 cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) except -1:
-    """The receiver phase of a packet from ``side``: its payload into the sender's stream (a
-    FIN past bytes never seen makes that stream, to report them at its close); its ACK may
-    reveal a gap in the receiver's."""
+    """The receiver phase of a packet from ``side``: its payload into the sender's stream; its
+    ACK may reveal a gap in the receiver's (then tcp.pxi's fins_settle sees whether a held FIN
+    was reached)."""
     cdef flow_t *f = &eng.tab.flows[slot]
     cdef side_t *s = &f.side[side]
     cdef side_t *r = &f.side[1 - side]
@@ -872,9 +872,6 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
                     return 0
             if n:
                 stream_segment(eng, slot, side, HOOK_RECEIVER, st, soff, pk.payload, n, not pk.reassembled)
-    elif (pk.flags & TH_FIN) and s.stream == NULL and (s.flags & SF_FIN_SEEN) and (s.flags & SF_SEQ_KNOWN) \
-            and <int32_t>(s.fin_seq - (s.isn + 1)) > 0:
-        stream_new(eng, s)      # a FIN past bytes never seen: the stream reports the hole when it closes
     if not (pk.flags & TH_ACK) or pk.flags & TH_SYN or not ((r.flags & SF_SYN_SEEN) or (r.flags & SF_SEQ_KNOWN)):
         return 0
     f = &eng.tab.flows[slot]
@@ -893,11 +890,104 @@ cdef int stream_receive(Engine eng, int32_t slot, int side, const pkt_t *pk) exc
     if ack_off > <int64_t>st.acked_off:
         st.acked_off = ack_off   # remembered beyond the bytes captured: a later segment below it came after a lost one
     end_off = stream_offset(st, r.fin_seq if (r.flags & SF_FIN_SEEN) else r.next_seq)
+    if (r.flags & SF_FIN_HELD) and ack_off == stream_offset(st, r.fin_seq) + 1:
+        end_off = ack_off - 1    # the ACK of a held FIN: the receiver took it (fins_settle), no byte at its place
     if ack_off > end_off:
         ack_off = end_off        # holes are known up to the bytes seen from the peer (its stream ends at its FIN)
     if ack_off > <int64_t>st.next_off:
         stream_lost_to(eng, slot, 1 - side, HOOK_RECEIVER, st, <uint64_t>ack_off)
     return 0
+
+
+cdef int fin_place(Engine eng, side_t *s, const pkt_t *pk) except -1:
+    """Where a FIN from side ``s`` (none taken yet) lies for its receiver: FIN_TAKEN when its
+    segment reaches the bytes in order (its own bytes bring them to it), FIN_STALE when it lies
+    below them (or below what the receiver ACKed past it), FIN_HELD ahead of them, behind a hole.
+    A FIN not taken needs the side's stream (made here, for one past bytes never seen): without
+    it (streams not tracked, no memory) a FIN is taken as it comes."""
+    cdef stream_t *st = s.stream
+    cdef int64_t soff, foff, next_off = 0, acked_off = 0
+    cdef int where
+    if not eng.reassembling:
+        return FIN_TAKEN
+    if st == NULL:
+        soff = <int32_t>(pk.seq - (s.isn + 1))
+    else:
+        stream_rebase(st, s)
+        if not st.based or st.stopped:
+            return FIN_TAKEN
+        soff = stream_offset(st, pk.seq)
+        next_off = <int64_t>st.next_off
+        acked_off = <int64_t>st.acked_off
+    foff = soff + pk.paylen
+    if foff < next_off or acked_off > foff + 1:
+        where = FIN_STALE
+    elif soff <= next_off:
+        return FIN_TAKEN
+    else:
+        where = FIN_HELD
+    if st == NULL and stream_new(eng, s) == NULL:
+        return FIN_TAKEN
+    return where
+
+
+cdef int fin_reach(Engine eng, int32_t slot, int side, int hook) except -1:
+    """A side's held FIN, once a packet moved its stream: FIN_TAKEN when the bytes in order reach
+    it, or when the receiver ACKed the bytes up to it or the FIN itself (the bytes before it, lost
+    by the capture, are a GAP first); FIN_STALE (counted, no longer held) once the bytes in order
+    or the receiver's ACK pass it; else FIN_HELD."""
+    cdef side_t *s = &eng.tab.flows[slot].side[side]
+    cdef stream_t *st = s.stream
+    cdef int64_t foff
+    if st == NULL or st.stopped:
+        return FIN_TAKEN
+    foff = stream_offset(st, s.fin_seq)
+    if <int64_t>st.next_off < foff and foff <= <int64_t>st.acked_off <= foff + 1:
+        stream_lost_to(eng, slot, side, hook, st, <uint64_t>foff)
+        s = &eng.tab.flows[slot].side[side]
+        st = s.stream
+        if st == NULL:
+            return FIN_TAKEN
+    if <int64_t>st.next_off == foff and <int64_t>st.acked_off <= foff + 1:
+        return FIN_TAKEN
+    if <int64_t>st.next_off > foff or <int64_t>st.acked_off > foff + 1:
+        s.flags &= ~SF_FIN_HELD
+        st.fin_ignored += 1
+        return FIN_STALE
+    return FIN_HELD
+
+
+cdef void stream_fin(Engine eng, stream_t *st, uint64_t fin_off) noexcept:
+    """The side's FIN took effect at ``fin_off``: bytes held out of order at or past it never
+    reach the application (Linux's tcp_fin purges its out-of-order queue): dropped, counted
+    with the bytes past the FIN (after_fin)."""
+    cdef seg_t **link = &st.ooo
+    cdef seg_t *g
+    cdef uint32_t cut
+    st.ooo_last = NULL
+    while link[0] != NULL and link[0].off + link[0].length <= fin_off:
+        st.ooo_last = link[0]
+        link = &link[0].next
+    if link[0] != NULL and link[0].off < fin_off:     # held bytes across the FIN: those past it go
+        g = link[0]
+        cut = <uint32_t>(g.off + g.length - fin_off)
+        g.length -= cut
+        st.ooo_bytes -= cut
+        st.after_fin += cut
+        if g.data != NULL:
+            eng.rx.memory -= cut
+            g.data = <uint8_t *>realloc(g.data, g.length)      # shrinking: never fails in practice
+        st.ooo_last = g
+        link = &g.next
+    while link[0] != NULL:
+        g = link[0]
+        link[0] = g.next
+        st.ooo_count -= 1
+        st.ooo_bytes -= g.length
+        st.after_fin += g.length
+        eng.rx.memory -= sizeof(seg_t) + (g.length if g.data != NULL else 0)
+        free(g.data)
+        free(g)
 
 
 cdef int refuse_unmade(Engine eng, int32_t slot, int side, const side_t *s, const pkt_t *pk) except -1:
@@ -953,15 +1043,25 @@ cdef int stream_lost_to(Engine eng, int32_t slot, int side, int hook, stream_t *
 
 cdef int streams_close(Engine eng, int32_t slot, bint reset) except -1:
     """The flow ends: holes before held segments (and before a FIN) become gaps; every byte is
-    delivered (ended by a RST: up to the receiver's ACK point, see stream_close)."""
+    delivered (ended by a RST: up to the receiver's ACK point, see stream_close). A FIN still
+    held never took effect (counted in fin_ignored), but the bytes before it were sent: unless a
+    RST ended the flow, the hole before it is a gap too."""
     cdef flow_t *f = &eng.tab.flows[slot]
     cdef int i
     cdef stream_t *st
+    cdef side_t *s
+    cdef int64_t fin_off
     for i in range(2):
-        st = f.side[i].stream
+        s = &f.side[i]
+        st = s.stream
         if st != NULL:
-            stream_close(eng, slot, i, stream_offset(st, f.side[i].fin_seq) if (f.side[i].flags & SF_FIN_SEEN) else -1,
-                         reset)
+            fin_off = -1
+            if (s.flags & SF_FIN_SEEN) or (s.flags & SF_FIN_HELD) and not reset:
+                fin_off = stream_offset(st, s.fin_seq)
+            if s.flags & SF_FIN_HELD:
+                s.flags &= ~SF_FIN_HELD
+                st.fin_ignored += 1
+            stream_close(eng, slot, i, fin_off, reset)
             f = &eng.tab.flows[slot]
     return 0
 

@@ -9,9 +9,11 @@
 #   SYN-ACK                         records its ISN; the first one raises SYN_ACK;
 #                                   CLOSED/LISTEN/SYN_SENT -> SYN_RECEIVED. The same SYN-ACK
 #                                   again (same ISN) is a RETRANSMIT.
-#   FIN (first)                     raises FIN; CLOSE_WAIT -> LAST_ACK; a state before the
+#   FIN (first taken)               raises FIN; CLOSE_WAIT -> LAST_ACK; a state before the
 #                                   close began (see ON_OWN_FIN) -> FIN_WAIT_1. The same FIN
-#                                   again (same sequence number) is a RETRANSMIT.
+#                                   again (same sequence number) is a RETRANSMIT. While the
+#                                   side's stream is tracked, a FIN is taken where Linux takes
+#                                   it (see "FINs" below); else as it comes.
 #   RST the receiver accepts        raises RST; -> CLOSED; the receiver -> CLOSED; the flow
 #                                   ends (RST). A RST out of the receiver's window is counted
 #                                   (rst_ignored, rst_out_of_window) and changes nothing.
@@ -30,8 +32,18 @@
 #   ACK of its SYN                  SYN_RECEIVED -> ESTABLISHED
 #   ACK of its FIN                  see ON_FIN_ACKED (FIN_WAIT_1 -> FIN_WAIT_2, CLOSING ->
 #                                   TIME_WAIT, LAST_ACK -> CLOSED)
-#   FIN                             see ON_PEER_FIN (FIN_WAIT_1 -> CLOSING, FIN_WAIT_2 ->
+#   FIN (taken)                     see ON_PEER_FIN (FIN_WAIT_1 -> CLOSING, FIN_WAIT_2 ->
 #                                   TIME_WAIT, an open state -> CLOSE_WAIT)
+#
+# FINs. Linux takes a FIN only when the bytes in order reach its sequence number exactly. One
+# below them is old (tcp_sequence / tcp_data_queue drop it): ignored. One ahead of them, behind a
+# hole, waits out of order: it is taken when the bytes in order reach it, or when the receiver
+# ACKs the bytes up to it or the FIN (the capture lost those bytes: a GAP); bytes in order (or an
+# ACK) passing it drop it (tcp_ofo_queue). Taking it drops the bytes held past it (tcp_fin purges
+# the out-of-order queue). One FIN is held per side: of two behind the hole, the nearer. A FIN
+# still held when the flow ends never took effect (the hole before it is a GAP, unless a RST ended
+# the flow). Each FIN that never takes effect is counted (the stream's fin_ignored); a held FIN
+# moves neither side. Without the side's stream, a FIN is taken as it comes.
 #
 # The flow is ESTABLISHED (the event, once) when both sides are synchronized (ESTABLISHED or a
 # later state). It ends with reason FIN when both sides sent a FIN and both are in TIME_WAIT or
@@ -44,7 +56,7 @@ cdef enum:
     N_STATES = 11
 
 # A transition table maps the side's current state to its next one (KEEP: unchanged).
-# The sender's next state when it sends its first FIN:
+# The sender's next state when its first FIN takes effect:
 cdef uint8_t ON_OWN_FIN[N_STATES]
 ON_OWN_FIN[:] = [
     ST_FIN_WAIT_1,          # CLOSED
@@ -59,7 +71,7 @@ ON_OWN_FIN[:] = [
     KEEP,                   # LAST_ACK
     KEEP,                   # TIME_WAIT
 ]
-# The receiver's next state when the peer's FIN arrives:
+# The receiver's next state when the peer's FIN takes effect:
 cdef uint8_t ON_PEER_FIN[N_STATES]
 ON_PEER_FIN[:] = [
     KEEP,                   # CLOSED
@@ -96,6 +108,13 @@ CLOSING_STATES[:] = [1, 0, 0, 0, 0, 1, 1, 1, 1, 1, 1]
 # States in which a side has completed its part of the handshake (RFC 793's synchronized states):
 cdef uint8_t SYNCHRONIZED[N_STATES]
 SYNCHRONIZED[:] = [0, 0, 0, 0, 1, 1, 1, 1, 1, 1, 1]
+
+
+# Where a FIN lies for its receiver (fin_place, fin_reach):
+cdef enum:
+    FIN_TAKEN = 0           # reached: it takes effect now
+    FIN_STALE = 1           # below the bytes in order, or passed by them: ignored
+    FIN_HELD = 2            # ahead of the bytes in order, behind a hole: it waits
 
 
 cdef inline bint reuses(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
@@ -229,6 +248,7 @@ cdef int tcp_sender_data(Engine eng, int32_t slot, int side, const pkt_t *pk) ex
     cdef side_t *s = &eng.tab.flows[slot].side[side]
     cdef uint32_t end = pk.seq + pk.paylen
     cdef bint fin = (pk.flags & TH_FIN) != 0
+    cdef int where
     if fin:
         end += 1
     if not (s.flags & SF_SEQ_KNOWN):
@@ -240,15 +260,45 @@ cdef int tcp_sender_data(Engine eng, int32_t slot, int side, const pkt_t *pk) ex
     if not fin:
         return 0
     bump8(&s.fin)
-    if (s.flags & SF_FIN_SEEN):
-        if pk.seq + pk.paylen == s.fin_seq:
-            s.retransmits += 1
-            return eng.em.fire(B_RETRANSMIT, slot, side, HOOK_SENDER, 0, 0)
+    if (s.flags & (SF_FIN_SEEN | SF_FIN_HELD)) and pk.seq + pk.paylen == s.fin_seq:
+        s.retransmits += 1
+        return eng.em.fire(B_RETRANSMIT, slot, side, HOOK_SENDER, 0, 0)
+    if s.flags & SF_FIN_SEEN:
         return 0
-    s.flags |= SF_FIN_SEEN
+    where = fin_place(eng, s, pk)
+    if where == FIN_STALE or where == FIN_HELD and (s.flags & SF_FIN_HELD) and seq_gt(pk.seq + pk.paylen, s.fin_seq):
+        s.stream.fin_ignored += 1           # old, or behind the FIN held already
+        return 0
+    if s.flags & SF_FIN_HELD:
+        s.stream.fin_ignored += 1           # this one comes before the FIN held: that one never will
     s.fin_seq = pk.seq + pk.paylen
-    eng.em.fire(B_FIN, slot, side, HOOK_SENDER, 0, 0)
-    return set_state(eng, slot, side, ON_OWN_FIN[eng.tab.flows[slot].side[side].state], HOOK_SENDER)
+    if where == FIN_HELD:
+        s.flags |= SF_FIN_HELD
+        return 0
+    return fin_take(eng, slot, side, HOOK_SENDER, 0)
+
+
+cdef int fin_take(Engine eng, int32_t slot, int side, int hook, bint held) except -1:
+    """A side's FIN (at fin_seq) takes effect: the bytes held past it go, FIN, the sender's state;
+    a FIN ``held`` until now moves its receiver too (one taken as it comes does in tcp_receiver)."""
+    cdef side_t *s = &eng.tab.flows[slot].side[side]
+    s.flags = (s.flags & ~SF_FIN_HELD) | SF_FIN_SEEN
+    if s.stream != NULL and s.stream.based:
+        stream_fin(eng, s.stream, stream_offset(s.stream, s.fin_seq))
+    eng.em.fire(B_FIN, slot, side, hook, 0, 0)
+    set_state(eng, slot, side, ON_OWN_FIN[eng.tab.flows[slot].side[side].state], hook)
+    if held:
+        set_state(eng, slot, 1 - side, ON_PEER_FIN[eng.tab.flows[slot].side[1 - side].state], hook)
+    return 0
+
+
+cdef int fins_settle(Engine eng, int32_t slot) except -1:
+    """After a packet's bytes and ACK moved the streams: a held FIN they reached takes effect."""
+    cdef int i
+    for i in range(2):
+        if (eng.tab.flows[slot].side[i].flags & SF_FIN_HELD) and fin_reach(eng, slot, i, HOOK_RECEIVER) == FIN_TAKEN:
+            fin_take(eng, slot, i, HOOK_RECEIVER, 1)
+    return 0
 
 
 cdef int tcp_receiver(Engine eng, int32_t slot, int side, const pkt_t *pk) except -1:
@@ -272,7 +322,7 @@ cdef int tcp_receiver(Engine eng, int32_t slot, int side, const pkt_t *pk) excep
             r = &eng.tab.flows[slot].side[rs]
             if (r.flags & SF_FIN_SEEN) and seq_ge(pk.ack, r.fin_seq + 1):
                 set_state(eng, slot, rs, ON_FIN_ACKED[r.state], HOOK_RECEIVER)
-        if fl & TH_FIN:
+        if (fl & TH_FIN) and (eng.tab.flows[slot].side[side].flags & SF_FIN_SEEN):
             set_state(eng, slot, rs, ON_PEER_FIN[eng.tab.flows[slot].side[rs].state], HOOK_RECEIVER)
     f = &eng.tab.flows[slot]
     r = &f.side[rs]

@@ -388,7 +388,8 @@ cdef object side_stats(const side_t *s, const side_t *peer):
         wscale=s.wscale if s.wscale != 0xff and peer.wscale != 0xff else None,
         data_segments=st.segments, retransmitted_bytes=st.rexmit_bytes, out_of_order=st.ooo_segments,
         zero_window_probes=st.zw_probes, beyond_window=st.beyond_window, unchecked_bytes=st.unchecked,
-        undelivered_bytes=st.undelivered, after_fin_bytes=st.after_fin, keep_alives=st.keep_alives)
+        undelivered_bytes=st.undelivered, after_fin_bytes=st.after_fin, fin_ignored=st.fin_ignored,
+        keep_alives=st.keep_alives)
 
 
 @cython.boundscheck(False)

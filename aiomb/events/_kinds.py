@@ -22,7 +22,7 @@ class EventKind(enum.IntFlag):
     ESTABLISHED = 1 << 3
     """The three-way handshake completed: both sides are ESTABLISHED."""
     FIN = 1 << 4
-    """A side sent its first FIN."""
+    """A side's FIN took effect: its receiver reached it (README "Flows and TCP state": FINs)."""
     RST = 1 << 5
     """A side sent a RST that the receiver would accept (in its window)."""
     STATE_CHANGE = 1 << 6

@@ -61,6 +61,8 @@ class SideStatistics:
     wanted; ``unchecked_bytes`` came again after that), ``undelivered_bytes`` (captured, but left
     behind a hole nobody ACKed when a RST ended the flow: never delivered), ``after_fin_bytes``
     (payload sent at or past the side's FIN, which its receiver ignores: not in the stream),
+    ``fin_ignored`` (FINs that never took effect: below the bytes in order, passed by them or by
+    the receiver's ACK, behind another held FIN, or still held when the flow ended),
     ``keep_alives`` (one byte re-sent just below the next sequence number, already ACKed: neither
     a data segment nor a retransmission), ``next_offset``.
     """
@@ -92,6 +94,7 @@ class SideStatistics:
     beyond_window: int = 0
     unchecked_bytes: int = 0
     after_fin_bytes: int = 0
+    fin_ignored: int = 0
     keep_alives: int = 0
     undelivered_bytes: int = 0
 

@@ -1,6 +1,7 @@
 """The same answer at any batch size, over generated conversations: several TCP flows and a UDP
 flow interleaved, segments split, reordered, duplicated, re-sent with other bytes, lost, idle
-long enough to time out, closed by FIN or RST, and a tuple reused by a new connection. Every
+long enough to time out, stray FINs (old, or ahead of a hole), closed by FIN or RST, and a tuple
+reused by a new connection. Every
 event and every flow's final figures are the same whether the frames come one at a time or in
 batches of any size (the corpus version is tests/corpus/test_batch_invariance.py)."""
 
@@ -33,6 +34,8 @@ def conversation(rnd, n: int, start: float):
             c.send(side, second)
         if rnd.random() < 0.3:
             c.send(side, rnd.randbytes(len(data)), advance=False, seq_offset=-len(data))  # again, other bytes
+        if rnd.random() < 0.1:              # a stray FIN: old, at the next byte, or ahead of a hole
+            c.send(side, b"", flags="FA", advance=False, seq_offset=rnd.randint(-len(data) - 3, len(data) + 3))
         if rnd.random() < 0.3:
             c.ack("server" if side == "client" else "client")
     ending = rnd.choice(["fin", "rst", "none"])

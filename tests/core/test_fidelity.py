@@ -2,12 +2,14 @@
 
 Each test crafts the situation frame by frame and asserts exact events and counters."""
 
+import io
 import struct
 
 import pytest
 
 import aiomb
 from aiomb import EventKind, Side
+from aiomb._core import CaptureReader
 from aiomb.testing import (
     TcpConversation,
     ethernet_frame,
@@ -17,6 +19,7 @@ from aiomb.testing import (
     tcp_frame,
     tcp_options,
     udp_frame,
+    write_pcap,
 )
 
 CLIENT, SERVER = Side.CLIENT, Side.SERVER
@@ -361,6 +364,218 @@ def test_bytes_sent_past_a_fin_are_not_the_stream_as_linux_ignores_them(seq_offs
     events = d.drain(sub)
     assert [(e.kind, e.value) for e in events] == [(EventKind.NEW_DATA, b"AAAA"), (EventKind.CONN_END, None)]
     assert (events[-1].stats.client.after_fin_bytes, events[-1].stats.client.missed) == (4, 0)
+
+
+# -- FINs the receiver never takes ------------------------------------------------------------
+# Linux takes a FIN only when the bytes in order reach its sequence number exactly: one below them
+# is an old segment (dropped), one ahead waits out of order and is dropped if bytes in order pass it.
+
+
+def client_fin(c, seq_offset, payload=b""):
+    """A FIN from the client at its next sequence number plus ``seq_offset`` (after ``payload``),
+    which does not move the conversation's sequence numbers."""
+    c.send("client", payload, flags="FA", seq_offset=seq_offset, advance=False)
+
+
+def both_close(c, client_fin_taken=True):
+    """The rest of a close: the server ACKs (the client's FIN, if its sequence number was taken), sends
+    its FIN, the client ACKs it."""
+    if client_fin_taken:
+        c.client_seq += 1
+    c.ack("server")
+    c.fin("server")
+    c.ack("client")
+
+
+def stale_fin():
+    """A FIN below bytes already in order, then the rest of the stream: the FIN is old, ignored."""
+    c = established()
+    c.send("client", b"hello ")
+    c.ack("server")
+    client_fin(c, -4)                                     # FIN at offset 2
+    client_fin(c, -6, b"hel")                             # old bytes, FIN at offset 3
+    c.send("client", b"world: the real request")
+    c.fin("client")
+    both_close(c, client_fin_taken=False)
+    return c.frames
+
+
+def future_fin_passed():
+    """A FIN behind a hole, then one segment covering its sequence number: the FIN is dropped."""
+    c = established()
+    client_fin(c, 5)
+    c.send("client", b"hello world: the request")
+    c.fin("client")
+    both_close(c, client_fin_taken=False)
+    return c.frames
+
+
+def future_fin_passed_out_of_order():
+    """The same, the bytes over the FIN held out of order until the hole before them is filled."""
+    c = established()
+    client_fin(c, 5)
+    c.send("client", b"lo world: the request", seq_offset=3, advance=False)
+    c.send("client", b"hel")
+    c.client_seq += 21
+    c.fin("client")
+    both_close(c, client_fin_taken=False)
+    return c.frames
+
+
+def future_fin_reached():
+    """A FIN behind a hole, bytes past it held out of order, then the hole filled exactly up to the
+    FIN: the FIN is taken, the held bytes past it dropped, and bytes sent at it later are past it."""
+    c = established()
+    client_fin(c, 5)
+    c.send("client", b"JUNK", seq_offset=6, advance=False)
+    c.send("client", b"hello")
+    c.send("client", b"world", advance=False)
+    both_close(c)
+    return c.frames
+
+
+def future_fin_with_bytes_reached():
+    """A FIN with bytes, behind a hole; the hole filled: the FIN is taken after its bytes."""
+    c = established()
+    client_fin(c, 5, b"world")
+    c.send("client", b"hello")
+    c.client_seq += 5
+    both_close(c)
+    return c.frames
+
+
+def fin_in_order_after_held_bytes():
+    """Bytes past a FIN held out of order before the FIN came in order: dropped with the FIN."""
+    c = established()
+    c.send("client", b"JUNK", seq_offset=6, advance=False)
+    c.send("client", b"hello")
+    c.fin("client")
+    both_close(c, client_fin_taken=False)
+    return c.frames
+
+
+def acked_fin_behind_lost_bytes(ack_first=False):
+    """Bytes the capture lost, then the FIN after them, which the server ACKs: the server took the
+    bytes (GAP) and the FIN."""
+    c = established()
+    c.send("client", b"hello")
+    c.frames.pop()
+    client_fin(c, 0)
+    c.client_seq += 1
+    c.ack("server")
+    if ack_first:
+        c.frames[-2], c.frames[-1] = (c.frames[-2][0], c.frames[-1][1]), (c.frames[-1][0], c.frames[-2][1])
+    c.fin("server")
+    c.ack("client")
+    return c.frames
+
+
+def held_fin_then(end):
+    """A FIN behind bytes the capture lost, which nobody ACKs; then the flow ends otherwise."""
+    c = established()
+    c.send("client", b"hello")
+    c.frames.pop()
+    client_fin(c, 0)
+    if end == "rst":
+        c.rst("server")
+    return c.frames
+
+
+def two_held_fins():
+    """Two FINs behind a hole, then bytes passing the nearer and reaching the farther: Linux takes
+    the farther; aiomb holds one FIN per side (the nearer), so it takes neither (README, Evasions)."""
+    c = established()
+    client_fin(c, 5)
+    client_fin(c, 10)
+    c.send("client", b"helloworld")
+    c.send("client", b"JUNK")
+    return c.frames
+
+
+FIN_CLOSE = [(EventKind.FIN, CLIENT, None), (EventKind.FIN, SERVER, None),
+             (EventKind.CONN_END, CLIENT, aiomb.EndReason.FIN)]
+FIN_CASES = {
+    # name: (frames, the client's stream, the other events, the client's (fin_ignored, after_fin_bytes, missed))
+    "stale": (stale_fin(), b"hello world: the real request", FIN_CLOSE, (2, 0, 0)),
+    "future, passed": (future_fin_passed(), b"hello world: the request", FIN_CLOSE, (1, 0, 0)),
+    "future, passed out of order": (future_fin_passed_out_of_order(), b"hello world: the request", FIN_CLOSE,
+                                    (1, 0, 0)),
+    "future, reached": (future_fin_reached(), b"hello", FIN_CLOSE, (0, 9, 0)),
+    "future with bytes, reached": (future_fin_with_bytes_reached(), b"helloworld", FIN_CLOSE, (0, 0, 0)),
+    "in order, held bytes past it": (fin_in_order_after_held_bytes(), b"hello", FIN_CLOSE, (0, 4, 0)),
+    "acked behind lost bytes": (acked_fin_behind_lost_bytes(), b"", [(EventKind.GAP, CLIENT, (0, 5))] + FIN_CLOSE,
+                                (0, 0, 5)),
+    "acked behind lost bytes, ACK first": (acked_fin_behind_lost_bytes(ack_first=True), b"",
+                                           [(EventKind.GAP, CLIENT, (0, 5))] + FIN_CLOSE, (0, 0, 5)),
+    "two held, the farther reached": (two_held_fins(), b"helloworldJUNK", [
+        (EventKind.CONN_END, None, aiomb.EndReason.END_OF_CAPTURE)], (2, 0, 0)),
+    "held, then a RST": (held_fin_then("rst"), b"", [
+        (EventKind.RST, SERVER, None), (EventKind.CONN_END, SERVER, aiomb.EndReason.RST)],
+        (1, 0, 0)),
+    "held at the end of the capture": (held_fin_then("end"), b"", [     # the bytes before it were sent
+        (EventKind.GAP, CLIENT, (0, 5)), (EventKind.CONN_END, None, aiomb.EndReason.END_OF_CAPTURE)],
+        (1, 0, 5)),
+}
+
+
+def fin_case_events(frames, batch_size=1):
+    """The frames read in batches of ``batch_size``: the client's stream, the other events, the
+    client's figures (as in FIN_CASES) and the flow's final statistics."""
+    engine, d, sub = engine_and_events(EventKind.NEW_DATA | EventKind.GAP | EventKind.FIN | EventKind.RST
+                                       | EventKind.CONN_END)
+    buf = io.BytesIO()
+    write_pcap(buf, frames)
+    events = []
+    batch = aiomb.FrameBatch(batch_size)
+    with CaptureReader(io.BytesIO(buf.getvalue())) as reader:
+        while reader.fill(batch):
+            engine.process(batch)
+            events += d.drain(sub)
+    engine.finish()
+    events += d.drain(sub)
+    stream = b"".join(bytes(e.value) for e in events if e.kind is EventKind.NEW_DATA and e.side is CLIENT)
+    others = [(e.kind, e.side, (e.offset, e.length) if e.kind is EventKind.GAP else
+               e.reason if e.kind is EventKind.CONN_END else None)
+              for e in events if e.kind is not EventKind.NEW_DATA]
+    client = events[-1].stats.client
+    return stream, others, (client.fin_ignored, client.after_fin_bytes, client.missed), events[-1].stats
+
+
+@pytest.mark.parametrize("case", FIN_CASES.values(), ids=FIN_CASES)
+def test_a_fin_is_taken_where_linux_takes_it(case):
+    """A FIN below the bytes in order is ignored and the stream goes on; one ahead of them waits:
+    taken if they reach it exactly (or the receiver ACKs it after bytes the capture lost), dropped if
+    they pass it; one still waiting when the flow ends never took effect (the hole before it is a
+    GAP, unless a RST ended the flow: the stream stops at the receiver's ACK point)."""
+    frames, stream, others, figures = case
+    got_stream, got_others, got_figures, stats = fin_case_events(frames)
+    assert (got_stream, got_others, got_figures) == (stream, others, figures)
+    if others[-1][2] is aiomb.EndReason.FIN:
+        assert (stats.client.state, stats.server.state) == (aiomb.TcpState.TIME_WAIT, aiomb.TcpState.CLOSED)
+    else:                                                   # the held FIN moved neither side
+        assert (stats.client.state, stats.server.state) == ((aiomb.TcpState.CLOSED,) * 2 if others[-1][2] is
+                                                            aiomb.EndReason.RST else (aiomb.TcpState.ESTABLISHED,) * 2)
+
+
+def test_a_fin_right_after_bytes_its_receiver_acked_is_taken_at_once():
+    """The server ACKed bytes the capture lost; the FIN right after them is in order for it: the
+    bytes are a GAP, and the FIN is taken as it comes, before any ACK of it."""
+    c = established()
+    c.send("client", b"hello")
+    c.frames.pop()
+    c.ack("server")
+    client_fin(c, 0)
+    stream, others, figures, stats = fin_case_events(c.frames)
+    assert (stream, others, figures) == (b"", [(EventKind.GAP, CLIENT, (0, 5)), (EventKind.FIN, CLIENT, None),
+                                               (EventKind.CONN_END, None, aiomb.EndReason.END_OF_CAPTURE)], (0, 0, 5))
+    assert (stats.client.state, stats.server.state) == (aiomb.TcpState.FIN_WAIT_1, aiomb.TcpState.CLOSE_WAIT)
+
+
+@pytest.mark.parametrize("batch_size", [2, 3, 7, 100])
+def test_fins_are_taken_the_same_at_any_batch_size(batch_size):
+    for name, (frames, _, _, _) in FIN_CASES.items():
+        one = fin_case_events(frames)
+        assert fin_case_events(frames, batch_size)[:3] == one[:3], name
 
 
 @pytest.mark.parametrize("midstream", [False, True])

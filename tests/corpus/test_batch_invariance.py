@@ -2,7 +2,8 @@
 side, time, reason, states, value, range, end figures) and every flow's final figures are the same
 whether frames reach the engine 1, 7, 64 or 2048 at a time. NEW_DATA is raised once per side per
 batch, so its events are compared as what they add up to: each side's runs of contiguous bytes.
-Events that need no stream are the same with reassembly off."""
+Events that need no stream are the same with reassembly off (but where a FIN is taken: see
+fins_apart)."""
 
 import pathlib
 
@@ -72,6 +73,21 @@ def test_events_and_flow_figures_do_not_depend_on_the_batch_size(pcap):
         assert other[2] == first[2], f"flow figures differ at batch size {size}"
 
 
+def fins_apart(on, off):
+    """Both runs' events (end figures left out: stream counters stay 0 when off), but for the flows
+    whose FIN events differ: a side's stream places its FIN where Linux takes it (an old one
+    ignored, one behind a hole taken when reached); without it a FIN is taken as it comes, and the
+    states it moves decide what follows (a SYN-ACK to a side in FIN_WAIT_1 is rejected, ...). Those
+    flows must still start and end in both runs."""
+    def fins(events):
+        return {ev for ev in events if ev[0] is EventKind.FIN}
+    apart = {ev[2] for ev in fins(on) ^ fins(off)}
+    for events in (on, off):
+        for kind in (EventKind.CONN_START, EventKind.CONN_END):
+            assert {ev[2] for ev in events if ev[0] is kind} >= apart, kind
+    return tuple([ev[:11] for ev in events if ev[2] not in apart] for events in (on, off))
+
+
 @pytest.mark.parametrize("pcap", captures())
 def test_events_without_streams_are_the_same_with_reassembly_off(pcap):
     path = corpus_path() / pcap
@@ -79,5 +95,5 @@ def test_events_without_streams_are_the_same_with_reassembly_off(pcap):
     on = run(path, 64, kinds, reassembly=True)
     for size in (1, 2048):
         off = run(path, size, kinds, reassembly=False)
-        strip = [ev[:11] for ev in off[0]]          # end figures: stream counters stay 0 when off
-        assert strip == [ev[:11] for ev in on[0]], f"events differ at batch size {size}"
+        with_streams, without = fins_apart(on[0], off[0])
+        assert without == with_streams, f"events differ at batch size {size}"
