@@ -94,7 +94,7 @@ def new_bytes_win(policy: str, s0: int, s1: int, h0: int, h1: int) -> bool:
     if policy in ("first", "last"):
         return policy == "last"
     if s0 < h0:
-        return True
+        return policy != "solaris" or s1 >= h1
     if s0 == h0:
         if s1 > h1:
             return policy != "bsd"

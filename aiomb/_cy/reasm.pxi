@@ -72,16 +72,16 @@ cdef inline bint new_bytes_win(int policy, uint64_t s0, uint64_t s1, uint64_t h0
 
     The target-based rules of Suricata's stream engine (after Novak and Sturges): ``first``
     keeps held bytes, ``last`` takes new ones; the OS families take the new bytes when the new
-    segment starts before the held one (bsd, linux, old_linux, solaris), starts with it and
-    ends after it (linux, old_linux, solaris) or with it (old_linux, solaris), or starts after
-    it and ends after it (solaris).
+    segment starts before the held one (bsd, linux, old_linux; solaris only if it also ends with
+    or after it), starts with it and ends after it (linux, old_linux, solaris) or with it
+    (old_linux, solaris), or starts after it and ends after it (solaris).
     """
     if policy == POLICY_LAST:
         return 1
     if policy == POLICY_FIRST:
         return 0
     if s0 < h0:
-        return 1
+        return policy != POLICY_SOLARIS or s1 >= h1
     if s0 == h0:
         if s1 > h1:
             return policy != POLICY_BSD

@@ -376,19 +376,23 @@ OVERLAP_CASES = {
     "same start, ends before": (4, b"nn"),
     "same start, ends same": (4, b"nnnn"),
     "same start, ends after": (4, b"nnnnnn"),
-    "starts before": (2, b"nnnn"),
+    "starts before, ends within": (2, b"nnnn"),
+    "starts before, ends same": (2, b"nnnnnn"),
+    "starts before, ends after": (2, b"nnnnnnnn"),
     "starts after, ends after": (6, b"nnnn"),
+    "starts after, ends same": (5, b"nnn"),
     "starts after, ends within": (5, b"nn"),
 }
+STARTS_BEFORE = {"starts before, ends within", "starts before, ends same", "starts before, ends after"}
 # which cases take the new bytes, per policy family (Suricata's target-based rules)
 NEW_WINS = {
     "first": set(),
     "last": set(OVERLAP_CASES),
-    "bsd": {"starts before"},
-    "linux": {"starts before", "same start, ends after"},
-    "old_linux": {"starts before", "same start, ends after", "same start, ends same"},
-    "solaris": {"starts before", "same start, ends after", "same start, ends same",
-                "starts after, ends after"},
+    "bsd": STARTS_BEFORE,
+    "linux": STARTS_BEFORE | {"same start, ends after"},
+    "old_linux": STARTS_BEFORE | {"same start, ends after", "same start, ends same"},
+    "solaris": {"starts before, ends same", "starts before, ends after", "same start, ends after",
+                "same start, ends same", "starts after, ends after"},
 }
 ALIASES = {"vista": "first", "windows": "bsd", "win2003": "bsd", "macos": "bsd", "hpux10": "bsd",
            "irix": "bsd", "hpux11": "solaris"}
@@ -424,7 +428,7 @@ def test_a_segment_partly_in_order_settles_held_copies_by_the_policy(policy):
     family = ALIASES.get(policy, policy)
     events, engine = run_stream([(0, b".."), (4, b"HHHH"), (1, b"." + b"n" * 8)], policy=policy,
                                 max_ooo_segments=1)
-    held = b"nnnn" if "starts before" in NEW_WINS[family] else b"HHHH"
+    held = b"nnnn" if "starts before, ends after" in NEW_WINS[family] else b"HHHH"
     assert stream_of(events) == b"..nn" + held + b"nn"
     assert [e.kind for e in events if e.kind is not EventKind.NEW_DATA] == [EventKind.OVERLAP]
     assert engine.statistics().buffer_overruns == 0
@@ -461,19 +465,13 @@ def test_set_policy_on_a_flow():
 def model_new_wins(family, s, h):
     """The README's policy table, as a function of the new segment s and the held segment h."""
     (s0, s1), (h0, h1) = s, h
-    if family == "last":
-        return True
-    if family == "first":
-        return False
-    if s0 < h0:
-        return True
-    if s0 == h0:
-        if s1 > h1:
-            return family != "bsd"
-        if s1 == h1:
-            return family in ("old_linux", "solaris")
-        return False
-    return family == "solaris" and s1 > h1
+    if family in ("first", "last"):
+        return family == "last"
+    if family == "solaris":                 # the copy reaching furthest, then the one starting first
+        return s1 > h1 or (s1 == h1 and s0 <= h0)
+    if s0 != h0:
+        return s0 < h0
+    return {"bsd": False, "linux": s1 > h1, "old_linux": s1 >= h1}[family]
 
 
 @settings(max_examples=200, deadline=None)
