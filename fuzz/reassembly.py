@@ -12,14 +12,15 @@ A handshake comes first; the steps go through a pcap and the capture reader in b
 
 The model (:class:`Model`) keeps one entry per byte: bytes in order never change, bytes held out
 of order are replaced when the policy's rule (Suricata's target-based rules, as in reasm.pxi)
-says the new segment wins; a server ACK past a hole declares the hole lost (GAP) up to the
-bytes the client sent (up to its FIN), and a segment arriving beyond a hole already ACKed does
-too. A FIN is taken where Linux takes it: one below the bytes in order (or below an ACK past it)
-is ignored; one ahead of them is held (the nearer of two), taken when the bytes in order reach it
-or the server ACKs the bytes up to it or the FIN (a GAP first), dropped once they or an ACK pass
-it. Bytes at or past the FIN taken are not the client's stream (its receiver ignores them, and
-drops those it held); at the end every hole before held bytes, and before the FIN taken or held,
-is a GAP. The engine's NEW_DATA bytes and GAP ranges must be exactly the model's.
+says the new segment wins against the segment whose copy is held; a server ACK past a hole
+declares the hole lost (GAP) up to the bytes the client sent (up to its FIN), and a segment
+arriving beyond a hole already ACKed does too. A FIN is taken where Linux takes it: one below the
+bytes in order (or below an ACK past it) is ignored; one ahead of them is held (the nearer of
+two), taken when the bytes in order reach it or the server ACKs the bytes up to it or the FIN (a
+GAP first), dropped once they or an ACK pass it. Bytes at or past the FIN taken are not the
+client's stream (its receiver ignores them, and drops those it held); at the end every hole
+before held bytes, and before the FIN taken or held, is a GAP. The engine's NEW_DATA bytes and
+GAP ranges must be exactly the model's.
 """
 
 import functools
@@ -93,11 +94,12 @@ def decode(data: bytes) -> tuple[str, int, int, list[tuple[str, int, int, int]]]
 
 
 def new_bytes_win(policy: str, s0: int, s1: int, h0: int, h1: int) -> bool:
-    """Whether a new segment [s0, s1) replaces the held bytes of segment [h0, h1) it overlaps."""
+    """Whether a new segment [s0, s1) replaces the held copy of bytes it overlaps, brought by
+    segment [h0, h1) (the last one whose copy won there)."""
     if policy in ("first", "last"):
         return policy == "last"
     if s0 < h0:
-        return True
+        return policy != "solaris" or s1 >= h1
     if s0 == h0:
         if s1 > h1:
             return policy != "bsd"
@@ -192,7 +194,7 @@ class Model:
             if piece is None:
                 self.held[o] = [byte, off, end]
             elif new_bytes_win(self.policy, off, end, piece[1], piece[2]):
-                piece[0] = byte
+                piece[:] = [byte, off, end]     # the copy is the new segment's: later ones are judged against it
         self.drain()
 
     def ack(self, off: int) -> None:

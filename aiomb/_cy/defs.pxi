@@ -240,8 +240,9 @@ cdef inline void bump8(uint8_t *counter) noexcept nogil:
 
 
 ctypedef struct seg_t:
-    # an out-of-order piece of a stream (disjoint from every other held byte range), cut from
-    # the segment [src_off, src_end) that brought it: overlap policies compare segments
+    # an out-of-order piece of a stream (disjoint from every other held byte range), a copy
+    # from the segment [src_off, src_end) that brought it (the last one whose copy won there):
+    # overlap policies compare a new segment with it
     uint64_t off
     uint64_t src_off
     uint64_t src_end

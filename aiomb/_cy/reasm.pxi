@@ -68,20 +68,21 @@ POLICIES = tuple(POLICY_NAMES)
 
 
 cdef inline bint new_bytes_win(int policy, uint64_t s0, uint64_t s1, uint64_t h0, uint64_t h1) noexcept nogil:
-    """Whether an arriving segment [s0, s1) replaces held bytes of [h0, h1) where they overlap.
+    """Whether an arriving segment [s0, s1) replaces the held copy of bytes it overlaps, that
+    segment [h0, h1) brought (the last one whose copy won there).
 
     The target-based rules of Suricata's stream engine (after Novak and Sturges): ``first``
     keeps held bytes, ``last`` takes new ones; the OS families take the new bytes when the new
-    segment starts before the held one (bsd, linux, old_linux, solaris), starts with it and
-    ends after it (linux, old_linux, solaris) or with it (old_linux, solaris), or starts after
-    it and ends after it (solaris).
+    segment starts before the held one (bsd, linux, old_linux; solaris only if it also ends with
+    or after it), starts with it and ends after it (linux, old_linux, solaris) or with it
+    (old_linux, solaris), or starts after it and ends after it (solaris).
     """
     if policy == POLICY_LAST:
         return 1
     if policy == POLICY_FIRST:
         return 0
     if s0 < h0:
-        return 1
+        return policy != POLICY_SOLARIS or s1 >= h1
     if s0 == h0:
         if s1 > h1:
             return policy != POLICY_BSD
@@ -365,25 +366,96 @@ cdef inline void buf_release(Engine eng, stream_t *st) noexcept:
     st.buf_cap = 0
 
 
-cdef int resolve_overlap(Engine eng, int32_t slot, int side, int hook, stream_t *st, uint8_t *held,
+cdef int resolve_overlap(Engine eng, int32_t slot, int side, int hook, stream_t *st, const uint8_t *held,
                          uint64_t off, const uint8_t *data, uint32_t n, bint deliverable,
                          uint64_t s0, uint64_t s1, uint64_t h0, uint64_t h1) except -1:
     """New bytes (of segment [s0, s1)) met held ones (of [h0, h1)) at [off, off+n): report a
-    conflict and let the flow's overlap policy pick the copy that stays."""
+    conflict; 1 if the held copy is still ``deliverable`` (out of order) and the flow's overlap
+    policy takes the new one (the same bytes or not: the copy is the new segment's now)."""
     cdef uint32_t i, differ = 0
     if held == NULL or data == NULL:
         return 0
     for i in range(n):
         if held[i] != data[i]:
             differ += 1
-    if not differ:
+    if differ:
+        st.overlaps += 1
+        st.overlap_bytes += differ
+        if eng.em.wants(EV_OVERLAP):
+            report(eng, B_OVERLAP, slot, side, hook, off, n, (held[:n], data[:n]))
+    return deliverable and new_bytes_win(eng.tab.flows[slot].policy, s0, s1, h0, h1)
+
+
+cdef bint ooo_refuses(Engine eng, int32_t slot, int side, int hook, stream_t *st, uint64_t off,
+                      uint32_t n, uint32_t pieces, uint32_t data_bytes) except -1:
+    """Whether the limits refuse ``pieces`` more out-of-order pieces holding ``data_bytes`` more
+    bytes for [off, off+n) (counted, BUFFER_OVERRUN)."""
+    cdef object limit = None
+    if st.ooo_count + pieces > eng.rx.max_ooo_segments:
+        limit = "ooo_segments"
+    elif st.buffering and side_bytes(st) + data_bytes + pieces * sizeof(seg_t) > eng.rx.max_buffer:
+        limit = "buffer"
+    elif mem_refuses(&eng.rx, (data_bytes if st.buffering else 0) + pieces * sizeof(seg_t)):
+        limit = "memory"
+    if limit is None:
         return 0
-    st.overlaps += 1
-    st.overlap_bytes += differ
-    if eng.em.wants(EV_OVERLAP):
-        report(eng, B_OVERLAP, slot, side, hook, off, n, (held[:n], data[:n]))
-    if deliverable and new_bytes_win(eng.tab.flows[slot].policy, s0, s1, h0, h1):
-        memcpy(held, data, n)
+    eng.rx.overruns += 1
+    if eng.em.wants(EV_BUFFER_OVERRUN):
+        report(eng, B_BUFFER_OVERRUN, slot, side, hook, off, n, limit)
+    return 1
+
+
+cdef seg_t *piece_split(Engine eng, stream_t *st, seg_t *g, uint64_t at) except NULL:
+    """Cut a held piece in two at ``at`` (inside it; the caller checked the limits): the new
+    piece after g, from the same segment, is returned."""
+    cdef uint32_t k = <uint32_t>(at - g.off)
+    cdef seg_t *t = <seg_t *>malloc(sizeof(seg_t))
+    cdef uint8_t *head
+    if t == NULL:
+        raise MemoryError()
+    t.off = at
+    t.src_off = g.src_off
+    t.src_end = g.src_end
+    t.length = g.length - k
+    t.data = <uint8_t *>malloc(t.length)
+    if t.data == NULL:
+        free(t)
+        raise MemoryError()
+    memcpy(t.data, g.data + k, t.length)
+    head = <uint8_t *>realloc(g.data, k)
+    if head != NULL:
+        g.data = head
+    g.length = k
+    t.next = g.next
+    g.next = t
+    if st.ooo_last == g:
+        st.ooo_last = t
+    st.ooo_count += 1
+    mem_take(&eng.rx, sizeof(seg_t))
+    buffer_grew(&eng.rx, st)
+    return t
+
+
+cdef int take_over(Engine eng, int32_t slot, int side, int hook, stream_t *st, seg_t *g, uint64_t off,
+                   const uint8_t *data, uint32_t n, uint64_t s0, uint64_t s1) except -1:
+    """The new copy of [off, off+n), from segment [s0, s1), wins over the held piece g that holds
+    those bytes (and maybe more): they become a piece of their own, the new segment's (a later
+    segment is judged against it). Cutting them out of g takes up to two more out-of-order
+    pieces: refused by the limits, g's copy stays. Under ``last`` any next copy wins, whoever
+    brought this one: the bytes are replaced in place."""
+    cdef uint32_t pieces = (off > g.off) + (off + n < g.off + g.length)
+    if eng.tab.flows[slot].policy == POLICY_LAST:
+        memcpy(g.data + (off - g.off), data, n)
+        return 0
+    if pieces and ooo_refuses(eng, slot, side, hook, st, off, n, pieces, 0):
+        return 0
+    if off > g.off:
+        g = piece_split(eng, st, g, off)
+    if off + n < g.off + g.length:
+        piece_split(eng, st, g, off + n)
+    memcpy(g.data, data, n)
+    g.src_off = s0
+    g.src_end = s1
     return 0
 
 
@@ -392,17 +464,7 @@ cdef int insert_piece(Engine eng, int32_t slot, int side, int hook, stream_t *st
                       uint64_t src_end) except -1:
     """Hold a piece nobody holds yet as an out-of-order segment (bounded); 1 if dropped."""
     cdef seg_t *g
-    cdef object limit = None
-    if st.ooo_count >= eng.rx.max_ooo_segments:
-        limit = "ooo_segments"
-    elif st.buffering and side_bytes(st) + n + sizeof(seg_t) > eng.rx.max_buffer:
-        limit = "buffer"
-    elif mem_refuses(&eng.rx, (n if st.buffering else 0) + sizeof(seg_t)):
-        limit = "memory"
-    if limit is not None:
-        eng.rx.overruns += 1
-        if eng.em.wants(EV_BUFFER_OVERRUN):
-            report(eng, B_BUFFER_OVERRUN, slot, side, hook, off, n, limit)
+    if ooo_refuses(eng, slot, side, hook, st, off, n, 1, n):
         return 1
     g = <seg_t *>malloc(sizeof(seg_t))
     if g == NULL:
@@ -574,8 +636,9 @@ cdef int stream_fill(Engine eng, int32_t slot, int side, int hook, stream_t *st,
     cdef seg_t *cur = st.ooo
     while cur != NULL and cur.off < end:
         cend = cur.off + cur.length if cur.off + cur.length < end else end
-        resolve_overlap(eng, slot, side, hook, st, cur.data, cur.off, data + (cur.off - off),
-                        <uint32_t>(cend - cur.off), 1, off, end, cur.src_off, cur.src_end)
+        if resolve_overlap(eng, slot, side, hook, st, cur.data, cur.off, data + (cur.off - off),
+                           <uint32_t>(cend - cur.off), 1, off, end, cur.src_off, cur.src_end):
+            memcpy(cur.data, data + (cur.off - off), <size_t>(cend - cur.off))
         cur = cur.next
     while pos < end:
         k = <uint32_t>((st.ooo.off if st.ooo != NULL and st.ooo.off < end else end) - pos)
@@ -648,10 +711,11 @@ cdef int stream_segment(Engine eng, int32_t slot, int side, int hook, stream_t *
             k = <uint32_t>(cur.off - pos)
         else:
             cend = cur.off + cur.length if cur.off + cur.length < end else end
-            resolve_overlap(eng, slot, side, hook, st,
-                            cur.data + (pos - cur.off) if cur.data != NULL else NULL,
-                            pos, data + (pos - off), <uint32_t>(cend - pos), 1,
-                            s0, end, cur.src_off, cur.src_end)
+            if resolve_overlap(eng, slot, side, hook, st,
+                               cur.data + (pos - cur.off) if cur.data != NULL else NULL,
+                               pos, data + (pos - off), <uint32_t>(cend - pos), 1,
+                               s0, end, cur.src_off, cur.src_end):
+                take_over(eng, slot, side, hook, st, cur, pos, data + (pos - off), <uint32_t>(cend - pos), s0, end)
             pos = cend
             continue
         if insert_piece(eng, slot, side, hook, st, link, pos, data + (pos - off), k, s0, end) == 0:

@@ -376,19 +376,23 @@ OVERLAP_CASES = {
     "same start, ends before": (4, b"nn"),
     "same start, ends same": (4, b"nnnn"),
     "same start, ends after": (4, b"nnnnnn"),
-    "starts before": (2, b"nnnn"),
+    "starts before, ends within": (2, b"nnnn"),
+    "starts before, ends same": (2, b"nnnnnn"),
+    "starts before, ends after": (2, b"nnnnnnnn"),
     "starts after, ends after": (6, b"nnnn"),
+    "starts after, ends same": (5, b"nnn"),
     "starts after, ends within": (5, b"nn"),
 }
+STARTS_BEFORE = {"starts before, ends within", "starts before, ends same", "starts before, ends after"}
 # which cases take the new bytes, per policy family (Suricata's target-based rules)
 NEW_WINS = {
     "first": set(),
     "last": set(OVERLAP_CASES),
-    "bsd": {"starts before"},
-    "linux": {"starts before", "same start, ends after"},
-    "old_linux": {"starts before", "same start, ends after", "same start, ends same"},
-    "solaris": {"starts before", "same start, ends after", "same start, ends same",
-                "starts after, ends after"},
+    "bsd": STARTS_BEFORE,
+    "linux": STARTS_BEFORE | {"same start, ends after"},
+    "old_linux": STARTS_BEFORE | {"same start, ends after", "same start, ends same"},
+    "solaris": {"starts before, ends same", "starts before, ends after", "same start, ends after",
+                "same start, ends same", "starts after, ends after"},
 }
 ALIASES = {"vista": "first", "windows": "bsd", "win2003": "bsd", "macos": "bsd", "hpux10": "bsd",
            "irix": "bsd", "hpux11": "solaris"}
@@ -424,7 +428,7 @@ def test_a_segment_partly_in_order_settles_held_copies_by_the_policy(policy):
     family = ALIASES.get(policy, policy)
     events, engine = run_stream([(0, b".."), (4, b"HHHH"), (1, b"." + b"n" * 8)], policy=policy,
                                 max_ooo_segments=1)
-    held = b"nnnn" if "starts before" in NEW_WINS[family] else b"HHHH"
+    held = b"nnnn" if "starts before, ends after" in NEW_WINS[family] else b"HHHH"
     assert stream_of(events) == b"..nn" + held + b"nn"
     assert [e.kind for e in events if e.kind is not EventKind.NEW_DATA] == [EventKind.OVERLAP]
     assert engine.statistics().buffer_overruns == 0
@@ -461,41 +465,58 @@ def test_set_policy_on_a_flow():
 def model_new_wins(family, s, h):
     """The README's policy table, as a function of the new segment s and the held segment h."""
     (s0, s1), (h0, h1) = s, h
-    if family == "last":
-        return True
-    if family == "first":
-        return False
-    if s0 < h0:
-        return True
-    if s0 == h0:
-        if s1 > h1:
-            return family != "bsd"
-        if s1 == h1:
-            return family in ("old_linux", "solaris")
-        return False
-    return family == "solaris" and s1 > h1
+    if family in ("first", "last"):
+        return family == "last"
+    if family == "solaris":                 # the copy reaching furthest, then the one starting first
+        return s1 > h1 or (s1 == h1 and s0 <= h0)
+    if s0 != h0:
+        return s0 < h0
+    return {"bsd": False, "linux": s1 > h1, "old_linux": s1 >= h1}[family]
 
 
-@settings(max_examples=200, deadline=None)
+@settings(max_examples=300, deadline=None)
 @given(st.sampled_from(sorted(NEW_WINS)),
        st.lists(st.tuples(st.integers(1, 40), st.integers(1, 12)), min_size=1, max_size=8))
 def test_conflicting_overlaps_follow_the_documented_policy(family, shapes):
-    # every segment carries its own letter, so the winner of each byte is visible
+    # every segment carries its own letter, so the winner of each byte is visible. A byte's copy
+    # changes only if the new segment wins against every earlier segment that brought that byte
+    # (as Suricata compares a new segment with each one it overlaps), not only the first of them
     segments = [(start, bytes([65 + i]) * length) for i, (start, length) in enumerate(shapes)]
-    held = {}                                   # offset -> (byte, source segment range)
+    copy, earlier = {}, {}                      # offset -> byte; offset -> segment ranges
     for start, data in segments:
         rng = (start, start + len(data))
         for i, b in enumerate(data):
             off = start + i
-            if off not in held or model_new_wins(family, rng, held[off][1]):
-                held[off] = (b, held[off][1] if off in held else rng)
-    end = max(held) + 1
+            if all(model_new_wins(family, rng, h) for h in earlier.get(off, ())):
+                copy[off] = b
+            earlier.setdefault(off, []).append(rng)
     events, _ = run_stream(segments + [(0, b".")], policy=family)
-    expected = b"."
-    for off in range(1, end):
-        if off in held:
-            expected += bytes([held[off][0]])
+    assert stream_of(events) == b"." + bytes(copy[off] for off in range(1, max(copy) + 1) if off in copy)
+
+
+@pytest.mark.parametrize("policy,expected", [("linux", b".BBBBAAAAA"), ("bsd", b".BBBBAAAAA"),
+                                             ("old_linux", b".BBBBAAAAA"), ("solaris", b".BBAAAAAAA")])
+def test_an_overlap_is_judged_against_the_segment_whose_copy_is_held(policy, expected):
+    # A is held at 3..10; B starts before it, so B's copy of 3..5 wins (not for solaris: B ends
+    # within A); C has B's start and ends within B: for all of 1..4, B's copy or A's is held and
+    # C loses against it (C would win against A at 3..4, but that copy is B's now). Real Linux
+    # delivers .BBBBAAAAA
+    events, _ = run_stream([(3, b"AAAAAAA"), (1, b"BBBB"), (1, b"CCC"), (0, b".")], policy=policy)
     assert stream_of(events) == expected
+def test_a_new_copy_cut_out_of_a_held_piece_needs_an_out_of_order_slot():
+    # B's copy of 3..5 wins over A's (linux: B starts before A) and becomes a piece of its own,
+    # B's, cut out of A's: one slot more. With two slots (A's, then B's 1..3) it is refused:
+    # counted, BUFFER_OVERRUN, and A's copy stays; with three it is taken
+    segments = [(3, b"AAAAAAA"), (1, b"BBBB"), (0, b".")]
+    events, engine = run_stream(segments, policy="linux", max_ooo_segments=2)
+    assert stream_of(events) == b".BBAAAAAAA"
+    assert [(e.offset, e.length, e.value) for e in events if e.kind is EventKind.BUFFER_OVERRUN] \
+        == [(3, 2, "ooo_segments")]
+    assert engine.statistics().buffer_overruns == 1
+    for policy, slots in (("linux", 3), ("last", 2)):    # last: any next copy wins, no cut needed
+        events, engine = run_stream(segments, policy=policy, max_ooo_segments=slots)
+        assert stream_of(events) == b".BBBBAAAAA"
+        assert engine.statistics().buffer_overruns == 0
 
 
 def test_split_at_every_byte_in_both_orders():
