@@ -128,6 +128,7 @@ class Port:
         self._wait_fd = -1
         self._opened_at = None
         self._stopping = False
+        self.translation_hook = None    # what the engines fed by this port give Engine.translation_hook
 
     def __repr__(self) -> str:
         via = f" <-> {self.inline!r}" if self.inline else ""
