@@ -327,3 +327,30 @@ def test_a_translated_flows_replies_go_to_the_worker_that_bound_it():
     finally:
         os.close(table)
         os.close(switch)
+
+
+def test_a_workers_translation_hook_fills_the_bindings_map():
+    """Fanout's Steering (a worker port's Engine.translation_hook): a binding puts its outer
+    reply tuple in the map with the worker's index and turns the switch on; its end takes it
+    out, unless another worker's binding has the tuple by then."""
+    from aiomb.io._fanout import Steering
+
+    table, switch = _bpf.bindings_create()
+    try:
+        one, two = Steering((table, switch), 1), Steering((table, switch), 2)
+        reply = (6, (ipaddress.ip_address("198.51.100.7"), 80), (ipaddress.ip_address("192.0.2.1"), 20000))
+        key = _bpf.binding_key(*reply)
+        assert key == _bpf.binding_key_of(tcp_frame("198.51.100.7", "192.0.2.1", 80, 20000))
+        assert _bpf.map_lookup(switch, bytes(4), 4) == bytes(4)
+        one(True, *reply)
+        assert _bpf.map_lookup(table, key, 4) == (1).to_bytes(4, "little")
+        assert _bpf.map_lookup(switch, bytes(4), 4) == (1).to_bytes(4, "little")
+        two(True, *reply)                               # worker 2 bound it since
+        one(False, *reply)
+        assert _bpf.map_lookup(table, key, 4) == (2).to_bytes(4, "little")
+        two(False, *reply)
+        two(False, *reply)                              # gone already: nothing to do
+        assert _bpf.map_lookup(table, key, 4) is None
+    finally:
+        os.close(table)
+        os.close(switch)
