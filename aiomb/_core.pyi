@@ -242,6 +242,8 @@ class Engine:
     shard_count: int
     max_event_memory: int
     paused: bool
+    translation_hook: Callable[[bool, int, tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int],
+                                tuple[ipaddress.IPv4Address | ipaddress.IPv6Address, int]], object] | None
     def __init__(self, *, max_flows: int = 1_000_000, tcp_syn_timeout: float = 30.0,
                  tcp_established_timeout: float = 300.0, tcp_closed_timeout: float = 5.0,
                  udp_timeout: float = 60.0, midstream: bool = False, vlan_in_key: bool = False,

@@ -150,6 +150,7 @@ class _Driver:
             raise ValueError(f"batch_size must be an int from 1 to 65536, got {batch_size!r}")
         self.source = source
         self.engine = Engine(**shard_option(engine_options))
+        self.engine.translation_hook = getattr(source, "translation_hook", None)     # a steered worker's port
         self.dispatcher = Dispatcher(self.engine)
         self.timer_sub = self.dispatcher.subscribe(EventKind.TIMER)
         self.error_sub = None

@@ -48,11 +48,13 @@ def run_workers(fn, source, *, workers: int, duration: float | None = None, batc
     hash to it (both directions of a flow alike: each flow is seen by exactly one worker). Or a
     live :func:`aiomb.port` for ``duration`` seconds, passive or inline: aiomb's steering
     program sends each worker the frames of its flows (by IP address pair, see README "Many
-    cores"), and inline each worker forwards them (or its handlers drop them).
+    cores"; a flow bound with ``Flow.translate`` gets its replies too), and inline each worker
+    forwards them (or its handlers drop them).
     ``fn`` is either ``async def fn(stack)``, run under Trio on a stack opened on the worker's
     share (``open_stack(share, **engine_options)``; the worker ends once ``fn`` has returned and
     the stack has processed its whole share), or ``def fn(source)``, called with the share itself
-    (an epoll loop, :func:`aiomb.monitor`, an :class:`aiomb.Engine` of your own). Inside,
+    (an epoll loop, :func:`aiomb.monitor`, an :class:`aiomb.Engine` of your own: on a live
+    port, give it ``engine.translation_hook = source.translation_hook``). Inside,
     :func:`aiomb.worker` gives ``(index, workers)``. What ``fn`` returns must pickle. A
     capture's reader keys flows as the engines do: ``vlan_in_key`` and ``checksums`` go to it
     too (with ``def fn(source)`` on a capture, only these, and give your engine the same).

@@ -662,6 +662,7 @@ async def open_stack(source, *, batch_size: int = 2048, max_batches: int = 16,
                         "`aiomb run APP --workers N`")
     check_stack_options(batch_size=batch_size, max_batches=max_batches)
     engine = Engine(**shard_option(engine_options))
+    engine.translation_hook = getattr(source, "translation_hook", None)     # a steered worker's port
     aopen = getattr(source, "aopen", None)
     if aopen is not None:
         await aopen()           # a live port: netlink and bpf(2) in a worker thread

@@ -22,6 +22,14 @@ How it works: the NAT only decides; the core translates, with no Python call per
   (``ORPHAN``) too. Nothing leaves with an inside address, nothing enters that the inside did not
   ask for. ICMP and ARP pass untouched.
 
+On N cores (``aiomb run examples/nat.py --iface IF --inline IF2 --workers N -- ...``) each worker
+runs its own NAT on the flows steered to it, with its own share of the pool (``aiomb.worker()``:
+worker k takes the k-th of N consecutive slices of LO-HI), so no two workers hand out the same
+outside port. Each binding tells aiomb's steering program to send the flow's replies (server to
+A:a, whatever their address pair) to the worker that made it; a reply that comes in IP fragments
+is steered by its address pair instead, and is ``unmatched`` unless that is the same worker (TCP
+does not fragment in practice; large UDP answers may).
+
 On a capture (of the NAT's input: the inside's packets, and the replies to A) the frames are
 read-only: the NAT makes and frees its mappings, the replies are translated in the engine's view
 only (it still sees one flow per connection), drops are counted, not applied; no frame changes.
@@ -49,7 +57,12 @@ def parse_options(argv):
     lo, _, hi = args.ports.partition("-")
     if not (lo.isdigit() and hi.isdigit() and 1 <= int(lo) <= int(hi) <= 65535):
         parser.error(f"--ports {args.ports!r} is not a range LO-HI with 1 <= LO <= HI <= 65535; e.g. 20000-29999")
-    args.pool = range(int(lo), int(hi) + 1)
+    ports = range(int(lo), int(hi) + 1)
+    index, workers = aiomb.worker()         # each worker hands out its own share of the pool
+    args.pool = ports[index * len(ports) // workers:(index + 1) * len(ports) // workers]
+    if not args.pool:
+        parser.error(f"--ports {args.ports!r} has {len(ports)} ports for {workers} workers: give each worker one "
+                     "at least")
     return args
 
 

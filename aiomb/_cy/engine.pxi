@@ -100,11 +100,21 @@ cdef class Engine:
     core; everything else reads the events of a batch from the engine's log through a
     :class:`Dispatcher`. Layer: core; never blocks, never reads a clock. Options are
     keyword-only; bad values raise ValueError/TypeError.
+
+    ``translation_hook`` (None, or a callable a shell sets) is called once for each binding
+    ``Flow.translate`` makes and once when it ends (its flow leaves the table, or another
+    flow's binding takes its outer tuple; not at ``close()``), never per packet:
+    ``hook(bound, protocol, (source address, port), (destination address, port))`` with the
+    outer reply tuple, what the replies the binding translates carry. A steered worker's
+    port gives its engines one that steers those replies to the worker (README "Inline
+    workers"). An exception from it leaves ``translate()`` (the binding is not made) or the
+    call that removed the flow.
     """
 
     cdef flowtab_t tab
     cdef fragtab_t frags
     cdef xlattab_t xt              # the flows' outer tuples (Flow.translate)
+    cdef public object translation_hook     # told of each binding made and ended (None: no one)
     cdef int32_t xlat_slot          # the flow a reply was translated to before the lookup (-1: none)
     cdef int32_t cur_slot           # the current packet's flow and sender's side (-1: none)
     cdef int cur_side
@@ -729,16 +739,30 @@ cdef class Engine:
         its record written when records are kept, with ``order``: where it left in the input,
         twice the number of the packet at hand, plus one unless by the expiry pass before that
         packet. Shards of one input merge their records by it (then, within an expiry pass, by
-        timeout class, last activity and flow id: the order of the pass itself)."""
+        timeout class, last activity and flow id: the order of the pass itself). A translated
+        flow's end of binding is told to the translation hook last, once the flow is out."""
         cdef flow_t *f
         cdef flowrec_t *r
+        cdef xlat_t ended
+        cdef bint tell
         streams_close(self, slot, False)
         f = &self.tab.flows[slot]
+        tell = self.translation_hook is not None and f.fflags & FF_TRANSLATED
         if self.records is not None and (self.records_filter == 0 or (f.filter_mask & self.records_filter)):
             r = self.records.add()
             record_flow(r, f, self.vlan_in_key, conn_of(&self.tab, slot))
             r.order = order
+        if tell:
+            ended = self.xt.ent[slot]
         self.teardown(slot)
+        if tell:
+            self.tell_binding(False, &ended)
+        return 0
+
+    cdef int tell_binding(self, bint bound, const xlat_t *e) except -1:
+        """Call the translation hook: a binding made (``bound``) or ended, by its outer reply tuple."""
+        self.translation_hook(bound, e.proto, (ip_object(e.server_ip, e.family), e.server_port),
+                              (ip_object(e.client_ip, e.family), e.client_port))
         return 0
 
     cdef void drop_all(self) noexcept:

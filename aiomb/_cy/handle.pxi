@@ -138,7 +138,8 @@ cdef class Flow:
         (captures) only the engine's view of the replies is translated (lookup, events,
         ``PacketView.src``/``dst``/``sport``/``dport``), the frames stay as they are. The
         binding lasts while the flow is in the table (an ended flow lingers there a while, so
-        late retransmissions are still translated).
+        late retransmissions are still translated). The engine's ``translation_hook``, if any,
+        is told of the binding (and of its end); if it raises, the binding is not made.
 
         Raises FlowEnded once the flow has ended; ValueError when it is already bound, for an
         address of the other IP family or a port out of range, or when an open flow holds the
@@ -174,9 +175,17 @@ cdef class Flow:
                                  f"{key_from_flow(&eng.tab.flows[other], eng.vlan_in_key)} is open with the "
                                  "same outer tuple; give this flow another address or port")
             xlat_unlink(&eng.xt, &eng.tab, other)
+            if eng.translation_hook is not None:
+                eng.tell_binding(False, &e)     # the same outer tuple
         xlat_reserve(&eng.xt, &eng.tab)
         eng.xt.ent[self._slot] = e
         xlat_link(&eng.xt, &eng.tab, self._slot)
+        if eng.translation_hook is not None:
+            try:
+                eng.tell_binding(True, &e)
+            except BaseException:
+                xlat_unlink(&eng.xt, &eng.tab, self._slot)     # refused: not made
+                raise
 
     @property
     def translation(self):

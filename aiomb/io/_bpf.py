@@ -515,7 +515,115 @@ def _emit_quoted_header(a: Asm, family: str) -> None:
     a.alu64("add", 9, 1).alu64("add", 9, imm=8)
 
 
-def steering_program(devmap_fd: int, count: int, prefilter=None, bypass_ifindex: int = 0) -> bytes:
+# ---- translated flows: their replies go to the worker that bound them -------------------------
+#
+# A key of the bindings map is what a translated flow's replies carry (the outer reply tuple),
+# 40 bytes: u8 protocol, u8 IP version, 2 zero bytes, source and destination ports (network
+# order), source and destination addresses (16 bytes each; IPv4 in the first 4, then zeros).
+# Its value is the worker's index (u32). The switch is a one-slot array set to 1 by the first
+# binding: until then the programs look nothing up.
+
+BINDING_KEY_LEN = 40
+MAX_BINDINGS = 1 << 18          # entries allocated as they come (BPF_F_NO_PREALLOC); 4 MiB of buckets
+BPF_F_NO_PREALLOC = 1
+
+
+def bindings_create() -> tuple[int, int]:
+    """The bindings map and its switch (off); returns their fds (close them with os.close)."""
+    table = map_create(BPF_MAP_TYPE_HASH, BINDING_KEY_LEN, 4, MAX_BINDINGS, name="aiomb_xlat",
+                       flags=BPF_F_NO_PREALLOC)
+    try:
+        return table, map_create(BPF_MAP_TYPE_ARRAY, 4, 4, 1, name="aiomb_xlat_on")
+    except BaseException:
+        os.close(table)
+        raise
+
+
+def bindings_switch_on(switch_fd: int) -> None:
+    """From now on the steering programs look each TCP/UDP frame up in the bindings map."""
+    map_update(switch_fd, bytes(4), (1).to_bytes(4, "little"))
+
+
+def binding_key(protocol: int, source, destination) -> bytes:
+    """The bindings map's key for replies of ``protocol`` from ``source`` to ``destination``,
+    each an (ipaddress address, port) pair."""
+    (src, sport), (dst, dport) = source, destination
+    return struct.pack("!BBxxHH16s16s", protocol, src.version, sport, dport, src.packed, dst.packed)
+
+
+def binding_key_of(frame: bytes) -> bytes | None:
+    """The key the steering program looks ``frame`` up by, or None when it looks nothing up:
+    not TCP or UDP right after an IPv4 or IPv6 header (an IPv6 extension header first), or an
+    IP fragment (the first one too: the datagram's other fragments carry no ports, and all of
+    them must reach one worker)."""
+    off, ethertype = _network_header(frame)
+    if ethertype == b"\x08\x00" and len(frame) >= off + 20:
+        version, protocol, length = 4, frame[off + 9], (frame[off] & 0xf) * 4
+        if (frame[off + 6] & 0x3f) or frame[off + 7] or length < 20:
+            return None
+        src, dst = frame[off + 12:off + 16], frame[off + 16:off + 20]
+    elif ethertype == b"\x86\xdd" and len(frame) >= off + 40:
+        version, protocol, length = 6, frame[off + 6], 40
+        src, dst = frame[off + 8:off + 24], frame[off + 24:off + 40]
+    else:
+        return None
+    ports = off + length
+    if protocol not in (6, 17) or len(frame) < ports + 4:
+        return None
+    return struct.pack("!BBxx4s16s16s", protocol, version, frame[ports:ports + 4], src, dst)
+
+
+def _emit_binding(a: Asm, family: str, bindings: tuple[int, int], found: str) -> None:
+    """With the switch on, look the packet at r9 up in the bindings map (see
+    :func:`binding_key_of` for what is looked up): if it is there, r4 = its worker and jump to
+    ``found``; else go on with r4 = 0. Uses r0-r5 and 48 bytes of stack."""
+    table, switch = bindings
+    miss = f"{family}_unbound"
+    a.st(4, 10, -4, 0)
+    a.mov(2, 10).alu64("add", 2, imm=-4)
+    a.ld_map_fd(1, switch)
+    a.call(BPF_FUNC_MAP_LOOKUP_ELEM)
+    a.jmp("jeq", 0, miss, imm=0)
+    a.ldx(4, 0, 0, 0).jmp("jeq", 0, miss, imm=0)
+    a.mov(2, 7).alu64("add", 2, 9)
+    a.mov(3, 2).alu64("add", 3, imm=20 if family == "s_ipv4" else 40)
+    a.jmp("jgt", 3, miss, src=8)
+    for off in range(-48, -8, 8):               # the key at r10 - 48, zeroed
+        a.st(8, 10, off, 0)
+    if family == "s_ipv4":
+        a.ldx(2, 0, 2, 6).jmp("jset", 0, miss, imm=0xff3f)     # a fragment, the first one too
+        a.ldx(1, 3, 2, 0).alu64("and", 3, imm=0xf).alu64("lsh", 3, imm=2)
+        a.jmp("jlt", 3, miss, imm=20)
+        a.ldx(4, 0, 2, 12).stx(4, 10, -40, 0)
+        a.ldx(4, 0, 2, 16).stx(4, 10, -24, 0)
+        a.ldx(1, 1, 2, 9)
+        a.st(1, 10, -47, 4)
+    else:
+        for off in range(8, 40, 4):             # both addresses where the key has them
+            a.ldx(4, 0, 2, off).stx(4, 10, off - 48, 0)
+        a.mov(3, imm=40)
+        a.ldx(1, 1, 2, 6)
+        a.st(1, 10, -47, 6)
+    a.jmp("jeq", 1, f"{family}_ports", imm=6)
+    a.jmp("jne", 1, miss, imm=17)
+    a.label(f"{family}_ports")
+    a.stx(1, 10, -48, 1)
+    a.alu64("add", 2, 3)                        # r2: the TCP/UDP header
+    a.mov(3, 2).alu64("add", 3, imm=4)
+    a.jmp("jgt", 3, miss, src=8)
+    a.ldx(4, 0, 2, 0).stx(4, 10, -44, 0)        # both ports
+    a.mov(2, 10).alu64("add", 2, imm=-48)
+    a.ld_map_fd(1, table)
+    a.call(BPF_FUNC_MAP_LOOKUP_ELEM)
+    a.jmp("jeq", 0, miss, imm=0)
+    a.ldx(4, 4, 0, 0)
+    a.jmp("ja", 0, found)
+    a.label(miss)
+    a.mov(4, imm=0)                             # as before the calls: worker 0 if the header is cut short
+
+
+def steering_program(devmap_fd: int, count: int, prefilter=None, bypass_ifindex: int = 0,
+                     bindings: tuple[int, int] | None = None) -> bytes:
     """Send each frame to one of ``count`` workers: ``bpf_redirect_map(&workers, k, XDP_PASS)``.
 
     ``k`` is a symmetric hash of the frame's IP address pair (the same for both directions:
@@ -523,10 +631,13 @@ def steering_program(devmap_fd: int, count: int, prefilter=None, bypass_ifindex:
     packet between two hosts, fragments included, reaches one worker. An ICMP error (ICMPv4
     types 3, 4, 5, 11, 12; ICMPv6 1 to 4) is hashed by the address pair of the packet it quotes,
     so that a router's error reaches the worker of the flow it is about. Frames that are not IP
-    (after up to two VLAN tags) go to worker 0. With a ``prefilter``, the frames it rejects go
-    on to the kernel (XDP_PASS), or, with ``bypass_ifindex`` (inline workers), straight out of
-    that interface (``bpf_redirect``). Registers: r6 ctx, r7 data, r8 data_end, r9 the network
-    header's offset, r4 the hash.
+    (after up to two VLAN tags) go to worker 0. With ``bindings`` (the fds of
+    :func:`bindings_create`), once its switch is on, a TCP or UDP packet that is no fragment is
+    first looked up by its tuple (:func:`binding_key_of`): a translated flow's replies go to the
+    worker that bound it, whatever their address pair. With a ``prefilter``, the frames it
+    rejects go on to the kernel (XDP_PASS), or, with ``bypass_ifindex`` (inline workers),
+    straight out of that interface (``bpf_redirect``). Registers: r6 ctx, r7 data, r8
+    data_end, r9 the network header's offset, r4 the hash.
     """
     if not 1 <= count <= 1024:
         raise ValueError(f"count must be from 1 to 1024, got {count}")
@@ -549,6 +660,8 @@ def steering_program(devmap_fd: int, count: int, prefilter=None, bypass_ifindex:
     for family, length, addr_words in (("s_ipv4", 20, ((12,), (16,))),
                                         ("s_ipv6", 40, ((8, 12, 16, 20), (24, 28, 32, 36)))):
         a.label(family)
+        if bindings is not None:
+            _emit_binding(a, family, bindings, found="s_send")
         _emit_quoted_header(a, family)
         a.label(f"{family}_addresses")
         a.mov(2, 7).alu64("add", 2, 9)
@@ -566,6 +679,7 @@ def steering_program(devmap_fd: int, count: int, prefilter=None, bypass_ifindex:
         a.jmp("ja", 0, "s_pick")
     a.label("s_pick")                           # k = hash * count >> 32
     a.alu64("mul", 4, imm=count).alu64("rsh", 4, imm=32)
+    a.label("s_send")
     a.mov(2, 4)
     a.ld_map_fd(1, devmap_fd)
     a.mov(3, imm=XDP_PASS)
@@ -596,18 +710,29 @@ def _quoted_header(frame: bytes, off: int, ipv4: bool) -> int:
     return icmp + 8
 
 
-def steering_hash(frame: bytes, count: int) -> int:
-    """The worker :func:`steering_program` sends ``frame`` to (for tests and tools)."""
-    def mix(x: int) -> int:
-        for _ in range(2):
-            x = ((x ^ (x >> 16)) * 0x45d9f3b) & 0xffffffff
-        return x ^ (x >> 16)
-
+def _network_header(frame: bytes) -> tuple[int, bytes]:
+    """(offset, ethertype) of the network header after up to two VLAN tags, as the programs find it."""
     off, ethertype = 14, frame[12:14]
     tpids = [t.to_bytes(2, "big") for t in VLAN_TPIDS]
     for level in range(2):
         if ethertype in tpids and len(frame) >= 18 + 4 * level:
             ethertype, off = frame[16 + 4 * level:18 + 4 * level], 18 + 4 * level
+    return off, ethertype
+
+
+def steering_hash(frame: bytes, count: int, bindings: dict | None = None) -> int:
+    """The worker :func:`steering_program` sends ``frame`` to (for tests and tools); ``bindings``
+    models its bindings map with the switch on (:func:`binding_key` -> worker)."""
+    def mix(x: int) -> int:
+        for _ in range(2):
+            x = ((x ^ (x >> 16)) * 0x45d9f3b) & 0xffffffff
+        return x ^ (x >> 16)
+
+    if bindings:
+        key = binding_key_of(frame)
+        if key in bindings:
+            return bindings[key]
+    off, ethertype = _network_header(frame)
     words = {b"\x08\x00": ((12,), (16,)), b"\x86\xdd": ((8, 12, 16, 20), (24, 28, 32, 36))}.get(ethertype)
     if words is None or len(frame) < off + (20 if ethertype == b"\x08\x00" else 40):
         return 0

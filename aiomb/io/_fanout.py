@@ -11,6 +11,12 @@ native XDP on the veth, :meth:`Fanout.worker_port`). Every packet between two ho
 included, reaches one worker, and an ICMP error the worker of the flow it quotes; frames that
 are not IP go to worker 0.
 
+A flow bound to an outer tuple (``Flow.translate``: a NAT) gets replies whose address pair is
+not the flow's: the worker's port gives its engines a translation hook (:class:`Steering`) that
+puts each binding's outer reply tuple in a map the steering programs share, naming the worker;
+once the first binding is made, the programs look each TCP/UDP packet up there first (not
+fragments: they go by the address pair, see README "Inline workers").
+
 Inline (``inline=IF2``): each worker has a second pair, fed by the same steering on IF2, and
 its port joins its two far ends inline. What it sends out of one far end comes out of the near
 end, where a forwarding program (``aiomb_fwd``: ``bpf_redirect``) sends it on out of the other
@@ -24,6 +30,7 @@ gone. The veths take the interface's MTU, and native XDP on a veth takes about 3
 most: an interface with jumbo frames is refused when the pairs are made, with the fix.
 """
 
+import errno
 import os
 import re
 import time
@@ -57,6 +64,43 @@ class _Side:
         self.attached = False
 
 
+class Steering:
+    """A steered worker's translation hook (``Engine.translation_hook``, given by its port):
+    each binding its engine makes puts the flow's outer reply tuple in the steering programs'
+    bindings map with the worker's index, so that the replies reach this worker whatever their
+    address pair; the binding's end takes it out (unless another worker's binding has it by
+    then). Called once per binding and once per end, never per packet; blocks for the bpf(2)
+    call. A full map (``_bpf.MAX_BINDINGS``) raises PortError from ``translate()``.
+    """
+
+    def __init__(self, bindings: tuple[int, int], index: int):
+        self.table, self.switch = bindings
+        self.value = index.to_bytes(4, "little")
+        self.on = False
+
+    def __call__(self, bound: bool, protocol: int, source, destination) -> None:
+        key = _bpf.binding_key(protocol, source, destination)
+        if not bound:
+            if _bpf.map_lookup(self.table, key, 4) == self.value:
+                try:
+                    _bpf.map_delete(self.table, key)
+                except _bpf.BpfError as exc:
+                    if exc.errno != errno.ENOENT:
+                        raise
+            return
+        try:
+            _bpf.map_update(self.table, key, self.value)
+        except _bpf.BpfError as exc:
+            if exc.errno != errno.E2BIG:
+                raise
+            raise PortError(f"the workers' map of translated flows is full ({_bpf.MAX_BINDINGS} bindings at once): "
+                            "this flow's replies cannot be steered to its worker; end flows sooner (shorter "
+                            "timeouts) or run fewer translated flows at once") from None
+        if not self.on:
+            _bpf.bindings_switch_on(self.switch)
+            self.on = True
+
+
 class Fanout:
     """Steering of ``iface``'s frames (and ``inline``'s) to ``workers`` veth pairs (see the
     module's text).
@@ -88,6 +132,7 @@ class Fanout:
                       for name, (near, far) in zip((iface, inline), ("ab", "cd")) if name is not None]
         self._made: list[str] = []
         self._forwards: list[int] = []          # the forwarding programs (inline)
+        self.bindings: tuple[int, int] | None = None    # translated flows' replies -> worker, and its switch
 
     def worker_port(self, index: int, **options):
         """Worker ``index``'s port (not opened): its veth's far end, joined inline to its second
@@ -96,7 +141,9 @@ class Fanout:
         from ._port import Port
 
         ends = [side.pairs[index][1] for side in self.sides]
-        return Port(ends[0], inline=ends[1] if self.inline else None, mode="native", netns=self.netns, **options)
+        port = Port(ends[0], inline=ends[1] if self.inline else None, mode="native", netns=self.netns, **options)
+        port.translation_hook = Steering(self.bindings, index)
+        return port
 
     def open(self) -> None:
         """Make the pairs (up, with the interface's MTU) and load the programs."""
@@ -122,12 +169,13 @@ class Fanout:
                                         _xdp.ifindex(ipr, a).to_bytes(4, "little"))
                 if self.inline:
                     self._forward(ipr)
+            self.bindings = _bpf.bindings_create()
             for side in self.sides:
                 other = [o for o in self.sides if o is not side]
                 side.prog_fd = _bpf.prog_load(
                     _bpf.BPF_PROG_TYPE_XDP,
                     _bpf.steering_program(side.map_fd, self.workers, self.prefilter,
-                                          bypass_ifindex=other[0].index if other else 0),
+                                          bypass_ifindex=other[0].index if other else 0, bindings=self.bindings),
                     name=_bpf.STEER_NAME)
                 side.prog_id = _bpf.obj_info(side.prog_fd)[0]
         except _bpf.BpfError as exc:
@@ -233,3 +281,6 @@ class Fanout:
             for fd in self._forwards:
                 os.close(fd)
             self._forwards = []
+            for fd in self.bindings or ():
+                os.close(fd)
+            self.bindings = None

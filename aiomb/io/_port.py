@@ -80,8 +80,11 @@ class Port:
     """A live interface (or, inline, a pair of interfaces) read through AF_XDP sockets.
 
     Made by :func:`port`; opened and closed by :func:`aiomb.open_stack`. ``statistics()`` can be
-    read at any time. Blocking: ``open()``/``close()`` do netlink and bpf(2) calls (the stack
-    runs them in a worker thread); ``receive()`` waits for frames without busy-polling.
+    read at any time. ``translation_hook`` is what the engines this port feeds take as their
+    ``Engine.translation_hook`` (stacks and monitors give it to theirs): None, except on a steered
+    worker's port, where it steers translated flows' replies to the worker (README "Inline workers").
+    Blocking: ``open()``/``close()`` do netlink and bpf(2) calls (the stack runs them in a worker
+    thread); ``receive()`` waits for frames without busy-polling.
     """
 
     live = True
@@ -128,6 +131,7 @@ class Port:
         self._wait_fd = -1
         self._opened_at = None
         self._stopping = False
+        self.translation_hook = None    # what the engines fed by this port give Engine.translation_hook
 
     def __repr__(self) -> str:
         via = f" <-> {self.inline!r}" if self.inline else ""

@@ -160,3 +160,45 @@ def test_misuse_and_collisions():
     with pytest.raises(aiomb.FlowEnded):
         a.translate(client=("192.0.2.1", 1))
     assert engine.statistics().translations == 1
+
+
+def test_the_translation_hook_hears_of_each_binding_and_its_end():
+    """Engine.translation_hook (what a steered worker gives its engines) is called once per
+    binding made and once per binding ended, with the outer reply tuple: not per packet."""
+    engine = aiomb.Engine()
+    heard = []
+    engine.translation_hook = lambda *change: heard.append(change)
+    engine.add_handler(CONN_START, lambda p: p.flow.translate(client=NAT))
+    engine.add_handler(UDP_START, lambda p: p.flow.translate(client=("192.0.2.1", 5353)))
+    nat, server = ipaddress.ip_address(NAT[0]), ipaddress.ip_address(SERVER[0])
+    reply = (6, (server, SERVER[1]), (nat, NAT[1]))
+    for _, frame in exchange(TcpConversation(CLIENT, SERVER)):
+        engine.feed(bytearray(frame), 1.0)
+    assert heard == [(True, *reply)]
+    first = TcpConversation(("10.0.0.6", 40001), SERVER)    # takes the outer tuple the ended flow gave up
+    engine.feed(first.syn(), 2.0)
+    assert heard == [(True, *reply), (False, *reply), (True, *reply)]
+    engine.feed(udp_frame(CLIENT[0], SERVER[0], CLIENT[1], 53, b"query"), 2.0)
+    engine.feed(udp_frame(SERVER[0], "192.0.2.1", 53, 5353, b"answer"), 2.1)
+    udp = (17, (server, 53), (nat, 5353))
+    assert heard[3:] == [(True, *udp)]
+    engine.expire(100.0)                            # both time out and leave the table
+    assert len(heard) == 6 and set(heard[4:]) == {(False, *reply), (False, *udp)}
+    assert engine.statistics().translations == 0
+
+
+def test_a_binding_the_hook_refuses_is_not_made():
+    engine = aiomb.Engine()
+    flows = []
+    engine.add_handler(CONN_START, lambda p: flows.append(p.flow))
+    engine.feed(TcpConversation(CLIENT, SERVER).syn(), 1.0)
+
+    def refuse(bound, *_):
+        raise OSError("no room")
+    engine.translation_hook = refuse
+    with pytest.raises(OSError, match="no room"):
+        flows[0].translate(client=NAT)
+    assert flows[0].translation is None and engine.statistics().translations == 0
+    engine.translation_hook = None
+    flows[0].translate(client=NAT)
+    assert engine.statistics().translations == 1

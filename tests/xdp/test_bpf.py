@@ -234,14 +234,15 @@ def test_the_steering_program_sends_both_directions_to_the_worker_its_hash_names
     assert steered_by_kernel(frames, count) == chosen
 
 
-def steered_by_kernel(frames, count):
+def steered_by_kernel(frames, count, bindings=None):
     """The worker the loaded steering program sends each frame to: with only worker k's slot
     of the DEVMAP filled, it redirects exactly the frames it steers to k."""
     chosen = [None] * len(frames)
     for k in range(count):
         devmap = _bpf.map_create(_bpf.BPF_MAP_TYPE_DEVMAP, 4, 4, count, name="aiomb_workers")
         _bpf.map_update(devmap, k.to_bytes(4, "little"), (1).to_bytes(4, "little"))     # lo
-        prog = _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, _bpf.steering_program(devmap, count), name=_bpf.STEER_NAME)
+        prog = _bpf.prog_load(_bpf.BPF_PROG_TYPE_XDP, _bpf.steering_program(devmap, count, bindings=bindings),
+                              name=_bpf.STEER_NAME)
         try:
             for i, frame in enumerate(frames):
                 if _bpf.prog_test_run(prog, frame)[0] == _bpf.XDP_REDIRECT:
@@ -286,3 +287,70 @@ def test_an_icmp_error_goes_to_the_worker_of_the_flow_it_quotes():
             tcp_frame("192.0.2.254", "10.0.0.1", 1, 1), count)
     frames = [error for _, error in errors] + outer
     assert steered_by_kernel(frames, count) == [_bpf.steering_hash(f, count) for f in frames]
+
+
+def test_a_translated_flows_replies_go_to_the_worker_that_bound_it():
+    """The replies of a translated flow (its outer reply tuple in the bindings map) go to the
+    worker the map names, in the kernel as in steering_hash(); everything else by the address
+    pair: the other direction, another port, a fragment (no ports to look up), ICMP, and every
+    frame while no binding was ever made (the switch is off: no lookup)."""
+    count = 3
+    nat4, nat6 = "192.0.2.1", "2001:db8::1"
+    replies = [tcp_frame(f"198.51.100.{i}", nat4, 80, 20000 + i) for i in range(4)] + \
+              [udp_frame(f"2001:db8:5::{i}", nat6, 53, 20000 + i, vlan=[7]) for i in range(1, 4)] + \
+              [tcp_frame("198.51.100.9", nat4, 443, 20009, vlan=[7, 9], ip_options=b"\x01\x01\x01\x01"),
+               udp_frame("198.51.100.1", nat4, 53, 20001)]             # its fragments are not looked up
+    bound = {}
+    for frame in replies:
+        key = _bpf.binding_key_of(frame)
+        assert key is not None
+        bound[key] = (_bpf.steering_hash(frame, count) + 1) % count      # never the worker of its pair
+    big = udp_frame("198.51.100.1", nat4, 53, 20001, b"x" * 100)
+    unbound = [tcp_frame(nat4, "198.51.100.0", 20000, 80),                # the other direction
+               tcp_frame("198.51.100.0", nat4, 81, 20000),                # another port
+               udp_frame("198.51.100.0", nat4, 80, 20000),                # another protocol
+               *ipv4_fragments(big, fragment_size=48),                    # fragments, the first one too
+               udp_frame("2001:db8:5::1", nat6, 53, 20001, ipv6_ext=[(0, bytes(6))]),     # ports not at 40
+               icmp_frame("198.51.100.0", nat4, type=8, payload=bytes(8))]
+    frames = replies + unbound
+    by_pair = [_bpf.steering_hash(f, count) for f in frames]
+    want = [bound[_bpf.binding_key_of(f)] for f in replies] + by_pair[len(replies):]
+    assert [_bpf.steering_hash(f, count, bound) for f in frames] == want
+    assert all(a != b for a, b in zip(want, by_pair[:len(replies)]))
+    table, switch = _bpf.bindings_create()
+    try:
+        for key, k in bound.items():
+            _bpf.map_update(table, key, k.to_bytes(4, "little"))
+        assert steered_by_kernel(frames, count, (table, switch)) == by_pair     # switch off: not looked up
+        _bpf.bindings_switch_on(switch)
+        assert steered_by_kernel(frames, count, (table, switch)) == want
+    finally:
+        os.close(table)
+        os.close(switch)
+
+
+def test_a_workers_translation_hook_fills_the_bindings_map():
+    """Fanout's Steering (a worker port's Engine.translation_hook): a binding puts its outer
+    reply tuple in the map with the worker's index and turns the switch on; its end takes it
+    out, unless another worker's binding has the tuple by then."""
+    from aiomb.io._fanout import Steering
+
+    table, switch = _bpf.bindings_create()
+    try:
+        one, two = Steering((table, switch), 1), Steering((table, switch), 2)
+        reply = (6, (ipaddress.ip_address("198.51.100.7"), 80), (ipaddress.ip_address("192.0.2.1"), 20000))
+        key = _bpf.binding_key(*reply)
+        assert key == _bpf.binding_key_of(tcp_frame("198.51.100.7", "192.0.2.1", 80, 20000))
+        assert _bpf.map_lookup(switch, bytes(4), 4) == bytes(4)
+        one(True, *reply)
+        assert _bpf.map_lookup(table, key, 4) == (1).to_bytes(4, "little")
+        assert _bpf.map_lookup(switch, bytes(4), 4) == (1).to_bytes(4, "little")
+        two(True, *reply)                               # worker 2 bound it since
+        one(False, *reply)
+        assert _bpf.map_lookup(table, key, 4) == (2).to_bytes(4, "little")
+        two(False, *reply)
+        two(False, *reply)                              # gone already: nothing to do
+        assert _bpf.map_lookup(table, key, 4) is None
+    finally:
+        os.close(table)
+        os.close(switch)

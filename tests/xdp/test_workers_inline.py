@@ -4,16 +4,18 @@ veth pairs; each worker's port joins its two pairs inline and forwards what its 
 drop, and a forwarding program on the near ends sends it on out of the other interface."""
 
 import json
+import os
 import subprocess
 import sys
 import threading
 
+import pytest
 from pyroute2 import IPRoute
 
 import aiomb
 from aiomb import CONN_END, PACKET_IN, Hook
 from aiomb.io import _bpf
-from aiomb.testing import tcp_frame
+from aiomb.testing import tcp_frame, udp_frame
 
 from .lab import PEER, attached, sh, wait_for
 from .test_cli_live import AIOMB, REPO
@@ -143,3 +145,49 @@ def test_frames_the_prefilter_rejects_bypass_the_workers(lab):
     ends = [end for _, rows, _ in per_worker for end in rows]
     assert [(ip, port) for ip, _, port, *_ in ends] == [(CLIENTS[0], 5001)]
     assert sum(dropped for *_, dropped in per_worker) == 0
+
+
+NAT_IP = "10.206.0.100"
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_nat_inline_on_workers(lab, workers):
+    """examples/nat.py on N workers: every connection from the six clients (spread over both
+    workers) goes through from the NAT address, although its replies' address pair (server, NAT)
+    is steered to one worker only: each binding steers its flow's replies to the worker that
+    made it. Each worker hands out ports of its own slice of the pool."""
+    outside = _bpf.steering_hash(udp_frame(SERVER_IP, NAT_IP, 5001, 30000), 2)
+    assert {steered_to(ip, 2) for ip in CLIENTS} == {0, 1}     # some clients' flows live where replies do not go
+    client, mid, server, c, x, y, s = lab.inline_path(f"{CLIENTS[0]}/24", f"{SERVER_IP}/24")
+    for ip in CLIENTS[1:]:
+        lab.address(client, c, f"{ip}/24")
+        lab.neighbour(server, s, ip, lab.mac(c, client))
+    lab.neighbour(server, s, NAT_IP, lab.mac(c, client))     # replies to the NAT address go to the wire
+    for ns, dev in ((client, c), (server, s)):
+        sh("ethtool", "-K", dev, "gro", "on", netns=ns)
+    listener = lab.server(server, SERVER_IP, 5001)
+    proc = lab.spawn([*AIOMB, "run", os.path.join("examples", "nat.py"), "--iface", x, "--inline", y,
+                      "--netns", mid, "--duration", "8", "--workers", str(workers), "--",
+                      "--address", NAT_IP, "--ports", "30000-30009", "--json"],
+                     cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    program = _bpf.STEER_NAME if workers > 1 else "aiomb_xsk"
+    wait_for(lambda: attached(mid, x) == attached(mid, y) == program, what="the programs")
+    results = {ip: transfer(client, ip, 5001, up=3000, down=50000) for ip in CLIENTS}
+    out, err = proc.communicate(timeout=60)
+    assert proc.returncode == 0, err
+    assert all(r["ok"] for r in results.values()), (results, out)
+    seen = [json.loads(listener.stdout.readline()) for _ in CLIENTS]
+    assert all(r["upload_ok"] and r["peer"].startswith(f"{NAT_IP}:") for r in seen), seen
+    lines = [json.loads(line) for line in out.splitlines()]
+    maps = {row["client"]: row["port"] for row in lines if row.get("event") == "map"}
+    assert sorted(maps) == sorted(f"{ip}:{r['local_port']}" for ip, r in results.items())
+    assert sorted(r["peer"] for r in seen) == sorted(f"{NAT_IP}:{port}" for port in maps.values())
+    summaries = [row for row in lines if "mapped" in row]
+    assert len(summaries) == workers
+    assert sum(row["mapped"] for row in summaries) == sum(row["freed"] for row in summaries) == len(CLIENTS)
+    assert all(row["unmatched"] == row["exhausted"] == row["open"] == 0 for row in summaries), summaries
+    if workers == 2:        # each worker's ports from its own half of the pool, its clients' flows
+        assert {ip_port.rsplit(":", 1)[0]: int(port >= 30005) for ip_port, port in maps.items()} == {
+            ip: steered_to(ip, 2) for ip in CLIENTS}
+        assert any(steered_to(ip, 2) != outside for ip in CLIENTS)
+    assert attached(mid, x) is None and attached(mid, y) is None and veths(mid) == []
