@@ -16,7 +16,7 @@ import sys
 import threading
 
 from .._errors import CaptureError, PortError
-from .._workers import DamagedElsewhere, become_worker, finish_share, worker_source
+from .._workers import DamagedElsewhere, become_worker, end_with_parent, finish_share, leave, worker_source
 from ..flows._types import EndReason
 from ..io._capture import capture
 from ._common import (
@@ -120,15 +120,19 @@ def cmd_run(args) -> int:
 
 def fork_workers(args, become, source=None) -> list:
     """Fork ``args.workers`` processes, each ``become(index)``, then running the app (on
-    ``source(index)`` if given); returns their pids."""
+    ``source(index)`` if given); returns their pids. A worker is sent SIGTERM if this process
+    dies (its app ends as on a SIGTERM passed on; a live worker then stops the steering and
+    deletes its veth pairs)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pids = []
     for index in range(args.workers):
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
+                end_with_parent(parent)
                 become(index)
                 # whole lines, one write each (even under python -u): the workers share the output
                 sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False)),
@@ -147,9 +151,12 @@ def fork_workers(args, become, source=None) -> list:
 
                 traceback.print_exc()
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
+                try:
+                    leave()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(status)
         pids.append(pid)
     return pids
 
@@ -195,7 +202,7 @@ def run_port_workers(args) -> int:
         print(f"aiomb: error: {exc}", file=sys.stderr)
         return 1
     try:
-        pids = fork_workers(args, lambda index: become_worker(index, args.workers, steered=True),
+        pids = fork_workers(args, lambda index: become_worker(index, args.workers, steered=fan),
                             fan.worker_port)
         forward = forwarder(pids)
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
@@ -225,7 +232,7 @@ def run_workers(args) -> int:
     import multiprocessing
 
     from .._records import CAPTURE_BLOCK
-    from .._workers import fork_stoppable, reader_main, ring_damage, ring_for, stop_reader
+    from .._workers import child_of, fork_stoppable, reader_main, ring_damage, ring_for, stop_reader
 
     try:
         source = capture(args.pcap, chunk_size=CAPTURE_BLOCK)
@@ -239,8 +246,9 @@ def run_workers(args) -> int:
     ring = ring_for(source, args.workers, batch_size=2048, vlan_in_key=args.vlan)
     if not ring.workers_reading:
         news, mine = multiprocessing.Pipe(duplex=False)
-        reader = multiprocessing.get_context("fork").Process(target=reader_main, args=(mine, ring, source, 2048),
-                                                             name="aiomb-reader", daemon=True)
+        reader = multiprocessing.get_context("fork").Process(
+            target=child_of, args=(os.getpid(), reader_main, mine, ring, source, 2048), name="aiomb-reader",
+            daemon=True)
         fork_stoppable(reader.start)
         mine.close()
     source.close()                      # the workers and the reader have their own
