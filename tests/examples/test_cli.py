@@ -545,6 +545,59 @@ def test_the_workers_end_when_their_parent_is_killed(tmp_path, command):
     assert left == []
 
 
+BROKEN_APPS = {
+    "syntax": "import os\n\ndef setup(stack)\n    pass\n",
+    "raises": "import json\n\ndef fail():\n    json.loads('{')\n\nfail()\n\ndef main(source):\n    pass\n",
+    "noentry": "x = 1\n",
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("kind", BROKEN_APPS)
+def test_an_app_that_does_not_load_is_reported_once_with_its_own_traceback(tmp_path, kind, workers):
+    """An app with a syntax error (exit status 2), one raising as it is imported (1), one without
+    an entry point (2): `aiomb: error:` naming the app, then only the app's part of the traceback
+    (before, a syntax error or an exception came with a traceback through runpy, aiomb's cli and
+    importlib, exit status 1, and with --workers once per worker)."""
+    app = tmp_path / f"{kind}.py"
+    app.write_text(BROKEN_APPS[kind])
+    proc = run([*PYTHON_M_AIOMB, "run", app, "--pcap", DEMO, "--workers", str(workers)])
+    assert proc.stdout == ""
+    if kind == "syntax":
+        assert proc.returncode == 2
+        assert proc.stderr == (f"aiomb: error: the middlebox module {app} has a syntax error:\n"
+                               f'  File "{app}", line 3\n'
+                               "    def setup(stack)\n"
+                               "                    ^\n"
+                               "SyntaxError: expected ':'\n")
+    elif kind == "raises":
+        assert proc.returncode == 1
+        head, _, rest = proc.stderr.partition("\n")
+        assert head == f"aiomb: error: the middlebox module {app} raised JSONDecodeError as it was imported:"
+        frames = [line for line in rest.splitlines() if line.startswith("  File ")]
+        assert frames[:2] == [f'  File "{app}", line 6, in <module>', f'  File "{app}", line 4, in fail']
+        assert "json" in frames[-1]     # down to where it was raised
+        assert rest.startswith("Traceback (most recent call last):\n") and rest.count("Traceback") == 1
+        assert rest.endswith("json.decoder.JSONDecodeError: Expecting property name enclosed in double quotes: "
+                             "line 1 column 2 (char 1)\n")
+        assert "aiomb" not in rest.replace(str(tmp_path), "")
+    else:
+        assert proc.returncode == 2
+        assert proc.stderr == (f"aiomb: error: {app} defines none of setup(stack), async run(stack) or "
+                               "main(source); define one (see README)\n")
+
+
+def test_with_workers_the_app_is_imported_once(tmp_path):
+    """`aiomb run APP --workers 2` imports the module once, in aiomb's process, before it forks
+    the workers: its import-time code runs once; each worker runs main (or setup/run)."""
+    app = tmp_path / "app.py"
+    app.write_text("import aiomb\n\nprint('imported', aiomb.worker(), flush=True)\n\n"
+                   "def main(source):\n    print('main', aiomb.worker(), flush=True)\n")
+    proc = run([*PYTHON_M_AIOMB, "run", app, "--pcap", DEMO, "--workers", "2"])
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == ["imported (0, 1)", "main (0, 2)", "main (1, 2)"]
+
+
 def test_app_options_after_a_double_dash(tmp_path):
     """`aiomb run APP.py --pcap X -- OPTIONS`: the module sees its path and OPTIONS as sys.argv,
     also when an option looks like aiomb's own; for other commands -- only ends the options."""
