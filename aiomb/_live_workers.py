@@ -7,46 +7,51 @@ pair per worker); each worker reads its own port through its own FlowRun and sen
 of the flows as they end; the parent passes them on as they come.
 """
 
+import signal
 import time
 import traceback
 
 from ._core import FlowRecords
 from ._errors import PortError
 from ._records import FlowRun
-from ._workers import LIMITS, WorkerError, WorkerGroup, quiet_signals
+from ._workers import LIMITS, WorkerError, WorkerGroup, become_worker, leave, orphaned, quiet_signals, tell
 from .flows._types import EndReason
 from .io._fanout import Fanout
-from .io._port import Port, PortStatistics
+from .io._port import PortStatistics
 
 READY_TIMEOUT = 30.0    # seconds the live workers have to open their ports
 
 
-def _port_worker(conn, source: Port, options: dict) -> None:
+def _port_worker(conn, fanout: Fanout, index: int, port_options: dict, options: dict) -> None:
     """A live worker's life: its veth's frames through its own engine, sending each batch of
-    records to the parent; ready once its port is open; stops when the parent says so."""
+    records to the parent; ready once its port is open; stops when the parent says so, or when
+    the parent dies (SIGTERM: then it stops the steering and deletes its veth pairs itself)."""
     quiet_signals()
+    become_worker(index, fanout.workers, steered=fanout)
     try:
-        run = FlowRun(source, **options)
+        run = FlowRun(fanout.worker_port(index, **port_options), **options)
+        signal.signal(signal.SIGTERM, lambda signum, frame: run.stop(EndReason.INTERRUPTED))
         ready = False
 
         def progress(_source) -> None:
             nonlocal ready
             if not ready:
-                conn.send(("ready",))
+                tell(conn, ("ready",))
                 ready = True
-            if conn.poll():
+            if not orphaned() and conn.poll():
                 run.stop(EndReason(conn.recv()))
 
         run.progress = progress
         for records in run:
-            conn.send(("records", bytes(memoryview(records)), run.digests(records) if run.hashes else None))
-        conn.send(("done", run.statistics(), source.statistics()))
+            tell(conn, ("records", bytes(memoryview(records)), run.digests(records) if run.hashes else None))
+        tell(conn, ("done", run.statistics(), run.source.statistics()))
     except PortError as exc:                # said as it is, as one port's error would be
-        conn.send(("port-error", str(exc)))
+        tell(conn, ("port-error", str(exc)))
     except BaseException:
-        conn.send(("failed", traceback.format_exc()))
+        tell(conn, ("failed", traceback.format_exc()))
     finally:
         conn.close()
+        leave()
 
 
 def failed(index: int, msg: tuple) -> Exception:
@@ -86,7 +91,7 @@ class FanoutRun(WorkerGroup):
         self.fanout.open()
         ctx = multiprocessing.get_context("fork")
         for index in range(self.workers):
-            self._fork(ctx, _port_worker, self.fanout.worker_port(index, **self.port_options), self.options)
+            self._fork(ctx, _port_worker, self.fanout, index, self.port_options, self.options)
         waiting = set(self._conns)
         deadline = time.monotonic() + READY_TIMEOUT
         while waiting:

@@ -29,8 +29,10 @@ from ._workers import (
     become_worker,
     finish_share,
     fork_stoppable,
+    leave,
     ring_damage,
     stop_reader,
+    tell,
 )
 from .flows._types import EndReason
 from .io._capture import CaptureSource, capture
@@ -255,10 +257,11 @@ class PortGroup(ProgramGroup):
                                 f"{READY_TIMEOUT:.0f} s")
 
     def _share(self, index: int):
-        become_worker(index, self.workers, steered=True)
+        become_worker(index, self.workers, steered=self.fanout)
         share = self.fanout.worker_port(index, frame_size=self.port.frame_size, frames=self.port.frames,
                                         tick=self.port.tick)
-        signal.signal(signal.SIGUSR1, lambda signum, frame: share.stop())
+        for signum in (signal.SIGUSR1, signal.SIGTERM):     # the parent's stop; the parent died
+            signal.signal(signum, lambda signum, frame: share.stop())
         signal.pthread_sigmask(signal.SIG_UNBLOCK, {signal.SIGUSR1})
         return share
 
@@ -291,27 +294,29 @@ def _worker_exception(who: str, pickled: bytes | None, text: str) -> BaseExcepti
 
 
 def _program_worker(conn, index: int, fn, engine_options: dict, share) -> None:
-    """A worker's life: ``fn`` on ``share(index)``; what it returned (or raised) to the parent."""
+    """A worker's life: ``fn`` on ``share(index)``; what it returned (or raised) to the parent
+    (nothing if the parent died: a live worker then cleans up its share of the steering)."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)        # the parent ends the input instead
     try:
         result = _call(fn, share(index), engine_options)
         try:
-            conn.send(("result", result))
+            tell(conn, ("result", result))
         except Exception as exc:
-            conn.send(("failed", f"its result {type(result).__name__} does not pickle ({exc}): return plain "
-                                 "data (numbers, strings, lists, dicts, FlowRecords)"))
+            tell(conn, ("failed", f"its result {type(result).__name__} does not pickle ({exc}): return plain "
+                                  "data (numbers, strings, lists, dicts, FlowRecords)"))
         finish_share()                  # fn may have stopped reading before the end: the others go on
     except DamagedElsewhere:
-        conn.send(("result", None))     # the parent reports the damage
+        tell(conn, ("result", None))    # the parent reports the damage
     except BaseException as exc:
         text = traceback.format_exc()
         try:
             pickled = pickle.dumps(exc)
         except Exception:
             pickled = None
-        conn.send(("raised", pickled, text))
+        tell(conn, ("raised", pickled, text))
     finally:
         conn.close()
+        leave()
 
 
 def _call(fn, source, engine_options: dict, duration: float | None = None):

@@ -61,7 +61,9 @@ class WorkerError(RuntimeError):
 
 _current = (0, 1)
 _ring = None            # this worker's ShardRing (aiomb run --workers on a capture)
-_steered = False        # this worker's frames come from the steering program (aiomb run --workers --iface)
+_steered = None         # the Fanout whose steering program sends this worker its frames (a live port)
+_parent = None          # the pid of the process that forked this worker (see end_with_parent)
+PR_SET_PDEATHSIG = 1    # prctl(2)
 
 
 def worker() -> tuple[int, int]:
@@ -74,10 +76,11 @@ def worker() -> tuple[int, int]:
     return _current
 
 
-def become_worker(index: int, count: int, ring: ShardRing | None = None, *, steered: bool = False) -> None:
+def become_worker(index: int, count: int, ring: ShardRing | None = None, *, steered=None) -> None:
     """Make this (forked) process worker ``index`` of ``count``: reading its share of a capture
-    from ``ring`` (see :func:`worker_source`; its stacks take the shard), or, ``steered``, a live
-    port's frames that aiomb's steering program sent it (its stacks track all they get)."""
+    from ``ring`` (see :func:`worker_source`; its stacks take the shard), or the frames that the
+    steering program of the Fanout ``steered`` sent it from a live port (its stacks track all
+    they get; :func:`leave` cleans up its share of the Fanout if the parent dies)."""
     global _current, _ring, _steered
     _current = (index, count)
     _ring = ring
@@ -105,10 +108,56 @@ def finish_share() -> None:
     _ring.close(_current[0])
 
 
+def end_with_parent(parent: int, signum: int = signal.SIGTERM) -> None:
+    """In a process just forked by process ``parent`` (its pid, taken before the fork): have
+    ``signum`` sent to this one when the parent dies (Linux's PR_SET_PDEATHSIG: a parent killed
+    by SIGKILL passes no signal on, and a worker that waits on something else than the parent
+    would wait forever), at once if it died already. The signal comes when the thread that
+    forked ends: fork from a thread that outlives the workers (the forking calls wait for them)."""
+    import ctypes
+
+    global _parent
+    _parent = parent
+    libc = ctypes.CDLL(None, use_errno=True)
+    if libc.prctl(PR_SET_PDEATHSIG, signum, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), "prctl(PR_SET_PDEATHSIG) failed")
+    if os.getppid() != parent:          # it died before the prctl
+        os.kill(os.getpid(), signum)
+
+
+def child_of(parent: int, target, *args) -> None:
+    """``target(*args)`` in a process forked by ``parent``, which ends (SIGTERM) when the
+    parent dies (:func:`end_with_parent`): the target of the workers' and readers' processes."""
+    end_with_parent(parent)
+    target(*args)
+
+
+def orphaned() -> bool:
+    """Whether the process that forked this worker has died (and this one was reparented)."""
+    return _parent is not None and os.getppid() != _parent
+
+
+def tell(conn, msg) -> None:
+    """Send ``msg`` to the parent over ``conn``; nothing once the parent has died (no one reads)."""
+    try:
+        conn.send(msg)
+    except OSError:
+        if not orphaned():
+            raise
+
+
+def leave() -> None:
+    """At the end of a worker's life: if it read a live port's steered frames and its parent
+    died before it could close the steering (SIGKILL), do for this worker's share what the
+    parent's close would have: stop the steering and delete this worker's veth pairs."""
+    if _steered is not None and orphaned():
+        _steered.release(_current[0])
+
+
 def shard_option(engine_options: dict) -> dict:
     """The engine options with this worker's shard, unless they name one (or the worker's
     frames were steered to it: they are all its own)."""
-    if _current[1] > 1 and not _steered and "shard" not in engine_options:
+    if _current[1] > 1 and _steered is None and "shard" not in engine_options:
         return {**engine_options, "shard": _current}
     return engine_options
 
@@ -312,8 +361,10 @@ class WorkerGroup:
             self.reason = reason
 
     def _fork(self, ctx, target, *args) -> None:
+        """Fork a process running ``target(pipe, *args)``, which ends when this one dies."""
         parent, child = ctx.Pipe()
-        proc = ctx.Process(target=target, args=(child, *args), name=f"aiomb-{target.__name__.strip('_')}", daemon=True)
+        proc = ctx.Process(target=child_of, args=(os.getpid(), target, child, *args),
+                           name=f"aiomb-{target.__name__.strip('_')}", daemon=True)
         proc.start()
         child.close()
         self._conns.append(parent)

@@ -28,3 +28,28 @@ def oracle_records() -> list[dict]:
 @pytest.fixture
 def corpus() -> pathlib.Path:
     return corpus_path()
+
+
+def children(pid: int) -> list[int]:
+    """The pids of the processes whose parent is ``pid`` (from /proc: no /proc/PID/task/*/children
+    on every kernel)."""
+    kids = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as fh:
+                    fields = fh.read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid:
+                kids.append(int(entry))
+    return kids
+
+
+def running(pid: int) -> bool:
+    """Whether process ``pid`` exists and is not a zombie waiting to be reaped."""
+    try:
+        with open(f"/proc/{pid}/stat") as fh:
+            return fh.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False

@@ -14,7 +14,7 @@ import sys
 
 from .._records import FIELDS
 from . import flows, run, stream
-from ._common import UsageError, sole
+from ._common import AppError, UsageError, sole
 
 __all__ = ["FIELDS", "build_parser", "main"]
 
@@ -46,6 +46,9 @@ def main(argv=None) -> int:
     except UsageError as exc:
         print(f"aiomb: error: {exc}", file=sys.stderr)
         return 2
+    except AppError as exc:
+        print(f"aiomb: error: {exc}", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         return 130
     except BaseException as exc:

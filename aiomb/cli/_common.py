@@ -9,7 +9,13 @@ import sys
 
 
 class UsageError(Exception):
-    """A command-line mistake: printed as one line, exit status 2."""
+    """A command-line mistake (or a middlebox module that cannot run: a syntax error, no entry
+    point): printed after ``aiomb: error:``, exit status 2."""
+
+
+class AppError(Exception):
+    """The middlebox module raised as it was imported: printed after ``aiomb: error:`` with the
+    module's own part of the traceback, exit status 1."""
 
 
 def endpoint(ip: str, port: int) -> str:

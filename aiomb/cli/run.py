@@ -5,7 +5,9 @@ runs as it is. SIGINT, SIGTERM and SIGHUP end a run cleanly (a live port is deta
 ``finally`` blocks run) with exit status 128 + the signal's number: on SIGTERM or SIGHUP a stack
 program on a live port or a pipe first ends its input (every open flow ends: as at the end of a
 capture on a port, ``interrupted`` on a pipe; a second signal cancels), on a capture file it is
-cancelled, as on SIGINT; a synchronous program gets KeyboardInterrupt.
+cancelled, as on SIGINT; a synchronous program gets KeyboardInterrupt. The module is imported
+once, before anything starts (with ``--workers N``, the workers run the module imported then); one
+that cannot run is reported once (:func:`load_app`).
 """
 
 import importlib.util
@@ -14,12 +16,14 @@ import os
 import signal
 import sys
 import threading
+import traceback
 
 from .._errors import CaptureError, PortError
-from .._workers import DamagedElsewhere, become_worker, finish_share, worker_source
+from .._workers import DamagedElsewhere, become_worker, end_with_parent, finish_share, leave, worker_source
 from ..flows._types import EndReason
 from ..io._capture import capture
 from ._common import (
+    AppError,
     UsageError,
     add_port_options,
     check_capture,
@@ -35,7 +39,9 @@ def load_app(path: str, argv=()):
     """Import a middlebox module from a file path (its folder first on sys.path and ``sys.argv``
     its path and ``argv``, as for a script: the app reads its own options, e.g. with argparse):
     it defines setup(stack) and/or async run(stack) (a stack program), or main(source) (a
-    synchronous program, e.g. an epoll loop)."""
+    synchronous program, e.g. an epoll loop). Raises UsageError for a missing file, a syntax
+    error (with its place) or no entry point, AppError for an exception its import-time code
+    raised (with the traceback from the module's code down)."""
     if not os.path.isfile(path):
         raise UsageError(f"middlebox module not found: {path}")
     sys.argv = [path, *argv]
@@ -43,7 +49,19 @@ def load_app(path: str, argv=()):
     spec = importlib.util.spec_from_file_location(
         "aiomb_app_" + os.path.splitext(os.path.basename(path))[0], path)
     module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    try:
+        code = compile(spec.loader.get_data(path), path, "exec", dont_inherit=True)
+    except SyntaxError as exc:
+        raise UsageError(f"the middlebox module {path} has a syntax error:\n"
+                         + "".join(traceback.format_exception_only(exc)).rstrip()) from None
+    try:
+        exec(code, module.__dict__)
+    except Exception as exc:
+        tb = exc.__traceback__
+        while tb is not None and tb.tb_frame.f_code is not code:     # from the module's code down
+            tb = tb.tb_next
+        raise AppError(f"the middlebox module {path} raised {type(exc).__name__} as it was imported:\n"
+                       + "".join(traceback.format_exception(type(exc), exc, tb)).rstrip()) from None
     kinds = [name for name in ("setup", "run", "main") if callable(getattr(module, name, None))]
     if not kinds:
         raise UsageError(f"{path} defines none of setup(stack), async run(stack) or main(source); "
@@ -106,35 +124,39 @@ def cmd_run(args) -> int:
     if args.pcap is not None:
         args.pcap = check_capture(args.pcap)
     check_workers(args.workers)
+    if args.workers > 1 and args.iface is not None and args.queues:
+        raise UsageError("--workers on a live port takes every queue (the steering program runs on "
+                         "each): drop --queues (or --workers)")
+    # once, here: with --workers, before the workers are forked (they run the module imported here)
+    module = load_app(args.app, args.app_args)
     if args.workers > 1:
-        if not os.path.isfile(args.app):
-            raise UsageError(f"middlebox module not found: {args.app}")
         if args.iface is not None:
-            if args.queues:
-                raise UsageError("--workers on a live port takes every queue (the steering program runs on "
-                                 "each): drop --queues (or --workers)")
-            return run_port_workers(args)
-        return run_workers(args)
-    return run_one(args)
+            return run_port_workers(args, module)
+        return run_workers(args, module)
+    return run_one(args, module)
 
 
-def fork_workers(args, become, source=None) -> list:
-    """Fork ``args.workers`` processes, each ``become(index)``, then running the app (on
-    ``source(index)`` if given); returns their pids."""
+def fork_workers(args, module, become, source=None) -> list:
+    """Fork ``args.workers`` processes, each ``become(index)``, then running the app's
+    ``module`` (on ``source(index)`` if given); returns their pids. A worker is sent SIGTERM if this process
+    dies (its app ends as on a SIGTERM passed on; a live worker then stops the steering and
+    deletes its veth pairs)."""
     sys.stdout.flush()
     sys.stderr.flush()
+    parent = os.getpid()
     pids = []
     for index in range(args.workers):
         pid = os.fork()
         if pid == 0:
             status = 1
             try:
+                end_with_parent(parent)
                 become(index)
                 # whole lines, one write each (even under python -u): the workers share the output
                 sys.stdout = io.TextIOWrapper(io.BufferedWriter(io.FileIO(sys.stdout.fileno(), "w", closefd=False)),
                                               encoding=sys.stdout.encoding, errors=sys.stdout.errors,
                                               line_buffering=True)
-                status = run_one(args, source(index) if source is not None else None)
+                status = run_one(args, module, source(index) if source is not None else None)
                 if status == 0:
                     finish_share()      # the app may have stopped reading before the end: the others go on
             except UsageError as exc:
@@ -143,13 +165,14 @@ def fork_workers(args, become, source=None) -> list:
             except KeyboardInterrupt:                           # Ctrl-C passed on: as aiomb's own
                 status = 130
             except BaseException:                               # a worker's failure is its own
-                import traceback
-
                 traceback.print_exc()
             finally:
-                sys.stdout.flush()
-                sys.stderr.flush()
-                os._exit(status)
+                try:
+                    leave()
+                    sys.stdout.flush()
+                    sys.stderr.flush()
+                finally:
+                    os._exit(status)
         pids.append(pid)
     return pids
 
@@ -177,7 +200,7 @@ def wait_workers(pids, on_failure) -> list:
     return [s if s >= 0 else 128 - s for s in statuses]
 
 
-def run_port_workers(args) -> int:
+def run_port_workers(args, module) -> int:
     """Run the app in ``args.workers`` processes on a live port, each on the frames aiomb's
     steering program sends it (its own veth pair and port; inline, two joined); the steering
     starts once every worker's port is open and stops when they are all done. Signals are
@@ -195,7 +218,7 @@ def run_port_workers(args) -> int:
         print(f"aiomb: error: {exc}", file=sys.stderr)
         return 1
     try:
-        pids = fork_workers(args, lambda index: become_worker(index, args.workers, steered=True),
+        pids = fork_workers(args, module, lambda index: become_worker(index, args.workers, steered=fan),
                             fan.worker_port)
         forward = forwarder(pids)
         previous = {s: signal.signal(s, forward) for s in (signal.SIGINT, *STOP_SIGNALS)}
@@ -214,7 +237,7 @@ def run_port_workers(args) -> int:
     return failed[0] if failed else 0
 
 
-def run_workers(args) -> int:
+def run_workers(args, module) -> int:
     """Fork ``args.workers`` processes, each running the app on its shard of the capture
     (``aiomb.worker()``), handed to them through a ShardRing, which they fill themselves from a
     classic pcap file (else a reader process, forked first, does). SIGINT, SIGTERM and SIGHUP
@@ -225,7 +248,7 @@ def run_workers(args) -> int:
     import multiprocessing
 
     from .._records import CAPTURE_BLOCK
-    from .._workers import fork_stoppable, reader_main, ring_damage, ring_for, stop_reader
+    from .._workers import child_of, fork_stoppable, reader_main, ring_damage, ring_for, stop_reader
 
     try:
         source = capture(args.pcap, chunk_size=CAPTURE_BLOCK)
@@ -239,12 +262,13 @@ def run_workers(args) -> int:
     ring = ring_for(source, args.workers, batch_size=2048, vlan_in_key=args.vlan)
     if not ring.workers_reading:
         news, mine = multiprocessing.Pipe(duplex=False)
-        reader = multiprocessing.get_context("fork").Process(target=reader_main, args=(mine, ring, source, 2048),
-                                                             name="aiomb-reader", daemon=True)
+        reader = multiprocessing.get_context("fork").Process(
+            target=child_of, args=(os.getpid(), reader_main, mine, ring, source, 2048), name="aiomb-reader",
+            daemon=True)
         fork_stoppable(reader.start)
         mine.close()
     source.close()                      # the workers and the reader have their own
-    pids = fork_workers(args, lambda index: become_worker(index, args.workers, ring))
+    pids = fork_workers(args, module, lambda index: become_worker(index, args.workers, ring))
     forward = forwarder(pids)
     caught = []
 
@@ -285,10 +309,9 @@ def run_workers(args) -> int:
     return 128 + caught[0] if caught else 0
 
 
-def run_one(args, source=None) -> int:
-    """Run the app in this process (one worker, or the whole capture or port) on ``source``,
-    by default the one the arguments name."""
-    module = load_app(args.app, getattr(args, "app_args", ()))
+def run_one(args, module, source=None) -> int:
+    """Run the app's ``module`` in this process (one worker, or the whole capture or port) on
+    ``source``, by default the one the arguments name."""
     if source is None and args.iface is not None:
         source = live_port(args, inline=args.inline)
     elif source is None:

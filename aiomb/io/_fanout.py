@@ -23,11 +23,13 @@ end, where a forwarding program (``aiomb_fwd``: ``bpf_redirect``) sends it on ou
 interface: a frame from IF leaves by IF2 and back, unless the worker's handlers dropped it.
 
 The veth pairs are named ``amb<pid>-<k>a``/``b`` (and ``c``/``d`` inline; hex) after the process
-that made them; closing detaches the programs and deletes them. A run killed before it could
-close leaves them (and its program, which then sends every frame into veths nobody reads): the
-next Fanout on the interface replaces the program and deletes the pairs of makers that are
-gone. The veths take the interface's MTU, and native XDP on a veth takes about 3500 bytes at
-most: an interface with jumbo frames is refused when the pairs are made, with the fix.
+that made them; closing detaches the programs and deletes them. If that process is killed
+before it could close, its workers (sent SIGTERM as it dies) each stop the steering and delete
+their own pairs (:meth:`Fanout.release`); what a worker killed too leaves (and the program,
+which then sends every frame into veths nobody reads), the next Fanout on the interface
+replaces (the program) and deletes (the pairs of makers that are gone). The veths take the
+interface's MTU, and native XDP on a veth takes about 3500 bytes at most: an interface with
+jumbo frames is refused when the pairs are made, with the fix.
 """
 
 import errno
@@ -259,6 +261,19 @@ class Fanout:
                 for side in attached:
                     side.attached = False
                     _xdp.detach_if(ipr, side.index, self.mode, side.prog_id)
+
+    def release(self, index: int) -> None:
+        """In worker ``index``, once the process that made the Fanout died without closing it
+        (SIGKILL): what its close() would have done for this worker. Stop the steering (where
+        the program is still ours: the first worker to come does it) and delete the worker's
+        veth pairs."""
+        with _xdp.in_netns(self.netns), _xdp.IPRoute() as ipr:
+            for side in self.sides:
+                _xdp.detach_if(ipr, side.index, self.mode, side.prog_id)
+                try:
+                    ipr.link("del", index=_xdp.ifindex(ipr, side.pairs[index][0]))
+                except (PortError, _xdp.NetlinkError):
+                    pass            # gone already
 
     def close(self) -> None:
         """Detach, delete the veth pairs, close the programs and maps; idempotent."""

@@ -6,6 +6,7 @@ concurrently; each test then checks the result of its own commands.
 """
 
 import concurrent.futures
+import contextlib
 import csv
 import fcntl
 import hashlib
@@ -26,6 +27,8 @@ import pytest
 
 from aiomb.cli import FIELDS
 from aiomb.testing import TcpConversation, tcp_frame, udp_frame, write_pcap
+
+from ..conftest import children, running
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 DEMO = "examples/captures/demo.pcapng"
@@ -488,6 +491,111 @@ def test_a_signal_ends_aiomb_run_cleanly(tmp_path, app, signum):
     out, err = proc.communicate(timeout=30)
     assert proc.returncode == 128 + signum, err
     assert out == "cleaned up\n"
+
+
+RUN_WORKERS_SCRIPT = """
+import os, sys, time
+import aiomb
+
+def idle(source):
+    os.write(1, b"ready\\n")
+    while True:
+        time.sleep(0.01)
+
+aiomb.run_workers(idle, sys.argv[1], workers=2)
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "flows", "run_workers"])
+def test_the_workers_end_when_their_parent_is_killed(tmp_path, command):
+    """The parent of `aiomb run APP --workers 2`, `aiomb flows --workers 2` or aiomb.run_workers()
+    is killed (SIGKILL: it cannot pass anything on): its workers (and the reader of a pipe) end
+    within seconds (before, a worker whose app never read its ring again, and the reader of a
+    quiet pipe, stayed forever, reparented to init)."""
+    fifo = tmp_path / "live.pcap"
+    os.mkfifo(fifo)
+    app = tmp_path / "app.py"
+    app.write_text(SYNC_APP)
+    argv = {"run": [*PYTHON_M_AIOMB, "run", app, "--pcap", REPO / DEMO, "--workers", "2"],
+            "flows": [*PYTHON_M_AIOMB, "flows", fifo, "--workers", "2"],
+            "run_workers": [sys.executable, "-c", RUN_WORKERS_SCRIPT, REPO / DEMO]}[command]
+    proc = subprocess.Popen(argv, cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, text=True)
+    kids = []
+    with contextlib.ExitStack() as stack:
+        stack.callback(lambda: [os.kill(pid, signal.SIGKILL) for pid in kids if running(pid)])
+        stack.callback(proc.kill)
+        if command == "flows":          # the reader has the pipe open; the workers wait for frames
+            pipe = stack.enter_context(open(fifo, "wb"))    # its writer stays open and quiet
+            pipe.write(open_flow_pcap())
+            pipe.flush()
+            drained(pipe)
+        else:
+            assert proc.stdout.readline() == proc.stdout.readline() == "ready\n"
+        deadline = time.monotonic() + 10
+        while len(kids := children(proc.pid)) < 3 and command == "flows" and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert len(kids) >= 2           # the workers, and the reader (of a pipe; of pcapng, until its end)
+        proc.kill()
+        proc.wait()
+        proc.stdout.close()
+        deadline = time.monotonic() + 5
+        while any(running(pid) for pid in kids) and time.monotonic() < deadline:
+            time.sleep(0.02)
+        left = [pid for pid in kids if running(pid)]
+    assert left == []
+
+
+BROKEN_APPS = {
+    "syntax": "import os\n\ndef setup(stack)\n    pass\n",
+    "raises": "import json\n\ndef fail():\n    json.loads('{')\n\nfail()\n\ndef main(source):\n    pass\n",
+    "noentry": "x = 1\n",
+}
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+@pytest.mark.parametrize("kind", BROKEN_APPS)
+def test_an_app_that_does_not_load_is_reported_once_with_its_own_traceback(tmp_path, kind, workers):
+    """An app with a syntax error (exit status 2), one raising as it is imported (1), one without
+    an entry point (2): `aiomb: error:` naming the app, then only the app's part of the traceback
+    (before, a syntax error or an exception came with a traceback through runpy, aiomb's cli and
+    importlib, exit status 1, and with --workers once per worker)."""
+    app = tmp_path / f"{kind}.py"
+    app.write_text(BROKEN_APPS[kind])
+    proc = run([*PYTHON_M_AIOMB, "run", app, "--pcap", DEMO, "--workers", str(workers)])
+    assert proc.stdout == ""
+    if kind == "syntax":
+        assert proc.returncode == 2
+        assert proc.stderr == (f"aiomb: error: the middlebox module {app} has a syntax error:\n"
+                               f'  File "{app}", line 3\n'
+                               "    def setup(stack)\n"
+                               "                    ^\n"
+                               "SyntaxError: expected ':'\n")
+    elif kind == "raises":
+        assert proc.returncode == 1
+        head, _, rest = proc.stderr.partition("\n")
+        assert head == f"aiomb: error: the middlebox module {app} raised JSONDecodeError as it was imported:"
+        frames = [line for line in rest.splitlines() if line.startswith("  File ")]
+        assert frames[:2] == [f'  File "{app}", line 6, in <module>', f'  File "{app}", line 4, in fail']
+        assert "json" in frames[-1]     # down to where it was raised
+        assert rest.startswith("Traceback (most recent call last):\n") and rest.count("Traceback") == 1
+        assert rest.endswith("json.decoder.JSONDecodeError: Expecting property name enclosed in double quotes: "
+                             "line 1 column 2 (char 1)\n")
+        assert "aiomb" not in rest.replace(str(tmp_path), "")
+    else:
+        assert proc.returncode == 2
+        assert proc.stderr == (f"aiomb: error: {app} defines none of setup(stack), async run(stack) or "
+                               "main(source); define one (see README)\n")
+
+
+def test_with_workers_the_app_is_imported_once(tmp_path):
+    """`aiomb run APP --workers 2` imports the module once, in aiomb's process, before it forks
+    the workers: its import-time code runs once; each worker runs main (or setup/run)."""
+    app = tmp_path / "app.py"
+    app.write_text("import aiomb\n\nprint('imported', aiomb.worker(), flush=True)\n\n"
+                   "def main(source):\n    print('main', aiomb.worker(), flush=True)\n")
+    proc = run([*PYTHON_M_AIOMB, "run", app, "--pcap", DEMO, "--workers", "2"])
+    assert proc.returncode == 0, proc.stderr
+    assert sorted(proc.stdout.splitlines()) == ["imported (0, 1)", "main (0, 2)", "main (1, 2)"]
 
 
 def test_app_options_after_a_double_dash(tmp_path):

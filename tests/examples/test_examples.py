@@ -136,7 +136,8 @@ def test_the_two_midstats_print_the_same_tables_on_a_corpus_capture():
 
 def test_http_requests_reads_what_the_client_streams_carry():
     """On the corpus' HTTP captures: the epoll program's lines equal those of the client streams
-    as a subscription reassembles them."""
+    as a subscription reassembles them (their requests carry no bodies: every request line is a
+    line of the stream)."""
     import re
 
     import aiomb
@@ -175,6 +176,70 @@ def test_http_requests_reads_what_the_client_streams_carry():
         assert (proc.returncode, proc.stderr) == (0, "")
         assert sorted(proc.stdout.splitlines()) == sorted(expected), pcap
         assert expected or "ssh" in pcap                  # the HTTP captures do have requests
+
+
+# A keep-alive client stream: requests with bodies framed every way, the bodies holding lines that look
+# like request lines (which are no requests), and a line that is no request where one should start.
+KEEP_ALIVE = (
+    b"POST /form HTTP/1.1\r\nHost: h\r\nContent-Length: 3\r\n\r\na=1"
+    b"GET /next HTTP/1.1\r\nHost: h\r\n\r\n"
+    b"POST /up HTTP/1.1\r\nHost: h\r\ntransfer-encoding: gzip, Chunked\r\nContent-Length: 99\r\n\r\n"
+    b"12;name=\"a;b\"\r\nGET /no HTTP/1.1\r\n\r\n5\r\nab\r\nc\r\n0;last\r\nChecksum: x\r\nX: y\r\n\r\n"
+    b"PUT /put HTTP/1.0\r\ncontent-length:  21 \r\n\r\nDELETE /no HTTP/1.1\r\n"
+    b"not a request\r\n"
+    b"OPTIONS * HTTP/1.1\r\n\r\n"
+    b"POST /chunked-empty HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\n"
+    b"GET /last HTTP/1.1\r\n\r\n"
+)
+KEEP_ALIVE_LINES = ["POST /form HTTP/1.1", "GET /next HTTP/1.1", "POST /up HTTP/1.1", "PUT /put HTTP/1.0",
+                    "OPTIONS * HTTP/1.1", "POST /chunked-empty HTTP/1.1", "GET /last HTTP/1.1"]
+
+
+def load_example(name: str):
+    spec = importlib.util.spec_from_file_location(f"example_{name}", EXAMPLES / f"{name}.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_http_requests_frames_request_bodies_split_anywhere():
+    """The request lines of a keep-alive stream whose requests carry bodies (Content-Length;
+    chunked, with chunk extensions and trailers, Transfer-Encoding before Content-Length), fed
+    whole, at every split point, and byte by byte: each request's line once, nothing from a
+    body (before, the line after a body was glued to it and lost, and a body's lines were
+    taken for requests)."""
+    http_requests = load_example("http_requests")
+
+    def lines(*pieces):
+        requests = http_requests.Requests()
+        return [line for piece in pieces for line in requests.feed(piece)]
+
+    assert lines(KEEP_ALIVE) == KEEP_ALIVE_LINES
+    for cut in range(len(KEEP_ALIVE) + 1):
+        assert lines(KEEP_ALIVE[:cut], KEEP_ALIVE[cut:]) == KEEP_ALIVE_LINES, cut
+    assert lines(*(KEEP_ALIVE[i:i + 1] for i in range(len(KEEP_ALIVE)))) == KEEP_ALIVE_LINES
+
+
+def test_http_requests_prints_the_request_after_a_body(tmp_path):
+    """A keep-alive POST with a 3-byte body, then a GET (and the rest of KEEP_ALIVE): every
+    request's line, in order."""
+    from aiomb.testing import TcpConversation, write_pcap
+
+    c = TcpConversation(("10.0.0.1", 43001), ("10.0.0.2", 80))
+    c.handshake()
+    c.send("client", KEEP_ALIVE[:60])
+    c.send("server", b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+    c.send("client", KEEP_ALIVE[60:])
+    c.fin("client")
+    c.fin("server")
+    c.ack("client")
+    path = tmp_path / "keep_alive.pcap"
+    with open(path, "wb") as fh:
+        write_pcap(fh, c.frames)
+    proc = subprocess.run([sys.executable, "examples/http_requests.py", "--pcap", str(path)], cwd=REPO,
+                          capture_output=True, text=True, timeout=60)
+    assert (proc.returncode, proc.stderr) == (0, "")
+    assert proc.stdout.splitlines() == [f"10.0.0.1:43001 -> 10.0.0.2:80  {line}" for line in KEEP_ALIVE_LINES]
 
 
 def test_every_example_is_covered():

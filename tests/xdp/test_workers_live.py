@@ -5,10 +5,13 @@ every connection is reported once, both directions counted by one engine, and th
 spread over the workers as the steering hash says."""
 
 import json
+import os
+import signal
 import subprocess
 import sys
 import threading
 
+import pytest
 from pyroute2 import IPRoute
 
 import aiomb
@@ -17,6 +20,7 @@ from aiomb._live_workers import FanoutRun
 from aiomb.io import _bpf
 from aiomb.testing import tcp_frame
 
+from ..conftest import children, running
 from .lab import PEER, attached, sh, wait_for
 from .test_cli_live import AIOMB, REPO
 
@@ -192,3 +196,44 @@ def test_run_workers_on_a_live_interface(lab):
     for k, (_, rows) in enumerate(per_worker):
         assert {ip for ip, *_ in rows} == {ip for ip in CLIENTS if steered_to(ip, 2) == k}
     assert attached(watch, n) is None and veths(watch) == []
+
+
+RUN_WORKERS = """
+import sys
+import aiomb
+
+async def ends(stack):
+    async with stack.subscribe(aiomb.CONN_END) as events:
+        return [ev.key async for ev in events]
+
+aiomb.run_workers(ends, aiomb.port(sys.argv[1], netns=sys.argv[2]), workers=2, duration=600)
+"""
+
+
+@pytest.mark.parametrize("command", ["run", "flows", "run_workers"])
+def test_the_workers_clean_up_when_their_parent_is_killed(lab, command):
+    """The parent of `aiomb run APP --iface IF --workers 2`, `aiomb flows --iface IF --workers 2`
+    or aiomb.run_workers() on a port is killed (SIGKILL: it can neither pass a signal on nor
+    close the steering): its workers end within seconds, and the steering program and every
+    veth pair are gone (before, the workers ran on forever, reparented to init, past any
+    --duration, holding their veth pairs; the program sent every frame into them)."""
+    left, watch, n = hosts(lab)
+    argv = {"run": [*AIOMB, "run", "examples/flow_monitor.py", "--iface", n, "--netns", watch, "--workers", "2"],
+            "flows": [*AIOMB, "flows", "--iface", n, "--netns", watch, "--workers", "2", "--duration", "600"],
+            "run_workers": [sys.executable, "-c", RUN_WORKERS, n, watch]}[command]
+    proc = lab.spawn(argv, cwd=REPO, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    kids = []
+    try:
+        wait_for(lambda: attached(watch, n) == _bpf.STEER_NAME, what="the steering program to attach")
+        assert len(veths(watch)) == 4
+        transfer(left, CLIENTS[0], 500, 500)        # the workers are at work
+        kids = children(proc.pid)
+        assert len(kids) == 2
+        proc.kill()
+        proc.wait()
+        wait_for(lambda: not any(running(pid) for pid in kids), timeout=10, what="the workers to end")
+        assert attached(watch, n) is None and veths(watch) == []
+    finally:
+        for pid in kids:
+            if running(pid):
+                os.kill(pid, signal.SIGKILL)
