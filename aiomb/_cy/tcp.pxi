@@ -261,6 +261,8 @@ cdef int tcp_sender_data(Engine eng, int32_t slot, int side, const pkt_t *pk) ex
         return 0
     bump8(&s.fin)
     if (s.flags & (SF_FIN_SEEN | SF_FIN_HELD)) and pk.seq + pk.paylen == s.fin_seq:
+        if pk.paylen and eng.reassembling and s.stream != NULL and not s.stream.stopped:
+            return 0                        # its bytes again: one retransmission, which its stream counts
         s.retransmits += 1
         return eng.em.fire(B_RETRANSMIT, slot, side, HOOK_SENDER, 0, 0)
     if s.flags & SF_FIN_SEEN:

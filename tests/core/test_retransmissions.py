@@ -44,6 +44,27 @@ def test_subscribing_to_retransmit_alone_recognises_data_retransmissions():
     assert (st.data_segments, st.retransmits, st.retransmitted_bytes) == (4, 2, 6)
 
 
+@pytest.mark.parametrize("reassembly", [True, False])
+@pytest.mark.parametrize("payload", [b"bye", b""], ids=["data and FIN", "FIN alone"])
+def test_a_fin_segment_sent_again_is_one_retransmission(payload, reassembly):
+    """A segment carrying data and a FIN, sent again, is one retransmission (tshark counts one),
+    whether the stream counts it (its bytes) or the sender's update (its FIN); one RETRANSMIT."""
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"hello")
+    c.send("client", payload, flags="FPA")
+    c.send("client", payload, flags="FPA", advance=False, seq_offset=-len(payload) - 1)
+    kinds = EventKind.RETRANSMIT if reassembly else EventKind.FIN
+    engine, d, sub = engine_with(kinds, reassembly=reassembly)
+    feed(engine, c.frames)
+    engine.finish()
+    events = d.drain(sub)
+    st = events[-1].stats.client
+    assert st.retransmits == 1
+    if reassembly:
+        assert sum(e.kind is EventKind.RETRANSMIT for e in events) == 1
+
+
 def test_reassembly_follows_what_is_subscribed():
     engine, d, _ = engine_with(EventKind.RETRANSMIT)
     assert engine.reassembling
