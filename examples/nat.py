@@ -57,13 +57,17 @@ def parse_options(argv):
     lo, _, hi = args.ports.partition("-")
     if not (lo.isdigit() and hi.isdigit() and 1 <= int(lo) <= int(hi) <= 65535):
         parser.error(f"--ports {args.ports!r} is not a range LO-HI with 1 <= LO <= HI <= 65535; e.g. 20000-29999")
-    ports = range(int(lo), int(hi) + 1)
-    index, workers = aiomb.worker()         # each worker hands out its own share of the pool
-    args.pool = ports[index * len(ports) // workers:(index + 1) * len(ports) // workers]
-    if not args.pool:
-        parser.error(f"--ports {args.ports!r} has {len(ports)} ports for {workers} workers: give each worker one "
-                     "at least")
+    args.ports = range(int(lo), int(hi) + 1)
     return args
+
+
+def share(ports):
+    """This worker's share of the pool (``aiomb.worker()``, known once the worker runs: in setup)."""
+    index, workers = aiomb.worker()
+    mine = ports[index * len(ports) // workers:(index + 1) * len(ports) // workers]
+    if not mine:
+        sys.exit(f"nat.py: error: --ports has {len(ports)} ports for {workers} workers: give each worker one at least")
+    return mine
 
 
 pool = collections.deque()
@@ -124,7 +128,7 @@ def drop(packet):
 def setup(stack):
     global REWRITE
     REWRITE = getattr(stack.source, "inline", None) is not None     # an inline port's frames are writable
-    pool.extend(OPTIONS.pool)
+    pool.extend(share(OPTIONS.ports))
     for kind in (aiomb.CONN_START, aiomb.UDP_START):
         stack.on(kind, bind)
     for kind in (aiomb.CONN_END, aiomb.UDP_END):
