@@ -12,12 +12,15 @@ import struct
 import aiomb
 from fuzz import fuzz_main
 
-LINKTYPES = (1, 101, 113, 276, 0, 108, 228, 229)      # Ethernet, raw IP, SLL, SLL2, BSD loopback (2), IPv4, IPv6
+# Ethernet, raw IP, SLL, SLL2, BSD loopback (2), IPv4, IPv6; PPP (2), FDDI, Cisco HDLC, 802.11, radiotap,
+# NFLOG, pflog: the options byte's bits 0-2 and 7 pick one.
+LINKTYPES = (1, 101, 113, 276, 0, 108, 228, 229, 9, 50, 10, 104, 105, 127, 239, 117)
 
 
 def encode(linktype: int, frames: list[bytes], options: int = 0) -> bytes:
     """A target input of ``frames`` of ``linktype`` fed 1 ms apart (``options``: the other bits)."""
-    out = [bytes([LINKTYPES.index(linktype) | options & 0xF8])]
+    index = LINKTYPES.index(linktype)
+    out = [bytes([index & 7 | (index & 8) << 4 | options & 0x78])]
     for frame in frames:
         frame = frame[:0xFFFF]
         out.append(struct.pack("!HB", len(frame), 0) + frame)
@@ -38,7 +41,7 @@ def decode(data: bytes) -> tuple[int, dict, list[tuple[float, bytes]]]:
         ts += 0.001 + step * 0.1
         frames.append((ts, data[off:off + n]))
         off += n
-    return LINKTYPES[opt & 7], options, frames
+    return LINKTYPES[opt & 7 | (opt & 0x80) >> 4], options, frames
 
 
 def TestOneInput(data: bytes) -> None:

@@ -136,13 +136,21 @@ cdef enum:
 cdef enum:
     LT_NULL = 0
     LT_ETHERNET = 1
+    LT_PPP = 9
+    LT_FDDI = 10
     LT_RAW_OLD = 12
     LT_RAW_BSD = 14
+    LT_PPP_HDLC = 50
     LT_RAW = 101
+    LT_C_HDLC = 104
+    LT_IEEE802_11 = 105
     LT_LOOP = 108
     LT_LINUX_SLL = 113
+    LT_PFLOG = 117
+    LT_IEEE802_11_RADIOTAP = 127
     LT_IPV4 = 228
     LT_IPV6 = 229
+    LT_NFLOG = 239
     LT_LINUX_SLL2 = 276
 
 # TCP flags

@@ -1,6 +1,8 @@
-# Frame parsing: link layer, VLAN/QinQ, PPPoE, MPLS, IPv4 (options), IPv6 (extension headers), TCP (options)
-# and UDP; IP fragments go to the fragment table (frag.pxi), and a completed datagram is parsed
-# on from its reassembled payload. Pure C: no Python objects are touched.
+# Frame parsing: the link layer (Ethernet and 802.3 LLC/SNAP, raw IP, Linux SLL/SLL2, BSD loopback,
+# PPP, Cisco HDLC, FDDI, 802.11 and radiotap, NFLOG, pflog), VLAN/QinQ, PPPoE, MPLS, IPv4 (options),
+# IPv6 (extension headers), TCP (options) and UDP; IP fragments go to the fragment table (frag.pxi),
+# and a completed datagram is parsed on from its reassembled payload. Pure C: no Python objects are
+# touched.
 
 
 cdef inline uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t acc) noexcept nogil:
@@ -20,13 +22,111 @@ cdef inline uint16_t fold16(uint32_t acc) noexcept nogil:
     return <uint16_t>acc
 
 
+cdef inline uint16_t ppp_ethertype(uint16_t protocol) noexcept nogil:
+    """The ethertype of a PPP protocol number: IPv4 and IPv6; 0 for the others (LCP, IPCP, ...)."""
+    return 0x0800 if protocol == 0x0021 else (0x86dd if protocol == 0x0057 else 0)
+
+
+cdef int ppp_header(const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et) noexcept nogil:
+    """A PPP header at ``off`` (RFC 1661/1662): the address and control bytes ff 03 when present,
+    then the protocol, one byte when compressed (its low bit set), else two. Returns 0, or -1
+    when the frame ends inside it."""
+    cdef uint32_t o = off[0]
+    if n >= o + 2 and f[o] == 0xff and f[o + 1] == 0x03:
+        o += 2
+    if n < o + 1:
+        return -1
+    if f[o] & 1:
+        et[0] = ppp_ethertype(f[o])
+        off[0] = o + 1
+        return 0
+    if n < o + 2:
+        return -1
+    et[0] = ppp_ethertype(rd16(f + o))
+    off[0] = o + 2
+    return 0
+
+
+cdef int llc_snap(const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et) noexcept nogil:
+    """An 802.2 LLC header at ``off``: SNAP (aa aa 03, an OUI, then an ethertype) gives the
+    ethertype; any other LLC carries no IP (0). Returns 0, or -1 when the frame ends inside it."""
+    cdef uint32_t o = off[0]
+    if n < o + 3:
+        return -1
+    if f[o] != 0xaa or f[o + 1] != 0xaa or f[o + 2] != 0x03:
+        et[0] = 0
+        return 0
+    if n < o + 8:
+        return -1
+    et[0] = rd16(f + o + 6)
+    off[0] = o + 8
+    return 0
+
+
+cdef int ieee80211_header(const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et) noexcept nogil:
+    """An 802.11 MAC header at ``off``, then its LLC. Only a data frame that carries data, is not
+    protected (encrypted), is no fragment of an MSDU and no A-MSDU can hold an IP packet; the rest
+    give 0. The header is 24 bytes, 30 with four addresses, 2 more with QoS, 4 more with HT
+    control (QoS and the order bit). Returns 0, or -1 when the frame ends inside it."""
+    cdef uint32_t o = off[0]
+    cdef uint32_t size = 24
+    cdef uint8_t fc0, fc1
+    if n < o + 24:
+        return -1
+    fc0 = f[o]
+    fc1 = f[o + 1]
+    et[0] = 0
+    if (fc0 & 0x0c) != 0x08 or (fc0 & 0x40) or (fc1 & 0x44) or (f[o + 22] & 0x0f):
+        return 0                        # not data, no data (null/CF subtypes), protected, a fragment
+    if (fc1 & 0x03) == 0x03:
+        size += 6
+    if fc0 & 0x80:
+        if n < o + size + 2:
+            return -1
+        if f[o + size] & 0x80:
+            return 0                    # an A-MSDU: subframes, not one LLC packet
+        size += 2
+        if fc1 & 0x80:
+            size += 4
+    off[0] = o + size
+    return llc_snap(f, n, off, et)
+
+
+cdef int nflog_payload(const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et) noexcept nogil:
+    """Linux NFLOG: a 4-byte header (address family, version, resource id), then TLVs (length
+    including their 4-byte header, type; padded to 4 bytes) up to NFULA_PAYLOAD (type 9), the
+    packet. Lengths and types are in the byte order of the machine that logged them: little-endian
+    unless that reading gives an impossible type and big-endian does not. Returns 0, or -1 for a
+    TLV that is cut short or shorter than its header."""
+    cdef uint32_t o = 4
+    cdef uint32_t length, kind
+    if n < 4:
+        return -1
+    et[0] = 0x0800 if f[0] == 2 else (0x86dd if f[0] == 10 else 0)
+    while True:
+        if n < o + 4:
+            return -1
+        length = f[o] | (<uint32_t>f[o + 1] << 8)
+        kind = f[o + 2] | (<uint32_t>f[o + 3] << 8)
+        if kind > 0xff and rd16(f + o + 2) <= 0xff:
+            length = rd16(f + o)
+            kind = rd16(f + o + 2)
+        if length < 4 or n < o + length:
+            return -1
+        if kind == 9:
+            off[0] = o + 4
+            return 0
+        o += (length + 3) & ~3u
+
+
 cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *ethertype, int *reason) noexcept nogil:
     """Find the network header: returns P_OK with l3off/ethertype set, or P_NOT_IP / P_MALFORMED."""
     cdef const uint8_t *f = pk.frame
     cdef uint32_t n = pk.caplen
-    cdef uint32_t off
-    cdef uint16_t et
+    cdef uint32_t off = 0
+    cdef uint16_t et = 0
     cdef uint32_t fam
+    cdef int cut = 0
     if linktype == LT_ETHERNET:
         if n < 14:
             reason[0] = MAL_TRUNCATED_L2
@@ -42,6 +142,8 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
                 pk.nvlan += 1
             et = rd16(f + off + 2)
             off += 4
+        if et <= 1500:                  # an 802.3 length: an LLC header follows
+            cut = llc_snap(f, n, &off, &et)
     elif linktype == LT_RAW or linktype == LT_RAW_OLD or linktype == LT_RAW_BSD or linktype == LT_IPV4 or linktype == LT_IPV6:
         if n < 1:
             reason[0] = MAL_TRUNCATED_L2
@@ -74,16 +176,46 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
             et = 0x86dd
         else:
             return P_NOT_IP
+    elif linktype == LT_C_HDLC or ((linktype == LT_PPP_HDLC or linktype == LT_PPP) and n >= 1 and (f[0] == 0x0f or f[0] == 0x8f)):
+        if n < 4:                       # Cisco HDLC: address (0x0f unicast, 0x8f broadcast), control, ethertype
+            reason[0] = MAL_TRUNCATED_L2
+            return P_MALFORMED
+        et = rd16(f + 2)
+        off = 4
+    elif linktype == LT_PPP or linktype == LT_PPP_HDLC:
+        cut = ppp_header(f, n, &off, &et)
+    elif linktype == LT_FDDI:
+        off = 13                        # frame control, destination, source; then LLC
+        cut = llc_snap(f, n, &off, &et)
+    elif linktype == LT_IEEE802_11:
+        cut = ieee80211_header(f, n, &off, &et)
+    elif linktype == LT_IEEE802_11_RADIOTAP:
+        if n < 4:                       # version, pad, the header's length (little-endian), ...
+            reason[0] = MAL_TRUNCATED_L2
+            return P_MALFORMED
+        off = f[2] | (<uint32_t>f[3] << 8)
+        cut = ieee80211_header(f, n, &off, &et)
+    elif linktype == LT_NFLOG:
+        cut = nflog_payload(f, n, &off, &et)
+    elif linktype == LT_PFLOG:
+        if n < 2:                       # OpenBSD pf: the header's length (padded to 4), address family
+            reason[0] = MAL_TRUNCATED_L2
+            return P_MALFORMED
+        off = (<uint32_t>f[0] + 3) & ~3u
+        et = 0x0800 if f[1] == 2 else (0x86dd if f[1] == 24 or f[1] == 28 or f[1] == 30 or f[1] == 10 else 0)
+        if n < off:
+            cut = -1
     else:
         reason[0] = MAL_UNKNOWN_LINKTYPE
         return P_MALFORMED
+    if cut:
+        reason[0] = MAL_TRUNCATED_L2
+        return P_MALFORMED
     if et == 0x8864:                    # a PPPoE session: its 6-byte header, then the PPP protocol
-        if n < off + 8:
+        off += 6
+        if ppp_header(f, n, &off, &et):
             reason[0] = MAL_TRUNCATED_L2
             return P_MALFORMED
-        et = rd16(f + off + 6)
-        off += 8
-        et = 0x0800 if et == 0x0021 else (0x86dd if et == 0x0057 else 0)
     elif et == 0x8847 or et == 0x8848:  # MPLS: the label stack to its bottom entry, then IP by its version
         while True:
             if n < off + 5:

@@ -331,7 +331,8 @@ def cmd_flows(args) -> int:
     unread = run.statistics().malformed.get("unknown_linktype", 0) if run.opened and not lost else 0
     if unread:
         print(f"aiomb: warning: {unread} frames of a link type aiomb does not read were counted and skipped "
-              "(it reads Ethernet, raw IP, Linux SLL/SLL2 and BSD loopback)", file=sys.stderr)
+              "(it reads Ethernet, raw IP, Linux SLL/SLL2, BSD loopback, PPP, Cisco HDLC, FDDI, 802.11, "
+              "radiotap, NFLOG and pflog)", file=sys.stderr)
     if exporter is not None:
         st = exporter.statistics()
         if args.stats:

@@ -176,6 +176,7 @@ def capture(path: str | os.PathLike, **options) -> CaptureSource:
 
     Classic pcap (either byte order, micro- or nanosecond), pcapng (several interfaces, each
     with its link type and timestamp resolution), gzip-compressed or not. Link types: Ethernet,
-    raw IP, Linux cooked (SLL, SLL2), BSD loopback. Errors are raised when the stack opens it.
+    raw IP, Linux cooked (SLL, SLL2), BSD loopback, PPP, Cisco HDLC, FDDI, 802.11 (with or
+    without radiotap), NFLOG, pflog. Errors are raised when the stack opens it.
     """
     return CaptureSource(path, **options)

@@ -67,6 +67,13 @@ def pppoe(packet, protocol):
                           ethertype=0x8864)
 
 
+def pppoe_compressed(packet, protocol):
+    """A PPPoE session frame whose PPP protocol field is compressed to one byte (RFC 1661 §6.5:
+    RFC 2516 says not to, some access concentrators do; tcpdump and Suricata read it)."""
+    return ethernet_frame(b"\x11\x00\x12\x34" + struct.pack("!HB", len(packet) + 1, protocol) + packet,
+                          ethertype=0x8864)
+
+
 def mpls(packet, labels, *, ethertype=0x8847):
     stack = b"".join(struct.pack("!I", label << 12 | (i == len(labels) - 1) << 8 | 64)
                      for i, label in enumerate(labels))
@@ -81,7 +88,8 @@ def test_pppoe_sessions_and_mpls_label_stacks_are_looked_through(src, dst, ppp):
     c = TcpConversation(client=(src, 40000), server=(dst, 80), ethernet=False)
     c.handshake()
     c.send("client", b"through the tunnel")
-    wraps = [lambda p: pppoe(p, ppp), lambda p: mpls(p, [16]), lambda p: mpls(p, [16, 17, 18], ethertype=0x8848)]
+    wraps = [lambda p: pppoe(p, ppp), lambda p: mpls(p, [16]), lambda p: mpls(p, [16, 17, 18], ethertype=0x8848),
+             lambda p: pppoe_compressed(p, ppp)]
     for wrap in wraps:
         engine, events = run([(ts, wrap(frame)) for ts, frame in c.frames])
         st = engine.statistics()
@@ -93,8 +101,114 @@ def test_pppoe_sessions_and_mpls_label_stacks_are_looked_through(src, dst, ppp):
     not_ip = [pppoe(b"\xc0\x21" + bytes(20), 0xc021), mpls(bytes(20), [16])]     # LCP; a pseudowire's zeroes
     engine, _ = run([(1.0, f) for f in not_ip])
     assert (engine.statistics().non_ip, engine.statistics().malformed_total) == (2, 0)
-    engine, _ = run([(1.0, pppoe(b"", 0x0021)[:18]), (1.1, mpls(b"", [16, 17])[:18])])
-    assert engine.statistics().malformed == {"truncated_l2": 2}
+    engine, _ = run([(1.0, pppoe(b"", 0x0021)[:18]), (1.1, mpls(b"", [16, 17])[:18]), (1.2, pppoe(b"", 0x0021)[:20])])
+    assert engine.statistics().malformed == {"truncated_l2": 3}
+
+
+SNAP = b"\xaa\xaa\x03\x00\x00\x00"                       # LLC SNAP, then the ethertype
+MAC = bytes(range(1, 7))
+
+
+def wlan(ip, *, fc=(0x08, 0x01), qos=b"", four_addresses=False, ht=b""):
+    """An 802.11 data frame (ToDS by default) carrying ``ip`` in LLC SNAP."""
+    header = bytes(fc) + b"\x00\x00" + MAC * 3 + b"\x10\x00" + (MAC if four_addresses else b"")
+    return header + qos + ht + SNAP + struct.pack("!H", 0x86dd if ip[0] >> 4 == 6 else 0x0800) + ip
+
+
+def radiotap(frame):
+    return struct.pack("<BBHI", 0, 0, 12, 0x00000002) + b"\x10\x00\x00\x00" + frame   # the flags field: FCS at the end
+
+
+def nflog(ip, *, family=2, order="<", before=((1, b"\x08\x00\x01\x00"), (10, b"\x00" * 5))):
+    """An NFLOG record: its header, then TLVs (``before``, each padded to 4 bytes) and the payload."""
+    out = struct.pack("!BBH", family, 0, 42)
+    for kind, value in ((*before, (9, ip))):
+        out += struct.pack(order + "HH", len(value) + 4, kind) + value + bytes(-len(value) % 4)
+    return out
+
+
+def other_link_frames(ip, ethertype=0x0800):
+    ppp_protocol = struct.pack("!H", 0x0021 if ethertype == 0x0800 else 0x0057)
+    return [
+        ("ppp", 9, b"\xff\x03" + ppp_protocol + ip),
+        ("ppp without address and control", 9, ppp_protocol + ip),
+        ("ppp, protocol compressed", 9, ppp_protocol[1:] + ip),
+        ("ppp in hdlc framing", 50, b"\xff\x03" + ppp_protocol + ip),
+        ("cisco hdlc in a ppp capture", 50, b"\x0f\x00" + struct.pack("!H", ethertype) + ip),
+        ("cisco hdlc", 104, b"\x0f\x00" + struct.pack("!H", ethertype) + ip),
+        ("cisco hdlc broadcast", 104, b"\x8f\x00" + struct.pack("!H", ethertype) + ip),
+        ("fddi", 10, b"\x50" + MAC * 2 + SNAP + struct.pack("!H", ethertype) + ip),
+        ("802.11 data", 105, wlan(ip)),
+        ("802.11 qos data", 105, wlan(ip, fc=(0x88, 0x02), qos=b"\x06\x00")),
+        ("802.11 four addresses, qos, ht control", 105,
+         wlan(ip, fc=(0x88, 0x83), qos=b"\x00\x00", four_addresses=True, ht=b"\x00" * 4)),
+        ("radiotap", 127, radiotap(wlan(ip, fc=(0x88, 0x01), qos=b"\x00\x00")) + b"\xde\xad\xbe\xef"),
+        ("nflog", 239, nflog(ip, family=2 if ethertype == 0x0800 else 10)),
+        ("nflog big-endian", 239, nflog(ip, family=2 if ethertype == 0x0800 else 10, order=">")),
+        ("pflog", 117, bytes([61, 2 if ethertype == 0x0800 else 24]) + bytes(62) + ip),   # 61 bytes, padded to 64
+        ("802.3 llc snap", 1, MAC * 2 + struct.pack("!H", len(ip) + 8) + SNAP + struct.pack("!H", ethertype) + ip),
+        ("802.3 llc snap behind a vlan tag", 1,
+         MAC * 2 + struct.pack("!HHH", 0x8100, 5, len(ip) + 8) + SNAP + struct.pack("!H", ethertype) + ip),
+    ]
+
+
+@pytest.mark.parametrize("src, dst, ethertype", [("10.0.0.1", "10.0.0.2", 0x0800),
+                                                 ("2001:db8::1", "2001:db8::2", 0x86dd)])
+def test_ppp_hdlc_fddi_wlan_nflog_pflog_and_llc_frames_are_looked_through(src, dst, ethertype):
+    """As tcpdump, Zeek and Suricata read them: each link type's header, and the 802.2 LLC/SNAP
+    header behind 802.3, FDDI and 802.11, lead to the same IP packets and the same flow."""
+    c = TcpConversation(client=(src, 40000), server=(dst, 80), ethernet=False)
+    c.handshake()
+    c.send("client", b"over another link")
+    for name, linktype, _ in other_link_frames(b"\x45"):
+        frames = [(ts, dict((n, f) for n, _, f in other_link_frames(ip, ethertype))[name]) for ts, ip in c.frames]
+        engine, events = run(frames, linktype=linktype)
+        st = engine.statistics()
+        assert (st.tcp_packets, st.flows_created, st.non_ip, st.malformed_total) == (4, 1, 0, 0), name
+        flow = one_flow(engine)
+        assert (flow.key.server_port, flow.statistics().client.payload_bytes) == (80, 17), name
+
+
+def test_frames_of_those_link_types_that_carry_no_ip_are_counted_as_not_ip():
+    ip = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S", ethernet=False)
+    not_ip = [
+        (9, b"\xff\x03\xc0\x21" + bytes(20)),                              # PPP LCP
+        (104, b"\x8f\x00\x80\x35" + bytes(20)),                            # Cisco SLARP
+        (1, MAC * 2 + b"\x00\x26\x42\x42\x03" + bytes(35)),                  # 802.3 spanning tree
+        (10, b"\x50" + MAC * 2 + b"\x42\x42\x03" + bytes(20)),               # FDDI, no SNAP
+        (105, b"\x80\x00" + bytes(22) + bytes(40)),                          # a beacon
+        (105, wlan(ip, fc=(0x08, 0x41))),                                    # protected data
+        (105, wlan(ip, fc=(0x48, 0x01))),                                    # null data
+        (105, wlan(ip, fc=(0x08, 0x05))),                                    # an MSDU fragment
+        (105, wlan(ip, fc=(0x88, 0x01), qos=b"\x80\x00")),                   # an A-MSDU
+        (239, nflog(ip, family=7)),                                          # NFLOG of another family
+        (117, bytes([61, 17]) + bytes(62) + ip),                             # pflog, another family
+    ]
+    for linktype, frame in not_ip:
+        engine, events = run([(1.0, frame)], linktype=linktype)
+        st = engine.statistics()
+        assert (st.non_ip, st.malformed_total, events) == (1, 0, []), (linktype, frame[:8])
+
+
+def test_those_link_headers_cut_short_are_malformed():
+    ip = tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=1, flags="S", ethernet=False)
+    cut = [
+        (9, b"\xff\x03\x00"),
+        (104, b"\x0f\x00\x08"),
+        (10, b"\x50" + MAC * 2 + SNAP),
+        (105, wlan(ip)[:20]),
+        (105, wlan(ip, fc=(0x88, 0x01), qos=b"\x00\x00")[:25]),
+        (127, radiotap(wlan(ip))[:30]),
+        (127, b"\x00\x00\xff\x00" + wlan(ip)),                              # a radiotap length past the frame
+        (239, nflog(ip)[:10]),
+        (239, struct.pack("!BBH", 2, 0, 0) + struct.pack("<HH", 2, 1) + ip),   # a TLV shorter than its header
+        (239, struct.pack("!BBH", 2, 0, 0) + struct.pack("<HH", 4000, 9) + ip),  # one past the frame
+        (117, b"\x40"),
+        (117, bytes([61, 2]) + bytes(20)),
+    ]
+    for linktype, frame in cut:
+        engine, _ = run([(1.0, frame)], linktype=linktype)
+        assert engine.statistics().malformed == {"truncated_l2": 1}, (linktype, frame[:8])
 
 
 def test_udp_flow_start_and_end_by_timeout():
