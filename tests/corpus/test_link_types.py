@@ -61,13 +61,3 @@ def test_flows_of_other_link_types_match_tshark(pcap):
     assert expected, "tshark sees TCP or UDP packets in every one of these captures"
     assert aiomb_directions(path) == expected
 
-
-def test_an_nflog_tlv_shorter_than_its_header_is_malformed():
-    """Zeek's nflog-bad-tlv-len.pcap: one record whose first TLV claims 0 bytes."""
-    engine = aiomb.Engine()
-    batch = aiomb.FrameBatch()
-    with aiomb.capture(corpus_path() / "zeek/testing/btest/Traces/nflog-bad-tlv-len.pcap") as source:
-        while source.read(batch):
-            engine.process(batch)
-    st = engine.statistics()
-    assert (st.packets, st.malformed) == (1, {"truncated_l2": 1})
