@@ -956,6 +956,8 @@ cdef class Engine:
             self.em.fire(B_CONN_START, slot, side, HOOK_SENDER, 0, 0)
         if bad_echo_to_syn(f, side, pk):
             return self.reject(slot, side, "bad_timestamp_echo")
+        if ackf and not (fl & TH_RST) and ack_not_of_syn(f, side, pk):
+            return self.reject(slot, side, "unacceptable_ack")
         if syn and syn_in_connection(f, side, pk):
             count_flags(s, pk)
             return self.reject(slot, side, "syn_in_connection")
@@ -970,7 +972,9 @@ cdef class Engine:
             return 0
         # the sender's update, then the sender hook
         if fl & TH_RST:
-            if rst_acceptable(f, side, pk):
+            if rst_to_listen(f, side, pk):
+                bump8(&s.rst_ignored)
+            elif rst_acceptable(f, side, pk):
                 rst_ok = 1
                 bump8(&s.rst)
                 self.em.fire(B_RST, slot, side, HOOK_SENDER, 0, 0)

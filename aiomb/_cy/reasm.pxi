@@ -738,13 +738,16 @@ cdef int stream_close(Engine eng, int32_t slot, int side, int64_t fin_off, bint 
     bytes held beyond a hole it never ACKed were never delivered to its application (Suricata,
     ticket 7422): one GAP covers them, valued how many of them were captured (``undelivered``)."""
     cdef stream_t *st = eng.tab.flows[slot].side[side].stream
-    cdef uint64_t start, last, captured
+    cdef uint64_t start, last, captured, acked
     cdef seg_t *g
     if st == NULL or st.stopped:
         return 0
     if reset:
-        if st.acked_off > st.next_off:
-            stream_lost_to(eng, slot, side, HOOK_NONE, st, st.acked_off)
+        acked = st.acked_off
+        if fin_off >= 0 and acked > <uint64_t>fin_off:
+            acked = <uint64_t>fin_off     # an ACK of the FIN taken: its sequence number is no byte
+        if acked > st.next_off:
+            stream_lost_to(eng, slot, side, HOOK_NONE, st, acked)
         if st.ooo != NULL:
             start = last = st.next_off
             captured = 0

@@ -19,6 +19,11 @@
 #                                   (rst_ignored, rst_out_of_window) and changes nothing.
 #   a reply to a side in SYN_SENT   (ACK, RST or FIN) that echoes a timestamp other than the SYN's:
 #                                   rejected (REJECTED, "bad_timestamp_echo"): it changes nothing
+#   a reply to a side in SYN_SENT   (ACK, data, FIN or SYN-ACK) whose ACK is not of the SYN, while
+#                                   that side has ACKed nothing: rejected (REJECTED,
+#                                   "unacceptable_ack"): it changes nothing
+#   RST without ACK from a side in  to a side in LISTEN (it never answered the SYN): ignored,
+#   SYN_SENT that ACKed nothing     counted (rst_ignored); the handshake goes on
 #   SYN or SYN-ACK with a new ISN   rejected (REJECTED, "syn_in_connection"): it changes nothing
 #   to a synchronized receiver      (counted among the side's SYNs)
 #   SYN when both sides are closed  a new connection reuses the tuple: the flow ends (REUSED,
@@ -173,6 +178,26 @@ cdef inline bint bad_echo_to_syn(const flow_t *f, int side, const pkt_t *pk) noe
     if not (pk.flags & (TH_ACK | TH_RST | TH_FIN)) or not pk.has_ts or pk.ts_ecr == 0:
         return 0
     return pk.ts_ecr != r.last_ack
+
+cdef inline bint ack_not_of_syn(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
+    """A segment with an ACK (not a RST: see rst_acceptable) to a side in SYN_SENT that has ACKed
+    nothing, not acknowledging its SYN (SEG.ACK =< ISS or > SND.NXT): its receiver answers it with
+    a RST and drops it (RFC 793, Linux's tcp_rcv_synsent_state_process), so it must change nothing.
+    Taking it made a stale ACK the peer's ACK point (a hole of any size) and its data the stream."""
+    cdef const side_t *r = &f.side[1 - side]
+    return r.state == ST_SYN_SENT and (r.flags & SF_SYN_SEEN) and not (r.flags & SF_ACK_KNOWN) \
+        and not acks_syn(r, pk.ack)
+
+
+cdef inline bint rst_to_listen(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
+    """A RST without ACK from a side in SYN_SENT that has ACKed nothing, to a side that has not
+    answered the SYN (LISTEN): the answer to a segment its sender found unacceptable (sent at that
+    segment's ACK number; the sender stays in SYN_SENT), which a listener ignores (RFC 793). The
+    handshake goes on (Suricata bug 3286: taking it hid the server's response)."""
+    cdef const side_t *s = &f.side[side]
+    return not (pk.flags & TH_ACK) and s.state == ST_SYN_SENT and not (s.flags & SF_ACK_KNOWN) \
+        and f.side[1 - side].state == ST_LISTEN
+
 
 cdef inline bint syn_in_connection(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
     """A SYN or SYN-ACK with a new ISN to a receiver in a synchronized state: the receiver

@@ -51,7 +51,9 @@ class EventKind(enum.IntFlag):
     """A timer fired (``Engine.set_timer``); the value is (timer id, expirations)."""
     REJECTED = 1 << 18
     """A packet its receiver would drop, which changes nothing; the value says why
-    (``"bad_timestamp_echo"``: a reply to a SYN that does not echo the SYN's timestamp)."""
+    (``"bad_timestamp_echo"``: a reply to a SYN that does not echo the SYN's timestamp;
+    ``"unacceptable_ack"``: a reply to a SYN whose ACK is not of it; ``"syn_in_connection"``: a
+    SYN with a new ISN on an open connection)."""
     WINDOW = 1 << 19
     """A data segment that does not fit its receiver's advertised window (counted; its bytes are
     taken): the value is ``"zero_window_probe"`` or ``"beyond_window"``."""

@@ -95,6 +95,108 @@ def test_the_echo_may_be_of_a_retransmitted_syns_timestamp():
     assert [e.kind for e in d.drain(sub)] == [EventKind.ESTABLISHED]
 
 
+def client_frame(flags, seq, ack=0, payload=b"", ts=1.1):
+    return (ts, tcp_frame("10.0.0.1", "10.0.0.2", 40000, 80, seq=seq, ack=ack, flags=flags, payload=payload))
+
+
+def server_frame(flags, seq, ack=0, payload=b"", ts=1.2):
+    return (ts, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=seq, ack=ack, flags=flags, payload=payload))
+
+
+def handshake_and_exchange(c, t=3.0):
+    """The handshake, a request and a response, after whatever came before (from ``t`` on)."""
+    c.frames.clear()
+    c.syn_ack()
+    c.ack("client")
+    c.send("client", b"GET / HTTP/1.1\r\n\r\n")
+    c.send("server", b"HTTP/1.1 200 OK\r\n\r\n")
+    return [(t + i * 0.01, f) for i, (_, f) in enumerate(c.frames)]
+
+
+STREAM_KINDS = (EventKind.REJECTED | EventKind.RST | EventKind.NEW_DATA | EventKind.GAP | EventKind.CONN_END
+                | EventKind.ESTABLISHED)
+
+
+def test_a_reset_a_client_sends_from_syn_sent_is_not_the_connections_end():
+    """Suricata bug 3286: a client in SYN_SENT answers a segment it finds unacceptable with a RST
+    (no ACK flag, at that segment's ACK number) and stays in SYN_SENT; a server that has not
+    answered the SYN is in LISTEN, which ignores a RST (RFC 793). So the handshake goes on, and
+    the response must reach the stream: before, the RST ended the flow and the server's bytes,
+    with no sequence base, were lost without a GAP."""
+    c = TcpConversation()
+    c.syn()
+    frames = list(c.frames) + [client_frame("R", c.client_isn + 1)] + handshake_and_exchange(c)
+    engine, d, sub = engine_and_events(STREAM_KINDS, midstream=True)
+    feed(engine, frames)
+    engine.finish()
+    drained = d.drain(sub)
+    assert [(e.kind, e.side, e.value) for e in drained] == [
+        (EventKind.ESTABLISHED, CLIENT, None),
+        (EventKind.NEW_DATA, CLIENT, b"GET / HTTP/1.1\r\n\r\n"),
+        (EventKind.NEW_DATA, SERVER, b"HTTP/1.1 200 OK\r\n\r\n"),
+        (EventKind.CONN_END, None, None),
+    ]
+    assert engine.statistics().flows_created == 1
+    assert (drained[-1].stats.client.rst, drained[-1].stats.client.rst_ignored) == (0, 1)
+
+
+def test_a_reset_from_a_side_that_acks_something_ends_the_handshake_as_before():
+    """A RST with the ACK flag from the SYN's sender tells it got a SYN-ACK the capture lost: its
+    receiver has the connection, and the RST ends it."""
+    c = TcpConversation()
+    c.syn()
+    engine, d, sub = engine_and_events(STREAM_KINDS)
+    feed(engine, list(c.frames) + [client_frame("RA", c.client_isn + 1, c.server_isn + 1)])
+    assert [(e.kind, e.side) for e in d.drain(sub)] == [(EventKind.RST, CLIENT), (EventKind.CONN_END, CLIENT)]
+
+
+def test_an_ack_that_does_not_ack_the_syn_is_rejected_and_the_retried_handshake_is_the_flows():
+    """suricata-verify base64-decode-5885: the server answers a SYN with a stale ACK (another
+    connection's); the client in SYN_SENT drops it (RFC 793: SEG.ACK =< ISS or > SND.NXT), answers
+    with a RST at that ACK number, and sends its SYN again. Before, the stale ACK became the
+    server's ACK point (a false hole of ~860 MB), the RST ended the flow, and the connection that
+    followed was lost in it."""
+    c = TcpConversation()
+    c.syn()
+    stale = c.client_isn + 860_578_524
+    frames = list(c.frames) + [server_frame("A", 777_777, stale), client_frame("R", stale, ts=1.3)]
+    c.frames.clear()
+    c.syn()
+    frames += [(4.0, f) for _, f in c.frames] + handshake_and_exchange(c, t=4.1)
+    engine, d, sub = engine_and_events(STREAM_KINDS)
+    feed(engine, frames)
+    engine.finish()
+    events = [(e.kind, e.side, e.value) for e in d.drain(sub)]
+    assert events == [
+        (EventKind.REJECTED, SERVER, "unacceptable_ack"),
+        (EventKind.ESTABLISHED, CLIENT, None),
+        (EventKind.NEW_DATA, CLIENT, b"GET / HTTP/1.1\r\n\r\n"),
+        (EventKind.NEW_DATA, SERVER, b"HTTP/1.1 200 OK\r\n\r\n"),
+        (EventKind.CONN_END, None, None),
+    ]
+    st = engine.statistics()
+    assert (st.flows_created, st.rejected) == (1, 1)
+
+
+@pytest.mark.parametrize("flags, payload", [("A", b""), ("PA", b"injected"), ("FA", b""), ("SA", b"")])
+def test_replies_to_a_syn_whose_ack_is_not_of_it_change_nothing(flags, payload):
+    """An ACK, data, FIN or SYN-ACK whose ACK number is not past the ISN and at most what the SYN
+    sent: the client in SYN_SENT drops it, so it is REJECTED and the real handshake and bytes go on."""
+    c = TcpConversation()
+    c.syn()
+    frames = list(c.frames) + [server_frame(flags, c.server_isn + 99, c.client_isn + 7, payload)]
+    frames += handshake_and_exchange(c)
+    engine, d, sub = engine_and_events(STREAM_KINDS)
+    feed(engine, frames)
+    events = [(e.kind, e.side, e.value) for e in d.drain(sub)]
+    assert events == [
+        (EventKind.REJECTED, SERVER, "unacceptable_ack"),
+        (EventKind.ESTABLISHED, CLIENT, None),
+        (EventKind.NEW_DATA, CLIENT, b"GET / HTTP/1.1\r\n\r\n"),
+        (EventKind.NEW_DATA, SERVER, b"HTTP/1.1 200 OK\r\n\r\n"),
+    ], flags
+
+
 # -- 2. a RST with data behind a hole nobody ACKed -------------------------------------------
 
 
@@ -133,6 +235,27 @@ def test_a_reset_after_capture_loss_the_receiver_acked_delivers_what_follows():
     feed(engine, c.frames)
     assert [(e.kind, e.offset, e.length, e.value) for e in d.drain(sub)] == [
         (EventKind.NEW_DATA, 0, 4, b"AAAA"), (EventKind.GAP, 4, 4, None), (EventKind.NEW_DATA, 8, 4, b"BBBB")]
+
+
+def test_a_reset_after_a_fin_its_receiver_acked_is_no_gap():
+    """suricata-verify base64-decode-5885: the server's FIN is taken and ACKed, the client sends
+    more, then the server resets. The ACK of the FIN covers its sequence number, which is no byte:
+    before, the RST's end of stream made it a 1-byte GAP."""
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"req")
+    c.send("server", b"response", flags="FPA")
+    c.ack("client")
+    c.send("client", b"more")
+    c.fin("client")
+    c.rst("server")
+    engine, d, sub = engine_and_events(EventKind.NEW_DATA | EventKind.GAP | EventKind.CONN_END)
+    feed(engine, c.frames)
+    drained = d.drain(sub)
+    assert [(e.kind, e.side, e.offset, e.length) for e in drained] == [
+        (EventKind.NEW_DATA, CLIENT, 0, 3), (EventKind.NEW_DATA, SERVER, 0, 8), (EventKind.NEW_DATA, CLIENT, 3, 4),
+        (EventKind.CONN_END, SERVER, None, None)]
+    assert (drained[-1].stats.server.missed, drained[-1].reason) == (0, aiomb.EndReason.RST)
 
 
 # -- 3. capture loss with far-ahead segments -------------------------------------------------

@@ -154,7 +154,7 @@ def test_misuse_and_collisions():
         a.translate(client=NAT)
     with pytest.raises(ValueError, match=r"translate\(\): flow #1 .* is open with the same outer tuple"):
         b.translate(client=NAT)
-    engine.feed(first.rst("client"), 2.0)           # ended, lingering: it gives the tuple up
+    engine.feed(first.rst("server", flags="RA"), 2.0)    # refused: ended, lingering, it gives the tuple up
     b.translate(client=NAT)
     assert a.translation is None and b.translation[0][1] == NAT[1]
     with pytest.raises(aiomb.FlowEnded):
