@@ -470,6 +470,11 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
         reason[0] = MAL_BAD_CHECKSUM    # Linux's ip_rcv drops it, a fragment before reassembly too
         return P_MALFORMED
     tot = rd16(p + 2)
+    if tot == 0 and not pk.verify_checksums:
+        # Zero, as a capture on the sending host shows a segment its NIC cuts up (TCP segmentation
+        # offload; Linux's BIG TCP past 64 KiB): the packet is the rest of the frame, as Wireshark
+        # and Zeek take it. A receiver drops it, so with verified checksums it stays malformed.
+        tot = n + (pk.wirelen - pk.caplen if pk.wirelen > pk.caplen else 0)
     if tot < ihl:
         reason[0] = MAL_BAD_IP_TOTAL_LENGTH
         return P_MALFORMED

@@ -28,8 +28,8 @@
 #   to a synchronized receiver      (counted among the side's SYNs)
 #   SYN when both sides are closed  a new connection reuses the tuple: the flow ends (REUSED,
 #   or closing (CLOSING_STATES)     unless it had ended) and a new flow starts with this SYN;
-#                                   only a duplicate of the ended flow's own SYN, while it
-#                                   lingers, is not one.
+#                                   only a duplicate of the ended flow's own SYN, while a flow
+#                                   closed by FINs lingers (TIME_WAIT), is not one.
 #
 #   receiver gets                   receiver's side
 #   SYN                             SYN_SENT -> SYN_RECEIVED (simultaneous open)
@@ -124,11 +124,13 @@ cdef enum:
 
 cdef inline bint reuses(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
     """Whether a bare SYN from ``side`` starts a new connection on this flow's tuple: both sides
-    are closed or closing, and it is not (while the ended flow lingers) a duplicate of the
-    flow's own SYN."""
+    are closed or closing, and it is not (while a flow closed by FINs lingers, as in TIME_WAIT)
+    a duplicate of the flow's own SYN. After a RST no side keeps the connection: every SYN is a
+    new attempt."""
     if not (CLOSING_STATES[f.side[0].state] and CLOSING_STATES[f.side[1].state]):
         return 0
-    return not (f.status == FS_CLOSED and (f.side[side].flags & SF_SYN_SEEN) and pk.seq == f.side[side].isn)
+    return not (f.status == FS_CLOSED and f.end_reason != END_RST and (f.side[side].flags & SF_SYN_SEEN)
+                and pk.seq == f.side[side].isn)
 
 
 cdef inline bint seq_gt(uint32_t a, uint32_t b) noexcept nogil:

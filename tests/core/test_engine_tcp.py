@@ -284,14 +284,34 @@ def test_midstream_both_ports_high_takes_the_first_sender():
 def test_new_syn_after_close_starts_a_new_flow_but_a_retransmitted_one_does_not():
     c = conv()
     c.handshake()
-    c.rst("client")
-    c.syn()                       # same ISN: a retransmission absorbed by the closed flow
+    c.fin("client")
+    c.fin("server")
+    c.ack("client")
+    c.syn()                       # same ISN: in TIME_WAIT a duplicate of the SYN, absorbed by the closed flow
     frames = list(c.frames)
     d = conv(client_isn=777777, start_ts=2.0)
     d.syn()
     engine, events = run(frames + d.frames)
     assert events.count(("CONN_START", "CLIENT")) == 2
     assert [f.id for f in engine.flows()] == [2]
+
+
+def test_a_syn_again_after_a_reset_is_a_new_attempt_even_with_the_same_isn():
+    """After a RST no side keeps the connection (no TIME_WAIT): the SYN sent again is a new
+    connection for the server, as for Zeek (a connection refused and tried again is three REJ
+    rows in Zeek's pop3.basic). Before, the same ISN made it a retransmission of the ended flow."""
+    c = conv()
+    frames = []
+    for attempt in range(3):
+        c.syn()
+        c.frames.append((c.frames[-1][0] + 0.01, tcp_frame("10.0.0.2", "10.0.0.1", 80, 40000, seq=0,
+                                                           ack=c.client_isn + 1, flags="RA")))
+        frames += [(attempt + ts, f) for ts, f in c.frames]
+        c.frames.clear()
+    engine, events = run(frames, finish=True)
+    assert [e for e in events if e[0] in ("CONN_START", "CONN_END")] == [
+        ("CONN_START", "CLIENT"), ("CONN_END", "SERVER", "RST")] * 3
+    assert ("RETRANSMIT", "CLIENT") not in events
 
 
 def test_ipv6_with_extension_headers():

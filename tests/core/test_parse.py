@@ -54,6 +54,28 @@ def test_ipv4_options_and_ethernet_padding():
     assert (st.ip_bytes, st.payload_bytes) == (len(frame) - 14, 0)
 
 
+def tso(frame):
+    """The frame with its IPv4 total length zeroed, as a capture on a sending host with TCP
+    segmentation offload (or Linux's BIG TCP, past 64 KiB) shows it."""
+    return frame[:16] + b"\x00\x00" + frame[18:]
+
+
+def test_an_ipv4_total_length_of_zero_is_the_captured_length_unless_checksums_are_verified():
+    """As Wireshark and Zeek (with checksums ignored, aiomb's default for the same reason) read it:
+    the segment is the rest of the frame. A receiver drops it (checksums="verify")."""
+    c = TcpConversation()
+    c.handshake()
+    c.send("client", b"x" * 3000)
+    c.send("server", b"ok")
+    frames = [(ts, tso(f) if i == 3 else f) for i, (ts, f) in enumerate(c.frames)]
+    engine, events = run(frames, kinds=EventKind.NEW_DATA, reassembly=True)
+    st = one_flow(engine).statistics().client
+    assert (st.payload_bytes, st.ip_bytes, engine.statistics().malformed_total) == (3000, 40 + 40 + 3040, 0)
+    assert [e[:2] for e in events] == [("NEW_DATA", "CLIENT"), ("NEW_DATA", "SERVER")]
+    engine, _ = run(frames, checksums="verify")
+    assert (one_flow(engine).statistics().client.payload_bytes, engine.statistics().malformed_total) == (0, 1)
+
+
 def test_non_ip_and_other_protocols_are_counted_not_tracked():
     arp = bytes(12) + b"\x08\x06" + bytes(28)
     engine, events = run([(1.0, arp), (1.1, icmp_frame("10.0.0.1", "10.0.0.2")),
