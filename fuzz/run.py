@@ -60,6 +60,13 @@ def run(target: str, seconds: int, extra: list[str], sanitized: bool) -> int:
     return subprocess.run(cmd, env=env, cwd=cwd).returncode
 
 
+def split_options(argv: list[str]) -> tuple[list[str], list[str]]:
+    """(this runner's arguments, libFuzzer's options after ``--``)."""
+    if "--" not in argv:
+        return argv, []
+    return argv[:argv.index("--")], argv[argv.index("--") + 1:]
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m fuzz.run", description=__doc__.split("\n\n")[0])
     parser.add_argument("targets", nargs="*", metavar="TARGET",
@@ -68,8 +75,8 @@ def main(argv=None) -> int:
     parser.add_argument("--sanitized", action="store_true",
                         help="use the build of python -m fuzz.build (coverage of the core, ASan, UBSan)")
     argv = sys.argv[1:] if argv is None else argv
-    extra = argv[argv.index("--") + 1:] if "--" in argv else []      # libFuzzer's options
-    args = parser.parse_args(argv[:len(argv) - len(extra)])
+    ours, extra = split_options(argv)
+    args = parser.parse_args(ours)
     unknown = set(args.targets) - set(TARGETS)
     if unknown:
         parser.error(f"unknown target {', '.join(sorted(unknown))}; choose from {', '.join(TARGETS)}")

@@ -274,8 +274,8 @@ cdef int frag_add(fragtab_t *t, frag_t *e, uint32_t offset, const uint8_t *p, ui
     FA_INVALID and FA_OVERLAP)."""
     cdef uint32_t end = offset + n, u, u0, u1, ucap, i, held = 0
     cdef bint split = 0
-    if end > FRAG_MAX_PAYLOAD or (more and (n & 7)) or (n == 0 and more):
-        return FA_INVALID
+    if end > FRAG_MAX_PAYLOAD or (more and (n & 7)) or n == 0:
+        return FA_INVALID               # Linux drops a datagram with an empty fragment (end == offset)
     if not more:
         if (e.total and e.total != end) or e.high > end:    # bytes past the end: Linux drops it all
             return FA_INVALID

@@ -1,5 +1,8 @@
 """Sans-I/O: the IP fragment table, bounded in datagrams, memory and time, reporting what it drops."""
 
+import ipaddress
+import struct
+
 import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
@@ -7,7 +10,7 @@ from hypothesis import strategies as st
 import aiomb
 from aiomb import EventKind
 from aiomb._core import LIMIT_ERRORS, MALFORMED_REASONS
-from aiomb.testing import ipv4_fragments, ipv6_fragments, udp_frame
+from aiomb.testing import ethernet_frame, ipv4_fragments, ipv6_fragments, udp_frame
 
 from .events_helpers import run
 
@@ -140,6 +143,36 @@ def test_a_fragment_past_the_datagrams_end_drops_the_datagram(src, dst, last_fir
         engine.feed(frame, 2.0)
     st = engine.statistics()
     assert (st.fragments_reassembled, st.udp_packets, st.fragments_held) == (1, 1, 0)
+
+
+def empty_last_fragment(src, dst, offset, identification=7):
+    """A last fragment (no more to come) with no payload, at ``offset``."""
+    if ":" in src:
+        header = struct.pack("!IHBB16s16s", 0x60000000, 8, 44, 64, ipaddress.ip_address(src).packed,
+                             ipaddress.ip_address(dst).packed)
+        return ethernet_frame(header + struct.pack("!BBHI", 17, 0, offset, identification), ethertype=0x86DD)
+    header = struct.pack("!BBHHHBBH4s4s", 0x45, 0, 20, identification, offset // 8, 64, 17, 0,
+                         ipaddress.ip_address(src).packed, ipaddress.ip_address(dst).packed)
+    return ethernet_frame(header, ethertype=0x0800)
+
+
+@pytest.mark.parametrize("src, dst", [("10.0.0.1", "10.0.0.2"), ("2001:db8::1", "2001:db8::2")])
+@pytest.mark.parametrize("offset", [8, 512, 4096])
+def test_a_last_fragment_with_no_payload_drops_the_datagram(src, dst, offset):
+    """Linux's ip_frag_queue (and the IPv6 one) drops the whole datagram when a fragment holds no
+    byte (end == offset). Before, aiomb took it, and one at an offset that is a multiple of 512 with
+    nothing else held wrote past the end of the datagram's bitmap (found by the fuzzers)."""
+    engine, _ = run([(1.0, empty_last_fragment(src, dst, offset))])
+    st = engine.statistics()
+    assert (st.malformed, st.fragments_held, st.fragment_memory) == ({"bad_fragment": 1}, 0, 0)
+    whole = udp_frame(src, dst, 1000, 53, bytes(offset), ip_id=7) if ":" not in src else \
+        udp_frame(src, dst, 1000, 53, bytes(offset))      # its first fragment holds bytes [0, offset)
+    first = (ipv6_fragments(whole, fragment_size=offset, identification=7) if ":" in src
+             else ipv4_fragments(whole, fragment_size=offset))[0]
+    engine, _ = run([(1.0, first), (1.1, empty_last_fragment(src, dst, offset))])
+    st = engine.statistics()
+    assert (st.fragments_reassembled, st.udp_packets, st.malformed, st.fragments_held) == \
+        (0, 0, {"bad_fragment": 1}, 0)
 
 
 def test_datagrams_differ_by_every_field_of_the_key():

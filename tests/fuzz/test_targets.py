@@ -6,7 +6,7 @@ import base64
 import pytest
 
 from fuzz import capture_reader, frame_parser, reassembly, seeds
-from fuzz.run import TARGETS
+from fuzz.run import TARGETS, split_options
 
 MODULES = {"capture_reader": capture_reader, "frame_parser": frame_parser, "reassembly": reassembly}
 
@@ -63,7 +63,17 @@ REGRESSIONS = {     # inputs that once failed (base64 of libFuzzer's crash files
     "reassembly": [
         "MM87AABfX2MAAAABAA==",     # a bare FIN past bytes never seen: no GAP (the side had no stream)
     ],
+    "frame_parser": [               # an empty last fragment at offset 512: a write past the fragment bitmap
+        "AAAiAAIAAAAAAgIAAAAAAQgARQAAFAABAEBABmahCgAAAQoAAAI=",
+        "AAA+AAIAAAAAAgIAAAAAAYbdYAAAAAAILEAgAQ24AAAAAAAAAAAAAAABIAENuAAAAAAAAAAAAAAAAhEAAgAAAAAH",
+    ],
 }
+
+
+def test_libfuzzer_options_follow_a_double_dash():
+    assert split_options(["reassembly", "--seconds", "5", "--", "-runs=10"]) == \
+        (["reassembly", "--seconds", "5"], ["-runs=10"])
+    assert split_options(["--sanitized"]) == (["--sanitized"], [])
 
 
 @pytest.mark.parametrize(("target", "data"), [(t, d) for t, inputs in REGRESSIONS.items() for d in inputs])
