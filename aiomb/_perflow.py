@@ -183,8 +183,9 @@ class PerFlowStatistics:
     ``skipped`` (``overflow="skip"`` at the limit, or the queue full). Started coroutines are
     ``running``, or ``finished`` (returned, or let :class:`aiomb.FlowEnded` out), ``failed`` (an
     exception, logged) or ``cancelled`` (at their flow's end or the stack's exit). ``overruns``
-    chunks (``overrun_bytes``) became holes because no task read their side; ``pauses`` counts
-    the times the pump waited for a coroutine that was behind.
+    chunks (``overrun_bytes`` captured bytes) became holes because no task read their side (the
+    holes they join are not counted); ``pauses`` counts the times the pump waited for a
+    coroutine that was behind.
     """
 
     limit: int | None
@@ -420,8 +421,9 @@ class FlowTask:
         while len(stream._items) - stream._new >= stream._max:     # the batch being delivered goes in whole
             self._wake(stream)          # what this batch brought so far, first
             if not self._may_wait_for(stream):
-                group._overruns += 1
-                group._overrun_bytes += length
+                if not isinstance(item, Gap):   # a hole already was one: no captured byte lost
+                    group._overruns += 1
+                    group._overrun_bytes += length
                 stream._overrun((offset, length))
                 return
             if not paused:
