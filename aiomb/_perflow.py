@@ -7,8 +7,10 @@ the other events to its record of what happened (the first event of each kind, p
 flow's end last. A :class:`PerFlow` group starts one coroutine per FlowTask in a nursery of its
 own, at most ``limit`` at once. Nothing here decides who gets which event: the dispatcher does.
 
-Backpressure. A side's queue holds at most ``max_chunks`` items. When it is full the pump waits
-for the coroutine (a capture pauses; counted) while the task that last read that side is busy:
+Backpressure. A side's queue holds at most ``max_chunks`` items (chunks and holes) from earlier
+batches, and the items of the batch being delivered: one batch can bring a side many (a hole and
+a chunk per hole the peer ACKed past), and they go in whole. When it is full the pump waits for
+the coroutine (a capture pauses; counted) while the task that last read that side is busy:
 running, or awaiting something the stack does not deliver (a socket, ``trio.sleep``). When no
 task reads that side, or the reader is itself waiting for the stack (its flow's events or bytes,
 ``sleep``, a ``stack.timer``, a subscription's batch, another flow's stream: ``Stack._blocking``),
@@ -57,7 +59,8 @@ class FlowStream:
     Iteration ends when the flow ends, after the chunks already queued. Made for each flow by
     :meth:`Stack.serve` and :meth:`Stack.spawn_per_flow` (``flow.stream(side)``). Reads block
     until bytes come; once the flow has ended they answer from what it delivered without raising
-    a cancellation. Holds at most ``max_chunks`` chunks (see the module's note on backpressure).
+    a cancellation. Holds at most ``max_chunks`` items (chunks and holes) from earlier batches,
+    and those of the batch being delivered (see the module's note on backpressure).
     """
 
     def __init__(self, task: "FlowTask", side: Side, gaps: str, max_chunks: int):
@@ -68,6 +71,7 @@ class FlowStream:
         self._items: collections.deque = collections.deque()
         self._rest = b""            # bytes read_until read past its delimiter
         self._consumer = None       # the Trio task that last took from the stream
+        self._new = 0               # how many of the items are the batch being delivered (the last ones)
         self._ended = False
         self._waiter = None         # an Event a reader waits on (made when one does)
 
@@ -147,6 +151,7 @@ class FlowStream:
                 break
             if self._items:
                 item = self._items.popleft()
+                self._new = min(self._new, len(self._items))
                 task._poke()
                 break
             if self._ended:
@@ -178,8 +183,9 @@ class PerFlowStatistics:
     ``skipped`` (``overflow="skip"`` at the limit, or the queue full). Started coroutines are
     ``running``, or ``finished`` (returned, or let :class:`aiomb.FlowEnded` out), ``failed`` (an
     exception, logged) or ``cancelled`` (at their flow's end or the stack's exit). ``overruns``
-    chunks (``overrun_bytes``) became holes because no task read their side; ``pauses`` counts
-    the times the pump waited for a coroutine that was behind.
+    chunks (``overrun_bytes`` captured bytes) became holes because no task read their side (the
+    holes they join are not counted); ``pauses`` counts the times the pump waited for a
+    coroutine that was behind.
     """
 
     limit: int | None
@@ -370,6 +376,9 @@ class FlowTask:
         if self._state == "done":
             return
         streams = self._streams
+        for stream in streams:
+            if stream is not None:
+                stream._new = 0
         for ev in events:
             kind = ev.kind
             if kind is EventKind.NEW_DATA:
@@ -409,11 +418,12 @@ class FlowTask:
             return
         group = self._group
         paused = False
-        while len(stream._items) >= stream._max:
+        while len(stream._items) - stream._new >= stream._max:     # the batch being delivered goes in whole
             self._wake(stream)          # what this batch brought so far, first
             if not self._may_wait_for(stream):
-                group._overruns += 1
-                group._overrun_bytes += length
+                if not isinstance(item, Gap):   # a hole already was one: no captured byte lost
+                    group._overruns += 1
+                    group._overrun_bytes += length
                 stream._overrun((offset, length))
                 return
             if not paused:
@@ -424,6 +434,7 @@ class FlowTask:
             if self._state == "done":
                 return
         stream._items.append(item)
+        stream._new += 1
 
     def _finish(self) -> None:
         self._state = "done"

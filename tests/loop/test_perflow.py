@@ -184,6 +184,86 @@ async def test_a_side_nobody_reads_becomes_a_hole_past_its_bound_instead_of_a_de
     assert (per_flow.statistics().overruns, per_flow.statistics().overrun_bytes) == (6, 12)
 
 
+def holey_flow(holes: int, after: int = 0) -> list:
+    """A client stream of ``holes`` 10-byte chunks, each followed by a lost 3-byte segment; one
+    server ACK past them all makes every hole a gap at once: a batch of GAP, NEW_DATA, ... .
+    Then ``after`` 10-byte segments in order."""
+    c = TcpConversation()
+    c.handshake()
+    for i in range(holes):
+        c.send("client", b"%09d\n" % i)
+        c.send("client", b"---")
+        c.frames.pop()                               # lost
+    c.ack("server")
+    for i in range(after):
+        c.send("client", b"after %03d\n" % i)
+    c.fin("client")
+    c.fin("server")
+    c.ack("client")
+    return c.frames
+
+
+def holey_stream(holes: int) -> list:
+    return [item for i in range(holes) for item in (b"%09d\n" % i, aiomb.Gap(13 * i + 10, 3))]
+
+
+def coalesced(items: list) -> list:
+    """``items`` with adjacent byte chunks joined (chunk boundaries follow receive batches)."""
+    out = []
+    for item in items:
+        if isinstance(item, bytes) and out and isinstance(out[-1], bytes):
+            out[-1] += item
+        else:
+            out.append(item)
+    return out
+
+
+async def read_all(stream, gaps: str) -> list:
+    """Every chunk and hole of ``stream`` in order, holes as Gap whichever way they come."""
+    got = []
+    while True:
+        try:
+            async for chunk in stream:
+                got.append(chunk)
+            return got
+        except aiomb.StreamGap as gap:
+            assert gaps == "raise"
+            got.append(aiomb.Gap(gap.offset, gap.length))
+
+
+@pytest.mark.parametrize("gaps", ["mark", "raise"])
+@pytest.mark.parametrize("batch_size", [1, 7, 2048])
+async def test_a_reader_that_keeps_up_gets_every_chunk_and_hole_however_many_one_batch_brings(
+        tmp_path, gaps, batch_size):
+    got = []
+
+    async def handle(flow):
+        got.extend(await read_all(flow.stream(Side.CLIENT), gaps))
+
+    with trio.fail_after(60):
+        async with aiomb.open_stack(capture_of(tmp_path, holey_flow(200)), batch_size=batch_size) as stack:
+            per_flow = stack.spawn_per_flow(handle, gaps=gaps, max_chunks=64, errors="raise")
+            await stack.run()
+    assert coalesced(got) == holey_stream(200)      # 400 items, many more than max_chunks in one batch
+    stats = per_flow.statistics()
+    assert (stats.finished, stats.overruns, stats.overrun_bytes) == (1, 0, 0)
+
+
+async def test_a_side_nobody_reads_takes_a_batch_of_many_holes_whole_and_overruns_after_it(tmp_path):
+    got = []
+
+    async def handle(flow):
+        await flow.ended()                           # reads the stream only after the flow's end
+        got.extend(await read_all(flow.stream(Side.CLIENT), "mark"))
+
+    async with aiomb.open_stack(capture_of(tmp_path, holey_flow(200, after=10)), batch_size=1) as stack:
+        per_flow = stack.spawn_per_flow(handle, gaps="mark", max_chunks=64)
+        await stack.run()
+    assert got == holey_stream(200)[:-1] + [aiomb.Gap(13 * 199 + 10, 3 + 100)]     # the last hole grown
+    stats = per_flow.statistics()
+    assert (stats.overruns, stats.overrun_bytes, stats.pauses) == (10, 100, 0)       # the last hole is no byte
+
+
 @pytest.mark.parametrize("waits_for", ["a stack timer", "a subscription"])
 async def test_a_reader_waiting_for_the_stack_is_not_waited_for(tmp_path, autojump_clock, waits_for):
     c = TcpConversation(ts_step=0.1)
