@@ -261,3 +261,21 @@ def test_out_of_order_limits_give_the_same_answer_at_any_batch_size(hold):
         assert one == ([], [[0, bytes(i % 251 for i in range(91 * 1400))]], {}, 0)
     assert run(7) == one
     assert run(2048) == one
+
+
+def test_a_handler_of_bytes_delivered_early_may_stop_buffering_the_side():
+    # in one batch: 60,000 bytes in order, then 5,390 held out of order in three pieces, which
+    # leave 2 bytes of max_buffer; a segment whose bytes win (bsd) over part of the second piece
+    # needs one more piece (48 bytes), so the in-order bytes go out first, and their NEW_DATA
+    # handler turns buffering off: no held copy is left to cut
+    engine = aiomb.Engine(max_buffer=65536, overlap_policy="bsd")
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(KINDS)
+    engine.add_handler(EventKind.NEW_DATA, lambda view: view.flow.set_buffering(Side.CLIENT, False))
+    segments = [(1000 * k, 1000) for k in range(60)] + [(61000, 1000), (62000, 2000), (64000, 2390),
+                                                         (61500, 1500)]
+    feed_batches(engine, conversation_frames(40000, segments), 2048)
+    assert [(e.kind, e.offset, e.length) for e in d.drain(sub)] == [(EventKind.NEW_DATA, 0, 60000)]
+    (flow,) = engine.flows()
+    assert flow.buffer(Side.CLIENT)["held"] == 0
+    assert engine.statistics().buffer_overruns == 0
