@@ -389,14 +389,20 @@ cdef int resolve_overlap(Engine eng, int32_t slot, int side, int hook, stream_t 
 cdef bint ooo_refuses(Engine eng, int32_t slot, int side, int hook, stream_t *st, uint64_t off,
                       uint32_t n, uint32_t pieces, uint32_t data_bytes) except -1:
     """Whether the limits refuse ``pieces`` more out-of-order pieces holding ``data_bytes`` more
-    bytes for [off, off+n) (counted, BUFFER_OVERRUN)."""
+    bytes for [off, off+n) (counted, BUFFER_OVERRUN). In-order bytes this batch has not
+    delivered yet, in the way of max_buffer, go out first (a NEW_DATA of their own), as they
+    would have one frame at a time: the answer does not depend on the batch size."""
     cdef object limit = None
+    cdef uint64_t more = data_bytes + pieces * sizeof(seg_t)
     if st.ooo_count + pieces > eng.rx.max_ooo_segments:
         limit = "ooo_segments"
-    elif st.buffering and side_bytes(st) + data_bytes + pieces * sizeof(seg_t) > eng.rx.max_buffer:
-        limit = "buffer"
-    elif mem_refuses(&eng.rx, (data_bytes if st.buffering else 0) + pieces * sizeof(seg_t)):
-        limit = "memory"
+    else:
+        if st.buffering and side_bytes(st) + more > eng.rx.max_buffer and st.next_off > st.delivered_off:
+            stream_deliver(eng, slot, side)
+        if st.buffering and side_bytes(st) + more > eng.rx.max_buffer:
+            limit = "buffer"
+        elif mem_refuses(&eng.rx, (data_bytes if st.buffering else 0) + pieces * sizeof(seg_t)):
+            limit = "memory"
     if limit is None:
         return 0
     eng.rx.overruns += 1
@@ -449,6 +455,8 @@ cdef int take_over(Engine eng, int32_t slot, int side, int hook, stream_t *st, s
         return 0
     if pieces and ooo_refuses(eng, slot, side, hook, st, off, n, pieces, 0):
         return 0
+    if g.data == NULL:
+        return 0        # a handler of the NEW_DATA delivered early stopped buffering the side
     if off > g.off:
         g = piece_split(eng, st, g, off)
     if off + n < g.off + g.length:

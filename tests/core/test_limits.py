@@ -212,3 +212,70 @@ def test_high_water_marks_never_exceed_the_limits(flows, batch_size, hold, acks)
     check()
     assert engine.statistics().buffer_overruns == overruns
     assert engine.statistics().stream_memory == 0
+
+
+@pytest.mark.parametrize("hold", [False, True])
+def test_out_of_order_limits_give_the_same_answer_at_any_batch_size(hold):
+    # 40 segments in order (56,000 bytes), then 10 out of order beyond a hole, its fill (they
+    # drain in order), then 39 out of order beyond another hole, and its fill. One at a time,
+    # the in-order bytes are delivered before the next segment comes, so 39 * 1448 = 56,472
+    # bytes out of order fit in 65,536; a batch that still holds in-order bytes must judge the
+    # out-of-order segments as one frame at a time would: it delivers those bytes first. A
+    # side's refusals until the dispatcher's next delivery are one event: they are compared in
+    # all, per limit
+    in_order = [(1400 * k, 1400) for k in range(40)]
+    first = [(1400 * k, 1400) for k in range(41, 51)] + [(1400 * 40, 1400)]
+    second = [(1400 * k, 1400) for k in range(52, 91)] + [(1400 * 51, 1400)]
+    frames = conversation_frames(40000, in_order + first + second, acks=[91 * 1400])
+
+    def run(batch_size):
+        engine = aiomb.Engine(max_buffer=65536)
+        d = aiomb.Dispatcher(engine)
+        sub = d.subscribe(KINDS)
+        if hold:
+            engine.add_handler(EventKind.CONN_START, lambda view: view.flow.hold(Side.CLIENT))
+        events, runs, refused = [], [], {}      # runs of contiguous bytes: [offset, bytes]
+
+        def take():
+            for e in d.drain(sub):
+                if e.kind is EventKind.NEW_DATA:
+                    if runs and runs[-1][0] + len(runs[-1][1]) == e.offset:
+                        runs[-1][1] += e.value
+                    else:
+                        runs.append([e.offset, bytearray(e.value)])
+                elif e.kind is EventKind.BUFFER_OVERRUN:
+                    total = refused.setdefault(e.value, [0, 0])
+                    total[0] += e.count
+                    total[1] += e.length
+                else:
+                    events.append((e.kind, e.offset, e.length, e.value))
+            assert engine.statistics().stream_buffer_peak <= 65536
+
+        feed_batches(engine, frames, batch_size, take)
+        engine.finish()
+        take()
+        return events, runs, refused, engine.statistics().buffer_overruns
+
+    one = run(1)
+    if not hold:
+        assert one == ([], [[0, bytes(i % 251 for i in range(91 * 1400))]], {}, 0)
+    assert run(7) == one
+    assert run(2048) == one
+
+
+def test_a_handler_of_bytes_delivered_early_may_stop_buffering_the_side():
+    # in one batch: 60,000 bytes in order, then 5,390 held out of order in three pieces, which
+    # leave 2 bytes of max_buffer; a segment whose bytes win (bsd) over part of the second piece
+    # needs one more piece (48 bytes), so the in-order bytes go out first, and their NEW_DATA
+    # handler turns buffering off: no held copy is left to cut
+    engine = aiomb.Engine(max_buffer=65536, overlap_policy="bsd")
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(KINDS)
+    engine.add_handler(EventKind.NEW_DATA, lambda view: view.flow.set_buffering(Side.CLIENT, False))
+    segments = [(1000 * k, 1000) for k in range(60)] + [(61000, 1000), (62000, 2000), (64000, 2390),
+                                                         (61500, 1500)]
+    feed_batches(engine, conversation_frames(40000, segments), 2048)
+    assert [(e.kind, e.offset, e.length) for e in d.drain(sub)] == [(EventKind.NEW_DATA, 0, 60000)]
+    (flow,) = engine.flows()
+    assert flow.buffer(Side.CLIENT)["held"] == 0
+    assert engine.statistics().buffer_overruns == 0
