@@ -6,9 +6,10 @@
 # The rules follow Zeek's TCPSessionAdapter (update_history, update_last_seq, the endpoint state
 # machine, FlipRoles) and TCP_Endpoint (Size, ScaledHistoryEntry). Where aiomb's own flow sides
 # and Zeek's roles differ (Zeek's originator is the sender of the first packet, flipped by its
-# port heuristic or a SYN/SYN-ACK reversal), `orig` says which aiomb side Zeek calls the
-# originator. Content gaps (g/G, missed_bytes) come from aiomb's reassembly: holes the peer's
-# ACKs pass, while both endpoints are established or closing cleanly.
+# port heuristic, a SYN/SYN-ACK reversal or the first ACK or data after a lone SYN-ACK), `orig`
+# says which aiomb side Zeek calls the originator. Content gaps (g/G, missed_bytes) come from
+# aiomb's reassembly: holes the peer's ACKs pass, while both endpoints are established or closing
+# cleanly.
 
 cdef enum:
     ZS_INACTIVE = 0             # Zeek's TCP_ENDPOINT_* numbering (conn.log's orig/resp states)
@@ -122,6 +123,18 @@ cdef inline bint seen_before(conn_t *c, int side, uint32_t mask, char code) noex
     c.seen |= mask
     add_letter(c, code)
     return False
+
+
+cdef inline void late_flip(conn_t *c) noexcept nogil:
+    """Zeek's flip of a connection that began with a SYN-ACK (history exactly "H": its sender was
+    kept as the originator, as for a stealth scan) at the first ACK or data from either side: the
+    roles swap and the history becomes "^h", as though the missing SYN had been seen. The seen
+    bits stay as they were (TCP_Endpoint::CheckHistory, Connection::FlipRoles)."""
+    if c.hlen == 1 and c.history[0] == b'H':
+        c.orig = 1 - c.orig
+        c.history[0] = b'^'
+        c.history[1] = b'h'
+        c.hlen = 2
 
 
 cdef inline void scaled(conn_t *c, int side, int which, char code) noexcept nogil:
@@ -248,8 +261,10 @@ cdef void update_history(conn_t *c, int side, uint8_t fl, uint64_t rel, uint32_t
                 letter(c, side, b'R')
             e.last_rst = rel
     elif paylen:
+        late_flip(c)
         seen_before(c, side, HIST_DATA, b'D')
     elif fl & TH_ACK:
+        late_flip(c)
         seen_before(c, side, HIST_ACK, b'A')
 
 

@@ -101,6 +101,51 @@ def test_syn_syn_ack_reversal_flips_roles():
     assert row["id.orig_p"] == b[1]
 
 
+def syn_ack_first(ports=(40000, 5555)):
+    """A conversation whose SYN the capture missed: its first frame is the SYN-ACK."""
+    c = TcpConversation(client=("10.0.0.1", ports[0]), server=("10.0.0.2", ports[1]))
+    c.syn()
+    c.frames.clear()
+    c.syn_ack()
+    return c
+
+
+@pytest.mark.parametrize("first, history", [("client", "^hADaFf"), ("server", "^hdAFf")])
+def test_syn_ack_first_flips_at_the_first_ack_or_data(first, history):
+    """A lone SYN-ACK between ports that are not likely server ports keeps its sender as the
+    originator (H: it may be a stealth scan), until an ACK or data follows from either side:
+    then Zeek flips the roles and rewrites the history to ^h (TCP_Endpoint::CheckHistory)."""
+    c = syn_ack_first()
+    if first == "client":
+        c.ack("client")
+        c.send("client", b"x")
+        c.ack("server")
+    else:
+        c.send("server", b"x")
+        c.ack("client")
+    c.fin("client")
+    c.fin("server")
+    row, conn = one(c.frames)
+    assert (row["history"], row["conn_state"]) == (history, "SF")
+    assert (row["id.orig_p"], row["id.resp_p"], conn["orig"]) == (40000, 5555, 0)
+    assert (row["orig_bytes"], row["resp_bytes"]) == ((1, 0) if first == "client" else (0, 1))
+    assert (row["orig_pkts"], row["resp_pkts"]) == ((3, 3) if first == "client" else (2, 3))
+
+
+def test_syn_ack_first_then_rst_does_not_flip():
+    """Only an ACK or data makes the late flip: a RST answering the lone SYN-ACK leaves its sender
+    the originator (a stealth scan's SYN-ACK and its reset), and a flip by the first packet's
+    ports (^h) is not made again."""
+    c = syn_ack_first()
+    c.rst("client")
+    row, conn = one(c.frames)
+    assert (row["history"], row["id.orig_p"], conn["orig"]) == ("Hr", 5555, 1)
+    c = syn_ack_first(ports=(40000, 80))
+    c.ack("client")
+    row, conn = one(c.frames)
+    assert (row["history"], row["id.orig_p"], conn["orig"]) == ("^hA", 40000, 0)
+
+
 def test_retransmissions_are_logarithmic():
     """One T for the first retransmitted segment, a second at the tenth, a third at the hundredth."""
     for count, letters in ((1, 1), (9, 1), (10, 2), (99, 2), (100, 3)):

@@ -44,7 +44,9 @@ def flows(path, *options, fmt="zeek") -> str:
 
 
 @pytest.mark.parametrize("test, trace", [("core.tcp.miss-end-data", "tcp/miss_end_data.pcap"),
-                                         ("core.tcp.missing-syn", "tcp/missing-syn.pcap")])
+                                         ("core.tcp.missing-syn", "tcp/missing-syn.pcap"),
+                                         ("core.tcp.flip-without-syn", "tcp/http-on-irc-port-missing-syn.pcapng"),
+                                         ("core.local-flip", "http/zeek-image-post-1080-8000-x.pcap")])
 def test_conn_log_field_by_field(corpus, test, trace):
     _, expected = zeek_log((corpus / BASELINE / test / "conn.log").read_text())
     fields, got = zeek_log(flows(corpus / TRACES / trace))
