@@ -65,16 +65,17 @@ ctypedef struct conn_t:
     char history[HISTORY_MAX]
 
 
-# Zeek's likely_server_ports as its default scripts register them (the ports of its protocol
-# analyzers): a first packet from one of these to a port that is not one makes its receiver the
-# originator (Zeek's "^").
+# Zeek's likely_server_ports as its default scripts leave it: the server_ports of every
+# Analyzer::register_for_ports and PacketAnalyzer::register_for_ports call in scripts/base loaded
+# by init-default.zeek in a build with Spicy (client ports such as DHCP's 68 are registered but
+# not added), at zeek/zeek a13de64fbbdb01f90961c04719b308fbbb6d199e. A first packet from one of
+# these to a port that is not one makes its receiver the originator (Zeek's "^").
 LIKELY_SERVER_PORTS = {
-    "tcp": (21, 22, 23, 25, 53, 79, 80, 81, 88, 102, 110, 111, 135, 139, 143, 389, 443, 445, 502,
-            563, 585, 587, 614, 631, 636, 989, 990, 992, 993, 995, 1080, 1433, 1883, 2049, 2811,
-            3128, 3268, 3306, 3389, 5060, 5222, 5269, 5432, 5900, 6379, 6666, 6667, 6668, 6669,
-            8000, 8080, 8883, 8888, 20000),
-    "udp": (53, 67, 68, 69, 88, 111, 123, 137, 138, 161, 162, 443, 500, 514, 1812, 1813, 2123,
-            2152, 3544, 4500, 4789, 5060, 5353, 5355, 6081, 20000),
+    "tcp": (21, 22, 25, 53, 79, 80, 81, 88, 135, 139, 143, 389, 443, 445, 465, 502, 514, 563, 585, 587,
+            614, 631, 636, 989, 990, 992, 993, 995, 1080, 1434, 1883, 2811, 3128, 3268, 3306, 3389, 5222,
+            5223, 5269, 5432, 6379, 6666, 6667, 6668, 6669, 8000, 8080, 8888, 20000),
+    "udp": (53, 67, 88, 123, 137, 161, 162, 389, 443, 514, 1812, 2123, 2152, 3389, 3544, 4011, 4754,
+            4789, 5060, 5072, 5353, 5355, 6081, 20000),
 }
 cdef uint8_t LIKELY_TCP[8192]
 cdef uint8_t LIKELY_UDP[8192]
@@ -204,10 +205,16 @@ cdef uint64_t zeek_size(const conn_t *c, int side) noexcept nogil:
     return size
 
 
+cdef inline bint broadcast(const pkt_t *pk) noexcept nogil:
+    """The packet is to 255.255.255.255 (Zeek's IPAddr::IsBroadcast)."""
+    return pk.family == 4 and pk.dst[0] == 255 and pk.dst[1] == 255 and pk.dst[2] == 255 and pk.dst[3] == 255
+
+
 cdef conn_t *conn_new(const pkt_t *pk, int sender, int64_t ts) noexcept nogil:
     """Zeek's view of a new flow from its first packet (NULL when out of memory). Zeek makes
     the first packet's receiver the originator when the packet is not a plain SYN and comes
-    from a likely server port to one that is not (of two, the lower port when no SYN)."""
+    from a likely server port to one that is not (of two, the lower port when no SYN), unless
+    that receiver is the broadcast address (IPBasedAnalyzer::NewConn)."""
     cdef conn_t *c = <conn_t *>calloc(1, sizeof(conn_t))
     cdef bint tcp = pk.proto == 6
     cdef bint flip = False
@@ -226,7 +233,7 @@ cdef conn_t *conn_new(const pkt_t *pk, int sender, int64_t ts) noexcept nogil:
                 flip = True
     else:
         flip = likely_server(pk.sport, False) and not likely_server(pk.dport, False)
-    if flip:
+    if flip and not broadcast(pk):
         c.orig = 1 - sender
         add_letter(c, b'^')
     return c

@@ -90,6 +90,28 @@ def test_first_packet_from_a_likely_server_port_flips():
         assert row["conn_state"] == "OTH"
 
 
+@pytest.mark.parametrize("proto, sport, dport, dst, flip", [
+    ("udp", 67, 68, "10.0.0.2", True),              # DHCP registers 67 as its server port ...
+    ("udp", 68, 67, "10.0.0.2", False),             # ... and 68 as a client port, not a likely server
+    ("udp", 67, 68, "255.255.255.255", False),      # never toward a broadcast responder
+    ("udp", 5072, 53796, "10.0.0.2", True),         # AYIYA, a packet analyzer's port
+    ("udp", 4754, 50000, "10.0.0.2", True),         # GRE in UDP
+    ("udp", 69, 50000, "10.0.0.2", False),          # TFTP: no default analyzer registers it
+    ("tcp", 465, 50000, "10.0.0.2", True),          # SMTPS (the SSL analyzer's ports)
+    ("tcp", 23, 50000, "10.0.0.2", False),          # telnet: not loaded by default
+    ("tcp", 80, 50000, "255.255.255.255", False),
+])
+def test_likely_server_ports_are_zeeks(proto, sport, dport, dst, flip):
+    """The first packet's ports against Zeek's likely_server_ports (the server ports its default
+    scripts register), and no flip toward 255.255.255.255 (IPBasedAnalyzer::NewConn)."""
+    if proto == "udp":
+        frame = udp_frame("10.0.0.1", dst, sport, dport, b"x")
+    else:
+        frame = tcp_frame("10.0.0.1", dst, sport, dport, seq=100, ack=200, flags="PA", payload=b"x")
+    row, _ = one([(1.0, frame)])
+    assert (row["id.orig_p"], row["history"]) == ((dport, "^d") if flip else (sport, "D"))
+
+
 def test_syn_syn_ack_reversal_flips_roles():
     """A SYN-ACK first, then a plain SYN from its receiver: Zeek's reversal (the SYN's letter is
     written before the flip, as in Zeek)."""
