@@ -6,9 +6,10 @@
 # The rules follow Zeek's TCPSessionAdapter (update_history, update_last_seq, the endpoint state
 # machine, FlipRoles) and TCP_Endpoint (Size, ScaledHistoryEntry). Where aiomb's own flow sides
 # and Zeek's roles differ (Zeek's originator is the sender of the first packet, flipped by its
-# port heuristic or a SYN/SYN-ACK reversal), `orig` says which aiomb side Zeek calls the
-# originator. Content gaps (g/G, missed_bytes) come from aiomb's reassembly: holes the peer's
-# ACKs pass, while both endpoints are established or closing cleanly.
+# port heuristic, a SYN/SYN-ACK reversal or the first ACK or data after a lone SYN-ACK), `orig`
+# says which aiomb side Zeek calls the originator. Content gaps (g/G, missed_bytes) come from
+# aiomb's reassembly: holes the peer's ACKs pass, while both endpoints are established or closing
+# cleanly.
 
 cdef enum:
     ZS_INACTIVE = 0             # Zeek's TCP_ENDPOINT_* numbering (conn.log's orig/resp states)
@@ -64,16 +65,17 @@ ctypedef struct conn_t:
     char history[HISTORY_MAX]
 
 
-# Zeek's likely_server_ports as its default scripts register them (the ports of its protocol
-# analyzers): a first packet from one of these to a port that is not one makes its receiver the
-# originator (Zeek's "^").
+# Zeek's likely_server_ports as its default scripts leave it: the server_ports of every
+# Analyzer::register_for_ports and PacketAnalyzer::register_for_ports call in scripts/base loaded
+# by init-default.zeek in a build with Spicy (client ports such as DHCP's 68 are registered but
+# not added), at zeek/zeek a13de64fbbdb01f90961c04719b308fbbb6d199e. A first packet from one of
+# these to a port that is not one makes its receiver the originator (Zeek's "^").
 LIKELY_SERVER_PORTS = {
-    "tcp": (21, 22, 23, 25, 53, 79, 80, 81, 88, 102, 110, 111, 135, 139, 143, 389, 443, 445, 502,
-            563, 585, 587, 614, 631, 636, 989, 990, 992, 993, 995, 1080, 1433, 1883, 2049, 2811,
-            3128, 3268, 3306, 3389, 5060, 5222, 5269, 5432, 5900, 6379, 6666, 6667, 6668, 6669,
-            8000, 8080, 8883, 8888, 20000),
-    "udp": (53, 67, 68, 69, 88, 111, 123, 137, 138, 161, 162, 443, 500, 514, 1812, 1813, 2123,
-            2152, 3544, 4500, 4789, 5060, 5353, 5355, 6081, 20000),
+    "tcp": (21, 22, 25, 53, 79, 80, 81, 88, 135, 139, 143, 389, 443, 445, 465, 502, 514, 563, 585, 587,
+            614, 631, 636, 989, 990, 992, 993, 995, 1080, 1434, 1883, 2811, 3128, 3268, 3306, 3389, 5222,
+            5223, 5269, 5432, 6379, 6666, 6667, 6668, 6669, 8000, 8080, 8888, 20000),
+    "udp": (53, 67, 88, 123, 137, 161, 162, 389, 443, 514, 1812, 2123, 2152, 3389, 3544, 4011, 4754,
+            4789, 5060, 5072, 5353, 5355, 6081, 20000),
 }
 cdef uint8_t LIKELY_TCP[8192]
 cdef uint8_t LIKELY_UDP[8192]
@@ -122,6 +124,18 @@ cdef inline bint seen_before(conn_t *c, int side, uint32_t mask, char code) noex
     c.seen |= mask
     add_letter(c, code)
     return False
+
+
+cdef inline void late_flip(conn_t *c) noexcept nogil:
+    """Zeek's flip of a connection that began with a SYN-ACK (history exactly "H": its sender was
+    kept as the originator, as for a stealth scan) at the first ACK or data from either side: the
+    roles swap and the history becomes "^h", as though the missing SYN had been seen. The seen
+    bits stay as they were (TCP_Endpoint::CheckHistory, Connection::FlipRoles)."""
+    if c.hlen == 1 and c.history[0] == b'H':
+        c.orig = 1 - c.orig
+        c.history[0] = b'^'
+        c.history[1] = b'h'
+        c.hlen = 2
 
 
 cdef inline void scaled(conn_t *c, int side, int which, char code) noexcept nogil:
@@ -191,10 +205,16 @@ cdef uint64_t zeek_size(const conn_t *c, int side) noexcept nogil:
     return size
 
 
+cdef inline bint broadcast(const pkt_t *pk) noexcept nogil:
+    """The packet is to 255.255.255.255 (Zeek's IPAddr::IsBroadcast)."""
+    return pk.family == 4 and pk.dst[0] == 255 and pk.dst[1] == 255 and pk.dst[2] == 255 and pk.dst[3] == 255
+
+
 cdef conn_t *conn_new(const pkt_t *pk, int sender, int64_t ts) noexcept nogil:
     """Zeek's view of a new flow from its first packet (NULL when out of memory). Zeek makes
     the first packet's receiver the originator when the packet is not a plain SYN and comes
-    from a likely server port to one that is not (of two, the lower port when no SYN)."""
+    from a likely server port to one that is not (of two, the lower port when no SYN), unless
+    that receiver is the broadcast address (IPBasedAnalyzer::NewConn)."""
     cdef conn_t *c = <conn_t *>calloc(1, sizeof(conn_t))
     cdef bint tcp = pk.proto == 6
     cdef bint flip = False
@@ -213,7 +233,7 @@ cdef conn_t *conn_new(const pkt_t *pk, int sender, int64_t ts) noexcept nogil:
                 flip = True
     else:
         flip = likely_server(pk.sport, False) and not likely_server(pk.dport, False)
-    if flip:
+    if flip and not broadcast(pk):
         c.orig = 1 - sender
         add_letter(c, b'^')
     return c
@@ -248,8 +268,10 @@ cdef void update_history(conn_t *c, int side, uint8_t fl, uint64_t rel, uint32_t
                 letter(c, side, b'R')
             e.last_rst = rel
     elif paylen:
+        late_flip(c)
         seen_before(c, side, HIST_DATA, b'D')
     elif fl & TH_ACK:
+        late_flip(c)
         seen_before(c, side, HIST_ACK, b'A')
 
 

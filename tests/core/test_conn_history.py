@@ -90,6 +90,28 @@ def test_first_packet_from_a_likely_server_port_flips():
         assert row["conn_state"] == "OTH"
 
 
+@pytest.mark.parametrize("proto, sport, dport, dst, flip", [
+    ("udp", 67, 68, "10.0.0.2", True),              # DHCP registers 67 as its server port ...
+    ("udp", 68, 67, "10.0.0.2", False),             # ... and 68 as a client port, not a likely server
+    ("udp", 67, 68, "255.255.255.255", False),      # never toward a broadcast responder
+    ("udp", 5072, 53796, "10.0.0.2", True),         # AYIYA, a packet analyzer's port
+    ("udp", 4754, 50000, "10.0.0.2", True),         # GRE in UDP
+    ("udp", 69, 50000, "10.0.0.2", False),          # TFTP: no default analyzer registers it
+    ("tcp", 465, 50000, "10.0.0.2", True),          # SMTPS (the SSL analyzer's ports)
+    ("tcp", 23, 50000, "10.0.0.2", False),          # telnet: not loaded by default
+    ("tcp", 80, 50000, "255.255.255.255", False),
+])
+def test_likely_server_ports_are_zeeks(proto, sport, dport, dst, flip):
+    """The first packet's ports against Zeek's likely_server_ports (the server ports its default
+    scripts register), and no flip toward 255.255.255.255 (IPBasedAnalyzer::NewConn)."""
+    if proto == "udp":
+        frame = udp_frame("10.0.0.1", dst, sport, dport, b"x")
+    else:
+        frame = tcp_frame("10.0.0.1", dst, sport, dport, seq=100, ack=200, flags="PA", payload=b"x")
+    row, _ = one([(1.0, frame)])
+    assert (row["id.orig_p"], row["history"]) == ((dport, "^d") if flip else (sport, "D"))
+
+
 def test_syn_syn_ack_reversal_flips_roles():
     """A SYN-ACK first, then a plain SYN from its receiver: Zeek's reversal (the SYN's letter is
     written before the flip, as in Zeek)."""
@@ -99,6 +121,51 @@ def test_syn_syn_ack_reversal_flips_roles():
     row, conn = one(frames)
     assert row["history"] == "Hs^"
     assert row["id.orig_p"] == b[1]
+
+
+def syn_ack_first(ports=(40000, 5555)):
+    """A conversation whose SYN the capture missed: its first frame is the SYN-ACK."""
+    c = TcpConversation(client=("10.0.0.1", ports[0]), server=("10.0.0.2", ports[1]))
+    c.syn()
+    c.frames.clear()
+    c.syn_ack()
+    return c
+
+
+@pytest.mark.parametrize("first, history", [("client", "^hADaFf"), ("server", "^hdAFf")])
+def test_syn_ack_first_flips_at_the_first_ack_or_data(first, history):
+    """A lone SYN-ACK between ports that are not likely server ports keeps its sender as the
+    originator (H: it may be a stealth scan), until an ACK or data follows from either side:
+    then Zeek flips the roles and rewrites the history to ^h (TCP_Endpoint::CheckHistory)."""
+    c = syn_ack_first()
+    if first == "client":
+        c.ack("client")
+        c.send("client", b"x")
+        c.ack("server")
+    else:
+        c.send("server", b"x")
+        c.ack("client")
+    c.fin("client")
+    c.fin("server")
+    row, conn = one(c.frames)
+    assert (row["history"], row["conn_state"]) == (history, "SF")
+    assert (row["id.orig_p"], row["id.resp_p"], conn["orig"]) == (40000, 5555, 0)
+    assert (row["orig_bytes"], row["resp_bytes"]) == ((1, 0) if first == "client" else (0, 1))
+    assert (row["orig_pkts"], row["resp_pkts"]) == ((3, 3) if first == "client" else (2, 3))
+
+
+def test_syn_ack_first_then_rst_does_not_flip():
+    """Only an ACK or data makes the late flip: a RST answering the lone SYN-ACK leaves its sender
+    the originator (a stealth scan's SYN-ACK and its reset), and a flip by the first packet's
+    ports (^h) is not made again."""
+    c = syn_ack_first()
+    c.rst("client")
+    row, conn = one(c.frames)
+    assert (row["history"], row["id.orig_p"], conn["orig"]) == ("Hr", 5555, 1)
+    c = syn_ack_first(ports=(40000, 80))
+    c.ack("client")
+    row, conn = one(c.frames)
+    assert (row["history"], row["id.orig_p"], conn["orig"]) == ("^hA", 40000, 0)
 
 
 def test_retransmissions_are_logarithmic():

@@ -44,7 +44,9 @@ def flows(path, *options, fmt="zeek") -> str:
 
 
 @pytest.mark.parametrize("test, trace", [("core.tcp.miss-end-data", "tcp/miss_end_data.pcap"),
-                                         ("core.tcp.missing-syn", "tcp/missing-syn.pcap")])
+                                         ("core.tcp.missing-syn", "tcp/missing-syn.pcap"),
+                                         ("core.tcp.flip-without-syn", "tcp/http-on-irc-port-missing-syn.pcapng"),
+                                         ("core.local-flip", "http/zeek-image-post-1080-8000-x.pcap")])
 def test_conn_log_field_by_field(corpus, test, trace):
     _, expected = zeek_log((corpus / BASELINE / test / "conn.log").read_text())
     fields, got = zeek_log(flows(corpus / TRACES / trace))
@@ -69,6 +71,20 @@ def test_missing_syn_flips_roles(corpus):
     _, (row,) = zeek_log(flows(corpus / TRACES / "tcp/missing-syn.pcap"))
     assert row["history"].startswith("^h")
     assert (row["id.orig_p"], row["id.resp_p"]) == ("56730", "80")
+
+
+@pytest.mark.parametrize("test, trace", [("scripts.base.protocols.dhcp.dhcp-all-msg-types", "dhcp/dhcp.pcap"),
+                                         ("core.tunnels.ayiya", "tunnels/ayiya3.pcap")])
+def test_likely_server_ports_and_broadcast(corpus, test, trace):
+    """UDP roles by Zeek's likely_server_ports: DHCP's replies from 67 to 68 make their receiver the
+    originator, except one broadcast to 255.255.255.255; AYIYA's reply from 5072 likewise (the
+    inner connections of the tunnel are Zeek's alone: aiomb does not decapsulate)."""
+    fields = ("id.orig_h", "id.orig_p", "id.resp_h", "id.resp_p", "conn_state", "history", "orig_pkts", "resp_pkts")
+    _, expected = zeek_log((corpus / BASELINE / test / "conn.log").read_text())
+    _, got = zeek_log(flows(corpus / TRACES / trace))
+    got = sorted(tuple(r[f] for f in fields) for r in got)
+    expected = sorted(tuple(r[f] for f in fields) for r in expected if r["id.orig_p"] in ("67", "68", "53796", "53859"))
+    assert got == expected and len(got) == (4 if "dhcp" in trace else 2)
 
 
 @pytest.mark.parametrize("trace, line", [("tcp/single-rst.pcap", "R, OTH"),
