@@ -274,6 +274,43 @@ def test_a_pipe_s_records_come_as_the_flows_end(tmp_path, workers):
     assert ended + out == flows(whole, "--format", "jsonl").stdout
 
 
+@pytest.mark.parametrize("members", [1, 2])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_gzip_capture_from_a_slow_writer_s_pipe_gives_the_file_s_records(tmp_path, workers, members):
+    """`slow-writer | aiomb flows -`: the reader finds the pipe empty now and then, within a gzip
+    member and between two (one engine, or the reader process feeding the workers); that is
+    neither damage nor the end: the records are the file's."""
+    path = busy_capture(tmp_path / "busy.pcap")
+    data = path.read_bytes()
+    half = len(data) // 2
+    gz = gzip.compress(data, mtime=0) if members == 1 else \
+        gzip.compress(data[:half], mtime=0) + gzip.compress(data[half:], mtime=0)
+    with subprocess.Popen([sys.executable, "-m", "aiomb", "flows", "-", "--format", "jsonl", "--workers",
+                           str(workers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        try:
+            def write_slowly():
+                step = len(gz) // 12 + 1
+                try:
+                    for at in range(0, len(gz), step):
+                        proc.stdin.write(gz[at:at + step])
+                        proc.stdin.flush()
+                        time.sleep(0.05)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass                # aiomb gave up early: its status says why
+            writer = threading.Thread(target=write_slowly)
+            writer.start()
+            out = proc.stdout.read()
+            err = proc.stderr.read()
+            writer.join(timeout=60)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert out == flows(path, "--format", "jsonl").stdout
+
+
 @pytest.mark.parametrize("command", ["flows", "run"])
 def test_a_signal_ends_a_quiet_pipe_at_once(tmp_path, command):
     """The reader waits for a pipe's next bytes that do not come: SIGTERM still ends the run at
