@@ -145,6 +145,24 @@ def test_a_damaged_capture_ends_alike(tmp_path):
     assert app_many.stderr == app_one.stderr and app_one.stderr.count(b"truncated record") == 1   # said once
 
 
+@pytest.mark.parametrize("stats", [(), ("--stats",)], ids=["", "stats"])
+@pytest.mark.parametrize("fmt", ["table", "jsonl", "csv", "zeek", "zeek-json"])
+@pytest.mark.parametrize("content", [b"Not a capture: a text file.\n" * 3, b"\xd4\xc3\xb2\xa1\x02\x00",
+                                     gzip.compress(b"Not a capture either.\n" * 3)], ids=["text", "short", "gzip"])
+def test_a_file_that_is_no_capture_gives_one_engines_error(tmp_path, content, fmt, stats):
+    """A file that is no capture fails before the workers start: the error and the exit status
+    are one engine's, with --stats too (no workers' figures to print, and no traceback)."""
+    path = tmp_path / "input.pcap"
+    path.write_bytes(content)
+    one = flows(path, "--format", fmt, *stats, check=False)
+    many = flows(path, "--format", fmt, *stats, workers=2, check=False)
+    assert one.returncode == 1 and one.stderr.splitlines()[-1].startswith(b"aiomb: error: ")
+    assert many.returncode == one.returncode
+    assert many.stderr.splitlines()[-1] == one.stderr.splitlines()[-1]
+    assert b"Traceback" not in many.stderr
+    assert output(many) == output(one)
+
+
 @pytest.fixture(scope="module")
 def long_capture(tmp_path_factory):
     """About 300k packets: long enough to be interrupted, or to lose a worker, midway."""
