@@ -26,52 +26,58 @@ class _GunzipStream:
 
     Unlike gzip.GzipFile it hands over every byte decompressed before damage or truncation is
     found, then raises OSError on the next read, so the records before the damage are kept.
-    It reads ``raw`` in order only: a pipe will do. ``head``: the stream's first bytes, already
-    read from a pipe (to tell gzip from a capture), which come before the rest of ``raw``.
+    It reads ``raw`` in order only: a pipe will do, a non-blocking one too (``readinto``
+    then returns None where ``raw`` has nothing now, as a raw file does). ``head``: the
+    stream's first bytes, already read from a pipe (to tell gzip from a capture), which come
+    before the rest of ``raw``.
     """
 
     def __init__(self, raw, chunk=1 << 16, head=b""):
         self.raw = raw
         self.chunk = chunk
         self.head = head
-        self.inflate = _zlib.decompressobj(wbits=31)
+        self.inflate = _zlib.decompressobj(wbits=31)    # None between members
         self.pending = b""
         self.failure = None
+        self.ended = False
 
     def readinto(self, view):
+        """Decompressed bytes into ``view``: how many, 0 at the clean end of the stream, None
+        where a non-blocking ``raw`` has nothing to read now (not its end). Raises OSError
+        once the bytes before damage or truncation are taken."""
         while not self.pending:
             if self.failure is not None:
                 raise OSError(self.failure)
-            self.pending = self.step()
-            if self.pending is None:
-                self.pending = b""
+            if self.ended:
                 return 0
+            data = self.read_raw()
+            if data is None:
+                return None
+            self.pending = self.step(data)
         n = min(len(view), len(self.pending))
         view[:n] = self.pending[:n]
         self.pending = self.pending[n:]
         return n
 
-    def step(self):
-        """The next decompressed bytes (maybe empty), None at the clean end of the stream."""
-        if self.inflate.eof:
-            rest = self.inflate.unused_data
-            if not rest:
-                rest = self.read_raw()
-                if not rest:
-                    return None
-            if not rest.startswith(b"\x1f\x8b"):
+    def step(self, data):
+        """The bytes that ``data``, the next compressed bytes (b"" at the end of ``raw``),
+        decompress to (maybe none); sets ``ended`` or ``failure`` where the stream ends."""
+        if self.inflate is None:            # a member ended: the next one, or the end
+            if not data:
+                self.ended = True
+                return b""
+            if not b"\x1f\x8b".startswith(data[:2]):
                 self.failure = "data after the last gzip member is not gzip"
                 return b""
             self.inflate = _zlib.decompressobj(wbits=31)
-            return self.decompress(rest)
-        data = self.read_raw()
-        if not data:
+        elif not data:
             self.failure = "the gzip stream ends before its end marker (truncated file)"
             return self.inflate.flush()
         return self.decompress(data)
 
     def read_raw(self):
-        """The next compressed bytes: ``head`` first."""
+        """The next compressed bytes: ``head`` first; None where a non-blocking ``raw`` has
+        nothing now, b"" at its end."""
         if self.head:
             data, self.head = self.head, b""
             return data
@@ -79,10 +85,14 @@ class _GunzipStream:
 
     def decompress(self, data):
         try:
-            return self.inflate.decompress(data)
+            out = self.inflate.decompress(data)
         except _zlib.error as exc:
             self.failure = str(exc)
             return b""
+        if self.inflate.eof:                # what follows the member comes next, from head
+            self.head = self.inflate.unused_data
+            self.inflate = None
+        return out
 
     def close(self):
         self.raw.close()

@@ -215,6 +215,7 @@ cdef class FlowSocketCore(SocketCore):
     cdef bint tcp
     cdef list q0, q1                   # each side's bytes (or FrameBytes) and Holes, in order
     cdef Py_ssize_t head[2]
+    cdef Py_ssize_t skip[2]            # bytes of the head chunk already read
     cdef uint64_t avail[2]
     cdef uint64_t offset[2]            # stream offset of the next byte recv() returns
     cdef bint fin[2]
@@ -264,6 +265,7 @@ cdef class FlowSocketCore(SocketCore):
         cdef list q = self.queue(s)
         q[self.head[s]] = None
         self.head[s] += 1
+        self.skip[s] = 0
         if self.head[s] == len(q):
             if s == 0:
                 self.q0 = NOTHING
@@ -365,7 +367,7 @@ cdef class FlowSocketCore(SocketCore):
     cdef object read(self, Py_ssize_t bufsize, object side, bint consume):
         cdef int s
         cdef list q
-        cdef Py_ssize_t j, n, size
+        cdef Py_ssize_t j, n, k, size
         cdef bytes first, out
         cdef Hole hole
         if self._closed:
@@ -391,16 +393,20 @@ cdef class FlowSocketCore(SocketCore):
                     self.ready_lo &= ~R_IN
             raise StreamGap(hole.offset, hole.length, f"{SIDES[s]} stream of {self.key}")
         first = self.chunk(q, j)
-        if len(first) >= bufsize or j + 1 == n or type(q[j + 1]) is Hole:
-            out = first if len(first) <= bufsize else first[:bufsize]      # the common case: one chunk
+        k = self.skip[s]
+        size = len(first) - k
+        if size >= bufsize or j + 1 == n or type(q[j + 1]) is Hole:
+            size = min(size, bufsize)                   # the common case: one chunk
+            out = first if k == 0 and size == len(first) else first[k:k + size]
             if consume:
-                if len(out) == len(first):
+                if k + size == len(first):
                     self.pop(s)
                 else:
-                    q[j] = first[len(out):]
+                    self.skip[s] = k + size             # a partial read costs the bytes it returns
         else:
-            parts = []
-            size = 0
+            parts = [first[k:]]
+            size = len(parts[0])
+            j += 1
             while j < n and type(q[j]) is not Hole and size < bufsize:
                 piece = self.chunk(q, j)
                 if len(piece) > bufsize - size:
@@ -412,9 +418,8 @@ cdef class FlowSocketCore(SocketCore):
             if consume:
                 for _ in range(len(parts) - 1):
                     self.pop(s)                     # whole pieces: the last one is still queued
-                piece = self.chunk(q, self.head[s])
-                if len(parts[-1]) < len(piece):
-                    q[self.head[s]] = piece[len(parts[-1]):]
+                if len(parts[-1]) < len(self.chunk(q, self.head[s])):
+                    self.skip[s] = len(parts[-1])
                 else:
                     self.pop(s)
         if consume:
@@ -443,7 +448,7 @@ cdef class FlowSocketCore(SocketCore):
         for j in range(self.head[s], len(q)):
             if type(q[j]) is Hole:
                 break
-            parts.append(self.chunk(q, j))
+            parts.append(self.chunk(q, j)[self.skip[s]:] if j == self.head[s] else self.chunk(q, j))
         data = b"".join(parts)
         lo, hi = self.offset[s], self.offset[s] + len(data)
         if offset < lo or n < 0 or offset + n > hi:
@@ -487,6 +492,7 @@ cdef class FlowSocketCore(SocketCore):
         self._mark_closed()
         self.q0 = self.q1 = NOTHING
         self.head[0] = self.head[1] = 0
+        self.skip[0] = self.skip[1] = 0
 
 
 @cython.final

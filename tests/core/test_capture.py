@@ -344,6 +344,46 @@ def test_a_capture_from_a_pipe_plain_or_gzip(compress):
     assert run.frames == [udp(0), udp(1), udp(2)]
 
 
+class Trickle(io.RawIOBase):
+    """A slow writer's pipe, read non-blocking: ``step`` bytes a read, and once ``nonblocking``
+    is set, a read that finds nothing yet (None, as a raw file gives for EAGAIN) before each."""
+
+    def __init__(self, data, step):
+        self.data = io.BytesIO(data)
+        self.step = step
+        self.nonblocking = False
+        self.quiet = False
+
+    def readable(self):
+        return True
+
+    def readinto(self, view):
+        self.quiet = not self.quiet
+        if self.nonblocking and self.quiet:
+            return None
+        return self.data.readinto(memoryview(view)[:self.step])
+
+
+@pytest.mark.parametrize("step", [2, 3, 300, 1 << 16])
+@pytest.mark.parametrize("members", [1, 2, 3])
+def test_a_gzip_capture_from_a_pipe_with_nothing_to_read_now_is_not_at_its_end(step, members):
+    """Where a non-blocking pipe has no byte now, within a gzip member or between two, the
+    reader says ``would_block`` (not the end, not damage) and goes on where the bytes come."""
+    records = [(1.0 + i / 100, udp(i, 200)) for i in range(30)]
+    data = pcap_bytes(records)
+    cuts = [len(data) * k // members for k in range(members + 1)]
+    gz = b"".join(gzip.compress(data[a:b], mtime=0) for a, b in zip(cuts, cuts[1:]))
+    pipe = Trickle(gz, step)
+    run = Run(pipe, capacity=8, chunk_size=4096)
+    pipe.nonblocking = True
+    quiet = 0
+    while run.fill() or run.reader.would_block:
+        quiet += run.reader.would_block
+    run.reader.close()
+    assert run.frames == [f for _, f in records]
+    assert quiet
+
+
 # -- batching and chunking ------------------------------------------------------------
 
 

@@ -145,6 +145,24 @@ def test_a_damaged_capture_ends_alike(tmp_path):
     assert app_many.stderr == app_one.stderr and app_one.stderr.count(b"truncated record") == 1   # said once
 
 
+@pytest.mark.parametrize("stats", [(), ("--stats",)], ids=["", "stats"])
+@pytest.mark.parametrize("fmt", ["table", "jsonl", "csv", "zeek", "zeek-json"])
+@pytest.mark.parametrize("content", [b"Not a capture: a text file.\n" * 3, b"\xd4\xc3\xb2\xa1\x02\x00",
+                                     gzip.compress(b"Not a capture either.\n" * 3)], ids=["text", "short", "gzip"])
+def test_a_file_that_is_no_capture_gives_one_engines_error(tmp_path, content, fmt, stats):
+    """A file that is no capture fails before the workers start: the error and the exit status
+    are one engine's, with --stats too (no workers' figures to print, and no traceback)."""
+    path = tmp_path / "input.pcap"
+    path.write_bytes(content)
+    one = flows(path, "--format", fmt, *stats, check=False)
+    many = flows(path, "--format", fmt, *stats, workers=2, check=False)
+    assert one.returncode == 1 and one.stderr.splitlines()[-1].startswith(b"aiomb: error: ")
+    assert many.returncode == one.returncode
+    assert many.stderr.splitlines()[-1] == one.stderr.splitlines()[-1]
+    assert b"Traceback" not in many.stderr
+    assert output(many) == output(one)
+
+
 @pytest.fixture(scope="module")
 def long_capture(tmp_path_factory):
     """About 300k packets: long enough to be interrupted, or to lose a worker, midway."""
@@ -272,6 +290,43 @@ def test_a_pipe_s_records_come_as_the_flows_end(tmp_path, workers):
     assert [json.loads(line)["end_reason"] for line in ended.splitlines()] == ["fin"] * 6, \
         "the ended flows' records did not come while the pipe paused"
     assert ended + out == flows(whole, "--format", "jsonl").stdout
+
+
+@pytest.mark.parametrize("members", [1, 2])
+@pytest.mark.parametrize("workers", [1, 2])
+def test_a_gzip_capture_from_a_slow_writer_s_pipe_gives_the_file_s_records(tmp_path, workers, members):
+    """`slow-writer | aiomb flows -`: the reader finds the pipe empty now and then, within a gzip
+    member and between two (one engine, or the reader process feeding the workers); that is
+    neither damage nor the end: the records are the file's."""
+    path = busy_capture(tmp_path / "busy.pcap")
+    data = path.read_bytes()
+    half = len(data) // 2
+    gz = gzip.compress(data, mtime=0) if members == 1 else \
+        gzip.compress(data[:half], mtime=0) + gzip.compress(data[half:], mtime=0)
+    with subprocess.Popen([sys.executable, "-m", "aiomb", "flows", "-", "--format", "jsonl", "--workers",
+                           str(workers)], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
+                          stderr=subprocess.PIPE) as proc:
+        try:
+            def write_slowly():
+                step = len(gz) // 12 + 1
+                try:
+                    for at in range(0, len(gz), step):
+                        proc.stdin.write(gz[at:at + step])
+                        proc.stdin.flush()
+                        time.sleep(0.05)
+                    proc.stdin.close()
+                except BrokenPipeError:
+                    pass                # aiomb gave up early: its status says why
+            writer = threading.Thread(target=write_slowly)
+            writer.start()
+            out = proc.stdout.read()
+            err = proc.stderr.read()
+            writer.join(timeout=60)
+            proc.wait(timeout=60)
+        finally:
+            proc.kill()
+    assert proc.returncode == 0, err.decode()
+    assert out == flows(path, "--format", "jsonl").stdout
 
 
 @pytest.mark.parametrize("command", ["flows", "run"])

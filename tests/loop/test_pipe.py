@@ -7,9 +7,11 @@ does not wait for it) and writes only when told. A watchdog thread closes it aft
 seconds, so that a source that blocks the loop fails a test (``rescued``) instead of hanging it.
 """
 
+import gzip
 import io
 import os
 import threading
+import zlib
 
 import pytest
 import trio
@@ -40,6 +42,20 @@ def conversation():
     c.fin("client")
     c.ack("server")
     return pcap_bytes(c.frames), first
+
+
+def written_as(data: bytes, first: int, form: str) -> tuple[bytes, bytes]:
+    """``data`` as a writer gives it (``form``: plain, gzip, or gzip in two members), in two
+    pieces: what decompresses to ``data[:first]``, then the rest."""
+    if form == "plain":
+        return data[:first], data[first:]
+    if form == "gzip members":
+        return gzip.compress(data[:first], mtime=0), gzip.compress(data[first:], mtime=0)
+    z = zlib.compressobj(wbits=31)
+    return z.compress(data[:first]) + z.flush(zlib.Z_SYNC_FLUSH), z.compress(data[first:]) + z.flush()
+
+
+FORMS = ["plain", "gzip", "gzip members"]
 
 
 class QuietWriter:
@@ -74,12 +90,15 @@ class QuietWriter:
                 self.fd = -1
 
 
-async def test_trio_s_clock_runs_while_a_pipe_is_quiet(tmp_path, autojump_clock):
-    """The writer stops in the middle of a record: the stack takes the whole records, then the
-    loop goes on (the clock jumps once every task waits), and the rest of the record comes later."""
+@pytest.mark.parametrize("form", FORMS)
+async def test_trio_s_clock_runs_while_a_pipe_is_quiet(tmp_path, autojump_clock, form):
+    """The writer stops in the middle of a record (of a gzip member, or between two): the stack
+    takes the whole records, then the loop goes on (the clock jumps once every task waits), and
+    the rest of the record comes later."""
     data, first = conversation()
+    head, rest = written_as(data, first + 10, form)
     path = tmp_path / "live.pcap"
-    writer = QuietWriter(path, data[:first + 10])
+    writer = QuietWriter(path, head)
     try:
         async with open_stack(aiomb.capture(path)) as stack:
             async with stack.subscribe(CONN_START, CONN_END) as events:
@@ -87,7 +106,7 @@ async def test_trio_s_clock_runs_while_a_pipe_is_quiet(tmp_path, autojump_clock)
                 await trio.sleep(60)
                 assert not writer.rescued, "the source held the Trio loop while the pipe was quiet"
                 assert stack.statistics().packets == 4
-                writer.feed(data[first + 10:])
+                writer.feed(rest)
                 reasons = [ev.reason async for ev in events if ev.kind == CONN_END]
         assert reasons == [EndReason.FIN]
         assert stack.statistics().packets == 8
@@ -155,13 +174,16 @@ async def test_stop_ends_a_quiet_pipe_s_flows_interrupted(tmp_path):
         writer.close()
 
 
-def test_read_waits_for_a_quiet_pipe(tmp_path):
+@pytest.mark.parametrize("form", FORMS)
+def test_read_waits_for_a_quiet_pipe(tmp_path, form):
     """The synchronous ``read()`` waits for the pipe's next bytes (the end of a record the writer
-    stopped in) rather than taking a quiet pipe for its end."""
+    stopped in, within a gzip member or between two) rather than taking a quiet pipe for its
+    end or for damage."""
     data, first = conversation()
+    head, rest = written_as(data, first + 10, form)
     path = tmp_path / "live.pcap"
-    writer = QuietWriter(path, data[:first + 10])
-    later = threading.Timer(0.1, writer.feed, (data[first + 10:],))
+    writer = QuietWriter(path, head)
+    later = threading.Timer(0.1, writer.feed, (rest,))
     counts = []
     try:
         with aiomb.capture(path) as source:
