@@ -146,7 +146,8 @@ cdef int32_t flowtab_lookup(flowtab_t *t, const pkt_t *pk, uint32_t h, int *side
     cdef flow_t *f
     while i >= 0:
         f = &t.flows[i]
-        if f.hash == h and f.proto == pk.proto and (not t.vlan_in_key or vlan_equal(f, pk)):
+        if f.hash == h and f.proto == pk.proto and f.family == pk.family \
+                and (not t.vlan_in_key or vlan_equal(f, pk)):
             if f.client_port == pk.sport and f.server_port == pk.dport \
                     and addr_equal(f.client_ip, pk.src) and addr_equal(f.server_ip, pk.dst):
                 side[0] = 0

@@ -175,3 +175,27 @@ def test_engine_option_errors_are_precise():
         aiomb.Engine(udp_timeout=-1)
     with pytest.raises(TypeError):
         aiomb.Engine(no_such_option=1)
+
+
+def test_an_ipv4_and_an_ipv6_flow_with_the_same_address_bytes_are_two_flows():
+    """suricata-verify hashaf-flow-v4-v6-collision: 1.2.3.4 -> 5.6.7.8 and 102:304:: -> 506:708::
+    hold the same first bytes, and an IPv4 address is kept in 16 bytes with 12 zeroes: the lookup
+    must compare the family too. Before, they were one flow, and an IPv6 sender could put bytes in
+    an IPv4 connection's stream."""
+    engine = aiomb.Engine(reassembly=True)
+    d = aiomb.Dispatcher(engine)
+    sub = d.subscribe(aiomb.EventKind.NEW_DATA)
+    v4 = TcpConversation(("1.2.3.4", 1000), ("5.6.7.8", 80))
+    v4.handshake()
+    injected = tcp_frame("102:304::", "506:708::", 1000, 80, seq=v4.client_seq, ack=v4.server_seq, flags="PA",
+                         payload=b"IPV6-DATA")
+    v4.send("client", b"IPV4-DATA")
+    for ts, frame in v4.frames[:3] + [(1.5, injected)] + v4.frames[3:]:
+        engine.feed(frame, ts)
+    engine.feed(udp_frame("1.2.3.4", "5.6.7.8", 5000, 53, b"q4"), 2.0)
+    engine.feed(udp_frame("102:304::", "506:708::", 5000, 53, b"q6"), 2.1)
+    flows = sorted((str(f.key), f.statistics().client.payload_bytes) for f in engine.flows())
+    assert flows == [("tcp 1.2.3.4:1000 -> 5.6.7.8:80", 9), ("udp 1.2.3.4:5000 -> 5.6.7.8:53", 2),
+                     ("udp [102:304::]:5000 -> [506:708::]:53", 2)]
+    assert [(e.key.ip_version, e.value) for e in d.drain(sub)] == [(4, b"IPV4-DATA")]
+    assert engine.statistics().orphans == 1                 # the IPv6 segment: no flow of its own
