@@ -962,7 +962,10 @@ cdef class Engine:
             count_flags(s, pk)
             return self.reject(slot, side, "syn_in_connection")
         if f.status == FS_CLOSED:
-            count_flags(&self.tab.flows[slot].side[side], pk)
+            s = &self.tab.flows[slot].side[side]
+            count_flags(s, pk)
+            if not (s.flags & SF_SEQ_KNOWN) and not (fl & TH_RST):
+                straggler_base(s, pk)   # a side first heard after the close: its bytes count too
             self.em.fire(B_PACKET_IN, slot, side, HOOK_SENDER, 0, 0)
             if self.verdict != VERDICT_DROP:
                 if self.reassembling and not (fl & (TH_RST | TH_SYN)):

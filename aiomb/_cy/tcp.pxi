@@ -17,8 +17,9 @@
 #   RST the receiver accepts        raises RST; -> CLOSED; the receiver -> CLOSED; the flow
 #                                   ends (RST). A RST out of the receiver's window is counted
 #                                   (rst_ignored, rst_out_of_window) and changes nothing.
-#   a reply to a side in SYN_SENT   (ACK, RST or FIN) that echoes a timestamp other than the SYN's:
-#                                   rejected (REJECTED, "bad_timestamp_echo"): it changes nothing
+#   a reply to a side in SYN_SENT   (ACK, RST or FIN) that echoes a timestamp other than the SYN's
+#                                   (or one, when the SYN offered none): rejected (REJECTED,
+#                                   "bad_timestamp_echo"): it changes nothing
 #   a reply to a side in SYN_SENT   (ACK, data, FIN or SYN-ACK) whose ACK is not of the SYN, while
 #                                   that side has ACKed nothing: rejected (REJECTED,
 #                                   "unacceptable_ack"): it changes nothing
@@ -170,16 +171,17 @@ cdef inline void syn_timestamp(side_t *s, const pkt_t *pk) noexcept:
 
 
 cdef inline bint bad_echo_to_syn(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
-    """A reply (ACK, RST or FIN) to a side in SYN_SENT whose SYN offered timestamps, echoing a
-    timestamp other than the SYN's: Linux drops it (PAWS in tcp_rcv_synsent_state_process;
-    Suricata's StateSynSentValidateTimestamp), so it must change nothing (the evasion of
-    CVE-2021-37592). An echo of 0, or no timestamp option, is taken as Linux takes it."""
+    """A reply (ACK, RST or FIN) to a side in SYN_SENT echoing a timestamp other than its SYN's,
+    or echoing one when its SYN offered none: Linux drops it (PAWS in tcp_rcv_synsent_state_process:
+    the echo is of no time the SYN was sent; Suricata's StateSynSentValidateTimestamp), so it must
+    change nothing (the evasion of CVE-2021-37592). An echo of 0, or no timestamp option, is taken
+    as Linux takes it."""
     cdef const side_t *r = &f.side[1 - side]
-    if r.state != ST_SYN_SENT or not (r.flags & SF_SYN_TS) or (r.flags & SF_ACK_KNOWN):
+    if r.state != ST_SYN_SENT or not (r.flags & SF_SYN_SEEN) or (r.flags & SF_ACK_KNOWN):
         return 0
     if not (pk.flags & (TH_ACK | TH_RST | TH_FIN)) or not pk.has_ts or pk.ts_ecr == 0:
         return 0
-    return pk.ts_ecr != r.last_ack
+    return not (r.flags & SF_SYN_TS) or pk.ts_ecr != r.last_ack
 
 cdef inline bint ack_not_of_syn(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
     """A segment with an ACK (not a RST: see rst_acceptable) to a side in SYN_SENT that has ACKed
@@ -209,6 +211,18 @@ cdef inline bint syn_in_connection(const flow_t *f, int side, const pkt_t *pk) n
     connection: see reuses, checked before.)"""
     cdef const side_t *s = &f.side[side]
     return SYNCHRONIZED[f.side[1 - side].state] and not ((s.flags & SF_SYN_SEEN) and pk.seq == s.isn)
+
+
+cdef inline void straggler_base(side_t *s, const pkt_t *pk) noexcept:
+    """The sequence base of a side whose first packet comes after its flow ended (a handshake
+    that goes on after a RST): its SYN-ACK's ISN, else the packet's own sequence number, as a
+    side picked up mid-stream. Without one its bytes, sent after the close, would be lost."""
+    if pk.flags & TH_SYN:
+        take_isn(s, pk)
+    else:
+        s.flags |= SF_SEQ_KNOWN
+        s.isn = pk.seq - 1
+        s.next_seq = pk.seq + pk.paylen
 
 
 cdef void count_flags(side_t *s, const pkt_t *pk) noexcept:

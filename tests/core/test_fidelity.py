@@ -85,6 +85,47 @@ def test_bogus_ack_and_fin_replies_are_rejected_too_but_a_matching_or_absent_ech
             (flags, tsecr)
 
 
+def test_a_reply_echoing_a_timestamp_to_a_syn_that_offered_none_is_rejected():
+    """suricata-verify bug-3286-03 (the Windows variant): the SYN offers no timestamps and an
+    injected RST/ACK, acking the SYN, echoes one. Linux's PAWS check in SYN_SENT drops it (the echo
+    is not of a time the SYN was sent; Suricata's StateSynSentValidateTimestamp too): REJECTED,
+    and the handshake and the response go on. An echo of 0 is taken."""
+    c = TcpConversation()
+    c.syn()
+    frames = list(c.frames) + [reply(c, "RA", tsecr=100), reply(c, "FA", tsecr=100, ts=1.6)]
+    frames += handshake_and_exchange(c)
+    engine, d, sub = engine_and_events(STREAM_KINDS)
+    feed(engine, frames)
+    assert [(e.kind, e.side, e.value) for e in d.drain(sub)] == [
+        (EventKind.REJECTED, SERVER, "bad_timestamp_echo"), (EventKind.REJECTED, SERVER, "bad_timestamp_echo"),
+        (EventKind.ESTABLISHED, CLIENT, None),
+        (EventKind.NEW_DATA, CLIENT, b"GET / HTTP/1.1\r\n\r\n"),
+        (EventKind.NEW_DATA, SERVER, b"HTTP/1.1 200 OK\r\n\r\n"),
+    ]
+    c = TcpConversation()
+    c.syn()
+    engine, d, sub = engine_and_events(STREAM_KINDS)
+    feed(engine, list(c.frames) + [reply(c, "RA", tsecr=0)])
+    assert [e.kind for e in d.drain(sub)] == [EventKind.RST, EventKind.CONN_END]
+
+
+def test_bytes_of_a_handshake_that_goes_on_after_the_reset_still_count_both_ways():
+    """A RST the client takes (it acks the SYN) ends the flow; if the hosts go on anyway, the
+    SYN-ACK that comes after gives the server's side its sequence base, so its bytes reach the
+    stream as the client's do (NEW_DATA after CONN_END, as any bytes sent after the close).
+    Before, the server's bytes were dropped without a GAP."""
+    c = TcpConversation()
+    c.syn()
+    frames = list(c.frames) + [reply(c, "RA", tsecr=None)] + handshake_and_exchange(c)
+    engine, d, sub = engine_and_events(STREAM_KINDS)
+    feed(engine, frames)
+    assert [(e.kind, e.side, e.value) for e in d.drain(sub)] == [
+        (EventKind.RST, SERVER, None), (EventKind.CONN_END, SERVER, None),
+        (EventKind.NEW_DATA, CLIENT, b"GET / HTTP/1.1\r\n\r\n"),
+        (EventKind.NEW_DATA, SERVER, b"HTTP/1.1 200 OK\r\n\r\n"),
+    ]
+
+
 def test_the_echo_may_be_of_a_retransmitted_syns_timestamp():
     c = syn_with_timestamps(1000)
     c.syn(options=tcp_options(timestamps=(1300, 0)))          # the SYN again, a later TSval
