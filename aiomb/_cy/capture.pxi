@@ -214,20 +214,19 @@ cdef class FrameBatch:
 cdef enum:
     PCAP_SHORT_HEADER = 1       # what is wrong with a pcap record (pcap_problem words it)
     PCAP_CAPLEN = 2
-    PCAP_FRACTION = 3
-    PCAP_SHORT_RECORD = 4
+    PCAP_SHORT_RECORD = 3
 
 
-cdef inline int pcap_header_check(uint32_t caplen, uint32_t frac, bint nanos) noexcept nogil:
-    """0 for a pcap record header that can be read, else what is wrong with it."""
+cdef inline int pcap_header_check(uint32_t caplen) noexcept nogil:
+    """0 for a pcap record header that can be read, else what is wrong with it. A sub-second
+    field past a second is read as libpcap's readers take it (carried into the seconds): some
+    writers produce one, and the records after it are sound."""
     if caplen > MAX_SNAP:
         return PCAP_CAPLEN
-    if frac >= (1000000000 if nanos else 1000000):
-        return PCAP_FRACTION
     return 0
 
 
-cdef str pcap_problem(int what, uint32_t caplen, uint32_t frac, uint64_t have):
+cdef str pcap_problem(int what, uint32_t caplen, uint64_t have):
     """A damaged pcap record in words: ``what`` from pcap_header_check or PCAP_SHORT_*, ``have``
     the bytes left of the header (PCAP_SHORT_HEADER) or after it (PCAP_SHORT_RECORD). The
     capture reader and the shard ring's workers say it alike."""
@@ -235,8 +234,6 @@ cdef str pcap_problem(int what, uint32_t caplen, uint32_t frac, uint64_t have):
         return f"truncated record header ({have} of 16 bytes)"
     if what == PCAP_CAPLEN:
         return f"corrupt record header: captured length {caplen} exceeds {MAX_SNAP}"
-    if what == PCAP_FRACTION:
-        return f"corrupt record header: sub-second field {frac} out of range"
     return f"truncated record: header says {caplen} bytes, file ends after {have}"
 
 
@@ -509,7 +506,7 @@ cdef class CaptureReader:
                 return 0
             if r == 0:
                 if self.length - self.pos:
-                    raise self.error(pcap_problem(PCAP_SHORT_HEADER, 0, 0, self.length - self.pos),
+                    raise self.error(pcap_problem(PCAP_SHORT_HEADER, 0, self.length - self.pos),
                                      self.base + self.pos)
                 return 0
             h = self.p + self.pos
@@ -517,14 +514,14 @@ cdef class CaptureReader:
             frac = g32(h + 4, self.swap)
             caplen = g32(h + 8, self.swap)
             wirelen = g32(h + 12, self.swap)
-            r = pcap_header_check(caplen, frac, self.nanos)
+            r = pcap_header_check(caplen)
             if r:
-                raise self.error(pcap_problem(r, caplen, frac, 0), self.base + self.pos)
+                raise self.error(pcap_problem(r, caplen, 0), self.base + self.pos)
             r = self.compact_for(batch, 16 + caplen)
             if r == 2:
                 return 0
             if r == 0:
-                raise self.error(pcap_problem(PCAP_SHORT_RECORD, caplen, frac, self.length - self.pos - 16),
+                raise self.error(pcap_problem(PCAP_SHORT_RECORD, caplen, self.length - self.pos - 16),
                                  self.base + self.pos)
             h = self.p + self.pos
             batch.data[batch.count] = h + 16

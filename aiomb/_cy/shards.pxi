@@ -499,7 +499,7 @@ cdef class ShardRing:
                 frac = g32(h + 4, self.swap)
                 caplen = g32(h + 8, self.swap)
                 wirelen = g32(h + 12, self.swap)
-                what = pcap_header_check(caplen, frac, self.nanos)
+                what = pcap_header_check(caplen)
                 if not what and pos + 16 + caplen > have:
                     have = self.read_into(dst, base, have, pos + 16 + caplen, &eof)
                     if pos + 16 + caplen > have:
@@ -518,7 +518,7 @@ cdef class ShardRing:
             if not inherited:
                 self.publish(block + 1, base + pos, flags | (RING_ERROR if what else 0), reason)
         if what:
-            self.note_damage(pcap_problem(what, caplen, frac, have - pos if what == PCAP_SHORT_HEADER
+            self.note_damage(pcap_problem(what, caplen, have - pos if what == PCAP_SHORT_HEADER
                                           else have - pos - 16), base + pos)
             flags |= RING_ERROR
         with nogil:
