@@ -22,6 +22,14 @@ cdef inline uint16_t fold16(uint32_t acc) noexcept nogil:
     return <uint16_t>acc
 
 
+cdef inline uint16_t bsd_family_ethertype(uint32_t family) noexcept nogil:
+    """The ethertype of a BSD address family (loopback and pflog headers): AF_INET is 2 everywhere,
+    AF_INET6 24, 28 or 30 by the BSD (10 on Linux); 0 for the others."""
+    if family == 2:
+        return 0x0800
+    return 0x86dd if family == 24 or family == 28 or family == 30 or family == 10 else 0
+
+
 cdef inline uint16_t ppp_ethertype(uint16_t protocol) noexcept nogil:
     """The ethertype of a PPP protocol number: IPv4 and IPv6; 0 for the others (LCP, IPCP, ...)."""
     return 0x0800 if protocol == 0x0021 else (0x86dd if protocol == 0x0057 else 0)
@@ -170,12 +178,7 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
         if fam > 0xffff:
             fam = rd32(f)
         off = 4
-        if fam == 2:
-            et = 0x0800
-        elif fam == 24 or fam == 28 or fam == 30 or fam == 10:
-            et = 0x86dd
-        else:
-            return P_NOT_IP
+        et = bsd_family_ethertype(fam)
     elif linktype == LT_C_HDLC or ((linktype == LT_PPP_HDLC or linktype == LT_PPP) and n >= 1 and (f[0] == 0x0f or f[0] == 0x8f)):
         if n < 4:                       # Cisco HDLC: address (0x0f unicast, 0x8f broadcast), control, ethertype
             reason[0] = MAL_TRUNCATED_L2
@@ -202,7 +205,7 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
             reason[0] = MAL_TRUNCATED_L2
             return P_MALFORMED
         off = (<uint32_t>f[0] + 3) & ~3u
-        et = 0x0800 if f[1] == 2 else (0x86dd if f[1] == 24 or f[1] == 28 or f[1] == 30 or f[1] == 10 else 0)
+        et = bsd_family_ethertype(f[1])
         if n < off:
             cut = -1
     else:

@@ -163,6 +163,14 @@ cdef inline void take_isn(side_t *s, const pkt_t *pk) noexcept:
     syn_timestamp(s, pk)
 
 
+cdef inline void take_base(side_t *s, uint32_t seq, uint32_t end) noexcept:
+    """The sequence base of a side first seen without its SYN: as though its ISN were the byte
+    before ``seq``; it has sent up to ``end``."""
+    s.flags |= SF_SEQ_KNOWN
+    s.isn = seq - 1
+    s.next_seq = end
+
+
 cdef inline void syn_timestamp(side_t *s, const pkt_t *pk) noexcept:
     """Keep the TSval of a bare SYN that offers timestamps (the latest, if it is sent again)."""
     if pk.has_ts and not (pk.flags & TH_ACK) and not (s.flags & SF_ACK_KNOWN):
@@ -182,6 +190,7 @@ cdef inline bint bad_echo_to_syn(const flow_t *f, int side, const pkt_t *pk) noe
     if not (pk.flags & (TH_ACK | TH_RST | TH_FIN)) or not pk.has_ts or pk.ts_ecr == 0:
         return 0
     return not (r.flags & SF_SYN_TS) or pk.ts_ecr != r.last_ack
+
 
 cdef inline bint ack_not_of_syn(const flow_t *f, int side, const pkt_t *pk) noexcept nogil:
     """A segment with an ACK (not a RST: see rst_acceptable) to a side in SYN_SENT that has ACKed
@@ -220,9 +229,7 @@ cdef inline void straggler_base(side_t *s, const pkt_t *pk) noexcept:
     if pk.flags & TH_SYN:
         take_isn(s, pk)
     else:
-        s.flags |= SF_SEQ_KNOWN
-        s.isn = pk.seq - 1
-        s.next_seq = pk.seq + pk.paylen
+        take_base(s, pk.seq, pk.seq + pk.paylen)
 
 
 cdef void count_flags(side_t *s, const pkt_t *pk) noexcept:
@@ -293,9 +300,7 @@ cdef int tcp_sender_data(Engine eng, int32_t slot, int side, const pkt_t *pk) ex
     if fin:
         end += 1
     if not (s.flags & SF_SEQ_KNOWN):
-        s.flags |= SF_SEQ_KNOWN
-        s.isn = pk.seq - 1
-        s.next_seq = end
+        take_base(s, pk.seq, end)
     elif seq_gt(end, s.next_seq):
         s.next_seq = end
     if not fin:
