@@ -8,11 +8,14 @@ frames with the builders below and asserts exact events and counters."""
 import io
 import ipaddress
 import json
+import random
 import struct
 import subprocess
 import sys
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import aiomb
 from aiomb import PACKET_IN, EventKind, Hook, Verdict
@@ -20,6 +23,8 @@ from aiomb.testing import TcpConversation, ethernet_frame, internet_checksum, ip
 
 from .events_helpers import run
 from .test_batch_invariance import run as run_in_batches
+from .test_parse import mpls as mpls_frame
+from .test_parse import pppoe
 
 # -- builders ---------------------------------------------------------------------------------------
 
@@ -184,6 +189,8 @@ IP_TUNNELS = [
     ("gre ethernet", 4, lambda p, f: over_ip(47, gre(eth(p), 0x6558, key=3), f)),
     ("gre ethernet with a vlan tag", 6, lambda p, f: over_ip(47, gre(eth(p, (100,)), 0x6558), f)),
     ("gre ethernet with qinq tags", 4, lambda p, f: over_ip(47, gre(eth(p, (100, 200)), 0x6558), f)),
+    ("gre ethernet carrying pppoe", 4, lambda p, f: over_ip(47, gre(pppoe(p, 0x0021), 0x6558), f)),
+    ("gre ethernet carrying mpls", 6, lambda p, f: over_ip(47, gre(mpls_frame(p, [16, 17]), 0x6558), f)),
     ("erspan I", 4, lambda p, f: over_ip(47, gre(eth(p), 0x88BE), f)),
     ("erspan II", 4, lambda p, f: over_ip(47, gre(erspan2(eth(p)), 0x88BE, seq=1), f)),
     ("erspan II of ipv6", 6, lambda p, f: over_ip(47, gre(erspan2(eth(p, (7,))), 0x88BE, seq=1), f)),
@@ -202,6 +209,7 @@ IP_TUNNELS = [
 UDP_TUNNELS = [
     ("vxlan", 4, (4789, 4789), lambda p: vxlan(eth(p))),
     ("vxlan of ipv6 behind a vlan tag", 6, (4789, 4789), lambda p: vxlan(eth(p, (5,)))),
+    ("vxlan carrying pppoe", 6, (4789, 4789), lambda p: vxlan(pppoe(p, 0x0057))),
     ("geneve ethernet with options", 4, (6081, 6081), lambda p: geneve(eth(p), 0x6558, options=GENEVE_OPTIONS)),
     ("geneve ipv4", 4, (6081, 6081), lambda p: geneve(p, 0x0800)),
     ("geneve ipv6 with options", 6, (6081, 6081), lambda p: geneve(p, 0x86DD, options=GENEVE_OPTIONS)),
@@ -418,6 +426,51 @@ def test_a_tunnel_header_cut_short_is_malformed(name, frame, over_udp_):
         assert udp_flow(engine).statistics().client.packets == 1
 
 
+SWEPT = [
+    ("gre C K S", gre(SYN4, 0x0800, c=True, key=1, seq=2), 16),
+    ("erspan II", gre(erspan2(eth(SYN4)), 0x88BE, seq=1), 16),
+    ("erspan III with its O flag", gre(erspan3(eth(SYN4), o=True), 0x22EB, seq=1), 28),
+    ("pptp S A", pptp(ppp(SYN4), seq=1, ack=1), 16),
+]
+
+
+@pytest.mark.parametrize("name, payload, header", SWEPT, ids=[t[0] for t in SWEPT])
+def test_every_cut_of_a_gre_header_is_a_truncated_tunnel_and_every_cut_past_it_is_malformed(name, payload, header):
+    for n in range(len(payload)):
+        engine, _ = run([(1.0, over_ip(47, payload[:n], True))])
+        st = engine.statistics()
+        if n < header:
+            assert counts(engine) == (0, 0, 0, 0, {"truncated_tunnel": 1}, 0, 0), n
+        elif name.startswith("pptp") and n < header + 4:
+            assert (st.tcp_packets, st.flows_created, st.packets) == (0, 0, 1), n     # no IP packet, or PPP cut
+        else:
+            assert (st.malformed_total, st.flows_created, st.tunneled_packets) == (1, 0, 0), n
+            assert "truncated_tunnel" not in st.malformed, n
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.integers(min_value=0), st.integers(min_value=0, max_value=255), st.integers(min_value=0, max_value=3))
+def test_bit_flips_in_tunneled_frames_are_safe_and_every_frame_is_accounted_for(seed, value, kind):
+    """As test_parse's bit flips, through each kind of tunnel: whatever byte a flip hits, in the
+    outer headers, the tunnel's or the inner packet's, every frame is counted (once more as an inner
+    packet when a UDP tunnel's) and the engine ends clean."""
+    wrap = [lambda p, f: over_ip(47, gre(eth(p), 0x6558, key=1, seq=2), f),
+            lambda p, f: over_ip(47, pptp(ppp(p), seq=1, ack=1), f),
+            lambda p, f: over_udp((2152, 2152), gtpu(p, extensions=GTP_EXTENSIONS), f),
+            lambda p, f: over_udp((6081, 6081), geneve(eth(p), 0x6558, options=GENEVE_OPTIONS), f)][kind]
+    rnd = random.Random(seed)
+    engine = aiomb.Engine(midstream=True)
+    frames = [(ts, wrap(p, f)) for ts, f, p in conversation(4)]
+    for ts, frame in frames:
+        b = bytearray(frame)
+        b[rnd.randrange(len(b))] = value
+        engine.feed(bytes(b), ts)
+    counts(engine)
+    assert engine.statistics().packets == len(frames)
+    engine.finish()
+    assert engine.statistics().flows_active == 0
+
+
 # -- 4. fragments -----------------------------------------------------------------------------------
 
 
@@ -448,11 +501,14 @@ def test_inner_fragments_are_reassembled(version, wrap):
     assert tcp_flow(engine).statistics().client.payload_bytes == len(payload)
 
 
-def test_outer_fragments_of_a_gre_packet_are_reassembled_then_decapsulated():
+@pytest.mark.parametrize("outer", [OUTER4, OUTER6], ids=["gre over ipv4", "gre over ipv6"])
+def test_outer_fragments_of_a_gre_packet_are_reassembled_then_decapsulated(outer):
     handshake, segment, payload = data_segment(4)
-    fragments = ipv4_fragments(over_ip(47, gre(segment, 0x0800), True, ip_id=99), fragment_size=512)
+    split = ipv4_fragments if outer == OUTER4 else ipv6_fragments
+    fragments = split(over_ip(47, gre(segment, 0x0800), True, outer=outer), fragment_size=512)
     assert len(fragments) == 4
-    frames = [(1.0, over_ip(47, gre(p, 0x0800), True)) for p in handshake] + [(1.1, f) for f in fragments[::-1]]
+    frames = [(1.0, over_ip(47, gre(p, 0x0800), True, outer=outer)) for p in handshake] + \
+        [(1.1, f) for f in fragments[::-1]]
     engine, data = run(frames, kinds=EventKind.NEW_DATA, reassembly=True)
     assert data == [("NEW_DATA", "CLIENT", payload)]
     st = engine.statistics()
