@@ -503,6 +503,9 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
         avail = tot        # drop Ethernet padding
     pk.family = 4
     pk.l3 = p
+    if pk.tunnels:                      # inside IPv6: no byte of its addresses may stay
+        memset(pk.src, 0, 16)
+        memset(pk.dst, 0, 16)
     memcpy(pk.src, p + 12, 4)
     memcpy(pk.dst, p + 16, 4)
     pk.proto = p[9]

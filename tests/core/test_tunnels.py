@@ -665,7 +665,7 @@ def test_a_translated_flows_tunneled_packets_are_untranslatable():
     forwards = [Verdict.FORWARD] * 6
     assert translated(lambda p, f: eth(p)) == (forwards, (1, 1, 4, 0), [False, True, False, False, True, False])
     client_drops = [Verdict.DROP, Verdict.FORWARD, Verdict.DROP, Verdict.DROP, Verdict.FORWARD, Verdict.DROP]
-    assert translated(lambda p, f: over_ip(47, gre(p, 0x0800), f)) == (client_drops, (1, 1, 0, 4), [True] * 6)
+    assert translated(lambda p, f: over_ip(47, gre(p, 0x0800), f)) == (client_drops, (1, 1, 4, 4), [True] * 6)
 
 
 # -- 7. batches and workers -------------------------------------------------------------------------
