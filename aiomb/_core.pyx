@@ -11,6 +11,7 @@ cimport cython
 include "_cy/defs.pxi"
 include "_cy/frag.pxi"
 include "_cy/parse.pxi"
+include "_cy/tunnel.pxi"
 include "_cy/flowtable.pxi"
 include "_cy/history.pxi"
 

@@ -27,7 +27,7 @@ import signal
 import time
 import traceback
 
-from ._core import FlowRecords, FrameBatch, ShardRing
+from ._core import FlowRecords, FrameBatch, ShardRing, last_flow_id
 from ._errors import CaptureError
 from ._records import CAPTURE_BLOCK, FlowRun, ReadingStopped, break_read, read_breakable
 from .flows._stats import EngineStatistics, MalformedCounts
@@ -41,7 +41,8 @@ WAIT_MS = 100           # a Trio stack's wait for a paused input, in a thread: h
 END = 1 << 62           # how far a worker got once it has read its whole input
 
 # Statistics every worker counts alike (each reads every packet); the rest are summed.
-SAME_IN_EVERY_WORKER = ("packets", "bytes", "non_ip", "other_protocol", "malformed", "fragments_held",
+SAME_IN_EVERY_WORKER = ("packets", "bytes", "non_ip", "other_protocol", "malformed", "tunneled_packets",
+                        "fragments_held",
                         "fragments_received", "fragment_memory", "max_fragment_memory", "fragments_reassembled",
                         "fragments_expired", "fragments_evicted", "fragment_overlaps",
                         "fragment_duplicates", "max_stream_memory",
@@ -519,8 +520,9 @@ class ShardedRun(WorkerGroup):
                     break
                 batches.popleft()
         new = []
+        last_id = last_flow_id(reached)
         for ids in created:
-            k = bisect.bisect_right(ids, reached)    # the ids at most ``reached`` (rising)
+            k = bisect.bisect_right(ids, last_id)    # the flows first seen by packet ``reached`` (rising)
             new.extend(ids[:k])
             del ids[:k]
         new.sort()

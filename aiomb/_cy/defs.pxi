@@ -130,7 +130,8 @@ cdef enum:
     MAL_IPV6_HOP_BY_HOP_NOT_FIRST = 16
     MAL_BAD_IPV6_OPTIONS = 17           # hop-by-hop or destination options Linux's ip6_parse_tlv drops
     MAL_IPV6_ROUTING_HEADER = 18        # a routing header Linux drops (segments left, types 2 to 4)
-    N_MALFORMED = 19
+    MAL_TRUNCATED_TUNNEL = 19           # a tunnel's header (GRE, ERSPAN, VXLAN, ...) cut short
+    N_MALFORMED = 20
 
 # Link types (pcap LINKTYPE_*)
 cdef enum:
@@ -199,7 +200,7 @@ ctypedef struct pkt_t:
     uint16_t sport
     uint16_t dport
     uint32_t ip_len         # IP total length (IPv6: 40 + payload length)
-    uint32_t l3_off
+    const uint8_t *l3       # the IP header (in the frame, or in a datagram reassembled from fragments)
     const uint8_t *l4
     uint32_t l4len
     const uint8_t *payload
@@ -214,7 +215,8 @@ ctypedef struct pkt_t:
     uint32_t ts_val
     uint32_t ts_ecr
     uint8_t bad_options     # its TCP options end at a malformed one (read up to it, as Linux does)
-    uint8_t reassembled     # 1: rebuilt from IP fragments
+    uint8_t reassembled     # 1: rebuilt from IP fragments (this packet, or a tunnel's packet around it)
+    uint8_t tunnels         # the encapsulations it was found in (parse.pxi: tunnels)
     uint8_t verify_checksums    # set before parsing: check each IPv4 header's checksum, fragments' too
 
 

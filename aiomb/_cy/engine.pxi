@@ -16,7 +16,7 @@ MALFORMED_REASONS = (
     "bad_ip_total_length", "bad_ipv6_extension", "truncated_tcp", "bad_tcp_header_length",
     "truncated_udp", "bad_udp_length", "bad_fragment", "unknown_linktype",
     "bad_tcp_flags", "bad_checksum", "bad_ip_options", "ip_source_route",
-    "ipv6_hop_by_hop_not_first", "bad_ipv6_options", "ipv6_routing_header",
+    "ipv6_hop_by_hop_not_first", "bad_ipv6_options", "ipv6_routing_header", "truncated_tunnel",
 )
 
 # ERROR event values for a limit's drop, indexed by the LIM_* numbers
@@ -25,6 +25,15 @@ LIMIT_ERRORS = ("fragment_timeout", "fragment_evicted")
 cdef enum:
     LIM_FRAGMENT_TIMEOUT = 0    # an incomplete datagram's fragments expired
     LIM_FRAGMENT_EVICTED = 1    # an incomplete datagram was dropped to make room (entries or memory)
+
+cdef enum:
+    FRAME_FLOW_BITS = 4         # a shard's flow id: its first packet's number, then its place (tunnel.pxi)
+
+
+def last_flow_id(packet):
+    """The largest id a shard gives a flow whose first packet is the input's ``packet``-th (see
+    Engine.take_created); a Python int, so that a packet number past any input has one."""
+    return ((packet + 1) << FRAME_FLOW_BITS) - 1
 
 cdef enum:
     MAX_MBOXES = 32
@@ -125,6 +134,7 @@ cdef class Engine:
     cdef uint64_t next_id
     cdef readonly uint32_t shard_index  # this engine tracks the flows whose key hashes to its shard
     cdef readonly uint32_t shard_count
+    cdef uint32_t frame_flows       # the flows the current frame has made (a UDP tunnel's: more than one)
     cdef object created             # shards: the ids of the flows created since take_created()
     cdef idle_t *idle               # an expiry pass's flows, and room for idle_cap of them
     cdef uint32_t idle_cap
@@ -137,6 +147,7 @@ cdef class Engine:
     cdef bint frames_writable   # the current batch's frames may be rewritten (PacketView.rewrite)
     cdef FrameBlock block       # the capture memory the current batch lies in (None: copy out)
     cdef uint64_t n_packets, n_bytes, n_tcp, n_udp, n_non_ip, n_other, n_orphans
+    cdef uint64_t n_tunneled         # packets found inside a UDP tunnel's datagram (tunnel.pxi)
     cdef uint64_t side_packets[2]       # packets and payload bytes of tracked flows, by the sender's side
     cdef uint64_t side_payload[2]
     cdef uint64_t n_created, n_ended, n_timed_out, n_evicted, n_rst_oow, n_dropped, n_rejected
@@ -507,9 +518,10 @@ cdef class Engine:
         return self.n_packets
 
     def take_created(self):
-        """A shard's flows created since the last call: their ids (the numbers of their first
-        packets in the input), rising, as an ``array('Q')``. Merging shards numbers the flows
-        of the whole input by them."""
+        """A shard's flows created since the last call: their ids (the number of their first
+        packet in the input, shifted left by ``FRAME_FLOW_BITS``, plus their place among the flows
+        that packet made: a UDP tunnel's datagram makes its own and the one inside), rising, as an
+        ``array('Q')``. Merging shards numbers the flows of the whole input by them."""
         if self.shard_count == 1:
             raise RuntimeError("take_created() is for an engine made with shard=(index, count)")
         out, self.created = self.created, _array.array("Q")
@@ -680,11 +692,12 @@ cdef class Engine:
                 raise MemoryError("the flow table could not take a new entry")
         f = &self.tab.flows[slot]
         if self.shard_count > 1:        # a shard's flow is named by its first packet's number in the input
-            f.id = self.n_packets
+            f.id = self.n_packets << FRAME_FLOW_BITS | self.frame_flows     # and its place among its flows
             self.created.append(f.id)
         else:
             f.id = self.next_id
             self.next_id += 1
+        self.frame_flows += 1
         f.first_ts = pk.ts
         f.last_ts = pk.ts
         f.active_ts = self.now
@@ -810,8 +823,24 @@ cdef class Engine:
         pk.verify_checksums = self.verify_checksums
         self.verdict = VERDICT_FORWARD
         self.n_packets += 1
+        self.frame_flows = 0
         self.n_bytes += pk.wirelen
         r = parse_packet(pk, linktype, &self.frags, &self.frag_done, &reason)
+        while self.take_packet(pk, r, reason) and self.verdict != VERDICT_DROP:
+            r = parse_udp_tunnel(pk, &self.frags, &self.frag_done, &reason)
+            if r == P_NO_TUNNEL:
+                break
+            self.n_tunneled += 1
+        self.release_fragment()
+        if self.verdict == VERDICT_DROP:
+            self.n_dropped += 1
+        return self.verdict
+
+    @cython.boundscheck(False)
+    @cython.wraparound(False)
+    cdef int take_packet(self, pkt_t *pk, int r, int reason) except -1:
+        """Follow what parsing found (its flow's packet, or a count); whether it is a UDP datagram
+        taken, which may carry a tunnel's packet."""
         if self.frags.new_expired or self.frags.new_evicted:
             self.fragment_drops()
         if r == P_OK and self.verify_checksums and not checksums_ok(pk):
@@ -842,10 +871,7 @@ cdef class Engine:
             self.n_non_ip += 1
         elif r == P_OTHER:
             self.n_other += 1
-        self.release_fragment()
-        if self.verdict == VERDICT_DROP:
-            self.n_dropped += 1
-        return self.verdict
+        return r == P_OK and pk.proto == 17
 
     cdef inline void translate_in(self, pkt_t *pk) noexcept:
         """Before the lookup: a reply to a flow's outer tuple becomes the flow's server's packet."""
@@ -1492,6 +1518,6 @@ cdef class Engine:
             client_packets=self.side_packets[0], server_packets=self.side_packets[1],
             client_payload_bytes=self.side_payload[0], server_payload_bytes=self.side_payload[1],
             translations=self.xt.count, translated_packets=self.xt.translated,
-            untranslatable=self.xt.untranslatable,
+            untranslatable=self.xt.untranslatable, tunneled_packets=self.n_tunneled,
             event_memory=self.em.log.memory, event_memory_peak=self.em.log.peak,
             max_event_memory=self.max_event_memory, event_pauses=self.n_pauses)

@@ -475,11 +475,17 @@ cdef class PacketView:
     @property
     def ttl(self):
         """IPv4 time to live or IPv6 hop limit as captured (of the last fragment, for a datagram
-        rebuilt from fragments)."""
+        rebuilt from fragments; of the inner packet, for one found inside a tunnel)."""
         if not self._packet():
             return None
         cdef const pkt_t *pk = &self._eng().pk
-        return pk.frame[pk.l3_off + (8 if pk.family == 4 else 7)]
+        return pk.l3[8 if pk.family == 4 else 7]
+
+    @property
+    def tunnels(self):
+        """How many tunnels the packet was found in (0: none; see README, "Tunnels"): its fields are
+        the innermost packet's."""
+        return self._eng().pk.tunnels if self._packet() else None
 
     @property
     def src(self):
@@ -545,5 +551,6 @@ cdef class PacketView:
             raise ValueError(f"{dst} is not an IPv{pk.family} address like the packet's")
         if rewrite_packet(pk, sa if src is not None else NULL, da if dst is not None else NULL,
                           -1 if sport is None else sport, -1 if dport is None else dport) < 0:
-            raise RuntimeError("this packet has no transport header in its frame (an IP fragment); "
+            raise RuntimeError("this packet has no transport header of its own in its frame (an IP fragment), "
+                               "or is inside a tunnel whose checksums would cover the change; "
                                "it cannot be rewritten in place")

@@ -1,8 +1,8 @@
 # Frame parsing: the link layer (Ethernet and 802.3 LLC/SNAP, raw IP, Linux SLL/SLL2, BSD loopback,
 # PPP, Cisco HDLC, FDDI, 802.11 and radiotap, NFLOG, pflog), VLAN/QinQ, PPPoE, MPLS, IPv4 (options),
 # IPv6 (extension headers), TCP (options) and UDP; IP fragments go to the fragment table (frag.pxi),
-# and a completed datagram is parsed on from its reassembled payload. Pure C: no Python objects are
-# touched.
+# and a completed datagram is parsed on from its reassembled payload; a tunnel's packet is looked
+# through (tunnel.pxi). Pure C: no Python objects are touched.
 
 
 cdef inline uint32_t sum16(const uint8_t *p, uint32_t n, uint32_t acc) noexcept nogil:
@@ -71,6 +71,48 @@ cdef int llc_snap(const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et) noe
     return 0
 
 
+cdef int ethernet_header(pkt_t *pk, const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et) noexcept nogil:
+    """An Ethernet header at ``off``, its VLAN and QinQ tags (kept in ``pk.vlan``), and the LLC
+    header of an 802.3 frame. Returns 0, or -1 when the frame ends inside them."""
+    cdef uint32_t o = off[0]
+    if n < o + 14:
+        return -1
+    et[0] = rd16(f + o + 12)
+    o += 14
+    while et[0] == 0x8100 or et[0] == 0x88a8 or et[0] == 0x9100:
+        if n < o + 4:
+            return -1
+        if pk.nvlan < MAX_VLAN:
+            pk.vlan[pk.nvlan] = rd16(f + o) & 0x0fff
+            pk.nvlan += 1
+        et[0] = rd16(f + o + 2)
+        o += 4
+    off[0] = o
+    if et[0] <= 1500:                   # an 802.3 length: an LLC header follows
+        return llc_snap(f, n, off, et)
+    return 0
+
+
+cdef int shim_layers(const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et) noexcept nogil:
+    """What may sit between a link header (or a tunnel's) and IP: a PPPoE session's header and
+    its PPP protocol, or an MPLS label stack to its bottom entry (then IP by its version).
+    Returns 0, or -1 when the frame ends inside them."""
+    cdef uint32_t o = off[0]
+    if et[0] == 0x8864:
+        off[0] = o + 6
+        return ppp_header(f, n, off, et)
+    if et[0] == 0x8847 or et[0] == 0x8848:
+        while True:
+            if n < o + 5:
+                return -1
+            o += 4
+            if f[o - 2] & 1:
+                break
+        et[0] = 0x0800 if (f[o] >> 4) == 4 else (0x86dd if (f[o] >> 4) == 6 else 0)
+        off[0] = o
+    return 0
+
+
 cdef int ieee80211_header(const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et) noexcept nogil:
     """An 802.11 MAC header at ``off``, then its LLC. Only a data frame that carries data, is not
     protected (encrypted), is no fragment of an MSDU and no A-MSDU can hold an IP packet; the rest
@@ -136,22 +178,7 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
     cdef uint32_t fam
     cdef int cut = 0
     if linktype == LT_ETHERNET:
-        if n < 14:
-            reason[0] = MAL_TRUNCATED_L2
-            return P_MALFORMED
-        et = rd16(f + 12)
-        off = 14
-        while et == 0x8100 or et == 0x88a8 or et == 0x9100:
-            if n < off + 4:
-                reason[0] = MAL_TRUNCATED_L2
-                return P_MALFORMED
-            if pk.nvlan < MAX_VLAN:
-                pk.vlan[pk.nvlan] = rd16(f + off) & 0x0fff
-                pk.nvlan += 1
-            et = rd16(f + off + 2)
-            off += 4
-        if et <= 1500:                  # an 802.3 length: an LLC header follows
-            cut = llc_snap(f, n, &off, &et)
+        cut = ethernet_header(pk, f, n, &off, &et)
     elif linktype == LT_RAW or linktype == LT_RAW_OLD or linktype == LT_RAW_BSD or linktype == LT_IPV4 or linktype == LT_IPV6:
         if n < 1:
             reason[0] = MAL_TRUNCATED_L2
@@ -211,23 +238,9 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
     else:
         reason[0] = MAL_UNKNOWN_LINKTYPE
         return P_MALFORMED
-    if cut:
+    if cut or shim_layers(f, n, &off, &et):
         reason[0] = MAL_TRUNCATED_L2
         return P_MALFORMED
-    if et == 0x8864:                    # a PPPoE session: its 6-byte header, then the PPP protocol
-        off += 6
-        if ppp_header(f, n, &off, &et):
-            reason[0] = MAL_TRUNCATED_L2
-            return P_MALFORMED
-    elif et == 0x8847 or et == 0x8848:  # MPLS: the label stack to its bottom entry, then IP by its version
-        while True:
-            if n < off + 5:
-                reason[0] = MAL_TRUNCATED_L2
-                return P_MALFORMED
-            off += 4
-            if f[off - 2] & 1:
-                break
-        et = 0x0800 if (f[off] >> 4) == 4 else (0x86dd if (f[off] >> 4) == 6 else 0)
     if et != 0x0800 and et != 0x86dd:
         return P_NOT_IP
     l3off[0] = off
@@ -489,6 +502,7 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
     else:
         avail = tot        # drop Ethernet padding
     pk.family = 4
+    pk.l3 = p
     memcpy(pk.src, p + 12, 4)
     memcpy(pk.dst, p + 16, 4)
     pk.proto = p[9]
@@ -499,16 +513,18 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
             return r
     fo = rd16(p + 6)
     if fo & 0x3fff:
-        if pk.proto != 6 and pk.proto != 17:
+        if not followed(pk.proto):
             return P_OTHER
         if frags == NULL:
             return P_HELD
+        if done[0] != NULL:
+            return P_OTHER      # inside a tunnel's datagram rebuilt from fragments: not followed
         r = frag_input(frags, pk, pk.proto, rd16(p + 4), (fo & 0x1fff) * 8, p + ihl, avail - ihl,
                        fo & 0x2000, ihl, done, reason)
         if r != P_OK:
             return r
-        return parse_l4(pk, done[0].data, done[0].total, reason)
-    return parse_l4(pk, p + ihl, avail - ihl, reason)
+        return parse_transport(pk, done[0].data, done[0].total, frags, done, reason)
+    return parse_transport(pk, p + ihl, avail - ihl, frags, done, reason)
 
 
 cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, frag_t **done,
@@ -532,6 +548,7 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
     else:
         avail = tot
     pk.family = 6
+    pk.l3 = p
     memcpy(pk.src, p + 8, 16)
     memcpy(pk.dst, p + 24, 16)
     pk.ip_len = tot
@@ -540,7 +557,7 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
         return r
     if nh != 44:
         pk.proto = nh
-        return parse_l4(pk, p + 40 + skip, avail - 40 - skip, reason)
+        return parse_transport(pk, p + 40 + skip, avail - 40 - skip, frags, done, reason)
     if 40 + skip + 8 > avail:
         reason[0] = MAL_BAD_IPV6_EXTENSION
         return P_MALFORMED
@@ -552,9 +569,11 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
         if r != P_OK:
             return r
         pk.proto = nh
-        return parse_l4(pk, fh + 8 + hl, avail - 40 - skip - 8 - hl, reason)
+        return parse_transport(pk, fh + 8 + hl, avail - 40 - skip - 8 - hl, frags, done, reason)
     if frags == NULL:
         return P_HELD
+    if done[0] != NULL:
+        return P_OTHER          # inside a tunnel's datagram rebuilt from fragments: not followed
     r = frag_input(frags, pk, fnh, rd32(fh + 4), fo & 0xfff8, fh + 8, avail - 40 - skip - 8, fo & 1,
                    40 + skip, done, reason)
     if r != P_OK:
@@ -563,7 +582,7 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
     if r != P_OK:
         return r
     pk.proto = nh
-    return parse_l4(pk, done[0].data + hl, done[0].total - hl, reason)
+    return parse_transport(pk, done[0].data + hl, done[0].total - hl, frags, done, reason)
 
 
 cdef int parse_packet(pkt_t *pk, uint16_t linktype, fragtab_t *frags, frag_t **done,
@@ -576,10 +595,17 @@ cdef int parse_packet(pkt_t *pk, uint16_t linktype, fragtab_t *frags, frag_t **d
     cdef int r = parse_link(pk, linktype, &off, &et, reason)
     if r != P_OK:
         return r
-    pk.l3_off = off
+    return parse_network(pk, et, pk.frame + off, pk.caplen - off, frags, done, reason)
+
+
+cdef int parse_network(pkt_t *pk, uint16_t et, const uint8_t *p, uint32_t n, fragtab_t *frags,
+                       frag_t **done, int *reason) noexcept nogil:
+    """The packet of ethertype ``et`` at p (n bytes): IPv4 or IPv6, else P_NOT_IP."""
     if et == 0x0800:
-        return parse_ipv4(pk, pk.frame + off, pk.caplen - off, frags, done, reason)
-    return parse_ipv6(pk, pk.frame + off, pk.caplen - off, frags, done, reason)
+        return parse_ipv4(pk, p, n, frags, done, reason)
+    if et == 0x86dd:
+        return parse_ipv6(pk, p, n, frags, done, reason)
+    return P_NOT_IP
 
 
 cdef bint checksums_ok(const pkt_t *pk) noexcept nogil:

@@ -29,9 +29,10 @@ cdef int rewrite_packet(pkt_t *pk, const uint8_t *src, const uint8_t *dst, int s
 
     Updates the IPv4 header checksum and the TCP/UDP checksum (an IPv4 UDP checksum of 0 stays
     0). Returns 0, or -1 when the packet cannot be rewritten in place (no transport header in
-    the frame: a datagram reassembled from fragments, or a non-first fragment).
+    the frame: a datagram reassembled from fragments, or a non-first fragment; or a packet
+    inside a tunnel, whose outer checksums, GRE's or UDP's, may cover it).
     """
-    cdef uint8_t *ip = <uint8_t *>pk.frame + pk.l3_off
+    cdef uint8_t *ip = <uint8_t *>pk.l3
     cdef uint8_t *l4 = <uint8_t *>pk.l4
     cdef uint32_t alen = 4 if pk.family == 4 else 16
     cdef uint32_t so = 12 if pk.family == 4 else 8
@@ -40,7 +41,7 @@ cdef int rewrite_packet(pkt_t *pk, const uint8_t *src, const uint8_t *dst, int s
     cdef uint8_t nb[2]
     cdef uint8_t *ck
     cdef bint udp = pk.proto == 17
-    if pk.reassembled or l4 == NULL or l4 < pk.frame or l4 + (8 if udp else 20) > pk.frame + pk.caplen:
+    if pk.reassembled or pk.tunnels or l4 == NULL or l4 < pk.frame or l4 + (8 if udp else 20) > pk.frame + pk.caplen:
         return -1
     if src != NULL:
         addr_delta += csum_delta(ip + so, src, alen)

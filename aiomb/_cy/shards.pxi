@@ -122,7 +122,8 @@ cdef uint16_t frame_shard(const uint8_t *data, uint32_t caplen, uint32_t wirelen
     """The shard whose engine tracks the frame's flow, as Engine.process_frame decides it (the
     same parse and hash); SHARD_ALL for a frame every engine must see: an IP fragment (each
     engine reassembles), a frame that is not a TCP or UDP packet, or a malformed one (each
-    counts it alike)."""
+    counts it alike), and a UDP tunnel's datagram (its flow and the one inside may be two
+    engines'; each counts the packet inside alike)."""
     cdef pkt_t pk
     cdef int reason = 0
     memset(&pk, 0, sizeof(pkt_t))
@@ -134,6 +135,8 @@ cdef uint16_t frame_shard(const uint8_t *data, uint32_t caplen, uint32_t wirelen
     if parse_packet(&pk, linktype, NULL, NULL, &reason) != P_OK:
         return SHARD_ALL
     if verify and not checksums_ok(&pk):
+        return SHARD_ALL
+    if pk.proto == 17 and udp_tunnel_port(&pk):
         return SHARD_ALL
     return <uint16_t>shard_of(&pk, vlan_in_key, count)
 

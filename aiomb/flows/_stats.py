@@ -145,6 +145,12 @@ class EngineStatistics:
     ``translated_packets`` the packets such a binding applied to (the server's before the
     lookup, the client's after the hooks), ``untranslatable`` the writable frames it could not
     rewrite in place (a datagram reassembled from IP fragments), which were dropped.
+    ``tunneled_packets`` counts the packets found inside a UDP tunnel's datagram (VXLAN, Geneve,
+    Teredo, GTP-U, AYIYA): the datagram is its UDP flow's packet and the packet inside is followed
+    too, counted once more (in ``tcp_packets``, ``udp_packets``, ``non_ip``, ``other_protocol`` or
+    ``malformed``), so that ``tcp_packets + udp_packets + non_ip + other_protocol + malformed_total
+    + fragments_received - fragments_reassembled == packets + tunneled_packets``. (A packet inside
+    IP-in-IP or GRE is the frame's only packet: the outer one makes no flow.)
     ``event_memory`` is what the events logged and not yet handed to a dispatcher hold (their
     records, Event values and the bytes and figures they carry), ``event_memory_peak`` the most it
     ever held (at most ``max_event_memory``), ``event_pauses`` how many times processing stopped
@@ -192,6 +198,7 @@ class EngineStatistics:
     translations: int = 0           # flows bound to an outer tuple now (Flow.translate)
     translated_packets: int = 0     # packets a binding applied to, either way
     untranslatable: int = 0         # writable frames a binding could not rewrite in place (dropped)
+    tunneled_packets: int = 0       # packets found inside a UDP tunnel's datagram (counted twice)
     event_memory: int = 0           # what the events logged and not yet delivered hold
     event_memory_peak: int = 0
     max_event_memory: int = 0

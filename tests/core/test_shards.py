@@ -9,7 +9,7 @@ import pytest
 
 import aiomb
 from aiomb import FlowRecords, FrameBatch
-from aiomb._core import CaptureReader, ShardRing
+from aiomb._core import CaptureReader, ShardRing, last_flow_id
 from aiomb.testing import TcpConversation, ipv4_fragments, tcp_frame, udp_frame, write_pcap
 
 OPTIONS = dict(midstream=True, reassembly=True, tcp_syn_timeout=2.0, tcp_established_timeout=3.0,
@@ -123,9 +123,9 @@ def test_a_shard_names_flows_by_their_first_packets_number():
     frames = traffic(flows=20)
     single = aiomb.Engine(**OPTIONS)
     single.keep_records()
-    firsts = []                     # the number of each flow's first packet, flow 1 first
+    firsts = []                     # the id of each flow's first packet's first flow, flow 1 first
     for kind in (aiomb.EventKind.CONN_START, aiomb.EventKind.UDP_START):
-        single.add_handler(kind, lambda packet: firsts.append(single.packets))
+        single.add_handler(kind, lambda packet: firsts.append(last_flow_id(single.packets - 1) + 1))
     for ts, frame in frames:
         single.feed(frame, ts)
     single.finish()
