@@ -111,7 +111,8 @@ cdef int parse_udp_tunnel(pkt_t *pk, fragtab_t *frags, frag_t **done, int *reaso
     """The packet inside the UDP datagram just parsed into ``pk`` (overwriting its fields), or
     P_NO_TUNNEL when the datagram is not a tunnel's: VXLAN (RFC 7348: to port 4789, the I flag
     set), Geneve (RFC 8926: to port 6081, version 0), Teredo (RFC 4380: from or to port 3544; an
-    authentication and an origin indication may come first; an IPv6 packet that fills the rest),
+    authentication and an origin indication may come first; then an IPv6 packet, which bytes may
+    follow, as after a bubble),
     GTP-U (3GPP TS 29.281: from or to port 2152, a G-PDU, its extension headers) and AYIYA (from or
     to port 5072, forwarding IPv4 or IPv6)."""
     cdef const uint8_t *p = pk.payload
@@ -140,7 +141,7 @@ cdef int parse_udp_tunnel(pkt_t *pk, fragtab_t *frags, frag_t **done, int *reaso
             hl = 13 + <uint32_t>p[2] + p[3]
         if n >= hl + 2 and p[hl] == 0 and p[hl + 1] == 0:
             hl += 8
-        if n < hl + 40 or (p[hl] >> 4) != 6 or 40 + <uint32_t>rd16(p + hl + 4) != n - hl:
+        if n < hl + 40 or (p[hl] >> 4) != 6 or 40 + <uint32_t>rd16(p + hl + 4) > n - hl:
             return P_NO_TUNNEL
         return enter_tunnel(pk, 0x86dd, p + hl, n - hl, frags, done, reason)
     if pk.sport == 2152 or pk.dport == 2152:

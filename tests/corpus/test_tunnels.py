@@ -64,6 +64,8 @@ CAPTURES = {
     ZEEK + "tunnels/geneve-tagged-udp-packet.pcap": "Geneve, VLAN inside",
     ZEEK + "tunnels/geneve-arp.pcap": "Geneve, ARP inside (0x0806)",
     ZEEK + "tunnels/Teredo.pcap": "Teredo",
+    ZEEK + "tunnels/teredo_bubble_with_payload.pcap": "Teredo, a bubble with bytes after its IPv6 header",
+    ZEEK + "tunnels/gtp/gtp8_teredo.pcap": "Teredo inside GTP-U, bubbles with bytes after them",
     ZEEK + "tunnels/gtp/gtp6_gtp_0x32.pcap": "GTP-U, some with S",
     ZEEK + "tunnels/gtp/gtp7_ipv6.pcap": "GTP-U, IPv6 inside",
     ZEEK + "tunnels/gtp/gtp_ext_header.pcap": "GTP-U with an extension header, in two outer IP fragments",
@@ -128,14 +130,14 @@ def tunnel_at(layers, i) -> str | None:
 
 def header_followed(name, udp, header, inner) -> bool:
     """Whether the semantics follow the UDP tunnel header tshark went through: VXLAN with its I flag,
-    Geneve version 0, Teredo whose IPv6 packet ends where the datagram does, GTP-U's G-PDU (version 1,
+    Geneve version 0, Teredo whose IPv6 packet fits the datagram, GTP-U's G-PDU (version 1,
     PT 1, type 255), AYIYA forwarding IPv4 or IPv6."""
     if name == "vxlan":
         return header.get("vxlan.flag_i") == "1"
     if name == "geneve":
         return header.get("geneve.version") == "0"
     if name == "teredo":
-        return inner.pos + 40 + int(inner.fields["ipv6.plen"]) == udp.pos + int(udp.fields["udp.length"])
+        return inner.pos + 40 + int(inner.fields["ipv6.plen"]) <= udp.pos + int(udp.fields["udp.length"])
     if name == "gtp":
         return int(header["gtp.flags"], 16) & 0xF0 == 0x30 and int(header["gtp.message"], 16) == 255
     return int(header["ayiya.opcode"], 16) == 1 and int(header["ayiya.nextheader"], 16) in (4, 41)
