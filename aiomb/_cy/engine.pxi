@@ -134,7 +134,8 @@ cdef class Engine:
     cdef uint64_t next_id
     cdef readonly uint32_t shard_index  # this engine tracks the flows whose key hashes to its shard
     cdef readonly uint32_t shard_count
-    cdef uint32_t frame_flows       # the flows the current frame has made (a UDP tunnel's: more than one)
+    cdef uint32_t frame_place       # the current packet's place among its frame's TCP/UDP packets (a UDP
+                                    # tunnel's datagram, then the one inside: tunnel.pxi), in every shard
     cdef object created             # shards: the ids of the flows created since take_created()
     cdef idle_t *idle               # an expiry pass's flows, and room for idle_cap of them
     cdef uint32_t idle_cap
@@ -519,8 +520,8 @@ cdef class Engine:
 
     def take_created(self):
         """A shard's flows created since the last call: their ids (the number of their first
-        packet in the input, shifted left by ``FRAME_FLOW_BITS``, plus their place among the flows
-        that packet made: a UDP tunnel's datagram makes its own and the one inside), rising, as an
+        packet in the input, shifted left by ``FRAME_FLOW_BITS``, plus that packet's place among
+        its frame's TCP and UDP packets: a UDP tunnel's datagram 0, the one inside 1), rising, as an
         ``array('Q')``. Merging shards numbers the flows of the whole input by them."""
         if self.shard_count == 1:
             raise RuntimeError("take_created() is for an engine made with shard=(index, count)")
@@ -692,12 +693,11 @@ cdef class Engine:
                 raise MemoryError("the flow table could not take a new entry")
         f = &self.tab.flows[slot]
         if self.shard_count > 1:        # a shard's flow is named by its first packet's number in the input
-            f.id = self.n_packets << FRAME_FLOW_BITS | self.frame_flows     # and its place among its flows
+            f.id = self.n_packets << FRAME_FLOW_BITS | self.frame_place     # and its place in the frame
             self.created.append(f.id)
         else:
             f.id = self.next_id
             self.next_id += 1
-        self.frame_flows += 1
         f.first_ts = pk.ts
         f.last_ts = pk.ts
         f.active_ts = self.now
@@ -823,7 +823,7 @@ cdef class Engine:
         pk.verify_checksums = self.verify_checksums
         self.verdict = VERDICT_FORWARD
         self.n_packets += 1
-        self.frame_flows = 0
+        self.frame_place = 0
         self.n_bytes += pk.wirelen
         r = parse_packet(pk, linktype, &self.frags, &self.frag_done, &reason)
         while self.take_packet(pk, r, reason) and self.verdict != VERDICT_DROP:
@@ -863,6 +863,7 @@ cdef class Engine:
             if self.xt.count and self.cur_slot >= 0 and self.cur_side == 0 \
                     and self.tab.flows[self.cur_slot].fflags & FF_TRANSLATED:
                 self.translate_out(pk)
+            self.frame_place += 1
         elif r == P_MALFORMED:
             self.malformed[reason] += 1
             if self.em.wants(EV_ERROR):

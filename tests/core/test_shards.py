@@ -83,6 +83,27 @@ def test_the_shards_records_merge_into_one_engines(count):
     assert {"timeout", "fin", "end_of_capture"} <= reasons          # the traffic tests every way out
 
 
+def vxlan(frame, tunnel):
+    """``frame`` (Ethernet) inside a VXLAN datagram between two tunnel endpoints (RFC 7348)."""
+    return udp_frame(f"192.0.2.{tunnel}", "192.0.2.200", 4789, 4789, b"\x08\x00\x00\x00\x00\x00\x01\x00" + frame)
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_a_udp_tunnels_flow_and_the_one_inside_merge_in_one_engines_order(count):
+    """A VXLAN datagram makes two flows (its own first, then the one inside), which may be two
+    shards': each names its flow by the datagram's number and its place in the frame, so that the
+    merge numbers them as one engine does. Some tunnels start with the inner flow's first packet."""
+    frames = []
+    for i, (ts, frame) in enumerate(traffic(flows=30)):
+        frames.append((ts, vxlan(frame, i % 4) if i % 3 else frame))
+    _, one, _ = run(frames)
+    parts = [run(frames, shard=(k, count)) for k in range(count)]
+    assert len({one[i]["client_ip"] for i in range(len(one)) if one[i]["server_port"] == 4789}) == 4
+    merged = merge(parts)
+    assert bytes(memoryview(merged)) == bytes(memoryview(one))
+    assert [merged[i]["flow"] for i in range(len(merged))] == [one[i]["flow"] for i in range(len(one))]
+
+
 def unordered(frames, seed):
     """The frames with stamps out of order, as merged or multi-queue captures have them: some a
     little late or early, some far behind the clock, some far ahead of it (which times out
