@@ -321,8 +321,8 @@ def cmd_flows(args) -> int:
         bar.draw(*source.progress(), final=True)
     if writer is not None:
         writer.close()
-    # No workers' figures: a worker or the port failed, or the input failed before they started.
-    lost = args.workers > 1 and (not run.opened or isinstance(error, (WorkerError, PortError)))
+    # No figures: the input failed before it opened (nothing was read), or a worker or the port failed.
+    lost = not run.opened or (args.workers > 1 and isinstance(error, (WorkerError, PortError)))
     if live and run.opened and not lost:
         st = run.port_statistics() if args.workers > 1 else source.statistics()
         print(f"aiomb: {args.iface}: {st.received} frames received, {st.ring_drops} dropped by "
