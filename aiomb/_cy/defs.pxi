@@ -202,7 +202,8 @@ ctypedef struct pkt_t:
     uint32_t ip_len         # IP total length (IPv6: 40 + payload length)
     const uint8_t *l3       # the IP header (in the frame, or in a datagram reassembled from fragments)
     const uint8_t *l4
-    uint32_t l4len
+    uint32_t l4len          # the transport header and payload (UDP: its length, captured or not)
+    uint32_t uncaptured     # the IP packet's bytes the capture's snaplen cut off (0: all there)
     const uint8_t *payload
     uint32_t paylen
     uint32_t seq

@@ -1069,9 +1069,9 @@ cdef class Engine:
         s = &f.side[side]
         s.packets += 1
         s.ip_bytes += pk.ip_len
-        s.payload_bytes += pk.paylen
+        s.payload_bytes += pk.l4len - 8         # its UDP length's: captured or not (pk.paylen)
         self.side_packets[side] += 1
-        self.side_payload[side] += pk.paylen
+        self.side_payload[side] += pk.l4len - 8
         f.last_ts = pk.ts
         if self.conn_history:
             if created:

@@ -316,15 +316,15 @@ cdef int parse_l4(pkt_t *pk, const uint8_t *p, uint32_t n, int *reason) noexcept
             return P_MALFORMED
         ulen = rd16(p + 4)
         if ulen == 0 and pk.family == 6:
-            ulen = n                    # as Linux's udp6 takes it: all of the payload (a jumbogram's rule)
-        if ulen < 8 or ulen > n:
+            ulen = n + pk.uncaptured    # as Linux's udp6 takes it: all of the payload (a jumbogram's rule)
+        if ulen < 8 or ulen > n + pk.uncaptured:
             reason[0] = MAL_BAD_UDP_LENGTH
             return P_MALFORMED
         pk.l4len = ulen                 # the datagram; bytes after it are not its (Linux trims them)
         pk.sport = rd16(p)
         pk.dport = rd16(p + 2)
         pk.payload = p + 8
-        pk.paylen = ulen - 8
+        pk.paylen = (ulen if ulen <= n else n) - 8      # what was captured of it
         return P_OK
     return P_OTHER
 
@@ -501,6 +501,7 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
         avail = n          # cut by the capture's snaplen: keep what was captured
     else:
         avail = tot        # drop Ethernet padding
+    pk.uncaptured = tot - avail
     pk.family = 4
     pk.l3 = p
     if pk.tunnels:                      # inside IPv6: no byte of its addresses may stay
@@ -526,6 +527,7 @@ cdef int parse_ipv4(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
                        fo & 0x2000, ihl, done, reason)
         if r != P_OK:
             return r
+        pk.uncaptured = 0       # the datagram is what its fragments brought
         return parse_transport(pk, done[0].data, done[0].total, frags, done, reason)
     return parse_transport(pk, p + ihl, avail - ihl, frags, done, reason)
 
@@ -550,6 +552,7 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
         avail = n
     else:
         avail = tot
+    pk.uncaptured = tot - avail
     pk.family = 6
     pk.l3 = p
     memcpy(pk.src, p + 8, 16)
@@ -581,6 +584,7 @@ cdef int parse_ipv6(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, f
                    40 + skip, done, reason)
     if r != P_OK:
         return r
+    pk.uncaptured = 0           # the datagram is what its fragments brought
     r = walk_ipv6_ext(pk, done[0].proto, done[0].data, done[0].total, 0, &hl, &nh, reason)
     if r != P_OK:
         return r

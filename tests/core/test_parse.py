@@ -20,7 +20,11 @@ from aiomb.testing import (
     tcp_frame,
     tcp_options,
     udp_frame,
+    write_pcap,
 )
+
+from aiomb import FrameBatch
+from aiomb._core import CaptureReader
 
 from .events_helpers import run
 
@@ -74,6 +78,34 @@ def test_an_ipv4_total_length_of_zero_is_the_captured_length_unless_checksums_ar
     assert [e[:2] for e in events] == [("NEW_DATA", "CLIENT"), ("NEW_DATA", "SERVER")]
     engine, _ = run(frames, checksums="verify")
     assert (one_flow(engine).statistics().client.payload_bytes, engine.statistics().malformed_total) == (0, 1)
+
+
+@pytest.mark.parametrize("src, dst", [("10.0.0.1", "10.0.0.2"), ("2001:db8::1", "2001:db8::2")])
+def test_a_udp_datagram_cut_by_the_snaplen_is_taken_whole_in_its_counts(tmp_path, src, dst):
+    """A capture of headers only (``tcpdump -s 120``) cuts datagrams short: each is still its flow's,
+    its payload counted by its UDP length (as Zeek counts it), what was captured of it the bytes a
+    handler reads; a VXLAN datagram cut so still carries its packet. A UDP length past the IP
+    payload's stays malformed."""
+    vxlan = b"\x08\x00\x00\x00\x00\x00\x01\x00" + udp_frame("192.168.0.1", "192.168.0.2", 7000, 53, b"v" * 300)
+    header = 14 + (20 if "." in src else 40) + 8
+    lying = bytearray(udp_frame(src, dst, 5002, 53, b"x" * 100))
+    lying[header - 4:header - 2] = (200).to_bytes(2, "big")     # a UDP length past the IP payload
+    frames = [(1.0, udp_frame(src, dst, 5000, 53, b"q" * 100)), (1.1, udp_frame(dst, src, 53, 5000, b"a" * 200)),
+              (1.2, udp_frame(src, dst, 5001, 4789, vxlan)), (1.3, bytes(lying))]
+    path = tmp_path / "cut.pcap"
+    write_pcap(path, frames, snaplen=120)
+    engine = aiomb.Engine()
+    seen = []
+    engine.add_handler(EventKind.PACKET_IN, lambda p: seen.append((p.dport, len(p.payload))))
+    batch = FrameBatch(16)
+    with CaptureReader(path) as reader:
+        while reader.fill(batch):
+            engine.process(batch)
+    assert seen == [(53, 120 - header), (5000, 120 - header), (4789, 120 - header), (53, 120 - header - 50)]
+    got = [(f.key.proto.name, f.key.server_port, f.statistics()) for f in engine.flows()]
+    assert [(proto, port, st.client.payload_bytes, st.server.payload_bytes) for proto, port, st in got] == [
+        ("UDP", 53, 100, 200), ("UDP", 4789, len(vxlan), 0), ("UDP", 53, 300, 0)]
+    assert dict(engine.statistics().malformed) == {"bad_udp_length": 1}
 
 
 def test_non_ip_and_other_protocols_are_counted_not_tracked():
