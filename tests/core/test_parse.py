@@ -8,7 +8,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 import aiomb
-from aiomb import EventKind
+from aiomb import EventKind, FrameBatch
+from aiomb._core import CaptureReader
 from aiomb.testing import (
     TcpConversation,
     ethernet_frame,
@@ -22,9 +23,6 @@ from aiomb.testing import (
     udp_frame,
     write_pcap,
 )
-
-from aiomb import FrameBatch
-from aiomb._core import CaptureReader
 
 from .events_helpers import run
 
