@@ -1,6 +1,6 @@
 # Tunnels: the packet inside another. IP-in-IP (protocols 4 and 41) and GRE (47; ERSPAN, transparent
 # Ethernet bridging, MPLS; version 1, PPTP's) are looked through during the parse: the frame is the
-# inner packet's, the outer one makes no flow. A UDP tunnel (VXLAN, Geneve, Teredo, GTP-U, AYIYA) is
+# inner packet's, the outer one makes no flow. A UDP tunnel (VXLAN, GRE, Geneve, Teredo, GTP-U, AYIYA) is
 # a UDP flow of its own first: the engine follows its datagram, then asks parse_udp_tunnel for the
 # packet inside and follows that too (Engine.process_frame). As tshark, Zeek and Suricata do, an
 # inner flow is keyed by its own addresses and ports. Pure C: no Python objects are touched.
@@ -55,11 +55,18 @@ cdef inline int cut_tunnel(int *reason) noexcept nogil:
     return P_MALFORMED
 
 
+cdef inline bint aruba_type(uint16_t et) noexcept nogil:
+    """Whether a GRE protocol type is one of Aruba's, which carry 802.11 frames (0x8200 to 0x82f0,
+    0x8300 to 0x8370, 0x9000), as Zeek and Wireshark read them."""
+    return (et & 0xff0f) == 0x8200 or ((et & 0xff0f) == 0x8300 and et <= 0x8370) or et == 0x9000
+
+
 cdef int parse_gre(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, frag_t **done,
                    int *reason) noexcept nogil:
     """A GRE packet at p (n bytes). Version 0 (RFC 2784, the key and sequence number of RFC 2890):
     a checksum, key and sequence number each add 4 bytes; routing (RFC 1701), which Linux drops,
-    is not followed. Its protocol: IPv4, IPv6, MPLS, Ethernet (0x6558), ERSPAN type I (0x88be
+    is not followed. Its protocol: IPv4, IPv6, MPLS, PPP (0x880b), Aruba's 802.11 frames
+    (aruba_type), Ethernet (0x6558), ERSPAN type I (0x88be
     without a sequence number), II (0x88be, an 8-byte header) and III (0x22eb, a 12-byte header
     and an 8-byte platform header when its O flag is set; frame type Ethernet). Version 1 (PPTP,
     RFC 2637): a key always, a sequence and an acknowledgement number when flagged, then PPP;
@@ -84,6 +91,12 @@ cdef int parse_gre(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, fr
     if (flags & 7) != 0 or (flags & 0x4000):
         return P_OTHER
     hl += (4 if flags & 0x8000 else 0) + (4 if flags & 0x2000 else 0) + (4 if flags & 0x1000 else 0)
+    if et == 0x880b or aruba_type(et):
+        if n < hl:
+            return cut_tunnel(reason)
+        if (ppp_header(p, n, &hl, &et) if et == 0x880b else ieee80211_header(p, n, &hl, &et)):
+            return cut_tunnel(reason)
+        return enter_tunnel(pk, et, p + hl, n - hl, frags, done, reason)
     if et == 0x88be and (flags & 0x1000):
         hl += 8
     elif et == 0x22eb:
@@ -103,14 +116,15 @@ cdef int parse_gre(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, fr
 
 cdef inline bint udp_tunnel_port(const pkt_t *pk) noexcept nogil:
     """Whether a UDP datagram's ports are a tunnel's (parse_udp_tunnel looks further)."""
-    return pk.dport == 4789 or pk.dport == 6081 or pk.sport == 3544 or pk.dport == 3544 \
+    return pk.dport == 4789 or pk.dport == 4754 or pk.dport == 6081 or pk.sport == 3544 or pk.dport == 3544 \
         or pk.sport == 2152 or pk.dport == 2152 or pk.sport == 5072 or pk.dport == 5072
 
 
 cdef int parse_udp_tunnel(pkt_t *pk, fragtab_t *frags, frag_t **done, int *reason) noexcept nogil:
     """The packet inside the UDP datagram just parsed into ``pk`` (overwriting its fields), or
     P_NO_TUNNEL when the datagram is not a tunnel's: VXLAN (RFC 7348: to port 4789, the I flag
-    set), Geneve (RFC 8926: to port 6081, version 0), Teredo (RFC 4380: from or to port 3544; an
+    set), GRE in UDP (RFC 8086: to port 4754, GRE version 0 without routing), Geneve (RFC 8926:
+    to port 6081, version 0), Teredo (RFC 4380: from or to port 3544; an
     authentication and an origin indication may come first; then an IPv6 packet, which bytes may
     follow, as after a bubble),
     GTP-U (3GPP TS 29.281: from or to port 2152, a G-PDU, its extension headers) and AYIYA (from or
@@ -125,6 +139,10 @@ cdef int parse_udp_tunnel(pkt_t *pk, fragtab_t *frags, frag_t **done, int *reaso
         if n < 8:
             return cut_tunnel(reason)
         return tunnel_ethernet(pk, p + 8, n - 8, frags, done, reason)
+    if pk.dport == 4754:
+        if n < 4 or (rd16(p) & 0x4007) != 0:
+            return P_NO_TUNNEL
+        return parse_gre(pk, p, n, frags, done, reason)
     if pk.dport == 6081:
         if n == 0 or (p[0] >> 6) != 0:
             return P_NO_TUNNEL

@@ -24,7 +24,7 @@ from aiomb.testing import TcpConversation, ethernet_frame, internet_checksum, ip
 from .events_helpers import run
 from .test_batch_invariance import run as run_in_batches
 from .test_parse import mpls as mpls_frame
-from .test_parse import pppoe
+from .test_parse import pppoe, wlan
 
 # -- builders ---------------------------------------------------------------------------------------
 
@@ -198,6 +198,12 @@ IP_TUNNELS = [
     ("erspan III with its O flag", 6, lambda p, f: over_ip(47, gre(erspan3(eth(p), o=True), 0x22EB, seq=1), f)),
     ("gre mpls unicast", 4, lambda p, f: over_ip(47, gre(mpls(p, [16]), 0x8847), f)),
     ("gre mpls multicast, three labels", 6, lambda p, f: over_ip(47, gre(mpls(p, [16, 17, 18]), 0x8848), f)),
+    ("gre ppp (version 0)", 4, lambda p, f: over_ip(47, gre(ppp(p), 0x880B, key=5), f)),
+    ("gre ppp (version 0), compressed, ipv6", 6, lambda p, f: over_ip(47, gre(ppp(p, compressed=True), 0x880B), f)),
+    ("aruba gre 0x8210: 802.11", 4, lambda p, f: over_ip(47, gre(wlan(p), 0x8210), f)),
+    ("aruba gre 0x8370: 802.11 qos", 6,
+     lambda p, f: over_ip(47, gre(wlan(p, fc=(0x88, 0x02), qos=b"\x06\x00"), 0x8370), f)),
+    ("aruba gre 0x9000: 802.11", 4, lambda p, f: over_ip(47, gre(wlan(p), 0x9000), f)),
     ("pptp", 4, lambda p, f: over_ip(47, pptp(ppp(p), seq=3, ack=2), f)),
     ("pptp without ff 03", 4, lambda p, f: over_ip(47, pptp(ppp(p, address=False), seq=3), f)),
     ("pptp, protocol compressed", 4, lambda p, f: over_ip(47, pptp(ppp(p, compressed=True), seq=3, ack=9), f)),
@@ -208,6 +214,8 @@ IP_TUNNELS = [
 # Each UDP tunnel: (name, inner IP version, the outer ports (forward), wrap(inner packet) -> UDP payload).
 UDP_TUNNELS = [
     ("vxlan", 4, (4789, 4789), lambda p: vxlan(eth(p))),
+    ("gre in udp", 4, (4754, 4754), lambda p: gre(p, 0x0800)),
+    ("gre in udp, ethernet with a key", 6, (4754, 4754), lambda p: gre(eth(p), 0x6558, key=9)),
     ("vxlan of ipv6 behind a vlan tag", 6, (4789, 4789), lambda p: vxlan(eth(p, (5,)))),
     ("vxlan carrying pppoe", 6, (4789, 4789), lambda p: vxlan(pppoe(p, 0x0057))),
     ("geneve ethernet with options", 4, (6081, 6081), lambda p: geneve(eth(p), 0x6558, options=GENEVE_OPTIONS)),
@@ -319,6 +327,8 @@ NOT_FOLLOWED = [
     ("gre version 7", over_ip(47, gre(SYN4, 0x0800, version=7), True), "other"),
     ("pptp acknowledgement only", over_ip(47, pptp(b"", ack=12), True), "other"),
     ("gre unknown protocol type", over_ip(47, gre(SYN4, 0x88B5), True), "non_ip"),
+    ("gre 0x8380, past aruba's types", over_ip(47, gre(wlan(SYN4), 0x8380), True), "non_ip"),
+    ("aruba gre: a protected 802.11 frame", over_ip(47, gre(wlan(SYN4, fc=(0x08, 0x41)), 0x8200), True), "non_ip"),
     ("gre ethernet carrying arp", over_ip(47, gre(bytes(12) + b"\x08\x06" + bytes(28), 0x6558), True), "non_ip"),
     ("gre mpls not ip", over_ip(47, gre(mpls(bytes(20), [16]), 0x8847), True), "non_ip"),
     ("pptp lcp", over_ip(47, pptp(b"\xff\x03\xc0\x21" + bytes(8), seq=1), True), "non_ip"),
@@ -365,6 +375,8 @@ BUBBLE = ip("2001:0:c000:201::1", "2001:0:c000:202::2", 59, b"")
 ONLY_UDP = [
     ("vxlan without its I flag", (4789, 4789), vxlan(eth(SYN4), flags=0x00)),
     ("vxlan to another port", (4789, 4790), vxlan(eth(SYN4))),
+    ("gre in udp from port 4754", (4754, 40001), gre(SYN4, 0x0800)),
+    ("gre in udp of version 1", (40001, 4754), gre(SYN4, 0x0800, version=1)),
     ("geneve version 1", (6081, 6081), b"\x40" + geneve(SYN4, 0x0800)[1:]),
     ("teredo cut inside its ipv6 payload", (40001, 3544), teredo(SYN6[:-1])),
     ("teredo of ipv4", (40001, 3544), teredo(SYN4)),

@@ -47,6 +47,12 @@ CAPTURES = {
     ZEEK + "tunnels/gre-sample.pcap": "GRE (IPv4 inside)",
     SV + "bug-5633-gre-01/gre-udp.pcap": "GRE (IPv4 inside), VLAN outside",
     ZEEK + "tunnels/gre-within-gre.pcap": "GRE in GRE",
+    ZEEK + "tunnels/gre-over-udp-4754.pcap": "GRE in UDP (port 4754)",
+    SV + "defrag/bug-6942-6887-defrag-eth-ip-gre-ppp-ip-udp-data/eth-ip-gre-ppp-max-ip-packet.pcap":
+        "PPP in GRE version 0; outer IP fragments",
+    ZEEK + "tunnels/gre-aruba.pcap": "Aruba GRE: 802.11 frames inside",
+    ZEEK + "tunnels/gre-aruba-ccmp.pcap": "Aruba GRE: a protected (CCMP) 802.11 frame",
+    ZEEK + "tunnels/gre-aruba-amsdu.pcap": "Aruba GRE: an 802.11 A-MSDU",
     ZEEK + "tunnels/tunnel-direct-bypass.pcap": "GRE, the same flow also not tunnelled",
     ZEEK + "erspan.pcap": "GRE with a key, Ethernet inside (0x6558); outer IP fragments",
     ZEEK + "erspanI.pcap": "ERSPAN type I",
@@ -77,10 +83,11 @@ CAPTURES = {
 
 # The UDP tunnels the semantics follow: the port they are found on (the destination port, or either),
 # and the layers tshark may find first in what they carry (None: any, by the header's protocol type).
-UDP_TUNNELS = {"vxlan": ("dst", 4789, {"eth"}), "geneve": ("dst", 6081, None),
+UDP_TUNNELS = {"vxlan": ("dst", 4789, {"eth"}), "gre": ("dst", 4754, None), "geneve": ("dst", 6081, None),
                "teredo": ("any", 3544, {"ipv6"}), "gtp": ("any", 2152, {"ip", "ipv6"}),
                "ayiya": ("any", 5072, {"ip", "ipv6"})}
-GRE_TYPES = {0: {0x0800, 0x86DD, 0x6558, 0x88BE, 0x22EB, 0x8847, 0x8848}, 1: {0x880B}}
+ARUBA_TYPES = {*range(0x8200, 0x8300, 0x10), *range(0x8300, 0x8380, 0x10), 0x9000}
+GRE_TYPES = {0: {0x0800, 0x86DD, 0x6558, 0x88BE, 0x22EB, 0x8847, 0x8848, 0x880B, *ARUBA_TYPES}, 1: {0x880B}}
 IP_LAYERS = ("ip", "ipv6")
 
 
@@ -130,10 +137,13 @@ def tunnel_at(layers, i) -> str | None:
 
 def header_followed(name, udp, header, inner) -> bool:
     """Whether the semantics follow the UDP tunnel header tshark went through: VXLAN with its I flag,
+    GRE version 0 without routing,
     Geneve version 0, Teredo whose IPv6 packet fits the datagram, GTP-U's G-PDU (version 1,
     PT 1, type 255), AYIYA forwarding IPv4 or IPv6."""
     if name == "vxlan":
         return header.get("vxlan.flag_i") == "1"
+    if name == "gre":
+        return int(header["gre.flags_and_version"], 16) & 0x4007 == 0
     if name == "geneve":
         return header.get("geneve.version") == "0"
     if name == "teredo":
