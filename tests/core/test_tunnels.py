@@ -555,6 +555,22 @@ def test_gre_inside_vxlan_inside_ipv4_reaches_the_innermost_flow():
     assert data == [("NEW_DATA", "CLIENT", REQUEST), ("NEW_DATA", "SERVER", RESPONSE)]
 
 
+def test_a_packet_tells_how_many_tunnels_it_was_found_in():
+    """PacketView.tunnels: 0 for the VXLAN datagram, 2 for the TCP segment in GRE inside it (one
+    for VXLAN, one for GRE), 1 for a segment in IP-in-IP, 0 for a bare one; its fields (addresses,
+    time to live) are the innermost packet's."""
+    syn = conversation(4)[0][2]
+    frames = [over_udp((4789, 4789), vxlan(over_ip(47, gre(syn, 0x0800), True, outer=OUTER6)), True),
+              over_ip(4, syn, True), eth(syn)]
+    engine = aiomb.Engine()
+    seen = []
+    engine.add_handler(EventKind.PACKET_IN, lambda p: seen.append((p.tunnels, str(p.src), p.sport, p.ttl)))
+    for i, frame in enumerate(frames):
+        engine.feed(frame, 1.0 + i)
+    inner = ("10.0.0.1", 40000, syn[8])
+    assert seen == [(0, OUTER4[0], 4789, 64), (2, *inner), (1, *inner), (0, *inner)]
+
+
 def nested(packet, depth):
     """``packet`` in ``depth`` IPv4-in-IPv4 encapsulations (RFC 2003), in an Ethernet frame."""
     for i in range(depth):
