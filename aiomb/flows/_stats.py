@@ -149,7 +149,7 @@ class EngineStatistics:
     Teredo, GTP-U, AYIYA): the datagram is its UDP flow's packet and the packet inside is followed
     too, counted once more (in ``tcp_packets``, ``udp_packets``, ``non_ip``, ``other_protocol`` or
     ``malformed``), so that ``tcp_packets + udp_packets + non_ip + other_protocol + malformed_total
-    + fragments_received - fragments_reassembled == packets + tunneled_packets``. (A packet inside
+    + fragments_received + fragment_duplicates - fragments_reassembled == packets + tunneled_packets``. (A packet inside
     IP-in-IP or GRE is the frame's only packet: the outer one makes no flow.)
     ``event_memory`` is what the events logged and not yet handed to a dispatcher hold (their
     records, Event values and the bytes and figures they carry), ``event_memory_peak`` the most it
