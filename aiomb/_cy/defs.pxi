@@ -217,7 +217,7 @@ ctypedef struct pkt_t:
     uint32_t ts_ecr
     uint8_t bad_options     # its TCP options end at a malformed one (read up to it, as Linux does)
     uint8_t reassembled     # 1: rebuilt from IP fragments (this packet, or a tunnel's packet around it)
-    uint8_t tunnels         # the encapsulations it was found in (parse.pxi: tunnels)
+    uint8_t tunnels         # the encapsulations it was found in (tunnel.pxi)
     uint8_t verify_checksums    # set before parsing: check each IPv4 header's checksum, fragments' too
 
 

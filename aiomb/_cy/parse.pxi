@@ -170,7 +170,8 @@ cdef int nflog_payload(const uint8_t *f, uint32_t n, uint32_t *off, uint16_t *et
 
 
 cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *ethertype, int *reason) noexcept nogil:
-    """Find the network header: returns P_OK with l3off/ethertype set, or P_NOT_IP / P_MALFORMED."""
+    """Find the network header: returns P_OK with l3off/ethertype set (0 for a frame that carries
+    no IP: parse_network says P_NOT_IP), or P_MALFORMED."""
     cdef const uint8_t *f = pk.frame
     cdef uint32_t n = pk.caplen
     cdef uint32_t off = 0
@@ -241,8 +242,6 @@ cdef int parse_link(pkt_t *pk, uint16_t linktype, uint32_t *l3off, uint16_t *eth
     if cut or shim_layers(f, n, &off, &et):
         reason[0] = MAL_TRUNCATED_L2
         return P_MALFORMED
-    if et != 0x0800 and et != 0x86dd:
-        return P_NOT_IP
     l3off[0] = off
     ethertype[0] = et
     return P_OK

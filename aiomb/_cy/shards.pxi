@@ -136,7 +136,7 @@ cdef uint16_t frame_shard(const uint8_t *data, uint32_t caplen, uint32_t wirelen
         return SHARD_ALL
     if verify and not checksums_ok(&pk):
         return SHARD_ALL
-    if pk.proto == 17 and udp_tunnel_port(&pk):
+    if pk.proto == 17 and parse_udp_tunnel(&pk, NULL, NULL, &reason) != P_NO_TUNNEL:
         return SHARD_ALL
     return <uint16_t>shard_of(&pk, vlan_in_key, count)
 

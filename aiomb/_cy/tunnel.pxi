@@ -7,7 +7,7 @@
 
 cdef enum:
     MAX_TUNNELS = 8         # encapsulations followed, one inside another; a packet deeper is P_OTHER
-    P_NO_TUNNEL = -1        # parse_udp_tunnel: the datagram is not a tunnel's
+    P_NO_TUNNEL = -1        # parse_udp_tunnel: the datagram is not a tunnel's (``pk`` untouched)
 
 
 cdef inline bint followed(uint8_t proto) noexcept nogil:
@@ -114,21 +114,15 @@ cdef int parse_gre(pkt_t *pk, const uint8_t *p, uint32_t n, fragtab_t *frags, fr
     return enter_tunnel(pk, et, p + hl, n - hl, frags, done, reason)
 
 
-cdef inline bint udp_tunnel_port(const pkt_t *pk) noexcept nogil:
-    """Whether a UDP datagram's ports are a tunnel's (parse_udp_tunnel looks further)."""
-    return pk.dport == 4789 or pk.dport == 4754 or pk.dport == 6081 or pk.sport == 3544 or pk.dport == 3544 \
-        or pk.sport == 2152 or pk.dport == 2152 or pk.sport == 5072 or pk.dport == 5072
-
-
 cdef int parse_udp_tunnel(pkt_t *pk, fragtab_t *frags, frag_t **done, int *reason) noexcept nogil:
     """The packet inside the UDP datagram just parsed into ``pk`` (overwriting its fields), or
     P_NO_TUNNEL when the datagram is not a tunnel's: VXLAN (RFC 7348: to port 4789, the I flag
     set), GRE in UDP (RFC 8086: to port 4754, GRE version 0 without routing), Geneve (RFC 8926:
-    to port 6081, version 0), Teredo (RFC 4380: from or to port 3544; an
-    authentication and an origin indication may come first; then an IPv6 packet, which bytes may
-    follow, as after a bubble),
-    GTP-U (3GPP TS 29.281: from or to port 2152, a G-PDU, its extension headers) and AYIYA (from or
-    to port 5072, forwarding IPv4 or IPv6)."""
+    to port 6081, version 0), Teredo (RFC 4380: from or to port 3544; an authentication and an
+    origin indication may come first, then an IPv6 packet, which bytes may follow, as after a
+    bubble), GTP-U (3GPP TS 29.281: from or to port 2152, a G-PDU, its extension headers) and
+    AYIYA (from or to port 5072, forwarding IPv4 or IPv6). With no fragment table (``frags``
+    NULL), an inner fragment is P_HELD, untouched."""
     cdef const uint8_t *p = pk.payload
     cdef uint32_t n = pk.paylen, hl
     cdef uint16_t et
